@@ -1,0 +1,183 @@
+//! Benchmarks. `bench clickstream`: the clickstream example on `autopipe local
+//! --workers 2` against the same SQL on single-process DataFusion over the same files,
+//! each writing its result as Parquet. Engines alternate per repetition (A B A B …) so
+//! machine drift hits both; prints median/min/max and the ratio.
+//!
+//! Run: `cargo build --release -p autopipe -p bench && target/release/bench clickstream --rows 10000000`
+
+use anyhow::{bail, Context, Result};
+use autopipe_common::session::context_for;
+use autopipe_common::spec::PipelineSpec;
+use clap::{Parser, Subcommand};
+use datafusion::dataframe::DataFrameWriteOptions;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// autopipe local vs single-process DataFusion on the clickstream example
+    Clickstream {
+        /// events to generate (data is cached per row count)
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: u64,
+        /// repetitions per engine
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// workers for autopipe local
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// where data and outputs go
+        #[arg(long, default_value = "target/bench-data")]
+        dir: PathBuf,
+    },
+}
+
+fn autopipe_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe.parent().context("exe dir")?.join("autopipe");
+    if !bin.exists() {
+        bail!(
+            "{} is missing: run `cargo build --release -p autopipe` first",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn stats(mut v: Vec<Duration>) -> (f64, f64, f64) {
+    v.sort();
+    let s = |d: &Duration| d.as_secs_f64();
+    (s(&v[v.len() / 2]), s(&v[0]), s(&v[v.len() - 1]))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Clickstream {
+            rows,
+            reps,
+            workers,
+            dir,
+        } => clickstream(rows, reps, workers, &dir),
+    }
+}
+
+fn clickstream(rows: u64, reps: usize, workers: usize, dir: &Path) -> Result<()> {
+    let bin = autopipe_bin()?;
+    let data = dir.join(format!("clickstream-{rows}"));
+    std::fs::create_dir_all(dir)?;
+    if !data.join("users.csv").exists() {
+        eprintln!("generating {rows} events into {} ...", data.display());
+        let s = Command::new(&bin)
+            .args([
+                "gen",
+                "clickstream",
+                "--rows",
+                &rows.to_string(),
+                "--files",
+                "8",
+            ])
+            .arg("--out")
+            .arg(&data)
+            .status()?;
+        if !s.success() {
+            bail!("gen failed");
+        }
+    }
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/clickstream.toml"),
+    )?;
+    let spec_path = dir.join("clickstream-bench.toml");
+    let text = example
+        .replace(
+            "path = \"data/events\"",
+            &format!("path = \"{}\"", data.join("events").display()),
+        )
+        .replace(
+            "path = \"data/users.csv\"",
+            &format!("path = \"{}\"", data.join("users.csv").display()),
+        )
+        .replace(
+            "path = \"out/revenue_by_country\"",
+            &format!("path = \"{}\"", dir.join("out-autopipe").display()),
+        );
+    std::fs::write(&spec_path, &text)?;
+    let spec = PipelineSpec::from_file(&spec_path)?.normalize(dir, "bench")?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+
+    let mut ap = Vec::new();
+    let mut df = Vec::new();
+    for rep in 0..reps {
+        let t = Instant::now();
+        let out = Command::new(&bin)
+            .arg("local")
+            .arg(&spec_path)
+            .args(["--workers", &workers.to_string(), "-o", "json"])
+            .output()?;
+        let d = t.elapsed();
+        if !out.status.success() {
+            bail!(
+                "autopipe local failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        ap.push(d);
+        let t = Instant::now();
+        let out_dir = dir.join("out-datafusion");
+        let _ = std::fs::remove_dir_all(&out_dir);
+        rt.block_on(async {
+            let ctx = context_for(&spec, cores).await?;
+            let frame = ctx.sql(&spec.transform.sql).await?;
+            frame
+                .write_parquet(
+                    &format!("{}/", out_dir.display()),
+                    DataFrameWriteOptions::new().with_partition_by(spec.sink.partition_by.clone()),
+                    None,
+                )
+                .await?;
+            anyhow::Ok(())
+        })?;
+        let d2 = t.elapsed();
+        df.push(d2);
+        eprintln!(
+            "rep {rep}: autopipe {:.2}s, datafusion {:.2}s",
+            d.as_secs_f64(),
+            d2.as_secs_f64()
+        );
+    }
+    let (am, amin, amax) = stats(ap);
+    let (dm, dmin, dmax) = stats(df);
+    println!("clickstream {rows} rows, {reps} reps, {cores} cores");
+    println!(
+        "{:<36} {:>9} {:>9} {:>9} {:>7}",
+        "engine", "median s", "min s", "max s", "ratio"
+    );
+    println!(
+        "{:<36} {:>9.2} {:>9.2} {:>9.2} {:>7.2}",
+        format!("autopipe local --workers {workers}"),
+        am,
+        amin,
+        amax,
+        1.0
+    );
+    println!(
+        "{:<36} {:>9.2} {:>9.2} {:>9.2} {:>7.2}",
+        "datafusion single process",
+        dm,
+        dmin,
+        dmax,
+        dm / am
+    );
+    println!("autopipe / datafusion = {:.2}x", am / dm);
+    Ok(())
+}

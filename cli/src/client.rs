@@ -1,0 +1,241 @@
+//! The job client: submit, status, jobs, workers, cancel and the live progress view,
+//! over the coordinator's gRPC services.
+
+use anyhow::{anyhow, Result};
+use autopipe_common::error::Error;
+use autopipe_common::spec::PipelineSpec;
+use autopipe_common::util::fmt_bytes;
+use autopipe_proto as pb;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+
+/// Connects to the first reachable coordinator in a comma-separated list.
+pub async fn connect(coordinators: &str) -> Result<Channel> {
+    let mut last = String::new();
+    for addr in coordinators
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let url = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let ep = match Endpoint::from_shared(url.clone()) {
+            Ok(ep) => ep.connect_timeout(Duration::from_secs(3)),
+            Err(e) => {
+                last = format!("'{addr}' is not a valid address: {e}");
+                continue;
+            }
+        };
+        match ep.connect().await {
+            Ok(ch) => return Ok(ch),
+            Err(e) => last = format!(
+                "cannot reach coordinator at {url}: {e} (is `autopipe coordinator` running there?)"
+            ),
+        }
+    }
+    if last.is_empty() {
+        last = "no coordinator address given (--coordinator)".into();
+    }
+    Err(anyhow!(last))
+}
+
+/// Reads, validates and normalizes a spec file (relative paths against its directory).
+pub fn load_spec(path: &Path) -> Result<PipelineSpec> {
+    let origin = path.display().to_string();
+    let spec = PipelineSpec::from_file(path)?;
+    let base = path
+        .parent()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
+        .unwrap_or(Path::new("."));
+    let base = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
+    Ok(spec.normalize(&base, &origin)?)
+}
+
+/// Submits a normalized spec; returns the job id.
+pub async fn submit(ch: Channel, spec: &PipelineSpec, origin: &str) -> Result<String> {
+    let mut c = pb::job_service_client::JobServiceClient::new(ch);
+    let req = pb::SubmitJobRequest {
+        spec_json: serde_json::to_string(spec)?,
+        spec_origin: origin.to_string(),
+    };
+    match c.submit_job(req).await {
+        Ok(r) => Ok(r.into_inner().job_id),
+        Err(s) => {
+            let e = Error::from_status(&s);
+            Err(anyhow!("{origin}: {}", e))
+        }
+    }
+}
+
+/// Human state name.
+pub fn state_name(s: i32) -> String {
+    pb::JobState::try_from(s)
+        .map(|s| s.as_str_name().to_ascii_lowercase())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn is_terminal(s: i32) -> bool {
+    matches!(
+        pb::JobState::try_from(s),
+        Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
+    )
+}
+
+/// Follows a job until it ends, with a progress bar when `progress`; returns the final status.
+pub async fn watch(ch: Channel, job_id: &str, progress: bool) -> Result<pb::JobStatus> {
+    let mut c = pb::job_service_client::JobServiceClient::new(ch);
+    let started = Instant::now();
+    let bar = if progress {
+        let b = ProgressBar::new(1);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} tasks  {msg}",
+            )
+            .expect("valid template"),
+        );
+        b.enable_steady_tick(Duration::from_millis(200));
+        Some(b)
+    } else {
+        None
+    };
+    let mut last = None;
+    // Reconnect the watch stream if it drops (coordinator restart), until the job ends.
+    for _ in 0..100 {
+        let mut stream = match c
+            .watch_job(pb::JobId {
+                job_id: job_id.into(),
+            })
+            .await
+        {
+            Ok(s) => s.into_inner(),
+            Err(s) if s.code() == tonic::Code::NotFound => return Err(anyhow!("{}", s.message())),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        while let Ok(Some(st)) = stream.message().await {
+            if let Some(b) = &bar {
+                b.set_length(st.tasks_total as u64);
+                b.set_position(st.tasks_done as u64);
+                let secs = started.elapsed().as_secs_f64().max(0.001);
+                let stages_done = st
+                    .stages
+                    .iter()
+                    .filter(|s| s.tasks_done == s.tasks_total)
+                    .count();
+                b.set_message(format!(
+                    "{} | stages {}/{} | {:.0} rows/s",
+                    state_name(st.state),
+                    stages_done,
+                    st.stages.len(),
+                    st.rows_in as f64 / secs
+                ));
+            }
+            let done = is_terminal(st.state);
+            last = Some(st);
+            if done {
+                if let Some(b) = &bar {
+                    b.finish_and_clear();
+                }
+                return Ok(last.expect("just set"));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    last.ok_or_else(|| anyhow!("lost the watch on job {job_id}"))
+}
+
+/// JSON view of a job (same shape as the HTTP admin API).
+pub fn job_json(j: &pb::JobStatus) -> serde_json::Value {
+    let secs = if j.finished_at_ms > 0 {
+        (j.finished_at_ms.saturating_sub(j.submitted_at_ms)) as f64 / 1000.0
+    } else {
+        0.0
+    };
+    json!({
+        "job_id": j.job_id,
+        "name": j.name,
+        "state": state_name(j.state),
+        "rows_in": j.rows_in,
+        "rows_out": j.rows_out,
+        "tasks_total": j.tasks_total,
+        "tasks_done": j.tasks_done,
+        "task_attempts": j.task_attempts,
+        "stages": j.stages.len(),
+        "files_out": j.files_out,
+        "output_path": j.output_path,
+        "wall_time_s": secs,
+        "error": j.error.as_ref().map(|e| json!({"message": e.message, "key": e.key,
+            "class": pb::ErrorClass::try_from(e.class).map(|c| c.as_str_name().to_ascii_lowercase()).unwrap_or_default()})),
+        "stage_details": j.stages.iter().map(|s| json!({
+            "stage_id": s.stage_id, "kind": s.kind, "tasks_total": s.tasks_total,
+            "tasks_done": s.tasks_done, "rows_out": s.rows_out, "bytes_out": s.bytes_out,
+            "input_stages": s.input_stages,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The human summary printed at the end of a job.
+pub fn summary(j: &pb::JobStatus, wall: Duration) -> String {
+    let mut s = format!(
+        "job {} {} in {:.2}s\n",
+        j.job_id,
+        state_name(j.state),
+        wall.as_secs_f64()
+    );
+    s += &format!("  rows in:   {}\n", j.rows_in);
+    s += &format!("  rows out:  {}\n", j.rows_out);
+    s += &format!(
+        "  stages:    {}  (tasks {}, attempts {})\n",
+        j.stages.len(),
+        j.tasks_total,
+        j.task_attempts
+    );
+    for st in &j.stages {
+        s += &format!(
+            "    stage {} {:<4} tasks {:>3}/{:<3} rows {:>10}  {}\n",
+            st.stage_id,
+            st.kind,
+            st.tasks_done,
+            st.tasks_total,
+            st.rows_out,
+            fmt_bytes(st.bytes_out)
+        );
+    }
+    s += &format!("  output:    {} ({} files)\n", j.output_path, j.files_out);
+    if let Some(e) = &j.error {
+        s += &format!("  error:     {}\n", e.message);
+    }
+    s
+}
+
+/// Prints one job as text or JSON.
+pub fn print_job(j: &pb::JobStatus, json_out: bool) {
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&job_json(j)).expect("json")
+        );
+    } else {
+        let wall = Duration::from_millis(j.finished_at_ms.saturating_sub(j.submitted_at_ms));
+        print!("{}", summary(j, wall));
+    }
+}
+
+/// Exit status for a finished job.
+pub fn job_ok(j: &pb::JobStatus) -> bool {
+    j.state == pb::JobState::Succeeded as i32
+}

@@ -1,0 +1,481 @@
+//! `autopipe`: the command line. Thin: parses flags, then calls the libraries.
+
+mod client;
+mod gen;
+mod local;
+
+use anyhow::{Context, Result};
+use autopipe_coordinator::CoordinatorConfig;
+use autopipe_worker::WorkerConfig;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "autopipe",
+    version,
+    about = "Self-optimizing distributed data pipelines"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// coordinator address(es), comma-separated
+    #[arg(
+        long,
+        env = "AUTOPIPE_COORDINATOR",
+        default_value = "http://127.0.0.1:7700"
+    )]
+    coordinator: String,
+    /// output format
+    #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+    output: OutputFormat,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate an example dataset
+    Gen {
+        #[command(subcommand)]
+        what: GenCmd,
+    },
+    /// Run a pipeline on an embedded cluster (1 coordinator + N workers in this process)
+    Local {
+        /// pipeline spec (TOML or JSON)
+        spec: PathBuf,
+        /// number of workers
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// task slots per worker
+        #[arg(long, default_value_t = 2)]
+        slots: u32,
+        /// generate the clickstream example data (1M rows) next to the spec if it is missing
+        #[arg(long)]
+        gen_missing: bool,
+        /// output format of the summary
+        #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
+    /// Run a coordinator
+    Coordinator {
+        /// gRPC listen address
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        listen: SocketAddr,
+        /// HTTP listen address (metrics, admin API, dashboard)
+        #[arg(long, default_value = "127.0.0.1:7780")]
+        http: SocketAddr,
+        /// state directory
+        #[arg(long, default_value = "autopipe-coordinator")]
+        data_dir: PathBuf,
+        /// seconds without heartbeat before a worker is declared lost
+        #[arg(long, default_value_t = 10.0)]
+        heartbeat_timeout: f64,
+    },
+    /// Run a worker
+    Worker {
+        /// coordinator address(es), comma-separated
+        #[arg(
+            long,
+            env = "AUTOPIPE_COORDINATOR",
+            default_value = "http://127.0.0.1:7700"
+        )]
+        coordinator: String,
+        /// gRPC + Flight listen address
+        #[arg(long, default_value = "127.0.0.1:7800")]
+        listen: SocketAddr,
+        /// HTTP /metrics listen address
+        #[arg(long, default_value = "127.0.0.1:0")]
+        http: SocketAddr,
+        /// concurrent tasks
+        #[arg(long, default_value_t = 2)]
+        slots: u32,
+        /// shuffle directory
+        #[arg(long, default_value = "autopipe-worker")]
+        work_dir: PathBuf,
+    },
+    /// Submit a pipeline to a coordinator; prints the job id
+    Submit {
+        /// pipeline spec (TOML or JSON)
+        spec: PathBuf,
+        /// wait for the job, showing progress and the summary
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one job
+    Status {
+        /// job id
+        job: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List jobs
+    Jobs {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List workers
+    Workers {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a job
+    Cancel {
+        /// job id
+        job: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum GenCmd {
+    /// events/ (Parquet) and users.csv
+    Clickstream {
+        /// number of events
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        /// output directory
+        #[arg(long, default_value = "data")]
+        out: PathBuf,
+        /// share of events on one user_id (0..1)
+        #[arg(long, default_value_t = 0.0)]
+        skew: f64,
+        /// number of event files
+        #[arg(long, default_value_t = 8)]
+        files: usize,
+        /// random seed
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AUTOPIPE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Cmd::Gen {
+            what:
+                GenCmd::Clickstream {
+                    rows,
+                    out,
+                    skew,
+                    files,
+                    seed,
+                },
+        } => {
+            let t = Instant::now();
+            gen::clickstream(
+                &out,
+                &gen::GenOptions {
+                    rows,
+                    skew,
+                    files,
+                    seed,
+                },
+            )?;
+            println!(
+                "wrote {rows} events in {files} files to {} and {} users to {} in {:.1}s",
+                out.join("events").display(),
+                gen::user_count(rows),
+                out.join("users.csv").display(),
+                t.elapsed().as_secs_f64()
+            );
+            Ok(0)
+        }
+        Cmd::Local {
+            spec,
+            workers,
+            slots,
+            gen_missing,
+            output,
+        } => run_local(&spec, workers, slots, gen_missing, output).await,
+        Cmd::Coordinator {
+            listen,
+            http,
+            data_dir,
+            heartbeat_timeout,
+        } => {
+            let cancel = shutdown_token();
+            let h = autopipe_coordinator::start(
+                CoordinatorConfig {
+                    listen,
+                    http,
+                    data_dir,
+                    heartbeat_timeout: Duration::from_secs_f64(heartbeat_timeout),
+                    ..Default::default()
+                },
+                cancel,
+            )
+            .await?;
+            println!(
+                "coordinator listening on {} (http {})",
+                h.grpc_addr, h.http_addr
+            );
+            h.join().await;
+            Ok(0)
+        }
+        Cmd::Worker {
+            coordinator,
+            listen,
+            http,
+            slots,
+            work_dir,
+        } => {
+            if slots == 0 {
+                anyhow::bail!("--slots must be at least 1");
+            }
+            let cancel = shutdown_token();
+            let h = autopipe_worker::start(
+                WorkerConfig {
+                    coordinators: coordinator
+                        .split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect(),
+                    listen,
+                    http,
+                    slots,
+                    work_dir,
+                    ..Default::default()
+                },
+                cancel,
+            )
+            .await?;
+            println!("worker listening on {} (http {})", h.addr, h.http_addr);
+            h.join().await;
+            Ok(0)
+        }
+        Cmd::Submit { spec, wait, client } => {
+            let s = client::load_spec(&spec)?;
+            let ch = client::connect(&client.coordinator)
+                .await
+                .with_context(|| spec.display().to_string())?;
+            let t = Instant::now();
+            let id = client::submit(ch.clone(), &s, &spec.display().to_string()).await?;
+            if !wait {
+                if client.output == OutputFormat::Json {
+                    println!("{}", serde_json::json!({ "job_id": id }));
+                } else {
+                    println!("{id}");
+                }
+                return Ok(0);
+            }
+            if client.output == OutputFormat::Text {
+                println!("submitted {id}");
+            }
+            let st = client::watch(ch, &id, client.output == OutputFormat::Text).await?;
+            finish(&st, t.elapsed(), client.output)
+        }
+        Cmd::Status { job, client } => {
+            let ch = client::connect(&client.coordinator).await?;
+            let mut c = autopipe_proto::job_service_client::JobServiceClient::new(ch);
+            let st = c
+                .get_job(autopipe_proto::JobId { job_id: job })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            client::print_job(&st, client.output == OutputFormat::Json);
+            Ok(0)
+        }
+        Cmd::Jobs { client } => {
+            let ch = client::connect(&client.coordinator).await?;
+            let mut c = autopipe_proto::job_service_client::JobServiceClient::new(ch);
+            let jobs = c
+                .list_jobs(autopipe_proto::ListJobsRequest {})
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner()
+                .jobs;
+            if client.output == OutputFormat::Json {
+                let v: Vec<_> = jobs.iter().map(client::job_json).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{:<44} {:<11} {:>11} {:>12} {:>12}",
+                    "JOB", "STATE", "TASKS", "ROWS IN", "ROWS OUT"
+                );
+                for j in &jobs {
+                    println!(
+                        "{:<44} {:<11} {:>5}/{:<5} {:>12} {:>12}",
+                        j.job_id,
+                        client::state_name(j.state),
+                        j.tasks_done,
+                        j.tasks_total,
+                        j.rows_in,
+                        j.rows_out
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Workers { client } => {
+            let ch = client::connect(&client.coordinator).await?;
+            let mut c = autopipe_proto::admin_service_client::AdminServiceClient::new(ch);
+            let ws = c
+                .list_workers(autopipe_proto::ListWorkersRequest {})
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner()
+                .workers;
+            if client.output == OutputFormat::Json {
+                let v: Vec<_> = ws
+                    .iter()
+                    .map(|w| {
+                        serde_json::json!({
+                            "worker_id": w.worker_id, "address": w.address, "http_address": w.http_address,
+                            "state": w.state, "slots": w.slots, "free_slots": w.free_slots,
+                            "running_tasks": w.running_tasks, "cpu_percent": w.cpu_percent,
+                            "memory_used_bytes": w.memory_used_bytes, "last_heartbeat_ms": w.last_heartbeat_ms,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{:<12} {:<22} {:<6} {:>5} {:>7} {:>6}",
+                    "WORKER", "ADDRESS", "STATE", "SLOTS", "RUNNING", "CPU%"
+                );
+                for w in &ws {
+                    println!(
+                        "{:<12} {:<22} {:<6} {:>5} {:>7} {:>6.0}",
+                        w.worker_id, w.address, w.state, w.slots, w.running_tasks, w.cpu_percent
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Cancel { job, client } => {
+            let ch = client::connect(&client.coordinator).await?;
+            let mut c = autopipe_proto::job_service_client::JobServiceClient::new(ch);
+            let st = c
+                .cancel_job(autopipe_proto::JobId { job_id: job })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            client::print_job(&st, client.output == OutputFormat::Json);
+            Ok(0)
+        }
+    }
+}
+
+fn finish(st: &autopipe_proto::JobStatus, wall: Duration, output: OutputFormat) -> Result<i32> {
+    if output == OutputFormat::Json {
+        let mut v = client::job_json(st);
+        v["wall_time_s"] = serde_json::json!(wall.as_secs_f64());
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", client::summary(st, wall));
+    }
+    if client::job_ok(st) {
+        Ok(0)
+    } else {
+        if output == OutputFormat::Text {
+            eprintln!(
+                "error: job {} {}: {}",
+                st.job_id,
+                client::state_name(st.state),
+                st.error
+                    .as_ref()
+                    .map(|e| e.message.as_str())
+                    .unwrap_or("no reason recorded")
+            );
+        }
+        Ok(1)
+    }
+}
+
+async fn run_local(
+    spec_path: &Path,
+    workers: usize,
+    slots: u32,
+    gen_missing: bool,
+    output: OutputFormat,
+) -> Result<i32> {
+    if workers == 0 || slots == 0 {
+        anyhow::bail!("--workers and --slots must be at least 1");
+    }
+    if gen_missing {
+        let dir = spec_path.parent().unwrap_or(Path::new(".")).join("data");
+        if !dir.join("events").exists() || !dir.join("users.csv").exists() {
+            eprintln!("generating example data in {} ...", dir.display());
+            gen::clickstream(
+                &dir,
+                &gen::GenOptions {
+                    rows: 1_000_000,
+                    skew: 0.0,
+                    files: 8,
+                    seed: 42,
+                },
+            )
+            .context("generating example data")?;
+        }
+    }
+    let spec = client::load_spec(spec_path)?;
+    let t = Instant::now();
+    let cluster = local::LocalCluster::start(workers, slots).await?;
+    if output == OutputFormat::Text {
+        eprintln!(
+            "local cluster: coordinator {} (http://{}), {workers} workers x {slots} slots",
+            cluster.url, cluster.http
+        );
+    }
+    let ch = client::connect(&cluster.url).await?;
+    let res = async {
+        let id = client::submit(ch.clone(), &spec, &spec_path.display().to_string()).await?;
+        client::watch(ch, &id, output == OutputFormat::Text).await
+    }
+    .await;
+    cluster.shutdown().await;
+    let st = res?;
+    finish(&st, t.elapsed(), output)
+}
+
+/// Cancelled on SIGINT/SIGTERM.
+fn shutdown_token() -> CancellationToken {
+    let t = CancellationToken::new();
+    let t2 = t.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        t2.cancel();
+    });
+    t
+}

@@ -1,0 +1,253 @@
+//! Typed errors. Every error has a class (Transient, Permanent, Data) that retry
+//! decisions read; the class and structured fields travel over gRPC in
+//! `ErrorDetail` (inside task reports and tonic `Status` details), never as a bare string.
+
+use autopipe_proto as pb;
+use datafusion::error::DataFusionError;
+use prost::Message;
+
+/// What a caller should do with an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Retry with backoff: I/O timeouts, connection loss, worker lost.
+    Transient,
+    /// Fail fast: bad spec, SQL error, schema mismatch, permission.
+    Permanent,
+    /// A malformed record: goes to the dead-letter sink.
+    Data,
+}
+
+impl ErrorClass {
+    /// Wire representation.
+    pub fn to_proto(self) -> pb::ErrorClass {
+        match self {
+            ErrorClass::Transient => pb::ErrorClass::Transient,
+            ErrorClass::Permanent => pb::ErrorClass::Permanent,
+            ErrorClass::Data => pb::ErrorClass::Data,
+        }
+    }
+    /// From the wire; an unspecified class is treated as permanent (never retried blindly).
+    pub fn from_proto(c: i32) -> Self {
+        match pb::ErrorClass::try_from(c) {
+            Ok(pb::ErrorClass::Transient) => ErrorClass::Transient,
+            Ok(pb::ErrorClass::Data) => ErrorClass::Data,
+            _ => ErrorClass::Permanent,
+        }
+    }
+}
+
+/// autopipe's error at every crate boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The pipeline spec is invalid.
+    #[error("{origin}: [{key}] {message}")]
+    Spec {
+        /// spec file (or "<request>")
+        origin: String,
+        /// the offending key, e.g. `sources[1].path`
+        key: String,
+        /// what is wrong and what to do
+        message: String,
+    },
+    /// Planning or running the SQL failed for a reason the user must fix.
+    #[error("[{key}] {message}")]
+    Plan {
+        /// spec key, usually `transform.sql`
+        key: String,
+        /// DataFusion's explanation
+        message: String,
+    },
+    /// A reduce task could not read a map output.
+    #[error("fetch failed: stage {stage_id} map task {map_task} on worker {worker_id}: {message}")]
+    FetchFailed {
+        /// producing stage
+        stage_id: u32,
+        /// producing map task
+        map_task: u32,
+        /// worker that held the output
+        worker_id: String,
+        /// underlying cause
+        message: String,
+    },
+    /// Worth retrying.
+    #[error("{0}")]
+    Transient(String),
+    /// Not worth retrying.
+    #[error("{0}")]
+    Permanent(String),
+    /// A malformed record.
+    #[error("{0}")]
+    Data(String),
+    /// Something the object store said.
+    #[error("object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
+    /// Something DataFusion said.
+    #[error("{0}")]
+    DataFusion(#[from] DataFusionError),
+}
+
+/// Result with autopipe's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn datafusion_class(e: &DataFusionError) -> ErrorClass {
+    match e {
+        DataFusionError::IoError(_) | DataFusionError::ObjectStore(_) => ErrorClass::Transient,
+        DataFusionError::ArrowError(a, _) => match a.as_ref() {
+            datafusion::arrow::error::ArrowError::IoError(..) => ErrorClass::Transient,
+            datafusion::arrow::error::ArrowError::ParseError(_)
+            | datafusion::arrow::error::ArrowError::CsvError(_)
+            | datafusion::arrow::error::ArrowError::JsonError(_) => ErrorClass::Data,
+            _ => ErrorClass::Permanent,
+        },
+        DataFusionError::Context(_, inner) => datafusion_class(inner),
+        DataFusionError::Shared(inner) => datafusion_class(inner),
+        DataFusionError::External(inner) => match inner.downcast_ref::<Error>() {
+            Some(e) => e.class(),
+            None => ErrorClass::Permanent,
+        },
+        _ => ErrorClass::Permanent,
+    }
+}
+
+impl Error {
+    /// The retry class of this error.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::Spec { .. } | Error::Plan { .. } | Error::Permanent(_) => ErrorClass::Permanent,
+            Error::FetchFailed { .. } | Error::Transient(_) => ErrorClass::Transient,
+            Error::Data(_) => ErrorClass::Data,
+            Error::ObjectStore(object_store::Error::NotFound { .. })
+            | Error::ObjectStore(object_store::Error::PermissionDenied { .. }) => {
+                ErrorClass::Permanent
+            }
+            Error::ObjectStore(_) => ErrorClass::Transient,
+            Error::DataFusion(e) => datafusion_class(e),
+        }
+    }
+
+    /// A planning error about the spec key `key`.
+    pub fn plan(key: impl Into<String>, e: impl std::fmt::Display) -> Self {
+        Error::Plan {
+            key: key.into(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Structured wire form.
+    pub fn to_detail(&self) -> pb::ErrorDetail {
+        let key = match self {
+            Error::Spec { key, .. } | Error::Plan { key, .. } => key.clone(),
+            _ => String::new(),
+        };
+        let fetch_failed = match self {
+            Error::FetchFailed {
+                stage_id,
+                map_task,
+                worker_id,
+                ..
+            } => Some(pb::FetchFailed {
+                stage_id: *stage_id,
+                map_task: *map_task,
+                worker_id: worker_id.clone(),
+            }),
+            _ => None,
+        };
+        pb::ErrorDetail {
+            class: self.class().to_proto() as i32,
+            message: self.to_string(),
+            key,
+            fetch_failed,
+        }
+    }
+
+    /// Rebuilds an error from its wire form, keeping its class.
+    pub fn from_detail(d: &pb::ErrorDetail) -> Self {
+        if let Some(f) = &d.fetch_failed {
+            return Error::FetchFailed {
+                stage_id: f.stage_id,
+                map_task: f.map_task,
+                worker_id: f.worker_id.clone(),
+                message: d.message.clone(),
+            };
+        }
+        match ErrorClass::from_proto(d.class) {
+            ErrorClass::Transient => Error::Transient(d.message.clone()),
+            ErrorClass::Data => Error::Data(d.message.clone()),
+            ErrorClass::Permanent => Error::Permanent(d.message.clone()),
+        }
+    }
+
+    /// As a tonic status: the code follows the class and the detail rides along.
+    pub fn to_status(&self) -> tonic::Status {
+        let code = match self.class() {
+            ErrorClass::Transient => tonic::Code::Unavailable,
+            ErrorClass::Permanent => tonic::Code::InvalidArgument,
+            ErrorClass::Data => tonic::Code::DataLoss,
+        };
+        let detail = self.to_detail().encode_to_vec();
+        tonic::Status::with_details(code, self.to_string(), detail.into())
+    }
+
+    /// From a tonic status: our detail if present, otherwise classified by code.
+    pub fn from_status(s: &tonic::Status) -> Self {
+        if !s.details().is_empty() {
+            if let Ok(d) = pb::ErrorDetail::decode(s.details()) {
+                return Error::from_detail(&d);
+            }
+        }
+        match s.code() {
+            tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::ResourceExhausted
+            | tonic::Code::Aborted
+            | tonic::Code::Cancelled
+            | tonic::Code::Unknown
+            | tonic::Code::Internal => Error::Transient(format!("{}: {}", s.code(), s.message())),
+            _ => Error::Permanent(format!("{}: {}", s.code(), s.message())),
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        e.to_status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_and_fields_survive_the_wire() {
+        let e = Error::FetchFailed {
+            stage_id: 2,
+            map_task: 5,
+            worker_id: "w-1".into(),
+            message: "connection refused".into(),
+        };
+        let back = Error::from_status(&e.to_status());
+        assert!(matches!(
+            back,
+            Error::FetchFailed {
+                stage_id: 2,
+                map_task: 5,
+                ..
+            }
+        ));
+        assert_eq!(back.class(), ErrorClass::Transient);
+
+        let p = Error::plan("transform.sql", "table 'x' not found");
+        let s = p.to_status();
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        assert_eq!(Error::from_status(&s).class(), ErrorClass::Permanent);
+    }
+
+    #[test]
+    fn datafusion_io_errors_are_transient_and_plan_errors_permanent() {
+        let io = Error::from(DataFusionError::IoError(std::io::Error::other("reset")));
+        assert_eq!(io.class(), ErrorClass::Transient);
+        let plan = Error::from(DataFusionError::Plan("no field".into()));
+        assert_eq!(plan.class(), ErrorClass::Permanent);
+    }
+}

@@ -1,0 +1,14 @@
+//! autopipe-common: what coordinator, worker and CLI share — the pipeline spec and
+//! its validation, typed errors with a retry class, the one retry policy, object
+//! store helpers and the DataFusion extension codec for shuffle reads.
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod retry;
+pub mod session;
+pub mod shuffle;
+pub mod spec;
+pub mod store;
+pub mod util;
+
+pub use error::{Error, ErrorClass, Result};

@@ -1,0 +1,305 @@
+//! Shuffle reads. `ShuffleReaderExec` is the leaf that replaces a stage boundary in
+//! the consuming stage's plan: on the coordinator it is a placeholder (no locations);
+//! the worker's codec fills in the map output locations of the task it runs, and
+//! executing a partition streams that partition from every producing map task over
+//! Arrow Flight `DoGet` (ticket = job, stage, map task, attempt, partition).
+
+use crate::error::Error;
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::Ticket;
+use autopipe_proto as pb;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::ipc::convert::{fb_to_schema, IpcSchemaEncoder};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{
+    Boundedness, ChildrenPropertiesMode, EmissionType, ReplaceChildrenOptions,
+};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use futures::{StreamExt, TryStreamExt};
+use prost::Message;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// Reads one stage's shuffle output.
+#[derive(Debug)]
+pub struct ShuffleReaderExec {
+    /// the producing stage
+    pub stage_id: u32,
+    /// true: partition p = output partition p of every map task;
+    /// false: partition p = the single output of map task p
+    pub hash: bool,
+    /// job the shuffle belongs to (filled on the worker)
+    pub job_id: String,
+    /// one location per producing map task (filled on the worker)
+    pub locations: Vec<pb::MapOutputLocation>,
+    partitions: usize,
+    properties: Arc<PlanProperties>,
+}
+
+impl ShuffleReaderExec {
+    /// A reader of `partitions` partitions with `schema`.
+    pub fn new(stage_id: u32, schema: SchemaRef, partitions: usize, hash: bool) -> Self {
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Self {
+            stage_id,
+            hash,
+            job_id: String::new(),
+            locations: vec![],
+            partitions,
+            properties: Arc::new(properties),
+        }
+    }
+
+    /// Number of output partitions.
+    pub fn partitions(&self) -> usize {
+        self.partitions
+    }
+}
+
+impl DisplayAs for ShuffleReaderExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "ShuffleReaderExec: stage={}, partitions={}, mode={}",
+            self.stage_id,
+            self.partitions,
+            if self.hash { "hash" } else { "per_map" }
+        )
+    }
+}
+
+impl ExecutionPlan for ShuffleReaderExec {
+    fn name(&self) -> &str {
+        "ShuffleReaderExec"
+    }
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+    fn replace_children(
+        self: Arc<Self>,
+        _: Vec<Arc<dyn ExecutionPlan>>,
+        _: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        if partition >= self.partitions {
+            return Err(DataFusionError::Internal(format!(
+                "ShuffleReaderExec: partition {partition} out of {}",
+                self.partitions
+            )));
+        }
+        let mut fetches: Vec<(pb::MapOutputLocation, u32)> = if self.hash {
+            self.locations
+                .iter()
+                .map(|l| (l.clone(), partition as u32))
+                .collect()
+        } else {
+            self.locations
+                .iter()
+                .filter(|l| l.map_task as usize == partition)
+                .map(|l| (l.clone(), 0))
+                .collect()
+        };
+        fetches.sort_by_key(|(l, _)| l.map_task);
+        let job_id = self.job_id.clone();
+        let schema = self.schema();
+        let stream = futures::stream::iter(fetches)
+            .then(move |(loc, part)| {
+                let job_id = job_id.clone();
+                async move { fetch_partition(&job_id, &loc, part).await }
+            })
+            .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+fn channel_pool() -> &'static Mutex<HashMap<String, Channel>> {
+    static POOL: OnceLock<Mutex<HashMap<String, Channel>>> = OnceLock::new();
+    POOL.get_or_init(Default::default)
+}
+
+/// A lazily connected, shared channel to `address` (`host:port` or `http://host:port`).
+pub fn channel_to(address: &str) -> std::result::Result<Channel, Error> {
+    let url = if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    };
+    let mut pool = channel_pool().lock().expect("channel pool lock poisoned");
+    if let Some(c) = pool.get(&url) {
+        return Ok(c.clone());
+    }
+    let ch = Endpoint::from_shared(url.clone())
+        .map_err(|e| Error::Permanent(format!("bad address '{address}': {e}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect_lazy();
+    pool.insert(url, ch.clone());
+    Ok(ch)
+}
+
+async fn fetch_partition(
+    job_id: &str,
+    loc: &pb::MapOutputLocation,
+    partition: u32,
+) -> Result<impl futures::Stream<Item = Result<datafusion::arrow::record_batch::RecordBatch>>> {
+    let failed = |msg: String| {
+        DataFusionError::External(Box::new(Error::FetchFailed {
+            stage_id: loc.stage_id,
+            map_task: loc.map_task,
+            worker_id: loc.worker_id.clone(),
+            message: msg,
+        }))
+    };
+    let ticket = pb::ShuffleTicket {
+        job_id: job_id.to_string(),
+        stage_id: loc.stage_id,
+        map_task: loc.map_task,
+        attempt: loc.attempt,
+        partition,
+    };
+    let channel = channel_to(&loc.address).map_err(|e| failed(e.to_string()))?;
+    let mut client = FlightServiceClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    let resp = client
+        .do_get(Ticket::new(ticket.encode_to_vec()))
+        .await
+        .map_err(|s| failed(format!("{}: {}", s.code(), s.message())))?;
+    let stream = resp.into_inner().map_err(FlightError::from);
+    let loc2 = loc.clone();
+    Ok(
+        FlightRecordBatchStream::new_from_flight_data(stream).map_err(move |e| {
+            DataFusionError::External(Box::new(Error::FetchFailed {
+                stage_id: loc2.stage_id,
+                map_task: loc2.map_task,
+                worker_id: loc2.worker_id.clone(),
+                message: e.to_string(),
+            }))
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{DataType, Field};
+
+    #[test]
+    fn schema_bytes_round_trip() {
+        let s = Schema::new(vec![
+            Field::new("a", DataType::Int64, false),
+            Field::new("b", DataType::Utf8, true),
+        ]);
+        assert_eq!(schema_from_bytes(&schema_to_bytes(&s)).unwrap(), s);
+    }
+}
+
+/// datafusion-proto codec for our extension nodes. The coordinator encodes with an
+/// empty codec; a worker decodes with the job id and locations of the task it runs.
+#[derive(Debug, Default)]
+pub struct ShuffleCodec {
+    /// job of the task being decoded
+    pub job_id: String,
+    /// map output locations of the task being decoded
+    pub locations: Vec<pb::MapOutputLocation>,
+}
+
+/// Arrow IPC flatbuffer bytes of a schema.
+pub fn schema_to_bytes(schema: &Schema) -> Vec<u8> {
+    IpcSchemaEncoder::new()
+        .schema_to_fb(schema)
+        .finished_data()
+        .to_vec()
+}
+
+/// Schema from Arrow IPC flatbuffer bytes.
+pub fn schema_from_bytes(bytes: &[u8]) -> Result<Schema> {
+    let fb = datafusion::arrow::ipc::root_as_schema(bytes)
+        .map_err(|e| DataFusionError::Internal(format!("bad schema bytes: {e}")))?;
+    Ok(fb_to_schema(fb))
+}
+
+impl PhysicalExtensionCodec for ShuffleCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        _inputs: &[Arc<dyn ExecutionPlan>],
+        _ctx: &TaskContext,
+        _proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let node = pb::ShuffleReaderNode::decode(buf)
+            .map_err(|e| DataFusionError::Internal(format!("bad ShuffleReaderNode: {e}")))?;
+        let schema = Arc::new(schema_from_bytes(&node.schema)?);
+        let mut exec =
+            ShuffleReaderExec::new(node.stage_id, schema, node.partitions as usize, node.hash);
+        exec.job_id = self.job_id.clone();
+        exec.locations = self
+            .locations
+            .iter()
+            .filter(|l| l.stage_id == node.stage_id)
+            .cloned()
+            .collect();
+        Ok(Arc::new(exec))
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        _proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        let Some(r) = node.downcast_ref::<ShuffleReaderExec>() else {
+            return Err(DataFusionError::NotImplemented(format!(
+                "autopipe cannot ship plan node {} to workers",
+                node.name()
+            )));
+        };
+        let msg = pb::ShuffleReaderNode {
+            stage_id: r.stage_id,
+            schema: schema_to_bytes(&r.schema()),
+            partitions: r.partitions as u32,
+            hash: r.hash,
+        };
+        msg.encode(buf)
+            .map_err(|e| DataFusionError::Internal(format!("encode ShuffleReaderNode: {e}")))
+    }
+}

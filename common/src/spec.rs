@@ -1,0 +1,562 @@
+//! The pipeline spec: `[job]`, `[[sources]]`, `[transform]`, `[sink]` in TOML (or JSON).
+//!
+//! Parsing rejects unknown keys and formats with the key and the reason; `normalize`
+//! resolves relative paths against the spec file's directory and turns every path into
+//! a URL, checking that local inputs exist. The normalized spec is what travels to the
+//! coordinator (as JSON), so the coordinator never depends on the client's working dir.
+
+use crate::error::{Error, Result};
+use crate::util::parse_bytes;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// A whole pipeline.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// name, mode, params
+    pub job: JobSpec,
+    /// the tables the SQL reads
+    pub sources: Vec<SourceSpec>,
+    /// the SQL
+    pub transform: TransformSpec,
+    /// where the result goes
+    pub sink: SinkSpec,
+}
+
+/// `[job]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// `[a-z0-9_-]+`
+    pub name: String,
+    /// batch (default) or streaming
+    #[serde(default)]
+    pub mode: JobMode,
+    /// tunable overrides
+    #[serde(default)]
+    pub params: JobParams,
+}
+
+/// Batch or streaming.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum JobMode {
+    /// run once over the inputs
+    #[default]
+    Batch,
+    /// continuous (Kafka sources; not available yet)
+    Streaming,
+}
+
+/// `[job.params]`: every tunable a user may pin for this job.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JobParams {
+    /// target bytes per task partition, e.g. "64MiB" (default 64 MiB)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_partition_bytes: Option<ByteSize>,
+    /// fixes the shuffle partition count instead of deriving it
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shuffle_partitions: Option<u32>,
+    /// attempts per task before the job fails (default 4)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_task_attempts: Option<u32>,
+}
+
+/// Default target partition size (Spark AQE's advisoryPartitionSizeInBytes is 64 MiB).
+pub const DEFAULT_TARGET_PARTITION_BYTES: u64 = 64 << 20;
+
+impl JobParams {
+    /// Effective target partition size.
+    pub fn target_partition_bytes(&self) -> u64 {
+        self.target_partition_bytes
+            .map(|b| b.0)
+            .unwrap_or(DEFAULT_TARGET_PARTITION_BYTES)
+    }
+    /// Effective attempt limit.
+    pub fn max_task_attempts(&self) -> u32 {
+        self.max_task_attempts.unwrap_or(4).max(1)
+    }
+}
+
+/// A size in bytes, written as `"64MiB"` or a plain integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "SizeRepr", into = "u64")]
+pub struct ByteSize(pub u64);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeRepr {
+    N(u64),
+    S(String),
+}
+
+impl TryFrom<SizeRepr> for ByteSize {
+    type Error = String;
+    fn try_from(r: SizeRepr) -> std::result::Result<Self, String> {
+        match r {
+            SizeRepr::N(n) => Ok(ByteSize(n)),
+            SizeRepr::S(s) => parse_bytes(&s).map(ByteSize),
+        }
+    }
+}
+impl From<ByteSize> for u64 {
+    fn from(b: ByteSize) -> u64 {
+        b.0
+    }
+}
+
+/// File formats for sources and sinks.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Apache Parquet
+    Parquet,
+    /// comma (or `delimiter`) separated values
+    Csv,
+    /// newline-delimited JSON
+    Ndjson,
+}
+
+impl Format {
+    /// File extension without the dot.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Parquet => "parquet",
+            Format::Csv => "csv",
+            Format::Ndjson => "json",
+        }
+    }
+    /// Spec name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Parquet => "parquet",
+            Format::Csv => "csv",
+            Format::Ndjson => "ndjson",
+        }
+    }
+    /// Parses a spec name.
+    pub fn parse(s: &str) -> Option<Format> {
+        match s {
+            "parquet" => Some(Format::Parquet),
+            "csv" => Some(Format::Csv),
+            "ndjson" => Some(Format::Ndjson),
+            _ => None,
+        }
+    }
+}
+
+/// `[[sources]]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// table name in SQL
+    pub name: String,
+    /// parquet | csv | ndjson
+    pub format: Format,
+    /// file, directory or glob; local path or object-store URL
+    pub path: String,
+    /// csv: first line is a header (default true)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub has_header: Option<bool>,
+    /// csv: field delimiter (default ",")
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delimiter: Option<String>,
+}
+
+/// `[transform]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TransformSpec {
+    /// DataFusion SQL over the source names
+    pub sql: String,
+}
+
+/// `[sink]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSpec {
+    /// parquet | csv | ndjson
+    pub format: Format,
+    /// output directory; local path or object-store URL
+    pub path: String,
+    /// hive-style partition columns
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partition_by: Vec<String>,
+    /// overwrite (default) | append | error_if_exists
+    #[serde(default)]
+    pub mode: SinkMode,
+}
+
+/// How a sink treats existing output.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkMode {
+    /// replace what is there when the job commits
+    #[default]
+    Overwrite,
+    /// add files next to what is there
+    Append,
+    /// fail before running if the directory has files
+    ErrorIfExists,
+}
+
+impl PipelineSpec {
+    /// Parses TOML (or JSON when the text starts with `{`), naming `origin` in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let spec: PipelineSpec = if text.trim_start().starts_with('{') {
+            serde_json::from_str(text).map_err(|e| Error::Spec {
+                origin: origin.to_string(),
+                key: json_key_hint(&e.to_string()),
+                message: e.to_string(),
+            })?
+        } else {
+            toml::from_str(text).map_err(|e| Error::Spec {
+                origin: origin.to_string(),
+                key: toml_key(text, &e),
+                message: e.message().to_string() + &toml_location(text, &e),
+            })?
+        };
+        spec.validate(origin)?;
+        Ok(spec)
+    }
+
+    /// Reads and parses a spec file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Spec {
+            origin: origin.clone(),
+            key: "-".into(),
+            message: format!("cannot read the spec file: {e}"),
+        })?;
+        Self::parse(&text, &origin)
+    }
+
+    /// Checks what serde cannot: names, duplicates, csv options.
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        let err = |key: String, message: String| Error::Spec {
+            origin: origin.to_string(),
+            key,
+            message,
+        };
+        if self.job.name.is_empty()
+            || !self
+                .job
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        {
+            return Err(err(
+                "job.name".into(),
+                format!("'{}' must match [a-z0-9_-]+", self.job.name),
+            ));
+        }
+        if self.job.mode == JobMode::Streaming {
+            return Err(err(
+                "job.mode".into(),
+                "streaming jobs need a kafka source, which this version does not support yet; use mode = \"batch\"".into(),
+            ));
+        }
+        if self.sources.is_empty() {
+            return Err(err(
+                "sources".into(),
+                "at least one [[sources]] entry is required".into(),
+            ));
+        }
+        for (i, s) in self.sources.iter().enumerate() {
+            let valid = !s.name.is_empty()
+                && s.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !s.name.starts_with(|c: char| c.is_ascii_digit());
+            if !valid {
+                return Err(err(
+                    format!("sources[{i}].name"),
+                    format!(
+                        "'{}' is not a valid table name (letters, digits, _)",
+                        s.name
+                    ),
+                ));
+            }
+            if self.sources[..i].iter().any(|o| o.name == s.name) {
+                return Err(err(
+                    format!("sources[{i}].name"),
+                    format!("duplicate source name '{}'", s.name),
+                ));
+            }
+            if s.path.trim().is_empty() {
+                return Err(err(format!("sources[{i}].path"), "path is empty".into()));
+            }
+            if s.format != Format::Csv && (s.has_header.is_some() || s.delimiter.is_some()) {
+                return Err(err(
+                    format!("sources[{i}]"),
+                    "has_header and delimiter apply to format = \"csv\" only".into(),
+                ));
+            }
+            if let Some(d) = &s.delimiter {
+                if d.len() != 1 {
+                    return Err(err(
+                        format!("sources[{i}].delimiter"),
+                        format!("'{d}' must be exactly one ASCII character"),
+                    ));
+                }
+            }
+        }
+        if self.transform.sql.trim().is_empty() {
+            return Err(err("transform.sql".into(), "sql is empty".into()));
+        }
+        if self.sink.path.trim().is_empty() {
+            return Err(err("sink.path".into(), "path is empty".into()));
+        }
+        if let Some(0) = self.job.params.shuffle_partitions {
+            return Err(err(
+                "job.params.shuffle_partitions".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Resolves paths against `base_dir` into URLs and checks that local inputs exist.
+    pub fn normalize(mut self, base_dir: &Path, origin: &str) -> Result<Self> {
+        for (i, s) in self.sources.iter_mut().enumerate() {
+            let key = format!("sources[{i}].path");
+            s.path = resolve_url(&s.path, base_dir).map_err(|m| Error::Spec {
+                origin: origin.into(),
+                key: key.clone(),
+                message: m,
+            })?;
+            check_input_exists(&s.path).map_err(|m| Error::Spec {
+                origin: origin.into(),
+                key,
+                message: m,
+            })?;
+            // DataFusion reads a URL without a trailing '/' as a single file.
+            if let Some(local) = s.path.strip_prefix("file://") {
+                if Path::new(local).is_dir() && !s.path.ends_with('/') {
+                    s.path.push('/');
+                }
+            }
+        }
+        self.sink.path = resolve_url(&self.sink.path, base_dir).map_err(|m| Error::Spec {
+            origin: origin.into(),
+            key: "sink.path".into(),
+            message: m,
+        })?;
+        if !self.sink.path.ends_with('/') {
+            self.sink.path.push('/');
+        }
+        Ok(self)
+    }
+}
+
+/// Turns a path or URL into a URL; relative paths are resolved against `base`.
+pub fn resolve_url(path: &str, base: &Path) -> std::result::Result<String, String> {
+    if let Some((scheme, _)) = path.split_once("://") {
+        return match scheme {
+            "file" | "memory" => Ok(path.to_string()),
+            other => Err(format!(
+                "object store scheme '{other}://' is not supported by this build (supported: file://, memory://, or a local path)"
+            )),
+        };
+    }
+    let p = PathBuf::from(path);
+    let abs = if p.is_absolute() { p } else { base.join(p) };
+    let abs = normalize_path(&abs);
+    let mut s = format!("file://{}", abs.display());
+    if path.ends_with('/') && !s.ends_with('/') {
+        s.push('/');
+    }
+    Ok(s)
+}
+
+fn normalize_path(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// For `file://` URLs: the path (or, for a glob, at least one match) must exist.
+fn check_input_exists(url: &str) -> std::result::Result<(), String> {
+    let Some(local) = url.strip_prefix("file://") else {
+        return Ok(());
+    };
+    if local.contains(['*', '?', '[']) {
+        let mut matches = glob::glob(local).map_err(|e| format!("bad glob '{local}': {e}"))?;
+        return match matches.next() {
+            Some(_) => Ok(()),
+            None => Err(format!("no file matches '{local}'")),
+        };
+    }
+    let p = Path::new(local);
+    if !p.exists() {
+        return Err(format!("'{local}' does not exist"));
+    }
+    if p.is_dir() {
+        let has_file = walk_has_file(p);
+        if !has_file {
+            return Err(format!("directory '{local}' contains no files"));
+        }
+    }
+    Ok(())
+}
+
+fn walk_has_file(dir: &Path) -> bool {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        let p = e.path();
+        if p.is_dir() {
+            walk_has_file(&p)
+        } else {
+            !e.file_name().to_string_lossy().starts_with(['.', '_'])
+        }
+    })
+}
+
+fn toml_location(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!(" (line {line})")
+        }
+        None => String::new(),
+    }
+}
+
+/// Best-effort dotted key for a TOML error: the table header above the error plus the key on its line.
+fn toml_key(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return "-".into();
+    };
+    let before = &text[..span.start.min(text.len())];
+    let mut table = String::new();
+    let mut index: std::collections::HashMap<String, i64> = Default::default();
+    for line in before.lines() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
+            let n = index.entry(name.trim().to_string()).or_insert(-1);
+            *n += 1;
+            table = format!("{}[{}]", name.trim(), n);
+        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            table = name.trim().to_string();
+        }
+    }
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line
+        .split('=')
+        .next()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && !k.starts_with('[') && line.contains('='))
+        .unwrap_or("");
+    match (table.is_empty(), key.is_empty()) {
+        (true, true) => "-".into(),
+        (true, false) => key.to_string(),
+        (false, true) => table,
+        (false, false) => format!("{table}.{key}"),
+    }
+}
+
+fn json_key_hint(msg: &str) -> String {
+    msg.split('`').nth(1).unwrap_or("-").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[job]
+name = "revenue_by_country"
+[job.params]
+target_partition_bytes = "32MiB"
+
+[[sources]]
+name = "events"
+format = "parquet"
+path = "data/events"
+
+[[sources]]
+name = "users"
+format = "csv"
+path = "data/users.csv"
+has_header = true
+
+[transform]
+sql = "SELECT 1"
+
+[sink]
+format = "parquet"
+path = "out/x"
+partition_by = ["country"]
+"#;
+
+    #[test]
+    fn a_full_spec_parses_with_defaults() {
+        let s = PipelineSpec::parse(GOOD, "t.toml").unwrap();
+        assert_eq!(s.job.mode, JobMode::Batch);
+        assert_eq!(s.job.params.target_partition_bytes(), 32 << 20);
+        assert_eq!(s.sink.mode, SinkMode::Overwrite);
+        assert_eq!(s.sources[1].format, Format::Csv);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_table() {
+        let bad = GOOD.replace("has_header = true", "has_header = true\nquote_char = \"'\"");
+        let e = PipelineSpec::parse(&bad, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("t.toml"), "{e}");
+        assert!(e.contains("sources[1].quote_char"), "{e}");
+        assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn unknown_format_is_named() {
+        let bad = GOOD.replace("format = \"csv\"", "format = \"xml\"");
+        let e = PipelineSpec::parse(&bad, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("sources[1].format"), "{e}");
+        assert!(e.contains("xml"), "{e}");
+    }
+
+    #[test]
+    fn bad_job_name_and_param_are_rejected() {
+        let bad = GOOD.replace("revenue_by_country", "Revenue By Country");
+        let e = PipelineSpec::parse(&bad, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("job.name"), "{e}");
+        let bad = GOOD.replace("\"32MiB\"", "\"32 parsecs\"");
+        let e = PipelineSpec::parse(&bad, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("target_partition_bytes"), "{e}");
+    }
+
+    #[test]
+    fn normalize_resolves_relative_paths_and_reports_missing_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("data/events")).unwrap();
+        std::fs::write(dir.path().join("data/events/a.parquet"), b"x").unwrap();
+        std::fs::write(dir.path().join("data/users.csv"), b"id\n1\n").unwrap();
+        let s = PipelineSpec::parse(GOOD, "t.toml").unwrap();
+        let n = s.clone().normalize(dir.path(), "t.toml").unwrap();
+        assert_eq!(
+            n.sources[0].path,
+            format!("file://{}/data/events/", dir.path().display())
+        );
+        assert!(n.sink.path.ends_with("/out/x/"));
+
+        std::fs::remove_file(dir.path().join("data/users.csv")).unwrap();
+        let e = s.normalize(dir.path(), "t.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("sources[1].path") && e.contains("does not exist"),
+            "{e}"
+        );
+    }
+}

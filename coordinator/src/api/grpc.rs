@@ -1,0 +1,408 @@
+//! gRPC services: `JobService` (clients), `WorkerService` (workers), `AdminService`.
+//! Every state change goes through `Core::propose` and is answered after it applied.
+
+use super::status::{job_status, workers};
+use crate::core::{Core, Liveness};
+use crate::planner::plan_job;
+use crate::scheduler::{error_record, report_failure};
+use crate::state::{Command, JobState, TaskResult, TaskState, WorkerState};
+use autopipe_common::error::Error;
+use autopipe_common::spec::{PipelineSpec, SinkMode};
+use autopipe_common::store::{parse_url, store_for};
+use autopipe_common::util::now_ms;
+use autopipe_proto as pb;
+use futures::{Stream, StreamExt, TryStreamExt};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+use tonic::{Request, Response, Status};
+
+/// All coordinator gRPC services over one core.
+#[derive(Clone)]
+pub struct Services {
+    /// shared core
+    pub core: Arc<Core>,
+}
+
+/// Largest partition count derived from input size.
+const MAX_DERIVED_PARTITIONS: u64 = 256;
+
+impl Services {
+    fn alive_slots(&self) -> u32 {
+        let live = self
+            .core
+            .liveness
+            .lock()
+            .expect("liveness lock poisoned")
+            .clone();
+        self.core.read(|s| {
+            s.workers
+                .values()
+                .filter(|w| w.state == WorkerState::Alive && live.contains_key(&w.id))
+                .map(|w| w.slots)
+                .sum()
+        })
+    }
+
+    /// Partitions: the pinned `shuffle_partitions`, else enough for every slot and for
+    /// input bytes / `target_partition_bytes` (Spark AQE's advisory size, 64 MiB).
+    async fn partitions_for(&self, spec: &PipelineSpec) -> Result<usize, Error> {
+        if let Some(n) = spec.job.params.shuffle_partitions {
+            return Ok(n as usize);
+        }
+        let mut input_bytes = 0u64;
+        for s in &spec.sources {
+            let url = parse_url(&s.path)?;
+            let (store, path) = store_for(&url)?;
+            let prefix = if s.path.contains(['*', '?']) {
+                None
+            } else {
+                Some(path)
+            };
+            input_bytes += store
+                .list(prefix.as_ref())
+                .map_ok(|m| m.size)
+                .try_fold(0u64, |a, b| async move { Ok(a + b) })
+                .await
+                .unwrap_or(0);
+        }
+        let by_size = input_bytes.div_ceil(spec.job.params.target_partition_bytes().max(1));
+        let slots = self.alive_slots().max(2) as u64;
+        Ok(by_size.min(MAX_DERIVED_PARTITIONS).max(slots) as usize)
+    }
+
+    async fn check_sink(&self, spec: &PipelineSpec) -> Result<(), Error> {
+        if spec.sink.mode != SinkMode::ErrorIfExists {
+            return Ok(());
+        }
+        let url = parse_url(&spec.sink.path)?;
+        let (store, path) = store_for(&url)?;
+        let any = store.list(Some(&path)).next().await;
+        if let Some(Ok(m)) = any {
+            return Err(Error::plan(
+                "sink.mode",
+                format!(
+                    "mode = \"error_if_exists\" but {} already has files (e.g. {}); remove them or use mode = \"overwrite\"",
+                    spec.sink.path, m.location
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::JobStatus, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::job_service_server::JobService for Services {
+    async fn submit_job(
+        &self,
+        req: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let req = req.into_inner();
+        let origin = if req.spec_origin.is_empty() {
+            "<request>".to_string()
+        } else {
+            req.spec_origin.clone()
+        };
+        let spec = PipelineSpec::parse(&req.spec_json, &origin)?;
+        let partitions = self.partitions_for(&spec).await?;
+        let planned = plan_job(&spec, partitions).await?;
+        self.check_sink(&spec).await?;
+        let job_id = format!(
+            "{}-{}-{}",
+            spec.job.name,
+            chrono::Utc::now().format("%Y%m%d%H%M%S"),
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        );
+        tracing::info!(job = %job_id, stages = planned.stages.len(), partitions, "job submitted");
+        self.core
+            .propose(Command::SubmitJob {
+                job_id: job_id.clone(),
+                spec,
+                stages: planned.stages,
+                at_ms: now_ms(),
+            })
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::SubmitJobResponse { job_id }))
+    }
+
+    async fn get_job(&self, req: Request<pb::JobId>) -> Result<Response<pb::JobStatus>, Status> {
+        let id = req.into_inner().job_id;
+        self.core
+            .read(|s| s.jobs.get(&id).map(job_status))
+            .map(Response::new)
+            .ok_or_else(|| {
+                Status::not_found(format!("job '{id}' does not exist (see `autopipe jobs`)"))
+            })
+    }
+
+    async fn list_jobs(
+        &self,
+        _req: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let jobs = self.core.read(|s| {
+            s.job_order
+                .iter()
+                .filter_map(|id| s.jobs.get(id))
+                .map(job_status)
+                .collect()
+        });
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
+
+    async fn cancel_job(&self, req: Request<pb::JobId>) -> Result<Response<pb::JobStatus>, Status> {
+        let id = req.into_inner().job_id;
+        let state = self.core.read(|s| s.jobs.get(&id).map(|j| j.state));
+        match state {
+            None => return Err(Status::not_found(format!("job '{id}' does not exist"))),
+            Some(st) if st.is_terminal() => {}
+            Some(_) => {
+                self.core
+                    .propose(Command::CancelJob {
+                        job_id: id.clone(),
+                        at_ms: now_ms(),
+                    })
+                    .map_err(|e| Status::failed_precondition(e.to_string()))?;
+                cancel_running_attempts(&self.core, &id).await;
+            }
+        }
+        self.get_job(Request::new(pb::JobId { job_id: id })).await
+    }
+
+    type WatchJobStream = WatchStream;
+
+    async fn watch_job(&self, req: Request<pb::JobId>) -> Result<Response<WatchStream>, Status> {
+        let id = req.into_inner().job_id;
+        if self.core.read(|s| !s.jobs.contains_key(&id)) {
+            return Err(Status::not_found(format!("job '{id}' does not exist")));
+        }
+        let core = self.core.clone();
+        let mut rx = core.subscribe();
+        let stream = async_stream(move |tx| async move {
+            loop {
+                let st = core.read(|s| s.jobs.get(&id).map(job_status));
+                let Some(st) = st else { return };
+                let terminal = matches!(
+                    pb::JobState::try_from(st.state),
+                    Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
+                );
+                if tx.send(Ok(st)).await.is_err() || terminal {
+                    return;
+                }
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { return },
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {},
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+/// A stream fed by a spawned producer.
+fn async_stream<F, Fut>(f: F) -> WatchStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::JobStatus, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// Best-effort cancel of a job's running attempts on their workers.
+async fn cancel_running_attempts(core: &Core, job_id: &str) {
+    let targets: Vec<(String, pb::TaskKey)> = core.read(|s| {
+        let Some(job) = s.jobs.get(job_id) else {
+            return vec![];
+        };
+        let mut out = vec![];
+        for (si, st) in job.stages.iter().enumerate() {
+            for (ti, t) in st.tasks.iter().enumerate() {
+                if let TaskState::Running {
+                    attempt, worker_id, ..
+                } = &t.state
+                {
+                    if let Some(w) = s.workers.get(worker_id) {
+                        out.push((
+                            w.address.clone(),
+                            pb::TaskKey {
+                                job_id: job_id.to_string(),
+                                stage_id: si as u32,
+                                task: ti as u32,
+                                attempt: *attempt,
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    });
+    for (addr, key) in targets {
+        if let Ok(ch) = autopipe_common::shuffle::channel_to(&addr) {
+            let mut c = pb::worker_control_client::WorkerControlClient::new(ch);
+            let mut req = Request::new(pb::CancelTaskRequest { key: Some(key) });
+            req.set_timeout(std::time::Duration::from_secs(5));
+            let _ = c.cancel_task(req).await;
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::worker_service_server::WorkerService for Services {
+    async fn register_worker(
+        &self,
+        req: Request<pb::RegisterWorkerRequest>,
+    ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+        let r = req.into_inner();
+        if r.address.is_empty() || r.slots == 0 {
+            return Err(Status::invalid_argument(
+                "register: address must be set and slots must be at least 1",
+            ));
+        }
+        let worker_id = format!("w-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        self.core
+            .propose(Command::RegisterWorker {
+                worker_id: worker_id.clone(),
+                address: r.address.clone(),
+                http_address: r.http_address,
+                slots: r.slots,
+                at_ms: now_ms(),
+            })
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.core
+            .liveness
+            .lock()
+            .expect("liveness lock poisoned")
+            .insert(
+                worker_id.clone(),
+                Liveness {
+                    last: Instant::now(),
+                    last_ms: now_ms(),
+                    free_slots: r.slots,
+                    cpu_percent: 0.0,
+                    memory_used_bytes: 0,
+                    running: 0,
+                },
+            );
+        tracing::info!(worker = %worker_id, address = %r.address, slots = r.slots, "worker registered");
+        Ok(Response::new(pb::RegisterWorkerResponse { worker_id }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let h = req.into_inner();
+        let known = self.core.read(|s| {
+            s.workers
+                .get(&h.worker_id)
+                .map(|w| w.state == WorkerState::Alive)
+                .unwrap_or(false)
+        });
+        if known {
+            self.core
+                .liveness
+                .lock()
+                .expect("liveness lock poisoned")
+                .insert(
+                    h.worker_id.clone(),
+                    Liveness {
+                        last: Instant::now(),
+                        last_ms: now_ms(),
+                        free_slots: h.free_slots,
+                        cpu_percent: h.cpu_percent,
+                        memory_used_bytes: h.memory_used_bytes,
+                        running: h.running.len() as u32,
+                    },
+                );
+        }
+        Ok(Response::new(pb::HeartbeatResponse { known }))
+    }
+
+    async fn report_task_status(
+        &self,
+        req: Request<pb::TaskStatusReport>,
+    ) -> Result<Response<pb::TaskStatusAck>, Status> {
+        let r = req.into_inner();
+        let key = r
+            .key
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("task report without a key"))?;
+        let current = self.core.read(|s| {
+            s.jobs.get(&key.job_id).and_then(|j| {
+                let t = j
+                    .stages
+                    .get(key.stage_id as usize)?
+                    .tasks
+                    .get(key.task as usize)?;
+                Some((j.state, t.state.clone()))
+            })
+        });
+        // Reports of attempts the state no longer expects are acknowledged and dropped.
+        let expected = matches!(
+            &current,
+            Some((JobState::Running, TaskState::Running { attempt, worker_id, .. }))
+                if *attempt == key.attempt && *worker_id == r.worker_id
+        );
+        if !expected {
+            tracing::debug!(job = %key.job_id, stage = key.stage_id, task = key.task, attempt = key.attempt, "ignoring stale task report");
+            return Ok(Response::new(pb::TaskStatusAck {}));
+        }
+        if r.succeeded {
+            let m = &self.core.metrics;
+            m.task_duration.observe(r.duration_ms as f64 / 1000.0);
+            m.rows_read.inc_by(r.rows_in);
+            m.bytes_written.inc_by(r.bytes_out);
+            let is_sink = self.core.read(|s| {
+                s.jobs[&key.job_id].stages[key.stage_id as usize]
+                    .plan
+                    .shuffle_partitions
+                    .is_none()
+            });
+            if is_sink {
+                m.rows_written.inc_by(r.rows_out);
+            }
+            let result = TaskResult {
+                partitions: r.partitions.iter().map(|p| (p.rows, p.bytes)).collect(),
+                files: r.files,
+                rows_in: r.rows_in,
+                rows_out: r.rows_out,
+                bytes_out: r.bytes_out,
+                duration_ms: r.duration_ms,
+            };
+            if let Err(e) = self.core.propose(Command::TaskSucceeded {
+                job_id: key.job_id.clone(),
+                stage: key.stage_id,
+                task: key.task,
+                attempt: key.attempt,
+                result,
+            }) {
+                tracing::debug!("success not recorded: {e}");
+            }
+        } else {
+            let err = r
+                .error
+                .as_ref()
+                .map(Error::from_detail)
+                .unwrap_or_else(|| Error::Transient("task failed without an error".into()));
+            tracing::warn!(job = %key.job_id, stage = key.stage_id, task = key.task, attempt = key.attempt, class = ?err.class(), "task failed: {err}");
+            let _ = error_record(&err);
+            report_failure(&self.core, &key, &err);
+        }
+        Ok(Response::new(pb::TaskStatusAck {}))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_service_server::AdminService for Services {
+    async fn list_workers(
+        &self,
+        _req: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let w = self.core.read(|s| workers(&self.core, s));
+        Ok(Response::new(pb::ListWorkersResponse { workers: w }))
+    }
+}

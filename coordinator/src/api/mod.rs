@@ -1,0 +1,5 @@
+//! Coordinator interfaces: gRPC services (`grpc`) and the HTTP admin API (`http`).
+
+pub mod grpc;
+pub mod http;
+pub mod status;

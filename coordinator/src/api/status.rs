@@ -1,0 +1,110 @@
+//! Builds the wire view (`JobStatus`, `WorkerInfo`) of the state, shared by gRPC and HTTP.
+
+use crate::core::Core;
+use crate::state::{Job, JobState, State, TaskState, WorkerState};
+use autopipe_proto as pb;
+
+/// Wire form of a job state.
+pub fn job_state(s: JobState) -> pb::JobState {
+    match s {
+        JobState::Running => pb::JobState::Running,
+        JobState::Committing => pb::JobState::Committing,
+        JobState::Succeeded => pb::JobState::Succeeded,
+        JobState::Failed => pb::JobState::Failed,
+        JobState::Cancelled => pb::JobState::Cancelled,
+    }
+}
+
+/// The status of one job.
+pub fn job_status(job: &Job) -> pb::JobStatus {
+    let mut stages = Vec::new();
+    let (mut rows_in, mut tasks_total, mut tasks_done, mut attempts) = (0, 0, 0, 0);
+    let last = job.stages.len().saturating_sub(1);
+    let mut rows_out = 0;
+    for (i, st) in job.stages.iter().enumerate() {
+        let (mut r_out, mut b_out) = (0, 0);
+        for t in &st.tasks {
+            attempts += t.attempts;
+            if let TaskState::Succeeded { result, .. } = &t.state {
+                rows_in += result.rows_in;
+                r_out += result.rows_out;
+                b_out += result.bytes_out;
+            }
+        }
+        if i == last {
+            rows_out = r_out;
+        }
+        tasks_total += st.tasks.len() as u32;
+        tasks_done += st.done() as u32;
+        stages.push(pb::StageStatus {
+            stage_id: st.plan.id,
+            kind: if st.plan.shuffle_partitions.is_some() {
+                "map".into()
+            } else {
+                "sink".into()
+            },
+            tasks_total: st.tasks.len() as u32,
+            tasks_done: st.done() as u32,
+            tasks_running: st.running() as u32,
+            rows_out: r_out,
+            bytes_out: b_out,
+            input_stages: st.plan.inputs.clone(),
+            plan: st.plan.display.clone(),
+        });
+    }
+    pb::JobStatus {
+        job_id: job.id.clone(),
+        name: job.spec.job.name.clone(),
+        state: job_state(job.state) as i32,
+        stages,
+        rows_in,
+        rows_out,
+        submitted_at_ms: job.submitted_ms,
+        finished_at_ms: job.finished_ms,
+        output_path: job.spec.sink.path.clone(),
+        error: job.error.as_ref().map(|e| pb::ErrorDetail {
+            class: match e.class.as_str() {
+                "transient" => pb::ErrorClass::Transient,
+                "data" => pb::ErrorClass::Data,
+                _ => pb::ErrorClass::Permanent,
+            } as i32,
+            message: e.message.clone(),
+            key: e.key.clone(),
+            fetch_failed: None,
+        }),
+        tasks_total,
+        tasks_done,
+        task_attempts: attempts,
+        files_out: job.committed_files.len() as u64,
+    }
+}
+
+/// Every worker with its latest heartbeat.
+pub fn workers(core: &Core, s: &State) -> Vec<pb::WorkerInfo> {
+    let live = core
+        .liveness
+        .lock()
+        .expect("liveness lock poisoned")
+        .clone();
+    s.workers
+        .values()
+        .map(|w| {
+            let l = live.get(&w.id);
+            pb::WorkerInfo {
+                worker_id: w.id.clone(),
+                address: w.address.clone(),
+                slots: w.slots,
+                free_slots: w.slots.saturating_sub(s.running_on(&w.id) as u32),
+                state: match w.state {
+                    WorkerState::Alive => "alive".into(),
+                    WorkerState::Lost => "lost".into(),
+                },
+                last_heartbeat_ms: l.map(|l| l.last_ms).unwrap_or(0),
+                cpu_percent: l.map(|l| l.cpu_percent).unwrap_or(0.0),
+                memory_used_bytes: l.map(|l| l.memory_used_bytes).unwrap_or(0),
+                running_tasks: s.running_on(&w.id) as u32,
+                http_address: w.http_address.clone(),
+            }
+        })
+        .collect()
+}

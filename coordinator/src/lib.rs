@@ -1,0 +1,96 @@
+//! autopipe-coordinator: keeps the durable job state (a command log applied by a pure
+//! state machine), plans SQL pipelines into stages, schedules tasks onto workers,
+//! commits sink output, and serves gRPC (jobs, workers, admin) and HTTP (`/metrics`,
+//! JSON admin API, dashboard).
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod core;
+pub mod metrics;
+pub mod planner;
+pub mod scheduler;
+pub mod state;
+
+pub use crate::core::{CoordinatorConfig, Core};
+
+use autopipe_common::error::{Error, Result};
+use autopipe_proto as pb;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+/// A running coordinator.
+pub struct CoordinatorHandle {
+    /// bound gRPC address
+    pub grpc_addr: SocketAddr,
+    /// bound HTTP address
+    pub http_addr: SocketAddr,
+    /// shared core (state, liveness, metrics)
+    pub core: Arc<Core>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl CoordinatorHandle {
+    /// Waits until every server and loop has stopped (after the token is cancelled).
+    pub async fn join(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Opens the state, binds the listeners and starts the servers and the scheduler.
+pub async fn start(
+    config: CoordinatorConfig,
+    cancel: CancellationToken,
+) -> Result<CoordinatorHandle> {
+    let core = Arc::new(Core::open(config)?);
+    let grpc = TcpListener::bind(core.config.listen)
+        .await
+        .map_err(|e| Error::Permanent(format!("cannot listen on {}: {e}", core.config.listen)))?;
+    let http = TcpListener::bind(core.config.http)
+        .await
+        .map_err(|e| Error::Permanent(format!("cannot listen on {}: {e}", core.config.http)))?;
+    let grpc_addr = grpc
+        .local_addr()
+        .map_err(|e| Error::Permanent(e.to_string()))?;
+    let http_addr = http
+        .local_addr()
+        .map_err(|e| Error::Permanent(e.to_string()))?;
+
+    let svc = api::grpc::Services { core: core.clone() };
+    let c1 = cancel.clone();
+    let grpc_task = tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .add_service(pb::job_service_server::JobServiceServer::new(svc.clone()))
+            .add_service(pb::worker_service_server::WorkerServiceServer::new(
+                svc.clone(),
+            ))
+            .add_service(pb::admin_service_server::AdminServiceServer::new(svc))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), c1.cancelled_owned())
+            .await;
+        if let Err(e) = r {
+            tracing::error!("coordinator gRPC server stopped: {e}");
+        }
+    });
+    let c2 = cancel.clone();
+    let router = api::http::router(core.clone());
+    let http_task = tokio::spawn(async move {
+        let r = axum::serve(http, router)
+            .with_graceful_shutdown(c2.cancelled_owned())
+            .await;
+        if let Err(e) = r {
+            tracing::error!("coordinator HTTP server stopped: {e}");
+        }
+    });
+    let sched_task = tokio::spawn(scheduler::run(core.clone(), cancel.clone()));
+    tracing::info!(%grpc_addr, %http_addr, "coordinator started");
+    Ok(CoordinatorHandle {
+        grpc_addr,
+        http_addr,
+        core,
+        tasks: vec![grpc_task, http_task, sched_task],
+    })
+}

@@ -1,0 +1,143 @@
+//! Coordinator metrics in Prometheus text format: tasks and jobs by state (read from
+//! the state at scrape time), task durations, rows and bytes, errors by class.
+
+use crate::state::{JobState, State, TaskState, WorkerState};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+/// All coordinator metrics.
+pub struct Metrics {
+    registry: Registry,
+    tasks: Family<Labels, Gauge>,
+    jobs: Family<Labels, Gauge>,
+    workers: Family<Labels, Gauge>,
+    /// task run time as reported by workers
+    pub task_duration: Histogram,
+    /// rows read by source scans
+    pub rows_read: Counter,
+    /// rows written by sinks
+    pub rows_written: Counter,
+    /// bytes written (shuffle + sink)
+    pub bytes_written: Counter,
+    /// task errors by class
+    pub errors: Family<Labels, Counter>,
+    /// commands written to the log
+    pub commands: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("autopipe");
+        let tasks = Family::<Labels, Gauge>::default();
+        let jobs = Family::<Labels, Gauge>::default();
+        let workers = Family::<Labels, Gauge>::default();
+        let task_duration = Histogram::new(exponential_buckets(0.005, 2.0, 16));
+        let rows_read = Counter::default();
+        let rows_written = Counter::default();
+        let bytes_written = Counter::default();
+        let errors = Family::<Labels, Counter>::default();
+        let commands = Counter::default();
+        registry.register("tasks", "Tasks by state", tasks.clone());
+        registry.register("jobs", "Jobs by state", jobs.clone());
+        registry.register("workers", "Workers by state", workers.clone());
+        registry.register(
+            "task_duration_seconds",
+            "Task run time reported by workers",
+            task_duration.clone(),
+        );
+        registry.register("rows_read", "Rows read from sources", rows_read.clone());
+        registry.register(
+            "rows_written",
+            "Rows written by sinks",
+            rows_written.clone(),
+        );
+        registry.register(
+            "bytes_written",
+            "Bytes written to shuffle and sinks",
+            bytes_written.clone(),
+        );
+        registry.register("task_errors", "Task errors by class", errors.clone());
+        registry.register(
+            "state_commands",
+            "Commands written to the state log",
+            commands.clone(),
+        );
+        Self {
+            registry,
+            tasks,
+            jobs,
+            workers,
+            task_duration,
+            rows_read,
+            rows_written,
+            bytes_written,
+            errors,
+            commands,
+        }
+    }
+}
+
+fn label(k: &str, v: &str) -> Labels {
+    vec![(k.to_string(), v.to_string())]
+}
+
+impl Metrics {
+    /// Refreshes the state gauges and renders the text exposition.
+    pub fn render(&self, state: &State) -> String {
+        let mut t = [0i64; 3];
+        let mut j = [0i64; 5];
+        for job in state.jobs.values() {
+            j[match job.state {
+                JobState::Running => 0,
+                JobState::Committing => 1,
+                JobState::Succeeded => 2,
+                JobState::Failed => 3,
+                JobState::Cancelled => 4,
+            }] += 1;
+            if job.state != JobState::Running {
+                continue;
+            }
+            for task in job.stages.iter().flat_map(|s| s.tasks.iter()) {
+                t[match task.state {
+                    TaskState::Pending => 0,
+                    TaskState::Running { .. } => 1,
+                    TaskState::Succeeded { .. } => 2,
+                }] += 1;
+            }
+        }
+        for (i, s) in ["pending", "running", "succeeded"].iter().enumerate() {
+            self.tasks.get_or_create(&label("state", s)).set(t[i]);
+        }
+        for (i, s) in ["running", "committing", "succeeded", "failed", "cancelled"]
+            .iter()
+            .enumerate()
+        {
+            self.jobs.get_or_create(&label("state", s)).set(j[i]);
+        }
+        let alive = state
+            .workers
+            .values()
+            .filter(|w| w.state == WorkerState::Alive)
+            .count() as i64;
+        self.workers
+            .get_or_create(&label("state", "alive"))
+            .set(alive);
+        self.workers
+            .get_or_create(&label("state", "lost"))
+            .set(state.workers.len() as i64 - alive);
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Counts a task error of `class`.
+    pub fn error(&self, class: &str) {
+        self.errors.get_or_create(&label("class", class)).inc();
+    }
+}

@@ -1,0 +1,262 @@
+//! Planner: spec → DataFusion logical plan → physical plan → stages.
+//!
+//! The physical plan is split at every exchange: a hash `RepartitionExec` becomes a
+//! map stage (whose root is that `RepartitionExec`; the worker runs its input and
+//! hash-partitions the output into shuffle files) and a `ShuffleReaderExec` in the
+//! consumer; a `CoalescePartitionsExec` / `SortPreservingMergeExec` over several
+//! partitions makes its input a pass-through map stage read back one partition per
+//! map task. The last stage is the sink stage: one task per output partition.
+
+use crate::state::StagePlan;
+use autopipe_common::error::{Error, Result};
+use autopipe_common::session::context_for;
+use autopipe_common::shuffle::{ShuffleCodec, ShuffleReaderExec};
+use autopipe_common::spec::PipelineSpec;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use datafusion::physical_plan::{
+    displayable, replace_children_if_necessary, ExecutionPlan, ExecutionPlanProperties,
+};
+use datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec;
+use std::sync::Arc;
+
+/// A planned job.
+#[derive(Debug)]
+pub struct PlannedJob {
+    /// stages in dependency order (inputs before consumers); the last is the sink stage
+    pub stages: Vec<StagePlan>,
+}
+
+/// Plans `spec` with `partitions` target partitions.
+pub async fn plan_job(spec: &PipelineSpec, partitions: usize) -> Result<PlannedJob> {
+    let ctx = context_for(spec, partitions).await?;
+    let df = ctx
+        .sql(&spec.transform.sql)
+        .await
+        .map_err(|e| Error::plan("transform.sql", e))?;
+    let physical = df
+        .create_physical_plan()
+        .await
+        .map_err(|e| Error::plan("transform.sql", e))?;
+    let schema = physical.schema();
+    for (i, col) in spec.sink.partition_by.iter().enumerate() {
+        if schema.field_with_name(col).is_err() {
+            let names: Vec<_> = schema.fields().iter().map(|f| f.name().clone()).collect();
+            return Err(Error::plan(
+                format!("sink.partition_by[{i}]"),
+                format!(
+                    "column '{col}' is not in the query's output (columns: {})",
+                    names.join(", ")
+                ),
+            ));
+        }
+    }
+    if !spec.sink.partition_by.is_empty() && spec.sink.partition_by.len() == schema.fields().len() {
+        return Err(Error::plan(
+            "sink.partition_by",
+            "every output column is a partition column; at least one must remain in the files",
+        ));
+    }
+    split_into_stages(physical)
+}
+
+struct Draft {
+    plan: Arc<dyn ExecutionPlan>,
+    tasks: usize,
+    shuffle_partitions: Option<usize>,
+    inputs: Vec<u32>,
+}
+
+/// Splits a physical plan into stages at its exchanges.
+pub fn split_into_stages(plan: Arc<dyn ExecutionPlan>) -> Result<PlannedJob> {
+    let mut drafts = Vec::new();
+    let root = split(plan, &mut drafts)?;
+    let inputs = reader_stages(&root);
+    drafts.push(Draft {
+        tasks: root.output_partitioning().partition_count(),
+        plan: root,
+        shuffle_partitions: None,
+        inputs,
+    });
+    let codec = ShuffleCodec::default();
+    let mut stages = Vec::with_capacity(drafts.len());
+    for (id, d) in drafts.into_iter().enumerate() {
+        let bytes = physical_plan_to_bytes_with_extension_codec(Arc::clone(&d.plan), &codec)
+            .map_err(|e| {
+                Error::plan("transform.sql", format!("cannot ship stage {id} plan: {e}"))
+            })?;
+        stages.push(StagePlan {
+            id: id as u32,
+            plan: bytes.to_vec(),
+            display: displayable(d.plan.as_ref()).indent(false).to_string(),
+            tasks: d.tasks as u32,
+            shuffle_partitions: d.shuffle_partitions.map(|n| n as u32),
+            inputs: d.inputs,
+        });
+    }
+    Ok(PlannedJob { stages })
+}
+
+fn split(plan: Arc<dyn ExecutionPlan>, drafts: &mut Vec<Draft>) -> Result<Arc<dyn ExecutionPlan>> {
+    let children = plan
+        .children()
+        .into_iter()
+        .map(|c| split(Arc::clone(c), drafts))
+        .collect::<Result<Vec<_>>>()?;
+    let plan = replace_children_if_necessary(plan, children)?;
+
+    if let Some(rep) = plan.downcast_ref::<RepartitionExec>() {
+        let n = rep.partitioning().partition_count();
+        let input = Arc::clone(rep.input());
+        let id = drafts.len() as u32;
+        drafts.push(Draft {
+            tasks: input.output_partitioning().partition_count(),
+            inputs: reader_stages(&input),
+            plan: Arc::clone(&plan),
+            shuffle_partitions: Some(n),
+        });
+        return Ok(Arc::new(ShuffleReaderExec::new(id, plan.schema(), n, true)));
+    }
+    let merges = plan.is::<CoalescePartitionsExec>() || plan.is::<SortPreservingMergeExec>();
+    if merges {
+        let input = Arc::clone(plan.children()[0]);
+        let n = input.output_partitioning().partition_count();
+        if n > 1 {
+            let id = drafts.len() as u32;
+            drafts.push(Draft {
+                tasks: n,
+                inputs: reader_stages(&input),
+                plan: Arc::clone(&input),
+                shuffle_partitions: Some(1),
+            });
+            let reader: Arc<dyn ExecutionPlan> =
+                Arc::new(ShuffleReaderExec::new(id, input.schema(), n, false));
+            return Ok(replace_children_if_necessary(plan, vec![reader])?);
+        }
+    }
+    Ok(plan)
+}
+
+/// Stage ids read by the `ShuffleReaderExec` leaves of `plan` (within one stage).
+fn reader_stages(plan: &Arc<dyn ExecutionPlan>) -> Vec<u32> {
+    let mut out = Vec::new();
+    fn walk(p: &Arc<dyn ExecutionPlan>, out: &mut Vec<u32>) {
+        if let Some(r) = p.downcast_ref::<ShuffleReaderExec>() {
+            if !out.contains(&r.stage_id) {
+                out.push(r.stage_id);
+            }
+        }
+        for c in p.children() {
+            walk(c, out);
+        }
+    }
+    walk(plan, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::record_batch::RecordBatch;
+
+    fn write_parquet(dir: &std::path::Path, files: usize) {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("v", DataType::Utf8, false),
+        ]));
+        for f in 0..files {
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from_iter_values((0..100).map(|i| i % 7))),
+                    Arc::new(StringArray::from_iter_values(
+                        (0..100).map(|i| format!("v{i}")),
+                    )),
+                ],
+            )
+            .unwrap();
+            let file = std::fs::File::create(dir.join(format!("part-{f}.parquet"))).unwrap();
+            let mut w = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), None).unwrap();
+            w.write(&batch).unwrap();
+            w.close().unwrap();
+        }
+    }
+
+    fn spec(dir: &std::path::Path, sql: &str) -> PipelineSpec {
+        let text = format!(
+            r#"
+[job]
+name = "t"
+[[sources]]
+name = "t"
+format = "parquet"
+path = "{}"
+[transform]
+sql = "{sql}"
+[sink]
+format = "parquet"
+path = "{}/out"
+"#,
+            dir.display(),
+            dir.display()
+        );
+        PipelineSpec::parse(&text, "t.toml")
+            .unwrap()
+            .normalize(dir, "t.toml")
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn group_by_is_split_at_the_hash_exchange() {
+        let dir = tempfile::tempdir().unwrap();
+        write_parquet(dir.path(), 4);
+        let s = spec(dir.path(), "SELECT k, count(*) AS n FROM t GROUP BY k");
+        let job = plan_job(&s, 4).await.unwrap();
+        assert_eq!(
+            job.stages.len(),
+            2,
+            "{:#?}",
+            job.stages.iter().map(|s| &s.display).collect::<Vec<_>>()
+        );
+        assert_eq!(job.stages[0].shuffle_partitions, Some(4));
+        assert_eq!(job.stages[1].inputs, vec![0]);
+        assert_eq!(job.stages[1].tasks, 4);
+        assert!(job.stages[1].display.contains("ShuffleReaderExec"));
+    }
+
+    #[tokio::test]
+    async fn order_by_limit_merges_into_a_single_sink_task() {
+        let dir = tempfile::tempdir().unwrap();
+        write_parquet(dir.path(), 4);
+        let s = spec(dir.path(), "SELECT v FROM t ORDER BY v LIMIT 3");
+        let job = plan_job(&s, 4).await.unwrap();
+        let last = job.stages.last().unwrap();
+        assert_eq!(last.tasks, 1);
+        assert!(
+            last.display.contains("SortPreservingMergeExec"),
+            "{}",
+            last.display
+        );
+    }
+
+    #[tokio::test]
+    async fn sql_errors_name_the_transform_key() {
+        let dir = tempfile::tempdir().unwrap();
+        write_parquet(dir.path(), 1);
+        let e = plan_job(&spec(dir.path(), "SELECT nope FROM t"), 2)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("transform.sql"), "{e}");
+        let e = plan_job(&spec(dir.path(), "SELECT * FROM missing"), 2)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
+        let e = plan_job(&spec(dir.path(), "SELEC k FROM t"), 2)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("transform.sql"), "{e}");
+    }
+}

@@ -1,0 +1,385 @@
+//! The scheduler loop (leader-only once Raft lands): declares silent workers lost,
+//! launches ready tasks onto workers with free slots, cancels tasks of cancelled or
+//! failed jobs, and commits jobs whose sink stage is complete. It reads the state
+//! and proposes commands; all side effects (RPCs, file moves) happen here.
+
+pub mod commit;
+
+use crate::core::Core;
+use crate::state::{Command, ErrorRecord, Job, JobState, State, TaskState, WorkerState};
+use autopipe_common::error::{Error, ErrorClass};
+use autopipe_common::retry::RetryPolicy;
+use autopipe_common::shuffle::channel_to;
+use autopipe_common::util::now_ms;
+use autopipe_proto as pb;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Runs until `cancel`.
+pub async fn run(core: Arc<Core>, cancel: CancellationToken) {
+    let committing: Arc<Mutex<HashSet<String>>> = Default::default();
+    let mut cleaned: HashSet<String> = HashSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = core.wake.notified() => {},
+            _ = tokio::time::sleep(core.config.schedule_interval) => {},
+        }
+        detect_lost_workers(&core);
+        launch_ready_tasks(&core);
+        start_commits(&core, &committing);
+        cleanup_finished(&core, &mut cleaned);
+    }
+}
+
+fn detect_lost_workers(core: &Core) {
+    let timeout = core.config.heartbeat_timeout;
+    let lost: Vec<String> = {
+        let live = core.liveness.lock().expect("liveness lock poisoned");
+        live.iter()
+            .filter(|(_, l)| l.last.elapsed() > timeout)
+            .map(|(id, _)| id.clone())
+            .collect()
+    };
+    for id in lost {
+        core.liveness
+            .lock()
+            .expect("liveness lock poisoned")
+            .remove(&id);
+        let alive = core.read(|s| {
+            s.workers
+                .get(&id)
+                .map(|w| w.state == WorkerState::Alive)
+                .unwrap_or(false)
+        });
+        if alive {
+            tracing::warn!(worker = %id, "worker missed heartbeats for {timeout:?}; declaring it lost");
+            if let Err(e) = core.propose(Command::WorkerLost {
+                worker_id: id.clone(),
+                at_ms: now_ms(),
+            }) {
+                tracing::warn!(worker = %id, "could not record lost worker: {e}");
+            }
+        }
+    }
+}
+
+/// One decided launch.
+struct Launch {
+    worker_id: String,
+    address: String,
+    def: pb::TaskDefinition,
+}
+
+fn launch_ready_tasks(core: &Arc<Core>) {
+    let live: HashMap<String, ()> = core
+        .liveness
+        .lock()
+        .expect("liveness lock poisoned")
+        .keys()
+        .map(|k| (k.clone(), ()))
+        .collect();
+    let launches = core.read(|s| plan_launches(s, &live));
+    for l in launches {
+        let key = l.def.key.clone().expect("built with a key");
+        let cmd = Command::TaskLaunched {
+            job_id: key.job_id.clone(),
+            stage: key.stage_id,
+            task: key.task,
+            attempt: key.attempt,
+            worker_id: l.worker_id.clone(),
+            at_ms: now_ms(),
+        };
+        if let Err(e) = core.propose(cmd) {
+            tracing::debug!("launch not recorded: {e}");
+            continue;
+        }
+        let core = core.clone();
+        tokio::spawn(async move {
+            let r = send_launch(&l.address, l.def).await;
+            if let Err(e) = r {
+                tracing::warn!(worker = %l.worker_id, job = %key.job_id, stage = key.stage_id, task = key.task, "launch failed: {e}");
+                report_failure(&core, &key, &e);
+            }
+        });
+    }
+}
+
+async fn send_launch(address: &str, def: pb::TaskDefinition) -> Result<(), Error> {
+    let ch = channel_to(address)?;
+    let mut client = pb::worker_control_client::WorkerControlClient::new(ch)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    let mut req = tonic::Request::new(def);
+    req.set_timeout(Duration::from_secs(10));
+    client
+        .launch_task(req)
+        .await
+        .map_err(|s| Error::from_status(&s))?;
+    Ok(())
+}
+
+/// Records a failed attempt (launch error or worker report).
+pub fn report_failure(core: &Core, key: &pb::TaskKey, e: &Error) {
+    let class = e.class();
+    core.metrics.error(class_name(class));
+    // Backoff before the next attempt: full jitter over the one retry policy.
+    let failures = core.read(|s| {
+        s.jobs
+            .get(&key.job_id)
+            .and_then(|j| j.stages.get(key.stage_id as usize))
+            .and_then(|st| st.tasks.get(key.task as usize))
+            .map(|t| t.failures)
+            .unwrap_or(0)
+    });
+    let backoff = RetryPolicy {
+        base: Duration::from_millis(100),
+        cap: Duration::from_secs(5),
+        max_attempts: u32::MAX,
+    }
+    .backoff(failures);
+    let cmd = Command::TaskFailed {
+        job_id: key.job_id.clone(),
+        stage: key.stage_id,
+        task: key.task,
+        attempt: key.attempt,
+        error: error_record(e),
+        retryable: class == ErrorClass::Transient,
+        retry_at_ms: now_ms() + backoff.as_millis() as u64,
+    };
+    if let Err(err) = core.propose(cmd) {
+        tracing::debug!("failure not recorded: {err}");
+    }
+}
+
+/// State form of an error.
+pub fn error_record(e: &Error) -> ErrorRecord {
+    let d = e.to_detail();
+    ErrorRecord {
+        class: class_name(e.class()).to_string(),
+        message: d.message,
+        key: d.key,
+    }
+}
+
+/// Lower-case class name.
+pub fn class_name(c: ErrorClass) -> &'static str {
+    match c {
+        ErrorClass::Transient => "transient",
+        ErrorClass::Permanent => "permanent",
+        ErrorClass::Data => "data",
+    }
+}
+
+/// Decides launches: jobs in submission order, ready stages in order, tasks onto the
+/// alive worker with the most free slots.
+fn plan_launches(s: &State, live: &HashMap<String, ()>) -> Vec<Launch> {
+    let mut free: Vec<(String, i64)> = s
+        .workers
+        .values()
+        .filter(|w| w.state == WorkerState::Alive && live.contains_key(&w.id))
+        .map(|w| (w.id.clone(), w.slots as i64 - s.running_on(&w.id) as i64))
+        .collect();
+    let mut out = Vec::new();
+    let now = now_ms();
+    for job_id in &s.job_order {
+        let job = &s.jobs[job_id];
+        if job.state != JobState::Running {
+            continue;
+        }
+        for (si, stage) in job.stages.iter().enumerate() {
+            if !job.stage_ready(si) {
+                continue;
+            }
+            for (ti, task) in stage.tasks.iter().enumerate() {
+                if task.state != TaskState::Pending || task.not_before_ms > now {
+                    continue;
+                }
+                free.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                let Some(slot) = free.first_mut().filter(|f| f.1 > 0) else {
+                    return out;
+                };
+                slot.1 -= 1;
+                let worker = &s.workers[&slot.0];
+                out.push(Launch {
+                    worker_id: worker.id.clone(),
+                    address: worker.address.clone(),
+                    def: task_definition(s, job, si, ti, task.attempts + 1, &worker.id),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Where a sink task attempt stages its files.
+pub fn staging_prefix(job: &Job, task: usize, attempt: u32) -> String {
+    format!("{}t{task}-a{attempt}/", job_staging_root(job))
+}
+
+/// The job's staging directory: a hidden sibling of the sink directory.
+pub fn job_staging_root(job: &Job) -> String {
+    let sink = job.spec.sink.path.trim_end_matches('/');
+    let (parent, name) = sink.rsplit_once('/').unwrap_or(("", sink));
+    format!("{parent}/.{name}.autopipe-staging/{}/", job.id)
+}
+
+fn task_definition(
+    s: &State,
+    job: &Job,
+    si: usize,
+    ti: usize,
+    attempt: u32,
+    worker_id: &str,
+) -> pb::TaskDefinition {
+    let stage = &job.stages[si];
+    let mut inputs = Vec::new();
+    for &input in &stage.plan.inputs {
+        for (mt, t) in job.stages[input as usize].tasks.iter().enumerate() {
+            if let TaskState::Succeeded {
+                attempt, worker_id, ..
+            } = &t.state
+            {
+                inputs.push(pb::MapOutputLocation {
+                    stage_id: input,
+                    map_task: mt as u32,
+                    attempt: *attempt,
+                    worker_id: worker_id.clone(),
+                    address: s
+                        .workers
+                        .get(worker_id)
+                        .map(|w| w.address.clone())
+                        .unwrap_or_default(),
+                });
+            }
+        }
+    }
+    let output = match stage.plan.shuffle_partitions {
+        Some(n) => pb::task_definition::Output::Shuffle(pb::ShuffleOutput { partitions: n }),
+        None => pb::task_definition::Output::Sink(pb::SinkOutput {
+            format: job.spec.sink.format.name().to_string(),
+            staging_url: staging_prefix(job, ti, attempt),
+            partition_by: job.spec.sink.partition_by.clone(),
+        }),
+    };
+    let mut store_urls: Vec<String> = job.spec.sources.iter().map(|s| s.path.clone()).collect();
+    store_urls.push(job.spec.sink.path.clone());
+    pb::TaskDefinition {
+        key: Some(pb::TaskKey {
+            job_id: job.id.clone(),
+            stage_id: si as u32,
+            task: ti as u32,
+            attempt,
+        }),
+        plan: stage.plan.plan.clone(),
+        output: Some(output),
+        inputs,
+        store_urls,
+        memory_limit_bytes: 0,
+        worker_id: worker_id.to_string(),
+    }
+}
+
+fn start_commits(core: &Arc<Core>, committing: &Arc<Mutex<HashSet<String>>>) {
+    let ready: Vec<(String, JobState)> = core.read(|s| {
+        s.jobs
+            .values()
+            .filter(|j| {
+                (j.state == JobState::Running && j.stages.iter().all(|st| st.is_complete()))
+                    || j.state == JobState::Committing
+            })
+            .map(|j| (j.id.clone(), j.state))
+            .collect()
+    });
+    for (job_id, state) in ready {
+        if !committing.lock().expect("lock").insert(job_id.clone()) {
+            continue;
+        }
+        if state == JobState::Running {
+            if let Err(e) = core.propose(Command::JobCommitting {
+                job_id: job_id.clone(),
+            }) {
+                tracing::warn!(job = %job_id, "cannot start commit: {e}");
+                committing.lock().expect("lock").remove(&job_id);
+                continue;
+            }
+        }
+        let core = core.clone();
+        let committing = committing.clone();
+        tokio::spawn(async move {
+            let job = core.read(|s| s.jobs.get(&job_id).cloned());
+            if let Some(job) = job {
+                let cmd = match commit::commit_job(&job).await {
+                    Ok(files) => Command::JobSucceeded {
+                        job_id: job_id.clone(),
+                        files,
+                        at_ms: now_ms(),
+                    },
+                    Err(e) => {
+                        tracing::error!(job = %job_id, "commit failed: {e}");
+                        Command::JobFailed {
+                            job_id: job_id.clone(),
+                            error: error_record(&e),
+                            at_ms: now_ms(),
+                        }
+                    }
+                };
+                if let Command::JobSucceeded { files, .. } = &cmd {
+                    tracing::info!(job = %job_id, files = files.len(), "job committed");
+                }
+                if let Err(e) = core.propose(cmd) {
+                    tracing::warn!(job = %job_id, "cannot record commit result: {e}");
+                }
+            }
+            committing.lock().expect("lock").remove(&job_id);
+        });
+    }
+}
+
+/// Once a job is terminal: cancel its still-running attempts, drop its staging and
+/// ask workers to delete its shuffle files.
+fn cleanup_finished(core: &Arc<Core>, cleaned: &mut HashSet<String>) {
+    let todo: Vec<(Job, Vec<(String, String)>)> = core.read(|s| {
+        s.jobs
+            .values()
+            .filter(|j| j.state.is_terminal() && !cleaned.contains(&j.id))
+            .map(|j| {
+                let workers = s
+                    .workers
+                    .values()
+                    .filter(|w| w.state == WorkerState::Alive)
+                    .map(|w| (w.id.clone(), w.address.clone()))
+                    .collect();
+                (j.clone(), workers)
+            })
+            .collect()
+    });
+    for (job, workers) in todo {
+        cleaned.insert(job.id.clone());
+        tokio::spawn(async move {
+            if job.state != JobState::Succeeded {
+                if let Err(e) = commit::discard_staging(&job).await {
+                    tracing::warn!(job = %job.id, "cannot delete staging: {e}");
+                }
+            }
+            for (wid, addr) in workers {
+                let Ok(ch) = channel_to(&addr) else { continue };
+                let mut client = pb::worker_control_client::WorkerControlClient::new(ch);
+                let mut req = tonic::Request::new(pb::CleanupJobRequest {
+                    job_id: job.id.clone(),
+                });
+                req.set_timeout(Duration::from_secs(5));
+                if let Err(e) = client.cleanup_job(req).await {
+                    tracing::debug!(worker = %wid, "cleanup of job {} failed: {e}", job.id);
+                }
+            }
+        });
+    }
+}
+
+/// A deadline helper for callers that wait on a condition.
+pub fn deadline(d: Duration) -> Instant {
+    Instant::now() + d
+}

@@ -1,0 +1,163 @@
+//! Commands: every change to the coordinator's durable state. A command is written
+//! to the log before it is applied, and applying it is deterministic.
+
+use autopipe_common::spec::PipelineSpec;
+use serde::{Deserialize, Serialize};
+
+/// An error as recorded in the state (class + message + spec key).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorRecord {
+    /// "transient" | "permanent" | "data"
+    pub class: String,
+    /// what happened
+    pub message: String,
+    /// spec key, if any
+    pub key: String,
+}
+
+/// One planned stage of a job.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StagePlan {
+    /// index within the job
+    pub id: u32,
+    /// datafusion-proto bytes of the stage plan
+    pub plan: Vec<u8>,
+    /// human-readable plan
+    pub display: String,
+    /// tasks = partitions of the stage's input side
+    pub tasks: u32,
+    /// `Some(n)`: a map stage writing n shuffle partitions; `None`: the sink stage
+    pub shuffle_partitions: Option<u32>,
+    /// stages whose output this stage reads
+    pub inputs: Vec<u32>,
+}
+
+/// What a successful task reported.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TaskResult {
+    /// (rows, bytes) per output partition (map tasks)
+    pub partitions: Vec<(u64, u64)>,
+    /// staged files relative to the task's staging prefix (sink tasks)
+    pub files: Vec<String>,
+    /// rows read from sources
+    pub rows_in: u64,
+    /// rows produced
+    pub rows_out: u64,
+    /// bytes produced
+    pub bytes_out: u64,
+    /// run time
+    pub duration_ms: u64,
+}
+
+/// Everything the state machine accepts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    /// a worker joined
+    RegisterWorker {
+        /// assigned id
+        worker_id: String,
+        /// gRPC/Flight address
+        address: String,
+        /// admin/metrics address
+        http_address: String,
+        /// concurrent tasks
+        slots: u32,
+        /// when
+        at_ms: u64,
+    },
+    /// a worker missed its heartbeats; its running tasks and unread outputs are redone
+    WorkerLost {
+        /// which
+        worker_id: String,
+        /// when
+        at_ms: u64,
+    },
+    /// a planned job was accepted
+    SubmitJob {
+        /// id
+        job_id: String,
+        /// normalized spec
+        spec: PipelineSpec,
+        /// stages in dependency order; the last one is the sink stage
+        stages: Vec<StagePlan>,
+        /// when
+        at_ms: u64,
+    },
+    /// a task attempt was sent to a worker
+    TaskLaunched {
+        /// job
+        job_id: String,
+        /// stage
+        stage: u32,
+        /// task index (= partition)
+        task: u32,
+        /// attempt number, from 1
+        attempt: u32,
+        /// where
+        worker_id: String,
+        /// when
+        at_ms: u64,
+    },
+    /// a task attempt finished
+    TaskSucceeded {
+        /// job
+        job_id: String,
+        /// stage
+        stage: u32,
+        /// task
+        task: u32,
+        /// attempt
+        attempt: u32,
+        /// what it produced
+        result: TaskResult,
+    },
+    /// a task attempt failed
+    TaskFailed {
+        /// job
+        job_id: String,
+        /// stage
+        stage: u32,
+        /// task
+        task: u32,
+        /// attempt
+        attempt: u32,
+        /// why
+        error: ErrorRecord,
+        /// true: worth another attempt (transient)
+        retryable: bool,
+        /// earliest time of the next attempt (backoff chosen by the proposer)
+        #[serde(default)]
+        retry_at_ms: u64,
+    },
+    /// the sink stage finished; the coordinator is moving staged files into place
+    JobCommitting {
+        /// job
+        job_id: String,
+    },
+    /// the output is in place
+    JobSucceeded {
+        /// job
+        job_id: String,
+        /// committed files, relative to the sink path
+        files: Vec<String>,
+        /// when
+        at_ms: u64,
+    },
+    /// the job failed
+    JobFailed {
+        /// job
+        job_id: String,
+        /// why
+        error: ErrorRecord,
+        /// when
+        at_ms: u64,
+    },
+    /// a user cancelled the job
+    CancelJob {
+        /// job
+        job_id: String,
+        /// when
+        at_ms: u64,
+    },
+}

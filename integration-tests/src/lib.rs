@@ -1,0 +1,283 @@
+//! Test harness: starts real `autopipe` coordinator and worker processes on
+//! 127.0.0.1 ephemeral ports with temp dirs, runs CLI commands, and compares job
+//! output with single-process DataFusion (order-insensitive, float tolerance).
+//! Processes are SIGKILLed on drop; nothing waits on fixed sleeps.
+
+pub mod oracle;
+
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `autopipe` binary built by `cargo test --workspace` (or `$AUTOPIPE_BIN`).
+pub fn autopipe_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("AUTOPIPE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps/<test>");
+    let bin = dir.join("autopipe");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` so the CLI is built",
+        bin.display()
+    );
+    bin
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    /// the child
+    pub child: Child,
+    /// gRPC address it printed
+    pub addr: String,
+    /// HTTP address it printed
+    pub http: String,
+}
+
+impl Proc {
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts `autopipe ARGS` and waits for its "listening on ADDR (http ADDR)" line.
+pub fn spawn_server(args: &[&str]) -> Result<Proc> {
+    let mut child = Command::new(autopipe_bin())
+        .args(args)
+        .env("AUTOPIPE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("spawn autopipe")?;
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = r.read_line(&mut line);
+        let _ = tx.send(line);
+        // keep draining so the child never blocks on a full pipe
+        let mut sink = Vec::new();
+        let _ = r.read_to_end(&mut sink);
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(l) => l,
+        Err(_) => {
+            let _ = child.kill();
+            bail!("autopipe {args:?} did not report its address within 60 s");
+        }
+    };
+    // "<role> listening on 127.0.0.1:P (http 127.0.0.1:Q)"
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .map(str::to_string);
+    let http = line
+        .split("(http ")
+        .nth(1)
+        .map(|r| r.trim().trim_end_matches(')').to_string());
+    match (addr, http) {
+        (Some(addr), Some(http)) => Ok(Proc { child, addr, http }),
+        _ => {
+            let _ = child.kill();
+            bail!("unexpected first line from autopipe {args:?}: {line:?}")
+        }
+    }
+}
+
+/// A coordinator and workers as separate processes.
+pub struct Cluster {
+    /// state, work dirs
+    pub dir: tempfile::TempDir,
+    /// the coordinator
+    pub coordinator: Proc,
+    /// the workers
+    pub workers: Vec<Proc>,
+}
+
+impl Cluster {
+    /// Starts 1 coordinator and `workers` workers and waits until all registered.
+    pub fn start(workers: usize, slots: u32) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("coord");
+        let coordinator = spawn_server(&[
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().expect("utf8"),
+        ])?;
+        let mut c = Cluster {
+            dir,
+            coordinator,
+            workers: vec![],
+        };
+        for _ in 0..workers {
+            c.add_worker(slots)?;
+        }
+        let n = workers;
+        c.wait_for(Duration::from_secs(60), "workers to register", |c| {
+            Ok(c.alive_workers()? >= n)
+        })?;
+        Ok(c)
+    }
+
+    /// The coordinator's URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.coordinator.addr)
+    }
+
+    /// Starts one more worker.
+    pub fn add_worker(&mut self, slots: u32) -> Result<()> {
+        let i = self.workers.len();
+        let wd = self.dir.path().join(format!("worker-{i}"));
+        let url = self.url();
+        let slots = slots.to_string();
+        let w = spawn_server(&[
+            "worker",
+            "--coordinator",
+            &url,
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--slots",
+            &slots,
+            "--work-dir",
+            wd.to_str().expect("utf8"),
+        ])?;
+        self.workers.push(w);
+        Ok(())
+    }
+
+    /// Number of workers the coordinator reports alive.
+    pub fn alive_workers(&self) -> Result<usize> {
+        let v = self.cli_json(&["workers"])?;
+        Ok(v.as_array()
+            .map(|a| a.iter().filter(|w| w["state"] == "alive").count())
+            .unwrap_or(0))
+    }
+
+    /// Runs `autopipe ARGS --coordinator URL -o json` and parses stdout.
+    pub fn cli_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let url = self.url();
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend(["--coordinator", &url, "-o", "json"]);
+        let out = cli(&a)?;
+        if !out.status.success() {
+            bail!(
+                "autopipe {a:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout).with_context(|| {
+            format!("stdout of {a:?}: {}", String::from_utf8_lossy(&out.stdout))
+        })?)
+    }
+
+    /// Polls `cond` until true or the deadline passes.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut cond: impl FnMut(&Self) -> Result<bool>,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if cond(self).unwrap_or(false) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("timed out after {timeout:?} waiting for {what}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Runs `autopipe ARGS` to completion.
+pub fn cli(args: &[&str]) -> Result<Output> {
+    Ok(Command::new(autopipe_bin())
+        .args(args)
+        .env("AUTOPIPE_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()?)
+}
+
+/// GETs `http://addr/path` with a plain HTTP/1.1 request; returns the body.
+pub fn http_get(addr: &str, path: &str) -> Result<String> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {head}");
+    }
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Ok(dechunk(body));
+    }
+    Ok(body.to_string())
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Writes a spec file.
+pub fn write_spec(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+/// Files (not dirs) under `dir`, recursively, relative.
+pub fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = vec![];
+    fn walk(base: &Path, d: &Path, out: &mut Vec<String>) {
+        let Ok(rd) = std::fs::read_dir(d) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                out.push(p.strip_prefix(base).unwrap_or(&p).display().to_string());
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}

@@ -1,0 +1,284 @@
+//! `WorkerControl`: the coordinator launches, cancels and cleans up tasks here.
+//! A launch is answered at once; the task runs in its own tokio task under a slot
+//! semaphore and its result is reported to the coordinator with retries.
+
+use crate::executor::run_task;
+use crate::metrics::WorkerMetrics;
+use crate::shuffle_store::ShuffleStore;
+use crate::WorkerConfig;
+use autopipe_common::error::{Error, ErrorClass};
+use autopipe_common::retry::RetryPolicy;
+use autopipe_common::shuffle::channel_to;
+use autopipe_proto as pb;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tonic::{Request, Response, Status};
+
+type Key = (String, u32, u32, u32);
+
+fn key_of(k: &pb::TaskKey) -> Key {
+    (k.job_id.clone(), k.stage_id, k.task, k.attempt)
+}
+
+/// State shared by the worker's services and loops.
+pub struct WorkerShared {
+    /// configuration
+    pub config: WorkerConfig,
+    /// this worker's gRPC/Flight address as peers reach it
+    pub address: String,
+    /// shuffle files
+    pub shuffle: Arc<ShuffleStore>,
+    /// metrics
+    pub metrics: Arc<WorkerMetrics>,
+    slots: Arc<Semaphore>,
+    worker_id: Mutex<Option<String>>,
+    running: Mutex<HashMap<Key, tokio::task::AbortHandle>>,
+}
+
+impl WorkerShared {
+    /// New shared state.
+    pub fn new(config: WorkerConfig, shuffle_root: PathBuf, address: String) -> Self {
+        let metrics = Arc::new(WorkerMetrics::default());
+        Self {
+            slots: Arc::new(Semaphore::new(config.slots as usize)),
+            shuffle: Arc::new(ShuffleStore {
+                root: shuffle_root,
+                metrics: metrics.clone(),
+            }),
+            metrics,
+            address,
+            config,
+            worker_id: Mutex::new(None),
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The id the coordinator gave us.
+    pub fn worker_id(&self) -> Option<String> {
+        self.worker_id.lock().expect("lock").clone()
+    }
+
+    /// Sets (or clears) our id.
+    pub fn set_worker_id(&self, id: Option<String>) {
+        *self.worker_id.lock().expect("lock") = id;
+    }
+
+    /// Keys of running tasks.
+    pub fn running_keys(&self) -> Vec<pb::TaskKey> {
+        self.running
+            .lock()
+            .expect("lock")
+            .keys()
+            .map(|(j, s, t, a)| pb::TaskKey {
+                job_id: j.clone(),
+                stage_id: *s,
+                task: *t,
+                attempt: *a,
+            })
+            .collect()
+    }
+
+    /// Aborts every running task.
+    pub fn cancel_all(&self) {
+        for (_, h) in self.running.lock().expect("lock").drain() {
+            h.abort();
+        }
+    }
+}
+
+/// The WorkerControl service.
+#[derive(Clone)]
+pub struct Control {
+    /// shared state
+    pub shared: Arc<WorkerShared>,
+}
+
+#[tonic::async_trait]
+impl pb::worker_control_server::WorkerControl for Control {
+    async fn launch_task(
+        &self,
+        req: Request<pb::TaskDefinition>,
+    ) -> Result<Response<pb::LaunchTaskResponse>, Status> {
+        let def = req.into_inner();
+        let key = def
+            .key
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("task definition without a key"))?;
+        // The registration answer may still be on its way to us; the coordinator says
+        // which id it launched for, and a launch for an identity we gave up is refused.
+        let worker_id = def.worker_id.clone();
+        if let Some(me) = self.shared.worker_id() {
+            if me != worker_id {
+                return Err(Status::failed_precondition(format!(
+                    "task was launched for worker {worker_id}, this is {me}"
+                )));
+            }
+        }
+        let permit = self
+            .shared
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Status::resource_exhausted("no free task slot"))?;
+        let shared = self.shared.clone();
+        let k = key_of(&key);
+        let mut running = self.shared.running.lock().expect("lock");
+        if running.contains_key(&k) {
+            return Err(Status::already_exists("task attempt is already running"));
+        }
+        shared.metrics.running.inc();
+        let handle = tokio::spawn(async move {
+            let result = run_task(&def, &shared.shuffle).await;
+            drop(permit);
+            shared.metrics.running.dec();
+            shared.running.lock().expect("lock").remove(&key_of(&key));
+            report(&shared, &worker_id, key, result).await;
+        });
+        running.insert(k, handle.abort_handle());
+        Ok(Response::new(pb::LaunchTaskResponse {}))
+    }
+
+    async fn cancel_task(
+        &self,
+        req: Request<pb::CancelTaskRequest>,
+    ) -> Result<Response<pb::CancelTaskResponse>, Status> {
+        if let Some(k) = req.into_inner().key {
+            if let Some(h) = self
+                .shared
+                .running
+                .lock()
+                .expect("lock")
+                .remove(&key_of(&k))
+            {
+                h.abort();
+                self.shared.metrics.running.dec();
+                self.shared.metrics.task_done("cancelled");
+            }
+        }
+        Ok(Response::new(pb::CancelTaskResponse {}))
+    }
+
+    async fn cleanup_job(
+        &self,
+        req: Request<pb::CleanupJobRequest>,
+    ) -> Result<Response<pb::CleanupJobResponse>, Status> {
+        self.shared.shuffle.remove_job(&req.into_inner().job_id);
+        Ok(Response::new(pb::CleanupJobResponse {}))
+    }
+}
+
+async fn report(
+    shared: &WorkerShared,
+    worker_id: &str,
+    key: pb::TaskKey,
+    result: autopipe_common::Result<crate::executor::TaskOutput>,
+) {
+    let m = &shared.metrics;
+    let report = match result {
+        Ok(out) => {
+            m.task_done("succeeded");
+            m.task_duration.observe(out.duration_ms as f64 / 1000.0);
+            m.rows_read.inc_by(out.rows_in);
+            m.bytes_written.inc_by(out.bytes_out);
+            pb::TaskStatusReport {
+                worker_id: worker_id.to_string(),
+                key: Some(key.clone()),
+                succeeded: true,
+                error: None,
+                partitions: out
+                    .partitions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (rows, bytes))| pb::PartitionStats {
+                        partition: i as u32,
+                        rows: *rows,
+                        bytes: *bytes,
+                    })
+                    .collect(),
+                files: out.files,
+                rows_in: out.rows_in,
+                rows_out: out.rows_out,
+                bytes_out: out.bytes_out,
+                duration_ms: out.duration_ms,
+            }
+        }
+        Err(e) => {
+            let e = unwrap_external(e);
+            m.task_done("failed");
+            m.error(match e.class() {
+                ErrorClass::Transient => "transient",
+                ErrorClass::Permanent => "permanent",
+                ErrorClass::Data => "data",
+            });
+            tracing::warn!(job = %key.job_id, stage = key.stage_id, task = key.task, "task failed: {e}");
+            pb::TaskStatusReport {
+                worker_id: worker_id.to_string(),
+                key: Some(key.clone()),
+                succeeded: false,
+                error: Some(e.to_detail()),
+                ..Default::default()
+            }
+        }
+    };
+    let policy = RetryPolicy {
+        base: Duration::from_millis(100),
+        cap: Duration::from_secs(2),
+        max_attempts: 30,
+    };
+    let coords = shared.config.coordinators.clone();
+    let mut n = 0usize;
+    let r = policy
+        .run(|| {
+            let coord = coords[n % coords.len()].clone();
+            n += 1;
+            let report = report.clone();
+            async move {
+                let ch = channel_to(&coord)?;
+                let mut c = pb::worker_service_client::WorkerServiceClient::new(ch);
+                let mut req = Request::new(report);
+                req.set_timeout(Duration::from_secs(5));
+                c.report_task_status(req)
+                    .await
+                    .map_err(|s| Error::from_status(&s))?;
+                Ok(())
+            }
+        })
+        .await;
+    if let Err(e) = r {
+        tracing::error!(job = %key.job_id, stage = key.stage_id, task = key.task, "could not report task status: {e}");
+    }
+}
+
+/// DataFusion wraps our errors (e.g. FetchFailed from the shuffle reader) as External;
+/// unwrap them so the class and fields survive.
+fn unwrap_external(e: Error) -> Error {
+    use datafusion::error::DataFusionError;
+    fn find(e: &DataFusionError) -> Option<&Error> {
+        match e {
+            DataFusionError::External(b) => b.downcast_ref::<Error>(),
+            DataFusionError::Context(_, inner) => find(inner),
+            DataFusionError::Shared(inner) => find(inner),
+            _ => None,
+        }
+    }
+    if let Error::DataFusion(df) = &e {
+        if let Some(Error::FetchFailed {
+            stage_id,
+            map_task,
+            worker_id,
+            message,
+        }) = find(df)
+        {
+            return Error::FetchFailed {
+                stage_id: *stage_id,
+                map_task: *map_task,
+                worker_id: worker_id.clone(),
+                message: message.clone(),
+            };
+        }
+    }
+    e
+}

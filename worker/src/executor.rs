@@ -1,0 +1,262 @@
+//! Runs one task: decodes the stage plan (datafusion-proto + our shuffle codec), runs
+//! the task's partition with DataFusion, and writes the result either as hash (or
+//! pass-through) shuffle partitions in Arrow IPC files, or through a DataFusion file
+//! sink into the task attempt's staging prefix. Reports rows, bytes and files.
+
+use crate::shuffle_store::{PartitionWriters, ShuffleStore};
+use autopipe_common::error::{Error, Result};
+use autopipe_common::session::session_config;
+use autopipe_common::shuffle::ShuffleCodec;
+use autopipe_common::spec::Format;
+use autopipe_common::store::{parse_url, register_stores, store_for};
+use autopipe_proto as pb;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::config::{CsvOptions, JsonOptions, TableParquetOptions};
+use datafusion::common::file_options::csv_writer::CsvWriterOptions;
+use datafusion::common::file_options::json_writer::JsonWriterOptions;
+use datafusion::datasource::file_format::csv::CsvSink;
+use datafusion::datasource::file_format::json::JsonSink;
+use datafusion::datasource::file_format::parquet::ParquetSink;
+use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::datasource::physical_plan::{FileGroup, FileOutputMode, FileSinkConfig};
+use datafusion::datasource::sink::DataSink;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::physical_plan::repartition::{BatchPartitioner, RepartitionExec};
+use datafusion::physical_plan::{metrics, ExecutionPlan};
+use datafusion::prelude::SessionContext;
+use datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec;
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What a finished task produced.
+#[derive(Debug, Default)]
+pub struct TaskOutput {
+    /// (rows, bytes) per shuffle partition
+    pub partitions: Vec<(u64, u64)>,
+    /// staged sink files relative to the staging prefix
+    pub files: Vec<String>,
+    /// rows read by source scans
+    pub rows_in: u64,
+    /// rows produced
+    pub rows_out: u64,
+    /// bytes produced
+    pub bytes_out: u64,
+    /// run time
+    pub duration_ms: u64,
+}
+
+/// Runs `def` to completion.
+pub async fn run_task(def: &pb::TaskDefinition, shuffle: &ShuffleStore) -> Result<TaskOutput> {
+    let started = Instant::now();
+    let key = def
+        .key
+        .clone()
+        .ok_or_else(|| Error::Permanent("task definition without a key".into()))?;
+    let ctx = SessionContext::new_with_config(session_config(1));
+    register_stores(&ctx.runtime_env(), &def.store_urls)?;
+    let task_ctx = ctx.task_ctx();
+    let codec = ShuffleCodec {
+        job_id: key.job_id.clone(),
+        locations: def.inputs.clone(),
+    };
+    let plan = physical_plan_from_bytes_with_extension_codec(&def.plan, &task_ctx, &codec)
+        .map_err(|e| Error::Permanent(format!("cannot decode stage plan: {e}")))?;
+    let partition = key.task as usize;
+    let mut out = match &def.output {
+        Some(pb::task_definition::Output::Shuffle(s)) => {
+            run_map(
+                &plan,
+                partition,
+                s.partitions as usize,
+                &key,
+                shuffle,
+                task_ctx.clone(),
+            )
+            .await?
+        }
+        Some(pb::task_definition::Output::Sink(s)) => {
+            run_sink(&plan, partition, s, task_ctx.clone()).await?
+        }
+        None => return Err(Error::Permanent("task definition without an output".into())),
+    };
+    out.rows_in = source_rows(&plan);
+    out.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(out)
+}
+
+async fn run_map(
+    plan: &Arc<dyn ExecutionPlan>,
+    partition: usize,
+    partitions: usize,
+    key: &pb::TaskKey,
+    shuffle: &ShuffleStore,
+    ctx: Arc<TaskContext>,
+) -> Result<TaskOutput> {
+    let (input, partitioning) = match plan.downcast_ref::<RepartitionExec>() {
+        Some(rep) => (Arc::clone(rep.input()), Some(rep.partitioning().clone())),
+        None => (Arc::clone(plan), None),
+    };
+    let n_in = {
+        use datafusion::physical_plan::ExecutionPlanProperties;
+        input.output_partitioning().partition_count()
+    };
+    let mut partitioner = match partitioning {
+        Some(p) => Some(BatchPartitioner::try_new(
+            p,
+            metrics::Time::new(),
+            partition,
+            n_in,
+        )?),
+        None => None,
+    };
+    let schema = input.schema();
+    let dir = shuffle.task_dir(&key.job_id, key.stage_id, key.task, key.attempt);
+    let mut writers = PartitionWriters::create(dir, partitions.max(1), &schema)?;
+    let mut stream = input.execute(partition, ctx)?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        match &mut partitioner {
+            Some(p) => p.partition(batch, |i, b| writers.write(i, &b))?,
+            None => writers.write(0, &batch)?,
+        }
+    }
+    let stats = writers.finish()?;
+    shuffle
+        .metrics
+        .rows_written
+        .inc_by(stats.iter().map(|s| s.0).sum());
+    Ok(TaskOutput {
+        rows_out: stats.iter().map(|s| s.0).sum(),
+        bytes_out: stats.iter().map(|s| s.1).sum(),
+        partitions: stats,
+        ..Default::default()
+    })
+}
+
+async fn run_sink(
+    plan: &Arc<dyn ExecutionPlan>,
+    partition: usize,
+    sink: &pb::SinkOutput,
+    ctx: Arc<TaskContext>,
+) -> Result<TaskOutput> {
+    let format = Format::parse(&sink.format)
+        .ok_or_else(|| Error::Permanent(format!("unknown sink format '{}'", sink.format)))?;
+    let url = parse_url(&sink.staging_url)?;
+    let (store, prefix) = store_for(&url)?;
+    // A retried attempt never reuses a prefix, but clear leftovers of a crashed run anyway.
+    let old: Vec<_> = store
+        .list(Some(&prefix))
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await?;
+    for p in old {
+        store.delete(&p).await?;
+    }
+    let schema = plan.schema();
+    let mut part_cols = Vec::new();
+    for c in &sink.partition_by {
+        let f = schema.field_with_name(c).map_err(|_| {
+            Error::plan(
+                "sink.partition_by",
+                format!("column '{c}' is not in the output"),
+            )
+        })?;
+        part_cols.push((c.clone(), f.data_type().clone()));
+    }
+    let table_url = ListingTableUrl::parse(&sink.staging_url)?;
+    let store_url = ObjectStoreUrl::parse(format!(
+        "{}://{}",
+        url.scheme(),
+        url.host_str().unwrap_or("")
+    ))?;
+    let config = FileSinkConfig {
+        original_url: sink.staging_url.clone(),
+        object_store_url: store_url,
+        file_group: FileGroup::new(vec![]),
+        table_paths: vec![table_url],
+        output_schema: schema.clone(),
+        table_partition_cols: part_cols
+            .iter()
+            .map(|(n, t)| (n.clone(), partition_type(t)))
+            .collect(),
+        insert_op: InsertOp::Append,
+        keep_partition_by_columns: false,
+        file_extension: format.extension().to_string(),
+        file_output_mode: FileOutputMode::Directory,
+    };
+    let data_sink: Arc<dyn DataSink> = match format {
+        Format::Parquet => Arc::new(ParquetSink::new(config, TableParquetOptions::default())),
+        Format::Csv => {
+            let opts = CsvOptions {
+                has_header: Some(true),
+                ..Default::default()
+            };
+            Arc::new(CsvSink::new(config, CsvWriterOptions::try_from(&opts)?))
+        }
+        Format::Ndjson => Arc::new(JsonSink::new(
+            config,
+            JsonWriterOptions::try_from(&JsonOptions::default())?,
+        )),
+    };
+    let stream = plan.execute(partition, ctx.clone())?;
+    let rows = data_sink.write_all(stream, &ctx).await?;
+    let mut files = Vec::new();
+    let mut bytes = 0;
+    let metas: Vec<_> = store.list(Some(&prefix)).try_collect().await?;
+    for m in metas {
+        let rel = m
+            .location
+            .prefix_match(&prefix)
+            .map(|parts| {
+                parts
+                    .map(|p| p.as_ref().to_string())
+                    .collect::<Vec<_>>()
+                    .join("/")
+            })
+            .unwrap_or_else(|| m.location.to_string());
+        bytes += m.size;
+        files.push(rel);
+    }
+    files.sort();
+    Ok(TaskOutput {
+        rows_out: rows,
+        bytes_out: bytes,
+        files,
+        ..Default::default()
+    })
+}
+
+/// Hive partition values are written as strings in paths; dictionary types are unwrapped.
+fn partition_type(t: &DataType) -> DataType {
+    match t {
+        DataType::Dictionary(_, v) => v.as_ref().clone(),
+        other => other.clone(),
+    }
+}
+
+/// Rows produced by the scans in `plan` (DataFusion's `output_rows` of each source node).
+fn source_rows(plan: &Arc<dyn ExecutionPlan>) -> u64 {
+    let mut total = 0;
+    if plan.children().is_empty() && plan.name() != "ShuffleReaderExec" {
+        if let Some(m) = plan.metrics() {
+            // A scan may carry more than one output_rows metric for the same partition
+            // (file stream + batch splitter): count each partition once.
+            let mut per_partition = std::collections::BTreeMap::<Option<usize>, u64>::new();
+            for metric in m.iter() {
+                if let metrics::MetricValue::OutputRows(c) = metric.value() {
+                    let e = per_partition.entry(metric.partition()).or_default();
+                    *e = (*e).max(c.value() as u64);
+                }
+            }
+            total += per_partition.values().sum::<u64>();
+        }
+    }
+    for c in plan.children() {
+        total += source_rows(c);
+    }
+    total
+}

@@ -1,0 +1,242 @@
+//! autopipe-worker: registers with the coordinator and heartbeats, runs the tasks it is
+//! sent (DataFusion stage plans) on up to `slots` at a time, keeps map outputs in its
+//! shuffle directory and serves them over Arrow Flight, and reports every task result.
+#![warn(missing_docs)]
+
+pub mod control;
+pub mod executor;
+pub mod flight;
+pub mod metrics;
+pub mod shuffle_store;
+
+use autopipe_common::error::{Error, Result};
+use autopipe_common::retry::RetryPolicy;
+use autopipe_common::shuffle::channel_to;
+use autopipe_proto as pb;
+use control::{Control, WorkerShared};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+/// Worker configuration.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// coordinator addresses (the first that answers is used)
+    pub coordinators: Vec<String>,
+    /// gRPC + Flight listen address
+    pub listen: SocketAddr,
+    /// HTTP `/metrics` listen address
+    pub http: SocketAddr,
+    /// concurrent tasks
+    pub slots: u32,
+    /// shuffle files live here
+    pub work_dir: PathBuf,
+    /// heartbeat period
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            coordinators: vec!["http://127.0.0.1:7700".into()],
+            listen: "127.0.0.1:7800".parse().expect("valid literal"),
+            http: "127.0.0.1:0".parse().expect("valid literal"),
+            slots: 2,
+            work_dir: PathBuf::from("autopipe-worker"),
+            heartbeat_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A running worker.
+pub struct WorkerHandle {
+    /// bound gRPC + Flight address
+    pub addr: SocketAddr,
+    /// bound HTTP address
+    pub http_addr: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    /// Waits until the servers and loops stopped (after cancel).
+    pub async fn join(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Binds, starts the servers, registers and heartbeats until `cancel`.
+pub async fn start(config: WorkerConfig, cancel: CancellationToken) -> Result<WorkerHandle> {
+    if config.coordinators.is_empty() {
+        return Err(Error::Permanent("no coordinator address given".into()));
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::Permanent(format!("cannot listen on {}: {e}", config.listen)))?;
+    let http = TcpListener::bind(config.http)
+        .await
+        .map_err(|e| Error::Permanent(format!("cannot listen on {}: {e}", config.http)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Permanent(e.to_string()))?;
+    let http_addr = http
+        .local_addr()
+        .map_err(|e| Error::Permanent(e.to_string()))?;
+    let shuffle_root = config.work_dir.join("shuffle");
+    std::fs::create_dir_all(&shuffle_root).map_err(|e| {
+        Error::Permanent(format!(
+            "cannot create work dir {}: {e}",
+            shuffle_root.display()
+        ))
+    })?;
+    let shared = Arc::new(WorkerShared::new(
+        config.clone(),
+        shuffle_root,
+        addr.to_string(),
+    ));
+
+    let control = Control {
+        shared: shared.clone(),
+    };
+    let flight = flight::ShuffleFlightService {
+        store: shared.shuffle.clone(),
+    };
+    let c1 = cancel.clone();
+    let grpc_task = tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .add_service(
+                pb::worker_control_server::WorkerControlServer::new(control)
+                    .max_decoding_message_size(64 << 20),
+            )
+            .add_service(arrow_flight::flight_service_server::FlightServiceServer::new(flight))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), c1.cancelled_owned())
+            .await;
+        if let Err(e) = r {
+            tracing::error!("worker gRPC server stopped: {e}");
+        }
+    });
+    let metrics = shared.metrics.clone();
+    let c2 = cancel.clone();
+    let http_task = tokio::spawn(async move {
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = metrics.clone();
+                async move { m.render() }
+            }),
+        );
+        let _ = axum::serve(http, app)
+            .with_graceful_shutdown(c2.cancelled_owned())
+            .await;
+    });
+    let hb_task = tokio::spawn(heartbeat_loop(shared.clone(), http_addr, cancel.clone()));
+    let c3 = cancel.clone();
+    let s3 = shared.clone();
+    let stop_task = tokio::spawn(async move {
+        c3.cancelled().await;
+        s3.cancel_all();
+    });
+    tracing::info!(%addr, %http_addr, slots = config.slots, "worker started");
+    Ok(WorkerHandle {
+        addr,
+        http_addr,
+        tasks: vec![grpc_task, http_task, hb_task, stop_task],
+    })
+}
+
+/// Registers (again whenever the coordinator forgets us) and heartbeats every interval.
+async fn heartbeat_loop(
+    shared: Arc<WorkerShared>,
+    http_addr: SocketAddr,
+    cancel: CancellationToken,
+) {
+    let policy = RetryPolicy {
+        base: Duration::from_millis(100),
+        cap: Duration::from_secs(2),
+        max_attempts: u32::MAX,
+    };
+    let mut failures = 0u32;
+    let mut sys = sysinfo::System::new();
+    let pid = sysinfo::get_current_pid().ok();
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        let coord = shared.config.coordinators
+            [failures as usize % shared.config.coordinators.len()]
+        .clone();
+        let r = async {
+            let ch = channel_to(&coord)?;
+            let mut client = pb::worker_service_client::WorkerServiceClient::new(ch);
+            if shared.worker_id().is_none() {
+                let mut req = tonic::Request::new(pb::RegisterWorkerRequest {
+                    address: shared.address.clone(),
+                    slots: shared.config.slots,
+                    http_address: http_addr.to_string(),
+                });
+                req.set_timeout(Duration::from_secs(5));
+                let id = client
+                    .register_worker(req)
+                    .await
+                    .map_err(|s| Error::from_status(&s))?
+                    .into_inner()
+                    .worker_id;
+                tracing::info!(worker = %id, coordinator = %coord, "registered");
+                shared.set_worker_id(Some(id));
+            }
+            let id = shared.worker_id().expect("set above");
+            let (cpu, mem) = match pid {
+                Some(pid) => {
+                    sys.refresh_processes(sysinfo::ProcessesToUpdate::Some(&[pid]), true);
+                    sys.process(pid)
+                        .map(|p| (p.cpu_usage(), p.memory()))
+                        .unwrap_or((0.0, 0))
+                }
+                None => (0.0, 0),
+            };
+            let running = shared.running_keys();
+            let mut req = tonic::Request::new(pb::HeartbeatRequest {
+                worker_id: id.clone(),
+                free_slots: shared.config.slots.saturating_sub(running.len() as u32),
+                running,
+                cpu_percent: cpu,
+                memory_used_bytes: mem,
+            });
+            req.set_timeout(Duration::from_secs(5));
+            let known = client
+                .heartbeat(req)
+                .await
+                .map_err(|s| Error::from_status(&s))?
+                .into_inner()
+                .known;
+            if !known {
+                // Declared lost: our outputs are not trusted any more; start over as a new worker.
+                tracing::warn!(worker = %id, "coordinator does not know this worker; registering again");
+                shared.cancel_all();
+                shared.set_worker_id(None);
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+        let sleep = match r {
+            Ok(()) => {
+                failures = 0;
+                shared.config.heartbeat_interval
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(coordinator = %coord, "heartbeat failed: {e}");
+                policy.backoff(failures.min(10))
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(sleep) => {},
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Worker metrics in Prometheus text format: tasks by outcome, task durations, rows
+//! and bytes read and written, shuffle bytes served, errors by class.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::path::Path;
+
+type Labels = Vec<(String, String)>;
+
+/// All worker metrics.
+pub struct WorkerMetrics {
+    registry: Registry,
+    /// finished tasks by outcome (succeeded, failed, cancelled)
+    pub tasks: Family<Labels, Counter>,
+    /// tasks running now
+    pub running: Gauge,
+    /// task run time
+    pub task_duration: Histogram,
+    /// rows read by source scans
+    pub rows_read: Counter,
+    /// rows written (shuffle + sink)
+    pub rows_written: Counter,
+    /// bytes written (shuffle + sink)
+    pub bytes_written: Counter,
+    /// shuffle bytes served over Flight
+    pub shuffle_bytes_served: Counter,
+    /// task errors by class
+    pub errors: Family<Labels, Counter>,
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("autopipe_worker");
+        let m = Self {
+            tasks: Family::default(),
+            running: Gauge::default(),
+            task_duration: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
+            rows_read: Counter::default(),
+            rows_written: Counter::default(),
+            bytes_written: Counter::default(),
+            shuffle_bytes_served: Counter::default(),
+            errors: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("tasks", "Finished tasks by outcome", m.tasks.clone());
+        registry.register("tasks_running", "Tasks running now", m.running.clone());
+        registry.register(
+            "task_duration_seconds",
+            "Task run time",
+            m.task_duration.clone(),
+        );
+        registry.register("rows_read", "Rows read from sources", m.rows_read.clone());
+        registry.register(
+            "rows_written",
+            "Rows written to shuffle and sinks",
+            m.rows_written.clone(),
+        );
+        registry.register(
+            "bytes_written",
+            "Bytes written to shuffle and sinks",
+            m.bytes_written.clone(),
+        );
+        registry.register(
+            "shuffle_bytes_served",
+            "Shuffle file bytes served over Flight",
+            m.shuffle_bytes_served.clone(),
+        );
+        registry.register("task_errors", "Task errors by class", m.errors.clone());
+        Self { registry, ..m }
+    }
+}
+
+impl WorkerMetrics {
+    /// Text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Counts a finished task.
+    pub fn task_done(&self, outcome: &str) {
+        self.tasks
+            .get_or_create(&vec![("outcome".to_string(), outcome.to_string())])
+            .inc();
+    }
+
+    /// Counts an error of `class`.
+    pub fn error(&self, class: &str) {
+        self.errors
+            .get_or_create(&vec![("class".to_string(), class.to_string())])
+            .inc();
+    }
+
+    /// Counts the size of a shuffle file being served.
+    pub fn bytes_served(&self, path: &Path) {
+        if let Ok(m) = std::fs::metadata(path) {
+            self.shuffle_bytes_served.inc_by(m.len());
+        }
+    }
+}
