@@ -187,9 +187,9 @@ impl Cluster {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Ok(serde_json::from_slice(&out.stdout).with_context(|| {
+        serde_json::from_slice(&out.stdout).with_context(|| {
             format!("stdout of {a:?}: {}", String::from_utf8_lossy(&out.stdout))
-        })?)
+        })
     }
 
     /// Polls `cond` until true or the deadline passes.
