@@ -71,8 +71,9 @@ fn main() -> Result<()> {
 
 fn clickstream(rows: u64, reps: usize, workers: usize, dir: &Path) -> Result<()> {
     let bin = autopipe_bin()?;
-    let data = dir.join(format!("clickstream-{rows}"));
     std::fs::create_dir_all(dir)?;
+    let dir = &std::fs::canonicalize(dir)?;
+    let data = dir.join(format!("clickstream-{rows}"));
     if !data.join("users.csv").exists() {
         eprintln!("generating {rows} events into {} ...", data.display());
         let s = Command::new(&bin)

@@ -34,9 +34,11 @@ pub async fn connect(coordinators: &str) -> Result<Channel> {
         };
         match ep.connect().await {
             Ok(ch) => return Ok(ch),
-            Err(e) => last = format!(
+            Err(e) => {
+                last = format!(
                 "cannot reach coordinator at {url}: {e} (is `autopipe coordinator` running there?)"
-            ),
+            )
+            }
         }
     }
     if last.is_empty() {

@@ -104,6 +104,9 @@ enum Cmd {
         /// shuffle directory
         #[arg(long, default_value = "autopipe-worker")]
         work_dir: PathBuf,
+        /// test only: delay every task by this many milliseconds (a slow worker)
+        #[arg(long, default_value_t = 0, hide = true)]
+        test_task_delay_ms: u64,
     },
     /// Submit a pipeline to a coordinator; prints the job id
     Submit {
@@ -254,6 +257,7 @@ async fn run(cli: Cli) -> Result<i32> {
             http,
             slots,
             work_dir,
+            test_task_delay_ms,
         } => {
             if slots == 0 {
                 anyhow::bail!("--slots must be at least 1");
@@ -270,6 +274,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     http,
                     slots,
                     work_dir,
+                    test_task_delay: Duration::from_millis(test_task_delay_ms),
                     ..Default::default()
                 },
                 cancel,

@@ -9,6 +9,7 @@ pub mod session;
 pub mod shuffle;
 pub mod spec;
 pub mod store;
+pub mod task;
 pub mod util;
 
 pub use error::{Error, ErrorClass, Result};

@@ -67,6 +67,21 @@ pub fn register_stores(runtime: &RuntimeEnv, urls: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Deletes every object under `prefix`.
+pub async fn delete_prefix(store: &dyn ObjectStore, prefix: &StorePath) -> Result<()> {
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
+    let objects: Vec<StorePath> = store
+        .list(Some(prefix))
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await?;
+    for p in objects {
+        store.delete(&p).await?;
+    }
+    Ok(())
+}
+
 /// Joins a directory URL and a relative path.
 pub fn join_url(dir: &str, rel: &str) -> String {
     let mut d = dir.to_string();

@@ -113,6 +113,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts 1 coordinator and `workers` workers and waits until all registered.
     pub fn start(workers: usize, slots: u32) -> Result<Self> {
+        Self::start_with(workers, slots, &[])
+    }
+
+    /// Like `start`, with extra flags for every worker.
+    pub fn start_with(workers: usize, slots: u32, worker_args: &[&str]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("coord");
         let coordinator = spawn_server(&[
@@ -130,7 +135,7 @@ impl Cluster {
             workers: vec![],
         };
         for _ in 0..workers {
-            c.add_worker(slots)?;
+            c.add_worker_with(slots, worker_args)?;
         }
         let n = workers;
         c.wait_for(Duration::from_secs(60), "workers to register", |c| {
@@ -146,11 +151,16 @@ impl Cluster {
 
     /// Starts one more worker.
     pub fn add_worker(&mut self, slots: u32) -> Result<()> {
+        self.add_worker_with(slots, &[])
+    }
+
+    /// Starts one more worker with extra flags.
+    pub fn add_worker_with(&mut self, slots: u32, extra: &[&str]) -> Result<()> {
         let i = self.workers.len();
         let wd = self.dir.path().join(format!("worker-{i}"));
         let url = self.url();
         let slots = slots.to_string();
-        let w = spawn_server(&[
+        let mut args = vec![
             "worker",
             "--coordinator",
             &url,
@@ -162,7 +172,9 @@ impl Cluster {
             &slots,
             "--work-dir",
             wd.to_str().expect("utf8"),
-        ])?;
+        ];
+        args.extend_from_slice(extra);
+        let w = spawn_server(&args)?;
         self.workers.push(w);
         Ok(())
     }
@@ -187,9 +199,8 @@ impl Cluster {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        serde_json::from_slice(&out.stdout).with_context(|| {
-            format!("stdout of {a:?}: {}", String::from_utf8_lossy(&out.stdout))
-        })
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("stdout of {a:?}: {}", String::from_utf8_lossy(&out.stdout)))
     }
 
     /// Polls `cond` until true or the deadline passes.

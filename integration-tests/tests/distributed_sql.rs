@@ -353,5 +353,12 @@ fn distributed_queries_match_single_process_datafusion() -> Result<()> {
     let again = dir.path().join(format!("{}.toml", CASES[1].name));
     let v = cluster.cli_json(&["submit", again.to_str().expect("utf8"), "--wait"])?;
     assert_eq!(v["state"], "succeeded", "{v}");
+    // the re-run overwrote its output: still exactly the oracle's rows, no duplicates
+    let spec = PipelineSpec::from_file(&again)?.normalize(dir.path(), "t")?;
+    rt.block_on(async {
+        let (names, types, exp) = expected(&spec).await?;
+        let act = actual(&spec, &names, &types).await?;
+        assert_same("re-run", exp, act)
+    })?;
     Ok(())
 }

@@ -81,11 +81,32 @@ impl WorkerShared {
             .collect()
     }
 
+    /// Free task slots.
+    pub fn free_slots(&self) -> u32 {
+        self.slots.available_permits() as u32
+    }
+
     /// Aborts every running task.
     pub fn cancel_all(&self) {
         for (_, h) in self.running.lock().expect("lock").drain() {
             h.abort();
         }
+    }
+}
+
+/// Counts a task in the running gauge for as long as it lives (also when aborted).
+struct RunningGauge(Arc<WorkerMetrics>);
+
+impl RunningGauge {
+    fn new(m: Arc<WorkerMetrics>) -> Self {
+        m.running.inc();
+        Self(m)
+    }
+}
+
+impl Drop for RunningGauge {
+    fn drop(&mut self) {
+        self.0.running.dec();
     }
 }
 
@@ -129,13 +150,19 @@ impl pb::worker_control_server::WorkerControl for Control {
         if running.contains_key(&k) {
             return Err(Status::already_exists("task attempt is already running"));
         }
-        shared.metrics.running.inc();
+        let guard = RunningGauge::new(shared.metrics.clone());
+        let delay = shared.config.test_task_delay;
         let handle = tokio::spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await; // test-only: a deliberately slow worker
+            }
             let result = run_task(&def, &shared.shuffle).await;
             drop(permit);
-            shared.metrics.running.dec();
+            drop(guard);
+            // The attempt stays in the heartbeat's running list until its report is
+            // acknowledged, so the coordinator never mistakes it for a lost launch.
+            report(&shared, &worker_id, key.clone(), result).await;
             shared.running.lock().expect("lock").remove(&key_of(&key));
-            report(&shared, &worker_id, key, result).await;
         });
         running.insert(k, handle.abort_handle());
         Ok(Response::new(pb::LaunchTaskResponse {}))
@@ -154,7 +181,6 @@ impl pb::worker_control_server::WorkerControl for Control {
                 .remove(&key_of(&k))
             {
                 h.abort();
-                self.shared.metrics.running.dec();
                 self.shared.metrics.task_done("cancelled");
             }
         }
@@ -174,7 +200,7 @@ async fn report(
     shared: &WorkerShared,
     worker_id: &str,
     key: pb::TaskKey,
-    result: autopipe_common::Result<crate::executor::TaskOutput>,
+    result: autopipe_common::Result<autopipe_common::task::TaskResult>,
 ) {
     let m = &shared.metrics;
     let report = match result {

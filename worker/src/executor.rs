@@ -8,7 +8,8 @@ use autopipe_common::error::{Error, Result};
 use autopipe_common::session::session_config;
 use autopipe_common::shuffle::ShuffleCodec;
 use autopipe_common::spec::Format;
-use autopipe_common::store::{parse_url, register_stores, store_for};
+use autopipe_common::store::{delete_prefix, parse_url, register_stores, store_for};
+use autopipe_common::task::TaskResult;
 use autopipe_proto as pb;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::config::{CsvOptions, JsonOptions, TableParquetOptions};
@@ -28,29 +29,11 @@ use datafusion::physical_plan::{metrics, ExecutionPlan};
 use datafusion::prelude::SessionContext;
 use datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec;
 use futures::{StreamExt, TryStreamExt};
-use object_store::ObjectStoreExt;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// What a finished task produced.
-#[derive(Debug, Default)]
-pub struct TaskOutput {
-    /// (rows, bytes) per shuffle partition
-    pub partitions: Vec<(u64, u64)>,
-    /// staged sink files relative to the staging prefix
-    pub files: Vec<String>,
-    /// rows read by source scans
-    pub rows_in: u64,
-    /// rows produced
-    pub rows_out: u64,
-    /// bytes produced
-    pub bytes_out: u64,
-    /// run time
-    pub duration_ms: u64,
-}
-
 /// Runs `def` to completion.
-pub async fn run_task(def: &pb::TaskDefinition, shuffle: &ShuffleStore) -> Result<TaskOutput> {
+pub async fn run_task(def: &pb::TaskDefinition, shuffle: &ShuffleStore) -> Result<TaskResult> {
     let started = Instant::now();
     let key = def
         .key
@@ -95,7 +78,7 @@ async fn run_map(
     key: &pb::TaskKey,
     shuffle: &ShuffleStore,
     ctx: Arc<TaskContext>,
-) -> Result<TaskOutput> {
+) -> Result<TaskResult> {
     let (input, partitioning) = match plan.downcast_ref::<RepartitionExec>() {
         Some(rep) => (Arc::clone(rep.input()), Some(rep.partitioning().clone())),
         None => (Arc::clone(plan), None),
@@ -129,7 +112,7 @@ async fn run_map(
         .metrics
         .rows_written
         .inc_by(stats.iter().map(|s| s.0).sum());
-    Ok(TaskOutput {
+    Ok(TaskResult {
         rows_out: stats.iter().map(|s| s.0).sum(),
         bytes_out: stats.iter().map(|s| s.1).sum(),
         partitions: stats,
@@ -142,20 +125,13 @@ async fn run_sink(
     partition: usize,
     sink: &pb::SinkOutput,
     ctx: Arc<TaskContext>,
-) -> Result<TaskOutput> {
+) -> Result<TaskResult> {
     let format = Format::parse(&sink.format)
         .ok_or_else(|| Error::Permanent(format!("unknown sink format '{}'", sink.format)))?;
     let url = parse_url(&sink.staging_url)?;
     let (store, prefix) = store_for(&url)?;
     // A retried attempt never reuses a prefix, but clear leftovers of a crashed run anyway.
-    let old: Vec<_> = store
-        .list(Some(&prefix))
-        .map_ok(|m| m.location)
-        .try_collect()
-        .await?;
-    for p in old {
-        store.delete(&p).await?;
-    }
+    delete_prefix(store.as_ref(), &prefix).await?;
     let schema = plan.schema();
     let mut part_cols = Vec::new();
     for c in &sink.partition_by {
@@ -222,7 +198,7 @@ async fn run_sink(
         files.push(rel);
     }
     files.sort();
-    Ok(TaskOutput {
+    Ok(TaskResult {
         rows_out: rows,
         bytes_out: bytes,
         files,

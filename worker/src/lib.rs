@@ -37,6 +37,8 @@ pub struct WorkerConfig {
     pub work_dir: PathBuf,
     /// heartbeat period
     pub heartbeat_interval: Duration,
+    /// test-only: every task waits this long before it starts (a slow worker)
+    pub test_task_delay: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -48,6 +50,7 @@ impl Default for WorkerConfig {
             slots: 2,
             work_dir: PathBuf::from("autopipe-worker"),
             heartbeat_interval: Duration::from_secs(1),
+            test_task_delay: Duration::ZERO,
         }
     }
 }
@@ -202,7 +205,7 @@ async fn heartbeat_loop(
             let running = shared.running_keys();
             let mut req = tonic::Request::new(pb::HeartbeatRequest {
                 worker_id: id.clone(),
-                free_slots: shared.config.slots.saturating_sub(running.len() as u32),
+                free_slots: shared.free_slots(),
                 running,
                 cpu_percent: cpu,
                 memory_used_bytes: mem,

@@ -91,6 +91,63 @@ impl Services {
     }
 }
 
+/// A launch older than this that the worker does not list as running was lost.
+const LOST_LAUNCH_GRACE_MS: u64 = 5_000;
+
+impl Services {
+    /// Attempts the state says run on this worker, launched well before this heartbeat,
+    /// that the worker does not list were never delivered (e.g. the coordinator
+    /// restarted between recording a launch and sending it): fail them as transient.
+    fn reconcile_running(&self, h: &pb::HeartbeatRequest) {
+        let now = now_ms();
+        let listed: std::collections::HashSet<(String, u32, u32, u32)> = h
+            .running
+            .iter()
+            .map(|k| (k.job_id.clone(), k.stage_id, k.task, k.attempt))
+            .collect();
+        let lost: Vec<pb::TaskKey> = self.core.read(|s| {
+            let mut out = vec![];
+            for job in s.jobs.values().filter(|j| j.state == JobState::Running) {
+                for (si, st) in job.stages.iter().enumerate() {
+                    for (ti, t) in st.tasks.iter().enumerate() {
+                        if let TaskState::Running {
+                            attempt,
+                            worker_id,
+                            started_ms,
+                        } = &t.state
+                        {
+                            let key = (job.id.clone(), si as u32, ti as u32, *attempt);
+                            if *worker_id == h.worker_id
+                                && now.saturating_sub(*started_ms) > LOST_LAUNCH_GRACE_MS
+                                && !listed.contains(&key)
+                            {
+                                out.push(pb::TaskKey {
+                                    job_id: key.0,
+                                    stage_id: key.1,
+                                    task: key.2,
+                                    attempt: key.3,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+            out
+        });
+        for key in lost {
+            tracing::warn!(worker = %h.worker_id, job = %key.job_id, stage = key.stage_id, task = key.task, attempt = key.attempt, "worker does not run this attempt; re-queueing it");
+            report_failure(
+                &self.core,
+                &key,
+                &Error::Transient(format!(
+                    "attempt {} was never started on worker {}",
+                    key.attempt, h.worker_id
+                )),
+            );
+        }
+    }
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::JobStatus, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -303,6 +360,7 @@ impl pb::worker_service_server::WorkerService for Services {
                 .unwrap_or(false)
         });
         if known {
+            self.reconcile_running(&h);
             self.core
                 .liveness
                 .lock()
@@ -352,6 +410,7 @@ impl pb::worker_service_server::WorkerService for Services {
             return Ok(Response::new(pb::TaskStatusAck {}));
         }
         if r.succeeded {
+            tracing::debug!(job = %key.job_id, stage = key.stage_id, task = key.task, attempt = key.attempt, duration_ms = r.duration_ms, rows_out = r.rows_out, "task succeeded");
             let m = &self.core.metrics;
             m.task_duration.observe(r.duration_ms as f64 / 1000.0);
             m.rows_read.inc_by(r.rows_in);

@@ -8,7 +8,7 @@ use super::{job_staging_root, staging_prefix};
 use crate::state::{Job, TaskState};
 use autopipe_common::error::{Error, Result};
 use autopipe_common::spec::SinkMode;
-use autopipe_common::store::{parse_url, store_for};
+use autopipe_common::store::{delete_prefix, parse_url, store_for};
 use futures::TryStreamExt;
 use object_store::path::Path as StorePath;
 use object_store::ObjectStoreExt;
@@ -64,14 +64,7 @@ pub async fn commit_job(job: &Job) -> Result<Vec<String>> {
 pub async fn discard_staging(job: &Job) -> Result<()> {
     let url = parse_url(&job_staging_root(job))?;
     let (store, root) = store_for(&url)?;
-    let staged: Vec<StorePath> = store
-        .list(Some(&root))
-        .map_ok(|m| m.location)
-        .try_collect()
-        .await?;
-    for p in staged {
-        store.delete(&p).await?;
-    }
+    delete_prefix(store.as_ref(), &root).await?;
     if url.scheme() == "file" {
         let dir = std::path::Path::new(url.path());
         let _ = std::fs::remove_dir_all(dir);

@@ -32,22 +32,7 @@ pub struct StagePlan {
     pub inputs: Vec<u32>,
 }
 
-/// What a successful task reported.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct TaskResult {
-    /// (rows, bytes) per output partition (map tasks)
-    pub partitions: Vec<(u64, u64)>,
-    /// staged files relative to the task's staging prefix (sink tasks)
-    pub files: Vec<String>,
-    /// rows read from sources
-    pub rows_in: u64,
-    /// rows produced
-    pub rows_out: u64,
-    /// bytes produced
-    pub bytes_out: u64,
-    /// run time
-    pub duration_ms: u64,
-}
+pub use autopipe_common::task::TaskResult;
 
 /// Everything the state machine accepts.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
