@@ -178,6 +178,8 @@ pub fn job_json(j: &pb::JobStatus) -> serde_json::Value {
         "task_attempts": j.task_attempts,
         "stages": j.stages.len(),
         "files_out": j.files_out,
+        "bytes_in": j.bytes_in,
+        "bytes_out": j.bytes_out,
         "output_path": j.output_path,
         "wall_time_s": secs,
         "error": j.error.as_ref().map(|e| json!({"message": e.message, "key": e.key,
@@ -198,8 +200,12 @@ pub fn summary(j: &pb::JobStatus, wall: Duration) -> String {
         state_name(j.state),
         wall.as_secs_f64()
     );
-    s += &format!("  rows in:   {}\n", j.rows_in);
-    s += &format!("  rows out:  {}\n", j.rows_out);
+    s += &format!("  rows in:   {}  ({})\n", j.rows_in, fmt_bytes(j.bytes_in));
+    s += &format!(
+        "  rows out:  {}  ({})\n",
+        j.rows_out,
+        fmt_bytes(j.bytes_out)
+    );
     s += &format!(
         "  stages:    {}  (tasks {}, attempts {})\n",
         j.stages.len(),

@@ -11,6 +11,9 @@ pub struct TaskResult {
     pub files: Vec<String>,
     /// rows read from sources
     pub rows_in: u64,
+    /// bytes of source files read
+    #[serde(default)]
+    pub bytes_in: u64,
     /// rows produced
     pub rows_out: u64,
     /// bytes produced

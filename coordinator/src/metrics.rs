@@ -21,6 +21,8 @@ pub struct Metrics {
     pub task_duration: Histogram,
     /// rows read by source scans
     pub rows_read: Counter,
+    /// bytes of source files read
+    pub bytes_read: Counter,
     /// rows written by sinks
     pub rows_written: Counter,
     /// bytes written (shuffle + sink)
@@ -40,6 +42,7 @@ impl Default for Metrics {
         let task_duration = Histogram::new(exponential_buckets(0.005, 2.0, 16));
         let rows_read = Counter::default();
         let rows_written = Counter::default();
+        let bytes_read = Counter::default();
         let bytes_written = Counter::default();
         let errors = Family::<Labels, Counter>::default();
         let commands = Counter::default();
@@ -52,6 +55,11 @@ impl Default for Metrics {
             task_duration.clone(),
         );
         registry.register("rows_read", "Rows read from sources", rows_read.clone());
+        registry.register(
+            "bytes_read",
+            "Bytes of source files read",
+            bytes_read.clone(),
+        );
         registry.register(
             "rows_written",
             "Rows written by sinks",
@@ -76,6 +84,7 @@ impl Default for Metrics {
             task_duration,
             rows_read,
             rows_written,
+            bytes_read,
             bytes_written,
             errors,
             commands,

@@ -227,6 +227,9 @@ fn distributed_queries_match_single_process_datafusion() -> Result<()> {
             ));
             continue;
         }
+        if v["bytes_in"].as_u64().unwrap_or(0) == 0 || v["rows_in"].as_u64().unwrap_or(0) == 0 {
+            failures.push(format!("{}: no input accounted: {v}", c.name));
+        }
         let spec = PipelineSpec::from_file(&spec_path)?.normalize(dir.path(), "t")?;
         let r = rt.block_on(async {
             let (names, types, exp) = expected(&spec).await?;
@@ -308,6 +311,14 @@ fn distributed_queries_match_single_process_datafusion() -> Result<()> {
     let m = http_get(&cluster.coordinator.http, "/metrics")?;
     assert!(m.contains("autopipe_task_duration_seconds_bucket"), "{m}");
     assert!(m.contains("autopipe_rows_read_total"), "{m}");
+    assert!(m.contains("autopipe_bytes_read_total"), "{m}");
+    assert!(m.contains("autopipe_bytes_written_total"), "{m}");
+    assert!(m.contains("autopipe_rows_written_total"), "{m}");
+    assert!(
+        m.contains("autopipe_task_errors_total{class=\"permanent\"}"),
+        "{m}"
+    );
+    assert!(m.contains("autopipe_tasks{state=\"running\"}"), "{m}");
     assert!(m.contains("autopipe_jobs{state=\"succeeded\"}"), "{m}");
     let wm = http_get(&cluster.workers[0].http, "/metrics")?;
     assert!(wm.contains("autopipe_worker_tasks_total"), "{wm}");

@@ -208,6 +208,7 @@ async fn report(
             m.task_done("succeeded");
             m.task_duration.observe(out.duration_ms as f64 / 1000.0);
             m.rows_read.inc_by(out.rows_in);
+            m.bytes_read.inc_by(out.bytes_in);
             m.bytes_written.inc_by(out.bytes_out);
             pb::TaskStatusReport {
                 worker_id: worker_id.to_string(),
@@ -226,6 +227,7 @@ async fn report(
                     .collect(),
                 files: out.files,
                 rows_in: out.rows_in,
+                bytes_in: out.bytes_in,
                 rows_out: out.rows_out,
                 bytes_out: out.bytes_out,
                 duration_ms: out.duration_ms,

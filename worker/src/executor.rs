@@ -19,13 +19,17 @@ use datafusion::datasource::file_format::csv::CsvSink;
 use datafusion::datasource::file_format::json::JsonSink;
 use datafusion::datasource::file_format::parquet::ParquetSink;
 use datafusion::datasource::listing::ListingTableUrl;
-use datafusion::datasource::physical_plan::{FileGroup, FileOutputMode, FileSinkConfig};
+use datafusion::datasource::physical_plan::{
+    FileGroup, FileOutputMode, FileScanConfig, FileSinkConfig,
+};
 use datafusion::datasource::sink::DataSink;
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::physical_plan::repartition::{BatchPartitioner, RepartitionExec};
-use datafusion::physical_plan::{metrics, ExecutionPlan};
+use datafusion::physical_plan::union::UnionExec;
+use datafusion::physical_plan::{metrics, ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::SessionContext;
 use datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec;
 use futures::{StreamExt, TryStreamExt};
@@ -67,6 +71,7 @@ pub async fn run_task(def: &pb::TaskDefinition, shuffle: &ShuffleStore) -> Resul
         None => return Err(Error::Permanent("task definition without an output".into())),
     };
     out.rows_in = source_rows(&plan);
+    out.bytes_in = source_bytes(&plan, partition);
     out.duration_ms = started.elapsed().as_millis() as u64;
     Ok(out)
 }
@@ -83,10 +88,7 @@ async fn run_map(
         Some(rep) => (Arc::clone(rep.input()), Some(rep.partitioning().clone())),
         None => (Arc::clone(plan), None),
     };
-    let n_in = {
-        use datafusion::physical_plan::ExecutionPlanProperties;
-        input.output_partitioning().partition_count()
-    };
+    let n_in = input.output_partitioning().partition_count();
     let mut partitioner = match partitioning {
         Some(p) => Some(BatchPartitioner::try_new(
             p,
@@ -212,6 +214,41 @@ fn partition_type(t: &DataType) -> DataType {
         DataType::Dictionary(_, v) => v.as_ref().clone(),
         other => other.clone(),
     }
+}
+
+/// Bytes of the source files (or file ranges) that `partition` of `plan` scans.
+fn source_bytes(plan: &Arc<dyn ExecutionPlan>, partition: usize) -> u64 {
+    let mut total = 0;
+    if let Some(ds) = plan.downcast_ref::<DataSourceExec>() {
+        if let Some(fsc) = ds.data_source().downcast_ref::<FileScanConfig>() {
+            if let Some(group) = fsc.file_groups.get(partition) {
+                total += group
+                    .iter()
+                    .map(|f| match &f.range {
+                        Some(r) => (r.end - r.start).max(0) as u64,
+                        None => f.object_meta.size,
+                    })
+                    .sum::<u64>();
+            }
+        }
+    }
+    // Inside a stage every exchange has been cut, so operators keep the partition
+    // number, except a union, which concatenates its inputs' partitions.
+    if plan.is::<UnionExec>() {
+        let mut offset = 0;
+        for c in plan.children() {
+            let n = c.output_partitioning().partition_count();
+            if partition < offset + n {
+                return total + source_bytes(c, partition - offset);
+            }
+            offset += n;
+        }
+        return total;
+    }
+    for c in plan.children() {
+        total += source_bytes(c, partition);
+    }
+    total
 }
 
 /// Rows produced by the scans in `plan` (DataFusion's `output_rows` of each source node).

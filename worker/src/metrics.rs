@@ -22,6 +22,8 @@ pub struct WorkerMetrics {
     pub task_duration: Histogram,
     /// rows read by source scans
     pub rows_read: Counter,
+    /// bytes of source files read
+    pub bytes_read: Counter,
     /// rows written (shuffle + sink)
     pub rows_written: Counter,
     /// bytes written (shuffle + sink)
@@ -40,6 +42,7 @@ impl Default for WorkerMetrics {
             running: Gauge::default(),
             task_duration: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
             rows_read: Counter::default(),
+            bytes_read: Counter::default(),
             rows_written: Counter::default(),
             bytes_written: Counter::default(),
             shuffle_bytes_served: Counter::default(),
@@ -54,6 +57,11 @@ impl Default for WorkerMetrics {
             m.task_duration.clone(),
         );
         registry.register("rows_read", "Rows read from sources", m.rows_read.clone());
+        registry.register(
+            "bytes_read",
+            "Bytes of source files read",
+            m.bytes_read.clone(),
+        );
         registry.register(
             "rows_written",
             "Rows written to shuffle and sinks",

@@ -414,6 +414,7 @@ impl pb::worker_service_server::WorkerService for Services {
             let m = &self.core.metrics;
             m.task_duration.observe(r.duration_ms as f64 / 1000.0);
             m.rows_read.inc_by(r.rows_in);
+            m.bytes_read.inc_by(r.bytes_in);
             m.bytes_written.inc_by(r.bytes_out);
             let is_sink = self.core.read(|s| {
                 s.jobs[&key.job_id].stages[key.stage_id as usize]
@@ -428,6 +429,7 @@ impl pb::worker_service_server::WorkerService for Services {
                 partitions: r.partitions.iter().map(|p| (p.rows, p.bytes)).collect(),
                 files: r.files,
                 rows_in: r.rows_in,
+                bytes_in: r.bytes_in,
                 rows_out: r.rows_out,
                 bytes_out: r.bytes_out,
                 duration_ms: r.duration_ms,

@@ -47,6 +47,8 @@ pub fn job_json(j: &pb::JobStatus) -> Value {
         "tasks_done": j.tasks_done,
         "task_attempts": j.task_attempts,
         "files_out": j.files_out,
+        "bytes_in": j.bytes_in,
+        "bytes_out": j.bytes_out,
         "submitted_at_ms": j.submitted_at_ms,
         "finished_at_ms": j.finished_at_ms,
         "output_path": j.output_path,

@@ -21,18 +21,21 @@ pub fn job_status(job: &Job) -> pb::JobStatus {
     let (mut rows_in, mut tasks_total, mut tasks_done, mut attempts) = (0, 0, 0, 0);
     let last = job.stages.len().saturating_sub(1);
     let mut rows_out = 0;
+    let (mut bytes_in, mut bytes_out) = (0, 0);
     for (i, st) in job.stages.iter().enumerate() {
         let (mut r_out, mut b_out) = (0, 0);
         for t in &st.tasks {
             attempts += t.attempts;
             if let TaskState::Succeeded { result, .. } = &t.state {
                 rows_in += result.rows_in;
+                bytes_in += result.bytes_in;
                 r_out += result.rows_out;
                 b_out += result.bytes_out;
             }
         }
         if i == last {
             rows_out = r_out;
+            bytes_out = b_out;
         }
         tasks_total += st.tasks.len() as u32;
         tasks_done += st.done() as u32;
@@ -76,6 +79,8 @@ pub fn job_status(job: &Job) -> pb::JobStatus {
         tasks_done,
         task_attempts: attempts,
         files_out: job.committed_files.len() as u64,
+        bytes_in,
+        bytes_out,
     }
 }
 

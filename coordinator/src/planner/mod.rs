@@ -88,7 +88,7 @@ pub fn split_into_stages(plan: Arc<dyn ExecutionPlan>) -> Result<PlannedJob> {
             })?;
         stages.push(StagePlan {
             id: id as u32,
-            plan: bytes.to_vec(),
+            plan: Arc::new(bytes.to_vec()),
             display: displayable(d.plan.as_ref()).indent(false).to_string(),
             tasks: d.tasks as u32,
             shuffle_partitions: d.shuffle_partitions.map(|n| n as u32),

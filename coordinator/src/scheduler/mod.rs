@@ -273,7 +273,7 @@ fn task_definition(
             task: ti as u32,
             attempt,
         }),
-        plan: stage.plan.plan.clone(),
+        plan: stage.plan.plan.as_ref().clone(),
         output: Some(output),
         inputs,
         store_urls,

@@ -20,8 +20,9 @@ pub struct ErrorRecord {
 pub struct StagePlan {
     /// index within the job
     pub id: u32,
-    /// datafusion-proto bytes of the stage plan
-    pub plan: Vec<u8>,
+    /// datafusion-proto bytes of the stage plan (shared: jobs are cloned for dry runs)
+    #[serde(with = "shared_bytes")]
+    pub plan: std::sync::Arc<Vec<u8>>,
     /// human-readable plan
     pub display: String,
     /// tasks = partitions of the stage's input side
@@ -145,4 +146,18 @@ pub enum Command {
         /// when
         at_ms: u64,
     },
+}
+
+/// Serde for `Arc<Vec<u8>>` as a plain byte sequence.
+mod shared_bytes {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::sync::Arc;
+
+    pub fn serialize<S: Serializer>(v: &Arc<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        v.as_ref().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Vec<u8>>, D::Error> {
+        Vec::<u8>::deserialize(d).map(Arc::new)
+    }
 }

@@ -565,7 +565,7 @@ path = "/tmp/out"
     fn stage(id: u32, tasks: u32, inputs: Vec<u32>, shuffle: Option<u32>) -> StagePlan {
         StagePlan {
             id,
-            plan: vec![],
+            plan: Default::default(),
             display: String::new(),
             tasks,
             shuffle_partitions: shuffle,
