@@ -355,9 +355,9 @@ impl PipelineSpec {
 pub fn resolve_url(path: &str, base: &Path) -> std::result::Result<String, String> {
     if let Some((scheme, _)) = path.split_once("://") {
         return match scheme {
-            "file" | "memory" => Ok(path.to_string()),
+            "file" | "memory" | "s3" => Ok(path.to_string()),
             other => Err(format!(
-                "object store scheme '{other}://' is not supported by this build (supported: file://, memory://, or a local path)"
+                "object store scheme '{other}://' is not supported (use a local path, file://, memory:// or s3://)"
             )),
         };
     }

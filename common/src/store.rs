@@ -1,9 +1,11 @@
 //! Object stores. All file I/O (sources, sinks, staging, commit) goes through
 //! `object_store`. `file://` is the local filesystem; `memory://NAME` is a
-//! process-wide in-memory store (useful for `autopipe local` and tests).
+//! process-wide in-memory store (useful for `autopipe local` and tests); `s3://BUCKET`
+//! is Amazon S3 or any S3-compatible store, configured by the standard AWS_* variables.
 
 use crate::error::{Error, Result};
 use datafusion::execution::runtime_env::RuntimeEnv;
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path as StorePath;
@@ -14,6 +16,11 @@ use url::Url;
 
 fn memory_stores() -> &'static Mutex<HashMap<String, Arc<InMemory>>> {
     static M: OnceLock<Mutex<HashMap<String, Arc<InMemory>>>> = OnceLock::new();
+    M.get_or_init(Default::default)
+}
+
+fn s3_stores() -> &'static Mutex<HashMap<String, Arc<dyn ObjectStore>>> {
+    static M: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
     M.get_or_init(Default::default)
 }
 
@@ -42,8 +49,35 @@ pub fn store_for(url: &Url) -> Result<(Arc<dyn ObjectStore>, StorePath)> {
                 .map_err(|e| Error::Permanent(format!("bad path in '{url}': {e}")))?;
             Ok((store, path))
         }
+        "s3" => {
+            let bucket = url
+                .host_str()
+                .ok_or_else(|| Error::Permanent(format!("'{url}' names no bucket")))?
+                .to_string();
+            let mut cache = s3_stores().lock().expect("s3 store lock poisoned");
+            let store = match cache.get(&bucket) {
+                Some(s) => s.clone(),
+                None => {
+                    // Credentials, region and endpoint come from the standard AWS_*
+                    // environment (AWS_ENDPOINT and AWS_ALLOW_HTTP for S3-compatible stores).
+                    let s: Arc<dyn ObjectStore> = Arc::new(
+                        AmazonS3Builder::from_env()
+                            .with_bucket_name(&bucket)
+                            .build()
+                            .map_err(|e| {
+                                Error::Permanent(format!("cannot configure S3 for '{url}': {e}"))
+                            })?,
+                    );
+                    cache.insert(bucket, s.clone());
+                    s
+                }
+            };
+            let path = StorePath::from_url_path(url.path())
+                .map_err(|e| Error::Permanent(format!("bad path in '{url}': {e}")))?;
+            Ok((store, path))
+        }
         other => Err(Error::Permanent(format!(
-            "object store scheme '{other}://' is not supported by this build"
+            "object store scheme '{other}://' is not supported (use file://, memory:// or s3://)"
         ))),
     }
 }

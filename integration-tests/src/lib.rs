@@ -292,3 +292,96 @@ pub fn files_under(dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// An S3-compatible object store on 127.0.0.1 (moto's server, a real S3 REST
+/// endpoint), with the given buckets created. Killed on drop.
+pub struct S3Server {
+    proc: Child,
+    /// `http://127.0.0.1:PORT`
+    pub endpoint: String,
+}
+
+const S3_SERVER_PY: &str = r#"
+import sys, boto3
+from moto.server import ThreadedMotoServer
+s = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+s.start()
+host, port = s.get_host_and_port()
+c = boto3.client("s3", endpoint_url=f"http://{host}:{port}", aws_access_key_id="test",
+                 aws_secret_access_key="test", region_name="us-east-1")
+for b in sys.argv[1:]:
+    c.create_bucket(Bucket=b)
+print(f"s3 listening on {host}:{port}", flush=True)
+sys.stdin.read()
+"#;
+
+impl S3Server {
+    /// Starts the server (installing moto with pip first if it is missing).
+    pub fn start(buckets: &[&str]) -> Result<Self> {
+        let have = Command::new("python3")
+            .args(["-c", "import moto.server, boto3"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("python3 is needed for the S3 test server")?;
+        if !have.success() {
+            let s = Command::new("python3")
+                .args(["-m", "pip", "install", "-q", "moto[server]"])
+                .status()?;
+            if !s.success() {
+                bail!(
+                    "could not install the S3 test server: python3 -m pip install 'moto[server]'"
+                );
+            }
+        }
+        let mut proc = Command::new("python3")
+            .arg("-c")
+            .arg(S3_SERVER_PY)
+            .args(buckets)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = proc.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = r.read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = proc.kill();
+                bail!("the S3 test server did not start within 60 s");
+            }
+        };
+        let Some(addr) = line.trim().strip_prefix("s3 listening on ") else {
+            let _ = proc.kill();
+            bail!("unexpected output from the S3 test server: {line:?}");
+        };
+        Ok(Self {
+            endpoint: format!("http://{addr}"),
+            proc,
+        })
+    }
+
+    /// The AWS_* environment that points object_store at this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ENDPOINT", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.proc.kill();
+        let _ = self.proc.wait();
+    }
+}

@@ -5,6 +5,7 @@
 use anyhow::{bail, Result};
 use autopipe_common::session::context_for;
 use autopipe_common::spec::{Format, PipelineSpec};
+use autopipe_common::store::register_stores;
 use datafusion::arrow::array::Array;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -47,6 +48,7 @@ pub async fn actual(
 ) -> Result<Vec<Vec<Cell>>> {
     let ctx = SessionContext::new();
     let path = &spec.sink.path;
+    register_stores(&ctx.runtime_env(), std::slice::from_ref(path))?;
     let parts: Vec<(String, DataType)> = spec
         .sink
         .partition_by
