@@ -63,23 +63,9 @@ pub fn spawn_server(args: &[&str]) -> Result<Proc> {
         .stderr(Stdio::inherit())
         .spawn()
         .context("spawn autopipe")?;
-    let stdout = child.stdout.take().expect("piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        let mut line = String::new();
-        let _ = r.read_line(&mut line);
-        let _ = tx.send(line);
-        // keep draining so the child never blocks on a full pipe
-        let mut sink = Vec::new();
-        let _ = r.read_to_end(&mut sink);
-    });
-    let line = match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(l) => l,
-        Err(_) => {
-            let _ = child.kill();
-            bail!("autopipe {args:?} did not report its address within 60 s");
-        }
+    let Some(line) = first_line(&mut child, Duration::from_secs(60)) else {
+        let _ = child.kill();
+        bail!("autopipe {args:?} did not report its address within 60 s");
     };
     // "<role> listening on 127.0.0.1:P (http 127.0.0.1:Q)"
     let addr = line
@@ -223,6 +209,40 @@ impl Cluster {
     }
 }
 
+/// `autopipe gen clickstream` into `out` with `rows` events in `files` files.
+pub fn gen_clickstream(out: &Path, rows: u64, files: usize) -> Result<()> {
+    let g = cli(&[
+        "gen",
+        "clickstream",
+        "--rows",
+        &rows.to_string(),
+        "--files",
+        &files.to_string(),
+        "--out",
+        out.to_str().context("utf8 path")?,
+    ])?;
+    if !g.status.success() {
+        bail!("gen failed: {}", String::from_utf8_lossy(&g.stderr));
+    }
+    Ok(())
+}
+
+/// The first line a child prints on stdout, within `timeout`; the rest is drained.
+fn first_line(child: &mut Child, timeout: Duration) -> Option<String> {
+    let stdout = child.stdout.take()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = r.read_line(&mut line);
+        let _ = tx.send(line);
+        // keep draining so the child never blocks on a full pipe
+        let mut sink = Vec::new();
+        let _ = r.read_to_end(&mut sink);
+    });
+    rx.recv_timeout(timeout).ok()
+}
+
 /// Runs `autopipe ARGS` to completion.
 pub fn cli(args: &[&str]) -> Result<Output> {
     Ok(Command::new(autopipe_bin())
@@ -342,20 +362,9 @@ impl S3Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;
-        let stdout = proc.stdout.take().expect("piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = r.read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = proc.kill();
-                bail!("the S3 test server did not start within 60 s");
-            }
+        let Some(line) = first_line(&mut proc, Duration::from_secs(60)) else {
+            let _ = proc.kill();
+            bail!("the S3 test server did not start within 60 s");
         };
         let Some(addr) = line.trim().strip_prefix("s3 listening on ") else {
             let _ = proc.kill();

@@ -2,24 +2,13 @@
 //! with a test-only task delay keeps the job running until the cancel arrives.
 
 use anyhow::Result;
-use integration_tests::{cli, files_under, http_get, Cluster};
+use integration_tests::{files_under, gen_clickstream, http_get, Cluster};
 use std::time::Duration;
 
 #[test]
 fn a_cancelled_job_writes_nothing() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let data = dir.path().join("data");
-    let g = cli(&[
-        "gen",
-        "clickstream",
-        "--rows",
-        "5000",
-        "--files",
-        "2",
-        "--out",
-        data.to_str().unwrap(),
-    ])?;
-    assert!(g.status.success());
+    gen_clickstream(&dir.path().join("data"), 5_000, 2)?;
     let spec = dir.path().join("slow.toml");
     std::fs::write(
         &spec,

@@ -5,7 +5,7 @@
 use anyhow::Result;
 use autopipe_common::spec::PipelineSpec;
 use integration_tests::oracle::{actual, assert_same, expected};
-use integration_tests::{cli, S3Server};
+use integration_tests::{gen_clickstream, S3Server};
 
 fn run_local(spec: &std::path::Path, env: &[(&'static str, String)]) -> Result<serde_json::Value> {
     let out = std::process::Command::new(integration_tests::autopipe_bin())
@@ -34,18 +34,7 @@ fn pipelines_read_and_write_s3_urls() -> Result<()> {
         std::env::set_var(k, v);
     }
     let dir = tempfile::tempdir()?;
-    let data = dir.path().join("data");
-    let g = cli(&[
-        "gen",
-        "clickstream",
-        "--rows",
-        "20000",
-        "--files",
-        "4",
-        "--out",
-        data.to_str().unwrap(),
-    ])?;
-    assert!(g.status.success());
+    gen_clickstream(&dir.path().join("data"), 20_000, 4)?;
 
     let copy = dir.path().join("copy.toml");
     std::fs::write(
