@@ -467,3 +467,60 @@ impl pb::admin_service_server::AdminService for Services {
         Ok(Response::new(pb::ListWorkersResponse { workers: w }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::CoordinatorConfig;
+
+    #[test]
+    fn an_attempt_the_worker_does_not_run_is_requeued_after_the_grace_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = Arc::new(
+            Core::open(CoordinatorConfig {
+                data_dir: dir.path().to_path_buf(),
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        core.propose(Command::RegisterWorker {
+            worker_id: "w1".into(),
+            address: "a:1".into(),
+            http_address: String::new(),
+            slots: 4,
+            at_ms: 0,
+        })
+        .unwrap();
+        core.propose(crate::state::test_job(2)).unwrap();
+        for (task, at_ms) in [(0, now_ms() - 60_000), (1, now_ms() - 60_000)] {
+            core.propose(Command::TaskLaunched {
+                job_id: "j".into(),
+                stage: 0,
+                task,
+                attempt: 1,
+                worker_id: "w1".into(),
+                at_ms,
+            })
+            .unwrap();
+        }
+        let svc = Services { core: core.clone() };
+        // the worker runs task 1 but has never heard of task 0
+        svc.reconcile_running(&pb::HeartbeatRequest {
+            worker_id: "w1".into(),
+            running: vec![pb::TaskKey {
+                job_id: "j".into(),
+                stage_id: 0,
+                task: 1,
+                attempt: 1,
+            }],
+            ..Default::default()
+        });
+        let (t0, t1) = core.read(|s| {
+            let st = &s.jobs["j"].stages[0];
+            (st.tasks[0].clone(), st.tasks[1].clone())
+        });
+        assert_eq!(t0.state, TaskState::Pending);
+        assert_eq!(t0.failures, 1);
+        assert!(matches!(t1.state, TaskState::Running { .. }));
+    }
+}

@@ -14,7 +14,7 @@ use autopipe_common::util::now_ms;
 use autopipe_proto as pb;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Runs until `cancel`.
@@ -379,7 +379,87 @@ fn cleanup_finished(core: &Arc<Core>, cleaned: &mut HashSet<String>) {
     }
 }
 
-/// A deadline helper for callers that wait on a condition.
-pub fn deadline(d: Duration) -> Instant {
-    Instant::now() + d
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_with(workers: &[(&str, u32)], tasks: u32) -> State {
+        let mut s = State::default();
+        for (w, slots) in workers {
+            s.apply(&Command::RegisterWorker {
+                worker_id: w.to_string(),
+                address: format!("{w}:1"),
+                http_address: String::new(),
+                slots: *slots,
+                at_ms: 0,
+            })
+            .unwrap();
+        }
+        s.apply(&crate::state::test_job(tasks)).unwrap();
+        s
+    }
+
+    fn live(ids: &[&str]) -> HashMap<String, ()> {
+        ids.iter().map(|i| (i.to_string(), ())).collect()
+    }
+
+    #[test]
+    fn launches_fill_free_slots_spreading_over_workers_and_only_ready_stages() {
+        let s = state_with(&[("w1", 2), ("w2", 2)], 3);
+        let l = plan_launches(&s, &live(&["w1", "w2"]));
+        // 3 map tasks, the sink stage waits for them
+        assert_eq!(l.len(), 3);
+        assert!(l.iter().all(|x| x.def.key.as_ref().unwrap().stage_id == 0));
+        let on_w1 = l.iter().filter(|x| x.worker_id == "w1").count();
+        assert!((1..=2).contains(&on_w1), "spread over both workers");
+        assert_eq!(l[0].def.worker_id, l[0].worker_id);
+    }
+
+    #[test]
+    fn no_slot_no_launch_and_silent_workers_get_nothing() {
+        let s = state_with(&[("w1", 1), ("w2", 4)], 3);
+        let l = plan_launches(&s, &live(&["w1"]));
+        assert_eq!(l.len(), 1, "only w1 heartbeats and it has one slot");
+        assert_eq!(l[0].worker_id, "w1");
+    }
+
+    #[test]
+    fn a_task_in_backoff_waits() {
+        let mut s = state_with(&[("w1", 4)], 1);
+        s.apply(&Command::TaskLaunched {
+            job_id: "j".into(),
+            stage: 0,
+            task: 0,
+            attempt: 1,
+            worker_id: "w1".into(),
+            at_ms: 1,
+        })
+        .unwrap();
+        s.apply(&Command::TaskFailed {
+            job_id: "j".into(),
+            stage: 0,
+            task: 0,
+            attempt: 1,
+            error: ErrorRecord {
+                class: "transient".into(),
+                message: "reset".into(),
+                key: String::new(),
+            },
+            retryable: true,
+            retry_at_ms: now_ms() + 60_000,
+        })
+        .unwrap();
+        assert!(plan_launches(&s, &live(&["w1"])).is_empty());
+    }
+
+    #[test]
+    fn staging_is_a_hidden_sibling_of_the_sink_per_job_and_attempt() {
+        let s = state_with(&[("w1", 1)], 1);
+        let job = &s.jobs["j"];
+        assert_eq!(job_staging_root(job), "/tmp/.o.autopipe-staging/j/");
+        assert_eq!(
+            staging_prefix(job, 3, 2),
+            "/tmp/.o.autopipe-staging/j/t3-a2/"
+        );
+    }
 }

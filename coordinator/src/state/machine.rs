@@ -540,38 +540,6 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use autopipe_common::spec::PipelineSpec;
-
-    fn spec() -> PipelineSpec {
-        PipelineSpec::parse(
-            r#"
-[job]
-name = "t"
-[[sources]]
-name = "a"
-format = "parquet"
-path = "/tmp/a"
-[transform]
-sql = "SELECT 1"
-[sink]
-format = "parquet"
-path = "/tmp/out"
-"#,
-            "t",
-        )
-        .unwrap()
-    }
-
-    fn stage(id: u32, tasks: u32, inputs: Vec<u32>, shuffle: Option<u32>) -> StagePlan {
-        StagePlan {
-            id,
-            plan: Default::default(),
-            display: String::new(),
-            tasks,
-            shuffle_partitions: shuffle,
-            inputs,
-        }
-    }
 
     fn two_stage_state() -> State {
         let mut s = State::default();
@@ -585,13 +553,7 @@ path = "/tmp/out"
             })
             .unwrap();
         }
-        s.apply(&Command::SubmitJob {
-            job_id: "j".into(),
-            spec: spec(),
-            stages: vec![stage(0, 2, vec![], Some(2)), stage(1, 2, vec![0], None)],
-            at_ms: 1,
-        })
-        .unwrap();
+        s.apply(&crate::state::test_job(2)).unwrap();
         s
     }
 

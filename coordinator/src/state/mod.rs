@@ -94,6 +94,34 @@ impl State {
     }
 }
 
+/// A one-source spec and a job of one map stage (`map_tasks` tasks) and one sink
+/// stage, for tests of code that reads the state.
+#[cfg(test)]
+pub(crate) fn test_job(map_tasks: u32) -> Command {
+    let spec = autopipe_common::spec::PipelineSpec::parse(
+        "[job]\nname = \"t\"\n[[sources]]\nname = \"a\"\nformat = \"parquet\"\npath = \"/a\"\n[transform]\nsql = \"SELECT 1\"\n[sink]\nformat = \"csv\"\npath = \"/tmp/o\"\n",
+        "t",
+    )
+    .expect("valid test spec");
+    let stage = |id: u32, tasks: u32, shuffle: Option<u32>, inputs: Vec<u32>| StagePlan {
+        id,
+        plan: Default::default(),
+        display: String::new(),
+        tasks,
+        shuffle_partitions: shuffle,
+        inputs,
+    };
+    Command::SubmitJob {
+        job_id: "j".into(),
+        spec,
+        stages: vec![
+            stage(0, map_tasks, Some(2), vec![]),
+            stage(1, 2, None, vec![0]),
+        ],
+        at_ms: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
