@@ -359,14 +359,7 @@ async fn run(cli: Cli) -> Result<i32> {
             if client.output == OutputFormat::Json {
                 let v: Vec<_> = ws
                     .iter()
-                    .map(|w| {
-                        serde_json::json!({
-                            "worker_id": w.worker_id, "address": w.address, "http_address": w.http_address,
-                            "state": w.state, "slots": w.slots, "free_slots": w.free_slots,
-                            "running_tasks": w.running_tasks, "cpu_percent": w.cpu_percent,
-                            "memory_used_bytes": w.memory_used_bytes, "last_heartbeat_ms": w.last_heartbeat_ms,
-                        })
-                    })
+                    .map(autopipe_coordinator::api::http::worker_json)
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {

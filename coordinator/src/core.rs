@@ -46,14 +46,10 @@ pub struct Liveness {
     pub last: Instant,
     /// wall clock of the same
     pub last_ms: u64,
-    /// slots the worker says are free
-    pub free_slots: u32,
     /// CPU use in percent
     pub cpu_percent: f32,
     /// resident memory
     pub memory_used_bytes: u64,
-    /// tasks the worker says it runs
-    pub running: u32,
 }
 
 /// Shared coordinator core.
@@ -98,10 +94,8 @@ impl Core {
                     Liveness {
                         last: now,
                         last_ms: autopipe_common::util::now_ms(),
-                        free_slots: 0,
                         cpu_percent: 0.0,
                         memory_used_bytes: 0,
-                        running: 0,
                     },
                 )
             })

@@ -4,7 +4,7 @@
 use super::status::{job_status, workers};
 use crate::core::{Core, Liveness};
 use crate::planner::plan_job;
-use crate::scheduler::{error_record, report_failure};
+use crate::scheduler::report_failure;
 use crate::state::{Command, JobState, TaskResult, TaskState, WorkerState};
 use autopipe_common::error::Error;
 use autopipe_common::spec::{PipelineSpec, SinkMode};
@@ -338,10 +338,8 @@ impl pb::worker_service_server::WorkerService for Services {
                 Liveness {
                     last: Instant::now(),
                     last_ms: now_ms(),
-                    free_slots: r.slots,
                     cpu_percent: 0.0,
                     memory_used_bytes: 0,
-                    running: 0,
                 },
             );
         tracing::info!(worker = %worker_id, address = %r.address, slots = r.slots, "worker registered");
@@ -370,10 +368,8 @@ impl pb::worker_service_server::WorkerService for Services {
                     Liveness {
                         last: Instant::now(),
                         last_ms: now_ms(),
-                        free_slots: h.free_slots,
                         cpu_percent: h.cpu_percent,
                         memory_used_bytes: h.memory_used_bytes,
-                        running: h.running.len() as u32,
                     },
                 );
         }
@@ -450,7 +446,6 @@ impl pb::worker_service_server::WorkerService for Services {
                 .map(Error::from_detail)
                 .unwrap_or_else(|| Error::Transient("task failed without an error".into()));
             tracing::warn!(job = %key.job_id, stage = key.stage_id, task = key.task, attempt = key.attempt, class = ?err.class(), "task failed: {err}");
-            let _ = error_record(&err);
             report_failure(&self.core, &key, &err);
         }
         Ok(Response::new(pb::TaskStatusAck {}))

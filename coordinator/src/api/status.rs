@@ -91,15 +91,17 @@ pub fn workers(core: &Core, s: &State) -> Vec<pb::WorkerInfo> {
         .lock()
         .expect("liveness lock poisoned")
         .clone();
+    let running = s.running_per_worker();
     s.workers
         .values()
         .map(|w| {
             let l = live.get(&w.id);
+            let busy = running.get(w.id.as_str()).copied().unwrap_or(0);
             pb::WorkerInfo {
                 worker_id: w.id.clone(),
                 address: w.address.clone(),
                 slots: w.slots,
-                free_slots: w.slots.saturating_sub(s.running_on(&w.id) as u32),
+                free_slots: w.slots.saturating_sub(busy),
                 state: match w.state {
                     WorkerState::Alive => "alive".into(),
                     WorkerState::Lost => "lost".into(),
@@ -107,7 +109,7 @@ pub fn workers(core: &Core, s: &State) -> Vec<pb::WorkerInfo> {
                 last_heartbeat_ms: l.map(|l| l.last_ms).unwrap_or(0),
                 cpu_percent: l.map(|l| l.cpu_percent).unwrap_or(0.0),
                 memory_used_bytes: l.map(|l| l.memory_used_bytes).unwrap_or(0),
-                running_tasks: s.running_on(&w.id) as u32,
+                running_tasks: busy,
                 http_address: w.http_address.clone(),
             }
         })

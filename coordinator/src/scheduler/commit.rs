@@ -31,7 +31,7 @@ pub async fn commit_job(job: &Job) -> Result<Vec<String>> {
         };
         let (_, staged) = store_for(&parse_url(&staging_prefix(job, ti, *attempt))?)?;
         for rel in &result.files {
-            moves.push((join(&staged, rel)?, join(&sink_path, rel)?, rel.clone()));
+            moves.push((join(&staged, rel), join(&sink_path, rel), rel.clone()));
         }
     }
     let new: HashSet<String> = moves.iter().map(|(_, d, _)| d.to_string()).collect();
@@ -75,12 +75,10 @@ pub async fn discard_staging(job: &Job) -> Result<()> {
     Ok(())
 }
 
-fn join(base: &StorePath, rel: &str) -> Result<StorePath> {
-    let mut p = base.clone();
-    for part in rel.split('/').filter(|s| !s.is_empty()) {
-        p = p.join(part);
-    }
-    Ok(p)
+fn join(base: &StorePath, rel: &str) -> StorePath {
+    rel.split('/')
+        .filter(|s| !s.is_empty())
+        .fold(base.clone(), |p, part| p.join(part))
 }
 
 /// Local filesystems keep empty hive directories after deletes; drop them.

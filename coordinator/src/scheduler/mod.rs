@@ -176,11 +176,15 @@ pub fn class_name(c: ErrorClass) -> &'static str {
 /// Decides launches: jobs in submission order, ready stages in order, tasks onto the
 /// alive worker with the most free slots.
 fn plan_launches(s: &State, live: &HashMap<String, ()>) -> Vec<Launch> {
+    let running = s.running_per_worker();
     let mut free: Vec<(String, i64)> = s
         .workers
         .values()
         .filter(|w| w.state == WorkerState::Alive && live.contains_key(&w.id))
-        .map(|w| (w.id.clone(), w.slots as i64 - s.running_on(&w.id) as i64))
+        .map(|w| {
+            let busy = running.get(w.id.as_str()).copied().unwrap_or(0);
+            (w.id.clone(), w.slots as i64 - busy as i64)
+        })
         .collect();
     let mut out = Vec::new();
     let now = now_ms();

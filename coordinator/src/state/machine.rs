@@ -523,17 +523,21 @@ impl State {
         }
     }
 
-    /// Tasks running on a worker.
-    pub fn running_on(&self, worker_id: &str) -> usize {
-        self.jobs
+    /// Running attempts per worker, counted in one pass over the running jobs.
+    pub fn running_per_worker(&self) -> BTreeMap<&str, u32> {
+        let mut out = BTreeMap::new();
+        for t in self
+            .jobs
             .values()
             .filter(|j| j.state == JobState::Running)
             .flat_map(|j| j.stages.iter())
             .flat_map(|s| s.tasks.iter())
-            .filter(
-                |t| matches!(&t.state, TaskState::Running { worker_id: w, .. } if w == worker_id),
-            )
-            .count()
+        {
+            if let TaskState::Running { worker_id, .. } = &t.state {
+                *out.entry(worker_id.as_str()).or_insert(0) += 1;
+            }
+        }
+        out
     }
 }
 
