@@ -4,8 +4,11 @@
 //! machine drift hits both; prints median/min/max and the ratio.
 //!
 //! Run: `cargo build --release -p autopipe -p bench && target/release/bench clickstream --rows 10000000`
+//!
+//! `bench tpch`: TPC-H against DataFusion, Spark, DuckDB (see `tpch`).
+//! Run: `cargo build --release --workspace && target/release/bench tpch --sf 1 --queries all`
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use autopipe_common::session::context_for;
 use autopipe_common::spec::PipelineSpec;
 use clap::{Parser, Subcommand};
@@ -13,6 +16,8 @@ use datafusion::dataframe::DataFrameWriteOptions;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+mod tpch;
 
 #[derive(Parser)]
 struct Cli {
@@ -37,18 +42,40 @@ enum Cmd {
         #[arg(long, default_value = "target/bench-data")]
         dir: PathBuf,
     },
-}
-
-fn autopipe_bin() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let bin = exe.parent().context("exe dir")?.join("autopipe");
-    if !bin.exists() {
-        bail!(
-            "{} is missing: run `cargo build --release -p autopipe` first",
-            bin.display()
-        );
-    }
-    Ok(bin)
+    /// TPC-H on autopipe (local and cluster), DataFusion, Spark local[N] and DuckDB
+    Tpch {
+        /// scale factor (data is generated once per scale factor and cached)
+        #[arg(long, default_value_t = 1.0)]
+        sf: f64,
+        /// `all` or a list like `1,3,5-7`
+        #[arg(long, default_value = "all")]
+        queries: String,
+        /// engines in run order (autopipe-local, autopipe-cluster, datafusion, spark, duckdb, ballista)
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "autopipe-local,autopipe-cluster,datafusion,spark,duckdb"
+        )]
+        engines: Vec<String>,
+        /// timed repetitions per query and engine (after one checked, untimed run)
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// threads for DataFusion, DuckDB and Spark local[N]
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// autopipe workers
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// task slots per autopipe worker
+        #[arg(long, default_value_t = 2)]
+        slots: u32,
+        /// where data, the Python venv and outputs go
+        #[arg(long, default_value = "target/bench-data")]
+        dir: PathBuf,
+        /// also write the result table (markdown) to this file
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
 }
 
 fn stats(mut v: Vec<Duration>) -> (f64, f64, f64) {
@@ -66,11 +93,32 @@ fn main() -> Result<()> {
             workers,
             dir,
         } => clickstream(rows, reps, workers, &dir),
+        Cmd::Tpch {
+            sf,
+            queries,
+            engines,
+            reps,
+            threads,
+            workers,
+            slots,
+            dir,
+            report,
+        } => tpch::run(tpch::Args {
+            sf,
+            queries: tpch::parse_queries(&queries)?,
+            engines,
+            reps,
+            threads,
+            workers,
+            slots,
+            dir,
+            report,
+        }),
     }
 }
 
 fn clickstream(rows: u64, reps: usize, workers: usize, dir: &Path) -> Result<()> {
-    let bin = autopipe_bin()?;
+    let bin = integration_tests::autopipe_bin();
     std::fs::create_dir_all(dir)?;
     let dir = &std::fs::canonicalize(dir)?;
     let data = dir.join(format!("clickstream-{rows}"));

@@ -118,6 +118,14 @@ enum Cmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Print the stages a spec plans into (each stage's DataFusion plan), without running it
+    Explain {
+        /// pipeline spec (TOML or JSON)
+        spec: PathBuf,
+        /// partitions to plan with (a cluster derives this from its slots and input size)
+        #[arg(long, default_value_t = 4)]
+        partitions: usize,
+    },
     /// Show one job
     Status {
         /// job id
@@ -304,6 +312,21 @@ async fn run(cli: Cli) -> Result<i32> {
             }
             let st = client::watch(ch, &id, client.output == OutputFormat::Text).await?;
             finish(&st, t.elapsed(), client.output)
+        }
+        Cmd::Explain { spec, partitions } => {
+            let spec = client::load_spec(&spec)?;
+            let job = autopipe_coordinator::planner::plan_job(&spec, partitions.max(1)).await?;
+            for st in &job.stages {
+                let kind = match st.shuffle_partitions {
+                    Some(n) => format!("map → {n} partitions"),
+                    None => "sink".into(),
+                };
+                println!(
+                    "stage {} ({kind}, {} tasks, reads stages {:?})\n{}",
+                    st.id, st.tasks, st.inputs, st.display
+                );
+            }
+            Ok(0)
         }
         Cmd::Status { job, client } => {
             let ch = client::connect(&client.coordinator).await?;

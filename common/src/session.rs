@@ -22,6 +22,12 @@ pub fn session_config(partitions: usize) -> SessionConfig {
     o.optimizer.enable_topk_dynamic_filter_pushdown = false;
     o.optimizer.enable_aggregate_dynamic_filter_pushdown = false;
     o.optimizer.enable_round_robin_repartition = false;
+    // DataFusion 55 runs uncorrelated scalar subqueries in a `ScalarSubqueryExec` that
+    // hands its value to expressions elsewhere in the plan through shared memory, which
+    // cannot cross stages. Rewritten as joins (DataFusion's escape hatch for distributed
+    // engines) they split into stages like any join. A subquery that returns more than
+    // one row is then not reported as an error.
+    o.optimizer.enable_physical_uncorrelated_scalar_subquery = false;
     // A task runs one partition alone; with work stealing its scan would take the files
     // of its sibling partitions (which run as other tasks) and read them twice.
     o.execution.enable_file_stream_work_stealing = false;

@@ -4,6 +4,7 @@
 //! Processes are SIGKILLed on drop; nothing waits on fixed sleeps.
 
 pub mod oracle;
+pub mod tpch;
 
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -11,23 +12,25 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `autopipe` binary built by `cargo test --workspace` (or `$AUTOPIPE_BIN`).
+/// The `autopipe` binary (or `$AUTOPIPE_BIN`): beside the running program (a binary in
+/// `target/<profile>/`), or one directory up (a test in `target/<profile>/deps/`).
 pub fn autopipe_bin() -> PathBuf {
     if let Ok(p) = std::env::var("AUTOPIPE_BIN") {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>/deps/<test>");
-    let bin = dir.join("autopipe");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` so the CLI is built",
-        bin.display()
-    );
-    bin
+    let dir = exe.parent().expect("the program's directory");
+    let candidates = [dir.join("autopipe"), dir.join("../autopipe")];
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "{} is missing: build it with `cargo build --workspace` (or `cargo test --workspace`)",
+                candidates[1].display()
+            )
+        })
 }
 
 /// A child process killed on drop.

@@ -82,15 +82,10 @@ pub async fn actual(
     rows(&batches, types)
 }
 
-fn is_float(t: &DataType) -> bool {
-    matches!(
-        t,
-        DataType::Float16
-            | DataType::Float32
-            | DataType::Float64
-            | DataType::Decimal128(..)
-            | DataType::Decimal256(..)
-    )
+/// Numbers compare as floats, so that engines that type a result differently (a
+/// decimal average against a double, an INT year against a BIGINT) still agree.
+fn is_numeric(t: &DataType) -> bool {
+    t.is_numeric()
 }
 
 fn rows(batches: &[RecordBatch], types: &[DataType]) -> Result<Vec<Vec<Cell>>> {
@@ -105,7 +100,7 @@ fn rows(batches: &[RecordBatch], types: &[DataType]) -> Result<Vec<Vec<Cell>>> {
                     continue;
                 }
                 let s = array_value_to_string(a, r)?;
-                if is_float(t) {
+                if is_numeric(t) {
                     row.push(Cell::Float(s.parse::<f64>().unwrap_or(f64::NAN)));
                 } else {
                     row.push(Cell::Text(s));
@@ -115,6 +110,21 @@ fn rows(batches: &[RecordBatch], types: &[DataType]) -> Result<Vec<Vec<Cell>>> {
         }
     }
     Ok(out)
+}
+
+/// Every row of the Parquet files under `dir`, columns in file order.
+pub async fn parquet_rows(dir: &std::path::Path) -> Result<Vec<Vec<Cell>>> {
+    let ctx = SessionContext::new();
+    let df = ctx
+        .read_parquet(format!("{}/", dir.display()), ParquetReadOptions::default())
+        .await?;
+    let types: Vec<DataType> = df
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.data_type().clone())
+        .collect();
+    rows(&df.collect().await?, &types)
 }
 
 fn sort(rows: &mut [Vec<Cell>]) {

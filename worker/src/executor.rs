@@ -12,6 +12,7 @@ use autopipe_common::store::{delete_prefix, parse_url, register_stores, store_fo
 use autopipe_common::task::TaskResult;
 use autopipe_proto as pb;
 use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::config::{CsvOptions, JsonOptions, TableParquetOptions};
 use datafusion::common::file_options::csv_writer::CsvWriterOptions;
 use datafusion::common::file_options::json_writer::JsonWriterOptions;
@@ -28,6 +29,7 @@ use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::physical_plan::repartition::{BatchPartitioner, RepartitionExec};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{metrics, ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::SessionContext;
@@ -182,6 +184,12 @@ async fn run_sink(
     };
     let stream = plan.execute(partition, ctx.clone())?;
     let rows = data_sink.write_all(stream, &ctx).await?;
+    if rows == 0 && partition == 0 && part_cols.is_empty() {
+        // An empty result still gets one (empty) file, so readers see its schema.
+        let empty = Ok(RecordBatch::new_empty(schema.clone()));
+        let stream = RecordBatchStreamAdapter::new(schema.clone(), futures::stream::iter([empty]));
+        data_sink.write_all(Box::pin(stream), &ctx).await?;
+    }
     let mut files = Vec::new();
     let mut bytes = 0;
     let metas: Vec<_> = store.list(Some(&prefix)).try_collect().await?;

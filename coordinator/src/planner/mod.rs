@@ -12,9 +12,13 @@ use autopipe_common::error::{Error, Result};
 use autopipe_common::session::context_for;
 use autopipe_common::shuffle::{ShuffleCodec, ShuffleReaderExec};
 use autopipe_common::spec::PipelineSpec;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::JoinType;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec, PartitionMode};
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use datafusion::physical_plan::Partitioning;
 use datafusion::physical_plan::{
     displayable, replace_children_if_necessary, ExecutionPlan, ExecutionPlanProperties,
 };
@@ -58,7 +62,84 @@ pub async fn plan_job(spec: &PipelineSpec, partitions: usize) -> Result<PlannedJ
             "every output column is a partition column; at least one must remain in the files",
         ));
     }
-    split_into_stages(physical)
+    split_into_stages(distribute_joins(physical)?)
+}
+
+/// Join types whose output includes build-side rows decided only after every probe
+/// partition ran (unmatched, semi, anti, mark rows).
+fn emits_build_rows_at_end(t: JoinType) -> bool {
+    matches!(
+        t,
+        JoinType::Left
+            | JoinType::LeftAnti
+            | JoinType::LeftSemi
+            | JoinType::LeftMark
+            | JoinType::Full
+    )
+}
+
+/// Makes joins correct when their partitions run as separate tasks. DataFusion's
+/// collect-left joins share one build side, and one bitmap of matched build rows,
+/// between all probe partitions of a process; the last partition to finish emits the
+/// build-side rows. Here each probe partition is a task of its own, in its own process,
+/// so no task would see every match. Such joins become partitioned hash joins (both
+/// sides hash-exchanged on the keys, so each task owns its build rows); a nested-loop
+/// join of that kind reads its probe side as one partition.
+pub fn distribute_joins(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    let out = plan.transform_up(|p| {
+        if let Some(j) = p.downcast_ref::<HashJoinExec>() {
+            let n = j.right().output_partitioning().partition_count();
+            if *j.partition_mode() != PartitionMode::CollectLeft
+                || !emits_build_rows_at_end(*j.join_type())
+                || n < 2
+            {
+                return Ok(Transformed::no(p));
+            }
+            let left_input = match j.left().downcast_ref::<CoalescePartitionsExec>() {
+                Some(c) => Arc::clone(c.input()),
+                None => Arc::clone(j.left()),
+            };
+            let (lkeys, rkeys): (Vec<_>, Vec<_>) = j
+                .on()
+                .iter()
+                .map(|(l, r)| (Arc::clone(l), Arc::clone(r)))
+                .unzip();
+            let left: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
+                left_input,
+                Partitioning::Hash(lkeys, n),
+            )?);
+            let right = match j.right().output_partitioning() {
+                Partitioning::Hash(e, m) if *m == n && *e == rkeys => Arc::clone(j.right()),
+                _ => Arc::new(RepartitionExec::try_new(
+                    Arc::clone(j.right()),
+                    Partitioning::Hash(rkeys, n),
+                )?) as Arc<dyn ExecutionPlan>,
+            };
+            let join = j
+                .builder()
+                .with_partition_mode(PartitionMode::Partitioned)
+                .with_new_children(vec![left, right])?
+                .recompute_properties()
+                .reset_state()
+                .build_exec()?;
+            return Ok(Transformed::yes(join));
+        }
+        if let Some(j) = p.downcast_ref::<NestedLoopJoinExec>() {
+            if emits_build_rows_at_end(*j.join_type())
+                && j.right().output_partitioning().partition_count() > 1
+            {
+                let right: Arc<dyn ExecutionPlan> =
+                    Arc::new(CoalescePartitionsExec::new(Arc::clone(j.right())));
+                let left = Arc::clone(j.left());
+                return Ok(Transformed::yes(replace_children_if_necessary(
+                    p,
+                    vec![left, right],
+                )?));
+            }
+        }
+        Ok(Transformed::no(p))
+    })?;
+    Ok(out.data)
 }
 
 struct Draft {
