@@ -187,7 +187,8 @@ pub fn job_json(j: &pb::JobStatus) -> serde_json::Value {
         "stage_details": j.stages.iter().map(|s| json!({
             "stage_id": s.stage_id, "kind": s.kind, "tasks_total": s.tasks_total,
             "tasks_done": s.tasks_done, "rows_out": s.rows_out, "bytes_out": s.bytes_out,
-            "input_stages": s.input_stages,
+            "input_stages": s.input_stages, "started_at_ms": s.started_at_ms,
+            "finished_at_ms": s.finished_at_ms, "task_ms_max": s.task_ms_max,
         })).collect::<Vec<_>>(),
     })
 }
@@ -212,9 +213,21 @@ pub fn summary(j: &pb::JobStatus, wall: Duration) -> String {
         j.tasks_total,
         j.task_attempts
     );
+    // Stage spans relative to submission: where a job's time went.
+    let rel = |ms: u64| ms.saturating_sub(j.submitted_at_ms) as f64 / 1000.0;
     for st in &j.stages {
+        let span = if st.finished_at_ms > 0 {
+            format!(
+                "  {:.3}s–{:.3}s (slowest task {} ms)",
+                rel(st.started_at_ms),
+                rel(st.finished_at_ms),
+                st.task_ms_max
+            )
+        } else {
+            String::new()
+        };
         s += &format!(
-            "    stage {} {:<4} tasks {:>3}/{:<3} rows {:>10}  {}\n",
+            "    stage {} {:<4} tasks {:>3}/{:<3} rows {:>10}  {:>10}{span}\n",
             st.stage_id,
             st.kind,
             st.tasks_done,
@@ -222,6 +235,9 @@ pub fn summary(j: &pb::JobStatus, wall: Duration) -> String {
             st.rows_out,
             fmt_bytes(st.bytes_out)
         );
+    }
+    if j.finished_at_ms > 0 {
+        s += &format!("  finished:  {:.3}s after submission\n", rel(j.finished_at_ms));
     }
     s += &format!("  output:    {} ({} files)\n", j.output_path, j.files_out);
     if let Some(e) = &j.error {

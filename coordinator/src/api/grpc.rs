@@ -436,6 +436,7 @@ impl pb::worker_service_server::WorkerService for Services {
                 task: key.task,
                 attempt: key.attempt,
                 result,
+                at_ms: now_ms(),
             }) {
                 tracing::debug!("success not recorded: {e}");
             }

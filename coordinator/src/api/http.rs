@@ -66,6 +66,9 @@ pub fn job_json(j: &pb::JobStatus) -> Value {
             "rows_out": s.rows_out,
             "bytes_out": s.bytes_out,
             "input_stages": s.input_stages,
+            "started_at_ms": s.started_at_ms,
+            "finished_at_ms": s.finished_at_ms,
+            "task_ms_max": s.task_ms_max,
             "plan": s.plan,
         })).collect::<Vec<_>>(),
     })

@@ -24,15 +24,29 @@ pub fn job_status(job: &Job) -> pb::JobStatus {
     let (mut bytes_in, mut bytes_out) = (0, 0);
     for (i, st) in job.stages.iter().enumerate() {
         let (mut r_out, mut b_out) = (0, 0);
+        let (mut started, mut finished, mut task_max) = (u64::MAX, 0, 0);
         for t in &st.tasks {
             attempts += t.attempts;
-            if let TaskState::Succeeded { result, .. } = &t.state {
-                rows_in += result.rows_in;
-                bytes_in += result.bytes_in;
-                r_out += result.rows_out;
-                b_out += result.bytes_out;
+            match &t.state {
+                TaskState::Succeeded {
+                    result,
+                    started_ms,
+                    finished_ms,
+                    ..
+                } => {
+                    rows_in += result.rows_in;
+                    bytes_in += result.bytes_in;
+                    r_out += result.rows_out;
+                    b_out += result.bytes_out;
+                    started = started.min(*started_ms);
+                    finished = finished.max(*finished_ms);
+                    task_max = task_max.max(result.duration_ms);
+                }
+                TaskState::Running { started_ms, .. } => started = started.min(*started_ms),
+                TaskState::Pending => {}
             }
         }
+        let finished = if st.is_complete() { finished } else { 0 };
         if i == last {
             rows_out = r_out;
             bytes_out = b_out;
@@ -53,6 +67,9 @@ pub fn job_status(job: &Job) -> pb::JobStatus {
             bytes_out: b_out,
             input_stages: st.plan.inputs.clone(),
             plan: st.plan.display.clone(),
+            started_at_ms: if started == u64::MAX { 0 } else { started },
+            finished_at_ms: finished,
+            task_ms_max: task_max,
         });
     }
     pb::JobStatus {

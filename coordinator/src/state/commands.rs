@@ -97,6 +97,9 @@ pub enum Command {
         attempt: u32,
         /// what it produced
         result: TaskResult,
+        /// when the coordinator heard of it
+        #[serde(default)]
+        at_ms: u64,
     },
     /// a task attempt failed
     TaskFailed {

@@ -56,6 +56,12 @@ pub enum TaskState {
         worker_id: String,
         /// what it produced
         result: TaskResult,
+        /// when the winning attempt was launched
+        #[serde(default)]
+        started_ms: u64,
+        /// when its success was recorded
+        #[serde(default)]
+        finished_ms: u64,
     },
 }
 
@@ -349,15 +355,16 @@ impl State {
                 task,
                 attempt,
                 result,
+                at_ms,
             } => {
                 let job = self.running_job(job_id)?;
                 let t = Self::task_mut(job, *stage, *task)?;
-                let worker_id = match &t.state {
+                let (worker_id, started_ms) = match &t.state {
                     TaskState::Running {
                         attempt: a,
                         worker_id,
-                        ..
-                    } if a == attempt => worker_id.clone(),
+                        started_ms,
+                    } if a == attempt => (worker_id.clone(), *started_ms),
                     other => {
                         return Err(ApplyError::Illegal(format!(
                             "success of job {job_id} stage {stage} task {task} attempt {attempt} while {other:?}"
@@ -368,6 +375,8 @@ impl State {
                     attempt: *attempt,
                     worker_id,
                     result: result.clone(),
+                    started_ms,
+                    finished_ms: *at_ms,
                 };
                 Ok(Outcome::Done)
             }
@@ -585,7 +594,23 @@ mod tests {
             task,
             attempt,
             result: TaskResult::default(),
+            at_ms: 7,
         })
+    }
+
+    #[test]
+    fn a_succeeded_task_keeps_when_its_winning_attempt_ran() {
+        let mut s = two_stage_state();
+        launch(&mut s, 0, 0, 1, "w1").unwrap();
+        succeed(&mut s, 0, 0, 1).unwrap();
+        match &s.jobs["j"].stages[0].tasks[0].state {
+            TaskState::Succeeded {
+                started_ms,
+                finished_ms,
+                ..
+            } => assert_eq!((*started_ms, *finished_ms), (2, 7)),
+            other => panic!("not succeeded: {other:?}"),
+        }
     }
 
     #[test]
