@@ -141,15 +141,22 @@ impl ExecutionPlan for ShuffleReaderExec {
         fetches.sort_by_key(|(l, _)| l.map_task);
         let job_id = self.job_id.clone();
         let schema = self.schema();
+        // Map outputs are fetched concurrently and their batches interleave: a hash
+        // partition's rows have no order across map tasks (and a per-map reader has one
+        // map task).
         let stream = futures::stream::iter(fetches)
-            .then(move |(loc, part)| {
+            .map(move |(loc, part)| {
                 let job_id = job_id.clone();
                 async move { fetch_partition(&job_id, &loc, part).await }
             })
-            .try_flatten();
+            .buffer_unordered(FETCH_CONCURRENCY)
+            .try_flatten_unordered(FETCH_CONCURRENCY);
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
 }
+
+/// Map outputs one reduce task reads at the same time.
+const FETCH_CONCURRENCY: usize = 8;
 
 fn channel_pool() -> &'static Mutex<HashMap<String, Channel>> {
     static POOL: OnceLock<Mutex<HashMap<String, Channel>>> = OnceLock::new();
