@@ -65,3 +65,10 @@ mod tests {
         assert!(parse_bytes("MiB").is_err());
     }
 }
+
+/// A tonic server's incoming connections with Nagle's algorithm off. `serve_with_incoming`
+/// ignores the builder's `tcp_nodelay`, and with Nagle on, a small response can wait for
+/// the peer's delayed ACK (40 ms on Linux): once per task launch, report and fetch.
+pub fn no_delay(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}

@@ -18,7 +18,7 @@ use autopipe_proto as pb;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use autopipe_common::util::no_delay;
 use tokio_util::sync::CancellationToken;
 
 /// A running coordinator.
@@ -69,7 +69,7 @@ pub async fn start(
                 svc.clone(),
             ))
             .add_service(pb::admin_service_server::AdminServiceServer::new(svc))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), c1.cancelled_owned())
+            .serve_with_incoming_shutdown(no_delay(grpc), c1.cancelled_owned())
             .await;
         if let Err(e) = r {
             tracing::error!("coordinator gRPC server stopped: {e}");

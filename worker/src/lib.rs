@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use autopipe_common::util::no_delay;
 use tokio_util::sync::CancellationToken;
 
 /// Worker configuration.
@@ -117,7 +117,7 @@ pub async fn start(config: WorkerConfig, cancel: CancellationToken) -> Result<Wo
                     .max_decoding_message_size(64 << 20),
             )
             .add_service(arrow_flight::flight_service_server::FlightServiceServer::new(flight))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), c1.cancelled_owned())
+            .serve_with_incoming_shutdown(no_delay(listener), c1.cancelled_owned())
             .await;
         if let Err(e) = r {
             tracing::error!("worker gRPC server stopped: {e}");
