@@ -51,6 +51,13 @@ pub fn fmt_bytes(b: u64) -> String {
     }
 }
 
+/// A tonic server's incoming connections with Nagle's algorithm off. `serve_with_incoming`
+/// ignores the builder's `tcp_nodelay`, and with Nagle on, a small response can wait for
+/// the peer's delayed ACK (40 ms on Linux): once per task launch, report and fetch.
+pub fn no_delay(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,11 +71,4 @@ mod tests {
         assert!(parse_bytes("12 parsecs").is_err());
         assert!(parse_bytes("MiB").is_err());
     }
-}
-
-/// A tonic server's incoming connections with Nagle's algorithm off. `serve_with_incoming`
-/// ignores the builder's `tcp_nodelay`, and with Nagle on, a small response can wait for
-/// the peer's delayed ACK (40 ms on Linux): once per task launch, report and fetch.
-pub fn no_delay(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
