@@ -36,7 +36,14 @@ pub fn session_config(partitions: usize) -> SessionConfig {
 
 /// A context with the spec's sources registered as tables.
 pub async fn context_for(spec: &PipelineSpec, partitions: usize) -> Result<SessionContext> {
-    let ctx = SessionContext::new_with_config(session_config(partitions));
+    let mut config = session_config(partitions);
+    // Broadcast joins by estimated size only: DataFusion's row-count fallback (128k rows)
+    // would broadcast wide rows far past the byte limit.
+    let o = config.options_mut();
+    o.optimizer.hash_join_single_partition_threshold =
+        spec.job.params.broadcast_join_max_bytes() as usize;
+    o.optimizer.hash_join_single_partition_threshold_rows = 0;
+    let ctx = SessionContext::new_with_config(config);
     register_sources(&ctx, spec).await?;
     Ok(ctx)
 }

@@ -155,6 +155,11 @@ impl ExecutionPlan for ShuffleReaderExec {
     }
 }
 
+/// HTTP/2 receive window of one shuffle fetch stream.
+const STREAM_WINDOW: u32 = 4 << 20;
+/// HTTP/2's largest window: a connection never limits its streams.
+const MAX_WINDOW: u32 = (1 << 31) - 1;
+
 /// Map outputs one reduce task reads at the same time.
 const FETCH_CONCURRENCY: usize = 8;
 
@@ -178,6 +183,15 @@ pub fn channel_to(address: &str) -> std::result::Result<Channel, Error> {
         .map_err(|e| Error::Permanent(format!("bad address '{address}': {e}")))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
+        // One connection carries every fetch from a worker, and a plan may open a
+        // fetch it reads only later (the build side of an outer join waits while an
+        // inner one is read; DataFusion's coalesce starts its inputs at once). Such a
+        // stream's unread data counts against the connection's window and blocks every
+        // other stream on the connection once the connection window is full (hyper's
+        // default: 5 MiB for streams of 2 MiB each): a deadlock (TPC-H Q8, 1 run in 10).
+        // Each stream now buffers at most its own window and never stalls the others.
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(MAX_WINDOW))
         .connect_lazy();
     pool.insert(url, ch.clone());
     Ok(ch)

@@ -62,7 +62,15 @@ pub struct JobParams {
     /// attempts per task before the job fails (default 4)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_task_attempts: Option<u32>,
+    /// a join side estimated at most this big is sent whole to every task of the join
+    /// (a broadcast join) instead of shuffling both sides; "0" turns broadcasts off
+    /// (default 10 MiB, Spark's autoBroadcastJoinThreshold)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast_join_max_bytes: Option<ByteSize>,
 }
+
+/// Default broadcast join limit (Spark's spark.sql.autoBroadcastJoinThreshold).
+pub const DEFAULT_BROADCAST_JOIN_MAX_BYTES: u64 = 10 << 20;
 
 /// Default target partition size (Spark AQE's advisoryPartitionSizeInBytes is 64 MiB).
 pub const DEFAULT_TARGET_PARTITION_BYTES: u64 = 64 << 20;
@@ -73,6 +81,12 @@ impl JobParams {
         self.target_partition_bytes
             .map(|b| b.0)
             .unwrap_or(DEFAULT_TARGET_PARTITION_BYTES)
+    }
+    /// Effective broadcast join limit.
+    pub fn broadcast_join_max_bytes(&self) -> u64 {
+        self.broadcast_join_max_bytes
+            .map(|b| b.0)
+            .unwrap_or(DEFAULT_BROADCAST_JOIN_MAX_BYTES)
     }
     /// Effective attempt limit.
     pub fn max_task_attempts(&self) -> u32 {

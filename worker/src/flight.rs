@@ -125,3 +125,81 @@ impl FlightService for ShuffleFlightService {
         Err(Status::unimplemented("list_actions"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shuffle_store::PartitionWriters;
+    use arrow_flight::flight_service_client::FlightServiceClient;
+    use autopipe_common::util::no_delay;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::record_batch::RecordBatch;
+    use std::time::Duration;
+
+    /// A fetch opened but not read yet (an outer join's build side) must not stall the
+    /// other fetches sharing its connection.
+    #[tokio::test]
+    async fn an_unread_fetch_does_not_block_the_others_on_its_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(ShuffleStore {
+            root: dir.path().to_path_buf(),
+            metrics: Default::default(),
+        });
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        // four map outputs of 8 MiB each
+        for task in 0..4 {
+            let mut w =
+                PartitionWriters::create(store.task_dir("j", 0, task, 1), 1, &schema).unwrap();
+            for _ in 0..128 {
+                let col = Int64Array::from_iter_values(0..8192);
+                let b = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(col)]).unwrap();
+                w.write(0, &b).unwrap();
+            }
+            w.finish().unwrap();
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let svc = ShuffleFlightService { store };
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    arrow_flight::flight_service_server::FlightServiceServer::new(svc),
+                )
+                .serve_with_incoming(no_delay(listener)),
+        );
+        let ticket = |task| {
+            let t = pb::ShuffleTicket {
+                job_id: "j".into(),
+                stage_id: 0,
+                map_task: task,
+                attempt: 1,
+                partition: 0,
+            };
+            Ticket::new(t.encode_to_vec())
+        };
+        let ch = autopipe_common::shuffle::channel_to(&addr).unwrap();
+        let mut client = FlightServiceClient::new(ch);
+        // Three fetches read one message each, then wait: more unread data than the
+        // default connection window (5 MiB in hyper) holds.
+        let mut idle = Vec::new();
+        for task in 0..3 {
+            let mut s = client.do_get(ticket(task)).await.unwrap().into_inner();
+            let _first = s.next().await.unwrap().unwrap();
+            idle.push(s);
+        }
+        let read_other = async {
+            let mut s = client.do_get(ticket(3)).await.unwrap().into_inner();
+            let mut bytes = 0;
+            while let Some(m) = s.next().await {
+                bytes += m.unwrap().data_body.len();
+            }
+            bytes
+        };
+        let bytes = tokio::time::timeout(Duration::from_secs(20), read_other)
+            .await
+            .expect("the fourth fetch stalled behind the unread ones");
+        assert!(bytes >= 8 << 20);
+        drop(idle);
+    }
+}
