@@ -50,6 +50,7 @@ impl LocalCluster {
                         work_dir: dir.path().join(format!("worker-{i}")),
                         heartbeat_interval: Duration::from_millis(500),
                         test_task_delay: Duration::ZERO,
+                        host_local_shuffle: true,
                     },
                     cancel.clone(),
                 )

@@ -107,6 +107,10 @@ enum Cmd {
         /// test only: delay every task by this many milliseconds (a slow worker)
         #[arg(long, default_value_t = 0, hide = true)]
         test_task_delay_ms: u64,
+        /// serve map outputs only over Flight, also to reducers on this machine (which
+        /// otherwise read them from this worker's shuffle directory)
+        #[arg(long)]
+        no_host_local_shuffle: bool,
     },
     /// Submit a pipeline to a coordinator; prints the job id
     Submit {
@@ -290,6 +294,7 @@ async fn run(cli: Cli) -> Result<i32> {
             slots,
             work_dir,
             test_task_delay_ms,
+            no_host_local_shuffle,
         } => {
             if slots == 0 {
                 anyhow::bail!("--slots must be at least 1");
@@ -307,6 +312,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     slots,
                     work_dir,
                     test_task_delay: Duration::from_millis(test_task_delay_ms),
+                    host_local_shuffle: !no_host_local_shuffle,
                     ..Default::default()
                 },
                 cancel,

@@ -11,6 +11,8 @@ use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::Ticket;
 use autopipe_proto as pb;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::ipc::reader::FileReader;
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::ipc::convert::{fb_to_schema, IpcSchemaEncoder};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
@@ -22,9 +24,11 @@ use datafusion::physical_plan::execution_plan::{
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use prost::Message;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
@@ -155,6 +159,86 @@ impl ExecutionPlan for ShuffleReaderExec {
     }
 }
 
+/// Directory of a job's shuffle files under a worker's shuffle root.
+pub fn job_dir(root: &Path, job: &str) -> PathBuf {
+    let safe: String = job
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    root.join(safe)
+}
+
+/// Directory of one map task attempt's output.
+pub fn task_dir(root: &Path, job: &str, stage: u32, task: u32, attempt: u32) -> PathBuf {
+    job_dir(root, job)
+        .join(stage.to_string())
+        .join(format!("{task}-{attempt}"))
+}
+
+/// Arrow IPC file of one output partition of one map task attempt.
+pub fn partition_file(
+    root: &Path,
+    job: &str,
+    stage: u32,
+    task: u32,
+    attempt: u32,
+    part: u32,
+) -> PathBuf {
+    task_dir(root, job, stage, task, attempt).join(format!("{part}.arrow"))
+}
+
+/// This machine (host name and boot id): map outputs of a worker with the same id are
+/// files on this machine's disks.
+pub fn host_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default().trim().to_string();
+        let host = read("/proc/sys/kernel/hostname");
+        let boot = read("/proc/sys/kernel/random/boot_id");
+        if host.is_empty() && boot.is_empty() {
+            // unknown machine: never claim another worker's files are local
+            format!("unknown-{}", std::process::id())
+        } else {
+            format!("{host}/{boot}")
+        }
+    })
+}
+
+/// Reads a map output file on this machine directly, as Spark reads host-local shuffle
+/// blocks: no Flight encoding, HTTP/2 framing and decoding for data already on disk here.
+fn read_local(
+    path: PathBuf,
+) -> std::result::Result<
+    impl futures::Stream<Item = std::result::Result<RecordBatch, DataFusionError>>,
+    std::io::Error,
+> {
+    let file = std::fs::File::open(&path)?;
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::task::spawn_blocking(move || {
+        let reader = match FileReader::try_new(std::io::BufReader::new(file), None) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(DataFusionError::from(e)));
+                return;
+            }
+        };
+        for b in reader {
+            if tx.blocking_send(b.map_err(DataFusionError::from)).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (b, rx))
+    }))
+}
+
 /// HTTP/2 receive window of one shuffle fetch stream.
 const STREAM_WINDOW: u32 = 4 << 20;
 /// HTTP/2's largest window: a connection never limits its streams.
@@ -201,7 +285,7 @@ async fn fetch_partition(
     job_id: &str,
     loc: &pb::MapOutputLocation,
     partition: u32,
-) -> Result<impl futures::Stream<Item = Result<datafusion::arrow::record_batch::RecordBatch>>> {
+) -> Result<BoxStream<'static, Result<RecordBatch>>> {
     let failed = |msg: String| {
         DataFusionError::External(Box::new(Error::FetchFailed {
             stage_id: loc.stage_id,
@@ -217,6 +301,30 @@ async fn fetch_partition(
         attempt: loc.attempt,
         partition,
     };
+    if !loc.shuffle_dir.is_empty() && loc.host_id == host_id() {
+        let path = partition_file(
+            Path::new(&loc.shuffle_dir),
+            job_id,
+            loc.stage_id,
+            loc.map_task,
+            loc.attempt,
+            partition,
+        );
+        let loc2 = loc.clone();
+        return match read_local(path) {
+            Ok(s) => Ok(s
+                .map_err(move |e| {
+                    DataFusionError::External(Box::new(Error::FetchFailed {
+                        stage_id: loc2.stage_id,
+                        map_task: loc2.map_task,
+                        worker_id: loc2.worker_id.clone(),
+                        message: e.to_string(),
+                    }))
+                })
+                .boxed()),
+            Err(e) => Err(failed(format!("local shuffle file: {e}"))),
+        };
+    }
     let channel = channel_to(&loc.address).map_err(|e| failed(e.to_string()))?;
     let mut client = FlightServiceClient::new(channel)
         .max_decoding_message_size(usize::MAX)
@@ -227,16 +335,16 @@ async fn fetch_partition(
         .map_err(|s| failed(format!("{}: {}", s.code(), s.message())))?;
     let stream = resp.into_inner().map_err(FlightError::from);
     let loc2 = loc.clone();
-    Ok(
-        FlightRecordBatchStream::new_from_flight_data(stream).map_err(move |e| {
+    Ok(FlightRecordBatchStream::new_from_flight_data(stream)
+        .map_err(move |e| {
             DataFusionError::External(Box::new(Error::FetchFailed {
                 stage_id: loc2.stage_id,
                 map_task: loc2.map_task,
                 worker_id: loc2.worker_id.clone(),
                 message: e.to_string(),
             }))
-        }),
-    )
+        })
+        .boxed())
 }
 
 #[cfg(test)]

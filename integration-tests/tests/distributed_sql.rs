@@ -207,7 +207,8 @@ fn distributed_queries_match_single_process_datafusion() -> Result<()> {
     assert_eq!(std::fs::read_dir(data.join("events"))?.count(), 8);
     rt.block_on(write_copies(&data))?;
 
-    let mut cluster = Cluster::start(3, 2)?;
+    // Every map output crosses Flight here (the TPC-H test covers host-local reads).
+    let mut cluster = Cluster::start_with(3, 2, &["--no-host-local-shuffle"])?;
     let mut failures = Vec::new();
     for c in CASES {
         let spec_path = dir.path().join(format!("{}.toml", c.name));
@@ -323,6 +324,16 @@ fn distributed_queries_match_single_process_datafusion() -> Result<()> {
     let wm = http_get(&cluster.workers[0].http, "/metrics")?;
     assert!(wm.contains("autopipe_worker_tasks_total"), "{wm}");
     assert!(wm.contains("autopipe_worker_rows_written_total"), "{wm}");
+    let mut served = 0.0;
+    for w in &cluster.workers {
+        let m = http_get(&w.http, "/metrics")?;
+        served += m
+            .lines()
+            .filter(|l| l.starts_with("autopipe_worker_shuffle_bytes_served_total"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    assert!(served > 0.0, "no shuffle data crossed Flight");
 
     // a restarted coordinator still knows every job and its result
     let before = cluster.cli_json(&["jobs"])?;

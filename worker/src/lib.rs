@@ -39,6 +39,9 @@ pub struct WorkerConfig {
     pub heartbeat_interval: Duration,
     /// test-only: every task waits this long before it starts (a slow worker)
     pub test_task_delay: Duration,
+    /// let reducers on this machine read this worker's map outputs from its disk
+    /// instead of over Flight (Spark's host-local shuffle reads)
+    pub host_local_shuffle: bool,
 }
 
 impl Default for WorkerConfig {
@@ -51,6 +54,7 @@ impl Default for WorkerConfig {
             work_dir: PathBuf::from("autopipe-worker"),
             heartbeat_interval: Duration::from_secs(1),
             test_task_delay: Duration::ZERO,
+            host_local_shuffle: true,
         }
     }
 }
@@ -181,6 +185,12 @@ async fn heartbeat_loop(
                     address: shared.address.clone(),
                     slots: shared.config.slots,
                     http_address: http_addr.to_string(),
+                    host_id: if shared.config.host_local_shuffle {
+                        autopipe_common::shuffle::host_id().to_string()
+                    } else {
+                        String::new()
+                    },
+                    shuffle_dir: shared.shuffle.root.display().to_string(),
                 });
                 req.set_timeout(Duration::from_secs(5));
                 let id = client

@@ -4,6 +4,7 @@
 //! lost output (never "no rows").
 
 use crate::metrics::WorkerMetrics;
+use autopipe_common::shuffle;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::array::{ArrayRef, AsArray};
 use datafusion::arrow::datatypes::DataType;
@@ -25,10 +26,7 @@ pub struct ShuffleStore {
 impl ShuffleStore {
     /// Directory of one map task attempt.
     pub fn task_dir(&self, job: &str, stage: u32, task: u32, attempt: u32) -> PathBuf {
-        self.root
-            .join(sanitize(job))
-            .join(stage.to_string())
-            .join(format!("{task}-{attempt}"))
+        shuffle::task_dir(&self.root, job, stage, task, attempt)
     }
 
     /// File of one output partition.
@@ -40,26 +38,13 @@ impl ShuffleStore {
         attempt: u32,
         part: u32,
     ) -> PathBuf {
-        self.task_dir(job, stage, task, attempt)
-            .join(format!("{part}.arrow"))
+        shuffle::partition_file(&self.root, job, stage, task, attempt, part)
     }
 
     /// Deletes every shuffle file of `job`.
     pub fn remove_job(&self, job: &str) {
-        let _ = std::fs::remove_dir_all(self.root.join(sanitize(job)));
+        let _ = std::fs::remove_dir_all(shuffle::job_dir(&self.root, job));
     }
-}
-
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 /// Writes the partitions of one map task attempt.

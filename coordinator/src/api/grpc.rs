@@ -5,7 +5,7 @@ use super::status::{job_status, workers};
 use crate::core::{Core, Liveness};
 use crate::planner::plan_job;
 use crate::scheduler::report_failure;
-use crate::state::{Command, JobState, TaskResult, TaskState, WorkerState};
+use crate::state::{Command, JobState, ShuffleHome, TaskResult, TaskState, WorkerState};
 use autopipe_common::error::Error;
 use autopipe_common::spec::{PipelineSpec, SinkMode};
 use autopipe_common::store::{parse_url, store_for};
@@ -327,6 +327,10 @@ impl pb::worker_service_server::WorkerService for Services {
                 http_address: r.http_address,
                 slots: r.slots,
                 at_ms: now_ms(),
+                shuffle: ShuffleHome {
+                    host_id: r.host_id,
+                    dir: r.shuffle_dir,
+                },
             })
             .map_err(|e| Status::internal(e.to_string()))?;
         self.core
@@ -485,6 +489,7 @@ mod tests {
             http_address: String::new(),
             slots: 4,
             at_ms: 0,
+            shuffle: Default::default(),
         })
         .unwrap();
         core.propose(crate::state::test_job(2)).unwrap();

@@ -246,16 +246,15 @@ fn task_definition(
                 attempt, worker_id, ..
             } = &t.state
             {
+                let w = s.workers.get(worker_id);
                 inputs.push(pb::MapOutputLocation {
                     stage_id: input,
                     map_task: mt as u32,
                     attempt: *attempt,
                     worker_id: worker_id.clone(),
-                    address: s
-                        .workers
-                        .get(worker_id)
-                        .map(|w| w.address.clone())
-                        .unwrap_or_default(),
+                    address: w.map(|w| w.address.clone()).unwrap_or_default(),
+                    host_id: w.map(|w| w.shuffle.host_id.clone()).unwrap_or_default(),
+                    shuffle_dir: w.map(|w| w.shuffle.dir.clone()).unwrap_or_default(),
                 });
             }
         }
@@ -396,6 +395,7 @@ mod tests {
                 http_address: String::new(),
                 slots: *slots,
                 at_ms: 0,
+                shuffle: Default::default(),
             })
             .unwrap();
         }

@@ -35,6 +35,15 @@ pub struct StagePlan {
 
 pub use autopipe_common::task::TaskResult;
 
+/// A worker's machine and shuffle directory, for reducers on the same machine.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ShuffleHome {
+    /// `autopipe_common::shuffle::host_id()` of the worker's machine
+    pub host_id: String,
+    /// the worker's shuffle directory there
+    pub dir: String,
+}
+
 /// Everything the state machine accepts.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -51,6 +60,9 @@ pub enum Command {
         slots: u32,
         /// when
         at_ms: u64,
+        /// where its shuffle files live
+        #[serde(default)]
+        shuffle: ShuffleHome,
     },
     /// a worker missed its heartbeats; its running tasks and unread outputs are redone
     WorkerLost {

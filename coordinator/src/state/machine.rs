@@ -2,7 +2,7 @@
 //! Job, stage and task lifecycles are explicit enums; an illegal transition is an
 //! error and leaves the state untouched (all checks run before any mutation).
 
-use super::commands::{Command, ErrorRecord, StagePlan, TaskResult};
+use super::commands::{Command, ErrorRecord, ShuffleHome, StagePlan, TaskResult};
 use autopipe_common::spec::PipelineSpec;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -176,7 +176,11 @@ pub struct WorkerRecord {
     pub state: WorkerState,
     /// registration time
     pub registered_ms: u64,
+    /// where its shuffle files live
+    #[serde(default)]
+    pub shuffle: ShuffleHome,
 }
+
 
 /// Everything the coordinator must not forget.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -234,6 +238,7 @@ impl State {
                 http_address,
                 slots,
                 at_ms,
+                shuffle,
             } => {
                 if self.workers.contains_key(worker_id) {
                     return Err(ApplyError::Illegal(format!(
@@ -249,6 +254,7 @@ impl State {
                         slots: *slots,
                         state: WorkerState::Alive,
                         registered_ms: *at_ms,
+                        shuffle: shuffle.clone(),
                     },
                 );
                 Ok(Outcome::Done)
@@ -563,6 +569,7 @@ mod tests {
                 http_address: String::new(),
                 slots: 2,
                 at_ms: 0,
+                shuffle: Default::default(),
             })
             .unwrap();
         }

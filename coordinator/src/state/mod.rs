@@ -7,7 +7,7 @@ pub mod commands;
 pub mod log;
 pub mod machine;
 
-pub use commands::{Command, ErrorRecord, StagePlan, TaskResult};
+pub use commands::{Command, ErrorRecord, ShuffleHome, StagePlan, TaskResult};
 pub use machine::{ApplyError, Job, JobState, Outcome, State, TaskState, WorkerState};
 
 use log::CommandLog;
@@ -137,6 +137,7 @@ mod tests {
                 http_address: String::new(),
                 slots: 2,
                 at_ms: 1,
+                shuffle: Default::default(),
             })
             .unwrap();
             assert!(s
