@@ -60,6 +60,9 @@ enum Cmd {
         /// timed repetitions per query and engine (after one checked, untimed run)
         #[arg(long, default_value_t = 3)]
         reps: usize,
+        /// skip the untimed first run of each query (and with it the answer check)
+        #[arg(long)]
+        no_warmup: bool,
         /// threads for DataFusion, DuckDB and Spark local[N]
         #[arg(long, default_value_t = 2)]
         threads: usize,
@@ -98,6 +101,7 @@ fn main() -> Result<()> {
             queries,
             engines,
             reps,
+            no_warmup,
             threads,
             workers,
             slots,
@@ -108,6 +112,7 @@ fn main() -> Result<()> {
             queries: tpch::parse_queries(&queries)?,
             engines,
             reps,
+            warmup: !no_warmup,
             threads,
             workers,
             slots,

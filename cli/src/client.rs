@@ -237,7 +237,10 @@ pub fn summary(j: &pb::JobStatus, wall: Duration) -> String {
         );
     }
     if j.finished_at_ms > 0 {
-        s += &format!("  finished:  {:.3}s after submission\n", rel(j.finished_at_ms));
+        s += &format!(
+            "  finished:  {:.3}s after submission\n",
+            rel(j.finished_at_ms)
+        );
     }
     s += &format!("  output:    {} ({} files)\n", j.output_path, j.files_out);
     if let Some(e) = &j.error {

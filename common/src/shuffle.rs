@@ -11,9 +11,9 @@ use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::Ticket;
 use autopipe_proto as pb;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::ipc::convert::{fb_to_schema, IpcSchemaEncoder};
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::ipc::convert::{fb_to_schema, IpcSchemaEncoder};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -198,7 +198,12 @@ pub fn partition_file(
 pub fn host_id() -> &'static str {
     static ID: OnceLock<String> = OnceLock::new();
     ID.get_or_init(|| {
-        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default().trim().to_string();
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
         let host = read("/proc/sys/kernel/hostname");
         let boot = read("/proc/sys/kernel/random/boot_id");
         if host.is_empty() && boot.is_empty() {

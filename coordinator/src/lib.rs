@@ -14,11 +14,11 @@ pub mod state;
 pub use crate::core::{CoordinatorConfig, Core};
 
 use autopipe_common::error::{Error, Result};
+use autopipe_common::util::no_delay;
 use autopipe_proto as pb;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use autopipe_common::util::no_delay;
 use tokio_util::sync::CancellationToken;
 
 /// A running coordinator.

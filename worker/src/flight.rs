@@ -163,9 +163,7 @@ mod tests {
         let svc = ShuffleFlightService { store };
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(
-                    arrow_flight::flight_service_server::FlightServiceServer::new(svc),
-                )
+                .add_service(arrow_flight::flight_service_server::FlightServiceServer::new(svc))
                 .serve_with_incoming(no_delay(listener)),
         );
         let ticket = |task| {

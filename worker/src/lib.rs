@@ -12,6 +12,7 @@ pub mod shuffle_store;
 use autopipe_common::error::{Error, Result};
 use autopipe_common::retry::RetryPolicy;
 use autopipe_common::shuffle::channel_to;
+use autopipe_common::util::no_delay;
 use autopipe_proto as pb;
 use control::{Control, WorkerShared};
 use std::net::SocketAddr;
@@ -19,7 +20,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use autopipe_common::util::no_delay;
 use tokio_util::sync::CancellationToken;
 
 /// Worker configuration.

@@ -5,9 +5,9 @@
 
 use crate::metrics::WorkerMetrics;
 use autopipe_common::shuffle;
-use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::array::{ArrayRef, AsArray};
 use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 use std::fs::File;
@@ -131,7 +131,11 @@ mod tests {
 
     #[test]
     fn a_partition_of_string_views_carries_only_its_own_strings() {
-        let schema = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8View, false)]));
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "s",
+            DataType::Utf8View,
+            false,
+        )]));
         let strings: StringViewArray = (0..10_000)
             .map(|i| Some(format!("a string longer than twelve bytes #{i}")))
             .collect();

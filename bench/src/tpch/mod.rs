@@ -26,6 +26,8 @@ pub struct Args {
     pub engines: Vec<String>,
     /// timed repetitions per query and engine
     pub reps: usize,
+    /// run (and check) each query once untimed first
+    pub warmup: bool,
     /// threads of the single-node engines
     pub threads: usize,
     /// autopipe workers
@@ -121,7 +123,7 @@ pub fn run(args: Args) -> Result<()> {
         let sql = QUERIES[q - 1];
         let out_of = |name: &str| outs.join(name).join(format!("q{q}"));
         // The checked run: every engine once, compared with the reference.
-        for (name, e) in engines.iter_mut() {
+        for (name, e) in engines.iter_mut().filter(|_| args.warmup) {
             let r = e.run(&setup, q, sql, &out_of(name));
             if let Err(err) = r {
                 results.insert((q, name.clone()), Outcome::Fail(format!("error: {err:#}")));
@@ -132,7 +134,7 @@ pub fn run(args: Args) -> Result<()> {
                 eprintln!("q{q}: the reference {reference} failed ({e}); answers unchecked");
                 None
             }
-            _ if engines.iter().any(|(n, _)| n == reference) => {
+            _ if args.warmup && engines.iter().any(|(n, _)| n == reference) => {
                 match rt.block_on(parquet_rows(&out_of(reference))) {
                     Ok(rows) => Some(rows),
                     Err(e) => {
@@ -215,9 +217,17 @@ fn render(
         _ => None,
     };
     let mut s = String::new();
+    let check = if args.warmup {
+        format!("answers checked against {reference}")
+    } else {
+        "answers not checked (--no-warmup)".to_string()
+    };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let _ = writeln!(
         s,
-        "\nTPC-H SF{} · {} timed reps · single-node engines {} threads · autopipe {} workers × {} slots · answers checked against {reference}\n",
+        "\nTPC-H SF{} · {} timed reps · {cores} cores · single-node engines {} threads · autopipe {} workers × {} slots · {check}\n",
         args.sf, args.reps, args.threads, args.workers, args.slots
     );
     let _ = writeln!(s, "Seconds: median (min–max), and ratio to {base}.\n");
@@ -281,6 +291,22 @@ fn render(
             "| geomean ({} queries) | {} |",
             common.len(),
             cells.join(" | ")
+        );
+        let totals: Vec<String> = names
+            .iter()
+            .map(|n| {
+                let t: f64 = common
+                    .iter()
+                    .map(|&q| median(q, n).expect("common").0)
+                    .sum();
+                format!("{t:.3}")
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "| total ({} queries) | {} |",
+            common.len(),
+            totals.join(" | ")
         );
         let _ = writeln!(s);
         for (i, n) in names.iter().enumerate() {

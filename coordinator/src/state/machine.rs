@@ -181,7 +181,6 @@ pub struct WorkerRecord {
     pub shuffle: ShuffleHome,
 }
 
-
 /// Everything the coordinator must not forget.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct State {
