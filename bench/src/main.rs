@@ -19,6 +19,11 @@ use std::time::{Duration, Instant};
 
 mod tpch;
 
+/// The same allocator as the `autopipe` binary, so the in-process DataFusion baseline
+/// runs on it too.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]

@@ -1,5 +1,10 @@
 //! `autopipe`: the command line. Thin: parses flags, then calls the libraries.
 
+/// mimalloc, as datafusion-cli uses: glibc's allocator serializes the many small
+/// allocations of concurrent tasks in one process.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod client;
 mod gen;
 mod local;
