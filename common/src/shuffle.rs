@@ -11,6 +11,7 @@ use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::Ticket;
 use autopipe_proto as pb;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::ipc::convert::{fb_to_schema, IpcSchemaEncoder};
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -215,33 +216,35 @@ pub fn host_id() -> &'static str {
     })
 }
 
-/// Reads a map output file on this machine directly, as Spark reads host-local shuffle
-/// blocks: no Flight encoding, HTTP/2 framing and decoding for data already on disk here.
-fn read_local(
-    path: PathBuf,
+/// Batches of one map output file. Opening it (and reading its footer) happens here, so
+/// a missing or unreadable file is an error before any batch; the IPC reader is
+/// synchronous, so a blocking task feeds the batches through a small channel. The Flight
+/// server streams them to remote reducers; a reducer on the same machine reads them
+/// directly, as Spark reads host-local shuffle blocks.
+pub fn read_partition_file(
+    path: &Path,
 ) -> std::result::Result<
-    impl futures::Stream<Item = std::result::Result<RecordBatch, DataFusionError>>,
-    std::io::Error,
+    (
+        SchemaRef,
+        BoxStream<'static, std::result::Result<RecordBatch, ArrowError>>,
+    ),
+    ArrowError,
 > {
-    let file = std::fs::File::open(&path)?;
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let file = std::fs::File::open(path)
+        .map_err(|e| ArrowError::IoError(format!("{}: {e}", path.display()), e))?;
+    let reader = FileReader::try_new(std::io::BufReader::new(file), None)?;
+    let schema = reader.schema();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
-        let reader = match FileReader::try_new(std::io::BufReader::new(file), None) {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(DataFusionError::from(e)));
-                return;
-            }
-        };
         for b in reader {
-            if tx.blocking_send(b.map_err(DataFusionError::from)).is_err() {
+            if tx.blocking_send(b).is_err() {
                 return;
             }
         }
     });
-    Ok(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (b, rx))
-    }))
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+    Ok((schema, stream.boxed()))
 }
 
 /// HTTP/2 receive window of one shuffle fetch stream.
@@ -286,26 +289,23 @@ pub fn channel_to(address: &str) -> std::result::Result<Channel, Error> {
     Ok(ch)
 }
 
+/// A failed read of map output `loc`, typed so the coordinator recomputes that map task.
+fn fetch_failed(loc: &pb::MapOutputLocation, message: String) -> DataFusionError {
+    DataFusionError::External(Box::new(Error::FetchFailed {
+        stage_id: loc.stage_id,
+        map_task: loc.map_task,
+        worker_id: loc.worker_id.clone(),
+        message,
+    }))
+}
+
 async fn fetch_partition(
     job_id: &str,
     loc: &pb::MapOutputLocation,
     partition: u32,
 ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
-    let failed = |msg: String| {
-        DataFusionError::External(Box::new(Error::FetchFailed {
-            stage_id: loc.stage_id,
-            map_task: loc.map_task,
-            worker_id: loc.worker_id.clone(),
-            message: msg,
-        }))
-    };
-    let ticket = pb::ShuffleTicket {
-        job_id: job_id.to_string(),
-        stage_id: loc.stage_id,
-        map_task: loc.map_task,
-        attempt: loc.attempt,
-        partition,
-    };
+    let loc2 = loc.clone();
+    let on_error = move |e: String| fetch_failed(&loc2, e);
     if !loc.shuffle_dir.is_empty() && loc.host_id == host_id() {
         let path = partition_file(
             Path::new(&loc.shuffle_dir),
@@ -315,40 +315,28 @@ async fn fetch_partition(
             loc.attempt,
             partition,
         );
-        let loc2 = loc.clone();
-        return match read_local(path) {
-            Ok(s) => Ok(s
-                .map_err(move |e| {
-                    DataFusionError::External(Box::new(Error::FetchFailed {
-                        stage_id: loc2.stage_id,
-                        map_task: loc2.map_task,
-                        worker_id: loc2.worker_id.clone(),
-                        message: e.to_string(),
-                    }))
-                })
-                .boxed()),
-            Err(e) => Err(failed(format!("local shuffle file: {e}"))),
-        };
+        let (_, batches) = read_partition_file(&path)
+            .map_err(|e| fetch_failed(loc, format!("local shuffle file: {e}")))?;
+        return Ok(batches.map_err(move |e| on_error(e.to_string())).boxed());
     }
-    let channel = channel_to(&loc.address).map_err(|e| failed(e.to_string()))?;
+    let ticket = pb::ShuffleTicket {
+        job_id: job_id.to_string(),
+        stage_id: loc.stage_id,
+        map_task: loc.map_task,
+        attempt: loc.attempt,
+        partition,
+    };
+    let channel = channel_to(&loc.address).map_err(|e| fetch_failed(loc, e.to_string()))?;
     let mut client = FlightServiceClient::new(channel)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
     let resp = client
         .do_get(Ticket::new(ticket.encode_to_vec()))
         .await
-        .map_err(|s| failed(format!("{}: {}", s.code(), s.message())))?;
+        .map_err(|s| fetch_failed(loc, format!("{}: {}", s.code(), s.message())))?;
     let stream = resp.into_inner().map_err(FlightError::from);
-    let loc2 = loc.clone();
     Ok(FlightRecordBatchStream::new_from_flight_data(stream)
-        .map_err(move |e| {
-            DataFusionError::External(Box::new(Error::FetchFailed {
-                stage_id: loc2.stage_id,
-                map_task: loc2.map_task,
-                worker_id: loc2.worker_id.clone(),
-                message: e.to_string(),
-            }))
-        })
+        .map_err(move |e| on_error(e.to_string()))
         .boxed())
 }
 

@@ -33,6 +33,19 @@ pub fn autopipe_bin() -> PathBuf {
         })
 }
 
+/// Sum of every sample of Prometheus metric `name` (all label sets) at `addr`'s /metrics.
+pub fn metric_sum(addr: &str, name: &str) -> Result<f64> {
+    let text = http_get(addr, "/metrics")?;
+    Ok(text
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum())
+}
+
 /// A child process killed on drop.
 pub struct Proc {
     /// the child

@@ -9,7 +9,7 @@ use autopipe_common::spec::PipelineSpec;
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use integration_tests::oracle::{actual, assert_same, expected};
-use integration_tests::{cli, files_under, http_get, spawn_server, Cluster};
+use integration_tests::{cli, files_under, http_get, metric_sum, spawn_server, Cluster};
 use std::path::Path;
 use std::time::Duration;
 
@@ -326,12 +326,7 @@ fn distributed_queries_match_single_process_datafusion() -> Result<()> {
     assert!(wm.contains("autopipe_worker_rows_written_total"), "{wm}");
     let mut served = 0.0;
     for w in &cluster.workers {
-        let m = http_get(&w.http, "/metrics")?;
-        served += m
-            .lines()
-            .filter(|l| l.starts_with("autopipe_worker_shuffle_bytes_served_total"))
-            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-            .sum::<f64>();
+        served += metric_sum(&w.http, "autopipe_worker_shuffle_bytes_served_total")?;
     }
     assert!(served > 0.0, "no shuffle data crossed Flight");
 

@@ -10,7 +10,9 @@ use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
+use autopipe_common::shuffle::read_partition_file;
 use autopipe_proto as pb;
+use datafusion::arrow::error::ArrowError;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use prost::Message;
@@ -42,27 +44,15 @@ impl FlightService for ShuffleFlightService {
         let path =
             self.store
                 .partition_file(&t.job_id, t.stage_id, t.map_task, t.attempt, t.partition);
-        let file = std::fs::File::open(&path).map_err(|e| {
-            Status::not_found(format!(
+        let (schema, batches) = read_partition_file(&path).map_err(|e| match e {
+            ArrowError::IoError(..) => Status::not_found(format!(
                 "shuffle output job {} stage {} map task {} attempt {} partition {} is not on this worker: {e}",
                 t.job_id, t.stage_id, t.map_task, t.attempt, t.partition
-            ))
+            )),
+            e => Status::internal(format!("cannot read {}: {e}", path.display())),
         })?;
-        let reader = datafusion::arrow::ipc::reader::FileReader::try_new(file, None)
-            .map_err(|e| Status::internal(format!("cannot read {}: {e}", path.display())))?;
-        let schema = reader.schema();
         self.store.metrics.bytes_served(&path);
-        // The IPC reader is synchronous; a blocking task feeds the encoder through a channel.
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::task::spawn_blocking(move || {
-            for b in reader {
-                let item = b.map_err(FlightError::from);
-                if tx.blocking_send(item).is_err() {
-                    return;
-                }
-            }
-        });
-        let batches = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let batches = batches.map_err(FlightError::from);
         let stream = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .build(batches)

@@ -488,7 +488,10 @@ mod tests {
         assert_eq!(derived_partitions(1, 4), 4);
         assert_eq!(derived_partitions(8, 4), 8);
         assert_eq!(derived_partitions(13, 6), 12);
-        assert_eq!(derived_partitions(1_000_000, 4), MAX_DERIVED_PARTITIONS as usize);
+        assert_eq!(
+            derived_partitions(1_000_000, 4),
+            MAX_DERIVED_PARTITIONS as usize
+        );
     }
     use crate::core::CoordinatorConfig;
 
