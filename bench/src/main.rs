@@ -84,6 +84,26 @@ enum Cmd {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// (internal) a Ballista scheduler process for `tpch --engines ballista`
+    #[command(hide = true)]
+    BallistaScheduler {
+        #[arg(long)]
+        port: u16,
+    },
+    /// (internal) a Ballista executor process for `tpch --engines ballista`
+    #[command(hide = true)]
+    BallistaExecutor {
+        #[arg(long)]
+        scheduler_port: u16,
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        grpc_port: u16,
+        #[arg(long)]
+        slots: usize,
+        #[arg(long)]
+        work_dir: PathBuf,
+    },
 }
 
 fn stats(mut v: Vec<Duration>) -> (f64, f64, f64) {
@@ -124,6 +144,20 @@ fn main() -> Result<()> {
             dir,
             report,
         }),
+        #[cfg(feature = "ballista")]
+        Cmd::BallistaScheduler { port } => tpch::ballista::scheduler(port),
+        #[cfg(feature = "ballista")]
+        Cmd::BallistaExecutor {
+            scheduler_port,
+            port,
+            grpc_port,
+            slots,
+            work_dir,
+        } => tpch::ballista::executor(scheduler_port, port, grpc_port, slots, &work_dir),
+        #[cfg(not(feature = "ballista"))]
+        Cmd::BallistaScheduler { .. } | Cmd::BallistaExecutor { .. } => {
+            bail!("this bench was built without `--features ballista`")
+        }
     }
 }
 

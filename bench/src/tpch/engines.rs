@@ -55,6 +55,9 @@ pub enum Engine {
     Cluster { cluster: Cluster, specs: PathBuf },
     /// single-process DataFusion, stock configuration with `threads` partitions
     DataFusion { threads: usize },
+    /// a Ballista scheduler and N executor processes, queried by Ballista's client
+    #[cfg(feature = "ballista")]
+    Ballista(super::ballista::Ballista),
     /// a persistent Python process (DuckDB, Spark)
     Python {
         child: Child,
@@ -79,9 +82,14 @@ impl Engine {
             }),
             "datafusion" => Ok(Engine::DataFusion { threads: s.threads }),
             "spark" | "duckdb" => python_engine(name, s),
+            #[cfg(feature = "ballista")]
+            "ballista" => Ok(Engine::Ballista(super::ballista::Ballista::start(
+                s.workers, s.slots, s.dir, s.rt,
+            )?)),
+            #[cfg(not(feature = "ballista"))]
             "ballista" => bail!(
-                "not built here: Ballista's scheduler and executor need a client of their own; \
-                 see BENCHMARKS.md"
+                "not in this build: build the bench with `--features ballista` \
+                 (compiles Ballista's scheduler and executor; see BENCHMARKS.md)"
             ),
             other => bail!("unknown engine '{other}' (one of {})", ALL.join(", ")),
         }
@@ -119,6 +127,8 @@ impl Engine {
                 s.rt.block_on(submit_and_wait(&url, &spec))
             }
             Engine::DataFusion { threads } => s.rt.block_on(datafusion(s.data, *threads, sql, out)),
+            #[cfg(feature = "ballista")]
+            Engine::Ballista(b) => s.rt.block_on(b.run(s.data, sql, out)),
             Engine::Python { stdin, stdout, .. } => {
                 let req = serde_json::json!({"sql": sql, "out": out});
                 writeln!(stdin, "{req}")?;

@@ -5,6 +5,8 @@
 //! a tolerance) and is not timed; a wrong answer or an error is a FAIL and never timed.
 //! Timed repetitions alternate the engines (A B C … A B C …) so drift hits all of them.
 
+#[cfg(feature = "ballista")]
+pub mod ballista;
 pub mod engines;
 
 use anyhow::{bail, Context, Result};
