@@ -5,7 +5,9 @@
 //!
 //! Run: `cargo build --release -p autopipe -p bench && target/release/bench clickstream --rows 10000000`
 //!
-//! `bench tpch`: TPC-H against DataFusion, Spark, DuckDB (see `tpch`).
+//! `bench tpch`: TPC-H against DataFusion, Spark, DuckDB, Ballista (see `tpch`).
+//!
+//! `bench raft`: proposals/s and leader failover of the replicated coordinator (see `raft`).
 //! Run: `cargo build --release --workspace && target/release/bench tpch --sf 1 --queries all`
 
 use anyhow::{bail, Result};
@@ -17,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod raft;
 mod tpch;
 
 /// The same allocator as the `autopipe` binary, so the in-process DataFusion baseline
@@ -84,6 +87,20 @@ enum Cmd {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// The replicated coordinator on 3 processes: committed proposals/s (against a
+    /// lone coordinator) and the time from SIGKILL of the leader to a new leader
+    /// accepting a job
+    Raft {
+        /// seconds of proposals per configuration
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// concurrent proposing clients
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// leader kills
+        #[arg(long, default_value_t = 3)]
+        failovers: usize,
+    },
     /// (internal) a Ballista scheduler process for `tpch --engines ballista`
     #[command(hide = true)]
     BallistaScheduler {
@@ -143,6 +160,15 @@ fn main() -> Result<()> {
             slots,
             dir,
             report,
+        }),
+        Cmd::Raft {
+            secs,
+            clients,
+            failovers,
+        } => raft::run(raft::Args {
+            secs,
+            clients,
+            failovers: failovers.max(1),
         }),
         #[cfg(feature = "ballista")]
         Cmd::BallistaScheduler { port } => tpch::ballista::scheduler(port),

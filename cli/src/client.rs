@@ -12,8 +12,42 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 
-/// Connects to the first reachable coordinator in a comma-separated list.
+/// Connects to the leader of the coordinator group: the first reachable address of a
+/// comma-separated list names it (a lone coordinator leads itself).
 pub async fn connect(coordinators: &str) -> Result<Channel> {
+    let (ch, url) = connect_first(coordinators).await?;
+    let mut c = pb::admin_service_client::AdminServiceClient::new(ch.clone());
+    let mut req = tonic::Request::new(pb::MemberStatusRequest {});
+    req.set_timeout(Duration::from_secs(3));
+    let me = match c.member_status(req).await {
+        Ok(m) => m.into_inner(),
+        // an older coordinator without the call: use it as it is
+        Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(ch),
+        Err(s) => return Err(anyhow!("coordinator at {url}: {}", s.message())),
+    };
+    if me.role == "leader" {
+        return Ok(ch);
+    }
+    let mut c = pb::admin_service_client::AdminServiceClient::new(ch);
+    let st = c
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .map_err(|s| anyhow!("coordinator at {url}: {}", s.message()))?
+        .into_inner();
+    if st.leader_address.is_empty() {
+        return Err(anyhow!(
+            "the coordinator group has no leader now (asked {url}); see `autopipe cluster`"
+        ));
+    }
+    Ok(connect_first(&st.leader_address).await?.0)
+}
+
+/// Connects to the first reachable coordinator of a comma-separated list, leader or not.
+pub async fn connect_any(coordinators: &str) -> Result<Channel> {
+    Ok(connect_first(coordinators).await?.0)
+}
+
+async fn connect_first(coordinators: &str) -> Result<(Channel, String)> {
     let mut last = String::new();
     for addr in coordinators
         .split(',')
@@ -33,7 +67,7 @@ pub async fn connect(coordinators: &str) -> Result<Channel> {
             }
         };
         match ep.connect().await {
-            Ok(ch) => return Ok(ch),
+            Ok(ch) => return Ok((ch, url)),
             Err(e) => {
                 last = format!(
                 "cannot reach coordinator at {url}: {e} (is `autopipe coordinator` running there?)"
@@ -45,6 +79,34 @@ pub async fn connect(coordinators: &str) -> Result<Channel> {
         last = "no coordinator address given (--coordinator)".into();
     }
     Err(anyhow!(last))
+}
+
+/// Prints the coordinator group (text table or JSON).
+pub fn print_cluster(c: &pb::ClusterStatusResponse, as_json: bool) -> Result<()> {
+    if as_json {
+        let v = autopipe_coordinator::api::cluster::cluster_json(c);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    match c.leader_id {
+        0 => println!("leader: none"),
+        id => println!("leader: {id} at {}", c.leader_address),
+    }
+    println!(
+        "{:>4} {:<22} {:<10} {:>6} {:>8} {:>8} {:>8}",
+        "ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "SNAPSHOT"
+    );
+    for m in &c.members {
+        if !m.error.is_empty() {
+            println!("{:>4} {:<22} unreachable: {}", m.id, m.address, m.error);
+            continue;
+        }
+        println!(
+            "{:>4} {:<22} {:<10} {:>6} {:>8} {:>8} {:>8}",
+            m.id, m.address, m.role, m.term, m.commit, m.applied, m.snapshot_index
+        );
+    }
+    Ok(())
 }
 
 /// Reads, validates and normalizes a spec file (relative paths against its directory).

@@ -10,6 +10,7 @@ mod gen;
 mod local;
 
 use anyhow::{Context, Result};
+use autopipe_coordinator::raft::RaftConfig;
 use autopipe_coordinator::CoordinatorConfig;
 use autopipe_worker::WorkerConfig;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -87,6 +88,26 @@ enum Cmd {
         /// seconds without heartbeat before a worker is declared lost
         #[arg(long, default_value_t = 10.0)]
         heartbeat_timeout: f64,
+        /// this coordinator's raft member id
+        #[arg(long, default_value_t = 1)]
+        id: u64,
+        /// the raft group's founding members, `ID=HOST:PORT,…` (gRPC addresses, this
+        /// one included); without it, a one-member group
+        #[arg(long, value_parser = parse_peers, default_value = "")]
+        peers: std::collections::BTreeMap<u64, String>,
+        /// join a running group (after `autopipe admin add-coordinator`) instead of
+        /// founding one
+        #[arg(long)]
+        join: bool,
+        /// raft tick interval in milliseconds
+        #[arg(long, default_value_t = 100)]
+        raft_tick_ms: u64,
+        /// raft election timeout in milliseconds (randomized up to twice this)
+        #[arg(long, default_value_t = 1000)]
+        election_timeout_ms: u64,
+        /// applied raft entries between snapshots (the log is compacted to each)
+        #[arg(long, default_value_t = 1000)]
+        snapshot_entries: u64,
     },
     /// Run a worker
     Worker {
@@ -156,6 +177,43 @@ enum Cmd {
     Cancel {
         /// job id
         job: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show the coordinator group: each member's role, term, commit and applied index
+    Cluster {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change the coordinator group
+    Admin {
+        #[command(subcommand)]
+        cmd: AdminCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Add a coordinator (then start it with `--id ID --join`)
+    AddCoordinator {
+        /// its member id
+        id: u64,
+        /// its gRPC address, HOST:PORT
+        address: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a coordinator from the group
+    RemoveCoordinator {
+        /// its member id
+        id: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Hand leadership to another coordinator (e.g. before maintenance)
+    TransferLeader {
+        /// its member id
+        id: u64,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -272,14 +330,30 @@ async fn run(cli: Cli) -> Result<i32> {
             http,
             data_dir,
             heartbeat_timeout,
+            id,
+            peers,
+            join,
+            raft_tick_ms,
+            election_timeout_ms,
+            snapshot_entries,
         } => {
             let cancel = shutdown_token();
+            let tick = raft_tick_ms.max(1);
             let h = autopipe_coordinator::start(
                 CoordinatorConfig {
                     listen,
                     http,
                     data_dir,
                     heartbeat_timeout: Duration::from_secs_f64(heartbeat_timeout),
+                    raft: RaftConfig {
+                        id,
+                        peers,
+                        join,
+                        tick: Duration::from_millis(tick),
+                        election_ticks: (election_timeout_ms / tick).max(2) as usize,
+                        snapshot_entries: snapshot_entries.max(1),
+                        ..Default::default()
+                    },
                     ..Default::default()
                 },
                 cancel,
@@ -434,6 +508,57 @@ async fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Cmd::Cluster { client } => {
+            let ch = client::connect_any(&client.coordinator).await?;
+            let mut c = autopipe_proto::admin_service_client::AdminServiceClient::new(ch);
+            let st = c
+                .cluster_status(autopipe_proto::ClusterStatusRequest {})
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            client::print_cluster(&st, client.output == OutputFormat::Json)?;
+            Ok(0)
+        }
+        Cmd::Admin { cmd } => {
+            let (client, st) = match cmd {
+                AdminCmd::AddCoordinator {
+                    id,
+                    address,
+                    client,
+                } => {
+                    let ch = client::connect(&client.coordinator).await?;
+                    let mut c = autopipe_proto::admin_service_client::AdminServiceClient::new(ch);
+                    let st = c
+                        .add_coordinator(autopipe_proto::AddCoordinatorRequest { id, address })
+                        .await
+                        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                        .into_inner();
+                    (client, st)
+                }
+                AdminCmd::RemoveCoordinator { id, client } => {
+                    let ch = client::connect(&client.coordinator).await?;
+                    let mut c = autopipe_proto::admin_service_client::AdminServiceClient::new(ch);
+                    let st = c
+                        .remove_coordinator(autopipe_proto::RemoveCoordinatorRequest { id })
+                        .await
+                        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                        .into_inner();
+                    (client, st)
+                }
+                AdminCmd::TransferLeader { id, client } => {
+                    let ch = client::connect(&client.coordinator).await?;
+                    let mut c = autopipe_proto::admin_service_client::AdminServiceClient::new(ch);
+                    let st = c
+                        .transfer_leader(autopipe_proto::TransferLeaderRequest { id })
+                        .await
+                        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                        .into_inner();
+                    (client, st)
+                }
+            };
+            client::print_cluster(&st, client.output == OutputFormat::Json)?;
+            Ok(0)
+        }
         Cmd::Cancel { job, client } => {
             let ch = client::connect(&client.coordinator).await?;
             let mut c = autopipe_proto::job_service_client::JobServiceClient::new(ch);
@@ -534,4 +659,28 @@ fn shutdown_token() -> CancellationToken {
         t2.cancel();
     });
     t
+}
+
+/// `1=127.0.0.1:7701,2=127.0.0.1:7702` → id → address.
+fn parse_peers(s: &str) -> Result<std::collections::BTreeMap<u64, String>, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("'{part}' is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{id}' in '{part}' is not a member id (a number ≥ 1)"))?;
+        let addr = addr.trim().trim_start_matches("http://").to_string();
+        if id == 0 || addr.is_empty() {
+            return Err(format!(
+                "'{part}': ids start at 1 and the address must be set"
+            ));
+        }
+        if out.insert(id, addr).is_some() {
+            return Err(format!("member id {id} is listed twice"));
+        }
+    }
+    Ok(out)
 }

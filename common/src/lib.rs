@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod leader;
 pub mod retry;
 pub mod session;
 pub mod shuffle;

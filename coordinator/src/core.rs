@@ -1,16 +1,19 @@
-//! The coordinator's shared core: the state store behind a mutex (never held across
-//! an `.await`), volatile worker liveness from heartbeats, change notification for
-//! watchers and the scheduler, and metrics.
+//! The coordinator's shared core: the applied replicated state behind a mutex (never
+//! held across an `.await`; only the raft node task writes it), the raft handle that
+//! every change is proposed through, volatile worker liveness from heartbeats, change
+//! notification for watchers and the scheduler, and metrics.
 
 use crate::metrics::Metrics;
-use crate::state::{Command, Outcome, State, StateStore, StoreError, WorkerState};
+use crate::raft::{Applied, Raft, RaftConfig, RaftError};
+use crate::state::{ApplyError, Command, Outcome, State, WorkerState};
 use autopipe_common::error::{Error, Result};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
 
 /// Coordinator configuration.
 #[derive(Debug, Clone)]
@@ -25,6 +28,8 @@ pub struct CoordinatorConfig {
     pub heartbeat_timeout: Duration,
     /// scheduler wake-up interval (it also wakes on every change)
     pub schedule_interval: Duration,
+    /// raft group settings (`dir` is set from `data_dir` at start)
+    pub raft: RaftConfig,
 }
 
 impl Default for CoordinatorConfig {
@@ -35,6 +40,7 @@ impl Default for CoordinatorConfig {
             data_dir: PathBuf::from("autopipe-coordinator"),
             heartbeat_timeout: Duration::from_secs(10),
             schedule_interval: Duration::from_millis(100),
+            raft: RaftConfig::default(),
         }
     }
 }
@@ -52,80 +58,112 @@ pub struct Liveness {
     pub memory_used_bytes: u64,
 }
 
+/// Why a proposed command did not take effect.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// the state machine refused it (validated on the leader before proposing, so a
+    /// refused command rarely reaches the log)
+    #[error(transparent)]
+    Rejected(#[from] ApplyError),
+    /// it was not replicated: not the leader, or the raft node stopped
+    #[error(transparent)]
+    Raft(#[from] RaftError),
+}
+
 /// Shared coordinator core.
 pub struct Core {
     /// configuration
     pub config: CoordinatorConfig,
-    store: Mutex<StateStore>,
+    applied: Arc<Mutex<Applied>>,
+    /// this coordinator's raft member
+    pub raft: Raft,
     /// heartbeat data by worker id
     pub liveness: Mutex<HashMap<String, Liveness>>,
     /// wakes the scheduler
-    pub wake: Notify,
-    version: watch::Sender<u64>,
+    pub wake: Arc<Notify>,
+    version: Arc<watch::Sender<u64>>,
     /// metrics
     pub metrics: Metrics,
 }
 
 impl Core {
-    /// Opens the state under `config.data_dir` and replays it.
-    pub fn open(config: CoordinatorConfig) -> Result<Self> {
+    /// Opens the raft storage under `config.data_dir/raft`, restores the state and
+    /// starts the raft node task (stopped by `cancel`). `advertise` is this
+    /// coordinator's gRPC address.
+    pub fn open(
+        mut config: CoordinatorConfig,
+        advertise: String,
+        cancel: CancellationToken,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>)> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             Error::Permanent(format!(
                 "cannot create data dir {}: {e}",
                 config.data_dir.display()
             ))
         })?;
-        let store = StateStore::open(&config.data_dir).map_err(|e| {
-            Error::Permanent(format!(
-                "cannot open state in {}: {e}",
-                config.data_dir.display()
-            ))
-        })?;
-        // Workers the log knows as alive get a fresh grace period to heartbeat again.
-        let now = Instant::now();
-        let liveness = store
-            .state()
-            .workers
-            .values()
-            .filter(|w| w.state == WorkerState::Alive)
-            .map(|w| {
-                (
-                    w.id.clone(),
-                    Liveness {
-                        last: now,
-                        last_ms: autopipe_common::util::now_ms(),
-                        cpu_percent: 0.0,
-                        memory_used_bytes: 0,
-                    },
-                )
-            })
-            .collect();
-        Ok(Self {
-            config,
-            store: Mutex::new(store),
-            liveness: Mutex::new(liveness),
-            wake: Notify::new(),
-            version: watch::channel(0).0,
-            metrics: Metrics::default(),
-        })
+        config.raft.dir = config.data_dir.join("raft");
+        let applied: Arc<Mutex<Applied>> = Default::default();
+        let version = Arc::new(watch::channel(0).0);
+        let wake = Arc::new(Notify::new());
+        let (raft, task) = Raft::start(
+            config.raft.clone(),
+            advertise,
+            applied.clone(),
+            version.clone(),
+            wake.clone(),
+            cancel,
+        )
+        .map_err(Error::Permanent)?;
+        Ok((
+            Self {
+                config,
+                applied,
+                raft,
+                liveness: Mutex::new(HashMap::new()),
+                wake,
+                version,
+                metrics: Metrics::default(),
+            },
+            task,
+        ))
     }
 
-    /// Writes `cmd` to the log and applies it; wakes the scheduler and watchers.
-    pub fn propose(&self, cmd: Command) -> std::result::Result<Outcome, StoreError> {
-        let out = self
-            .store
-            .lock()
-            .expect("state lock poisoned")
-            .propose(cmd)?;
+    /// Gives every worker the state knows as alive a fresh grace period to heartbeat
+    /// (on becoming leader: heartbeats went to the previous one).
+    pub fn seed_liveness(&self) {
+        let now = Instant::now();
+        let alive: Vec<String> = self.read(|s| {
+            s.workers
+                .values()
+                .filter(|w| w.state == WorkerState::Alive)
+                .map(|w| w.id.clone())
+                .collect()
+        });
+        let mut live = self.liveness.lock().expect("liveness lock poisoned");
+        for id in alive {
+            live.entry(id).or_insert(Liveness {
+                last: now,
+                last_ms: autopipe_common::util::now_ms(),
+                cpu_percent: 0.0,
+                memory_used_bytes: 0,
+            });
+        }
+    }
+
+    /// Validates `cmd` against the applied state, replicates it and answers once it is
+    /// applied, with the outcome. The raft node wakes the scheduler and watchers.
+    pub async fn propose(&self, cmd: Command) -> std::result::Result<Outcome, StoreError> {
+        // Dry run on the affected part first, so that commands the state machine would
+        // refuse (a stale task report, say) are answered without a log entry.
+        self.read(|s| s.clone_for_check(&cmd).apply(&cmd))?;
+        let out = self.raft.propose(cmd).await??;
         self.metrics.commands.inc();
-        self.version.send_modify(|v| *v += 1);
-        self.wake.notify_one();
         Ok(out)
     }
 
-    /// Runs `f` on the current state.
+    /// Runs `f` on the current applied state.
     pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
-        f(self.store.lock().expect("state lock poisoned").state())
+        f(&self.applied.lock().expect("applied lock poisoned").state)
     }
 
     /// A receiver that changes whenever the state does.
@@ -136,5 +174,19 @@ impl Core {
     /// Wakes watchers without a state change (e.g. liveness).
     pub fn touch(&self) {
         self.version.send_modify(|v| *v += 1);
+    }
+
+    /// The coordinator group's members (id → gRPC address), as applied.
+    pub fn members(&self) -> std::collections::BTreeMap<u64, String> {
+        self.applied
+            .lock()
+            .expect("applied lock poisoned")
+            .members
+            .clone()
+    }
+
+    /// The shared applied state (for the raft service's member check).
+    pub fn applied(&self) -> Arc<Mutex<Applied>> {
+        self.applied.clone()
     }
 }

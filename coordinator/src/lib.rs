@@ -1,5 +1,5 @@
-//! autopipe-coordinator: keeps the durable job state (a command log applied by a pure
-//! state machine), plans SQL pipelines into stages, schedules tasks onto workers,
+//! autopipe-coordinator: keeps the durable job state (commands replicated by Raft
+//! and applied by a pure state machine), plans SQL pipelines into stages, schedules tasks onto workers,
 //! commits sink output, and serves gRPC (jobs, workers, admin) and HTTP (`/metrics`,
 //! JSON admin API, dashboard).
 #![warn(missing_docs)]
@@ -8,6 +8,7 @@ pub mod api;
 pub mod core;
 pub mod metrics;
 pub mod planner;
+pub mod raft;
 pub mod scheduler;
 pub mod state;
 
@@ -46,21 +47,32 @@ pub async fn start(
     config: CoordinatorConfig,
     cancel: CancellationToken,
 ) -> Result<CoordinatorHandle> {
-    let core = Arc::new(Core::open(config)?);
-    let grpc = TcpListener::bind(core.config.listen)
+    let grpc = TcpListener::bind(config.listen)
         .await
-        .map_err(|e| Error::Permanent(format!("cannot listen on {}: {e}", core.config.listen)))?;
-    let http = TcpListener::bind(core.config.http)
+        .map_err(|e| Error::Permanent(format!("cannot listen on {}: {e}", config.listen)))?;
+    let http = TcpListener::bind(config.http)
         .await
-        .map_err(|e| Error::Permanent(format!("cannot listen on {}: {e}", core.config.http)))?;
+        .map_err(|e| Error::Permanent(format!("cannot listen on {}: {e}", config.http)))?;
     let grpc_addr = grpc
         .local_addr()
         .map_err(|e| Error::Permanent(e.to_string()))?;
     let http_addr = http
         .local_addr()
         .map_err(|e| Error::Permanent(e.to_string()))?;
+    let advertise = config
+        .raft
+        .peers
+        .get(&config.raft.id)
+        .cloned()
+        .unwrap_or_else(|| grpc_addr.to_string());
+    let peers = config.raft.peers.clone();
+    let (core, raft_task) = Core::open(config, advertise, cancel.clone())?;
+    let core = Arc::new(core);
+    core.raft.replayed().await;
 
     let svc = api::grpc::Services { core: core.clone() };
+    let raft_svc =
+        crate::raft::transport::RaftService::new(core.raft.clone(), peers, core.applied());
     let c1 = cancel.clone();
     let grpc_task = tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
@@ -69,6 +81,11 @@ pub async fn start(
                 svc.clone(),
             ))
             .add_service(pb::admin_service_server::AdminServiceServer::new(svc))
+            .add_service(
+                // a snapshot carries the whole state (job plans included)
+                pb::raft_service_server::RaftServiceServer::new(raft_svc)
+                    .max_decoding_message_size(crate::raft::transport::MAX_MESSAGE),
+            )
             .serve_with_incoming_shutdown(no_delay(grpc), c1.cancelled_owned())
             .await;
         if let Err(e) = r {
@@ -91,6 +108,6 @@ pub async fn start(
         grpc_addr,
         http_addr,
         core,
-        tasks: vec![grpc_task, http_task, sched_task],
+        tasks: vec![grpc_task, http_task, sched_task, raft_task],
     })
 }

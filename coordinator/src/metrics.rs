@@ -31,6 +31,8 @@ pub struct Metrics {
     pub errors: Family<Labels, Counter>,
     /// commands written to the log
     pub commands: Counter,
+    /// raft: term, commit_index, applied_index, last_index, snapshot_index, is_leader
+    raft: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -46,6 +48,7 @@ impl Default for Metrics {
         let bytes_written = Counter::default();
         let errors = Family::<Labels, Counter>::default();
         let commands = Counter::default();
+        let raft = Family::<Labels, Gauge>::default();
         registry.register("tasks", "Tasks by state", tasks.clone());
         registry.register("jobs", "Jobs by state", jobs.clone());
         registry.register("workers", "Workers by state", workers.clone());
@@ -76,6 +79,11 @@ impl Default for Metrics {
             "Commands written to the state log",
             commands.clone(),
         );
+        registry.register(
+            "raft",
+            "This coordinator's raft member: term, commit/applied/last/snapshot index, is_leader",
+            raft.clone(),
+        );
         Self {
             registry,
             tasks,
@@ -88,6 +96,7 @@ impl Default for Metrics {
             bytes_written,
             errors,
             commands,
+            raft,
         }
     }
 }
@@ -98,7 +107,20 @@ fn label(k: &str, v: &str) -> Labels {
 
 impl Metrics {
     /// Refreshes the state gauges and renders the text exposition.
-    pub fn render(&self, state: &State) -> String {
+    pub fn render(&self, state: &State, raft: &crate::raft::RaftStatus) -> String {
+        for (k, v) in [
+            ("term", raft.term),
+            ("commit_index", raft.commit),
+            ("applied_index", raft.applied),
+            ("last_index", raft.last_index),
+            ("snapshot_index", raft.snapshot_index),
+            (
+                "is_leader",
+                u64::from(raft.role == crate::raft::Role::Leader),
+            ),
+        ] {
+            self.raft.get_or_create(&label("value", k)).set(v as i64);
+        }
         let mut t = [0i64; 3];
         let mut j = [0i64; 5];
         for job in state.jobs.values() {

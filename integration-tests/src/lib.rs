@@ -212,16 +212,203 @@ impl Cluster {
         what: &str,
         mut cond: impl FnMut(&Self) -> Result<bool>,
     ) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if cond(self).unwrap_or(false) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("timed out after {timeout:?} waiting for {what}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        wait_until(timeout, what, || cond(self))
+    }
+}
+
+/// Polls `cond` until true or the deadline passes.
+pub fn wait_until(
+    timeout: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().unwrap_or(false) {
+            return Ok(());
         }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Free loopback ports (bound, then released for the processes to take).
+pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let ls = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    ls.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
+/// A raft group of coordinator processes (fixed loopback ports, each with its own
+/// data dir) and workers that know every coordinator address.
+pub struct Group {
+    /// data dirs, work dirs
+    pub dir: tempfile::TempDir,
+    /// member id → gRPC address (founders and added members)
+    pub peers: std::collections::BTreeMap<u64, String>,
+    /// running coordinators by id
+    pub coordinators: std::collections::BTreeMap<u64, Proc>,
+    /// the workers
+    pub workers: Vec<Proc>,
+    founders: String,
+}
+
+impl Group {
+    /// Starts `n` coordinators founding one group, waits for a leader, then starts
+    /// `workers` workers and waits until they registered.
+    pub fn start(n: usize, workers: usize, slots: u32, worker_args: &[&str]) -> Result<Self> {
+        let ports = free_ports(n)?;
+        let peers: std::collections::BTreeMap<u64, String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as u64 + 1, format!("127.0.0.1:{p}")))
+            .collect();
+        let founders = peers
+            .iter()
+            .map(|(id, a)| format!("{id}={a}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut g = Group {
+            dir: tempfile::tempdir()?,
+            peers,
+            coordinators: Default::default(),
+            workers: vec![],
+            founders,
+        };
+        for id in 1..=n as u64 {
+            g.start_coordinator(id, &[])?;
+        }
+        wait_until(Duration::from_secs(30), "a leader", || {
+            Ok(g.leader()?.is_some())
+        })?;
+        for _ in 0..workers {
+            g.add_worker(slots, worker_args)?;
+        }
+        wait_until(Duration::from_secs(60), "workers to register", || {
+            let v = g.cli_json(&["workers"])?;
+            Ok(v.as_array()
+                .map(|a| a.iter().filter(|w| w["state"] == "alive").count())
+                .unwrap_or(0)
+                >= workers)
+        })?;
+        Ok(g)
+    }
+
+    /// Starts (or restarts, on its data dir) founding member `id`.
+    pub fn start_coordinator(&mut self, id: u64, extra: &[&str]) -> Result<()> {
+        let addr = self.peers[&id].clone();
+        let data = self.dir.path().join(format!("coord-{id}"));
+        let id_s = id.to_string();
+        let mut args = vec![
+            "coordinator",
+            "--id",
+            &id_s,
+            "--peers",
+            &self.founders,
+            "--listen",
+            &addr,
+            "--http",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().expect("utf8"),
+        ];
+        args.extend_from_slice(extra);
+        let p = spawn_server(&args)?;
+        self.coordinators.insert(id, p);
+        Ok(())
+    }
+
+    /// Starts a coordinator that joins the group as member `id` (after
+    /// `admin add-coordinator`) on a fresh port; returns its address.
+    pub fn join_coordinator(&mut self, id: u64) -> Result<String> {
+        let port = free_ports(1)?[0];
+        let addr = format!("127.0.0.1:{port}");
+        self.peers.insert(id, addr.clone());
+        self.start_coordinator(id, &["--join"])?;
+        Ok(addr)
+    }
+
+    /// SIGKILLs coordinator `id`.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut p) = self.coordinators.remove(&id) {
+            p.kill();
+        }
+    }
+
+    /// All coordinator addresses, comma-separated (what workers and the CLI get).
+    pub fn addrs(&self) -> String {
+        self.peers.values().cloned().collect::<Vec<_>>().join(",")
+    }
+
+    /// Starts a worker that knows every coordinator.
+    pub fn add_worker(&mut self, slots: u32, extra: &[&str]) -> Result<()> {
+        let wd = self
+            .dir
+            .path()
+            .join(format!("worker-{}", self.workers.len()));
+        let addrs = self.addrs();
+        let slots = slots.to_string();
+        let mut args = vec![
+            "worker",
+            "--coordinator",
+            &addrs,
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--slots",
+            &slots,
+            "--work-dir",
+            wd.to_str().expect("utf8"),
+        ];
+        args.extend_from_slice(extra);
+        self.workers.push(spawn_server(&args)?);
+        Ok(())
+    }
+
+    /// Runs `autopipe ARGS --coordinator ALL -o json` and parses stdout.
+    pub fn cli_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let addrs = self.addrs();
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend(["--coordinator", &addrs, "-o", "json"]);
+        let out = cli(&a)?;
+        if !out.status.success() {
+            bail!(
+                "autopipe {a:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("stdout of {a:?}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// `autopipe cluster` as JSON, asked of the running coordinators.
+    pub fn cluster(&self) -> Result<serde_json::Value> {
+        let running = self
+            .coordinators
+            .keys()
+            .map(|id| self.peers[id].clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        let out = cli(&["cluster", "--coordinator", &running, "-o", "json"])?;
+        if !out.status.success() {
+            bail!("autopipe cluster: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// The leader that a majority of running members agree on, if any.
+    pub fn leader(&self) -> Result<Option<u64>> {
+        let c = self.cluster()?;
+        let id = c["leader_id"].as_u64().unwrap_or(0);
+        let members = c["members"].as_array().cloned().unwrap_or_default();
+        let leads = members
+            .iter()
+            .any(|m| m["id"].as_u64() == Some(id) && m["role"] == "leader");
+        Ok((id != 0 && leads).then_some(id))
     }
 }
 

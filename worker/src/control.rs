@@ -7,6 +7,7 @@ use crate::metrics::WorkerMetrics;
 use crate::shuffle_store::ShuffleStore;
 use crate::WorkerConfig;
 use autopipe_common::error::{Error, ErrorClass};
+use autopipe_common::leader::Coordinators;
 use autopipe_common::retry::RetryPolicy;
 use autopipe_common::shuffle::channel_to;
 use autopipe_proto as pb;
@@ -33,6 +34,8 @@ pub struct WorkerShared {
     pub shuffle: Arc<ShuffleStore>,
     /// metrics
     pub metrics: Arc<WorkerMetrics>,
+    /// the coordinator group, following its leader
+    pub coordinators: Coordinators,
     slots: Arc<Semaphore>,
     worker_id: Mutex<Option<String>>,
     running: Mutex<HashMap<Key, tokio::task::AbortHandle>>,
@@ -50,6 +53,7 @@ impl WorkerShared {
             }),
             metrics,
             address,
+            coordinators: Coordinators::new(&config.coordinators),
             config,
             worker_id: Mutex::new(None),
             running: Mutex::new(HashMap::new()),
@@ -256,21 +260,22 @@ async fn report(
         cap: Duration::from_secs(2),
         max_attempts: 30,
     };
-    let coords = shared.config.coordinators.clone();
-    let mut n = 0usize;
+    let coords = &shared.coordinators;
     let r = policy
         .run(|| {
-            let coord = coords[n % coords.len()].clone();
-            n += 1;
+            let coord = coords.current();
             let report = report.clone();
             async move {
-                let ch = channel_to(&coord)?;
+                let ch = channel_to(&coord).inspect_err(|_| {
+                    coords.failed(&coord, None);
+                })?;
                 let mut c = pb::worker_service_client::WorkerServiceClient::new(ch);
                 let mut req = Request::new(report);
                 req.set_timeout(Duration::from_secs(5));
-                c.report_task_status(req)
-                    .await
-                    .map_err(|s| Error::from_status(&s))?;
+                c.report_task_status(req).await.map_err(|s| {
+                    coords.failed(&coord, Some(&s));
+                    Error::from_status(&s)
+                })?;
                 Ok(())
             }
         })

@@ -174,11 +174,13 @@ async fn heartbeat_loop(
         if cancel.is_cancelled() {
             return;
         }
-        let coord = shared.config.coordinators
-            [failures as usize % shared.config.coordinators.len()]
-        .clone();
+        let coords = &shared.coordinators;
+        let coord = coords.current();
+        let mut redirected = false;
         let r = async {
-            let ch = channel_to(&coord)?;
+            let ch = channel_to(&coord).inspect_err(|_| {
+                coords.failed(&coord, None);
+            })?;
             let mut client = pb::worker_service_client::WorkerServiceClient::new(ch);
             if shared.worker_id().is_none() {
                 let mut req = tonic::Request::new(pb::RegisterWorkerRequest {
@@ -196,7 +198,10 @@ async fn heartbeat_loop(
                 let id = client
                     .register_worker(req)
                     .await
-                    .map_err(|s| Error::from_status(&s))?
+                    .map_err(|s| {
+                        redirected = coords.failed(&coord, Some(&s));
+                        Error::from_status(&s)
+                    })?
                     .into_inner()
                     .worker_id;
                 tracing::info!(worker = %id, coordinator = %coord, "registered");
@@ -224,7 +229,10 @@ async fn heartbeat_loop(
             let known = client
                 .heartbeat(req)
                 .await
-                .map_err(|s| Error::from_status(&s))?
+                .map_err(|s| {
+                    redirected = coords.failed(&coord, Some(&s));
+                    Error::from_status(&s)
+                })?
                 .into_inner()
                 .known;
             if !known {
@@ -240,6 +248,11 @@ async fn heartbeat_loop(
             Ok(()) => {
                 failures = 0;
                 shared.config.heartbeat_interval
+            }
+            // a follower named the leader: go there now
+            Err(e) if redirected => {
+                tracing::debug!(coordinator = %coord, "redirected to the leader: {e}");
+                Duration::ZERO
             }
             Err(e) => {
                 failures += 1;

@@ -1,12 +1,15 @@
 //! gRPC services: `JobService` (clients), `WorkerService` (workers), `AdminService`.
 //! Every state change goes through `Core::propose` and is answered after it applied.
 
+use super::cluster;
 use super::status::{job_status, workers};
-use crate::core::{Core, Liveness};
+use crate::core::{Core, Liveness, StoreError};
 use crate::planner::plan_job;
+use crate::raft::{MemberChange, RaftError};
 use crate::scheduler::report_failure;
 use crate::state::{Command, JobState, ShuffleHome, TaskResult, TaskState, WorkerState};
 use autopipe_common::error::Error;
+use autopipe_common::leader::LEADER_KEY;
 use autopipe_common::spec::{PipelineSpec, SinkMode};
 use autopipe_common::store::{parse_url, store_for};
 use autopipe_common::util::now_ms;
@@ -108,7 +111,7 @@ impl Services {
     /// Attempts the state says run on this worker, launched well before this heartbeat,
     /// that the worker does not list were never delivered (e.g. the coordinator
     /// restarted between recording a launch and sending it): fail them as transient.
-    fn reconcile_running(&self, h: &pb::HeartbeatRequest) {
+    async fn reconcile_running(&self, h: &pb::HeartbeatRequest) {
         let now = now_ms();
         let listed: std::collections::HashSet<(String, u32, u32, u32)> = h
             .running
@@ -153,8 +156,26 @@ impl Services {
                     "attempt {} was never started on worker {}",
                     key.attempt, h.worker_id
                 )),
-            );
+            )
+            .await;
         }
+    }
+}
+
+/// A proposal's failure as a gRPC status. Not the leader: `UNAVAILABLE` with the
+/// leader's address in the `autopipe-leader` metadata key, so clients and workers
+/// reconnect there.
+pub fn store_status(e: StoreError) -> Status {
+    match &e {
+        StoreError::Rejected(_) => Status::failed_precondition(e.to_string()),
+        StoreError::Raft(RaftError::NotLeader { address, .. }) => {
+            let mut st = Status::unavailable(e.to_string());
+            if let Some(v) = address.as_ref().and_then(|a| a.parse().ok()) {
+                st.metadata_mut().insert(LEADER_KEY, v);
+            }
+            st
+        }
+        StoreError::Raft(_) => Status::unavailable(e.to_string()),
     }
 }
 
@@ -190,7 +211,8 @@ impl pb::job_service_server::JobService for Services {
                 stages: planned.stages,
                 at_ms: now_ms(),
             })
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(pb::SubmitJobResponse { job_id }))
     }
 
@@ -230,7 +252,8 @@ impl pb::job_service_server::JobService for Services {
                         job_id: id.clone(),
                         at_ms: now_ms(),
                     })
-                    .map_err(|e| Status::failed_precondition(e.to_string()))?;
+                    .await
+                    .map_err(store_status)?;
                 cancel_running_attempts(&self.core, &id).await;
             }
         }
@@ -342,7 +365,8 @@ impl pb::worker_service_server::WorkerService for Services {
                     dir: r.shuffle_dir,
                 },
             })
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .await
+            .map_err(store_status)?;
         self.core
             .liveness
             .lock()
@@ -365,6 +389,11 @@ impl pb::worker_service_server::WorkerService for Services {
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let h = req.into_inner();
+        // liveness matters only where the scheduler runs; a follower's "unknown" would
+        // make the worker register again, so it points the worker at the leader instead
+        if !self.core.raft.is_leader() {
+            return Err(store_status(StoreError::Raft(self.core.raft.not_leader())));
+        }
         let known = self.core.read(|s| {
             s.workers
                 .get(&h.worker_id)
@@ -372,7 +401,7 @@ impl pb::worker_service_server::WorkerService for Services {
                 .unwrap_or(false)
         });
         if known {
-            self.reconcile_running(&h);
+            self.reconcile_running(&h).await;
             self.core
                 .liveness
                 .lock()
@@ -399,6 +428,10 @@ impl pb::worker_service_server::WorkerService for Services {
             .key
             .clone()
             .ok_or_else(|| Status::invalid_argument("task report without a key"))?;
+        // only the leader records results; the worker retries there
+        if !self.core.raft.is_leader() {
+            return Err(store_status(StoreError::Raft(self.core.raft.not_leader())));
+        }
         let current = self.core.read(|s| {
             s.jobs.get(&key.job_id).and_then(|j| {
                 let t = j
@@ -444,14 +477,21 @@ impl pb::worker_service_server::WorkerService for Services {
                 bytes_out: r.bytes_out,
                 duration_ms: r.duration_ms,
             };
-            if let Err(e) = self.core.propose(Command::TaskSucceeded {
-                job_id: key.job_id.clone(),
-                stage: key.stage_id,
-                task: key.task,
-                attempt: key.attempt,
-                result,
-                at_ms: now_ms(),
-            }) {
+            if let Err(e) = self
+                .core
+                .propose(Command::TaskSucceeded {
+                    job_id: key.job_id.clone(),
+                    stage: key.stage_id,
+                    task: key.task,
+                    attempt: key.attempt,
+                    result,
+                    at_ms: now_ms(),
+                })
+                .await
+            {
+                if let StoreError::Raft(_) = e {
+                    return Err(store_status(e));
+                }
                 tracing::debug!("success not recorded: {e}");
             }
         } else {
@@ -461,7 +501,7 @@ impl pb::worker_service_server::WorkerService for Services {
                 .map(Error::from_detail)
                 .unwrap_or_else(|| Error::Transient("task failed without an error".into()));
             tracing::warn!(job = %key.job_id, stage = key.stage_id, task = key.task, attempt = key.attempt, class = ?err.class(), "task failed: {err}");
-            report_failure(&self.core, &key, &err);
+            report_failure(&self.core, &key, &err).await;
         }
         Ok(Response::new(pb::TaskStatusAck {}))
     }
@@ -475,6 +515,115 @@ impl pb::admin_service_server::AdminService for Services {
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
         let w = self.core.read(|s| workers(&self.core, s));
         Ok(Response::new(pb::ListWorkersResponse { workers: w }))
+    }
+
+    async fn cluster_status(
+        &self,
+        _req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        Ok(Response::new(cluster::cluster_status(&self.core).await))
+    }
+
+    async fn member_status(
+        &self,
+        _req: Request<pb::MemberStatusRequest>,
+    ) -> Result<Response<pb::CoordinatorMember>, Status> {
+        Ok(Response::new(cluster::member_status(
+            &self.core.raft.status(),
+        )))
+    }
+
+    async fn add_coordinator(
+        &self,
+        req: Request<pb::AddCoordinatorRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let r = req.into_inner();
+        let address = r.address.trim().trim_start_matches("http://").to_string();
+        if r.id == 0 || address.is_empty() {
+            return Err(Status::invalid_argument(
+                "add-coordinator: the id must be at least 1 and the address must be set",
+            ));
+        }
+        if self.core.members().contains_key(&r.id) {
+            return Err(Status::already_exists(format!(
+                "coordinator {} is already a member",
+                r.id
+            )));
+        }
+        self.core
+            .raft
+            .change_members(MemberChange::Add { id: r.id, address })
+            .await
+            .map_err(|e| store_status(StoreError::Raft(e)))?;
+        Ok(Response::new(cluster::cluster_status(&self.core).await))
+    }
+
+    async fn remove_coordinator(
+        &self,
+        req: Request<pb::RemoveCoordinatorRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let id = req.into_inner().id;
+        let members = self.core.members();
+        if !members.contains_key(&id) {
+            return Err(Status::not_found(format!(
+                "coordinator {id} is not a member (see `autopipe cluster`)"
+            )));
+        }
+        if members.len() == 1 {
+            return Err(Status::failed_precondition(
+                "cannot remove the last coordinator of the group",
+            ));
+        }
+        self.core
+            .raft
+            .change_members(MemberChange::Remove { id })
+            .await
+            .map_err(|e| store_status(StoreError::Raft(e)))?;
+        Ok(Response::new(cluster::cluster_status(&self.core).await))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let id = req.into_inner().id;
+        let st = self.core.raft.status();
+        if !st.voters.contains(&id) {
+            return Err(Status::not_found(format!(
+                "coordinator {id} is not a voting member (see `autopipe cluster`)"
+            )));
+        }
+        if st.leader == Some(id) {
+            return Ok(Response::new(cluster::cluster_status(&self.core).await));
+        }
+        if !self.core.raft.is_leader() {
+            return Err(store_status(StoreError::Raft(self.core.raft.not_leader())));
+        }
+        let mut status = self.core.raft.watch_status();
+        self.core
+            .raft
+            .transfer_leader(id)
+            .await
+            .map_err(|e| store_status(StoreError::Raft(e)))?;
+        // raft-rs aborts a transfer after an election timeout; wait a little longer
+        let wait = self.core.config.raft.tick * (self.core.config.raft.election_ticks as u32 * 2);
+        let moved = tokio::time::timeout(wait, async {
+            loop {
+                if status.borrow_and_update().leader == Some(id) {
+                    return;
+                }
+                if status.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        if moved.is_err() {
+            return Err(Status::deadline_exceeded(format!(
+                "coordinator {id} did not take over within {wait:?}; is it caught up? (see `autopipe cluster`)"
+            )));
+        }
+        Ok(Response::new(cluster::cluster_status(&self.core).await))
     }
 }
 
@@ -495,16 +644,20 @@ mod tests {
     }
     use crate::core::CoordinatorConfig;
 
-    #[test]
-    fn an_attempt_the_worker_does_not_run_is_requeued_after_the_grace_period() {
+    #[tokio::test]
+    async fn an_attempt_the_worker_does_not_run_is_requeued_after_the_grace_period() {
         let dir = tempfile::tempdir().unwrap();
-        let core = Arc::new(
-            Core::open(CoordinatorConfig {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let (core, _task) = Core::open(
+            CoordinatorConfig {
                 data_dir: dir.path().to_path_buf(),
                 ..Default::default()
-            })
-            .unwrap(),
-        );
+            },
+            "127.0.0.1:1".into(),
+            cancel.clone(),
+        )
+        .unwrap();
+        let core = Arc::new(core);
         core.propose(Command::RegisterWorker {
             worker_id: "w1".into(),
             address: "a:1".into(),
@@ -513,8 +666,9 @@ mod tests {
             at_ms: 0,
             shuffle: Default::default(),
         })
+        .await
         .unwrap();
-        core.propose(crate::state::test_job(2)).unwrap();
+        core.propose(crate::state::test_job(2)).await.unwrap();
         for (task, at_ms) in [(0, now_ms() - 60_000), (1, now_ms() - 60_000)] {
             core.propose(Command::TaskLaunched {
                 job_id: "j".into(),
@@ -524,6 +678,7 @@ mod tests {
                 worker_id: "w1".into(),
                 at_ms,
             })
+            .await
             .unwrap();
         }
         let svc = Services { core: core.clone() };
@@ -537,7 +692,8 @@ mod tests {
                 attempt: 1,
             }],
             ..Default::default()
-        });
+        })
+        .await;
         let (t0, t1) = core.read(|s| {
             let st = &s.jobs["j"].stages[0];
             (st.tasks[0].clone(), st.tasks[1].clone())
@@ -545,5 +701,6 @@ mod tests {
         assert_eq!(t0.state, TaskState::Pending);
         assert_eq!(t0.failures, 1);
         assert!(matches!(t1.state, TaskState::Running { .. }));
+        cancel.cancel();
     }
 }

@@ -1,5 +1,5 @@
 //! HTTP admin API: `/metrics` (Prometheus text), `/api/jobs`, `/api/jobs/{id}`,
-//! `/api/workers` (JSON), and `/` — a minimal dashboard that polls the JSON API.
+//! `/api/workers`, `/api/cluster` (JSON), and `/` — a minimal dashboard that polls the JSON API.
 
 use super::status::{job_status, workers};
 use crate::core::Core;
@@ -20,11 +20,19 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/api/jobs", get(jobs))
         .route("/api/jobs/{id}", get(job))
         .route("/api/workers", get(list_workers))
+        .route("/api/cluster", get(cluster))
         .with_state(core)
 }
 
+async fn cluster(State(core): State<Arc<Core>>) -> Json<Value> {
+    Json(super::cluster::cluster_json(
+        &super::cluster::cluster_status(&core).await,
+    ))
+}
+
 async fn metrics(State(core): State<Arc<Core>>) -> Response {
-    let body = core.read(|s| core.metrics.render(s));
+    let raft = core.raft.status();
+    let body = core.read(|s| core.metrics.render(s, &raft));
     (
         [(
             header::CONTENT_TYPE,

@@ -1,5 +1,6 @@
 //! Coordinator interfaces: gRPC services (`grpc`) and the HTTP admin API (`http`).
 
+pub mod cluster;
 pub mod grpc;
 pub mod http;
 pub mod status;

@@ -1,4 +1,4 @@
-//! The scheduler loop (leader-only once Raft lands): declares silent workers lost,
+//! The scheduler loop (runs only on the raft leader): declares silent workers lost,
 //! launches ready tasks onto workers with free slots, cancels tasks of cancelled or
 //! failed jobs, and commits jobs whose sink stage is complete. It reads the state
 //! and proposes commands; all side effects (RPCs, file moves) happen here.
@@ -21,20 +21,33 @@ use tokio_util::sync::CancellationToken;
 pub async fn run(core: Arc<Core>, cancel: CancellationToken) {
     let committing: Arc<Mutex<HashSet<String>>> = Default::default();
     let mut cleaned: HashSet<String> = HashSet::new();
+    let mut was_leader = false;
+    let mut status = core.raft.watch_status();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = core.wake.notified() => {},
+            _ = status.changed() => {},
             _ = tokio::time::sleep(core.config.schedule_interval) => {},
         }
-        detect_lost_workers(&core);
-        launch_ready_tasks(&core);
-        start_commits(&core, &committing);
+        if !core.raft.is_leader() {
+            was_leader = false;
+            continue;
+        }
+        if !was_leader {
+            // a new leader: every worker the state knows as alive gets a fresh grace
+            // period to heartbeat here before it is declared lost
+            was_leader = true;
+            core.seed_liveness();
+        }
+        detect_lost_workers(&core).await;
+        launch_ready_tasks(&core).await;
+        start_commits(&core, &committing).await;
         cleanup_finished(&core, &mut cleaned);
     }
 }
 
-fn detect_lost_workers(core: &Core) {
+async fn detect_lost_workers(core: &Core) {
     let timeout = core.config.heartbeat_timeout;
     let lost: Vec<String> = {
         let live = core.liveness.lock().expect("liveness lock poisoned");
@@ -56,10 +69,13 @@ fn detect_lost_workers(core: &Core) {
         });
         if alive {
             tracing::warn!(worker = %id, "worker missed heartbeats for {timeout:?}; declaring it lost");
-            if let Err(e) = core.propose(Command::WorkerLost {
-                worker_id: id.clone(),
-                at_ms: now_ms(),
-            }) {
+            if let Err(e) = core
+                .propose(Command::WorkerLost {
+                    worker_id: id.clone(),
+                    at_ms: now_ms(),
+                })
+                .await
+            {
                 tracing::warn!(worker = %id, "could not record lost worker: {e}");
             }
         }
@@ -73,7 +89,7 @@ struct Launch {
     def: pb::TaskDefinition,
 }
 
-fn launch_ready_tasks(core: &Arc<Core>) {
+async fn launch_ready_tasks(core: &Arc<Core>) {
     let live: HashMap<String, ()> = core
         .liveness
         .lock()
@@ -82,26 +98,31 @@ fn launch_ready_tasks(core: &Arc<Core>) {
         .map(|k| (k.clone(), ()))
         .collect();
     let launches = core.read(|s| plan_launches(s, &live));
-    for l in launches {
+    // proposed together, so one raft Ready (one flush) records the whole wave
+    let recorded = futures::future::join_all(launches.iter().map(|l| {
         let key = l.def.key.clone().expect("built with a key");
-        let cmd = Command::TaskLaunched {
-            job_id: key.job_id.clone(),
+        core.propose(Command::TaskLaunched {
+            job_id: key.job_id,
             stage: key.stage_id,
             task: key.task,
             attempt: key.attempt,
             worker_id: l.worker_id.clone(),
             at_ms: now_ms(),
-        };
-        if let Err(e) = core.propose(cmd) {
+        })
+    }))
+    .await;
+    for (l, r) in launches.into_iter().zip(recorded) {
+        if let Err(e) = r {
             tracing::debug!("launch not recorded: {e}");
             continue;
         }
+        let key = l.def.key.clone().expect("built with a key");
         let core = core.clone();
         tokio::spawn(async move {
             let r = send_launch(&l.address, l.def).await;
             if let Err(e) = r {
                 tracing::warn!(worker = %l.worker_id, job = %key.job_id, stage = key.stage_id, task = key.task, "launch failed: {e}");
-                report_failure(&core, &key, &e);
+                report_failure(&core, &key, &e).await;
             }
         });
     }
@@ -122,7 +143,7 @@ async fn send_launch(address: &str, def: pb::TaskDefinition) -> Result<(), Error
 }
 
 /// Records a failed attempt (launch error or worker report).
-pub fn report_failure(core: &Core, key: &pb::TaskKey, e: &Error) {
+pub async fn report_failure(core: &Core, key: &pb::TaskKey, e: &Error) {
     let class = e.class();
     core.metrics.error(class_name(class));
     // Backoff before the next attempt: full jitter over the one retry policy.
@@ -149,7 +170,7 @@ pub fn report_failure(core: &Core, key: &pb::TaskKey, e: &Error) {
         retryable: class == ErrorClass::Transient,
         retry_at_ms: now_ms() + backoff.as_millis() as u64,
     };
-    if let Err(err) = core.propose(cmd) {
+    if let Err(err) = core.propose(cmd).await {
         tracing::debug!("failure not recorded: {err}");
     }
 }
@@ -285,7 +306,7 @@ fn task_definition(
     }
 }
 
-fn start_commits(core: &Arc<Core>, committing: &Arc<Mutex<HashSet<String>>>) {
+async fn start_commits(core: &Arc<Core>, committing: &Arc<Mutex<HashSet<String>>>) {
     let ready: Vec<(String, JobState)> = core.read(|s| {
         s.jobs
             .values()
@@ -301,9 +322,12 @@ fn start_commits(core: &Arc<Core>, committing: &Arc<Mutex<HashSet<String>>>) {
             continue;
         }
         if state == JobState::Running {
-            if let Err(e) = core.propose(Command::JobCommitting {
-                job_id: job_id.clone(),
-            }) {
+            if let Err(e) = core
+                .propose(Command::JobCommitting {
+                    job_id: job_id.clone(),
+                })
+                .await
+            {
                 tracing::warn!(job = %job_id, "cannot start commit: {e}");
                 committing.lock().expect("lock").remove(&job_id);
                 continue;
@@ -332,7 +356,7 @@ fn start_commits(core: &Arc<Core>, committing: &Arc<Mutex<HashSet<String>>>) {
                 if let Command::JobSucceeded { files, .. } = &cmd {
                     tracing::info!(job = %job_id, files = files.len(), "job committed");
                 }
-                if let Err(e) = core.propose(cmd) {
+                if let Err(e) = core.propose(cmd).await {
                     tracing::warn!(job = %job_id, "cannot record commit result: {e}");
                 }
             }

@@ -1,0 +1,197 @@
+//! Three coordinator processes in one raft group, three workers that know all of them.
+//! The leader is SIGKILLed while a multi-stage job runs: a new leader is elected, the
+//! job completes with exactly the oracle's rows (nothing lost, nothing duplicated),
+//! and the killed member, restarted, catches up. Membership changes while a job runs.
+
+use anyhow::Result;
+use autopipe_common::spec::PipelineSpec;
+use integration_tests::oracle::{actual, assert_same, expected};
+use integration_tests::{files_under, gen_clickstream, wait_until, Group};
+use std::path::Path;
+use std::time::Duration;
+
+fn write_job(dir: &Path, name: &str) -> Result<std::path::PathBuf> {
+    let spec = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &spec,
+        format!(
+            r#"
+[job]
+name = "{name}"
+[job.params]
+shuffle_partitions = 6
+[[sources]]
+name = "events"
+format = "parquet"
+path = "data/events"
+[[sources]]
+name = "users"
+format = "csv"
+path = "data/users.csv"
+[transform]
+sql = "SELECT u.country, e.kind, count(*) AS n, sum(e.amount) AS total FROM events e JOIN users u ON e.user_id = u.id GROUP BY u.country, e.kind"
+[sink]
+format = "parquet"
+path = "out/{name}"
+"#
+        ),
+    )?;
+    Ok(spec)
+}
+
+fn check_output(dir: &Path, spec: &Path) -> Result<()> {
+    let spec = PipelineSpec::from_file(spec)?.normalize(dir, "t")?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let (names, types, exp) = expected(&spec).await?;
+        let act = actual(&spec, &names, &types).await?;
+        assert_same(&spec.job.name, exp, act)
+    })
+}
+
+fn job_state(g: &Group, id: &str) -> Result<serde_json::Value> {
+    g.cli_json(&["status", id])
+}
+
+#[test]
+fn the_leader_dies_mid_job_and_the_job_completes_exactly_once() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    gen_clickstream(&dir.path().join("data"), 20_000, 4)?;
+    let spec = write_job(dir.path(), "failover")?;
+    // every task takes at least 400 ms, so the job is still running at the kill
+    let mut g = Group::start(3, 3, 2, &["--test-task-delay-ms", "400"])?;
+    let v = g.cli_json(&["submit", spec.to_str().expect("utf8")])?;
+    let id = v["job_id"].as_str().expect("job id").to_string();
+    wait_until(Duration::from_secs(60), "the first finished task", || {
+        let v = job_state(&g, &id)?;
+        Ok(v["tasks_done"].as_u64().unwrap_or(0) > 0)
+    })?;
+    let v = job_state(&g, &id)?;
+    assert_eq!(
+        v["state"], "running",
+        "the job must still run at the kill: {v}"
+    );
+    let old = g.leader()?.expect("a leader");
+    g.kill(old);
+
+    wait_until(Duration::from_secs(30), "a new leader", || {
+        Ok(g.leader()?.is_some_and(|l| l != old))
+    })?;
+    wait_until(Duration::from_secs(120), "the job to finish", || {
+        let v = job_state(&g, &id)?;
+        Ok(v["state"] != "running" && v["state"] != "committing")
+    })?;
+    let v = job_state(&g, &id)?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    check_output(dir.path(), &spec)?;
+    // one job, one copy of its files: no retry left extra output
+    let jobs = g.cli_json(&["jobs"])?;
+    assert_eq!(jobs.as_array().map(Vec::len), Some(1), "{jobs}");
+    let files = files_under(&dir.path().join("out/failover"));
+    assert_eq!(
+        files.len() as u64,
+        v["files_out"].as_u64().unwrap_or(0),
+        "{files:?}"
+    );
+
+    // the killed member comes back and catches up with the leader
+    g.start_coordinator(old, &[])?;
+    wait_until(
+        Duration::from_secs(30),
+        "the restarted member to catch up",
+        || {
+            let c = g.cluster()?;
+            let members = c["members"].as_array().cloned().unwrap_or_default();
+            let leader = members.iter().find(|m| m["role"] == "leader");
+            let back = members.iter().find(|m| m["id"].as_u64() == Some(old));
+            Ok(match (leader, back) {
+                (Some(l), Some(b)) => {
+                    b["role"] == "follower" && b["applied"].as_u64() >= l["commit"].as_u64()
+                }
+                _ => false,
+            })
+        },
+    )?;
+    // it can lead again
+    let c = g.cli_json(&["admin", "transfer-leader", &old.to_string()])?;
+    assert_eq!(c["leader_id"].as_u64(), Some(old), "{c}");
+    // and its state is the group's: it knows the finished job
+    let out =
+        integration_tests::cli(&["status", &id, "--coordinator", &g.peers[&old], "-o", "json"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn members_are_added_and_removed_while_a_job_runs() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    gen_clickstream(&dir.path().join("data"), 20_000, 4)?;
+    let spec = write_job(dir.path(), "membership")?;
+    let mut g = Group::start(3, 2, 2, &["--test-task-delay-ms", "300"])?;
+    let v = g.cli_json(&["submit", spec.to_str().expect("utf8")])?;
+    let id = v["job_id"].as_str().expect("job id").to_string();
+
+    assert_eq!(job_state(&g, &id)?["state"], "running");
+    // add member 4, then start it joining the group
+    let port = integration_tests::free_ports(1)?[0];
+    let addr4 = format!("127.0.0.1:{port}");
+    let c = g.cli_json(&["admin", "add-coordinator", "4", &addr4])?;
+    assert!(
+        c["members"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["id"] == 4)),
+        "{c}"
+    );
+    g.peers.insert(4, addr4);
+    g.start_coordinator(4, &["--join"])?;
+    wait_until(Duration::from_secs(30), "member 4 to catch up", || {
+        let c = g.cluster()?;
+        let m = c["members"].as_array().cloned().unwrap_or_default();
+        let leader_commit = m
+            .iter()
+            .find(|m| m["role"] == "leader")
+            .and_then(|m| m["commit"].as_u64());
+        Ok(m.iter().any(|m| {
+            m["id"] == 4 && m["role"] == "follower" && m["applied"].as_u64() >= leader_commit
+        }))
+    })?;
+
+    // remove a follower among the founders
+    let leader = g.leader()?.expect("a leader");
+    let gone = (1..=3).find(|i| *i != leader).expect("a follower");
+    let c = g.cli_json(&["admin", "remove-coordinator", &gone.to_string()])?;
+    assert!(
+        c["members"]
+            .as_array()
+            .is_some_and(|m| m.iter().all(|m| m["id"] != gone)),
+        "{c}"
+    );
+    g.kill(gone);
+    g.peers.remove(&gone);
+
+    wait_until(Duration::from_secs(120), "the job to finish", || {
+        let v = job_state(&g, &id)?;
+        Ok(v["state"] != "running" && v["state"] != "committing")
+    })?;
+    assert_eq!(job_state(&g, &id)?["state"], "succeeded");
+    check_output(dir.path(), &spec)?;
+    let c = g.cluster()?;
+    let voters: Vec<u64> = c["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["role"] == "leader")
+        .and_then(|m| m["voters"].as_array())
+        .expect("leader's voters")
+        .iter()
+        .filter_map(|v| v.as_u64())
+        .collect();
+    let mut want: Vec<u64> = (1..=4).filter(|i| *i != gone).collect();
+    want.sort_unstable();
+    assert_eq!(voters, want, "{c}");
+    Ok(())
+}
