@@ -66,6 +66,10 @@ pub async fn start(
         .cloned()
         .unwrap_or_else(|| grpc_addr.to_string());
     let peers = config.raft.peers.clone();
+    let mut config = config;
+    if !grpc_addr.ip().is_unspecified() {
+        config.raft.source_ip = Some(grpc_addr.ip());
+    }
     let (core, raft_task) = Core::open(config, advertise, cancel.clone())?;
     let core = Arc::new(core);
     core.raft.replayed().await;

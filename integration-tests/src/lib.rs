@@ -4,6 +4,7 @@
 //! Processes are SIGKILLed on drop; nothing waits on fixed sleeps.
 
 pub mod oracle;
+pub mod proxy;
 pub mod tpch;
 
 use anyhow::{bail, Context, Result};
@@ -251,6 +252,8 @@ pub struct Group {
     pub peers: std::collections::BTreeMap<u64, String>,
     /// running coordinators by id
     pub coordinators: std::collections::BTreeMap<u64, Proc>,
+    /// where each member listens, when not at its `peers` address (behind a proxy)
+    pub listen: std::collections::BTreeMap<u64, String>,
     /// the workers
     pub workers: Vec<Proc>,
     founders: String,
@@ -260,6 +263,17 @@ impl Group {
     /// Starts `n` coordinators founding one group, waits for a leader, then starts
     /// `workers` workers and waits until they registered.
     pub fn start(n: usize, workers: usize, slots: u32, worker_args: &[&str]) -> Result<Self> {
+        Self::start_with(n, workers, slots, worker_args, &[])
+    }
+
+    /// Like `start`, with extra flags for every coordinator.
+    pub fn start_with(
+        n: usize,
+        workers: usize,
+        slots: u32,
+        worker_args: &[&str],
+        coordinator_args: &[&str],
+    ) -> Result<Self> {
         let ports = free_ports(n)?;
         let peers: std::collections::BTreeMap<u64, String> = ports
             .iter()
@@ -275,11 +289,12 @@ impl Group {
             dir: tempfile::tempdir()?,
             peers,
             coordinators: Default::default(),
+            listen: Default::default(),
             workers: vec![],
             founders,
         };
         for id in 1..=n as u64 {
-            g.start_coordinator(id, &[])?;
+            g.start_coordinator(id, coordinator_args)?;
         }
         wait_until(Duration::from_secs(30), "a leader", || {
             Ok(g.leader()?.is_some())
@@ -297,9 +312,55 @@ impl Group {
         Ok(g)
     }
 
+    /// `n` coordinators behind a fault-injecting proxy each (see `proxy`): member `i`
+    /// listens on 127.0.0.(10+i) and the others reach it through its proxy.
+    pub fn start_behind_proxies(n: usize) -> Result<(Self, proxy::FaultNet)> {
+        let mut listen = std::collections::BTreeMap::new();
+        for i in 1..=n as u64 {
+            let l = std::net::TcpListener::bind((Self::member_ip(i), 0))?;
+            listen.insert(i, l.local_addr()?);
+        }
+        let net = proxy::FaultNet::start(&listen.values().copied().collect::<Vec<_>>())?;
+        let peers: std::collections::BTreeMap<u64, String> = net
+            .proxies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as u64 + 1, p.to_string()))
+            .collect();
+        let founders = peers
+            .iter()
+            .map(|(id, a)| format!("{id}={a}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut g = Group {
+            dir: tempfile::tempdir()?,
+            peers,
+            coordinators: Default::default(),
+            listen: listen.iter().map(|(i, a)| (*i, a.to_string())).collect(),
+            workers: vec![],
+            founders,
+        };
+        for id in 1..=n as u64 {
+            g.start_coordinator(id, &[])?;
+        }
+        wait_until(Duration::from_secs(30), "a leader", || {
+            Ok(g.leader()?.is_some())
+        })?;
+        Ok((g, net))
+    }
+
+    /// The loopback IP member `id` listens on (and connects from) behind a proxy.
+    pub fn member_ip(id: u64) -> std::net::IpAddr {
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 10 + id as u8))
+    }
+
     /// Starts (or restarts, on its data dir) founding member `id`.
     pub fn start_coordinator(&mut self, id: u64, extra: &[&str]) -> Result<()> {
-        let addr = self.peers[&id].clone();
+        let addr = self
+            .listen
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| self.peers[&id].clone());
         let data = self.dir.path().join(format!("coord-{id}"));
         let id_s = id.to_string();
         let mut args = vec![
@@ -393,7 +454,16 @@ impl Group {
             .map(|id| self.peers[id].clone())
             .collect::<Vec<_>>()
             .join(",");
-        let out = cli(&["cluster", "--coordinator", &running, "-o", "json"])?;
+        Self::cluster_from(&running)
+    }
+
+    /// `autopipe cluster` as JSON, as member `id` sees the group.
+    pub fn cluster_at(&self, id: u64) -> Result<serde_json::Value> {
+        Self::cluster_from(&self.peers[&id])
+    }
+
+    fn cluster_from(addrs: &str) -> Result<serde_json::Value> {
+        let out = cli(&["cluster", "--coordinator", addrs, "-o", "json"])?;
         if !out.status.success() {
             bail!("autopipe cluster: {}", String::from_utf8_lossy(&out.stderr));
         }

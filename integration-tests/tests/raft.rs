@@ -195,3 +195,165 @@ fn members_are_added_and_removed_while_a_job_runs() -> Result<()> {
     assert_eq!(voters, want, "{c}");
     Ok(())
 }
+
+#[test]
+fn a_wiped_follower_recovers_by_snapshot_after_thousands_of_commands() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    gen_clickstream(&dir.path().join("data"), 5_000, 2)?;
+    let spec = dir.path().join("wide.toml");
+    // 256 reduce tasks: each task is a launch and a success command
+    std::fs::write(
+        &spec,
+        r#"
+[job]
+name = "wide"
+[job.params]
+shuffle_partitions = 256
+[[sources]]
+name = "events"
+format = "parquet"
+path = "data/events"
+[transform]
+sql = "SELECT user_id, count(*) AS n FROM events GROUP BY user_id"
+[sink]
+format = "parquet"
+path = "out/wide"
+"#,
+    )?;
+    let mut g = Group::start_with(3, 3, 4, &[], &["--snapshot-entries", "300"])?;
+    let leader_commit = |g: &Group| -> Result<u64> {
+        let c = g.cluster()?;
+        Ok(c["members"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["role"] == "leader"))
+            .and_then(|m| m["commit"].as_u64())
+            .unwrap_or(0))
+    };
+    let mut jobs = 0;
+    while leader_commit(&g)? <= 2_000 {
+        let v = g.cli_json(&["submit", spec.to_str().expect("utf8"), "--wait"])?;
+        assert_eq!(v["state"], "succeeded", "{v}");
+        jobs += 1;
+        assert!(jobs < 20, "commands do not add up");
+    }
+    let leader = g.leader()?.expect("a leader");
+    let victim = (1..=3).find(|i| *i != leader).expect("a follower");
+    g.kill(victim);
+    std::fs::remove_dir_all(g.dir.path().join(format!("coord-{victim}")))?;
+    g.start_coordinator(victim, &["--snapshot-entries", "300"])?;
+    let mut last = serde_json::Value::Null;
+    let caught_up = wait_until(
+        Duration::from_secs(60),
+        "the wiped member to catch up",
+        || {
+            let c = g.cluster()?;
+            last = c.clone();
+            let m = c["members"].as_array().cloned().unwrap_or_default();
+            let commit = m
+                .iter()
+                .find(|m| m["role"] == "leader")
+                .and_then(|m| m["commit"].as_u64());
+            Ok(m.iter().any(|m| {
+                m["id"].as_u64() == Some(victim)
+                    && m["role"] == "follower"
+                    && m["applied"].as_u64() >= commit
+            }))
+        },
+    );
+    assert!(caught_up.is_ok(), "{caught_up:?}: {last:#}");
+    let c = g.cluster()?;
+    let back = c["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["id"].as_u64() == Some(victim)))
+        .cloned()
+        .expect("the member");
+    assert!(
+        back["snapshot_index"].as_u64().unwrap_or(0) > 1_000,
+        "recovered from a snapshot: {back}"
+    );
+    // its own state (served locally over HTTP) has every job
+    let http = &g.coordinators[&victim].http;
+    let list: serde_json::Value =
+        serde_json::from_str(&integration_tests::http_get(http, "/api/jobs")?)?;
+    assert_eq!(list.as_array().map(Vec::len), Some(jobs), "{list}");
+    Ok(())
+}
+
+/// A job submission sent to one coordinator, without following leader hints.
+fn submit_directly(addr: &str, spec: &Path) -> Result<std::result::Result<String, tonic::Status>> {
+    let spec = PipelineSpec::from_file(spec)?.normalize(spec.parent().expect("dir"), "t")?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let mut c =
+            autopipe_proto::job_service_client::JobServiceClient::connect(format!("http://{addr}"))
+                .await?;
+        let r = c
+            .submit_job(autopipe_proto::SubmitJobRequest {
+                spec_json: serde_json::to_string(&spec)?,
+                spec_origin: "test".into(),
+            })
+            .await;
+        Ok(r.map(|r| r.into_inner().job_id))
+    })
+}
+
+#[test]
+fn a_partitioned_leader_steps_down_and_the_others_elect_a_new_one() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    gen_clickstream(&dir.path().join("data"), 1_000, 1)?;
+    let spec = write_job(dir.path(), "partition")?;
+    let (mut g, net) = Group::start_behind_proxies(3)?;
+    let old = g.leader()?.expect("a leader");
+    net.isolate(old as usize - 1, Group::member_ip(old));
+
+    let others: Vec<u64> = (1..=3).filter(|i| *i != old).collect();
+    wait_until(
+        Duration::from_secs(30),
+        "a new leader among the others",
+        || {
+            let c = g.cluster_at(others[0])?;
+            let l = c["leader_id"].as_u64().unwrap_or(0);
+            Ok(l != 0 && l != old)
+        },
+    )?;
+    wait_until(
+        Duration::from_secs(30),
+        "the old leader to step down",
+        || {
+            let c = g.cluster_at(old)?;
+            let me = c["members"]
+                .as_array()
+                .and_then(|m| m.iter().find(|m| m["id"].as_u64() == Some(old)))
+                .cloned()
+                .unwrap_or_default();
+            Ok(!me["role"].is_null() && me["role"] != "leader")
+        },
+    )?;
+    // it refuses writes; the new leader takes them
+    match submit_directly(&g.peers[&old], &spec)? {
+        Err(s) => assert!(s.message().contains("not the leader"), "{s:?}"),
+        Ok(id) => panic!("the cut-off old leader accepted job {id}"),
+    }
+    let new = g.cluster_at(others[0])?["leader_id"]
+        .as_u64()
+        .expect("leader");
+    assert!(submit_directly(&g.peers[&new], &spec)?.is_ok());
+
+    // healed, it follows the new leader and catches up
+    net.heal();
+    wait_until(Duration::from_secs(30), "the old leader to follow", || {
+        let c = g.cluster_at(new)?;
+        let m = c["members"].as_array().cloned().unwrap_or_default();
+        let commit = m
+            .iter()
+            .find(|m| m["role"] == "leader")
+            .and_then(|m| m["commit"].as_u64());
+        Ok(m.iter().any(|m| {
+            m["id"].as_u64() == Some(old)
+                && m["role"] == "follower"
+                && m["applied"].as_u64() >= commit
+        }))
+    })?;
+    g.kill(old);
+    Ok(())
+}

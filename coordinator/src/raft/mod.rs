@@ -43,6 +43,9 @@ pub struct RaftConfig {
     pub heartbeat_ticks: usize,
     /// applied entries between snapshots (the log is compacted to each)
     pub snapshot_entries: u64,
+    /// local address of connections to the other members (the gRPC listen address's
+    /// IP when it is a specific one), so peers and firewalls see where traffic is from
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 impl Default for RaftConfig {
@@ -56,6 +59,7 @@ impl Default for RaftConfig {
             election_ticks: 10,
             heartbeat_ticks: 2,
             snapshot_entries: 1000,
+            source_ip: None,
         }
     }
 }
@@ -242,7 +246,8 @@ impl Raft {
         let logger = slog::Logger::root(TracingDrain, slog::o!("raft_id" => config.id));
         let raw = raft::RawNode::new(&rc, store, &logger).map_err(open_err)?;
         let (tx, rx) = mpsc::channel(4096);
-        let transport = transport::Transport::new(config.id, tx.clone(), cancel.clone());
+        let transport =
+            transport::Transport::new(config.id, config.source_ip, tx.clone(), cancel.clone());
         let status0 = RaftStatus {
             id: config.id,
             role: Role::Follower,

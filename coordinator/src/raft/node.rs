@@ -236,9 +236,12 @@ impl Node {
                 }
             }
             Input::Step(mut m) => {
-                self.guard_lost_log(&mut m);
+                let ask_for_snapshot = self.guard_lost_log(&mut m);
                 if let Err(e) = self.raw.step(m) {
                     tracing::debug!("raft step: {e}");
+                }
+                if let Some(r) = ask_for_snapshot {
+                    self.send(vec![r]);
                 }
             }
             Input::Unreachable(id) => self.raw.report_unreachable(id),
@@ -249,13 +252,31 @@ impl Node {
     /// A member whose data directory was wiped comes back with an empty log, while the
     /// leader still remembers what it acknowledged. raft-rs assumes durable logs: the
     /// follower would abort on a heartbeat committing past its last entry, and the
-    /// leader would ignore its rejections as stale forever. Here the follower commits
-    /// only what it has, and the leader, seeing a rejection below the acknowledged
-    /// index, probes that member from scratch, which ends in a snapshot. Neither fires
-    /// for members that kept their logs.
-    fn guard_lost_log(&mut self, m: &mut Message) {
+    /// leader, believing the member up to date, would never send it anything but
+    /// heartbeats (and would ignore its rejections as stale). Here the follower commits
+    /// only what it has and answers such a heartbeat with a rejection naming its real
+    /// last index; the leader, seeing a rejection below the acknowledged index, probes
+    /// that member from scratch, which ends in a snapshot. Neither fires for members
+    /// that kept their logs. Returns the rejection to send after the heartbeat.
+    fn guard_lost_log(&mut self, m: &mut Message) -> Option<Message> {
         let last = self.raw.raft.raft_log.last_index();
+        let mut reply = None;
         if m.get_msg_type() == MessageType::MsgHeartbeat && m.commit > last {
+            tracing::warn!(
+                leader = m.from,
+                commit = m.commit,
+                last,
+                "this coordinator lost its raft log (data dir wiped?); asking the leader for a snapshot"
+            );
+            let mut r = Message::default();
+            r.set_msg_type(MessageType::MsgAppendResponse);
+            r.to = m.from;
+            r.from = self.config.id;
+            r.term = m.term;
+            r.index = m.commit;
+            r.reject = true;
+            r.reject_hint = last;
+            reply = Some(r);
             m.commit = last;
         }
         if self.raw.raft.state == StateRole::Leader
@@ -275,6 +296,7 @@ impl Node {
                 }
             }
         }
+        reply
     }
 
     fn not_leader(&self) -> RaftError {

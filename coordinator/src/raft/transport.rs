@@ -31,15 +31,22 @@ struct Peer {
 /// The sending side, owned by the node task.
 pub struct Transport {
     id: u64,
+    source_ip: Option<std::net::IpAddr>,
     node: mpsc::Sender<Input>,
     peers: HashMap<u64, Peer>,
     cancel: CancellationToken,
 }
 
 impl Transport {
-    pub(crate) fn new(id: u64, node: mpsc::Sender<Input>, cancel: CancellationToken) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        source_ip: Option<std::net::IpAddr>,
+        node: mpsc::Sender<Input>,
+        cancel: CancellationToken,
+    ) -> Self {
         Self {
             id,
+            source_ip,
             node,
             peers: HashMap::new(),
             cancel,
@@ -58,6 +65,7 @@ impl Transport {
             let (tx, rx) = mpsc::channel(QUEUE);
             tokio::spawn(peer_loop(
                 self.id,
+                self.source_ip,
                 to,
                 address.clone(),
                 rx,
@@ -82,6 +90,7 @@ impl Transport {
 
 async fn peer_loop(
     from: u64,
+    source_ip: Option<std::net::IpAddr>,
     to: u64,
     address: String,
     mut rx: mpsc::Receiver<Message>,
@@ -92,7 +101,8 @@ async fn peer_loop(
         Ok(e) => e
             .connect_timeout(Duration::from_secs(1))
             .timeout(SEND_TIMEOUT)
-            .tcp_nodelay(true),
+            .tcp_nodelay(true)
+            .local_address(source_ip),
         Err(e) => {
             tracing::warn!(to, %address, "bad raft peer address: {e}");
             return;
