@@ -115,7 +115,7 @@ async fn proposals(g: &Group, secs: f64, clients: usize) -> Result<f64> {
             while Instant::now() < deadline {
                 client
                     .register_worker(pb::RegisterWorkerRequest {
-                        address: format!("10.0.{c}.{}:1", n % 250),
+                        address: format!("127.0.0.1:{}", 1 + (c as u64 * 1000 + n) % 1000),
                         slots: 1,
                         ..Default::default()
                     })
@@ -136,6 +136,7 @@ async fn proposals(g: &Group, secs: f64, clients: usize) -> Result<f64> {
 async fn submit_until_accepted(g: &Group, spec: &str, timeout: Duration) -> Result<()> {
     let coords = Coordinators::new(&[g.addrs()]);
     let deadline = Instant::now() + timeout;
+    let mut last = String::new();
     loop {
         let addr = coords.current();
         let r = async {
@@ -154,10 +155,11 @@ async fn submit_until_accepted(g: &Group, spec: &str, timeout: Duration) -> Resu
             Ok(_) => return Ok(()),
             Err(s) => {
                 coords.failed(&addr, Some(&s));
+                last = format!("{addr}: {}", s.message());
             }
         }
         if Instant::now() > deadline {
-            bail!("no coordinator accepted a job within {timeout:?}");
+            bail!("no coordinator accepted a job within {timeout:?}; last: {last}");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -173,6 +175,7 @@ fn write_spec(dir: &Path) -> Result<String> {
             dir.join("out").display()
         ),
         "bench",
-    )?;
+    )?
+    .normalize(dir, "bench")?;
     Ok(serde_json::to_string(&spec)?)
 }
