@@ -136,7 +136,6 @@ async fn proposals(g: &Group, secs: f64, clients: usize) -> Result<f64> {
 async fn submit_until_accepted(g: &Group, spec: &str, timeout: Duration) -> Result<()> {
     let coords = Coordinators::new(&[g.addrs()]);
     let deadline = Instant::now() + timeout;
-    let mut last = String::new();
     loop {
         let addr = coords.current();
         let r = async {
@@ -151,15 +150,16 @@ async fn submit_until_accepted(g: &Group, spec: &str, timeout: Duration) -> Resu
             c.submit_job(req).await
         }
         .await;
-        match r {
+        let s = match r {
             Ok(_) => return Ok(()),
-            Err(s) => {
-                coords.failed(&addr, Some(&s));
-                last = format!("{addr}: {}", s.message());
-            }
-        }
+            Err(s) => s,
+        };
+        coords.failed(&addr, Some(&s));
         if Instant::now() > deadline {
-            bail!("no coordinator accepted a job within {timeout:?}; last: {last}");
+            bail!(
+                "no coordinator accepted a job within {timeout:?}; last: {addr}: {}",
+                s.message()
+            );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
