@@ -121,9 +121,19 @@ impl Cluster {
 
     /// Like `start`, with extra flags for every worker.
     pub fn start_with(workers: usize, slots: u32, worker_args: &[&str]) -> Result<Self> {
+        Self::start_full(workers, slots, worker_args, &[])
+    }
+
+    /// Like `start`, with extra flags for every worker and for the coordinator.
+    pub fn start_full(
+        workers: usize,
+        slots: u32,
+        worker_args: &[&str],
+        coordinator_args: &[&str],
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("coord");
-        let coordinator = spawn_server(&[
+        let mut args = vec![
             "coordinator",
             "--listen",
             "127.0.0.1:0",
@@ -131,7 +141,9 @@ impl Cluster {
             "127.0.0.1:0",
             "--data-dir",
             data.to_str().expect("utf8"),
-        ])?;
+        ];
+        args.extend_from_slice(coordinator_args);
+        let coordinator = spawn_server(&args)?;
         let mut c = Cluster {
             dir,
             coordinator,
@@ -236,11 +248,31 @@ pub fn wait_until(
 }
 
 /// Free loopback ports (bound, then released for the processes to take).
+///
+/// They lie below the kernel's ephemeral range, so a member restarted on its port
+/// cannot find it taken by some process's outgoing connection in the meantime.
 pub fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let ls = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    ls.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+    use std::hash::{BuildHasher, Hasher};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, span) = (10_000u16, low.saturating_sub(10_000).max(1));
+    let mut held = Vec::new();
+    let mut tries = 0;
+    while held.len() < n {
+        tries += 1;
+        if tries > 10_000 {
+            bail!("no {n} free loopback ports below {low}");
+        }
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(tries);
+        let port = from + (h.finish() % u64::from(span)) as u16;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 /// A raft group of coordinator processes (fixed loopback ports, each with its own

@@ -131,7 +131,7 @@ fn members_are_added_and_removed_while_a_job_runs() -> Result<()> {
     let dir = tempfile::tempdir()?;
     gen_clickstream(&dir.path().join("data"), 20_000, 4)?;
     let spec = write_job(dir.path(), "membership")?;
-    let mut g = Group::start(3, 2, 2, &["--test-task-delay-ms", "300"])?;
+    let mut g = Group::start(3, 3, 2, &["--test-task-delay-ms", "300"])?;
     let v = g.cli_json(&["submit", spec.to_str().expect("utf8")])?;
     let id = v["job_id"].as_str().expect("job id").to_string();
 

@@ -6,7 +6,9 @@
 pub mod commit;
 
 use crate::core::Core;
-use crate::state::{Command, ErrorRecord, Job, JobState, State, TaskState, WorkerState};
+use crate::state::{
+    Command, ErrorRecord, FetchFailedRecord, Job, JobState, State, TaskState, WorkerState,
+};
 use autopipe_common::error::{Error, ErrorClass};
 use autopipe_common::retry::RetryPolicy;
 use autopipe_common::shuffle::channel_to;
@@ -182,6 +184,19 @@ pub fn error_record(e: &Error) -> ErrorRecord {
         class: class_name(e.class()).to_string(),
         message: d.message,
         key: d.key,
+        fetch_failed: match e {
+            Error::FetchFailed {
+                stage_id,
+                map_task,
+                worker_id,
+                ..
+            } => Some(FetchFailedRecord {
+                stage: *stage_id,
+                map_task: *map_task,
+                worker_id: worker_id.clone(),
+            }),
+            _ => None,
+        },
     }
 }
 
@@ -472,6 +487,7 @@ mod tests {
                 class: "transient".into(),
                 message: "reset".into(),
                 key: String::new(),
+                fetch_failed: None,
             },
             retryable: true,
             retry_at_ms: now_ms() + 60_000,

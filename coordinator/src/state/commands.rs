@@ -13,6 +13,20 @@ pub struct ErrorRecord {
     pub message: String,
     /// spec key, if any
     pub key: String,
+    /// set when a reduce task could not read a map output
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch_failed: Option<FetchFailedRecord>,
+}
+
+/// Which map output a reducer could not read.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FetchFailedRecord {
+    /// producing stage
+    pub stage: u32,
+    /// producing map task
+    pub map_task: u32,
+    /// the worker that was to serve it
+    pub worker_id: String,
 }
 
 /// One planned stage of a job.

@@ -405,10 +405,27 @@ impl State {
                         )))
                     }
                 }
-                t.failures += 1;
                 t.last_error = Some(error.clone());
                 t.state = TaskState::Pending;
                 t.not_before_ms = *retry_at_ms;
+                // A reducer that could not read a map output is not at fault (Spark's
+                // FetchFailed): the output is recomputed and the reducer waits for it,
+                // without spending one of its attempts.
+                if let Some(f) = &error.fetch_failed {
+                    let lost = job
+                        .stages
+                        .get_mut(f.stage as usize)
+                        .filter(|_| f.stage < *stage)
+                        .and_then(|st| st.tasks.get_mut(f.map_task as usize));
+                    if let Some(m) = lost {
+                        if matches!(&m.state, TaskState::Succeeded { worker_id, .. } if *worker_id == f.worker_id)
+                        {
+                            m.state = TaskState::Pending;
+                        }
+                    }
+                    return Ok(Outcome::TaskRequeued);
+                }
+                t.failures += 1;
                 if *retryable && t.failures < max_attempts {
                     return Ok(Outcome::TaskRequeued);
                 }
@@ -647,6 +664,7 @@ mod tests {
             class: "transient".into(),
             message: "connection reset".into(),
             key: String::new(),
+            fetch_failed: None,
         };
         for attempt in 1..=4 {
             launch(&mut s, 0, 0, attempt, "w1").unwrap();
@@ -685,6 +703,7 @@ mod tests {
                     class: "permanent".into(),
                     message: "cast failed".into(),
                     key: String::new(),
+                    fetch_failed: None,
                 },
                 retryable: false,
                 retry_at_ms: 0,
@@ -692,6 +711,61 @@ mod tests {
             .unwrap();
         assert_eq!(out, Outcome::JobChanged("j".into(), JobState::Failed));
         assert_eq!(s.jobs["j"].error.as_ref().unwrap().message, "cast failed");
+    }
+
+    #[test]
+    fn a_fetch_failure_recomputes_exactly_that_map_output_and_spares_the_reducer() {
+        let mut s = two_stage_state();
+        launch(&mut s, 0, 0, 1, "w1").unwrap();
+        launch(&mut s, 0, 1, 1, "w2").unwrap();
+        succeed(&mut s, 0, 0, 1).unwrap();
+        succeed(&mut s, 0, 1, 1).unwrap();
+        let fetch_failed = |attempt| Command::TaskFailed {
+            job_id: "j".into(),
+            stage: 1,
+            task: 0,
+            attempt,
+            error: ErrorRecord {
+                class: "transient".into(),
+                message: "fetch failed".into(),
+                key: String::new(),
+                fetch_failed: Some(crate::state::FetchFailedRecord {
+                    stage: 0,
+                    map_task: 1,
+                    worker_id: "w2".into(),
+                }),
+            },
+            retryable: true,
+            retry_at_ms: 0,
+        };
+        // more fetch failures than the attempt limit: none counts against the reducer
+        for attempt in 1..=5 {
+            launch(&mut s, 1, 0, attempt, "w1").unwrap();
+            assert_eq!(
+                s.apply(&fetch_failed(attempt)).unwrap(),
+                Outcome::TaskRequeued
+            );
+            let st = &s.jobs["j"].stages;
+            assert_eq!(st[0].tasks[1].state, TaskState::Pending, "recomputed");
+            assert!(matches!(st[0].tasks[0].state, TaskState::Succeeded { .. }));
+            assert_eq!(st[1].tasks[0].failures, 0);
+            // the output comes back (on w2 again) before the next attempt reads it
+            launch(&mut s, 0, 1, attempt + 1, "w2").unwrap();
+            succeed(&mut s, 0, 1, attempt + 1).unwrap();
+        }
+        assert_eq!(s.jobs["j"].state, JobState::Running);
+        // a late fetch failure naming a worker that no longer holds the output (it
+        // was recomputed elsewhere meanwhile) leaves the new output alone
+        launch(&mut s, 1, 0, 6, "w1").unwrap();
+        s.apply(&fetch_failed(6)).unwrap();
+        launch(&mut s, 0, 1, 7, "w1").unwrap();
+        succeed(&mut s, 0, 1, 7).unwrap();
+        launch(&mut s, 1, 0, 7, "w2").unwrap();
+        s.apply(&fetch_failed(7)).unwrap();
+        assert!(matches!(
+            s.jobs["j"].stages[0].tasks[1].state,
+            TaskState::Succeeded { .. }
+        ));
     }
 
     #[test]

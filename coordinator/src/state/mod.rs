@@ -5,7 +5,7 @@
 pub mod commands;
 pub mod machine;
 
-pub use commands::{Command, ErrorRecord, ShuffleHome, StagePlan, TaskResult};
+pub use commands::{Command, ErrorRecord, FetchFailedRecord, ShuffleHome, StagePlan, TaskResult};
 pub use machine::{ApplyError, Job, JobState, Outcome, State, TaskState, WorkerState};
 
 impl State {

@@ -1,0 +1,166 @@
+//! Worker loss (issue 5): SIGKILL a worker while a map stage runs, SIGKILL a worker
+//! that holds finished map outputs before the reducers read them, SIGKILL every worker
+//! and start new ones. Each job must still end with exactly the oracle's rows. Workers
+//! run every task after a test-only delay so the kills land where they are meant to;
+//! the tests wait on the job's state, never on sleeps.
+
+use anyhow::Result;
+use autopipe_common::spec::PipelineSpec;
+use integration_tests::oracle::{actual, assert_same, expected};
+use integration_tests::{gen_clickstream, Cluster};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Heartbeat timeout for these tests: a killed worker is declared lost after it.
+const LOST_AFTER: &[&str] = &["--heartbeat-timeout", "2"];
+
+fn job(dir: &Path, name: &str) -> Result<PathBuf> {
+    gen_clickstream(&dir.join("data"), 20_000, 6)?;
+    let spec = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &spec,
+        format!(
+            r#"
+[job]
+name = "{name}"
+[job.params]
+shuffle_partitions = 6
+[[sources]]
+name = "events"
+format = "parquet"
+path = "data/events"
+[[sources]]
+name = "users"
+format = "csv"
+path = "data/users.csv"
+[transform]
+sql = "SELECT u.country, e.kind, count(*) AS n, sum(e.amount) AS total FROM events e JOIN users u ON e.user_id = u.id GROUP BY u.country, e.kind"
+[sink]
+format = "parquet"
+path = "out/{name}"
+"#
+        ),
+    )?;
+    Ok(spec)
+}
+
+fn check(dir: &Path, spec: &Path, v: &serde_json::Value) -> Result<()> {
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let spec = PipelineSpec::from_file(spec)?.normalize(dir, "t")?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let (names, types, exp) = expected(&spec).await?;
+        let act = actual(&spec, &names, &types).await?;
+        assert_same(&spec.job.name, exp, act)
+    })
+}
+
+fn submit(c: &Cluster, spec: &Path) -> Result<String> {
+    let v = c.cli_json(&["submit", spec.to_str().expect("utf8")])?;
+    Ok(v["job_id"].as_str().expect("job id").to_string())
+}
+
+fn wait_done(c: &Cluster, id: &str) -> Result<serde_json::Value> {
+    c.wait_for(Duration::from_secs(120), "the job to finish", |c| {
+        let v = c.cli_json(&["status", id])?;
+        Ok(v["state"] != "running" && v["state"] != "committing")
+    })?;
+    c.cli_json(&["status", id])
+}
+
+/// Index (in `c.workers`) of a worker that runs a task now.
+fn busy_worker(c: &Cluster) -> Result<Option<usize>> {
+    let ws = c.cli_json(&["workers"])?;
+    let addr = ws
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|w| w["state"] == "alive" && w["running_tasks"].as_u64().unwrap_or(0) > 0)
+        })
+        .and_then(|w| w["address"].as_str().map(str::to_string));
+    Ok(addr.and_then(|a| c.workers.iter().position(|w| w.addr == a)))
+}
+
+#[test]
+fn a_worker_killed_in_a_map_stage_is_replaced_and_the_job_completes() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let spec = job(dir.path(), "kill_map")?;
+    let mut c = Cluster::start_full(3, 2, &["--test-task-delay-ms", "800"], LOST_AFTER)?;
+    let id = submit(&c, &spec)?;
+    let mut victim = None;
+    c.wait_for(Duration::from_secs(60), "a map task to run", |c| {
+        victim = busy_worker(c)?;
+        Ok(victim.is_some())
+    })?;
+    let v = c.cli_json(&["status", &id])?;
+    assert_eq!(
+        v["stage_details"][0]["tasks_done"], 0,
+        "still in the first stage: {v}"
+    );
+    c.workers[victim.expect("waited for")].kill();
+    let v = wait_done(&c, &id)?;
+    check(dir.path(), &spec, &v)?;
+    assert!(
+        v["task_attempts"].as_u64() > v["tasks_total"].as_u64(),
+        "{v}"
+    );
+    Ok(())
+}
+
+#[test]
+fn map_outputs_lost_with_their_worker_are_recomputed() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let spec = job(dir.path(), "kill_outputs")?;
+    // reducers fetch over Flight only: a dead worker's files are gone with it, as when
+    // its machine fails (a reducer on the same host would read them from disk)
+    let mut c = Cluster::start_full(
+        3,
+        2,
+        &["--test-task-delay-ms", "800", "--no-host-local-shuffle"],
+        LOST_AFTER,
+    )?;
+    let id = submit(&c, &spec)?;
+    // the first stage is done, its outputs spread over the workers, and the reducers
+    // are still in their start delay: kill a worker that holds outputs
+    c.wait_for(Duration::from_secs(60), "the scan stages to finish", |c| {
+        let v = c.cli_json(&["status", &id])?;
+        let stages = v["stage_details"].as_array().cloned().unwrap_or_default();
+        let done = |st: &serde_json::Value| st["tasks_done"] == st["tasks_total"];
+        let scans: Vec<_> = stages
+            .iter()
+            .filter(|st| st["input_stages"].as_array().is_some_and(|a| a.is_empty()))
+            .collect();
+        Ok(!scans.is_empty() && scans.iter().all(|st| done(st)))
+    })?;
+    let v = c.cli_json(&["status", &id])?;
+    assert_eq!(v["state"], "running", "{v}");
+    let victim = 0;
+    c.workers[victim].kill();
+    let v = wait_done(&c, &id)?;
+    check(dir.path(), &spec, &v)?;
+    // the victim's map tasks ran again
+    assert!(
+        v["task_attempts"].as_u64() > v["tasks_total"].as_u64(),
+        "{v}"
+    );
+    Ok(())
+}
+
+#[test]
+fn every_worker_killed_and_two_new_ones_finish_the_job() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let spec = job(dir.path(), "kill_all")?;
+    let mut c = Cluster::start_full(3, 2, &["--test-task-delay-ms", "800"], LOST_AFTER)?;
+    let id = submit(&c, &spec)?;
+    c.wait_for(Duration::from_secs(60), "a task to run", |c| {
+        Ok(busy_worker(c)?.is_some())
+    })?;
+    for w in &mut c.workers {
+        w.kill();
+    }
+    c.add_worker_with(2, &["--test-task-delay-ms", "100"])?;
+    c.add_worker_with(2, &["--test-task-delay-ms", "100"])?;
+    let v = wait_done(&c, &id)?;
+    check(dir.path(), &spec, &v)?;
+    Ok(())
+}
