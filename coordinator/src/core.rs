@@ -56,6 +56,21 @@ pub struct Liveness {
     pub cpu_percent: f32,
     /// resident memory
     pub memory_used_bytes: u64,
+    /// a task launch to it failed after this heartbeat: no launches until the next
+    pub unreachable: bool,
+}
+
+impl Liveness {
+    /// A heartbeat received now.
+    pub fn now(cpu_percent: f32, memory_used_bytes: u64) -> Self {
+        Self {
+            last: Instant::now(),
+            last_ms: autopipe_common::util::now_ms(),
+            cpu_percent,
+            memory_used_bytes,
+            unreachable: false,
+        }
+    }
 }
 
 /// Why a proposed command did not take effect.
@@ -131,7 +146,6 @@ impl Core {
     /// Gives every worker the state knows as alive a fresh grace period to heartbeat
     /// (on becoming leader: heartbeats went to the previous one).
     pub fn seed_liveness(&self) {
-        let now = Instant::now();
         let alive: Vec<String> = self.read(|s| {
             s.workers
                 .values()
@@ -141,12 +155,7 @@ impl Core {
         });
         let mut live = self.liveness.lock().expect("liveness lock poisoned");
         for id in alive {
-            live.entry(id).or_insert(Liveness {
-                last: now,
-                last_ms: autopipe_common::util::now_ms(),
-                cpu_percent: 0.0,
-                memory_used_bytes: 0,
-            });
+            live.entry(id).or_insert_with(|| Liveness::now(0.0, 0));
         }
     }
 

@@ -163,6 +163,18 @@ pub fn assert_same(
     Ok(())
 }
 
+/// Checks what the job of the spec file `path` (relative paths against `base`) wrote
+/// against the oracle: every row exactly once.
+pub fn check_spec_output(base: &std::path::Path, path: &std::path::Path) -> Result<()> {
+    let spec = PipelineSpec::from_file(path)?.normalize(base, "oracle")?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let (names, types, exp) = expected(&spec).await?;
+        let act = actual(&spec, &names, &types).await?;
+        assert_same(&spec.job.name, exp, act)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@
 
 use anyhow::Result;
 use autopipe_common::spec::PipelineSpec;
-use integration_tests::oracle::{actual, assert_same, expected};
+use integration_tests::oracle::check_spec_output;
 use integration_tests::{files_under, gen_clickstream, wait_until, Group};
 use std::path::Path;
 use std::time::Duration;
@@ -37,16 +37,6 @@ path = "out/{name}"
         ),
     )?;
     Ok(spec)
-}
-
-fn check_output(dir: &Path, spec: &Path) -> Result<()> {
-    let spec = PipelineSpec::from_file(spec)?.normalize(dir, "t")?;
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async {
-        let (names, types, exp) = expected(&spec).await?;
-        let act = actual(&spec, &names, &types).await?;
-        assert_same(&spec.job.name, exp, act)
-    })
 }
 
 fn job_state(g: &Group, id: &str) -> Result<serde_json::Value> {
@@ -83,7 +73,7 @@ fn the_leader_dies_mid_job_and_the_job_completes_exactly_once() -> Result<()> {
     })?;
     let v = job_state(&g, &id)?;
     assert_eq!(v["state"], "succeeded", "{v}");
-    check_output(dir.path(), &spec)?;
+    check_spec_output(dir.path(), &spec)?;
     // one job, one copy of its files: no retry left extra output
     let jobs = g.cli_json(&["jobs"])?;
     assert_eq!(jobs.as_array().map(Vec::len), Some(1), "{jobs}");
@@ -178,7 +168,7 @@ fn members_are_added_and_removed_while_a_job_runs() -> Result<()> {
         Ok(v["state"] != "running" && v["state"] != "committing")
     })?;
     assert_eq!(job_state(&g, &id)?["state"], "succeeded");
-    check_output(dir.path(), &spec)?;
+    check_spec_output(dir.path(), &spec)?;
     let c = g.cluster()?;
     let voters: Vec<u64> = c["members"]
         .as_array()

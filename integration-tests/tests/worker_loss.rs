@@ -5,8 +5,7 @@
 //! the tests wait on the job's state, never on sleeps.
 
 use anyhow::Result;
-use autopipe_common::spec::PipelineSpec;
-use integration_tests::oracle::{actual, assert_same, expected};
+use integration_tests::oracle::check_spec_output;
 use integration_tests::{gen_clickstream, Cluster};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -46,13 +45,7 @@ path = "out/{name}"
 
 fn check(dir: &Path, spec: &Path, v: &serde_json::Value) -> Result<()> {
     assert_eq!(v["state"], "succeeded", "{v}");
-    let spec = PipelineSpec::from_file(spec)?.normalize(dir, "t")?;
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async {
-        let (names, types, exp) = expected(&spec).await?;
-        let act = actual(&spec, &names, &types).await?;
-        assert_same(&spec.job.name, exp, act)
-    })
+    check_spec_output(dir, spec)
 }
 
 fn submit(c: &Cluster, spec: &Path) -> Result<String> {

@@ -17,7 +17,6 @@ use autopipe_proto as pb;
 use futures::{Stream, StreamExt, TryStreamExt};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 /// All coordinator gRPC services over one core.
@@ -371,15 +370,7 @@ impl pb::worker_service_server::WorkerService for Services {
             .liveness
             .lock()
             .expect("liveness lock poisoned")
-            .insert(
-                worker_id.clone(),
-                Liveness {
-                    last: Instant::now(),
-                    last_ms: now_ms(),
-                    cpu_percent: 0.0,
-                    memory_used_bytes: 0,
-                },
-            );
+            .insert(worker_id.clone(), Liveness::now(0.0, 0));
         tracing::info!(worker = %worker_id, address = %r.address, slots = r.slots, "worker registered");
         Ok(Response::new(pb::RegisterWorkerResponse { worker_id }))
     }
@@ -408,12 +399,7 @@ impl pb::worker_service_server::WorkerService for Services {
                 .expect("liveness lock poisoned")
                 .insert(
                     h.worker_id.clone(),
-                    Liveness {
-                        last: Instant::now(),
-                        last_ms: now_ms(),
-                        cpu_percent: h.cpu_percent,
-                        memory_used_bytes: h.memory_used_bytes,
-                    },
+                    Liveness::now(h.cpu_percent, h.memory_used_bytes),
                 );
         }
         Ok(Response::new(pb::HeartbeatResponse { known }))

@@ -96,8 +96,9 @@ async fn launch_ready_tasks(core: &Arc<Core>) {
         .liveness
         .lock()
         .expect("liveness lock poisoned")
-        .keys()
-        .map(|k| (k.clone(), ()))
+        .iter()
+        .filter(|(_, l)| !l.unreachable)
+        .map(|(k, _)| (k.clone(), ()))
         .collect();
     let launches = core.read(|s| plan_launches(s, &live));
     // proposed together, so one raft Ready (one flush) records the whole wave
@@ -124,7 +125,24 @@ async fn launch_ready_tasks(core: &Arc<Core>) {
             let r = send_launch(&l.address, l.def).await;
             if let Err(e) = r {
                 tracing::warn!(worker = %l.worker_id, job = %key.job_id, stage = key.stage_id, task = key.task, "launch failed: {e}");
-                report_failure(&core, &key, &e).await;
+                if e.class() == ErrorClass::Transient {
+                    // The worker, not the task, is at fault (Spark does not count an
+                    // executor loss against a task): no more launches there until it
+                    // heartbeats again, and the attempt is not counted.
+                    if let Some(l) = core
+                        .liveness
+                        .lock()
+                        .expect("liveness lock poisoned")
+                        .get_mut(&l.worker_id)
+                    {
+                        l.unreachable = true;
+                    }
+                    let mut rec = error_record(&e);
+                    rec.worker_unreachable = true;
+                    propose_failure(&core, &key, rec, true).await;
+                } else {
+                    report_failure(&core, &key, &e).await;
+                }
             }
         });
     }
@@ -148,6 +166,11 @@ async fn send_launch(address: &str, def: pb::TaskDefinition) -> Result<(), Error
 pub async fn report_failure(core: &Core, key: &pb::TaskKey, e: &Error) {
     let class = e.class();
     core.metrics.error(class_name(class));
+    propose_failure(core, key, error_record(e), class == ErrorClass::Transient).await;
+}
+
+/// Proposes the failure of an attempt, with its backoff.
+async fn propose_failure(core: &Core, key: &pb::TaskKey, error: ErrorRecord, retryable: bool) {
     // Backoff before the next attempt: full jitter over the one retry policy.
     let failures = core.read(|s| {
         s.jobs
@@ -168,8 +191,8 @@ pub async fn report_failure(core: &Core, key: &pb::TaskKey, e: &Error) {
         stage: key.stage_id,
         task: key.task,
         attempt: key.attempt,
-        error: error_record(e),
-        retryable: class == ErrorClass::Transient,
+        error,
+        retryable,
         retry_at_ms: now_ms() + backoff.as_millis() as u64,
     };
     if let Err(err) = core.propose(cmd).await {
@@ -184,6 +207,7 @@ pub fn error_record(e: &Error) -> ErrorRecord {
         class: class_name(e.class()).to_string(),
         message: d.message,
         key: d.key,
+        worker_unreachable: false,
         fetch_failed: match e {
             Error::FetchFailed {
                 stage_id,
@@ -488,6 +512,7 @@ mod tests {
                 message: "reset".into(),
                 key: String::new(),
                 fetch_failed: None,
+                worker_unreachable: false,
             },
             retryable: true,
             retry_at_ms: now_ms() + 60_000,

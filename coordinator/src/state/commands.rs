@@ -16,6 +16,9 @@ pub struct ErrorRecord {
     /// set when a reduce task could not read a map output
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fetch_failed: Option<FetchFailedRecord>,
+    /// the attempt could not be launched: its worker did not answer
+    #[serde(default)]
+    pub worker_unreachable: bool,
 }
 
 /// Which map output a reducer could not read.

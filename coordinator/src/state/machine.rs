@@ -410,7 +410,8 @@ impl State {
                 t.not_before_ms = *retry_at_ms;
                 // A reducer that could not read a map output is not at fault (Spark's
                 // FetchFailed): the output is recomputed and the reducer waits for it,
-                // without spending one of its attempts.
+                // without spending one of its attempts. Nor is an attempt whose worker
+                // did not answer the launch.
                 if let Some(f) = &error.fetch_failed {
                     let lost = job
                         .stages
@@ -423,6 +424,9 @@ impl State {
                             m.state = TaskState::Pending;
                         }
                     }
+                    return Ok(Outcome::TaskRequeued);
+                }
+                if error.worker_unreachable {
                     return Ok(Outcome::TaskRequeued);
                 }
                 t.failures += 1;
@@ -665,6 +669,7 @@ mod tests {
             message: "connection reset".into(),
             key: String::new(),
             fetch_failed: None,
+            worker_unreachable: false,
         };
         for attempt in 1..=4 {
             launch(&mut s, 0, 0, attempt, "w1").unwrap();
@@ -704,6 +709,7 @@ mod tests {
                     message: "cast failed".into(),
                     key: String::new(),
                     fetch_failed: None,
+                    worker_unreachable: false,
                 },
                 retryable: false,
                 retry_at_ms: 0,
@@ -734,6 +740,7 @@ mod tests {
                     map_task: 1,
                     worker_id: "w2".into(),
                 }),
+                worker_unreachable: false,
             },
             retryable: true,
             retry_at_ms: 0,
@@ -766,6 +773,34 @@ mod tests {
             s.jobs["j"].stages[0].tasks[1].state,
             TaskState::Succeeded { .. }
         ));
+    }
+
+    #[test]
+    fn launches_to_an_unreachable_worker_do_not_spend_attempts() {
+        let mut s = two_stage_state();
+        for attempt in 1..=6 {
+            launch(&mut s, 0, 0, attempt, "w1").unwrap();
+            let out = s
+                .apply(&Command::TaskFailed {
+                    job_id: "j".into(),
+                    stage: 0,
+                    task: 0,
+                    attempt,
+                    error: ErrorRecord {
+                        class: "transient".into(),
+                        message: "tcp connect error".into(),
+                        key: String::new(),
+                        fetch_failed: None,
+                        worker_unreachable: true,
+                    },
+                    retryable: true,
+                    retry_at_ms: 0,
+                })
+                .unwrap();
+            assert_eq!(out, Outcome::TaskRequeued);
+        }
+        assert_eq!(s.jobs["j"].stages[0].tasks[0].failures, 0);
+        assert_eq!(s.jobs["j"].state, JobState::Running);
     }
 
     #[test]
