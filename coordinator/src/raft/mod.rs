@@ -191,13 +191,17 @@ impl Raft {
         if founders.is_empty() {
             founders.insert(config.id, advertise.clone());
         }
-        if !founders.contains_key(&config.id) && !config.join {
+        // a member that has state (a founder restarting, or one that joined earlier)
+        // takes its membership from it; only a new founder needs itself in --peers
+        let fresh = store.is_empty().map_err(open_err)?;
+        if fresh && !config.join && !founders.contains_key(&config.id) {
             return Err(format!(
-                "--peers does not name this coordinator's --id {}",
+                "--peers does not name this coordinator's --id {} (use --join for a \
+                 coordinator added with `autopipe admin add-coordinator`)",
                 config.id
             ));
         }
-        if store.is_empty().map_err(open_err)? && !config.join {
+        if fresh && !config.join {
             let data = Applied {
                 members: founders.clone(),
                 ..Default::default()
