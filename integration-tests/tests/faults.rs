@@ -1,8 +1,9 @@
-//! Worker loss (issue 5): SIGKILL a worker while a map stage runs, SIGKILL a worker
+//! Faults (issue 5). Worker loss: SIGKILL a worker while a map stage runs, SIGKILL a worker
 //! that holds finished map outputs before the reducers read them, SIGKILL every worker
 //! and start new ones. Each job must still end with exactly the oracle's rows. Workers
 //! run every task after a test-only delay so the kills land where they are meant to;
-//! the tests wait on the job's state, never on sleeps.
+//! the tests wait on the job's state, never on sleeps. A permanent run-time error (a
+//! failing cast) fails the job at once, with its message and no retries.
 
 use anyhow::Result;
 use integration_tests::oracle::check_spec_output;
@@ -155,5 +156,43 @@ fn every_worker_killed_and_two_new_ones_finish_the_job() -> Result<()> {
     c.add_worker_with(2, &["--test-task-delay-ms", "100"])?;
     let v = wait_done(&c, &id)?;
     check(dir.path(), &spec, &v)?;
+    Ok(())
+}
+
+#[test]
+fn a_permanent_error_fails_the_job_at_once_without_retries() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    gen_clickstream(&dir.path().join("data"), 5_000, 3)?;
+    let spec = dir.path().join("bad_cast.toml");
+    std::fs::write(
+        &spec,
+        r#"
+[job]
+name = "bad_cast"
+[[sources]]
+name = "events"
+format = "parquet"
+path = "data/events"
+[transform]
+sql = "SELECT CAST(kind AS INT) AS k FROM events"
+[sink]
+format = "parquet"
+path = "out/bad_cast"
+"#,
+    )?;
+    let c = Cluster::start(2, 2)?;
+    let id = submit(&c, &spec)?;
+    let v = wait_done(&c, &id)?;
+    assert_eq!(v["state"], "failed", "{v}");
+    assert_eq!(v["error"]["class"], "permanent", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("Cannot cast") || msg.contains("cast"), "{msg}");
+    assert!(!msg.contains("failed 4 times"), "no retries: {msg}");
+    // every task ran at most once: nothing was retried
+    assert!(
+        v["task_attempts"].as_u64() <= v["tasks_total"].as_u64(),
+        "{v}"
+    );
+    assert!(integration_tests::files_under(&dir.path().join("out/bad_cast")).is_empty());
     Ok(())
 }
