@@ -108,6 +108,9 @@ enum Cmd {
         /// applied raft entries between snapshots (the log is compacted to each)
         #[arg(long, default_value_t = 1000)]
         snapshot_entries: u64,
+        /// POST critical events (job failed, worker lost) as JSON to this URL
+        #[arg(long, env = "AUTOPIPE_ALERT_WEBHOOK")]
+        alert_webhook: Option<String>,
     },
     /// Run a worker
     Worker {
@@ -336,6 +339,7 @@ async fn run(cli: Cli) -> Result<i32> {
             raft_tick_ms,
             election_timeout_ms,
             snapshot_entries,
+            alert_webhook,
         } => {
             let cancel = shutdown_token();
             let tick = raft_tick_ms.max(1);
@@ -354,6 +358,7 @@ async fn run(cli: Cli) -> Result<i32> {
                         snapshot_entries: snapshot_entries.max(1),
                         ..Default::default()
                     },
+                    alert_webhook,
                     ..Default::default()
                 },
                 cancel,

@@ -30,6 +30,8 @@ pub struct CoordinatorConfig {
     pub schedule_interval: Duration,
     /// raft group settings (`dir` is set from `data_dir` at start)
     pub raft: RaftConfig,
+    /// where alerts are POSTed as JSON (none: log and counter only)
+    pub alert_webhook: Option<String>,
 }
 
 impl Default for CoordinatorConfig {
@@ -41,6 +43,7 @@ impl Default for CoordinatorConfig {
             heartbeat_timeout: Duration::from_secs(10),
             schedule_interval: Duration::from_millis(100),
             raft: RaftConfig::default(),
+            alert_webhook: None,
         }
     }
 }

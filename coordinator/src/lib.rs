@@ -4,6 +4,7 @@
 //! JSON admin API, dashboard).
 #![warn(missing_docs)]
 
+pub mod alerts;
 pub mod api;
 pub mod core;
 pub mod metrics;

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub commands: Counter,
     /// raft: term, commit_index, applied_index, last_index, snapshot_index, is_leader
     raft: Family<Labels, Gauge>,
+    /// alerts raised, by kind
+    alerts: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -49,6 +51,7 @@ impl Default for Metrics {
         let errors = Family::<Labels, Counter>::default();
         let commands = Counter::default();
         let raft = Family::<Labels, Gauge>::default();
+        let alerts = Family::<Labels, Counter>::default();
         registry.register("tasks", "Tasks by state", tasks.clone());
         registry.register("jobs", "Jobs by state", jobs.clone());
         registry.register("workers", "Workers by state", workers.clone());
@@ -84,6 +87,7 @@ impl Default for Metrics {
             "This coordinator's raft member: term, commit/applied/last/snapshot index, is_leader",
             raft.clone(),
         );
+        registry.register("alerts", "Alerts raised, by kind", alerts.clone());
         Self {
             registry,
             tasks,
@@ -97,6 +101,7 @@ impl Default for Metrics {
             errors,
             commands,
             raft,
+            alerts,
         }
     }
 }
@@ -165,6 +170,11 @@ impl Metrics {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+
+    /// Counts an alert of `kind`.
+    pub fn alert(&self, kind: &str) {
+        self.alerts.get_or_create(&label("kind", kind)).inc();
     }
 
     /// Counts a task error of `class`.

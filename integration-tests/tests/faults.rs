@@ -159,16 +159,16 @@ fn every_worker_killed_and_two_new_ones_finish_the_job() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn a_permanent_error_fails_the_job_at_once_without_retries() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    gen_clickstream(&dir.path().join("data"), 5_000, 3)?;
-    let spec = dir.path().join("bad_cast.toml");
+/// A job whose cast fails at run time (strict mode): a permanent error.
+fn bad_cast_job(dir: &Path, name: &str) -> Result<PathBuf> {
+    gen_clickstream(&dir.join("data"), 5_000, 3)?;
+    let spec = dir.join(format!("{name}.toml"));
     std::fs::write(
         &spec,
-        r#"
+        format!(
+            r#"
 [job]
-name = "bad_cast"
+name = "{name}"
 [[sources]]
 name = "events"
 format = "parquet"
@@ -177,9 +177,17 @@ path = "data/events"
 sql = "SELECT CAST(kind AS INT) AS k FROM events"
 [sink]
 format = "parquet"
-path = "out/bad_cast"
-"#,
+path = "out/{name}"
+"#
+        ),
     )?;
+    Ok(spec)
+}
+
+#[test]
+fn a_permanent_error_fails_the_job_at_once_without_retries() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let spec = bad_cast_job(dir.path(), "bad_cast")?;
     let c = Cluster::start(2, 2)?;
     let id = submit(&c, &spec)?;
     let v = wait_done(&c, &id)?;
@@ -194,5 +202,74 @@ path = "out/bad_cast"
         "{v}"
     );
     assert!(integration_tests::files_under(&dir.path().join("out/bad_cast")).is_empty());
+    Ok(())
+}
+
+/// A webhook receiver on loopback: the bodies of the POSTs it got.
+fn webhook() -> Result<(String, std::sync::mpsc::Receiver<String>)> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}/hook", l.local_addr()?);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut r = BufReader::new(s);
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = r.read_exact(&mut body);
+            let _ = r
+                .get_mut()
+                .write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n");
+            let _ = tx.send(String::from_utf8_lossy(&body).into_owned());
+        }
+    });
+    Ok((url, rx))
+}
+
+#[test]
+fn a_failed_job_and_a_lost_worker_raise_alerts() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let spec = bad_cast_job(dir.path(), "alert")?;
+    let (url, got) = webhook()?;
+    let mut c = Cluster::start_full(
+        2,
+        2,
+        &[],
+        &["--alert-webhook", &url, "--heartbeat-timeout", "2"],
+    )?;
+    let id = submit(&c, &spec)?;
+    let alert: serde_json::Value =
+        serde_json::from_str(&got.recv_timeout(Duration::from_secs(60))?)?;
+    assert_eq!(alert["kind"], "job_failed", "{alert}");
+    assert_eq!(alert["subject"], id.as_str(), "{alert}");
+    assert!(
+        alert["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("permanent"),
+        "{alert}"
+    );
+    c.workers[0].kill();
+    let alert: serde_json::Value =
+        serde_json::from_str(&got.recv_timeout(Duration::from_secs(60))?)?;
+    assert_eq!(alert["kind"], "worker_lost", "{alert}");
+    let m = integration_tests::http_get(&c.coordinator.http, "/metrics")?;
+    assert!(
+        m.contains("autopipe_alerts_total{kind=\"job_failed\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("autopipe_alerts_total{kind=\"worker_lost\"} 1"),
+        "{m}"
+    );
     Ok(())
 }

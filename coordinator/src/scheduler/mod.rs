@@ -5,9 +5,10 @@
 
 pub mod commit;
 
+use crate::alerts::{self, AlertKind};
 use crate::core::Core;
 use crate::state::{
-    Command, ErrorRecord, FetchFailedRecord, Job, JobState, State, TaskState, WorkerState,
+    Command, ErrorRecord, FetchFailedRecord, Job, JobState, Outcome, State, TaskState, WorkerState,
 };
 use autopipe_common::error::{Error, ErrorClass};
 use autopipe_common::retry::RetryPolicy;
@@ -71,14 +72,20 @@ async fn detect_lost_workers(core: &Core) {
         });
         if alive {
             tracing::warn!(worker = %id, "worker missed heartbeats for {timeout:?}; declaring it lost");
-            if let Err(e) = core
+            match core
                 .propose(Command::WorkerLost {
                     worker_id: id.clone(),
                     at_ms: now_ms(),
                 })
                 .await
             {
-                tracing::warn!(worker = %id, "could not record lost worker: {e}");
+                Ok(_) => alerts::raise(
+                    core,
+                    AlertKind::WorkerLost,
+                    &id,
+                    &format!("worker {id} missed its heartbeats for {timeout:?} and was declared lost; its tasks and map outputs are recomputed"),
+                ),
+                Err(e) => tracing::warn!(worker = %id, "could not record lost worker: {e}"),
             }
         }
     }
@@ -195,9 +202,23 @@ async fn propose_failure(core: &Core, key: &pb::TaskKey, error: ErrorRecord, ret
         retryable,
         retry_at_ms: now_ms() + backoff.as_millis() as u64,
     };
-    if let Err(err) = core.propose(cmd).await {
-        tracing::debug!("failure not recorded: {err}");
+    match core.propose(cmd).await {
+        Ok(Outcome::JobChanged(job_id, JobState::Failed)) => job_failed_alert(core, &job_id),
+        Ok(_) => {}
+        Err(err) => tracing::debug!("failure not recorded: {err}"),
     }
+}
+
+/// Raises the alert for a job that just failed, with its recorded error.
+fn job_failed_alert(core: &Core, job_id: &str) {
+    let msg = core.read(|s| {
+        s.jobs
+            .get(job_id)
+            .and_then(|j| j.error.as_ref())
+            .map(|e| format!("job {job_id} failed ({}): {}", e.class, e.message))
+            .unwrap_or_else(|| format!("job {job_id} failed"))
+    });
+    alerts::raise(core, AlertKind::JobFailed, job_id, &msg);
 }
 
 /// State form of an error.
@@ -395,8 +416,10 @@ async fn start_commits(core: &Arc<Core>, committing: &Arc<Mutex<HashSet<String>>
                 if let Command::JobSucceeded { files, .. } = &cmd {
                     tracing::info!(job = %job_id, files = files.len(), "job committed");
                 }
-                if let Err(e) = core.propose(cmd).await {
-                    tracing::warn!(job = %job_id, "cannot record commit result: {e}");
+                match core.propose(cmd).await {
+                    Ok(Outcome::JobChanged(id, JobState::Failed)) => job_failed_alert(&core, &id),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(job = %job_id, "cannot record commit result: {e}"),
                 }
             }
             committing.lock().expect("lock").remove(&job_id);

@@ -1,0 +1,57 @@
+//! Critical events, raised by the leader's loops (never by the state machine): a job
+//! failed, a worker was lost. Each is a structured log event (target `alert`), a
+//! Prometheus counter (`autopipe_alerts_total{kind}`) and, when `--alert-webhook` is
+//! set, a JSON POST to that URL (best effort, 5 s deadline, not retried, so a sick
+//! receiver cannot slow the scheduler).
+
+use crate::core::Core;
+use autopipe_common::util::now_ms;
+use std::time::Duration;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertKind {
+    /// a job ended failed (its error is in the message)
+    JobFailed,
+    /// a worker missed its heartbeats and was declared lost
+    WorkerLost,
+}
+
+impl AlertKind {
+    /// snake_case name (label value and JSON `kind`)
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AlertKind::JobFailed => "job_failed",
+            AlertKind::WorkerLost => "worker_lost",
+        }
+    }
+}
+
+/// Raises an alert about `subject` (a job or worker id).
+pub fn raise(core: &Core, kind: AlertKind, subject: &str, message: &str) {
+    tracing::error!(target: "alert", kind = kind.as_str(), subject, "{message}");
+    core.metrics.alert(kind.as_str());
+    let Some(url) = core.config.alert_webhook.clone() else {
+        return;
+    };
+    let body = serde_json::json!({
+        "kind": kind.as_str(),
+        "subject": subject,
+        "message": message,
+        "at_ms": now_ms(),
+        "coordinator": core.raft.id(),
+    });
+    tokio::spawn(async move {
+        let r = reqwest::Client::new()
+            .post(&url)
+            .header("content-type", "application/json")
+            .timeout(Duration::from_secs(5))
+            .body(body.to_string())
+            .send()
+            .await
+            .and_then(|r| r.error_for_status());
+        if let Err(e) = r {
+            tracing::warn!(%url, "alert webhook failed: {e}");
+        }
+    });
+}
