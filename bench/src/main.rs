@@ -8,6 +8,8 @@
 //! `bench tpch`: TPC-H against DataFusion, Spark, DuckDB, Ballista (see `tpch`).
 //!
 //! `bench raft`: proposals/s and leader failover of the replicated coordinator (see `raft`).
+//!
+//! `bench recovery`: a job with a worker SIGKILLed mid-job against it undisturbed.
 //! Run: `cargo build --release --workspace && target/release/bench tpch --sf 1 --queries all`
 
 use anyhow::{bail, Result};
@@ -20,6 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod raft;
+mod recovery;
 mod tpch;
 
 /// The same allocator as the `autopipe` binary, so the in-process DataFusion baseline
@@ -101,6 +104,25 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         failovers: usize,
     },
+    /// One job's wall time with a worker SIGKILLed mid-job against the same job
+    /// undisturbed, and the ratio
+    Recovery {
+        /// TPC-H scale factor of the data
+        #[arg(long, default_value_t = 10.0)]
+        sf: f64,
+        /// TPC-H query number
+        #[arg(long, default_value_t = 18)]
+        query: usize,
+        /// repetitions of each run
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// the coordinator's --heartbeat-timeout, in seconds
+        #[arg(long, default_value_t = 10.0)]
+        heartbeat_timeout: f64,
+        /// where data and outputs go
+        #[arg(long, default_value = "target/bench-data")]
+        dir: PathBuf,
+    },
     /// (internal) a Ballista scheduler process for `tpch --engines ballista`
     #[command(hide = true)]
     BallistaScheduler {
@@ -169,6 +191,19 @@ fn main() -> Result<()> {
             secs,
             clients,
             failovers: failovers.max(1),
+        }),
+        Cmd::Recovery {
+            sf,
+            query,
+            reps,
+            heartbeat_timeout,
+            dir,
+        } => recovery::run(recovery::Args {
+            sf,
+            query,
+            reps: reps.max(1),
+            heartbeat_timeout,
+            dir,
         }),
         #[cfg(feature = "ballista")]
         Cmd::BallistaScheduler { port } => tpch::ballista::scheduler(port),
