@@ -3,10 +3,14 @@
 //! member's outgoing connections come from its own loopback IP (127.0.0.X, its listen
 //! address), so a proxy knows who is talking. `isolate` cuts one member off from the
 //! others in both directions (existing connections are dropped, new ones refused)
-//! while clients from 127.0.0.1 still reach it; `heal` lifts it.
+//! while clients from 127.0.0.1 still reach it; `heal` lifts it. `flaky` makes every
+//! proxy refuse every n-th new connection and cut each connection after a lifetime,
+//! for transient-failure tests.
 
 use anyhow::Result;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -18,8 +22,19 @@ pub struct FaultNet {
     /// runs the proxies; dropping it stops them
     _rt: tokio::runtime::Runtime,
     rules: watch::Sender<Rules>,
+    flaky: Arc<Flaky>,
     /// the proxies' addresses, in the order of the targets
     pub proxies: Vec<SocketAddr>,
+}
+
+/// Transient faults: every `refuse_every`-th new connection is refused, and every
+/// connection is cut after `lifetime_ms` (0: off).
+#[derive(Default)]
+struct Flaky {
+    refuse_every: AtomicU64,
+    lifetime_ms: AtomicU64,
+    accepted: AtomicU64,
+    refused: AtomicU64,
 }
 
 const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -39,16 +54,18 @@ impl FaultNet {
             .enable_all()
             .build()?;
         let (rules, _) = watch::channel(None);
+        let flaky = Arc::new(Flaky::default());
         let mut proxies = Vec::new();
         for (i, target) in targets.iter().enumerate() {
             let listener = rt.block_on(TcpListener::bind("127.0.0.1:0"))?;
             proxies.push(listener.local_addr()?);
             let rx = rules.subscribe();
-            rt.spawn(serve(i, listener, *target, rx));
+            rt.spawn(serve(i, listener, *target, rx, flaky.clone()));
         }
         Ok(Self {
             _rt: rt,
             rules,
+            flaky,
             proxies,
         })
     }
@@ -59,13 +76,37 @@ impl FaultNet {
         self.rules.send_replace(Some((proxy, ip)));
     }
 
-    /// Lets all traffic through again.
+    /// Lets all traffic through again (and ends `flaky`).
     pub fn heal(&self) {
         self.rules.send_replace(None);
+        self.flaky.refuse_every.store(0, Ordering::Relaxed);
+        self.flaky.lifetime_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// New connections refused so far by `flaky`.
+    pub fn refused(&self) -> u64 {
+        self.flaky.refused.load(Ordering::Relaxed)
+    }
+
+    /// Refuses every `refuse_every`-th new connection and cuts every connection after
+    /// `lifetime` (zero: off).
+    pub fn flaky(&self, refuse_every: u64, lifetime: std::time::Duration) {
+        self.flaky
+            .refuse_every
+            .store(refuse_every, Ordering::Relaxed);
+        self.flaky
+            .lifetime_ms
+            .store(lifetime.as_millis() as u64, Ordering::Relaxed);
     }
 }
 
-async fn serve(i: usize, listener: TcpListener, target: SocketAddr, rules: watch::Receiver<Rules>) {
+async fn serve(
+    i: usize,
+    listener: TcpListener,
+    target: SocketAddr,
+    rules: watch::Receiver<Rules>,
+    flaky: Arc<Flaky>,
+) {
     loop {
         let Ok((inbound, peer)) = listener.accept().await else {
             return;
@@ -73,6 +114,13 @@ async fn serve(i: usize, listener: TcpListener, target: SocketAddr, rules: watch
         if blocked(&rules.borrow(), i, peer.ip()) {
             continue; // dropped: the caller sees a reset
         }
+        let n = flaky.accepted.fetch_add(1, Ordering::Relaxed) + 1;
+        let every = flaky.refuse_every.load(Ordering::Relaxed);
+        if every > 0 && n.is_multiple_of(every) {
+            flaky.refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let lifetime = flaky.lifetime_ms.load(Ordering::Relaxed);
         let mut rules = rules.clone();
         tokio::spawn(async move {
             let Ok(outbound) = TcpStream::connect(target).await else {
@@ -91,9 +139,16 @@ async fn serve(i: usize, listener: TcpListener, target: SocketAddr, rules: watch
                     }
                 }
             };
+            let expire = async {
+                if lifetime == 0 {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(lifetime)).await;
+            };
             tokio::select! {
                 _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
                 _ = cut => {}
+                _ = expire => {}
             }
         });
     }

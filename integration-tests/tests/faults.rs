@@ -273,3 +273,39 @@ fn a_failed_job_and_a_lost_worker_raise_alerts() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn workers_behind_a_flaky_link_to_the_coordinator_finish_the_job() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let spec = job(dir.path(), "flaky")?;
+    let mut c = Cluster::start(0, 2)?;
+    // every worker -> coordinator call goes through a proxy that refuses every third
+    // connection and cuts every connection after 300 ms
+    let net = integration_tests::proxy::FaultNet::start(&[c.coordinator.addr.parse()?])?;
+    net.flaky(3, Duration::from_millis(300));
+    let via = format!("http://{}", net.proxies[0]);
+    for i in 0..3 {
+        let wd = c.dir.path().join(format!("flaky-worker-{i}"));
+        c.workers.push(integration_tests::spawn_server(&[
+            "worker",
+            "--coordinator",
+            &via,
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--slots",
+            "2",
+            "--work-dir",
+            wd.to_str().expect("utf8"),
+        ])?);
+    }
+    c.wait_for(Duration::from_secs(60), "workers to register", |c| {
+        Ok(c.alive_workers()? == 3)
+    })?;
+    let id = submit(&c, &spec)?;
+    let v = wait_done(&c, &id)?;
+    check(dir.path(), &spec, &v)?;
+    assert!(net.refused() > 0, "the link never failed");
+    Ok(())
+}
