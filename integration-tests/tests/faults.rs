@@ -107,11 +107,13 @@ fn map_outputs_lost_with_their_worker_are_recomputed() -> Result<()> {
     let spec = job(dir.path(), "kill_outputs")?;
     // reducers fetch over Flight only: a dead worker's files are gone with it, as when
     // its machine fails (a reducer on the same host would read them from disk)
+    // the default heartbeat timeout (10 s): the loss is found through the reducers'
+    // fetch failures, whose worker then refuses connections
     let mut c = Cluster::start_full(
         3,
         2,
         &["--test-task-delay-ms", "800", "--no-host-local-shuffle"],
-        LOST_AFTER,
+        &[],
     )?;
     let id = submit(&c, &spec)?;
     // the first stage is done, its outputs spread over the workers, and the reducers
@@ -129,7 +131,19 @@ fn map_outputs_lost_with_their_worker_are_recomputed() -> Result<()> {
     let v = c.cli_json(&["status", &id])?;
     assert_eq!(v["state"], "running", "{v}");
     let victim = 0;
+    let addr = c.workers[victim].addr.clone();
     c.workers[victim].kill();
+    c.wait_for(
+        Duration::from_secs(5),
+        "the dead worker to be declared lost well before the 10 s heartbeat timeout",
+        |c| {
+            let ws = c.cli_json(&["workers"])?;
+            Ok(ws.as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|w| w["address"] == addr.as_str() && w["state"] == "lost")
+            }))
+        },
+    )?;
     let v = wait_done(&c, &id)?;
     check(dir.path(), &spec, &v)?;
     // the victim's map tasks ran again

@@ -488,6 +488,11 @@ impl pb::worker_service_server::WorkerService for Services {
                 .unwrap_or_else(|| Error::Transient("task failed without an error".into()));
             tracing::warn!(job = %key.job_id, stage = key.stage_id, task = key.task, attempt = key.attempt, class = ?err.class(), "task failed: {err}");
             report_failure(&self.core, &key, &err).await;
+            // a map output could not be fetched: is its worker gone?
+            if let Error::FetchFailed { worker_id, .. } = &err {
+                let (core, id) = (self.core.clone(), worker_id.clone());
+                tokio::spawn(async move { crate::scheduler::probe_worker(&core, &id).await });
+            }
         }
         Ok(Response::new(pb::TaskStatusAck {}))
     }

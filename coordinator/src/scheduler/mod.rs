@@ -60,33 +60,64 @@ async fn detect_lost_workers(core: &Core) {
             .collect()
     };
     for id in lost {
-        core.liveness
-            .lock()
-            .expect("liveness lock poisoned")
-            .remove(&id);
-        let alive = core.read(|s| {
-            s.workers
-                .get(&id)
-                .map(|w| w.state == WorkerState::Alive)
-                .unwrap_or(false)
-        });
-        if alive {
-            tracing::warn!(worker = %id, "worker missed heartbeats for {timeout:?}; declaring it lost");
-            match core
-                .propose(Command::WorkerLost {
-                    worker_id: id.clone(),
-                    at_ms: now_ms(),
-                })
-                .await
-            {
-                Ok(_) => alerts::raise(
-                    core,
-                    AlertKind::WorkerLost,
-                    &id,
-                    &format!("worker {id} missed its heartbeats for {timeout:?} and was declared lost; its tasks and map outputs are recomputed"),
-                ),
-                Err(e) => tracing::warn!(worker = %id, "could not record lost worker: {e}"),
-            }
+        declare_lost(core, &id, &format!("missed its heartbeats for {timeout:?}")).await;
+    }
+}
+
+/// The one path by which a worker is declared lost (heartbeats missed, or its
+/// process gone): forgotten by liveness, `WorkerLost` proposed (its running tasks and
+/// map outputs are recomputed), an alert raised.
+pub async fn declare_lost(core: &Core, id: &str, why: &str) {
+    core.liveness
+        .lock()
+        .expect("liveness lock poisoned")
+        .remove(id);
+    let alive = core.read(|s| {
+        s.workers
+            .get(id)
+            .map(|w| w.state == WorkerState::Alive)
+            .unwrap_or(false)
+    });
+    if !alive {
+        return;
+    }
+    tracing::warn!(worker = %id, "worker {why}; declaring it lost");
+    match core
+        .propose(Command::WorkerLost {
+            worker_id: id.to_string(),
+            at_ms: now_ms(),
+        })
+        .await
+    {
+        Ok(_) => alerts::raise(
+            core,
+            AlertKind::WorkerLost,
+            id,
+            &format!(
+                "worker {id} {why} and was declared lost; its tasks and map outputs are recomputed"
+            ),
+        ),
+        Err(e) => tracing::warn!(worker = %id, "could not record lost worker: {e}"),
+    }
+}
+
+/// A worker a launch or a fetch could not reach: when its address refuses TCP
+/// connections, nothing listens there any more (the process is gone), so it is
+/// declared lost now instead of after the heartbeat timeout. A timeout or any other
+/// error proves nothing and leaves it to the heartbeats.
+pub async fn probe_worker(core: &Core, id: &str) {
+    let Some(address) = core.read(|s| s.workers.get(id).map(|w| w.address.clone())) else {
+        return;
+    };
+    let addr = address.trim_start_matches("http://").to_string();
+    let r = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::net::TcpStream::connect(&addr),
+    )
+    .await;
+    if let Ok(Err(e)) = r {
+        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            declare_lost(core, id, &format!("refuses connections at {addr}")).await;
         }
     }
 }
@@ -147,6 +178,7 @@ async fn launch_ready_tasks(core: &Arc<Core>) {
                     let mut rec = error_record(&e);
                     rec.worker_unreachable = true;
                     propose_failure(&core, &key, rec, true).await;
+                    probe_worker(&core, &l.worker_id).await;
                 } else {
                     report_failure(&core, &key, &e).await;
                 }
