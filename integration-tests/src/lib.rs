@@ -593,6 +593,38 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
+/// A multi-stage job (events ⋈ users, grouped; 6 shuffle partitions) named `name`,
+/// writing Parquet to `out/<name>`: the spec file `dir/<name>.toml`, over the
+/// clickstream data in `dir/data` (which the caller generates).
+pub fn join_job(dir: &Path, name: &str) -> Result<PathBuf> {
+    let spec = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &spec,
+        format!(
+            r#"
+[job]
+name = "{name}"
+[job.params]
+shuffle_partitions = 6
+[[sources]]
+name = "events"
+format = "parquet"
+path = "data/events"
+[[sources]]
+name = "users"
+format = "csv"
+path = "data/users.csv"
+[transform]
+sql = "SELECT u.country, e.kind, count(*) AS n, sum(e.amount) AS total FROM events e JOIN users u ON e.user_id = u.id GROUP BY u.country, e.kind"
+[sink]
+format = "parquet"
+path = "out/{name}"
+"#
+        ),
+    )?;
+    Ok(spec)
+}
+
 /// Writes a spec file.
 pub fn write_spec(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text)?;

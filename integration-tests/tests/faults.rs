@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 use integration_tests::oracle::check_spec_output;
-use integration_tests::{gen_clickstream, Cluster};
+use integration_tests::{gen_clickstream, join_job, Cluster};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,32 +16,7 @@ const LOST_AFTER: &[&str] = &["--heartbeat-timeout", "2"];
 
 fn job(dir: &Path, name: &str) -> Result<PathBuf> {
     gen_clickstream(&dir.join("data"), 20_000, 6)?;
-    let spec = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &spec,
-        format!(
-            r#"
-[job]
-name = "{name}"
-[job.params]
-shuffle_partitions = 6
-[[sources]]
-name = "events"
-format = "parquet"
-path = "data/events"
-[[sources]]
-name = "users"
-format = "csv"
-path = "data/users.csv"
-[transform]
-sql = "SELECT u.country, e.kind, count(*) AS n, sum(e.amount) AS total FROM events e JOIN users u ON e.user_id = u.id GROUP BY u.country, e.kind"
-[sink]
-format = "parquet"
-path = "out/{name}"
-"#
-        ),
-    )?;
-    Ok(spec)
+    join_job(dir, name)
 }
 
 fn check(dir: &Path, spec: &Path, v: &serde_json::Value) -> Result<()> {

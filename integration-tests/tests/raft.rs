@@ -6,37 +6,24 @@
 use anyhow::Result;
 use autopipe_common::spec::PipelineSpec;
 use integration_tests::oracle::check_spec_output;
-use integration_tests::{files_under, gen_clickstream, wait_until, Group};
+use integration_tests::{files_under, gen_clickstream, join_job, wait_until, Group};
 use std::path::Path;
 use std::time::Duration;
 
-fn write_job(dir: &Path, name: &str) -> Result<std::path::PathBuf> {
-    let spec = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &spec,
-        format!(
-            r#"
-[job]
-name = "{name}"
-[job.params]
-shuffle_partitions = 6
-[[sources]]
-name = "events"
-format = "parquet"
-path = "data/events"
-[[sources]]
-name = "users"
-format = "csv"
-path = "data/users.csv"
-[transform]
-sql = "SELECT u.country, e.kind, count(*) AS n, sum(e.amount) AS total FROM events e JOIN users u ON e.user_id = u.id GROUP BY u.country, e.kind"
-[sink]
-format = "parquet"
-path = "out/{name}"
-"#
-        ),
-    )?;
-    Ok(spec)
+/// True when, in `autopipe cluster` output `c`, member `id` is a follower that has
+/// applied everything the leader has committed.
+fn follows(c: &serde_json::Value, id: u64) -> bool {
+    let m = c["members"].as_array().cloned().unwrap_or_default();
+    let commit = m
+        .iter()
+        .find(|m| m["role"] == "leader")
+        .and_then(|m| m["commit"].as_u64());
+    commit.is_some()
+        && m.iter().any(|m| {
+            m["id"].as_u64() == Some(id)
+                && m["role"] == "follower"
+                && m["applied"].as_u64() >= commit
+        })
 }
 
 fn job_state(g: &Group, id: &str) -> Result<serde_json::Value> {
@@ -47,7 +34,7 @@ fn job_state(g: &Group, id: &str) -> Result<serde_json::Value> {
 fn the_leader_dies_mid_job_and_the_job_completes_exactly_once() -> Result<()> {
     let dir = tempfile::tempdir()?;
     gen_clickstream(&dir.path().join("data"), 20_000, 4)?;
-    let spec = write_job(dir.path(), "failover")?;
+    let spec = join_job(dir.path(), "failover")?;
     // every task takes at least 400 ms, so the job is still running at the kill
     let mut g = Group::start(3, 3, 2, &["--test-task-delay-ms", "400"])?;
     let v = g.cli_json(&["submit", spec.to_str().expect("utf8")])?;
@@ -89,18 +76,7 @@ fn the_leader_dies_mid_job_and_the_job_completes_exactly_once() -> Result<()> {
     wait_until(
         Duration::from_secs(30),
         "the restarted member to catch up",
-        || {
-            let c = g.cluster()?;
-            let members = c["members"].as_array().cloned().unwrap_or_default();
-            let leader = members.iter().find(|m| m["role"] == "leader");
-            let back = members.iter().find(|m| m["id"].as_u64() == Some(old));
-            Ok(match (leader, back) {
-                (Some(l), Some(b)) => {
-                    b["role"] == "follower" && b["applied"].as_u64() >= l["commit"].as_u64()
-                }
-                _ => false,
-            })
-        },
+        || Ok(follows(&g.cluster()?, old)),
     )?;
     // it can lead again
     let c = g.cli_json(&["admin", "transfer-leader", &old.to_string()])?;
@@ -120,7 +96,7 @@ fn the_leader_dies_mid_job_and_the_job_completes_exactly_once() -> Result<()> {
 fn members_are_added_and_removed_while_a_job_runs() -> Result<()> {
     let dir = tempfile::tempdir()?;
     gen_clickstream(&dir.path().join("data"), 20_000, 4)?;
-    let spec = write_job(dir.path(), "membership")?;
+    let spec = join_job(dir.path(), "membership")?;
     let mut g = Group::start(3, 3, 2, &["--test-task-delay-ms", "300"])?;
     let v = g.cli_json(&["submit", spec.to_str().expect("utf8")])?;
     let id = v["job_id"].as_str().expect("job id").to_string();
@@ -139,15 +115,7 @@ fn members_are_added_and_removed_while_a_job_runs() -> Result<()> {
     g.peers.insert(4, addr4);
     g.start_coordinator(4, &["--join"])?;
     wait_until(Duration::from_secs(30), "member 4 to catch up", || {
-        let c = g.cluster()?;
-        let m = c["members"].as_array().cloned().unwrap_or_default();
-        let leader_commit = m
-            .iter()
-            .find(|m| m["role"] == "leader")
-            .and_then(|m| m["commit"].as_u64());
-        Ok(m.iter().any(|m| {
-            m["id"] == 4 && m["role"] == "follower" && m["applied"].as_u64() >= leader_commit
-        }))
+        Ok(follows(&g.cluster()?, 4))
     })?;
 
     // remove a follower among the founders
@@ -236,18 +204,8 @@ path = "out/wide"
         Duration::from_secs(60),
         "the wiped member to catch up",
         || {
-            let c = g.cluster()?;
-            last = c.clone();
-            let m = c["members"].as_array().cloned().unwrap_or_default();
-            let commit = m
-                .iter()
-                .find(|m| m["role"] == "leader")
-                .and_then(|m| m["commit"].as_u64());
-            Ok(m.iter().any(|m| {
-                m["id"].as_u64() == Some(victim)
-                    && m["role"] == "follower"
-                    && m["applied"].as_u64() >= commit
-            }))
+            last = g.cluster()?;
+            Ok(follows(&last, victim))
         },
     );
     assert!(caught_up.is_ok(), "{caught_up:?}: {last:#}");
@@ -291,7 +249,7 @@ fn submit_directly(addr: &str, spec: &Path) -> Result<std::result::Result<String
 fn a_partitioned_leader_steps_down_and_the_others_elect_a_new_one() -> Result<()> {
     let dir = tempfile::tempdir()?;
     gen_clickstream(&dir.path().join("data"), 1_000, 1)?;
-    let spec = write_job(dir.path(), "partition")?;
+    let spec = join_job(dir.path(), "partition")?;
     let (mut g, net) = Group::start_behind_proxies(3)?;
     let old = g.leader()?.expect("a leader");
     net.isolate(old as usize - 1, Group::member_ip(old));
@@ -332,17 +290,7 @@ fn a_partitioned_leader_steps_down_and_the_others_elect_a_new_one() -> Result<()
     // healed, it follows the new leader and catches up
     net.heal();
     wait_until(Duration::from_secs(30), "the old leader to follow", || {
-        let c = g.cluster_at(new)?;
-        let m = c["members"].as_array().cloned().unwrap_or_default();
-        let commit = m
-            .iter()
-            .find(|m| m["role"] == "leader")
-            .and_then(|m| m["commit"].as_u64());
-        Ok(m.iter().any(|m| {
-            m["id"].as_u64() == Some(old)
-                && m["role"] == "follower"
-                && m["applied"].as_u64() >= commit
-        }))
+        Ok(follows(&g.cluster_at(new)?, old))
     })?;
     g.kill(old);
     Ok(())

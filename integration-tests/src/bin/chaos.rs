@@ -8,7 +8,7 @@
 
 use anyhow::{bail, Result};
 use integration_tests::oracle::check_spec_output;
-use integration_tests::{gen_clickstream, Cluster};
+use integration_tests::{gen_clickstream, join_job, Cluster};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -35,26 +35,6 @@ fn arg(name: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-const SPEC: &str = r#"
-[job]
-name = "chaos"
-[job.params]
-shuffle_partitions = 6
-[[sources]]
-name = "events"
-format = "parquet"
-path = "data/events"
-[[sources]]
-name = "users"
-format = "csv"
-path = "data/users.csv"
-[transform]
-sql = "SELECT u.country, e.kind, count(*) AS n, sum(e.amount) AS total FROM events e JOIN users u ON e.user_id = u.id GROUP BY u.country, e.kind"
-[sink]
-format = "parquet"
-path = "out/chaos"
-"#;
-
 fn main() -> Result<()> {
     let runs = arg("--runs").unwrap_or(5);
     let seed = arg("--seed").unwrap_or_else(|| {
@@ -66,8 +46,7 @@ fn main() -> Result<()> {
     println!("chaos: {runs} runs, --seed {seed}");
     let dir = tempfile::tempdir()?;
     gen_clickstream(&dir.path().join("data"), 20_000, 6)?;
-    let spec = dir.path().join("chaos.toml");
-    std::fs::write(&spec, SPEC)?;
+    let spec = join_job(dir.path(), "chaos")?;
     let mut rng = Rng(seed | 1);
     let (mut passed, mut failed) = (0, 0);
     for run in 1..=runs {
