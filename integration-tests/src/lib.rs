@@ -103,6 +103,32 @@ pub fn spawn_server(args: &[&str]) -> Result<Proc> {
     }
 }
 
+/// Starts `autopipe worker` on loopback ephemeral ports, registering with
+/// `coordinators` (comma-separated), with `work_dir` and extra flags.
+pub fn spawn_worker(
+    coordinators: &str,
+    work_dir: &Path,
+    slots: u32,
+    extra: &[&str],
+) -> Result<Proc> {
+    let slots = slots.to_string();
+    let mut args = vec![
+        "worker",
+        "--coordinator",
+        coordinators,
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--slots",
+        &slots,
+        "--work-dir",
+        work_dir.to_str().expect("utf8"),
+    ];
+    args.extend_from_slice(extra);
+    spawn_server(&args)
+}
+
 /// A coordinator and workers as separate processes.
 pub struct Cluster {
     /// state, work dirs
@@ -171,25 +197,11 @@ impl Cluster {
 
     /// Starts one more worker with extra flags.
     pub fn add_worker_with(&mut self, slots: u32, extra: &[&str]) -> Result<()> {
-        let i = self.workers.len();
-        let wd = self.dir.path().join(format!("worker-{i}"));
-        let url = self.url();
-        let slots = slots.to_string();
-        let mut args = vec![
-            "worker",
-            "--coordinator",
-            &url,
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--slots",
-            &slots,
-            "--work-dir",
-            wd.to_str().expect("utf8"),
-        ];
-        args.extend_from_slice(extra);
-        let w = spawn_server(&args)?;
+        let wd = self
+            .dir
+            .path()
+            .join(format!("worker-{}", self.workers.len()));
+        let w = spawn_worker(&self.url(), &wd, slots, extra)?;
         self.workers.push(w);
         Ok(())
     }
@@ -442,23 +454,8 @@ impl Group {
             .dir
             .path()
             .join(format!("worker-{}", self.workers.len()));
-        let addrs = self.addrs();
-        let slots = slots.to_string();
-        let mut args = vec![
-            "worker",
-            "--coordinator",
-            &addrs,
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--slots",
-            &slots,
-            "--work-dir",
-            wd.to_str().expect("utf8"),
-        ];
-        args.extend_from_slice(extra);
-        self.workers.push(spawn_server(&args)?);
+        self.workers
+            .push(spawn_worker(&self.addrs(), &wd, slots, extra)?);
         Ok(())
     }
 

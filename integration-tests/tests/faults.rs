@@ -275,19 +275,8 @@ fn workers_behind_a_flaky_link_to_the_coordinator_finish_the_job() -> Result<()>
     let via = format!("http://{}", net.proxies[0]);
     for i in 0..3 {
         let wd = c.dir.path().join(format!("flaky-worker-{i}"));
-        c.workers.push(integration_tests::spawn_server(&[
-            "worker",
-            "--coordinator",
-            &via,
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--slots",
-            "2",
-            "--work-dir",
-            wd.to_str().expect("utf8"),
-        ])?);
+        c.workers
+            .push(integration_tests::spawn_worker(&via, &wd, 2, &[])?);
     }
     c.wait_for(Duration::from_secs(60), "workers to register", |c| {
         Ok(c.alive_workers()? == 3)
