@@ -109,6 +109,34 @@ pub fn print_cluster(c: &pb::ClusterStatusResponse, as_json: bool) -> Result<()>
     Ok(())
 }
 
+/// Prints the decision log.
+pub fn print_decisions(ds: &[pb::Decision], as_json: bool) -> Result<()> {
+    if as_json {
+        let v: Vec<_> = ds
+            .iter()
+            .map(autopipe_coordinator::api::http::decision_json)
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    if ds.is_empty() {
+        println!("no decisions");
+    }
+    for d in ds {
+        println!("#{} {} job {} ({} ms)", d.id, d.kind, d.job_id, d.at_ms);
+        println!("  what:   {}", d.what);
+        println!("  why:    {}", d.why);
+        let mut inputs: Vec<_> = d.inputs.iter().collect();
+        inputs.sort();
+        let inputs: Vec<String> = inputs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("  inputs: {}", inputs.join(" "));
+        if !d.effect.is_empty() {
+            println!("  effect: {}", d.effect);
+        }
+    }
+    Ok(())
+}
+
 /// Reads, validates and normalizes a spec file (relative paths against its directory).
 pub fn load_spec(path: &Path) -> Result<PipelineSpec> {
     let origin = path.display().to_string();

@@ -183,6 +183,14 @@ enum Cmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Show the decision log: every automatic change (speculative copies, task
+    /// timeouts, retry limits) with why, its inputs and its measured effect
+    Decisions {
+        /// only this job's decisions
+        job: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Show the coordinator group: each member's role, term, commit and applied index
     Cluster {
         #[command(flatten)]
@@ -511,6 +519,19 @@ async fn run(cli: Cli) -> Result<i32> {
                     );
                 }
             }
+            Ok(0)
+        }
+        Cmd::Decisions { job, client } => {
+            let ch = client::connect(&client.coordinator).await?;
+            let mut c = autopipe_proto::admin_service_client::AdminServiceClient::new(ch);
+            let r = c
+                .list_decisions(autopipe_proto::ListDecisionsRequest {
+                    job_id: job.unwrap_or_default(),
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            client::print_decisions(&r.decisions, client.output == OutputFormat::Json)?;
             Ok(0)
         }
         Cmd::Cluster { client } => {

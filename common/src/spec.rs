@@ -67,7 +67,45 @@ pub struct JobParams {
     /// (default 10 MiB, Spark's autoBroadcastJoinThreshold)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broadcast_join_max_bytes: Option<ByteSize>,
+    /// launch speculative copies of straggling tasks (default true)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculation: Option<bool>,
+    /// a task is a straggler when it has run this many times its stage's median
+    /// task duration (default 3, Spark's spark.speculation.multiplier)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculation_multiplier: Option<f64>,
+    /// stragglers are looked for once this fraction of a stage's tasks is done
+    /// (default 0.9, Spark's spark.speculation.quantile)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculation_quantile: Option<f64>,
+    /// no task younger than this is a straggler (default 1000 ms: a copy of a shorter
+    /// task costs about as much to launch as it can save)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculation_min_runtime_ms: Option<u64>,
+    /// an attempt running longer than this is failed (transient) and retried
+    /// elsewhere; 0 turns timeouts off (default: derived from the stage's finished
+    /// tasks, 10 times the slowest, at least 60 s)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_timeout_ms: Option<u64>,
 }
+
+/// Speculation settings in effect for a job.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Speculation {
+    /// on or off
+    pub enabled: bool,
+    /// straggler = runtime above `multiplier` x median
+    pub multiplier: f64,
+    /// fraction of the stage done before looking
+    pub quantile: f64,
+    /// minimum runtime of a straggler
+    pub min_runtime_ms: u64,
+}
+
+/// Floor of the derived task timeout.
+pub const MIN_DERIVED_TASK_TIMEOUT_MS: u64 = 60_000;
+/// The derived task timeout is this many times the stage's slowest finished task.
+pub const DERIVED_TASK_TIMEOUT_FACTOR: u64 = 10;
 
 /// Default broadcast join limit (Spark's spark.sql.autoBroadcastJoinThreshold).
 pub const DEFAULT_BROADCAST_JOIN_MAX_BYTES: u64 = 10 << 20;
@@ -91,6 +129,35 @@ impl JobParams {
     /// Effective attempt limit.
     pub fn max_task_attempts(&self) -> u32 {
         self.max_task_attempts.unwrap_or(4).max(1)
+    }
+    /// Effective speculation settings.
+    pub fn speculation(&self) -> Speculation {
+        Speculation {
+            enabled: self.speculation.unwrap_or(true),
+            multiplier: self.speculation_multiplier.unwrap_or(3.0),
+            quantile: self.speculation_quantile.unwrap_or(0.9),
+            min_runtime_ms: self.speculation_min_runtime_ms.unwrap_or(1000),
+        }
+    }
+    /// The timeout of a stage's attempts, and how it was chosen, given the durations
+    /// of its finished tasks; `None` when there is none (turned off, or derived and
+    /// nothing finished yet).
+    pub fn task_timeout_ms(&self, finished_ms: &[u64]) -> Option<(u64, String)> {
+        match self.task_timeout_ms {
+            Some(0) => None,
+            Some(ms) => Some((ms, format!("task_timeout_ms = {ms}"))),
+            None => {
+                let slowest = finished_ms.iter().copied().max()?;
+                let ms = (slowest * DERIVED_TASK_TIMEOUT_FACTOR).max(MIN_DERIVED_TASK_TIMEOUT_MS);
+                Some((
+                    ms,
+                    format!(
+                        "derived: {DERIVED_TASK_TIMEOUT_FACTOR} x the slowest of {} finished tasks ({slowest} ms), at least {MIN_DERIVED_TASK_TIMEOUT_MS} ms",
+                        finished_ms.len()
+                    ),
+                ))
+            }
+        }
     }
 }
 
@@ -322,6 +389,23 @@ impl PipelineSpec {
         }
         if self.sink.path.trim().is_empty() {
             return Err(err("sink.path".into(), "path is empty".into()));
+        }
+        let p = &self.job.params;
+        if let Some(q) = p.speculation_quantile {
+            if !(q > 0.0 && q <= 1.0) {
+                return Err(err(
+                    "job.params.speculation_quantile".into(),
+                    format!("{q} must be above 0 and at most 1"),
+                ));
+            }
+        }
+        if let Some(m) = p.speculation_multiplier {
+            if !(m >= 1.0 && m.is_finite()) {
+                return Err(err(
+                    "job.params.speculation_multiplier".into(),
+                    format!("{m} must be at least 1"),
+                ));
+            }
         }
         if let Some(0) = self.job.params.shuffle_partitions {
             return Err(err(

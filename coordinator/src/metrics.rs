@@ -1,7 +1,7 @@
 //! Coordinator metrics in Prometheus text format: tasks and jobs by state (read from
 //! the state at scrape time), task durations, rows and bytes, errors by class.
 
-use crate::state::{JobState, State, TaskState, WorkerState};
+use crate::state::{DecisionKind, JobState, State, TaskState, WorkerState};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -35,6 +35,8 @@ pub struct Metrics {
     raft: Family<Labels, Gauge>,
     /// alerts raised, by kind
     alerts: Family<Labels, Counter>,
+    /// decisions in the log, by kind
+    decisions: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -52,6 +54,7 @@ impl Default for Metrics {
         let commands = Counter::default();
         let raft = Family::<Labels, Gauge>::default();
         let alerts = Family::<Labels, Counter>::default();
+        let decisions = Family::<Labels, Gauge>::default();
         registry.register("tasks", "Tasks by state", tasks.clone());
         registry.register("jobs", "Jobs by state", jobs.clone());
         registry.register("workers", "Workers by state", workers.clone());
@@ -88,6 +91,11 @@ impl Default for Metrics {
             raft.clone(),
         );
         registry.register("alerts", "Alerts raised, by kind", alerts.clone());
+        registry.register(
+            "decisions",
+            "Automatic decisions in the decision log, by kind",
+            decisions.clone(),
+        );
         Self {
             registry,
             tasks,
@@ -102,6 +110,7 @@ impl Default for Metrics {
             commands,
             raft,
             alerts,
+            decisions,
         }
     }
 }
@@ -167,6 +176,16 @@ impl Metrics {
         self.workers
             .get_or_create(&label("state", "lost"))
             .set(state.workers.len() as i64 - alive);
+        for kind in [
+            DecisionKind::Speculation,
+            DecisionKind::TaskTimeout,
+            DecisionKind::RetryLimit,
+        ] {
+            let n = state.decisions.iter().filter(|d| d.kind == kind).count();
+            self.decisions
+                .get_or_create(&label("kind", kind.name()))
+                .set(n as i64);
+        }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out

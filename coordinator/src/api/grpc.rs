@@ -2,12 +2,12 @@
 //! Every state change goes through `Core::propose` and is answered after it applied.
 
 use super::cluster;
-use super::status::{job_status, workers};
+use super::status::{decisions, job_status, workers};
 use crate::core::{Core, Liveness, StoreError};
 use crate::planner::plan_job;
 use crate::raft::{MemberChange, RaftError};
 use crate::scheduler::report_failure;
-use crate::state::{Command, JobState, ShuffleHome, TaskResult, TaskState, WorkerState};
+use crate::state::{Command, JobState, Outcome, ShuffleHome, TaskResult, WorkerState};
 use autopipe_common::error::Error;
 use autopipe_common::leader::LEADER_KEY;
 use autopipe_common::spec::{PipelineSpec, SinkMode};
@@ -122,15 +122,10 @@ impl Services {
             for job in s.jobs.values().filter(|j| j.state == JobState::Running) {
                 for (si, st) in job.stages.iter().enumerate() {
                     for (ti, t) in st.tasks.iter().enumerate() {
-                        if let TaskState::Running {
-                            attempt,
-                            worker_id,
-                            started_ms,
-                        } = &t.state
-                        {
-                            let key = (job.id.clone(), si as u32, ti as u32, *attempt);
-                            if *worker_id == h.worker_id
-                                && now.saturating_sub(*started_ms) > LOST_LAUNCH_GRACE_MS
+                        for (attempt, worker_id, started_ms) in t.running_attempts() {
+                            let key = (job.id.clone(), si as u32, ti as u32, attempt);
+                            if worker_id == h.worker_id
+                                && now.saturating_sub(started_ms) > LOST_LAUNCH_GRACE_MS
                                 && !listed.contains(&key)
                             {
                                 out.push(pb::TaskKey {
@@ -309,33 +304,23 @@ async fn cancel_running_attempts(core: &Core, job_id: &str) {
         let mut out = vec![];
         for (si, st) in job.stages.iter().enumerate() {
             for (ti, t) in st.tasks.iter().enumerate() {
-                if let TaskState::Running {
-                    attempt, worker_id, ..
-                } = &t.state
-                {
-                    if let Some(w) = s.workers.get(worker_id) {
-                        out.push((
-                            w.address.clone(),
-                            pb::TaskKey {
-                                job_id: job_id.to_string(),
-                                stage_id: si as u32,
-                                task: ti as u32,
-                                attempt: *attempt,
-                            },
-                        ));
-                    }
+                for (attempt, worker_id, _) in t.running_attempts() {
+                    out.push((
+                        worker_id.to_string(),
+                        pb::TaskKey {
+                            job_id: job_id.to_string(),
+                            stage_id: si as u32,
+                            task: ti as u32,
+                            attempt,
+                        },
+                    ));
                 }
             }
         }
         out
     });
-    for (addr, key) in targets {
-        if let Ok(ch) = autopipe_common::shuffle::channel_to(&addr) {
-            let mut c = pb::worker_control_client::WorkerControlClient::new(ch);
-            let mut req = Request::new(pb::CancelTaskRequest { key: Some(key) });
-            req.set_timeout(std::time::Duration::from_secs(5));
-            let _ = c.cancel_task(req).await;
-        }
+    for (worker_id, key) in targets {
+        crate::scheduler::cancel_attempt(core, &worker_id, key).await;
     }
 }
 
@@ -425,14 +410,14 @@ impl pb::worker_service_server::WorkerService for Services {
                     .get(key.stage_id as usize)?
                     .tasks
                     .get(key.task as usize)?;
-                Some((j.state, t.state.clone()))
+                Some((j.state, t.clone()))
             })
         });
         // Reports of attempts the state no longer expects are acknowledged and dropped.
         let expected = matches!(
             &current,
-            Some((JobState::Running, TaskState::Running { attempt, worker_id, .. }))
-                if *attempt == key.attempt && *worker_id == r.worker_id
+            Some((JobState::Running, t))
+                if t.running_attempts().iter().any(|(a, w, _)| *a == key.attempt && *w == r.worker_id)
         );
         if !expected {
             tracing::debug!(job = %key.job_id, stage = key.stage_id, task = key.task, attempt = key.attempt, "ignoring stale task report");
@@ -463,7 +448,7 @@ impl pb::worker_service_server::WorkerService for Services {
                 bytes_out: r.bytes_out,
                 duration_ms: r.duration_ms,
             };
-            if let Err(e) = self
+            match self
                 .core
                 .propose(Command::TaskSucceeded {
                     job_id: key.job_id.clone(),
@@ -475,10 +460,17 @@ impl pb::worker_service_server::WorkerService for Services {
                 })
                 .await
             {
-                if let StoreError::Raft(_) = e {
-                    return Err(store_status(e));
+                // the other attempt of a speculated task lost: cancel it
+                Ok(Outcome::Superseded { worker_id, attempt }) => {
+                    let core = self.core.clone();
+                    let loser = pb::TaskKey { attempt, ..key };
+                    tokio::spawn(async move {
+                        crate::scheduler::cancel_attempt(&core, &worker_id, loser).await
+                    });
                 }
-                tracing::debug!("success not recorded: {e}");
+                Ok(_) => {}
+                Err(StoreError::Raft(e)) => return Err(store_status(StoreError::Raft(e))),
+                Err(e) => tracing::debug!("success not recorded: {e}"),
             }
         } else {
             let err = r
@@ -506,6 +498,20 @@ impl pb::admin_service_server::AdminService for Services {
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
         let w = self.core.read(|s| workers(&self.core, s));
         Ok(Response::new(pb::ListWorkersResponse { workers: w }))
+    }
+
+    async fn list_decisions(
+        &self,
+        req: Request<pb::ListDecisionsRequest>,
+    ) -> Result<Response<pb::ListDecisionsResponse>, Status> {
+        let job_id = req.into_inner().job_id;
+        let decisions = self.core.read(|s| {
+            if !job_id.is_empty() && !s.jobs.contains_key(&job_id) {
+                return Err(Status::not_found(format!("job '{job_id}' does not exist")));
+            }
+            Ok(decisions(s, &job_id))
+        })?;
+        Ok(Response::new(pb::ListDecisionsResponse { decisions }))
     }
 
     async fn cluster_status(
@@ -621,6 +627,7 @@ impl pb::admin_service_server::AdminService for Services {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::TaskState;
 
     #[test]
     fn derived_partitions_fill_whole_waves_of_slots() {

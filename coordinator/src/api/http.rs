@@ -1,7 +1,8 @@
 //! HTTP admin API: `/metrics` (Prometheus text), `/api/jobs`, `/api/jobs/{id}`,
-//! `/api/workers`, `/api/cluster` (JSON), and `/` — a minimal dashboard that polls the JSON API.
+//! `/api/workers`, `/api/cluster`,
+//! `/api/decisions[?job=ID]` (JSON), and `/` — a minimal dashboard that polls the JSON API.
 
-use super::status::{job_status, workers};
+use super::status::{decisions, job_status, workers};
 use crate::core::Core;
 use autopipe_proto as pb;
 use axum::extract::{Path, State};
@@ -21,6 +22,7 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/api/jobs/{id}", get(job))
         .route("/api/workers", get(list_workers))
         .route("/api/cluster", get(cluster))
+        .route("/api/decisions", get(list_decisions))
         .with_state(core)
 }
 
@@ -123,6 +125,34 @@ async fn job(State(core): State<Arc<Core>>, Path(id): Path<String>) -> Response 
 async fn list_workers(State(core): State<Arc<Core>>) -> Json<Value> {
     let v = core.read(|s| workers(&core, s));
     Json(Value::Array(v.iter().map(worker_json).collect()))
+}
+
+/// JSON form of a decision.
+pub fn decision_json(d: &pb::Decision) -> Value {
+    json!({
+        "id": d.id,
+        "at_ms": d.at_ms,
+        "job_id": d.job_id,
+        "kind": d.kind,
+        "what": d.what,
+        "why": d.why,
+        "inputs": d.inputs.iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "effect": d.effect,
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct DecisionQuery {
+    job: Option<String>,
+}
+
+async fn list_decisions(
+    State(core): State<Arc<Core>>,
+    axum::extract::Query(q): axum::extract::Query<DecisionQuery>,
+) -> Json<Value> {
+    let job = q.job.unwrap_or_default();
+    let v = core.read(|s| decisions(s, &job));
+    Json(Value::Array(v.iter().map(decision_json).collect()))
 }
 
 async fn dashboard() -> Html<&'static str> {

@@ -132,3 +132,21 @@ pub fn workers(core: &Core, s: &State) -> Vec<pb::WorkerInfo> {
         })
         .collect()
 }
+
+/// The decision log (oldest first), optionally one job's.
+pub fn decisions(s: &State, job_id: &str) -> Vec<pb::Decision> {
+    s.decisions
+        .iter()
+        .filter(|d| job_id.is_empty() || d.job_id == job_id)
+        .map(|d| pb::Decision {
+            id: d.id,
+            at_ms: d.at_ms,
+            job_id: d.job_id.clone(),
+            kind: d.kind.name().to_string(),
+            what: d.what.clone(),
+            why: d.why.clone(),
+            inputs: d.inputs.clone().into_iter().collect(),
+            effect: d.effect.clone().unwrap_or_default(),
+        })
+        .collect()
+}

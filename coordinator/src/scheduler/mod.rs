@@ -7,15 +7,19 @@ pub mod commit;
 
 use crate::alerts::{self, AlertKind};
 use crate::core::Core;
+use crate::state::decision::inputs;
+use crate::state::machine::Stage;
 use crate::state::{
-    Command, ErrorRecord, FetchFailedRecord, Job, JobState, Outcome, State, TaskState, WorkerState,
+    Command, Decision, DecisionKind, ErrorRecord, FetchFailedRecord, Job, JobState, Outcome, State,
+    TaskState, WorkerState,
 };
 use autopipe_common::error::{Error, ErrorClass};
 use autopipe_common::retry::RetryPolicy;
 use autopipe_common::shuffle::channel_to;
+use autopipe_common::spec::Speculation;
 use autopipe_common::util::now_ms;
 use autopipe_proto as pb;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +48,7 @@ pub async fn run(core: Arc<Core>, cancel: CancellationToken) {
             core.seed_liveness();
         }
         detect_lost_workers(&core).await;
+        time_out_attempts(&core).await;
         launch_ready_tasks(&core).await;
         start_commits(&core, &committing).await;
         cleanup_finished(&core, &mut cleaned);
@@ -127,6 +132,170 @@ struct Launch {
     worker_id: String,
     address: String,
     def: pb::TaskDefinition,
+    /// a speculative copy: the rule that fired and what it read
+    speculative: Option<(String, BTreeMap<String, String>)>,
+}
+
+/// Cancels one attempt on its worker (best effort: a worker that does not answer is
+/// left to the heartbeats, and a late report of the attempt is ignored).
+pub async fn cancel_attempt(core: &Core, worker_id: &str, key: pb::TaskKey) {
+    let Some(addr) = core.read(|s| s.workers.get(worker_id).map(|w| w.address.clone())) else {
+        return;
+    };
+    let Ok(ch) = channel_to(&addr) else { return };
+    let mut c = pb::worker_control_client::WorkerControlClient::new(ch);
+    let mut req = tonic::Request::new(pb::CancelTaskRequest { key: Some(key) });
+    req.set_timeout(Duration::from_secs(5));
+    if let Err(e) = c.cancel_task(req).await {
+        tracing::debug!(worker = %worker_id, "cancel failed: {e}");
+    }
+}
+
+/// Fails (as transient) and cancels every attempt that ran past its stage's task
+/// timeout; each is a recorded `task_timeout` decision.
+async fn time_out_attempts(core: &Arc<Core>) {
+    let now = now_ms();
+    let expired = core.read(|s| expired_attempts(s, now));
+    for x in expired {
+        let e = Error::Transient(format!(
+            "attempt {} of stage {} task {} timed out: it ran {} ms on worker {}, the task timeout is {} ms ({})",
+            x.key.attempt, x.key.stage_id, x.key.task, x.ran_ms, x.worker_id, x.limit_ms, x.how
+        ));
+        core.metrics.error(class_name(ErrorClass::Transient));
+        if !propose_failure(core, &x.key, error_record(&e), true).await {
+            continue; // it finished meanwhile
+        }
+        let decision = Decision {
+            id: 0,
+            at_ms: now,
+            job_id: x.key.job_id.clone(),
+            kind: DecisionKind::TaskTimeout,
+            what: format!(
+                "failed and cancelled attempt {} of stage {} task {} on worker {}",
+                x.key.attempt, x.key.stage_id, x.key.task, x.worker_id
+            ),
+            why: format!(
+                "it ran {} ms, past the task timeout of {} ms ({})",
+                x.ran_ms, x.limit_ms, x.how
+            ),
+            inputs: inputs([
+                ("runtime_ms", x.ran_ms.to_string()),
+                ("timeout_ms", x.limit_ms.to_string()),
+                ("finished_tasks_in_stage", x.finished.to_string()),
+                ("worker", x.worker_id.clone()),
+            ]),
+            effect: Some(format!(
+                "the slot on {} was freed; the task is retried on another worker when one is free",
+                x.worker_id
+            )),
+        };
+        if let Err(e) = core.propose(Command::RecordDecision { decision }).await {
+            tracing::debug!("timeout decision not recorded: {e}");
+        }
+        cancel_attempt(core, &x.worker_id, x.key).await;
+    }
+}
+
+/// An attempt past its task timeout.
+#[derive(Debug)]
+struct Expired {
+    key: pb::TaskKey,
+    worker_id: String,
+    ran_ms: u64,
+    limit_ms: u64,
+    how: String,
+    finished: usize,
+}
+
+fn expired_attempts(s: &State, now: u64) -> Vec<Expired> {
+    let mut out = vec![];
+    for job in s.jobs.values().filter(|j| j.state == JobState::Running) {
+        for (si, st) in job.stages.iter().enumerate() {
+            let finished = finished_durations(st);
+            let Some((limit_ms, how)) = job.spec.job.params.task_timeout_ms(&finished) else {
+                continue;
+            };
+            for (ti, t) in st.tasks.iter().enumerate() {
+                for (attempt, worker_id, started_ms) in t.running_attempts() {
+                    let ran_ms = now.saturating_sub(started_ms);
+                    if ran_ms > limit_ms {
+                        out.push(Expired {
+                            key: pb::TaskKey {
+                                job_id: job.id.clone(),
+                                stage_id: si as u32,
+                                task: ti as u32,
+                                attempt,
+                            },
+                            worker_id: worker_id.to_string(),
+                            ran_ms,
+                            limit_ms,
+                            how: how.clone(),
+                            finished: finished.len(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Run times (launch to recorded success) of a stage's finished tasks.
+fn finished_durations(st: &Stage) -> Vec<u64> {
+    st.tasks
+        .iter()
+        .filter_map(|t| match &t.state {
+            TaskState::Succeeded {
+                started_ms,
+                finished_ms,
+                ..
+            } => Some(finished_ms.saturating_sub(*started_ms)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A running task slow enough for a speculative copy.
+#[derive(Debug, PartialEq)]
+struct Straggler {
+    task: usize,
+    runtime_ms: u64,
+    median_ms: u64,
+    threshold_ms: u64,
+    finished: usize,
+}
+
+/// Spark's rule (`TaskSetManager.checkSpeculatableTasks`): once `quantile` of the
+/// stage's tasks finished, a running task without a copy that has run longer than
+/// `max(multiplier x median finished duration, min_runtime)` is a straggler.
+fn stragglers(st: &Stage, spec: &Speculation, now: u64) -> Vec<Straggler> {
+    let mut finished = finished_durations(st);
+    let min_finished = ((spec.quantile * st.tasks.len() as f64).floor() as usize).max(1);
+    if finished.len() < min_finished {
+        return vec![];
+    }
+    finished.sort_unstable();
+    let median_ms = finished[finished.len() / 2];
+    let threshold_ms = ((spec.multiplier * median_ms as f64) as u64).max(spec.min_runtime_ms);
+    st.tasks
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.speculative.is_none())
+        .filter_map(|(ti, t)| match &t.state {
+            TaskState::Running { started_ms, .. }
+                if now.saturating_sub(*started_ms) > threshold_ms =>
+            {
+                Some(Straggler {
+                    task: ti,
+                    runtime_ms: now.saturating_sub(*started_ms),
+                    median_ms,
+                    threshold_ms,
+                    finished: finished.len(),
+                })
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 async fn launch_ready_tasks(core: &Arc<Core>) {
@@ -142,13 +311,25 @@ async fn launch_ready_tasks(core: &Arc<Core>) {
     // proposed together, so one raft Ready (one flush) records the whole wave
     let recorded = futures::future::join_all(launches.iter().map(|l| {
         let key = l.def.key.clone().expect("built with a key");
-        core.propose(Command::TaskLaunched {
-            job_id: key.job_id,
-            stage: key.stage_id,
-            task: key.task,
-            attempt: key.attempt,
-            worker_id: l.worker_id.clone(),
-            at_ms: now_ms(),
+        core.propose(match &l.speculative {
+            None => Command::TaskLaunched {
+                job_id: key.job_id,
+                stage: key.stage_id,
+                task: key.task,
+                attempt: key.attempt,
+                worker_id: l.worker_id.clone(),
+                at_ms: now_ms(),
+            },
+            Some((why, inputs)) => Command::SpeculativeLaunched {
+                job_id: key.job_id,
+                stage: key.stage_id,
+                task: key.task,
+                attempt: key.attempt,
+                worker_id: l.worker_id.clone(),
+                at_ms: now_ms(),
+                why: why.clone(),
+                inputs: inputs.clone(),
+            },
         })
     }))
     .await;
@@ -208,8 +389,14 @@ pub async fn report_failure(core: &Core, key: &pb::TaskKey, e: &Error) {
     propose_failure(core, key, error_record(e), class == ErrorClass::Transient).await;
 }
 
-/// Proposes the failure of an attempt, with its backoff.
-async fn propose_failure(core: &Core, key: &pb::TaskKey, error: ErrorRecord, retryable: bool) {
+/// Proposes the failure of an attempt, with its backoff; false when the state did
+/// not take it (the attempt is no longer running).
+async fn propose_failure(
+    core: &Core,
+    key: &pb::TaskKey,
+    error: ErrorRecord,
+    retryable: bool,
+) -> bool {
     // Backoff before the next attempt: full jitter over the one retry policy.
     let failures = core.read(|s| {
         s.jobs
@@ -235,9 +422,15 @@ async fn propose_failure(core: &Core, key: &pb::TaskKey, error: ErrorRecord, ret
         retry_at_ms: now_ms() + backoff.as_millis() as u64,
     };
     match core.propose(cmd).await {
-        Ok(Outcome::JobChanged(job_id, JobState::Failed)) => job_failed_alert(core, &job_id),
-        Ok(_) => {}
-        Err(err) => tracing::debug!("failure not recorded: {err}"),
+        Ok(Outcome::JobChanged(job_id, JobState::Failed)) => {
+            job_failed_alert(core, &job_id);
+            true
+        }
+        Ok(_) => true,
+        Err(err) => {
+            tracing::debug!("failure not recorded: {err}");
+            false
+        }
     }
 }
 
@@ -287,7 +480,9 @@ pub fn class_name(c: ErrorClass) -> &'static str {
 }
 
 /// Decides launches: jobs in submission order, ready stages in order, tasks onto the
-/// alive worker with the most free slots.
+/// alive worker with the most free slots (avoiding workers where the task already
+/// failed, while others are alive); then speculative copies of stragglers onto the
+/// slots left.
 fn plan_launches(s: &State, live: &HashMap<String, ()>) -> Vec<Launch> {
     let running = s.running_per_worker();
     let mut free: Vec<(String, i64)> = s
@@ -301,11 +496,13 @@ fn plan_launches(s: &State, live: &HashMap<String, ()>) -> Vec<Launch> {
         .collect();
     let mut out = Vec::new();
     let now = now_ms();
-    for job_id in &s.job_order {
-        let job = &s.jobs[job_id];
-        if job.state != JobState::Running {
-            continue;
-        }
+    let running_jobs = || {
+        s.job_order
+            .iter()
+            .map(|id| &s.jobs[id])
+            .filter(|j| j.state == JobState::Running)
+    };
+    'jobs: for job in running_jobs() {
         for (si, stage) in job.stages.iter().enumerate() {
             if !job.stage_ready(si) {
                 continue;
@@ -314,21 +511,79 @@ fn plan_launches(s: &State, live: &HashMap<String, ()>) -> Vec<Launch> {
                 if task.state != TaskState::Pending || task.not_before_ms > now {
                     continue;
                 }
-                free.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-                let Some(slot) = free.first_mut().filter(|f| f.1 > 0) else {
-                    return out;
+                if !free.iter().any(|f| f.1 > 0) {
+                    break 'jobs;
+                }
+                // elsewhere than where it failed, unless it failed everywhere
+                let failed_everywhere = free.iter().all(|f| task.failed_on.contains(&f.0));
+                let Some(wid) = take_slot(&mut free, |w| {
+                    failed_everywhere || !task.failed_on.iter().any(|f| f == w)
+                }) else {
+                    continue;
                 };
-                slot.1 -= 1;
-                let worker = &s.workers[&slot.0];
+                let worker = &s.workers[&wid];
                 out.push(Launch {
-                    worker_id: worker.id.clone(),
+                    worker_id: wid.clone(),
                     address: worker.address.clone(),
-                    def: task_definition(s, job, si, ti, task.attempts + 1, &worker.id),
+                    def: task_definition(s, job, si, ti, task.attempts + 1, &wid),
+                    speculative: None,
+                });
+            }
+        }
+    }
+    for job in running_jobs() {
+        let spec = job.spec.job.params.speculation();
+        if !spec.enabled {
+            continue;
+        }
+        for (si, stage) in job.stages.iter().enumerate() {
+            for x in stragglers(stage, &spec, now) {
+                let task = &stage.tasks[x.task];
+                let TaskState::Running {
+                    worker_id: original,
+                    ..
+                } = &task.state
+                else {
+                    continue;
+                };
+                let Some(wid) = take_slot(&mut free, |w| {
+                    w != original && !task.failed_on.iter().any(|f| f == w)
+                }) else {
+                    continue;
+                };
+                let why = format!(
+                    "stage {si} task {} had run {} ms, more than {} ms = max({} x the median of {} finished tasks ({} ms), speculation_min_runtime_ms {}), once {} of {} tasks (quantile {}) had finished",
+                    x.task, x.runtime_ms, x.threshold_ms, spec.multiplier, x.finished, x.median_ms,
+                    spec.min_runtime_ms, x.finished, stage.tasks.len(), spec.quantile
+                );
+                let inputs = inputs([
+                    ("runtime_ms", x.runtime_ms.to_string()),
+                    ("median_ms", x.median_ms.to_string()),
+                    ("threshold_ms", x.threshold_ms.to_string()),
+                    ("finished_tasks", x.finished.to_string()),
+                    ("stage_tasks", stage.tasks.len().to_string()),
+                    ("multiplier", spec.multiplier.to_string()),
+                    ("quantile", spec.quantile.to_string()),
+                    ("original_worker", original.clone()),
+                ]);
+                out.push(Launch {
+                    worker_id: wid.clone(),
+                    address: s.workers[&wid].address.clone(),
+                    def: task_definition(s, job, si, x.task, task.attempts + 1, &wid),
+                    speculative: Some((why, inputs)),
                 });
             }
         }
     }
     out
+}
+
+/// Takes a slot on the worker with the most free slots among those `ok` accepts.
+fn take_slot(free: &mut [(String, i64)], ok: impl Fn(&str) -> bool) -> Option<String> {
+    free.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let slot = free.iter_mut().find(|f| f.1 > 0 && ok(&f.0))?;
+    slot.1 -= 1;
+    Some(slot.0.clone())
 }
 
 /// Where a sink task attempt stages its files.
@@ -574,6 +829,155 @@ mod tests {
         })
         .unwrap();
         assert!(plan_launches(&s, &live(&["w1"])).is_empty());
+    }
+
+    /// A state with `tasks` map tasks on w1 and w2 (w3 idle), of which `done` finished after `dur` ms and the rest run since `since`.
+    fn stage_with_stragglers(tasks: u32, done: u32, dur: u64, since: u64) -> State {
+        let mut s = state_with(&[("w1", 8), ("w2", 8), ("w3", 8)], tasks);
+        for t in 0..tasks {
+            let w = ["w1", "w2"][t as usize % 2];
+            let started = if t < done { 1_000 } else { since };
+            s.apply(&Command::TaskLaunched {
+                job_id: "j".into(),
+                stage: 0,
+                task: t,
+                attempt: 1,
+                worker_id: w.into(),
+                at_ms: started,
+            })
+            .unwrap();
+            if t < done {
+                s.apply(&Command::TaskSucceeded {
+                    job_id: "j".into(),
+                    stage: 0,
+                    task: t,
+                    attempt: 1,
+                    result: Default::default(),
+                    at_ms: started + dur,
+                })
+                .unwrap();
+            }
+        }
+        s
+    }
+
+    fn spark_defaults() -> Speculation {
+        autopipe_common::spec::JobParams::default().speculation()
+    }
+
+    #[test]
+    fn stragglers_follow_sparks_rule() {
+        let now = 100_000;
+        // 9 of 10 done (quantile 0.9) in 2 s each; the last has run 7 s > 3 x 2 s
+        let s = stage_with_stragglers(10, 9, 2_000, now - 7_000);
+        let st = &s.jobs["j"].stages[0];
+        let x = stragglers(st, &spark_defaults(), now);
+        assert_eq!(
+            x,
+            vec![Straggler {
+                task: 9,
+                runtime_ms: 7_000,
+                median_ms: 2_000,
+                threshold_ms: 6_000,
+                finished: 9
+            }]
+        );
+        // not yet past 3 x the median
+        let s = stage_with_stragglers(10, 9, 2_000, now - 5_000);
+        assert!(stragglers(&s.jobs["j"].stages[0], &spark_defaults(), now).is_empty());
+        // too few done: 8 of 10 is below the 0.9 quantile
+        let s = stage_with_stragglers(10, 8, 2_000, now - 60_000);
+        assert!(stragglers(&s.jobs["j"].stages[0], &spark_defaults(), now).is_empty());
+        // fast stages: the minimum runtime holds
+        let s = stage_with_stragglers(10, 9, 10, now - 900);
+        assert!(stragglers(&s.jobs["j"].stages[0], &spark_defaults(), now).is_empty());
+    }
+
+    #[test]
+    fn a_straggler_gets_one_copy_on_another_worker_unless_speculation_is_off() {
+        let now = now_ms();
+        let s = stage_with_stragglers(10, 9, 10, now - 5_000);
+        let l = plan_launches(&s, &live(&["w1", "w2", "w3"]));
+        let copies: Vec<_> = l.iter().filter(|x| x.speculative.is_some()).collect();
+        assert_eq!(
+            copies.len(),
+            1,
+            "{:?}",
+            l.iter().map(|x| &x.worker_id).collect::<Vec<_>>()
+        );
+        // task 9 runs on w2; the copy goes to the worker with the most free slots
+        assert_eq!(copies[0].worker_id, "w1");
+        let key = copies[0].def.key.clone().unwrap();
+        assert_eq!((key.task, key.attempt), (9, 2));
+        let (why, inputs) = copies[0].speculative.clone().unwrap();
+        assert!(why.contains("median"), "{why}");
+        assert_eq!(inputs["original_worker"], "w2");
+
+        let mut s = s;
+        s.jobs.get_mut("j").unwrap().spec.job.params.speculation = Some(false);
+        let l = plan_launches(&s, &live(&["w1", "w2", "w3"]));
+        assert!(l.iter().all(|x| x.speculative.is_none()));
+    }
+
+    #[test]
+    fn a_retry_avoids_the_worker_where_the_task_failed() {
+        let mut s = state_with(&[("w1", 4), ("w2", 1)], 1);
+        s.apply(&Command::TaskLaunched {
+            job_id: "j".into(),
+            stage: 0,
+            task: 0,
+            attempt: 1,
+            worker_id: "w1".into(),
+            at_ms: 1,
+        })
+        .unwrap();
+        s.apply(&Command::TaskFailed {
+            job_id: "j".into(),
+            stage: 0,
+            task: 0,
+            attempt: 1,
+            error: ErrorRecord {
+                class: "transient".into(),
+                message: "timed out".into(),
+                key: String::new(),
+                fetch_failed: None,
+                worker_unreachable: false,
+            },
+            retryable: true,
+            retry_at_ms: 0,
+        })
+        .unwrap();
+        let l = plan_launches(&s, &live(&["w1", "w2"]));
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].worker_id, "w2", "w1 has more free slots but failed it");
+        // when it failed on every live worker, any will do
+        let l = plan_launches(&s, &live(&["w1"]));
+        assert_eq!(l[0].worker_id, "w1");
+    }
+
+    #[test]
+    fn attempts_past_the_task_timeout_expire() {
+        let now = 1_000_000;
+        // derived: nothing finished, no timeout yet
+        let s = stage_with_stragglers(4, 0, 0, 0);
+        assert!(expired_attempts(&s, now).is_empty());
+        // derived: 10 x the slowest (2 s) is below the 60 s floor
+        let s = stage_with_stragglers(4, 3, 2_000, now - 61_000);
+        let x = expired_attempts(&s, now);
+        assert_eq!(x.len(), 1);
+        assert_eq!(
+            (x[0].key.task, x[0].limit_ms, x[0].ran_ms),
+            (3, 60_000, 61_000)
+        );
+        assert!(x[0].how.starts_with("derived"), "{}", x[0].how);
+        let s = stage_with_stragglers(4, 3, 2_000, now - 59_000);
+        assert!(expired_attempts(&s, now).is_empty());
+        // explicit, and off
+        let mut s = stage_with_stragglers(4, 0, 0, now - 1_500);
+        s.jobs.get_mut("j").unwrap().spec.job.params.task_timeout_ms = Some(1_000);
+        assert_eq!(expired_attempts(&s, now).len(), 4);
+        s.jobs.get_mut("j").unwrap().spec.job.params.task_timeout_ms = Some(0);
+        assert!(expired_attempts(&s, now).is_empty());
     }
 
     #[test]

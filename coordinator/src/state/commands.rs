@@ -114,6 +114,32 @@ pub enum Command {
         /// when
         at_ms: u64,
     },
+    /// a second attempt of a straggling task was sent to another worker; both run
+    /// until one finishes (recorded as a `speculation` decision)
+    SpeculativeLaunched {
+        /// job
+        job_id: String,
+        /// stage
+        stage: u32,
+        /// task
+        task: u32,
+        /// the copy's attempt number (the task's next)
+        attempt: u32,
+        /// where the copy runs (never the original's worker)
+        worker_id: String,
+        /// when
+        at_ms: u64,
+        /// the rule that fired, in words
+        why: String,
+        /// what the rule read
+        inputs: std::collections::BTreeMap<String, String>,
+    },
+    /// an automatic change with no other command of its own (a timeout, a retry
+    /// limit), appended to the decision log
+    RecordDecision {
+        /// the decision (its id is assigned when applied)
+        decision: super::decision::Decision,
+    },
     /// a task attempt finished
     TaskSucceeded {
         /// job

@@ -3,6 +3,7 @@
 //! error and leaves the state untouched (all checks run before any mutation).
 
 use super::commands::{Command, ErrorRecord, ShuffleHome, StagePlan, TaskResult};
+use super::decision::{Decision, DecisionKind, MAX_DECISIONS};
 use autopipe_common::spec::PipelineSpec;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -79,6 +80,88 @@ pub struct Task {
     /// a retried task waits until then (backoff)
     #[serde(default)]
     pub not_before_ms: u64,
+    /// a speculative second attempt, running beside the one in `state`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculative: Option<SpeculativeCopy>,
+    /// workers where an attempt of this task failed; retries go elsewhere when they can
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_on: Vec<String>,
+}
+
+/// The speculative copy of a running task.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SpeculativeCopy {
+    /// its attempt number
+    pub attempt: u32,
+    /// where it runs
+    pub worker_id: String,
+    /// since
+    pub started_ms: u64,
+    /// the decision that launched it
+    pub decision: u64,
+}
+
+impl Task {
+    /// A task that has not run yet.
+    pub fn new() -> Self {
+        Task {
+            state: TaskState::Pending,
+            attempts: 0,
+            failures: 0,
+            last_error: None,
+            not_before_ms: 0,
+            speculative: None,
+            failed_on: vec![],
+        }
+    }
+
+    /// Running attempts as `(attempt, worker, started_ms)`: the original, then the copy.
+    pub fn running_attempts(&self) -> Vec<(u32, &str, u64)> {
+        let mut out = Vec::with_capacity(2);
+        if let TaskState::Running {
+            attempt,
+            worker_id,
+            started_ms,
+        } = &self.state
+        {
+            out.push((*attempt, worker_id.as_str(), *started_ms));
+        }
+        if let Some(c) = &self.speculative {
+            out.push((c.attempt, c.worker_id.as_str(), c.started_ms));
+        }
+        out
+    }
+
+    /// Drops the attempt that ran on `worker` (failed, lost or timed out) while the
+    /// other may go on: the copy is promoted when the original goes. Returns the
+    /// copy's decision and whether an attempt still runs.
+    fn detach_attempt(&mut self, attempt: u32) -> (Option<u64>, bool) {
+        match (&self.state, self.speculative.take()) {
+            (_, Some(c)) if c.attempt == attempt => (Some(c.decision), true),
+            (TaskState::Running { .. }, Some(c)) => {
+                self.state = TaskState::Running {
+                    attempt: c.attempt,
+                    worker_id: c.worker_id,
+                    started_ms: c.started_ms,
+                };
+                (Some(c.decision), true)
+            }
+            (_, None) => {
+                self.state = TaskState::Pending;
+                (None, false)
+            }
+            (_, Some(c)) => {
+                self.speculative = Some(c);
+                (None, true)
+            }
+        }
+    }
+}
+
+impl Default for Task {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A stage and its tasks.
@@ -190,6 +273,12 @@ pub struct State {
     pub jobs: BTreeMap<String, Job>,
     /// job ids in submission order
     pub job_order: Vec<String>,
+    /// the decision log (automatic changes), oldest first
+    #[serde(default)]
+    pub decisions: Vec<Decision>,
+    /// id of the last recorded decision
+    #[serde(default)]
+    pub last_decision_id: u64,
 }
 
 /// Why a command was rejected.
@@ -225,6 +314,13 @@ pub enum Outcome {
     JobChanged(String, JobState),
     /// a task will be retried
     TaskRequeued,
+    /// a task finished while another attempt of it still runs there: cancel it
+    Superseded {
+        /// where the losing attempt runs
+        worker_id: String,
+        /// its attempt number
+        attempt: u32,
+    },
 }
 
 impl State {
@@ -291,15 +387,7 @@ impl State {
                     .iter()
                     .map(|p| Stage {
                         plan: p.clone(),
-                        tasks: (0..p.tasks)
-                            .map(|_| Task {
-                                state: TaskState::Pending,
-                                attempts: 0,
-                                failures: 0,
-                                last_error: None,
-                                not_before_ms: 0,
-                            })
-                            .collect(),
+                        tasks: (0..p.tasks).map(|_| Task::new()).collect(),
                     })
                     .collect();
                 self.jobs.insert(
@@ -354,6 +442,67 @@ impl State {
                 };
                 Ok(Outcome::Done)
             }
+            Command::SpeculativeLaunched {
+                job_id,
+                stage,
+                task,
+                attempt,
+                worker_id,
+                at_ms,
+                why,
+                inputs,
+            } => {
+                let w = self
+                    .workers
+                    .get(worker_id)
+                    .ok_or_else(|| ApplyError::UnknownWorker(worker_id.clone()))?;
+                if w.state != WorkerState::Alive {
+                    return Err(ApplyError::Illegal(format!("worker {worker_id} is lost")));
+                }
+                let decision = self.last_decision_id + 1;
+                let job = self.running_job(job_id)?;
+                let t = Self::task_mut(job, *stage, *task)?;
+                let original = match &t.state {
+                    TaskState::Running { worker_id: w, .. }
+                        if t.speculative.is_none()
+                            && *attempt == t.attempts + 1
+                            && w != worker_id =>
+                    {
+                        w.clone()
+                    }
+                    other => {
+                        return Err(ApplyError::Illegal(format!(
+                            "speculative launch of job {job_id} stage {stage} task {task} attempt {attempt} on {worker_id} while {other:?} (copy: {:?})",
+                            t.speculative
+                        )))
+                    }
+                };
+                t.attempts = *attempt;
+                t.speculative = Some(SpeculativeCopy {
+                    attempt: *attempt,
+                    worker_id: worker_id.clone(),
+                    started_ms: *at_ms,
+                    decision,
+                });
+                self.push_decision(Decision {
+                    id: 0,
+                    at_ms: *at_ms,
+                    job_id: job_id.clone(),
+                    kind: DecisionKind::Speculation,
+                    what: format!(
+                        "launched a speculative copy of stage {stage} task {task} (attempt {attempt}) on worker {worker_id}, beside the original on {original}"
+                    ),
+                    why: why.clone(),
+                    inputs: inputs.clone(),
+                    effect: None,
+                });
+                Ok(Outcome::Done)
+            }
+            Command::RecordDecision { decision } => {
+                self.job_mut(&decision.job_id)?;
+                self.push_decision(decision.clone());
+                Ok(Outcome::Done)
+            }
             Command::TaskSucceeded {
                 job_id,
                 stage,
@@ -364,26 +513,68 @@ impl State {
             } => {
                 let job = self.running_job(job_id)?;
                 let t = Self::task_mut(job, *stage, *task)?;
-                let (worker_id, started_ms) = match &t.state {
-                    TaskState::Running {
-                        attempt: a,
-                        worker_id,
-                        started_ms,
-                    } if a == attempt => (worker_id.clone(), *started_ms),
-                    other => {
+                // the winner, and the other attempt still running (the loser)
+                let (winner, loser) = match (&t.state, &t.speculative) {
+                    (
+                        TaskState::Running {
+                            attempt: a,
+                            worker_id,
+                            started_ms,
+                        },
+                        copy,
+                    ) if a == attempt => (
+                        (worker_id.clone(), *started_ms),
+                        copy.as_ref()
+                            .map(|c| (c.worker_id.clone(), c.attempt, c.started_ms)),
+                    ),
+                    (
+                        TaskState::Running {
+                            attempt: a,
+                            worker_id,
+                            started_ms,
+                        },
+                        Some(c),
+                    ) if c.attempt == *attempt => (
+                        (c.worker_id.clone(), c.started_ms),
+                        Some((worker_id.clone(), *a, *started_ms)),
+                    ),
+                    (other, _) => {
                         return Err(ApplyError::Illegal(format!(
                             "success of job {job_id} stage {stage} task {task} attempt {attempt} while {other:?}"
                         )))
                     }
                 };
+                let copy = t.speculative.take();
                 t.state = TaskState::Succeeded {
                     attempt: *attempt,
-                    worker_id,
+                    worker_id: winner.0,
                     result: result.clone(),
-                    started_ms,
+                    started_ms: winner.1,
                     finished_ms: *at_ms,
                 };
-                Ok(Outcome::Done)
+                let Some(copy) = copy else {
+                    return Ok(Outcome::Done);
+                };
+                let (loser_worker, loser_attempt, loser_started) =
+                    loser.expect("a copy ran beside the winner");
+                let effect = if copy.attempt == *attempt {
+                    format!(
+                        "the copy won: it took {} ms, while the original had run {} ms without finishing; the original was cancelled",
+                        at_ms.saturating_sub(copy.started_ms),
+                        at_ms.saturating_sub(loser_started),
+                    )
+                } else {
+                    format!(
+                        "the original finished first ({} ms in all, {} ms after the copy started); the copy was cancelled, its output discarded",
+                        at_ms.saturating_sub(winner.1),
+                        at_ms.saturating_sub(copy.started_ms),
+                    )
+                };
+                self.set_effect(copy.decision, effect);
+                Ok(Outcome::Superseded {
+                    worker_id: loser_worker,
+                    attempt: loser_attempt,
+                })
             }
             Command::TaskFailed {
                 job_id,
@@ -397,21 +588,28 @@ impl State {
                 let job = self.running_job(job_id)?;
                 let max_attempts = job.spec.job.params.max_task_attempts();
                 let t = Self::task_mut(job, *stage, *task)?;
-                match &t.state {
-                    TaskState::Running { attempt: a, .. } if a == attempt => {}
-                    other => {
-                        return Err(ApplyError::Illegal(format!(
-                            "failure of job {job_id} stage {stage} task {task} attempt {attempt} while {other:?}"
-                        )))
-                    }
-                }
+                let Some(failed_worker) = t
+                    .running_attempts()
+                    .into_iter()
+                    .find(|(a, _, _)| a == attempt)
+                    .map(|(_, w, _)| w.to_string())
+                else {
+                    return Err(ApplyError::Illegal(format!(
+                        "failure of job {job_id} stage {stage} task {task} attempt {attempt} while {:?}",
+                        t.state
+                    )));
+                };
                 t.last_error = Some(error.clone());
-                t.state = TaskState::Pending;
-                t.not_before_ms = *retry_at_ms;
+                // the other attempt of a speculated task goes on
+                let (copy_decision, still_running) = t.detach_attempt(*attempt);
+                if !still_running {
+                    t.not_before_ms = *retry_at_ms;
+                }
                 // A reducer that could not read a map output is not at fault (Spark's
                 // FetchFailed): the output is recomputed and the reducer waits for it,
                 // without spending one of its attempts. Nor is an attempt whose worker
                 // did not answer the launch.
+                let spared = error.fetch_failed.is_some() || error.worker_unreachable;
                 if let Some(f) = &error.fetch_failed {
                     let lost = job
                         .stages
@@ -424,16 +622,35 @@ impl State {
                             m.state = TaskState::Pending;
                         }
                     }
+                }
+                let mut fails_job = false;
+                if !spared {
+                    let t = Self::task_mut(job, *stage, *task)?;
+                    t.failures += 1;
+                    if !t.failed_on.contains(&failed_worker) {
+                        t.failed_on.push(failed_worker);
+                    }
+                    fails_job = !*retryable || t.failures >= max_attempts;
+                }
+                if let Some(d) = copy_decision {
+                    self.set_effect(
+                        d,
+                        format!(
+                            "attempt {attempt} failed ({}){}",
+                            error.message,
+                            if fails_job {
+                                ""
+                            } else {
+                                "; the other attempt carries on"
+                            }
+                        ),
+                    );
+                }
+                if !fails_job {
                     return Ok(Outcome::TaskRequeued);
                 }
-                if error.worker_unreachable {
-                    return Ok(Outcome::TaskRequeued);
-                }
-                t.failures += 1;
-                if *retryable && t.failures < max_attempts {
-                    return Ok(Outcome::TaskRequeued);
-                }
-                let failures = t.failures;
+                let job = self.jobs.get_mut(job_id).expect("checked above");
+                let failures = job.stages[*stage as usize].tasks[*task as usize].failures;
                 let mut err = error.clone();
                 if *retryable {
                     err.message = format!(
@@ -441,7 +658,6 @@ impl State {
                         error.message
                     );
                 }
-                let job = self.jobs.get_mut(job_id).expect("checked above");
                 job.state = JobState::Failed;
                 job.error = Some(err);
                 Ok(Outcome::JobChanged(job_id.clone(), JobState::Failed))
@@ -537,6 +753,7 @@ impl State {
     /// The one code path for a lost worker: its running tasks go back to pending and
     /// map outputs that lived only on it are recomputed if a running job still needs them.
     fn forget_worker_outputs(&mut self, worker_id: &str) {
+        let mut effects = vec![];
         for job in self.jobs.values_mut() {
             if job.state != JobState::Running {
                 continue;
@@ -544,17 +761,44 @@ impl State {
             let last = job.stages.len() - 1;
             for (si, stage) in job.stages.iter_mut().enumerate() {
                 for t in &mut stage.tasks {
-                    let on_lost = match &t.state {
-                        TaskState::Running { worker_id: w, .. } => w == worker_id,
-                        // sink outputs are in staging storage, not on the worker
-                        TaskState::Succeeded { worker_id: w, .. } => w == worker_id && si != last,
-                        TaskState::Pending => false,
-                    };
-                    if on_lost {
+                    let lost_attempt = t
+                        .running_attempts()
+                        .into_iter()
+                        .find(|(_, w, _)| *w == worker_id)
+                        .map(|(a, _, _)| a);
+                    if let Some(a) = lost_attempt {
+                        if let (Some(d), true) = t.detach_attempt(a) {
+                            effects.push((d, format!("attempt {a}'s worker {worker_id} was lost; the other attempt carries on")));
+                        }
+                        continue;
+                    }
+                    // sink outputs are in staging storage, not on the worker
+                    if matches!(&t.state, TaskState::Succeeded { worker_id: w, .. } if w == worker_id && si != last)
+                    {
                         t.state = TaskState::Pending;
                     }
                 }
             }
+        }
+        for (d, e) in effects {
+            self.set_effect(d, e);
+        }
+    }
+
+    fn push_decision(&mut self, mut d: Decision) {
+        self.last_decision_id += 1;
+        d.id = self.last_decision_id;
+        self.decisions.push(d);
+        if self.decisions.len() > MAX_DECISIONS {
+            let extra = self.decisions.len() - MAX_DECISIONS;
+            self.decisions.drain(..extra);
+        }
+    }
+
+    /// Records a decision's measured effect (ignored if it left the log).
+    fn set_effect(&mut self, id: u64, effect: String) {
+        if let Some(d) = self.decisions.iter_mut().rev().find(|d| d.id == id) {
+            d.effect = Some(effect);
         }
     }
 
@@ -568,8 +812,8 @@ impl State {
             .flat_map(|j| j.stages.iter())
             .flat_map(|s| s.tasks.iter())
         {
-            if let TaskState::Running { worker_id, .. } = &t.state {
-                *out.entry(worker_id.as_str()).or_insert(0) += 1;
+            for (_, worker_id, _) in t.running_attempts() {
+                *out.entry(worker_id).or_insert(0) += 1;
             }
         }
         out
@@ -826,6 +1070,180 @@ mod tests {
             "a lost worker gets no tasks"
         );
         launch(&mut s, 0, 0, 2, "w2").unwrap();
+    }
+
+    fn speculate(s: &mut State, task: u32, attempt: u32, w: &str) -> Result<Outcome, ApplyError> {
+        s.apply(&Command::SpeculativeLaunched {
+            job_id: "j".into(),
+            stage: 0,
+            task,
+            attempt,
+            worker_id: w.into(),
+            at_ms: 5,
+            why: "slow".into(),
+            inputs: Default::default(),
+        })
+    }
+
+    fn fail(s: &mut State, task: u32, attempt: u32, class: &str) -> Result<Outcome, ApplyError> {
+        s.apply(&Command::TaskFailed {
+            job_id: "j".into(),
+            stage: 0,
+            task,
+            attempt,
+            error: ErrorRecord {
+                class: class.into(),
+                message: "boom".into(),
+                key: String::new(),
+                fetch_failed: None,
+                worker_unreachable: false,
+            },
+            retryable: class == "transient",
+            retry_at_ms: 0,
+        })
+    }
+
+    #[test]
+    fn a_speculative_copy_that_wins_supersedes_the_original_and_records_the_effect() {
+        let mut s = two_stage_state();
+        launch(&mut s, 0, 0, 1, "w1").unwrap();
+        assert!(
+            speculate(&mut s, 0, 2, "w1").is_err(),
+            "never on the original's worker"
+        );
+        assert!(
+            speculate(&mut s, 0, 3, "w2").is_err(),
+            "the next attempt only"
+        );
+        speculate(&mut s, 0, 2, "w2").unwrap();
+        assert!(speculate(&mut s, 0, 3, "w2").is_err(), "one copy at a time");
+        assert_eq!(s.running_per_worker().get("w2"), Some(&1));
+        assert_eq!(s.decisions.len(), 1);
+        assert_eq!(s.decisions[0].kind, DecisionKind::Speculation);
+        assert_eq!(s.decisions[0].effect, None);
+        let out = succeed(&mut s, 0, 0, 2).unwrap();
+        assert_eq!(
+            out,
+            Outcome::Superseded {
+                worker_id: "w1".into(),
+                attempt: 1
+            }
+        );
+        let t = &s.jobs["j"].stages[0].tasks[0];
+        assert!(
+            matches!(&t.state, TaskState::Succeeded { attempt: 2, worker_id, .. } if worker_id == "w2")
+        );
+        assert!(t.speculative.is_none());
+        assert!(s.decisions[0]
+            .effect
+            .as_deref()
+            .unwrap()
+            .starts_with("the copy won"));
+        // the loser's late report is refused: its output is never used
+        assert!(succeed(&mut s, 0, 0, 1).is_err());
+    }
+
+    #[test]
+    fn when_the_original_wins_the_copy_is_superseded() {
+        let mut s = two_stage_state();
+        launch(&mut s, 0, 0, 1, "w1").unwrap();
+        speculate(&mut s, 0, 2, "w2").unwrap();
+        let out = succeed(&mut s, 0, 0, 1).unwrap();
+        assert_eq!(
+            out,
+            Outcome::Superseded {
+                worker_id: "w2".into(),
+                attempt: 2
+            }
+        );
+        assert!(s.decisions[0]
+            .effect
+            .as_deref()
+            .unwrap()
+            .starts_with("the original finished first"));
+        assert!(succeed(&mut s, 0, 0, 2).is_err());
+    }
+
+    #[test]
+    fn a_failed_or_lost_attempt_of_a_speculated_task_leaves_the_other_running() {
+        let mut s = two_stage_state();
+        launch(&mut s, 0, 0, 1, "w1").unwrap();
+        speculate(&mut s, 0, 2, "w2").unwrap();
+        // the original fails: the copy is promoted, the failure counted, and the
+        // retry of the task avoids w1
+        assert_eq!(
+            fail(&mut s, 0, 1, "transient").unwrap(),
+            Outcome::TaskRequeued
+        );
+        let t = &s.jobs["j"].stages[0].tasks[0];
+        assert!(
+            matches!(&t.state, TaskState::Running { attempt: 2, worker_id, .. } if worker_id == "w2")
+        );
+        assert_eq!(
+            (t.failures, t.failed_on.clone()),
+            (1, vec!["w1".to_string()])
+        );
+        assert!(s.decisions[0]
+            .effect
+            .as_deref()
+            .unwrap()
+            .contains("carries on"));
+        // a second copy, then the copy's worker is lost: the original goes on
+        speculate(&mut s, 0, 3, "w1").unwrap();
+        s.apply(&Command::WorkerLost {
+            worker_id: "w1".into(),
+            at_ms: 9,
+        })
+        .unwrap();
+        let t = &s.jobs["j"].stages[0].tasks[0];
+        assert!(matches!(t.state, TaskState::Running { attempt: 2, .. }));
+        assert!(t.speculative.is_none());
+        succeed(&mut s, 0, 0, 2).unwrap();
+    }
+
+    #[test]
+    fn a_permanent_failure_of_either_attempt_fails_the_job() {
+        let mut s = two_stage_state();
+        launch(&mut s, 0, 0, 1, "w1").unwrap();
+        speculate(&mut s, 0, 2, "w2").unwrap();
+        assert_eq!(
+            fail(&mut s, 0, 2, "permanent").unwrap(),
+            Outcome::JobChanged("j".into(), JobState::Failed)
+        );
+    }
+
+    #[test]
+    fn the_decision_log_numbers_decisions_and_keeps_the_newest() {
+        let mut s = two_stage_state();
+        let d = |i: u64| Command::RecordDecision {
+            decision: Decision {
+                id: 0,
+                at_ms: i,
+                job_id: "j".into(),
+                kind: DecisionKind::TaskTimeout,
+                what: format!("d{i}"),
+                why: String::new(),
+                inputs: Default::default(),
+                effect: None,
+            },
+        };
+        assert!(s
+            .apply(&Command::RecordDecision {
+                decision: Decision {
+                    job_id: "nope".into(),
+                    ..match d(0) {
+                        Command::RecordDecision { decision } => decision,
+                        _ => unreachable!(),
+                    }
+                }
+            })
+            .is_err());
+        for i in 0..(MAX_DECISIONS as u64 + 5) {
+            s.apply(&d(i)).unwrap();
+        }
+        assert_eq!(s.decisions.len(), MAX_DECISIONS);
+        assert_eq!(s.decisions[0].id, 6);
+        assert_eq!(s.last_decision_id, MAX_DECISIONS as u64 + 5);
     }
 
     #[test]

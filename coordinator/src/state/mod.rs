@@ -3,9 +3,11 @@
 //! so every coordinator applies the same commands in the same order.
 
 pub mod commands;
+pub mod decision;
 pub mod machine;
 
 pub use commands::{Command, ErrorRecord, FetchFailedRecord, ShuffleHome, StagePlan, TaskResult};
+pub use decision::{Decision, DecisionKind};
 pub use machine::{ApplyError, Job, JobState, Outcome, State, TaskState, WorkerState};
 
 impl State {
@@ -14,12 +16,14 @@ impl State {
         let job_id = match cmd {
             Command::SubmitJob { job_id, .. }
             | Command::TaskLaunched { job_id, .. }
+            | Command::SpeculativeLaunched { job_id, .. }
             | Command::TaskSucceeded { job_id, .. }
             | Command::TaskFailed { job_id, .. }
             | Command::JobCommitting { job_id }
             | Command::JobSucceeded { job_id, .. }
             | Command::JobFailed { job_id, .. }
             | Command::CancelJob { job_id, .. } => Some(job_id),
+            Command::RecordDecision { decision } => Some(&decision.job_id),
             Command::RegisterWorker { .. } => None,
             Command::WorkerLost { .. } => None,
         };
@@ -35,6 +39,7 @@ impl State {
             workers: self.workers.clone(),
             jobs,
             job_order: vec![],
+            ..Default::default()
         }
     }
 }

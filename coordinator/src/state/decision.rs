@@ -1,0 +1,62 @@
+//! The decision log: every automatic change the coordinator makes to a running job
+//! (a speculative copy, a timed-out attempt, an adapted retry limit) is recorded
+//! in the replicated state with what it did, why, the inputs it decided on, and,
+//! once known, its measured effect. The CLI (`autopipe decisions`), the admin API
+//! (`ListDecisions`, `/api/decisions`) and the dashboard read it from here.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// What kind of automatic change.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionKind {
+    /// a straggling task got a second, speculative attempt on another worker
+    Speculation,
+    /// an attempt ran past its task timeout and was failed (and cancelled)
+    TaskTimeout,
+    /// a job's per-task attempt limit was lowered or raised
+    RetryLimit,
+}
+
+impl DecisionKind {
+    /// The snake_case name used by the CLI, the API and the metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            DecisionKind::Speculation => "speculation",
+            DecisionKind::TaskTimeout => "task_timeout",
+            DecisionKind::RetryLimit => "retry_limit",
+        }
+    }
+}
+
+/// One recorded decision.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Decision {
+    /// position in the log, from 1 (assigned when applied)
+    #[serde(default)]
+    pub id: u64,
+    /// when it was taken
+    pub at_ms: u64,
+    /// the job it changed
+    pub job_id: String,
+    /// what kind of change
+    pub kind: DecisionKind,
+    /// what was done, in words
+    pub what: String,
+    /// why, in words (the rule and the threshold it crossed)
+    pub why: String,
+    /// the measured inputs the rule read
+    pub inputs: BTreeMap<String, String>,
+    /// the measured effect, once known
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<String>,
+}
+
+/// The log keeps at most this many decisions (the oldest go first).
+pub const MAX_DECISIONS: usize = 10_000;
+
+/// Builds an inputs map from `(name, value)` pairs.
+pub fn inputs<const N: usize>(pairs: [(&str, String); N]) -> BTreeMap<String, String> {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
