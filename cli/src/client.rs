@@ -271,6 +271,8 @@ pub fn job_json(j: &pb::JobStatus) -> serde_json::Value {
         "bytes_in": j.bytes_in,
         "bytes_out": j.bytes_out,
         "output_path": j.output_path,
+        "bad_records": j.bad_records,
+        "dead_letter_path": j.dead_letter_path,
         "wall_time_s": secs,
         "error": j.error.as_ref().map(|e| json!({"message": e.message, "key": e.key,
             "class": pb::ErrorClass::try_from(e.class).map(|c| c.as_str_name().to_ascii_lowercase()).unwrap_or_default()})),
@@ -297,6 +299,12 @@ pub fn summary(j: &pb::JobStatus, wall: Duration) -> String {
         j.rows_out,
         fmt_bytes(j.bytes_out)
     );
+    if j.bad_records > 0 {
+        s += &format!(
+            "  bad records: {}  (dead letters in {})\n",
+            j.bad_records, j.dead_letter_path
+        );
+    }
     s += &format!(
         "  stages:    {}  (tasks {}, attempts {})\n",
         j.stages.len(),

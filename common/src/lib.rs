@@ -1,6 +1,7 @@
 //! autopipe-common: what coordinator, worker and CLI share — the pipeline spec and
 //! its validation, typed errors with a retry class, the one retry policy, object
-//! store helpers and the DataFusion extension codec for shuffle reads.
+//! store helpers, the DataFusion extension codec for shuffle reads and the tolerant
+//! CSV/NDJSON scans that route bad records to the dead-letter sink.
 #![warn(missing_docs)]
 
 pub mod error;
@@ -11,6 +12,7 @@ pub mod shuffle;
 pub mod spec;
 pub mod store;
 pub mod task;
+pub mod tolerant;
 pub mod util;
 
 pub use error::{Error, ErrorClass, Result};

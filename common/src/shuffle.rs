@@ -5,6 +5,7 @@
 //! Arrow Flight `DoGet` (ticket = job, stage, map task, attempt, partition).
 
 use crate::error::Error;
+use crate::tolerant::{DeadLetters, FileRange, RecordFormat, TolerantScanExec};
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
@@ -355,14 +356,17 @@ mod tests {
     }
 }
 
-/// datafusion-proto codec for our extension nodes. The coordinator encodes with an
-/// empty codec; a worker decodes with the job id and locations of the task it runs.
+/// datafusion-proto codec for our extension nodes (shuffle reads, tolerant scans).
+/// The coordinator encodes with an empty codec; a worker decodes with the job id and
+/// locations of the task it runs, and collects its bad records in `dead_letters`.
 #[derive(Debug, Default)]
 pub struct ShuffleCodec {
     /// job of the task being decoded
     pub job_id: String,
     /// map output locations of the task being decoded
     pub locations: Vec<pb::MapOutputLocation>,
+    /// where the task's tolerant scans collect bad records
+    pub dead_letters: Arc<DeadLetters>,
 }
 
 /// Arrow IPC flatbuffer bytes of a schema.
@@ -388,19 +392,67 @@ impl PhysicalExtensionCodec for ShuffleCodec {
         _ctx: &TaskContext,
         _proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let node = pb::ShuffleReaderNode::decode(buf)
-            .map_err(|e| DataFusionError::Internal(format!("bad ShuffleReaderNode: {e}")))?;
-        let schema = Arc::new(schema_from_bytes(&node.schema)?);
-        let mut exec =
-            ShuffleReaderExec::new(node.stage_id, schema, node.partitions as usize, node.hash);
-        exec.job_id = self.job_id.clone();
-        exec.locations = self
-            .locations
-            .iter()
-            .filter(|l| l.stage_id == node.stage_id)
-            .cloned()
-            .collect();
-        Ok(Arc::new(exec))
+        let wrapper = pb::ExtensionNode::decode(buf)
+            .map_err(|e| DataFusionError::Internal(format!("bad extension node: {e}")))?;
+        match wrapper.node {
+            Some(pb::extension_node::Node::Shuffle(node)) => {
+                let schema = Arc::new(schema_from_bytes(&node.schema)?);
+                let mut exec = ShuffleReaderExec::new(
+                    node.stage_id,
+                    schema,
+                    node.partitions as usize,
+                    node.hash,
+                );
+                exec.job_id = self.job_id.clone();
+                exec.locations = self
+                    .locations
+                    .iter()
+                    .filter(|l| l.stage_id == node.stage_id)
+                    .cloned()
+                    .collect();
+                Ok(Arc::new(exec))
+            }
+            Some(pb::extension_node::Node::Scan(node)) => {
+                let format = match node.format.as_str() {
+                    "csv" => RecordFormat::Csv {
+                        has_header: node.has_header,
+                        delimiter: node.delimiter as u8,
+                    },
+                    "ndjson" => RecordFormat::Ndjson,
+                    other => {
+                        return Err(DataFusionError::Internal(format!(
+                            "unknown tolerant scan format '{other}'"
+                        )))
+                    }
+                };
+                let groups = node
+                    .groups
+                    .into_iter()
+                    .map(|g| {
+                        g.ranges
+                            .into_iter()
+                            .map(|r| FileRange {
+                                location: r.location,
+                                start: r.start,
+                                end: r.end,
+                                size: r.size,
+                            })
+                            .collect()
+                    })
+                    .collect();
+                Ok(Arc::new(TolerantScanExec::new(
+                    node.source,
+                    node.store_url,
+                    format,
+                    Arc::new(schema_from_bytes(&node.file_schema)?),
+                    node.projected
+                        .then(|| node.projection.iter().map(|&i| i as usize).collect()),
+                    groups,
+                    self.dead_letters.clone(),
+                )?))
+            }
+            None => Err(DataFusionError::Internal("empty extension node".into())),
+        }
     }
 
     fn try_encode(
@@ -409,19 +461,54 @@ impl PhysicalExtensionCodec for ShuffleCodec {
         buf: &mut Vec<u8>,
         _proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<()> {
-        let Some(r) = node.downcast_ref::<ShuffleReaderExec>() else {
+        let node = if let Some(r) = node.downcast_ref::<ShuffleReaderExec>() {
+            pb::extension_node::Node::Shuffle(pb::ShuffleReaderNode {
+                stage_id: r.stage_id,
+                schema: schema_to_bytes(&r.schema()),
+                partitions: r.partitions as u32,
+                hash: r.hash,
+            })
+        } else if let Some(t) = node.downcast_ref::<TolerantScanExec>() {
+            let (format, has_header, delimiter) = match t.format {
+                RecordFormat::Csv {
+                    has_header,
+                    delimiter,
+                } => ("csv", has_header, delimiter),
+                RecordFormat::Ndjson => ("ndjson", false, b','),
+            };
+            pb::extension_node::Node::Scan(pb::TolerantScanNode {
+                source: t.source.clone(),
+                store_url: t.store_url.clone(),
+                format: format.to_string(),
+                has_header,
+                delimiter: delimiter as u32,
+                file_schema: schema_to_bytes(&t.file_schema),
+                projected: t.projection.is_some(),
+                projection: t.projection.iter().flatten().map(|&i| i as u32).collect(),
+                groups: t
+                    .groups
+                    .iter()
+                    .map(|g| pb::FileGroupNode {
+                        ranges: g
+                            .iter()
+                            .map(|r| pb::FileRangeNode {
+                                location: r.location.clone(),
+                                start: r.start,
+                                end: r.end,
+                                size: r.size,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+        } else {
             return Err(DataFusionError::NotImplemented(format!(
                 "autopipe cannot ship plan node {} to workers",
                 node.name()
             )));
         };
-        let msg = pb::ShuffleReaderNode {
-            stage_id: r.stage_id,
-            schema: schema_to_bytes(&r.schema()),
-            partitions: r.partitions as u32,
-            hash: r.hash,
-        };
-        msg.encode(buf)
-            .map_err(|e| DataFusionError::Internal(format!("encode ShuffleReaderNode: {e}")))
+        pb::ExtensionNode { node: Some(node) }
+            .encode(buf)
+            .map_err(|e| DataFusionError::Internal(format!("encode extension node: {e}")))
     }
 }

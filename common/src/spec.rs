@@ -87,6 +87,11 @@ pub struct JobParams {
     /// tasks, 10 times the slowest, at least 60 s)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_timeout_ms: Option<u64>,
+    /// the job fails when more than this fraction of its source records fail to parse
+    /// or convert (they are in the dead letters either way); default 0: any bad
+    /// record fails the job
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bad_record_ratio: Option<f64>,
 }
 
 /// Speculation settings in effect for a job.
@@ -125,6 +130,10 @@ impl JobParams {
         self.broadcast_join_max_bytes
             .map(|b| b.0)
             .unwrap_or(DEFAULT_BROADCAST_JOIN_MAX_BYTES)
+    }
+    /// Effective bad-record limit (a fraction of the records read).
+    pub fn max_bad_record_ratio(&self) -> f64 {
+        self.max_bad_record_ratio.unwrap_or(0.0)
     }
     /// Effective attempt limit.
     pub fn max_task_attempts(&self) -> u32 {
@@ -244,6 +253,76 @@ pub struct SourceSpec {
     /// csv: field delimiter (default ",")
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delimiter: Option<String>,
+    /// csv/ndjson: the columns and their types, e.g. "id BIGINT, name VARCHAR"
+    /// (default: inferred from the first records, where a malformed value can widen
+    /// a column to text; give the schema so such records go to the dead letters)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+}
+
+/// Parses a source schema: comma-separated `name TYPE` pairs, with TYPE one of
+/// BIGINT, INT, SMALLINT, TINYINT, DOUBLE, FLOAT, VARCHAR (TEXT, STRING), BOOLEAN,
+/// DATE, TIMESTAMP or DECIMAL(p, s). Every column is nullable.
+pub fn parse_schema(
+    text: &str,
+) -> std::result::Result<datafusion::arrow::datatypes::Schema, String> {
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    let mut fields: Vec<Field> = vec![];
+    // split on commas outside parentheses (DECIMAL(10, 2))
+    let mut parts = vec![];
+    let (mut depth, mut cur) = (0, String::new());
+    for c in text.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    parts.push(cur);
+    for part in parts {
+        let part = part.trim();
+        let Some((name, ty)) = part.split_once(char::is_whitespace) else {
+            return Err(format!("'{part}' must be 'name TYPE'"));
+        };
+        let ty = ty.trim().to_ascii_uppercase();
+        let dt = match ty.as_str() {
+            "BIGINT" | "INT8" | "LONG" => DataType::Int64,
+            "INT" | "INTEGER" | "INT4" => DataType::Int32,
+            "SMALLINT" | "INT2" => DataType::Int16,
+            "TINYINT" => DataType::Int8,
+            "DOUBLE" | "FLOAT8" => DataType::Float64,
+            "FLOAT" | "REAL" | "FLOAT4" => DataType::Float32,
+            "VARCHAR" | "TEXT" | "STRING" => DataType::Utf8,
+            "BOOLEAN" | "BOOL" => DataType::Boolean,
+            "DATE" => DataType::Date32,
+            "TIMESTAMP" => DataType::Timestamp(TimeUnit::Nanosecond, None),
+            t if t.starts_with("DECIMAL(") && t.ends_with(')') => {
+                let inner = &t["DECIMAL(".len()..t.len() - 1];
+                let (p, sc) = inner.split_once(',').unwrap_or((inner, "0"));
+                match (p.trim().parse::<u8>(), sc.trim().parse::<i8>()) {
+                    (Ok(p), Ok(sc)) if (1..=38).contains(&p) && sc >= 0 && sc as u8 <= p => {
+                        DataType::Decimal128(p, sc)
+                    }
+                    _ => return Err(format!("'{ty}' is not a valid DECIMAL(precision, scale)")),
+                }
+            }
+            other => {
+                return Err(format!(
+                    "column '{name}': unknown type '{other}' (use BIGINT, INT, SMALLINT, TINYINT, DOUBLE, FLOAT, VARCHAR, BOOLEAN, DATE, TIMESTAMP or DECIMAL(p, s))"
+                ))
+            }
+        };
+        if fields.iter().any(|f| f.name() == name) {
+            return Err(format!("column '{name}' appears twice"));
+        }
+        fields.push(Field::new(name, dt, true));
+    }
+    Ok(Schema::new(fields))
 }
 
 /// `[transform]`
@@ -268,6 +347,21 @@ pub struct SinkSpec {
     /// overwrite (default) | append | error_if_exists
     #[serde(default)]
     pub mode: SinkMode,
+    /// where records that failed to parse or convert are written, one directory per
+    /// job (default: the sink path with ".dead-letter" appended, a sibling)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_path: Option<String>,
+}
+
+impl SinkSpec {
+    /// The dead-letter directory of job `job_id` (a URL ending in '/').
+    pub fn dead_letter_dir(&self, job_id: &str) -> String {
+        let root = match &self.dead_letter_path {
+            Some(p) => p.trim_end_matches('/').to_string(),
+            None => format!("{}.dead-letter", self.path.trim_end_matches('/')),
+        };
+        format!("{root}/{job_id}/")
+    }
 }
 
 /// How a sink treats existing output.
@@ -375,6 +469,16 @@ impl PipelineSpec {
                     "has_header and delimiter apply to format = \"csv\" only".into(),
                 ));
             }
+            if let Some(schema) = &s.schema {
+                if s.format == Format::Parquet {
+                    return Err(err(
+                        format!("sources[{i}].schema"),
+                        "applies to csv and ndjson sources; parquet files carry their schema"
+                            .into(),
+                    ));
+                }
+                parse_schema(schema).map_err(|m| err(format!("sources[{i}].schema"), m))?;
+            }
             if let Some(d) = &s.delimiter {
                 if d.len() != 1 {
                     return Err(err(
@@ -391,6 +495,14 @@ impl PipelineSpec {
             return Err(err("sink.path".into(), "path is empty".into()));
         }
         let p = &self.job.params;
+        if let Some(r) = p.max_bad_record_ratio {
+            if !(0.0..=1.0).contains(&r) {
+                return Err(err(
+                    "job.params.max_bad_record_ratio".into(),
+                    format!("{r} must be between 0 and 1"),
+                ));
+            }
+        }
         if let Some(q) = p.speculation_quantile {
             if !(q > 0.0 && q <= 1.0) {
                 return Err(err(
@@ -442,6 +554,14 @@ impl PipelineSpec {
             key: "sink.path".into(),
             message: m,
         })?;
+        if let Some(p) = &self.sink.dead_letter_path {
+            self.sink.dead_letter_path =
+                Some(resolve_url(p, base_dir).map_err(|m| Error::Spec {
+                    origin: origin.into(),
+                    key: "sink.dead_letter_path".into(),
+                    message: m,
+                })?);
+        }
         if !self.sink.path.ends_with('/') {
             self.sink.path.push('/');
         }

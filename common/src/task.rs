@@ -20,4 +20,10 @@ pub struct TaskResult {
     pub bytes_out: u64,
     /// run time
     pub duration_ms: u64,
+    /// source records that failed to parse or convert
+    #[serde(default)]
+    pub bad_records: u64,
+    /// URL of the attempt's dead-letter file (empty: none)
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dead_letter_file: String,
 }

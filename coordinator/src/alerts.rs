@@ -1,5 +1,6 @@
 //! Critical events, raised by the leader's loops (never by the state machine): a job
-//! failed, a worker was lost. Each is a structured log event (target `alert`), a
+//! failed, a worker was lost, a job's bad-record ratio was exceeded, the retry budget
+//! ran out. Each is a structured log event (target `alert`), a
 //! Prometheus counter (`autopipe_alerts_total{kind}`) and, when `--alert-webhook` is
 //! set, a JSON POST to that URL (best effort, 5 s deadline, not retried, so a sick
 //! receiver cannot slow the scheduler).
@@ -15,6 +16,10 @@ pub enum AlertKind {
     JobFailed,
     /// a worker missed its heartbeats and was declared lost
     WorkerLost,
+    /// a job's share of bad source records exceeded its max_bad_record_ratio
+    BadRecordRatio,
+    /// the coordinator's retry budget ran out: failures are no longer retried at once
+    RetryBudgetExhausted,
 }
 
 impl AlertKind {
@@ -23,6 +28,8 @@ impl AlertKind {
         match self {
             AlertKind::JobFailed => "job_failed",
             AlertKind::WorkerLost => "worker_lost",
+            AlertKind::BadRecordRatio => "bad_record_ratio_exceeded",
+            AlertKind::RetryBudgetExhausted => "retry_budget_exhausted",
         }
     }
 }

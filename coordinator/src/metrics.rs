@@ -27,6 +27,8 @@ pub struct Metrics {
     pub rows_written: Counter,
     /// bytes written (shuffle + sink)
     pub bytes_written: Counter,
+    /// source records routed to the dead letters
+    pub bad_records: Counter,
     /// task errors by class
     pub errors: Family<Labels, Counter>,
     /// commands written to the log
@@ -51,6 +53,7 @@ impl Default for Metrics {
         let bytes_read = Counter::default();
         let bytes_written = Counter::default();
         let errors = Family::<Labels, Counter>::default();
+        let bad_records = Counter::default();
         let commands = Counter::default();
         let raft = Family::<Labels, Gauge>::default();
         let alerts = Family::<Labels, Counter>::default();
@@ -81,6 +84,11 @@ impl Default for Metrics {
         );
         registry.register("task_errors", "Task errors by class", errors.clone());
         registry.register(
+            "bad_records",
+            "Source records that failed to parse or convert, written to the dead letters",
+            bad_records.clone(),
+        );
+        registry.register(
             "state_commands",
             "Commands written to the state log",
             commands.clone(),
@@ -107,6 +115,7 @@ impl Default for Metrics {
             bytes_read,
             bytes_written,
             errors,
+            bad_records,
             commands,
             raft,
             alerts,

@@ -3,7 +3,7 @@
 //! relative tolerance, hive partition columns read back from the paths.
 
 use anyhow::{bail, Result};
-use autopipe_common::session::context_for;
+use autopipe_common::session::context_with;
 use autopipe_common::spec::{Format, PipelineSpec};
 use autopipe_common::store::register_stores;
 use datafusion::arrow::array::Array;
@@ -25,9 +25,9 @@ pub enum Cell {
     Null,
 }
 
-/// Runs the spec's SQL on single-process DataFusion.
+/// Runs the spec's SQL on single-process DataFusion (with DataFusion's own readers).
 pub async fn expected(spec: &PipelineSpec) -> Result<(Vec<String>, Vec<DataType>, Vec<Vec<Cell>>)> {
-    let ctx = context_for(spec, 4).await?;
+    let ctx = context_with(spec, 4, false).await?;
     let df = ctx.sql(&spec.transform.sql).await?;
     let schema = df.schema().as_arrow().clone();
     let batches = df.collect().await?;

@@ -235,6 +235,8 @@ async fn report(
                 rows_out: out.rows_out,
                 bytes_out: out.bytes_out,
                 duration_ms: out.duration_ms,
+                bad_records: out.bad_records,
+                dead_letter_file: out.dead_letter_file.clone(),
             }
         }
         Err(e) => {

@@ -10,6 +10,7 @@ use autopipe_common::shuffle::ShuffleCodec;
 use autopipe_common::spec::Format;
 use autopipe_common::store::{delete_prefix, parse_url, register_stores, store_for};
 use autopipe_common::task::TaskResult;
+use autopipe_common::tolerant::{DeadLetters, DeadRecord, TolerantScanExec};
 use autopipe_proto as pb;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -35,6 +36,7 @@ use datafusion::physical_plan::{metrics, ExecutionPlan, ExecutionPlanProperties}
 use datafusion::prelude::SessionContext;
 use datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec;
 use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -48,9 +50,11 @@ pub async fn run_task(def: &pb::TaskDefinition, shuffle: &ShuffleStore) -> Resul
     let ctx = SessionContext::new_with_config(session_config(1));
     register_stores(&ctx.runtime_env(), &def.store_urls)?;
     let task_ctx = ctx.task_ctx();
+    let dead_letters = Arc::new(DeadLetters::default());
     let codec = ShuffleCodec {
         job_id: key.job_id.clone(),
         locations: def.inputs.clone(),
+        dead_letters: dead_letters.clone(),
     };
     let plan = physical_plan_from_bytes_with_extension_codec(&def.plan, &task_ctx, &codec)
         .map_err(|e| Error::Permanent(format!("cannot decode stage plan: {e}")))?;
@@ -74,6 +78,11 @@ pub async fn run_task(def: &pb::TaskDefinition, shuffle: &ShuffleStore) -> Resul
     };
     out.rows_in = source_rows(&plan);
     out.bytes_in = source_bytes(&plan, partition);
+    let bad = dead_letters.take();
+    if !bad.is_empty() {
+        out.bad_records = bad.len() as u64;
+        out.dead_letter_file = write_dead_letters(&def.dead_letter_url, &bad).await?;
+    }
     out.duration_ms = started.elapsed().as_millis() as u64;
     Ok(out)
 }
@@ -216,6 +225,25 @@ async fn run_sink(
     })
 }
 
+/// Writes the attempt's bad records as NDJSON to `url`; returns `url`.
+async fn write_dead_letters(url: &str, bad: &[DeadRecord]) -> Result<String> {
+    if url.is_empty() {
+        return Err(Error::Permanent(format!(
+            "{} bad records but the task has no dead-letter location",
+            bad.len()
+        )));
+    }
+    let mut body = Vec::new();
+    for r in bad {
+        serde_json::to_writer(&mut body, r)
+            .map_err(|e| Error::Permanent(format!("cannot encode a dead-letter record: {e}")))?;
+        body.push(b'\n');
+    }
+    let (store, path) = store_for(&parse_url(url)?)?;
+    store.put(&path, body.into()).await?;
+    Ok(url.to_string())
+}
+
 /// Hive partition values are written as strings in paths; dictionary types are unwrapped.
 fn partition_type(t: &DataType) -> DataType {
     match t {
@@ -227,6 +255,9 @@ fn partition_type(t: &DataType) -> DataType {
 /// Bytes of the source files (or file ranges) that `partition` of `plan` scans.
 fn source_bytes(plan: &Arc<dyn ExecutionPlan>, partition: usize) -> u64 {
     let mut total = 0;
+    if let Some(t) = plan.downcast_ref::<TolerantScanExec>() {
+        total += t.partition_bytes(partition);
+    }
     if let Some(ds) = plan.downcast_ref::<DataSourceExec>() {
         if let Some(fsc) = ds.data_source().downcast_ref::<FileScanConfig>() {
             if let Some(group) = fsc.file_groups.get(partition) {

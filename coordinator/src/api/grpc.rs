@@ -430,6 +430,7 @@ impl pb::worker_service_server::WorkerService for Services {
             m.rows_read.inc_by(r.rows_in);
             m.bytes_read.inc_by(r.bytes_in);
             m.bytes_written.inc_by(r.bytes_out);
+            m.bad_records.inc_by(r.bad_records);
             let is_sink = self.core.read(|s| {
                 s.jobs[&key.job_id].stages[key.stage_id as usize]
                     .plan
@@ -447,6 +448,8 @@ impl pb::worker_service_server::WorkerService for Services {
                 rows_out: r.rows_out,
                 bytes_out: r.bytes_out,
                 duration_ms: r.duration_ms,
+                bad_records: r.bad_records,
+                dead_letter_file: r.dead_letter_file,
             };
             match self
                 .core

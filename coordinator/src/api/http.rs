@@ -62,6 +62,8 @@ pub fn job_json(j: &pb::JobStatus) -> Value {
         "submitted_at_ms": j.submitted_at_ms,
         "finished_at_ms": j.finished_at_ms,
         "output_path": j.output_path,
+        "bad_records": j.bad_records,
+        "dead_letter_path": j.dead_letter_path,
         "error": j.error.as_ref().map(|e| json!({
             "class": pb::ErrorClass::try_from(e.class).map(|c| c.as_str_name().to_ascii_lowercase()).unwrap_or_default(),
             "message": e.message,

@@ -98,6 +98,8 @@ pub fn job_status(job: &Job) -> pb::JobStatus {
         files_out: job.committed_files.len() as u64,
         bytes_in,
         bytes_out,
+        bad_records: job.record_counts().1,
+        dead_letter_path: job.dead_letter_dir(),
     }
 }
 

@@ -14,8 +14,65 @@ use object_store::path::Path as StorePath;
 use object_store::ObjectStoreExt;
 use std::collections::HashSet;
 
+/// Moves the dead-letter files of every task's winning attempt into the job's
+/// dead-letter directory (`s{stage}-t{task}.ndjson`); idempotent like the sink commit.
+pub async fn commit_dead_letters(job: &Job) -> Result<Vec<String>> {
+    let dir = job.dead_letter_dir();
+    let mut out = vec![];
+    for (si, st) in job.stages.iter().enumerate() {
+        for (ti, t) in st.tasks.iter().enumerate() {
+            let TaskState::Succeeded { result, .. } = &t.state else {
+                continue;
+            };
+            if result.dead_letter_file.is_empty() {
+                continue;
+            }
+            let dst_url = format!("{dir}s{si}-t{ti}.ndjson");
+            let (src_store, src) = store_for(&parse_url(&result.dead_letter_file)?)?;
+            let (dst_store, dst) = store_for(&parse_url(&dst_url)?)?;
+            match src_store.get(&src).await {
+                Ok(r) => {
+                    let bytes = r.bytes().await?;
+                    dst_store.put(&dst, bytes.into()).await?;
+                }
+                // already moved by an earlier, interrupted commit
+                Err(object_store::Error::NotFound { .. }) if dst_store.head(&dst).await.is_ok() => {
+                }
+                Err(e) => return Err(e.into()),
+            }
+            out.push(dst_url);
+        }
+    }
+    Ok(out)
+}
+
+/// Fails when the job's share of bad records is above its `max_bad_record_ratio`.
+pub fn check_bad_records(job: &Job) -> Result<()> {
+    let (read, bad) = job.record_counts();
+    if bad == 0 {
+        return Ok(());
+    }
+    let max = job.spec.job.params.max_bad_record_ratio();
+    let ratio = bad as f64 / (read + bad) as f64;
+    if ratio > max {
+        return Err(Error::Data(format!(
+            "bad-record ratio {ratio:.4} ({bad} of {} source records failed to parse or convert) exceeds max_bad_record_ratio = {max}; the bad records are in {}",
+            read + bad,
+            job.dead_letter_dir()
+        )));
+    }
+    Ok(())
+}
+
 /// Commits `job`'s sink output; returns the committed files relative to the sink path.
+/// The dead letters are committed first, and also when the bad-record ratio fails
+/// the job (then nothing reaches the sink).
 pub async fn commit_job(job: &Job) -> Result<Vec<String>> {
+    commit_dead_letters(job).await?;
+    if let Err(e) = check_bad_records(job) {
+        discard_staging(job).await?;
+        return Err(e);
+    }
     let sink_url = parse_url(&job.spec.sink.path)?;
     let (store, sink_path) = store_for(&sink_url)?;
     let mut moves = Vec::new();

@@ -650,6 +650,10 @@ fn task_definition(
         store_urls,
         memory_limit_bytes: 0,
         worker_id: worker_id.to_string(),
+        dead_letter_url: format!(
+            "{}dead-letter/s{si}-t{ti}-a{attempt}.ndjson",
+            job_staging_root(job)
+        ),
     }
 }
 
@@ -693,6 +697,9 @@ async fn start_commits(core: &Arc<Core>, committing: &Arc<Mutex<HashSet<String>>
                     },
                     Err(e) => {
                         tracing::error!(job = %job_id, "commit failed: {e}");
+                        if let Error::Data(m) = &e {
+                            alerts::raise(&core, AlertKind::BadRecordRatio, &job_id, m);
+                        }
                         Command::JobFailed {
                             job_id: job_id.clone(),
                             error: error_record(&e),

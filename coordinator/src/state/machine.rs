@@ -224,6 +224,22 @@ impl Job {
             .last()
             .expect("a planned job has at least one stage")
     }
+    /// Source records read and records sent to the dead letters, over the winning
+    /// attempts of every task.
+    pub fn record_counts(&self) -> (u64, u64) {
+        let (mut read, mut bad) = (0, 0);
+        for t in self.stages.iter().flat_map(|s| s.tasks.iter()) {
+            if let TaskState::Succeeded { result, .. } = &t.state {
+                read += result.rows_in;
+                bad += result.bad_records;
+            }
+        }
+        (read, bad)
+    }
+    /// Where the job's dead letters are committed.
+    pub fn dead_letter_dir(&self) -> String {
+        self.spec.sink.dead_letter_dir(&self.id)
+    }
     /// Whether a stage's inputs are all complete.
     pub fn stage_ready(&self, stage: usize) -> bool {
         self.stages[stage]

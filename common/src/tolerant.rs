@@ -1,0 +1,817 @@
+//! Tolerant scans of CSV and NDJSON sources: a record that fails to parse or convert
+//! to the table's schema goes to the dead-letter sink, with its source, file, byte
+//! offset (and line, where the task read the file from its start) and the error;
+//! every other record is read. Nothing is dropped silently.
+//!
+//! `TolerantTable` is the table provider a CSV/NDJSON source is registered as; its
+//! scan is a `TolerantScanExec` whose partitions are groups of file byte ranges, like
+//! DataFusion's own file scans (a record belongs to the range it starts in). A range is
+//! decoded in chunks with arrow's CSV/JSON decoders; a chunk that fails is bisected
+//! until the failing records stand alone, so clean data costs one decode and each
+//! bad record about log2(chunk) more. A value is checked against its type where the
+//! query reads its column (the decoders skip the others), as in Spark's permissive mode.
+
+use crate::spec::Format;
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::stats::Precision;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::Statistics;
+use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::datasource::TableType;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{
+    Boundedness, ChildrenPropertiesMode, EmissionType, ReplaceChildrenOptions,
+};
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::StatisticsArgs;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+
+/// Records per decode chunk.
+const CHUNK_RECORDS: usize = 4096;
+/// A dead-letter record keeps at most this much of the raw record.
+const MAX_RECORD_BYTES: usize = 64 << 10;
+
+/// How a tolerant scan parses records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordFormat {
+    /// CSV with its header flag and delimiter
+    Csv {
+        /// first line of each file is a header
+        has_header: bool,
+        /// field delimiter
+        delimiter: u8,
+    },
+    /// one JSON object per line
+    Ndjson,
+}
+
+/// One bad record, as the dead-letter sink stores it (one JSON object per line).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeadRecord {
+    /// the `[[sources]]` name
+    pub source: String,
+    /// the file's URL
+    pub file: String,
+    /// byte offset of the record in the file
+    pub offset: u64,
+    /// 1-based line of the record, when the task read the file from its start
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+    /// the raw record (lossy UTF-8, at most 64 KiB)
+    pub record: String,
+    /// why it was rejected
+    pub error: String,
+}
+
+/// Bad records of one task, collected while it runs.
+#[derive(Debug, Default)]
+pub struct DeadLetters {
+    records: Mutex<Vec<DeadRecord>>,
+}
+
+impl DeadLetters {
+    fn push(&self, r: DeadRecord) {
+        self.records.lock().expect("dead letters lock").push(r);
+    }
+    /// Takes what was collected.
+    pub fn take(&self) -> Vec<DeadRecord> {
+        std::mem::take(&mut *self.records.lock().expect("dead letters lock"))
+    }
+}
+
+/// A byte range of one file; the range owns the records that start in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRange {
+    /// object path in the store
+    pub location: String,
+    /// first byte
+    pub start: u64,
+    /// one past the last byte
+    pub end: u64,
+    /// file size
+    pub size: u64,
+}
+
+/// A CSV/NDJSON table whose bad records go to the dead-letter sink.
+#[derive(Debug)]
+pub struct TolerantTable {
+    source: String,
+    store_url: String,
+    format: RecordFormat,
+    schema: SchemaRef,
+    files: Vec<(String, u64)>,
+}
+
+impl TolerantTable {
+    /// Lists the files of `url` (a file, directory or glob) with extension `ext`.
+    pub async fn try_new(
+        state: &dyn Session,
+        source: &str,
+        url: &str,
+        ext: &str,
+        format: RecordFormat,
+        schema: SchemaRef,
+    ) -> Result<Self> {
+        let table_url = ListingTableUrl::parse(url)?;
+        let store_url = table_url.object_store();
+        let store = state.runtime_env().object_store(&store_url)?;
+        let mut files: Vec<(String, u64)> = table_url
+            .list_all_files(state, store.as_ref(), ext)
+            .await?
+            .map_ok(|m| (m.location.to_string(), m.size))
+            .try_collect()
+            .await?;
+        files.sort();
+        Ok(Self {
+            source: source.to_string(),
+            store_url: store_url.as_str().to_string(),
+            format,
+            schema,
+            files,
+        })
+    }
+}
+
+/// Splits files into at most `n` groups of about equal bytes (cutting large files
+/// into ranges), in file order.
+pub fn split_ranges(files: &[(String, u64)], n: usize) -> Vec<Vec<FileRange>> {
+    let total: u64 = files.iter().map(|f| f.1).sum();
+    let n = n.max(1) as u64;
+    let target = total.div_ceil(n).max(1);
+    let mut groups: Vec<Vec<FileRange>> = vec![vec![]];
+    let mut filled = 0u64;
+    for (location, size) in files {
+        let mut start = 0;
+        loop {
+            if filled >= target && (groups.len() as u64) < n {
+                groups.push(vec![]);
+                filled = 0;
+            }
+            let take = (size - start).min(target.saturating_sub(filled).max(1));
+            // the last group takes whatever is left
+            let end = if groups.len() as u64 == n {
+                *size
+            } else {
+                start + take
+            };
+            groups.last_mut().expect("one group").push(FileRange {
+                location: location.clone(),
+                start,
+                end,
+                size: *size,
+            });
+            filled += end - start;
+            start = end;
+            if start >= *size {
+                break;
+            }
+        }
+    }
+    groups
+}
+
+#[async_trait]
+impl TableProvider for TolerantTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let groups = split_ranges(&self.files, state.config().target_partitions());
+        Ok(Arc::new(TolerantScanExec::new(
+            self.source.clone(),
+            self.store_url.clone(),
+            self.format.clone(),
+            self.schema.clone(),
+            projection.cloned(),
+            groups,
+            Arc::default(),
+        )?))
+    }
+}
+
+/// Scans file ranges record by record tolerance (see the module docs).
+#[derive(Debug)]
+pub struct TolerantScanExec {
+    /// the source's name
+    pub source: String,
+    /// the object store URL (`file:///`, `s3://bucket/`)
+    pub store_url: String,
+    /// how records parse
+    pub format: RecordFormat,
+    /// the table's schema
+    pub file_schema: SchemaRef,
+    /// columns read, as indexes into `file_schema`
+    pub projection: Option<Vec<usize>>,
+    /// file ranges per partition
+    pub groups: Vec<Vec<FileRange>>,
+    /// where bad records are collected
+    pub dead: Arc<DeadLetters>,
+    metrics: ExecutionPlanMetricsSet,
+    properties: Arc<PlanProperties>,
+}
+
+impl TolerantScanExec {
+    /// A scan of `groups` (one partition each; at least one).
+    pub fn new(
+        source: String,
+        store_url: String,
+        format: RecordFormat,
+        file_schema: SchemaRef,
+        projection: Option<Vec<usize>>,
+        mut groups: Vec<Vec<FileRange>>,
+        dead: Arc<DeadLetters>,
+    ) -> Result<Self> {
+        if groups.is_empty() {
+            groups.push(vec![]);
+        }
+        let out_schema = match &projection {
+            Some(p) => Arc::new(file_schema.project(p)?),
+            None => file_schema.clone(),
+        };
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(out_schema),
+            Partitioning::UnknownPartitioning(groups.len()),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(Self {
+            source,
+            store_url,
+            format,
+            file_schema,
+            projection,
+            groups,
+            dead,
+            metrics: ExecutionPlanMetricsSet::new(),
+            properties: Arc::new(properties),
+        })
+    }
+
+    /// Bytes of the ranges of `partition`.
+    pub fn partition_bytes(&self, partition: usize) -> u64 {
+        self.groups
+            .get(partition)
+            .map(|g| g.iter().map(|r| r.end - r.start).sum())
+            .unwrap_or(0)
+    }
+}
+
+impl DisplayAs for TolerantScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let files: usize = self.groups.iter().map(Vec::len).sum();
+        write!(
+            f,
+            "TolerantScanExec: source={}, format={}, partitions={}, ranges={files}",
+            self.source,
+            match self.format {
+                RecordFormat::Csv { .. } => "csv",
+                RecordFormat::Ndjson => "ndjson",
+            },
+            self.groups.len()
+        )
+    }
+}
+
+impl ExecutionPlan for TolerantScanExec {
+    fn name(&self) -> &str {
+        "TolerantScanExec"
+    }
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+    fn replace_children(
+        self: Arc<Self>,
+        _: Vec<Arc<dyn ExecutionPlan>>,
+        _: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+    }
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+    fn statistics_from_inputs(
+        &self,
+        _input_stats: &[Arc<Statistics>],
+        args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
+        let bytes = match args.partition() {
+            Some(p) => self.partition_bytes(p),
+            None => (0..self.groups.len())
+                .map(|p| self.partition_bytes(p))
+                .sum(),
+        };
+        let mut s = Statistics::new_unknown(&self.schema());
+        s.total_byte_size = Precision::Inexact(bytes as usize);
+        Ok(Arc::new(s))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let ranges = self.groups.get(partition).cloned().ok_or_else(|| {
+            DataFusionError::Internal(format!(
+                "TolerantScanExec: partition {partition} out of {}",
+                self.groups.len()
+            ))
+        })?;
+        let store_url = ObjectStoreUrl::parse(&self.store_url)?;
+        let store = context.runtime_env().object_store(&store_url)?;
+        let reader = Arc::new(RangeReader {
+            source: self.source.clone(),
+            store_url: self.store_url.trim_end_matches('/').to_string(),
+            format: self.format.clone(),
+            file_schema: self.file_schema.clone(),
+            out_schema: self.schema(),
+            projection: self.projection.clone(),
+            dead: self.dead.clone(),
+        });
+        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let stream = futures::stream::iter(ranges)
+            .then(move |r| {
+                let (store, reader) = (store.clone(), reader.clone());
+                async move { reader.read(store.as_ref(), &r).await }
+            })
+            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+            .try_flatten()
+            .inspect_ok(move |b: &RecordBatch| baseline.record_output(b.num_rows()));
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema(),
+            stream,
+        )))
+    }
+}
+
+/// Reads and decodes ranges for one partition.
+struct RangeReader {
+    source: String,
+    store_url: String,
+    format: RecordFormat,
+    file_schema: SchemaRef,
+    out_schema: SchemaRef,
+    projection: Option<Vec<usize>>,
+    dead: Arc<DeadLetters>,
+}
+
+/// One record: where it starts in the file and its bytes (with its terminator).
+struct Rec {
+    offset: u64,
+    line: Option<u64>,
+    start: usize,
+    end: usize,
+}
+
+impl RangeReader {
+    async fn read(&self, store: &dyn ObjectStore, r: &FileRange) -> Result<Vec<RecordBatch>> {
+        let (base, data) = fetch_aligned(store, r).await?;
+        let records = match &self.format {
+            RecordFormat::Csv {
+                has_header,
+                delimiter,
+            } => csv_records(&data, base, *delimiter, *has_header && r.start == 0)?,
+            RecordFormat::Ndjson => ndjson_records(&data, base),
+        };
+        let mut out = vec![];
+        for chunk in records.chunks(CHUNK_RECORDS) {
+            self.decode_tolerant(&data, chunk, r, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Decodes `recs`; on failure bisects down to single records, which go to the
+    /// dead letters with the decoder's error.
+    fn decode_tolerant(
+        &self,
+        data: &[u8],
+        recs: &[Rec],
+        r: &FileRange,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        if recs.is_empty() {
+            return Ok(());
+        }
+        match self.decode(data, recs) {
+            Ok(Some(b)) => out.push(b),
+            Ok(None) => {}
+            Err(e) if recs.len() == 1 => {
+                let rec = &recs[0];
+                let raw = &data[rec.start..rec.end.min(rec.start + MAX_RECORD_BYTES)];
+                self.dead.push(DeadRecord {
+                    source: self.source.clone(),
+                    file: format!("{}/{}", self.store_url, r.location),
+                    offset: rec.offset,
+                    line: rec.line,
+                    record: String::from_utf8_lossy(raw)
+                        .trim_end_matches(['\r', '\n'])
+                        .to_string(),
+                    error: e.to_string(),
+                });
+            }
+            Err(_) => {
+                let (a, b) = recs.split_at(recs.len() / 2);
+                self.decode_tolerant(data, a, r, out)?;
+                self.decode_tolerant(data, b, r, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn decode(
+        &self,
+        data: &[u8],
+        recs: &[Rec],
+    ) -> std::result::Result<Option<RecordBatch>, ArrowError> {
+        let mut buf = Vec::with_capacity(recs.iter().map(|r| r.end - r.start + 1).sum());
+        for r in recs {
+            buf.extend_from_slice(&data[r.start..r.end]);
+            if buf.last() != Some(&b'\n') {
+                buf.push(b'\n');
+            }
+        }
+        match &self.format {
+            RecordFormat::Csv { delimiter, .. } => {
+                let mut b = datafusion::arrow::csv::ReaderBuilder::new(self.file_schema.clone())
+                    .with_header(false)
+                    .with_delimiter(*delimiter)
+                    .with_batch_size(recs.len() + 1);
+                if let Some(p) = &self.projection {
+                    b = b.with_projection(p.clone());
+                }
+                let mut d = b.build_decoder();
+                let mut rest = &buf[..];
+                while !rest.is_empty() {
+                    let n = d.decode(rest)?;
+                    if n == 0 {
+                        break;
+                    }
+                    rest = &rest[n..];
+                }
+                d.decode(&[])?;
+                let batch = d.flush()?;
+                // a record that did not parse as one whole record
+                let rows = batch.as_ref().map(|b| b.num_rows()).unwrap_or(0);
+                if rows != recs.len() {
+                    return Err(ArrowError::CsvError(format!(
+                        "expected {} records, decoded {rows}",
+                        recs.len()
+                    )));
+                }
+                Ok(batch)
+            }
+            RecordFormat::Ndjson => {
+                let mut d = datafusion::arrow::json::ReaderBuilder::new(self.out_schema.clone())
+                    .with_batch_size(recs.len() + 1)
+                    .build_decoder()?;
+                let mut rest = &buf[..];
+                while !rest.is_empty() {
+                    let n = d.decode(rest)?;
+                    if n == 0 {
+                        break;
+                    }
+                    rest = &rest[n..];
+                }
+                let batch = d.flush()?;
+                let rows = batch.as_ref().map(|b| b.num_rows()).unwrap_or(0);
+                if rows != recs.len() {
+                    return Err(ArrowError::JsonError(format!(
+                        "expected {} JSON objects, decoded {rows}",
+                        recs.len()
+                    )));
+                }
+                // a projection of no columns still counts its rows
+                Ok(batch.map(|b| {
+                    if self.out_schema.fields().is_empty() {
+                        RecordBatch::try_new_with_options(
+                            Arc::new(Schema::empty()),
+                            vec![],
+                            &datafusion::arrow::record_batch::RecordBatchOptions::new()
+                                .with_row_count(Some(b.num_rows())),
+                        )
+                        .unwrap_or(b)
+                    } else {
+                        b
+                    }
+                }))
+            }
+        }
+    }
+}
+
+/// Fetches the bytes of the records that start in `r`: from the first record start
+/// at or after `r.start` through the end of the record that starts last before
+/// `r.end`. Returns the file offset of the first byte and the bytes.
+async fn fetch_aligned(store: &dyn ObjectStore, r: &FileRange) -> Result<(u64, Vec<u8>)> {
+    let path = StorePath::from(r.location.as_str());
+    // one byte before the range tells whether a record starts at r.start
+    let lo = r.start.saturating_sub(1);
+    let mut hi = r.end.min(r.size);
+    let mut data = get_range(store, &path, lo, hi).await?;
+    // extend past r.end to the end of the record that crosses it
+    let mut step = 64 << 10;
+    loop {
+        let tail_from = (r.end.saturating_sub(1)).saturating_sub(lo) as usize;
+        let crosses = r.end < r.size
+            && r.end > r.start
+            && !data.get(tail_from..).is_some_and(|t| t.contains(&b'\n'));
+        if !crosses || hi >= r.size {
+            break;
+        }
+        let next = (hi + step).min(r.size);
+        data.extend_from_slice(&get_range(store, &path, hi, next).await?);
+        hi = next;
+        step *= 2;
+    }
+    if r.end < r.size && r.end > r.start {
+        let tail_from = (r.end - 1 - lo) as usize;
+        if let Some(nl) = data[tail_from..].iter().position(|&b| b == b'\n') {
+            data.truncate(tail_from + nl + 1);
+        }
+    }
+    // skip to the first record that starts in the range
+    let skip = if r.start == 0 {
+        0
+    } else {
+        match data.iter().position(|&b| b == b'\n') {
+            Some(nl) => nl + 1,
+            None => data.len(),
+        }
+    };
+    let base = lo + skip as u64;
+    data.drain(..skip);
+    if base >= r.end && r.start != 0 {
+        data.clear();
+    }
+    Ok((base, data))
+}
+
+async fn get_range(store: &dyn ObjectStore, path: &StorePath, lo: u64, hi: u64) -> Result<Vec<u8>> {
+    if hi <= lo {
+        return Ok(vec![]);
+    }
+    Ok(store.get_range(path, lo..hi).await?.to_vec())
+}
+
+/// CSV records of `data` (which starts at file offset `base`), header skipped.
+fn csv_records(data: &[u8], base: u64, delimiter: u8, skip_header: bool) -> Result<Vec<Rec>> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .delimiter(delimiter)
+        .from_reader(data);
+    let mut out = vec![];
+    let mut rec = csv::ByteRecord::new();
+    let mut first = true;
+    loop {
+        let pos = rdr.position().clone();
+        match rdr.read_byte_record(&mut rec) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => {
+                return Err(DataFusionError::External(Box::new(e)));
+            }
+        }
+        let start = rec.position().map(|p| p.byte()).unwrap_or(pos.byte()) as usize;
+        let line = rec.position().map(|p| p.line());
+        let end = rdr.position().byte() as usize;
+        if std::mem::take(&mut first) && skip_header {
+            continue;
+        }
+        out.push(Rec {
+            offset: base + start as u64,
+            line: (base == 0).then_some(line).flatten(),
+            start,
+            end,
+        });
+    }
+    Ok(out)
+}
+
+/// NDJSON records (non-blank lines) of `data`, which starts at file offset `base`.
+fn ndjson_records(data: &[u8], base: u64) -> Vec<Rec> {
+    let mut out = vec![];
+    let mut start = 0;
+    let mut line = 1u64;
+    while start < data.len() {
+        let end = data[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|i| start + i + 1)
+            .unwrap_or(data.len());
+        if !data[start..end].iter().all(u8::is_ascii_whitespace) {
+            out.push(Rec {
+                offset: base + start as u64,
+                line: (base == 0).then_some(line),
+                start,
+                end,
+            });
+        }
+        line += 1;
+        start = end;
+    }
+    out
+}
+
+/// The record format of a source format (`None`: Parquet, read by DataFusion).
+pub fn record_format(format: Format, has_header: bool, delimiter: u8) -> Option<RecordFormat> {
+    match format {
+        Format::Csv => Some(RecordFormat::Csv {
+            has_header,
+            delimiter,
+        }),
+        Format::Ndjson => Some(RecordFormat::Ndjson),
+        Format::Parquet => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, Int64Array};
+    use datafusion::arrow::datatypes::{DataType, Field};
+    use object_store::memory::InMemory;
+    use object_store::PutPayload;
+
+    fn reader(format: RecordFormat) -> RangeReader {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("name", DataType::Utf8, true),
+        ]));
+        RangeReader {
+            source: "t".into(),
+            store_url: "memory://".into(),
+            format,
+            file_schema: schema.clone(),
+            out_schema: schema,
+            projection: None,
+            dead: Arc::default(),
+        }
+    }
+
+    async fn store_with(data: &str) -> InMemory {
+        let s = InMemory::new();
+        s.put(
+            &StorePath::from("f"),
+            PutPayload::from(data.as_bytes().to_vec()),
+        )
+        .await
+        .unwrap();
+        s
+    }
+
+    fn ids(batches: &[RecordBatch]) -> Vec<i64> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                let a = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                (0..a.len()).map(|i| a.value(i)).collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn bad_csv_records_go_to_the_dead_letters_with_their_positions() {
+        let text = "id,name\n1,a\n2,b\nx,c\n4,d\n5\n6,f\n";
+        let store = store_with(text).await;
+        let r = reader(RecordFormat::Csv {
+            has_header: true,
+            delimiter: b',',
+        });
+        let range = FileRange {
+            location: "f".into(),
+            start: 0,
+            end: text.len() as u64,
+            size: text.len() as u64,
+        };
+        let out = r.read(&store, &range).await.unwrap();
+        assert_eq!(ids(&out), vec![1, 2, 4, 6]);
+        let dead = r.dead.take();
+        assert_eq!(dead.len(), 2);
+        assert_eq!(
+            (dead[0].offset, dead[0].line, dead[0].record.as_str()),
+            (text.find("x,c").unwrap() as u64, Some(4), "x,c")
+        );
+        assert_eq!(
+            (dead[1].offset, dead[1].line, dead[1].record.as_str()),
+            (text.find("5\n").unwrap() as u64, Some(6), "5")
+        );
+        assert!(dead[0].error.contains("x"), "{}", dead[0].error);
+    }
+
+    #[tokio::test]
+    async fn ranges_split_a_file_at_record_starts_and_lose_or_repeat_nothing() {
+        let mut text = String::from("id,name\n");
+        for i in 0..500 {
+            if i % 97 == 3 {
+                text.push_str(&format!("bad{i},x\n"));
+            } else {
+                text.push_str(&format!("{i},name-{i}\n"));
+            }
+        }
+        let store = store_with(&text).await;
+        let size = text.len() as u64;
+        for n in [1, 2, 3, 7, 64] {
+            let groups = split_ranges(&[("f".to_string(), size)], n);
+            let r = reader(RecordFormat::Csv {
+                has_header: true,
+                delimiter: b',',
+            });
+            let mut all = vec![];
+            for g in &groups {
+                for range in g {
+                    all.extend(ids(&r.read(&store, range).await.unwrap()));
+                }
+            }
+            let expected: Vec<i64> = (0..500).filter(|i| i % 97 != 3).collect();
+            assert_eq!(all, expected, "{n} ranges");
+            let mut dead: Vec<u64> = r.dead.take().iter().map(|d| d.offset).collect();
+            dead.sort();
+            let want: Vec<u64> = (0..500)
+                .filter(|i| i % 97 == 3)
+                .map(|i| text.find(&format!("bad{i},")).unwrap() as u64)
+                .collect();
+            assert_eq!(dead, want, "{n} ranges");
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_ndjson_lines_go_to_the_dead_letters() {
+        let text = "{\"id\":1,\"name\":\"a\"}\n{\"id\":2\n\n{\"id\":\"three\"}\n{\"id\":4}\n";
+        let store = store_with(text).await;
+        let r = reader(RecordFormat::Ndjson);
+        let range = FileRange {
+            location: "f".into(),
+            start: 0,
+            end: text.len() as u64,
+            size: text.len() as u64,
+        };
+        let out = r.read(&store, &range).await.unwrap();
+        assert_eq!(ids(&out), vec![1, 4]);
+        let dead = r.dead.take();
+        let lines: Vec<_> = dead.iter().map(|d| d.line).collect();
+        assert_eq!(lines, vec![Some(2), Some(4)]);
+    }
+
+    #[test]
+    fn ranges_cover_every_byte_once() {
+        let files = vec![
+            ("a".to_string(), 100),
+            ("b".to_string(), 7),
+            ("c".to_string(), 250),
+        ];
+        for n in 1..12 {
+            let g = split_ranges(&files, n);
+            assert!(g.len() <= n);
+            for (name, size) in &files {
+                let mut rs: Vec<_> = g.iter().flatten().filter(|r| &r.location == name).collect();
+                rs.sort_by_key(|r| r.start);
+                assert_eq!(rs.first().unwrap().start, 0);
+                assert_eq!(rs.last().unwrap().end, *size);
+                for w in rs.windows(2) {
+                    assert_eq!(w[0].end, w[1].start);
+                }
+            }
+        }
+    }
+}
