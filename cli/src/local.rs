@@ -49,8 +49,7 @@ impl LocalCluster {
                         slots,
                         work_dir: dir.path().join(format!("worker-{i}")),
                         heartbeat_interval: Duration::from_millis(500),
-                        test_task_delay: Duration::ZERO,
-                        host_local_shuffle: true,
+                        ..Default::default()
                     },
                     cancel.clone(),
                 )

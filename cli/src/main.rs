@@ -108,9 +108,12 @@ enum Cmd {
         /// applied raft entries between snapshots (the log is compacted to each)
         #[arg(long, default_value_t = 1000)]
         snapshot_entries: u64,
-        /// POST critical events (job failed, worker lost) as JSON to this URL
+        /// POST critical events (job failed, worker lost, bad-record ratio exceeded,
+        /// retry budget exhausted) as JSON to this URL
         #[arg(long, env = "AUTOPIPE_ALERT_WEBHOOK")]
         alert_webhook: Option<String>,
+        #[command(flatten)]
+        budget: BudgetArgs,
     },
     /// Run a worker
     Worker {
@@ -140,6 +143,15 @@ enum Cmd {
         /// otherwise read them from this worker's shuffle directory)
         #[arg(long)]
         no_host_local_shuffle: bool,
+        /// the address the coordinator and other workers reach this worker at
+        /// (default: the listen address), e.g. behind a proxy or NAT
+        #[arg(long)]
+        advertise: Option<String>,
+        /// test only: the first attempt of every task fails with a transient error
+        #[arg(long, hide = true)]
+        test_fail_first_attempt: bool,
+        #[command(flatten)]
+        budget: BudgetArgs,
     },
     /// Submit a pipeline to a coordinator; prints the job id
     Submit {
@@ -201,6 +213,27 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AdminCmd,
     },
+}
+
+/// The process's retry budget (tower's TpsBudget over a 10 s window).
+#[derive(clap::Args, Clone, Copy)]
+struct BudgetArgs {
+    /// retries may add at most this percentage to the calls of the last 10 s
+    #[arg(long, default_value_t = 20.0)]
+    retry_budget_percent: f32,
+    /// ... plus this many retries per second regardless of traffic
+    #[arg(long, default_value_t = 10)]
+    retry_budget_min_per_sec: u32,
+}
+
+impl BudgetArgs {
+    fn install(self) {
+        autopipe_common::retry::init_budget(
+            autopipe_common::retry::BUDGET_TTL,
+            self.retry_budget_min_per_sec,
+            self.retry_budget_percent / 100.0,
+        );
+    }
 }
 
 #[derive(Subcommand)]
@@ -348,7 +381,9 @@ async fn run(cli: Cli) -> Result<i32> {
             election_timeout_ms,
             snapshot_entries,
             alert_webhook,
+            budget,
         } => {
+            budget.install();
             let cancel = shutdown_token();
             let tick = raft_tick_ms.max(1);
             let h = autopipe_coordinator::start(
@@ -387,10 +422,14 @@ async fn run(cli: Cli) -> Result<i32> {
             work_dir,
             test_task_delay_ms,
             no_host_local_shuffle,
+            advertise,
+            test_fail_first_attempt,
+            budget,
         } => {
             if slots == 0 {
                 anyhow::bail!("--slots must be at least 1");
             }
+            budget.install();
             let cancel = shutdown_token();
             let h = autopipe_worker::start(
                 WorkerConfig {
@@ -404,7 +443,9 @@ async fn run(cli: Cli) -> Result<i32> {
                     slots,
                     work_dir,
                     test_task_delay: Duration::from_millis(test_task_delay_ms),
+                    test_fail_first_attempt,
                     host_local_shuffle: !no_host_local_shuffle,
+                    advertise,
                     ..Default::default()
                 },
                 cancel,

@@ -5,6 +5,7 @@
 //! Arrow Flight `DoGet` (ticket = job, stage, map task, attempt, partition).
 
 use crate::error::Error;
+use crate::retry::RetryPolicy;
 use crate::tolerant::{DeadLetters, FileRange, RecordFormat, TolerantScanExec};
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::error::FlightError;
@@ -261,6 +262,9 @@ fn channel_pool() -> &'static Mutex<HashMap<String, Channel>> {
     POOL.get_or_init(Default::default)
 }
 
+/// Longest wait for any RPC's response to start (streams then run unbounded).
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A lazily connected, shared channel to `address` (`host:port` or `http://host:port`).
 pub fn channel_to(address: &str) -> std::result::Result<Channel, Error> {
     let url = if address.contains("://") {
@@ -275,6 +279,9 @@ pub fn channel_to(address: &str) -> std::result::Result<Channel, Error> {
     let ch = Endpoint::from_shared(url.clone())
         .map_err(|e| Error::Permanent(format!("bad address '{address}': {e}")))?
         .connect_timeout(Duration::from_secs(5))
+        // tonic's timeout layer: every call's response must start within this (the
+        // calls' own deadlines, set per request, are shorter)
+        .timeout(RPC_TIMEOUT)
         .tcp_nodelay(true)
         // One connection carries every fetch from a worker, and a plan may open a
         // fetch it reads only later (the build side of an outer join waits while an
@@ -289,6 +296,13 @@ pub fn channel_to(address: &str) -> std::result::Result<Channel, Error> {
     pool.insert(url, ch.clone());
     Ok(ch)
 }
+
+/// Retries of a fetch whose call failed before its stream started.
+const FETCH_RETRY: RetryPolicy = RetryPolicy {
+    base: Duration::from_millis(100),
+    cap: Duration::from_secs(1),
+    max_attempts: 4,
+};
 
 /// A failed read of map output `loc`, typed so the coordinator recomputes that map task.
 fn fetch_failed(loc: &pb::MapOutputLocation, message: String) -> DataFusionError {
@@ -327,14 +341,25 @@ async fn fetch_partition(
         attempt: loc.attempt,
         partition,
     };
-    let channel = channel_to(&loc.address).map_err(|e| fetch_failed(loc, e.to_string()))?;
-    let mut client = FlightServiceClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX);
-    let resp = client
-        .do_get(Ticket::new(ticket.encode_to_vec()))
+    // A refused or reset connection is retried (backoff, retry budget) before the
+    // fetch fails; a stream cut after it started fails at once (its batches were
+    // already handed on), and the map output is recomputed.
+    let resp = FETCH_RETRY
+        .run(|| {
+            let ticket = Ticket::new(ticket.encode_to_vec());
+            async move {
+                let channel = channel_to(&loc.address)?;
+                let mut client = FlightServiceClient::new(channel)
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX);
+                client
+                    .do_get(ticket)
+                    .await
+                    .map_err(|s| Error::from_status(&s))
+            }
+        })
         .await
-        .map_err(|s| fetch_failed(loc, format!("{}: {}", s.code(), s.message())))?;
+        .map_err(|e| fetch_failed(loc, e.to_string()))?;
     let stream = resp.into_inner().map_err(FlightError::from);
     Ok(FlightRecordBatchStream::new_from_flight_data(stream)
         .map_err(move |e| on_error(e.to_string()))

@@ -87,6 +87,12 @@ pub struct JobParams {
     /// tasks, 10 times the slowest, at least 60 s)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_timeout_ms: Option<u64>,
+    /// adapt the per-task attempt limit (lower it when one cause repeats on several
+    /// workers, raise it within twice max_task_attempts when a worker with a high
+    /// transient failure rate would exhaust a task); default true, and off when
+    /// max_task_attempts is set
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive_retries: Option<bool>,
     /// the job fails when more than this fraction of its source records fail to parse
     /// or convert (they are in the dead letters either way); default 0: any bad
     /// record fails the job

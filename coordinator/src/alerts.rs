@@ -62,3 +62,29 @@ pub fn raise(core: &Core, kind: AlertKind, subject: &str, message: &str) {
         }
     });
 }
+
+/// Raises `RetryBudgetExhausted` for `subject` (a worker id, or "coordinator") that
+/// refused `refused` more retries, at most once a minute per subject.
+pub fn retry_budget_exhausted(core: &Core, subject: &str, refused: u64) {
+    static LAST: std::sync::Mutex<Vec<(String, std::time::Instant)>> =
+        std::sync::Mutex::new(Vec::new());
+    {
+        let mut last = LAST.lock().expect("alert lock");
+        if let Some((_, at)) = last.iter_mut().find(|(s, _)| s == subject) {
+            if at.elapsed() < Duration::from_secs(60) {
+                return;
+            }
+            *at = std::time::Instant::now();
+        } else {
+            last.push((subject.to_string(), std::time::Instant::now()));
+        }
+    }
+    raise(
+        core,
+        AlertKind::RetryBudgetExhausted,
+        subject,
+        &format!(
+            "the retry budget of {subject} is exhausted: {refused} more retries were refused (failures wait longer or fail instead of being retried at once)"
+        ),
+    );
+}

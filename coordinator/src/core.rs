@@ -61,6 +61,8 @@ pub struct Liveness {
     pub memory_used_bytes: u64,
     /// a task launch to it failed after this heartbeat: no launches until the next
     pub unreachable: bool,
+    /// retries its retry budget refused, as it last reported
+    pub retry_budget_exhausted: u64,
 }
 
 impl Liveness {
@@ -72,6 +74,7 @@ impl Liveness {
             cpu_percent,
             memory_used_bytes,
             unreachable: false,
+            retry_budget_exhausted: 0,
         }
     }
 }

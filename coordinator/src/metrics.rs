@@ -29,6 +29,8 @@ pub struct Metrics {
     pub bytes_written: Counter,
     /// source records routed to the dead letters
     pub bad_records: Counter,
+    /// retries this process's retry budget refused
+    retry_budget_exhausted: Counter,
     /// task errors by class
     pub errors: Family<Labels, Counter>,
     /// commands written to the log
@@ -54,6 +56,7 @@ impl Default for Metrics {
         let bytes_written = Counter::default();
         let errors = Family::<Labels, Counter>::default();
         let bad_records = Counter::default();
+        let retry_budget_exhausted = Counter::default();
         let commands = Counter::default();
         let raft = Family::<Labels, Gauge>::default();
         let alerts = Family::<Labels, Counter>::default();
@@ -89,6 +92,11 @@ impl Default for Metrics {
             bad_records.clone(),
         );
         registry.register(
+            "retry_budget_exhausted",
+            "Retries refused because the retry budget was spent",
+            retry_budget_exhausted.clone(),
+        );
+        registry.register(
             "state_commands",
             "Commands written to the state log",
             commands.clone(),
@@ -116,6 +124,7 @@ impl Default for Metrics {
             bytes_written,
             errors,
             bad_records,
+            retry_budget_exhausted,
             commands,
             raft,
             alerts,
@@ -195,6 +204,9 @@ impl Metrics {
                 .get_or_create(&label("kind", kind.name()))
                 .set(n as i64);
         }
+        let refused = autopipe_common::retry::budget().exhausted();
+        self.retry_budget_exhausted
+            .inc_by(refused.saturating_sub(self.retry_budget_exhausted.get()));
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out

@@ -103,8 +103,8 @@ pub fn spawn_server(args: &[&str]) -> Result<Proc> {
     }
 }
 
-/// Starts `autopipe worker` on loopback ephemeral ports, registering with
-/// `coordinators` (comma-separated), with `work_dir` and extra flags.
+/// Starts `autopipe worker` on loopback ephemeral ports (or `extra`'s `--listen`),
+/// registering with `coordinators` (comma-separated), with `work_dir` and extra flags.
 pub fn spawn_worker(
     coordinators: &str,
     work_dir: &Path,
@@ -112,19 +112,22 @@ pub fn spawn_worker(
     extra: &[&str],
 ) -> Result<Proc> {
     let slots = slots.to_string();
-    let mut args = vec![
-        "worker",
-        "--coordinator",
-        coordinators,
-        "--listen",
-        "127.0.0.1:0",
+    // an ephemeral port unless `extra` names one
+    let listen = if extra.contains(&"--listen") {
+        vec![]
+    } else {
+        vec!["--listen", "127.0.0.1:0"]
+    };
+    let mut args = vec!["worker", "--coordinator", coordinators];
+    args.extend(listen);
+    args.extend([
         "--http",
         "127.0.0.1:0",
         "--slots",
         &slots,
         "--work-dir",
         work_dir.to_str().expect("utf8"),
-    ];
+    ]);
     args.extend_from_slice(extra);
     spawn_server(&args)
 }

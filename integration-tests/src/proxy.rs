@@ -5,7 +5,8 @@
 //! others in both directions (existing connections are dropped, new ones refused)
 //! while clients from 127.0.0.1 still reach it; `heal` lifts it. `flaky` makes every
 //! proxy refuse every n-th new connection and cut each connection after a lifetime,
-//! for transient-failure tests.
+//! and `delay` holds new connections, for transient-failure tests (also in front of
+//! workers, which then `--advertise` their proxy's address).
 
 use anyhow::Result;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -33,6 +34,7 @@ pub struct FaultNet {
 struct Flaky {
     refuse_every: AtomicU64,
     lifetime_ms: AtomicU64,
+    delay_ms: AtomicU64,
     accepted: AtomicU64,
     refused: AtomicU64,
 }
@@ -81,6 +83,14 @@ impl FaultNet {
         self.rules.send_replace(None);
         self.flaky.refuse_every.store(0, Ordering::Relaxed);
         self.flaky.lifetime_ms.store(0, Ordering::Relaxed);
+        self.flaky.delay_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// Holds every new connection this long before it is forwarded (zero: off).
+    pub fn delay(&self, delay: std::time::Duration) {
+        self.flaky
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// New connections refused so far by `flaky`.
@@ -121,8 +131,12 @@ async fn serve(
             continue;
         }
         let lifetime = flaky.lifetime_ms.load(Ordering::Relaxed);
+        let delay = flaky.delay_ms.load(Ordering::Relaxed);
         let mut rules = rules.clone();
         tokio::spawn(async move {
+            if delay > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            }
             let Ok(outbound) = TcpStream::connect(target).await else {
                 return;
             };

@@ -287,3 +287,91 @@ fn workers_behind_a_flaky_link_to_the_coordinator_finish_the_job() -> Result<()>
     assert!(net.refused() > 0, "the link never failed");
     Ok(())
 }
+
+#[test]
+fn workers_behind_flaky_links_to_each_other_finish_the_job() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let spec = job(dir.path(), "flaky_shuffle")?;
+    let mut c = Cluster::start(0, 2)?;
+    // each worker listens on its own port and advertises a proxy in front of it, so
+    // every launch and every shuffle fetch (host-local reads off) crosses a proxy
+    // that holds each new connection 50 ms and refuses every third
+    let ports = integration_tests::free_ports(3)?;
+    let targets: Vec<std::net::SocketAddr> = ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}").parse())
+        .collect::<std::result::Result<_, _>>()?;
+    let net = integration_tests::proxy::FaultNet::start(&targets)?;
+    net.flaky(3, Duration::ZERO);
+    net.delay(Duration::from_millis(50));
+    for (i, port) in ports.iter().enumerate() {
+        let wd = c.dir.path().join(format!("proxied-worker-{i}"));
+        let listen = format!("127.0.0.1:{port}");
+        let advertise = net.proxies[i].to_string();
+        c.workers.push(integration_tests::spawn_worker(
+            &c.url(),
+            &wd,
+            2,
+            &[
+                "--listen",
+                &listen,
+                "--advertise",
+                &advertise,
+                "--no-host-local-shuffle",
+            ],
+        )?);
+    }
+    c.wait_for(Duration::from_secs(60), "workers to register", |c| {
+        Ok(c.alive_workers()? == 3)
+    })?;
+    let ws = c.cli_json(&["workers"])?;
+    for w in ws.as_array().expect("workers") {
+        let a = w["address"].as_str().unwrap_or("");
+        assert!(net.proxies.iter().any(|p| p.to_string() == a), "{w}");
+    }
+    let id = submit(&c, &spec)?;
+    let v = wait_done(&c, &id)?;
+    check(dir.path(), &spec, &v)?;
+    assert!(net.refused() > 0, "the links never failed");
+    Ok(())
+}
+
+#[test]
+fn a_spent_retry_budget_delays_retries_and_raises_an_alert() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let spec = job(dir.path(), "budget")?;
+    // every first attempt fails (transient) and the coordinator's budget allows no
+    // retry: each retry waits the budget's 2 s instead of a short backoff
+    let c = Cluster::start_full(
+        2,
+        2,
+        &["--test-fail-first-attempt"],
+        &[
+            "--retry-budget-percent",
+            "0",
+            "--retry-budget-min-per-sec",
+            "0",
+        ],
+    )?;
+    let t0 = std::time::Instant::now();
+    let id = submit(&c, &spec)?;
+    let v = wait_done(&c, &id)?;
+    check(dir.path(), &spec, &v)?;
+    let tasks = v["tasks_total"].as_u64().expect("tasks");
+    assert_eq!(v["task_attempts"].as_u64(), Some(2 * tasks), "{v}");
+    assert!(t0.elapsed() >= Duration::from_secs(2), "{:?}", t0.elapsed());
+    let refused = integration_tests::metric_sum(
+        &c.coordinator.http,
+        "autopipe_retry_budget_exhausted_total",
+    )?;
+    assert!(
+        refused >= tasks as f64,
+        "{refused} refused retries for {tasks} tasks"
+    );
+    let m = integration_tests::http_get(&c.coordinator.http, "/metrics")?;
+    assert!(
+        m.contains("autopipe_alerts_total{kind=\"retry_budget_exhausted\"} 1"),
+        "one alert (rate-limited): {m}"
+    );
+    Ok(())
+}

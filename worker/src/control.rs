@@ -160,7 +160,12 @@ impl pb::worker_control_server::WorkerControl for Control {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await; // test-only: a deliberately slow worker
             }
-            let result = run_task(&def, &shared.shuffle).await;
+            let result = if shared.config.test_fail_first_attempt && key.attempt == 1 {
+                // test-only: a transient failure of every first attempt
+                Err(Error::Transient("test: first attempts fail".into()))
+            } else {
+                run_task(&def, &shared.shuffle).await
+            };
             drop(permit);
             drop(guard);
             // The attempt stays in the heartbeat's running list until its report is
@@ -214,6 +219,7 @@ async fn report(
             m.rows_read.inc_by(out.rows_in);
             m.bytes_read.inc_by(out.bytes_in);
             m.bytes_written.inc_by(out.bytes_out);
+            m.bad_records.inc_by(out.bad_records);
             pb::TaskStatusReport {
                 worker_id: worker_id.to_string(),
                 key: Some(key.clone()),

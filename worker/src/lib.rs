@@ -39,6 +39,10 @@ pub struct WorkerConfig {
     pub heartbeat_interval: Duration,
     /// test-only: every task waits this long before it starts (a slow worker)
     pub test_task_delay: Duration,
+    /// test-only: the first attempt of every task fails with a transient error
+    pub test_fail_first_attempt: bool,
+    /// the address others reach this worker at (default: the bound listen address)
+    pub advertise: Option<String>,
     /// let reducers on this machine read this worker's map outputs from its disk
     /// instead of over Flight (Spark's host-local shuffle reads)
     pub host_local_shuffle: bool,
@@ -54,6 +58,8 @@ impl Default for WorkerConfig {
             work_dir: PathBuf::from("autopipe-worker"),
             heartbeat_interval: Duration::from_secs(1),
             test_task_delay: Duration::ZERO,
+            test_fail_first_attempt: false,
+            advertise: None,
             host_local_shuffle: true,
         }
     }
@@ -101,11 +107,8 @@ pub async fn start(config: WorkerConfig, cancel: CancellationToken) -> Result<Wo
             shuffle_root.display()
         ))
     })?;
-    let shared = Arc::new(WorkerShared::new(
-        config.clone(),
-        shuffle_root,
-        addr.to_string(),
-    ));
+    let advertised = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let shared = Arc::new(WorkerShared::new(config.clone(), shuffle_root, advertised));
 
     let control = Control {
         shared: shared.clone(),
@@ -224,6 +227,7 @@ async fn heartbeat_loop(
                 running,
                 cpu_percent: cpu,
                 memory_used_bytes: mem,
+                retry_budget_exhausted: autopipe_common::retry::budget().exhausted(),
             });
             req.set_timeout(Duration::from_secs(5));
             let known = client

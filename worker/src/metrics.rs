@@ -1,5 +1,6 @@
 //! Worker metrics in Prometheus text format: tasks by outcome, task durations, rows
-//! and bytes read and written, shuffle bytes served, errors by class.
+//! and bytes read and written, shuffle bytes served, errors by class, bad records,
+//! retries refused by the retry budget.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -32,6 +33,10 @@ pub struct WorkerMetrics {
     pub shuffle_bytes_served: Counter,
     /// task errors by class
     pub errors: Family<Labels, Counter>,
+    /// source records routed to the dead letters
+    pub bad_records: Counter,
+    /// retries this process's retry budget refused
+    retry_budget_exhausted: Counter,
 }
 
 impl Default for WorkerMetrics {
@@ -47,6 +52,8 @@ impl Default for WorkerMetrics {
             bytes_written: Counter::default(),
             shuffle_bytes_served: Counter::default(),
             errors: Family::default(),
+            bad_records: Counter::default(),
+            retry_budget_exhausted: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("tasks", "Finished tasks by outcome", m.tasks.clone());
@@ -78,6 +85,16 @@ impl Default for WorkerMetrics {
             m.shuffle_bytes_served.clone(),
         );
         registry.register("task_errors", "Task errors by class", m.errors.clone());
+        registry.register(
+            "bad_records",
+            "Source records that failed to parse or convert, written to the dead letters",
+            m.bad_records.clone(),
+        );
+        registry.register(
+            "retry_budget_exhausted",
+            "Retries refused because the retry budget was spent",
+            m.retry_budget_exhausted.clone(),
+        );
         Self { registry, ..m }
     }
 }
@@ -85,6 +102,9 @@ impl Default for WorkerMetrics {
 impl WorkerMetrics {
     /// Text exposition.
     pub fn render(&self) -> String {
+        let refused = autopipe_common::retry::budget().exhausted();
+        self.retry_budget_exhausted
+            .inc_by(refused.saturating_sub(self.retry_budget_exhausted.get()));
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out

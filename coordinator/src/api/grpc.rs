@@ -378,14 +378,23 @@ impl pb::worker_service_server::WorkerService for Services {
         });
         if known {
             self.reconcile_running(&h).await;
-            self.core
+            let mut l = Liveness::now(h.cpu_percent, h.memory_used_bytes);
+            l.retry_budget_exhausted = h.retry_budget_exhausted;
+            let before = self
+                .core
                 .liveness
                 .lock()
                 .expect("liveness lock poisoned")
-                .insert(
-                    h.worker_id.clone(),
-                    Liveness::now(h.cpu_percent, h.memory_used_bytes),
+                .insert(h.worker_id.clone(), l)
+                .map(|p| p.retry_budget_exhausted)
+                .unwrap_or(0);
+            if h.retry_budget_exhausted > before {
+                crate::alerts::retry_budget_exhausted(
+                    &self.core,
+                    &h.worker_id,
+                    h.retry_budget_exhausted - before,
                 );
+            }
         }
         Ok(Response::new(pb::HeartbeatResponse { known }))
     }

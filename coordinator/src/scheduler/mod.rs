@@ -14,7 +14,7 @@ use crate::state::{
     TaskState, WorkerState,
 };
 use autopipe_common::error::{Error, ErrorClass};
-use autopipe_common::retry::RetryPolicy;
+use autopipe_common::retry::{self, RetryPolicy};
 use autopipe_common::shuffle::channel_to;
 use autopipe_common::spec::Speculation;
 use autopipe_common::util::now_ms;
@@ -29,6 +29,7 @@ pub async fn run(core: Arc<Core>, cancel: CancellationToken) {
     let committing: Arc<Mutex<HashSet<String>>> = Default::default();
     let mut cleaned: HashSet<String> = HashSet::new();
     let mut was_leader = false;
+    let mut refused_seen = 0;
     let mut status = core.raft.watch_status();
     loop {
         tokio::select! {
@@ -48,6 +49,11 @@ pub async fn run(core: Arc<Core>, cancel: CancellationToken) {
             core.seed_liveness();
         }
         detect_lost_workers(&core).await;
+        let refused = retry::budget().exhausted();
+        if refused > refused_seen {
+            alerts::retry_budget_exhausted(&core, "coordinator", refused - refused_seen);
+            refused_seen = refused;
+        }
         time_out_attempts(&core).await;
         launch_ready_tasks(&core).await;
         start_commits(&core, &committing).await;
@@ -126,6 +132,9 @@ pub async fn probe_worker(core: &Core, id: &str) {
         }
     }
 }
+
+/// How long a task retry waits when the retry budget is spent.
+const BUDGET_WAIT: Duration = Duration::from_secs(2);
 
 /// One decided launch.
 struct Launch {
@@ -338,6 +347,9 @@ async fn launch_ready_tasks(core: &Arc<Core>) {
             tracing::debug!("launch not recorded: {e}");
             continue;
         }
+        if l.def.key.as_ref().is_some_and(|k| k.attempt == 1) {
+            retry::budget().deposit(); // first attempts fund the retries
+        }
         let key = l.def.key.clone().expect("built with a key");
         let core = core.clone();
         tokio::spawn(async move {
@@ -406,12 +418,17 @@ async fn propose_failure(
             .map(|t| t.failures)
             .unwrap_or(0)
     });
-    let backoff = RetryPolicy {
+    let mut backoff = RetryPolicy {
         base: Duration::from_millis(100),
         cap: Duration::from_secs(5),
         max_attempts: u32::MAX,
     }
     .backoff(failures);
+    // a retry draws on the retry budget; when it is spent the task waits longer
+    if retryable && !retry::budget().withdraw() {
+        backoff = backoff.max(BUDGET_WAIT);
+        tracing::warn!(job = %key.job_id, stage = key.stage_id, task = key.task, "retry budget exhausted: the retry waits {BUDGET_WAIT:?}");
+    }
     let cmd = Command::TaskFailed {
         job_id: key.job_id.clone(),
         stage: key.stage_id,

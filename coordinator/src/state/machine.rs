@@ -3,7 +3,7 @@
 //! error and leaves the state untouched (all checks run before any mutation).
 
 use super::commands::{Command, ErrorRecord, ShuffleHome, StagePlan, TaskResult};
-use super::decision::{Decision, DecisionKind, MAX_DECISIONS};
+use super::decision::{inputs, Decision, DecisionKind, MAX_DECISIONS};
 use autopipe_common::spec::PipelineSpec;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -215,6 +215,13 @@ pub struct Job {
     pub error: Option<ErrorRecord>,
     /// committed files relative to the sink path
     pub committed_files: Vec<String>,
+    /// the adapted per-task attempt limit (None: the job's max_task_attempts)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// failed attempts per cause (message with numbers and ids masked): count and
+    /// the workers it happened on
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failure_causes: BTreeMap<String, (u32, Vec<String>)>,
 }
 
 impl Job {
@@ -278,6 +285,12 @@ pub struct WorkerRecord {
     /// where its shuffle files live
     #[serde(default)]
     pub shuffle: ShuffleHome,
+    /// attempts launched on it
+    #[serde(default)]
+    pub attempts: u64,
+    /// of those, attempts that failed with a transient error
+    #[serde(default)]
+    pub transient_failures: u64,
 }
 
 /// Everything the coordinator must not forget.
@@ -366,6 +379,8 @@ impl State {
                         state: WorkerState::Alive,
                         registered_ms: *at_ms,
                         shuffle: shuffle.clone(),
+                        attempts: 0,
+                        transient_failures: 0,
                     },
                 );
                 Ok(Outcome::Done)
@@ -417,6 +432,8 @@ impl State {
                         finished_ms: 0,
                         error: None,
                         committed_files: vec![],
+                        max_attempts: None,
+                        failure_causes: BTreeMap::new(),
                     },
                 );
                 self.job_order.push(job_id.clone());
@@ -456,6 +473,7 @@ impl State {
                     worker_id: worker_id.clone(),
                     started_ms: *at_ms,
                 };
+                self.count_attempt(worker_id);
                 Ok(Outcome::Done)
             }
             Command::SpeculativeLaunched {
@@ -500,6 +518,7 @@ impl State {
                     started_ms: *at_ms,
                     decision,
                 });
+                self.count_attempt(worker_id);
                 self.push_decision(Decision {
                     id: 0,
                     at_ms: *at_ms,
@@ -644,9 +663,22 @@ impl State {
                     let t = Self::task_mut(job, *stage, *task)?;
                     t.failures += 1;
                     if !t.failed_on.contains(&failed_worker) {
-                        t.failed_on.push(failed_worker);
+                        t.failed_on.push(failed_worker.clone());
                     }
-                    fails_job = !*retryable || t.failures >= max_attempts;
+                    let failures = t.failures;
+                    if *retryable {
+                        if let Some(w) = self.workers.get_mut(&failed_worker) {
+                            w.transient_failures += 1;
+                        }
+                    }
+                    let limit = self.adapt_retry_limit(
+                        job_id,
+                        (*stage, *task, failures),
+                        &failed_worker,
+                        error,
+                        *retry_at_ms,
+                    );
+                    fails_job = !*retryable || failures >= limit;
                 }
                 if let Some(d) = copy_decision {
                     self.set_effect(
@@ -667,15 +699,18 @@ impl State {
                 }
                 let job = self.jobs.get_mut(job_id).expect("checked above");
                 let failures = job.stages[*stage as usize].tasks[*task as usize].failures;
+                let limit = job.max_attempts.unwrap_or(max_attempts);
                 let mut err = error.clone();
                 if *retryable {
                     err.message = format!(
-                        "stage {stage} task {task} failed {failures} times (max_task_attempts = {max_attempts}); last error: {}",
+                        "stage {stage} task {task} failed {failures} times (attempt limit {limit}{}); last error: {}",
+                        if limit == max_attempts { format!(", max_task_attempts = {max_attempts}") } else { format!(", adapted from max_task_attempts = {max_attempts}") },
                         error.message
                     );
                 }
                 job.state = JobState::Failed;
                 job.error = Some(err);
+                self.close_retry_decisions(job_id, "the job failed");
                 Ok(Outcome::JobChanged(job_id.clone(), JobState::Failed))
             }
             Command::JobCommitting { job_id } => {
@@ -703,6 +738,7 @@ impl State {
                 job.state = JobState::Succeeded;
                 job.committed_files = files.clone();
                 job.finished_ms = *at_ms;
+                self.close_retry_decisions(job_id, "the job succeeded");
                 Ok(Outcome::JobChanged(job_id.clone(), JobState::Succeeded))
             }
             Command::JobFailed {
@@ -720,6 +756,7 @@ impl State {
                 job.state = JobState::Failed;
                 job.error = Some(error.clone());
                 job.finished_ms = *at_ms;
+                self.close_retry_decisions(job_id, "the job failed");
                 Ok(Outcome::JobChanged(job_id.clone(), JobState::Failed))
             }
             Command::CancelJob { job_id, at_ms } => {
@@ -732,6 +769,7 @@ impl State {
                 }
                 job.state = JobState::Cancelled;
                 job.finished_ms = *at_ms;
+                self.close_retry_decisions(job_id, "the job was cancelled");
                 Ok(Outcome::JobChanged(job_id.clone(), JobState::Cancelled))
             }
         }
@@ -801,6 +839,133 @@ impl State {
         }
     }
 
+    fn count_attempt(&mut self, worker_id: &str) {
+        if let Some(w) = self.workers.get_mut(worker_id) {
+            w.attempts += 1;
+        }
+    }
+
+    /// Adapts the job's per-task attempt limit after a counted failure of task
+    /// `(stage, task)` (now at `failures`) on `worker`, and returns the limit in force.
+    ///
+    /// - Lowered to 2 when one cause (the message with numbers masked) has failed at
+    ///   least 3 attempts on at least 2 workers: a cause that does not depend on the
+    ///   worker looks permanent, and further attempts would only repeat it.
+    /// - Raised by one, up to twice the configured limit, when a transient failure
+    ///   would exhaust the task's attempts on a worker whose own transient failure
+    ///   rate is high (at least half of at least 4 attempts): the worker, not the
+    ///   task, is failing.
+    ///
+    /// Off when the job pins `max_task_attempts` or sets `adaptive_retries = false`.
+    fn adapt_retry_limit(
+        &mut self,
+        job_id: &str,
+        (stage, task, failures): (u32, u32, u32),
+        worker: &str,
+        error: &ErrorRecord,
+        at_ms: u64,
+    ) -> u32 {
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return 1;
+        };
+        let params = &job.spec.job.params;
+        let configured = params.max_task_attempts();
+        let limit = job.max_attempts.unwrap_or(configured);
+        if params.max_task_attempts.is_some() || params.adaptive_retries == Some(false) {
+            return limit;
+        }
+        let cause = format!("{}: {}", error.class, mask_numbers(&error.message));
+        let entry = job.failure_causes.entry(cause.clone()).or_default();
+        entry.0 += 1;
+        if !entry.1.iter().any(|w| w == worker) {
+            entry.1.push(worker.to_string());
+        }
+        let (count, workers) = (entry.0, entry.1.len());
+        let (new_limit, why, inputs) = if count >= 3 && workers >= 2 && limit > 2 {
+            (
+                2,
+                format!(
+                    "the same cause failed {count} attempts on {workers} workers; a cause that does not depend on the worker looks permanent: {cause}"
+                ),
+                inputs([
+                    ("cause", cause.clone()),
+                    ("failed_attempts", count.to_string()),
+                    ("workers", workers.to_string()),
+                ]),
+            )
+        } else {
+            let w = self.workers.get(worker);
+            let (attempts, transient) = w
+                .map(|w| (w.attempts, w.transient_failures))
+                .unwrap_or((0, 0));
+            let high = attempts >= 4 && transient * 2 >= attempts;
+            let bound = configured * 2;
+            if error.class == "transient" && high && failures + 1 >= limit && limit < bound {
+                (
+                    limit + 1,
+                    format!(
+                        "stage {stage} task {task} would run out of attempts on worker {worker}, whose transient failure rate is {transient}/{attempts}: the worker, not the task, is failing (bound: {bound})"
+                    ),
+                    inputs([
+                        ("worker", worker.to_string()),
+                        ("worker_attempts", attempts.to_string()),
+                        ("worker_transient_failures", transient.to_string()),
+                        ("task_failures", failures.to_string()),
+                        ("bound", bound.to_string()),
+                    ]),
+                )
+            } else {
+                return limit;
+            }
+        };
+        let job = self.jobs.get_mut(job_id).expect("looked up above");
+        job.max_attempts = Some(new_limit);
+        self.push_decision(Decision {
+            id: 0,
+            at_ms,
+            job_id: job_id.to_string(),
+            kind: DecisionKind::RetryLimit,
+            what: format!(
+                "{} the job's per-task attempt limit from {limit} to {new_limit}",
+                if new_limit < limit {
+                    "lowered"
+                } else {
+                    "raised"
+                }
+            ),
+            why,
+            inputs,
+            effect: None,
+        });
+        new_limit
+    }
+
+    /// Gives the job's open retry-limit decisions their effect: how the job ended and
+    /// with how many attempts.
+    fn close_retry_decisions(&mut self, job_id: &str, how: &str) {
+        let Some(job) = self.jobs.get(job_id) else {
+            return;
+        };
+        let attempts: u32 = job
+            .stages
+            .iter()
+            .flat_map(|s| s.tasks.iter())
+            .map(|t| t.attempts)
+            .sum();
+        let failures: u32 = job
+            .stages
+            .iter()
+            .flat_map(|s| s.tasks.iter())
+            .map(|t| t.failures)
+            .sum();
+        let effect = format!("{how} after {attempts} task attempts ({failures} failed)");
+        for d in self.decisions.iter_mut().rev() {
+            if d.job_id == job_id && d.kind == DecisionKind::RetryLimit && d.effect.is_none() {
+                d.effect = Some(effect.clone());
+            }
+        }
+    }
+
     fn push_decision(&mut self, mut d: Decision) {
         self.last_decision_id += 1;
         d.id = self.last_decision_id;
@@ -834,6 +999,25 @@ impl State {
         }
         out
     }
+}
+
+/// A failure message with its numbers (ports, ids, attempt and task numbers) masked,
+/// so the same cause on different tasks and workers compares equal.
+fn mask_numbers(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut in_num = false;
+    for c in msg.chars() {
+        if c.is_ascii_hexdigit() && (c.is_ascii_digit() || in_num) {
+            if !in_num {
+                out.push('#');
+                in_num = true;
+            }
+        } else {
+            in_num = false;
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -924,6 +1108,13 @@ mod tests {
     #[test]
     fn transient_failures_retry_until_the_attempt_limit_then_fail_the_job() {
         let mut s = two_stage_state();
+        s.jobs
+            .get_mut("j")
+            .unwrap()
+            .spec
+            .job
+            .params
+            .adaptive_retries = Some(false);
         let err = ErrorRecord {
             class: "transient".into(),
             message: "connection reset".into(),
@@ -1260,6 +1451,103 @@ mod tests {
         assert_eq!(s.decisions.len(), MAX_DECISIONS);
         assert_eq!(s.decisions[0].id, 6);
         assert_eq!(s.last_decision_id, MAX_DECISIONS as u64 + 5);
+    }
+
+    fn fail_on(s: &mut State, task: u32, attempt: u32, w: &str, msg: &str) -> Outcome {
+        launch(s, 0, task, attempt, w).unwrap();
+        s.apply(&Command::TaskFailed {
+            job_id: "j".into(),
+            stage: 0,
+            task,
+            attempt,
+            error: ErrorRecord {
+                class: "transient".into(),
+                message: msg.into(),
+                key: String::new(),
+                fetch_failed: None,
+                worker_unreachable: false,
+            },
+            retryable: true,
+            retry_at_ms: 0,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn one_cause_repeating_on_several_workers_lowers_the_attempt_limit() {
+        let mut s = two_stage_state();
+        // the same missing file, whatever the task or worker
+        fail_on(&mut s, 0, 1, "w1", "cannot open /data/part-0001.csv");
+        fail_on(&mut s, 1, 1, "w2", "cannot open /data/part-0002.csv");
+        assert!(s.decisions.is_empty());
+        let out = fail_on(&mut s, 0, 2, "w2", "cannot open /data/part-0001.csv");
+        assert_eq!(out, Outcome::JobChanged("j".into(), JobState::Failed));
+        let job = &s.jobs["j"];
+        assert_eq!(job.max_attempts, Some(2));
+        assert!(
+            job.error
+                .as_ref()
+                .unwrap()
+                .message
+                .contains("attempt limit 2, adapted"),
+            "{:?}",
+            job.error
+        );
+        let d = &s.decisions[0];
+        assert_eq!(d.kind, DecisionKind::RetryLimit);
+        assert!(
+            d.what.contains("lowered") && d.what.contains("from 4 to 2"),
+            "{}",
+            d.what
+        );
+        assert_eq!(d.inputs["workers"], "2");
+        assert_eq!(d.inputs["cause"], "transient: cannot open /data/part-#.csv");
+        assert!(d.effect.as_deref().unwrap().starts_with("the job failed"));
+    }
+
+    #[test]
+    fn a_worker_with_a_high_transient_failure_rate_raises_the_limit_within_a_bound() {
+        let mut s = two_stage_state();
+        let mut attempt = 0;
+        let out = loop {
+            attempt += 1;
+            let out = fail_on(
+                &mut s,
+                0,
+                attempt,
+                "w1",
+                &format!("connection reset {attempt}"),
+            );
+            if out != Outcome::TaskRequeued {
+                break out;
+            }
+        };
+        assert_eq!(out, Outcome::JobChanged("j".into(), JobState::Failed));
+        assert_eq!(
+            attempt, 8,
+            "raised one by one up to twice max_task_attempts"
+        );
+        let raised: Vec<_> = s
+            .decisions
+            .iter()
+            .filter(|d| d.what.contains("raised"))
+            .collect();
+        assert_eq!(raised.len(), 4, "4 -> 5 -> 6 -> 7 -> 8");
+        assert_eq!(raised[0].inputs["worker_transient_failures"], "4");
+        // off when the job pins the limit
+        let mut s = two_stage_state();
+        s.jobs
+            .get_mut("j")
+            .unwrap()
+            .spec
+            .job
+            .params
+            .max_task_attempts = Some(4);
+        for a in 1..=4 {
+            fail_on(&mut s, 0, a, "w1", "connection reset");
+        }
+        assert_eq!(s.jobs["j"].state, JobState::Failed);
+        assert!(s.decisions.is_empty());
     }
 
     #[test]
