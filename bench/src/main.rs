@@ -10,6 +10,10 @@
 //! `bench raft`: proposals/s and leader failover of the replicated coordinator (see `raft`).
 //!
 //! `bench recovery`: a job with a worker SIGKILLed mid-job against it undisturbed.
+//!
+//! `bench scan`: tolerant CSV reading (dead letters) against DataFusion's CSV reader.
+//!
+//! `bench stragglers`: a job with a slow worker, with speculation against without.
 //! Run: `cargo build --release --workspace && target/release/bench tpch --sf 1 --queries all`
 
 use anyhow::{bail, Result};
@@ -23,6 +27,8 @@ use std::time::{Duration, Instant};
 
 mod raft;
 mod recovery;
+mod scan;
+mod stragglers;
 mod tpch;
 
 /// The same allocator as the `autopipe` binary, so the in-process DataFusion baseline
@@ -123,6 +129,37 @@ enum Cmd {
         #[arg(long, default_value = "target/bench-data")]
         dir: PathBuf,
     },
+    /// Tolerant CSV reading (dead letters) against DataFusion's CSV reader on the same
+    /// file, and over a copy with 1% bad rows
+    Scan {
+        /// rows of CSV (data is cached per row count)
+        #[arg(long, default_value_t = 5_000_000)]
+        rows: u64,
+        /// repetitions per reader
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// scan partitions (and threads)
+        #[arg(long, default_value_t = 2)]
+        partitions: usize,
+        /// where data goes
+        #[arg(long, default_value = "target/bench-data")]
+        dir: PathBuf,
+    },
+    /// Speculation against a slow worker: the same job with speculation on and off
+    Stragglers {
+        /// clickstream events
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        /// repetitions per setting
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// the slow worker's delay before every task
+        #[arg(long, default_value_t = 5_000)]
+        delay_ms: u64,
+        /// where data and outputs go
+        #[arg(long, default_value = "target/bench-data")]
+        dir: PathBuf,
+    },
     /// (internal) a Ballista scheduler process for `tpch --engines ballista`
     #[command(hide = true)]
     BallistaScheduler {
@@ -203,6 +240,28 @@ fn main() -> Result<()> {
             query,
             reps: reps.max(1),
             heartbeat_timeout,
+            dir,
+        }),
+        Cmd::Stragglers {
+            rows,
+            reps,
+            delay_ms,
+            dir,
+        } => stragglers::run(stragglers::Args {
+            rows,
+            reps: reps.max(1),
+            delay_ms,
+            dir,
+        }),
+        Cmd::Scan {
+            rows,
+            reps,
+            partitions,
+            dir,
+        } => scan::run(scan::Args {
+            rows,
+            reps: reps.max(1),
+            partitions,
             dir,
         }),
         #[cfg(feature = "ballista")]

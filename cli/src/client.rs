@@ -60,7 +60,11 @@ async fn connect_first(coordinators: &str) -> Result<(Channel, String)> {
             format!("http://{addr}")
         };
         let ep = match Endpoint::from_shared(url.clone()) {
-            Ok(ep) => ep.connect_timeout(Duration::from_secs(3)),
+            // every call's response must start within the RPC deadline (streams such
+            // as WatchJob then run unbounded)
+            Ok(ep) => ep
+                .connect_timeout(Duration::from_secs(3))
+                .timeout(autopipe_common::shuffle::RPC_TIMEOUT),
             Err(e) => {
                 last = format!("'{addr}' is not a valid address: {e}");
                 continue;

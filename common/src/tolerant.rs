@@ -40,8 +40,12 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 
-/// Records per decode chunk.
-const CHUNK_RECORDS: usize = 4096;
+/// Records per batch on the fast path.
+const FAST_BATCH: usize = 8192;
+/// The smallest fast batch (after failures).
+const MIN_FAST_BATCH: usize = 64;
+/// Records per chunk on the slow path (after a batch failed).
+const CHUNK_RECORDS: usize = 256;
 /// A dead-letter record keeps at most this much of the raw record.
 const MAX_RECORD_BYTES: usize = 64 << 10;
 
@@ -406,18 +410,114 @@ struct Rec {
 impl RangeReader {
     async fn read(&self, store: &dyn ObjectStore, r: &FileRange) -> Result<Vec<RecordBatch>> {
         let (base, data) = fetch_aligned(store, r).await?;
-        let records = match &self.format {
+        let mut pos = match &self.format {
             RecordFormat::Csv {
-                has_header,
+                has_header: true,
                 delimiter,
-            } => csv_records(&data, base, *delimiter, *has_header && r.start == 0)?,
-            RecordFormat::Ndjson => ndjson_records(&data, base),
+            } if r.start == 0 => csv_records(&data, 0, 0, *delimiter, 1, Some(1))?
+                .first()
+                .map(|h| h.end)
+                .unwrap_or(data.len()),
+            _ => 0,
         };
         let mut out = vec![];
-        for chunk in records.chunks(CHUNK_RECORDS) {
-            self.decode_tolerant(&data, chunk, r, &mut out)?;
+        // lines before `counted` (kept current only when the line is known: base 0)
+        let (mut counted, mut lines) = (0, 0);
+        // fast batches shrink after a failure and grow back after successes
+        let mut fast = FAST_BATCH;
+        while pos < data.len() {
+            // fast path: a batch straight from the bytes
+            if let Ok((batch, used)) = self.decode_fast(&data[pos..], fast) {
+                if used > 0 {
+                    out.extend(batch);
+                    pos += used;
+                    fast = (fast * 2).min(FAST_BATCH);
+                    continue;
+                }
+            }
+            fast = (fast / 8).max(MIN_FAST_BATCH);
+            // a bad record ahead: the next records one chunk at a time, bisected
+            let first_line = (base == 0).then(|| {
+                lines += count_lines(&data[counted..pos]);
+                counted = pos;
+                1 + lines
+            });
+            let recs = match &self.format {
+                RecordFormat::Csv { delimiter, .. } => {
+                    csv_records(&data, pos, base, *delimiter, CHUNK_RECORDS, first_line)?
+                }
+                RecordFormat::Ndjson => ndjson_records(&data, pos, base, CHUNK_RECORDS, first_line),
+            };
+            let Some(last) = recs.last() else {
+                break; // only blank lines left
+            };
+            let end = last.end;
+            self.decode_tolerant(&data, &recs, r, &mut out)?;
+            pos = end;
         }
         Ok(out)
+    }
+
+    /// Decodes up to `batch` records from the start of `buf`; returns the batch and
+    /// the bytes used, or the first error.
+    fn decode_fast(
+        &self,
+        buf: &[u8],
+        batch: usize,
+    ) -> std::result::Result<(Option<RecordBatch>, usize), ArrowError> {
+        match &self.format {
+            RecordFormat::Csv { delimiter, .. } => {
+                let mut d = self.csv_decoder(*delimiter, batch);
+                let used = feed(buf, |b| d.decode(b))?;
+                Ok((d.flush()?, used))
+            }
+            RecordFormat::Ndjson => {
+                let mut d = self.json_decoder(batch)?;
+                let used = feed(buf, |b| d.decode(b))?;
+                Ok((self.project_json(d.flush()?), used))
+            }
+        }
+    }
+
+    fn csv_decoder(&self, delimiter: u8, batch: usize) -> datafusion::arrow::csv::reader::Decoder {
+        let mut b = datafusion::arrow::csv::ReaderBuilder::new(self.file_schema.clone())
+            .with_header(false)
+            .with_delimiter(delimiter)
+            .with_batch_size(batch);
+        if let Some(p) = &self.projection {
+            b = b.with_projection(p.clone());
+        }
+        b.build_decoder()
+    }
+
+    /// A JSON decoder of the read columns (of every column when none is read, so
+    /// that rows still count).
+    fn json_decoder(
+        &self,
+        batch: usize,
+    ) -> std::result::Result<datafusion::arrow::json::reader::Decoder, ArrowError> {
+        let schema = if self.out_schema.fields().is_empty() {
+            self.file_schema.clone()
+        } else {
+            self.out_schema.clone()
+        };
+        datafusion::arrow::json::ReaderBuilder::new(schema)
+            .with_batch_size(batch)
+            .build_decoder()
+    }
+
+    fn project_json(&self, batch: Option<RecordBatch>) -> Option<RecordBatch> {
+        let b = batch?;
+        if !self.out_schema.fields().is_empty() {
+            return Some(b);
+        }
+        RecordBatch::try_new_with_options(
+            Arc::new(Schema::empty()),
+            vec![],
+            &datafusion::arrow::record_batch::RecordBatchOptions::new()
+                .with_row_count(Some(b.num_rows())),
+        )
+        .ok()
     }
 
     /// Decodes `recs`; on failure bisects down to single records, which go to the
@@ -470,73 +570,50 @@ impl RangeReader {
                 buf.push(b'\n');
             }
         }
-        match &self.format {
+        let batch = match &self.format {
             RecordFormat::Csv { delimiter, .. } => {
-                let mut b = datafusion::arrow::csv::ReaderBuilder::new(self.file_schema.clone())
-                    .with_header(false)
-                    .with_delimiter(*delimiter)
-                    .with_batch_size(recs.len() + 1);
-                if let Some(p) = &self.projection {
-                    b = b.with_projection(p.clone());
-                }
-                let mut d = b.build_decoder();
-                let mut rest = &buf[..];
-                while !rest.is_empty() {
-                    let n = d.decode(rest)?;
-                    if n == 0 {
-                        break;
-                    }
-                    rest = &rest[n..];
-                }
-                d.decode(&[])?;
-                let batch = d.flush()?;
-                // a record that did not parse as one whole record
-                let rows = batch.as_ref().map(|b| b.num_rows()).unwrap_or(0);
-                if rows != recs.len() {
-                    return Err(ArrowError::CsvError(format!(
-                        "expected {} records, decoded {rows}",
-                        recs.len()
-                    )));
-                }
-                Ok(batch)
+                let mut d = self.csv_decoder(*delimiter, recs.len() + 1);
+                feed(&buf, |b| d.decode(b))?;
+                d.flush()?
             }
             RecordFormat::Ndjson => {
-                let mut d = datafusion::arrow::json::ReaderBuilder::new(self.out_schema.clone())
-                    .with_batch_size(recs.len() + 1)
-                    .build_decoder()?;
-                let mut rest = &buf[..];
-                while !rest.is_empty() {
-                    let n = d.decode(rest)?;
-                    if n == 0 {
-                        break;
-                    }
-                    rest = &rest[n..];
-                }
-                let batch = d.flush()?;
-                let rows = batch.as_ref().map(|b| b.num_rows()).unwrap_or(0);
-                if rows != recs.len() {
-                    return Err(ArrowError::JsonError(format!(
-                        "expected {} JSON objects, decoded {rows}",
-                        recs.len()
-                    )));
-                }
-                // a projection of no columns still counts its rows
-                Ok(batch.map(|b| {
-                    if self.out_schema.fields().is_empty() {
-                        RecordBatch::try_new_with_options(
-                            Arc::new(Schema::empty()),
-                            vec![],
-                            &datafusion::arrow::record_batch::RecordBatchOptions::new()
-                                .with_row_count(Some(b.num_rows())),
-                        )
-                        .unwrap_or(b)
-                    } else {
-                        b
-                    }
-                }))
+                let mut d = self.json_decoder(recs.len() + 1)?;
+                feed(&buf, |b| d.decode(b))?;
+                self.project_json(d.flush()?)
             }
+        };
+        // a record that did not decode as exactly one row
+        let rows = batch.as_ref().map(|b| b.num_rows()).unwrap_or(0);
+        if rows != recs.len() {
+            return Err(ArrowError::ParseError(format!(
+                "expected {} records, decoded {rows}",
+                recs.len()
+            )));
         }
+        Ok(batch)
     }
+}
+
+/// Feeds `buf` to a decoder until it stops taking bytes (its batch is full) or `buf`
+/// ends (then once more with nothing: the end of the input); returns the bytes used.
+fn feed(
+    buf: &[u8],
+    mut decode: impl FnMut(&[u8]) -> std::result::Result<usize, ArrowError>,
+) -> std::result::Result<usize, ArrowError> {
+    let mut used = 0;
+    while used < buf.len() {
+        let n = decode(&buf[used..])?;
+        if n == 0 {
+            return Ok(used);
+        }
+        used += n;
+    }
+    decode(&[])?;
+    Ok(used)
+}
+
+fn count_lines(data: &[u8]) -> u64 {
+    data.iter().filter(|&&b| b == b'\n').count() as u64
 }
 
 /// Fetches the bytes of the records that start in `r`: from the first record start
@@ -593,47 +670,56 @@ async fn get_range(store: &dyn ObjectStore, path: &StorePath, lo: u64, hi: u64) 
     Ok(store.get_range(path, lo..hi).await?.to_vec())
 }
 
-/// CSV records of `data` (which starts at file offset `base`), header skipped.
-fn csv_records(data: &[u8], base: u64, delimiter: u8, skip_header: bool) -> Result<Vec<Rec>> {
+/// Up to `limit` CSV records of `data` from `pos` (`data` starts at file offset
+/// `base`; the line of `pos` is `first_line`, when known). Starts and ends are
+/// indexes into `data`.
+fn csv_records(
+    data: &[u8],
+    pos: usize,
+    base: u64,
+    delimiter: u8,
+    limit: usize,
+    first_line: Option<u64>,
+) -> Result<Vec<Rec>> {
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .delimiter(delimiter)
-        .from_reader(data);
+        .from_reader(&data[pos..]);
     let mut out = vec![];
     let mut rec = csv::ByteRecord::new();
-    let mut first = true;
-    loop {
-        let pos = rdr.position().clone();
+    while out.len() < limit {
+        let before = rdr.position().byte();
         match rdr.read_byte_record(&mut rec) {
             Ok(false) => break,
             Ok(true) => {}
-            Err(e) => {
-                return Err(DataFusionError::External(Box::new(e)));
-            }
+            Err(e) => return Err(DataFusionError::External(Box::new(e))),
         }
-        let start = rec.position().map(|p| p.byte()).unwrap_or(pos.byte()) as usize;
-        let line = rec.position().map(|p| p.line());
-        let end = rdr.position().byte() as usize;
-        if std::mem::take(&mut first) && skip_header {
-            continue;
-        }
+        let p = rec.position();
+        let start = pos + p.map(|p| p.byte()).unwrap_or(before) as usize;
         out.push(Rec {
             offset: base + start as u64,
-            line: (base == 0).then_some(line).flatten(),
+            line: first_line.zip(p).map(|(l, p)| l + p.line() - 1),
             start,
-            end,
+            end: pos + rdr.position().byte() as usize,
         });
     }
     Ok(out)
 }
 
-/// NDJSON records (non-blank lines) of `data`, which starts at file offset `base`.
-fn ndjson_records(data: &[u8], base: u64) -> Vec<Rec> {
+/// Up to `limit` NDJSON records (non-blank lines) of `data` from `pos`, as for
+/// `csv_records`.
+fn ndjson_records(
+    data: &[u8],
+    pos: usize,
+    base: u64,
+    limit: usize,
+    first_line: Option<u64>,
+) -> Vec<Rec> {
     let mut out = vec![];
-    let mut start = 0;
-    let mut line = 1u64;
-    while start < data.len() {
+    let mut start = pos;
+    let mut line = first_line;
+    while start < data.len() && out.len() < limit {
         let end = data[start..]
             .iter()
             .position(|&b| b == b'\n')
@@ -642,12 +728,12 @@ fn ndjson_records(data: &[u8], base: u64) -> Vec<Rec> {
         if !data[start..end].iter().all(u8::is_ascii_whitespace) {
             out.push(Rec {
                 offset: base + start as u64,
-                line: (base == 0).then_some(line),
+                line,
                 start,
                 end,
             });
         }
-        line += 1;
+        line = line.map(|l| l + 1);
         start = end;
     }
     out
@@ -773,6 +859,43 @@ mod tests {
                 .collect();
             assert_eq!(dead, want, "{n} ranges");
         }
+    }
+
+    #[tokio::test]
+    async fn batches_around_rare_bad_records_keep_every_good_one_and_the_lines() {
+        // 30,000 rows, 3 bad: most batches take the fast path
+        let mut text = String::from("id,name\n");
+        let bad_at = [5, 12_345, 29_999];
+        for i in 0..30_000 {
+            if bad_at.contains(&i) {
+                text.push_str(&format!("{i},x,too-many\n"));
+            } else {
+                text.push_str(&format!("{i},name-{i}\n"));
+            }
+        }
+        let store = store_with(&text).await;
+        let r = reader(RecordFormat::Csv {
+            has_header: true,
+            delimiter: b',',
+        });
+        let range = FileRange {
+            location: "f".into(),
+            start: 0,
+            end: text.len() as u64,
+            size: text.len() as u64,
+        };
+        let got = ids(&r.read(&store, &range).await.unwrap());
+        let want: Vec<i64> = (0..30_000).filter(|i| !bad_at.contains(i)).collect();
+        assert_eq!(got, want);
+        let dead: Vec<_> = r.dead.take().iter().map(|d| (d.offset, d.line)).collect();
+        let want: Vec<_> = bad_at
+            .iter()
+            .map(|i| {
+                let off = text.find(&format!("\n{i},x,")).unwrap() as u64 + 1;
+                (off, Some(*i as u64 + 2))
+            })
+            .collect();
+        assert_eq!(dead, want);
     }
 
     #[tokio::test]
