@@ -95,6 +95,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 pub fn run(a: Args) -> Result<()> {
     let dir = a.dir.join("scan");
     std::fs::create_dir_all(&dir)?;
+    let dir = std::fs::canonicalize(&dir)?;
     let clean = dir.join(format!("clean-{}.csv", a.rows));
     let dirty = dir.join(format!("dirty-{}.csv", a.rows));
     write_csv(&clean, a.rows, None)?;

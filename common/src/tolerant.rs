@@ -373,12 +373,17 @@ impl ExecutionPlan for TolerantScanExec {
             dead: self.dead.clone(),
         });
         let baseline = BaselineMetrics::new(&self.metrics, partition);
+        // one range's bytes at a time; its batches are decoded as they are pulled
         let stream = futures::stream::iter(ranges)
             .then(move |r| {
                 let (store, reader) = (store.clone(), reader.clone());
-                async move { reader.read(store.as_ref(), &r).await }
+                async move { RangeDecode::open(reader, store.as_ref(), r).await }
             })
-            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+            .map_ok(|st| {
+                futures::stream::try_unfold(st, |mut st| async move {
+                    Ok(st.next_batch()?.map(|b| (b, st)))
+                })
+            })
             .try_flatten()
             .inspect_ok(move |b: &RecordBatch| baseline.record_output(b.num_rows()));
         Ok(Box::pin(RecordBatchStreamAdapter::new(
@@ -407,10 +412,104 @@ struct Rec {
     end: usize,
 }
 
-impl RangeReader {
-    async fn read(&self, store: &dyn ObjectStore, r: &FileRange) -> Result<Vec<RecordBatch>> {
-        let (base, data) = fetch_aligned(store, r).await?;
-        let mut pos = match &self.format {
+/// Finds where one CSV record ends with one reusable csv-core reader (building a
+/// reader costs more than splitting a record).
+struct Splitter {
+    rdr: csv_core::Reader,
+    out: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Splitter {
+    fn new(delimiter: u8) -> Self {
+        Self {
+            rdr: csv_core::ReaderBuilder::new().delimiter(delimiter).build(),
+            out: vec![0; 64 << 10],
+            ends: vec![0; 1024],
+        }
+    }
+
+    /// Start and end (past its terminator) of the record at `pos`, after any blank
+    /// lines; `None` when only blank lines are left.
+    fn one(&mut self, data: &[u8], pos: usize) -> Option<(usize, usize)> {
+        let start = pos
+            + data[pos..]
+                .iter()
+                .take_while(|&&b| b == b'\n' || b == b'\r')
+                .count();
+        if start >= data.len() {
+            return None;
+        }
+        self.rdr.reset();
+        let mut at = start;
+        loop {
+            let input = &data[at..];
+            let (res, nin, _, _) = self.rdr.read_record(input, &mut self.out, &mut self.ends);
+            at += nin;
+            match res {
+                csv_core::ReadRecordResult::Record | csv_core::ReadRecordResult::End => {
+                    return Some((start, at))
+                }
+                csv_core::ReadRecordResult::InputEmpty if input.is_empty() => {
+                    return Some((start, at))
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A decoder for the fast path.
+enum FastDecoder {
+    Csv(Box<datafusion::arrow::csv::reader::Decoder>),
+    Json(Box<datafusion::arrow::json::reader::Decoder>),
+}
+
+impl FastDecoder {
+    /// Decodes one batch from the start of `buf`; returns it and the bytes used.
+    fn run(
+        &mut self,
+        rd: &RangeReader,
+        buf: &[u8],
+    ) -> std::result::Result<(Option<RecordBatch>, usize), ArrowError> {
+        match self {
+            FastDecoder::Csv(d) => {
+                let used = feed(buf, |b| d.decode(b))?;
+                Ok((d.flush()?, used))
+            }
+            FastDecoder::Json(d) => {
+                let used = feed(buf, |b| d.decode(b))?;
+                Ok((rd.project_json(d.flush()?), used))
+            }
+        }
+    }
+}
+
+/// The decoding of one fetched range, a batch at a time.
+struct RangeDecode {
+    reader: Arc<RangeReader>,
+    range: FileRange,
+    /// file offset of `data[0]`
+    base: u64,
+    data: Vec<u8>,
+    pos: usize,
+    /// records per fast batch: shrinks after a failure, grows back after successes
+    fast: usize,
+    /// lines before `counted` (kept only when lines are known: base 0)
+    counted: usize,
+    lines: u64,
+    pending: std::collections::VecDeque<RecordBatch>,
+    /// the decoder of full-size fast batches, and the rows it has flushed
+    cached: Option<FastDecoder>,
+    cached_rows: usize,
+    /// splits single CSV records after a failed batch
+    splitter: Option<Splitter>,
+}
+
+impl RangeDecode {
+    async fn open(reader: Arc<RangeReader>, store: &dyn ObjectStore, r: FileRange) -> Result<Self> {
+        let (base, data, skip) = fetch_aligned(store, &r).await?;
+        let pos = match &reader.format {
             RecordFormat::Csv {
                 has_header: true,
                 delimiter,
@@ -418,65 +517,152 @@ impl RangeReader {
                 .first()
                 .map(|h| h.end)
                 .unwrap_or(data.len()),
-            _ => 0,
+            _ => skip,
         };
-        let mut out = vec![];
-        // lines before `counted` (kept current only when the line is known: base 0)
-        let (mut counted, mut lines) = (0, 0);
-        // fast batches shrink after a failure and grow back after successes
-        let mut fast = FAST_BATCH;
-        while pos < data.len() {
-            // fast path: a batch straight from the bytes
-            if let Ok((batch, used)) = self.decode_fast(&data[pos..], fast) {
-                if used > 0 {
-                    out.extend(batch);
-                    pos += used;
-                    fast = (fast * 2).min(FAST_BATCH);
-                    continue;
-                }
-            }
-            fast = (fast / 8).max(MIN_FAST_BATCH);
-            // a bad record ahead: the next records one chunk at a time, bisected
-            let first_line = (base == 0).then(|| {
-                lines += count_lines(&data[counted..pos]);
-                counted = pos;
-                1 + lines
-            });
-            let recs = match &self.format {
-                RecordFormat::Csv { delimiter, .. } => {
-                    csv_records(&data, pos, base, *delimiter, CHUNK_RECORDS, first_line)?
-                }
-                RecordFormat::Ndjson => ndjson_records(&data, pos, base, CHUNK_RECORDS, first_line),
-            };
-            let Some(last) = recs.last() else {
-                break; // only blank lines left
-            };
-            let end = last.end;
-            self.decode_tolerant(&data, &recs, r, &mut out)?;
-            pos = end;
-        }
-        Ok(out)
+        Ok(Self {
+            reader,
+            range: r,
+            base,
+            data,
+            pos,
+            fast: FAST_BATCH,
+            counted: 0,
+            lines: 0,
+            pending: Default::default(),
+            cached: None,
+            cached_rows: 0,
+            splitter: None,
+        })
     }
 
-    /// Decodes up to `batch` records from the start of `buf`; returns the batch and
-    /// the bytes used, or the first error.
-    fn decode_fast(
-        &self,
-        buf: &[u8],
-        batch: usize,
-    ) -> std::result::Result<(Option<RecordBatch>, usize), ArrowError> {
-        match &self.format {
-            RecordFormat::Csv { delimiter, .. } => {
-                let mut d = self.csv_decoder(*delimiter, batch);
-                let used = feed(buf, |b| d.decode(b))?;
-                Ok((d.flush()?, used))
+    /// The next batch of good records (bad ones go to the dead letters on the way).
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        loop {
+            if let Some(b) = self.pending.pop_front() {
+                return Ok(Some(b));
             }
-            RecordFormat::Ndjson => {
-                let mut d = self.json_decoder(batch)?;
-                let used = feed(buf, |b| d.decode(b))?;
-                Ok((self.project_json(d.flush()?), used))
+            if self.pos >= self.data.len() || !self.step()? {
+                return Ok(None);
             }
         }
+    }
+
+    /// Decodes the next stretch; false when nothing is left.
+    fn step(&mut self) -> Result<bool> {
+        let (rd, data, pos) = (&self.reader, &self.data, self.pos);
+        // fast path: a batch straight from the bytes; full-size batches reuse one
+        // decoder (as DataFusion's reader does), smaller ones after a failure take a
+        // fresh one, whose errors count records from the batch's start
+        let reuse = self.fast == FAST_BATCH;
+        let res = if reuse {
+            if self.cached.is_none() {
+                self.cached = Some(rd.fast_decoder(FAST_BATCH)?);
+            }
+            self.cached
+                .as_mut()
+                .expect("set above")
+                .run(rd, &data[pos..])
+        } else {
+            rd.fast_decoder(self.fast)?.run(rd, &data[pos..])
+        };
+        // rows the reused decoder flushed before this batch (its errors count from
+        // its creation)
+        let earlier = if reuse { self.cached_rows } else { 0 };
+        let err = match res {
+            Ok((batch, used)) if used > 0 => {
+                if reuse {
+                    self.cached_rows += batch.as_ref().map_or(0, |b| b.num_rows());
+                }
+                self.pending.extend(batch);
+                self.pos += used;
+                self.fast = (self.fast * 2).min(FAST_BATCH);
+                return Ok(true);
+            }
+            Ok(_) => return Ok(false), // only blank lines left
+            Err(e) => {
+                if reuse {
+                    // an error spoils a decoder
+                    self.cached = None;
+                    self.cached_rows = 0;
+                }
+                e
+            }
+        };
+        let first_line = (self.base == 0).then(|| {
+            self.lines += count_lines(&data[self.counted..pos]);
+            self.counted = pos;
+            1 + self.lines
+        });
+        // CSV errors name the failing record: the ones before it are decoded on the
+        // fast path, it goes to the dead letters
+        let failing = failing_record(&err).and_then(|i| i.checked_sub(earlier));
+        if let (RecordFormat::Csv { delimiter, .. }, Some(i)) = (&rd.format, failing) {
+            if i > 0 && i < self.fast {
+                self.fast = i;
+                return Ok(true);
+            }
+            if i == 0 {
+                let splitter = self
+                    .splitter
+                    .get_or_insert_with(|| Splitter::new(*delimiter));
+                let Some((start, end)) = splitter.one(data, pos) else {
+                    return Ok(false);
+                };
+                let rec = Rec {
+                    offset: self.base + start as u64,
+                    line: first_line.map(|l| l + count_lines(&data[pos..start])),
+                    start,
+                    end,
+                };
+                rd.dead_letter(data, &rec, &self.range, record_error(&err));
+                self.pos = end;
+                self.fast = FAST_BATCH;
+                return Ok(true);
+            }
+        }
+        self.fast = (self.fast / 8).max(MIN_FAST_BATCH);
+        // otherwise the next records one chunk at a time, bisected
+        let recs = match &rd.format {
+            RecordFormat::Csv { delimiter, .. } => {
+                csv_records(data, pos, self.base, *delimiter, CHUNK_RECORDS, first_line)?
+            }
+            RecordFormat::Ndjson => ndjson_records(data, pos, self.base, CHUNK_RECORDS, first_line),
+        };
+        let Some(last) = recs.last() else {
+            return Ok(false); // only blank lines left
+        };
+        let end = last.end;
+        let mut out = vec![];
+        rd.decode_tolerant(data, &recs, &self.range, &mut out)?;
+        self.pending.extend(out);
+        self.pos = end;
+        Ok(true)
+    }
+}
+
+impl RangeReader {
+    fn dead_letter(&self, data: &[u8], rec: &Rec, r: &FileRange, error: String) {
+        let raw = &data[rec.start..rec.end.min(rec.start + MAX_RECORD_BYTES)];
+        self.dead.push(DeadRecord {
+            source: self.source.clone(),
+            file: format!("{}/{}", self.store_url, r.location),
+            offset: rec.offset,
+            line: rec.line,
+            record: String::from_utf8_lossy(raw)
+                .trim_end_matches(['\r', '\n'])
+                .to_string(),
+            error,
+        });
+    }
+
+    /// A decoder of up to `batch` records per batch.
+    fn fast_decoder(&self, batch: usize) -> Result<FastDecoder> {
+        Ok(match &self.format {
+            RecordFormat::Csv { delimiter, .. } => {
+                FastDecoder::Csv(Box::new(self.csv_decoder(*delimiter, batch)))
+            }
+            RecordFormat::Ndjson => FastDecoder::Json(Box::new(self.json_decoder(batch)?)),
+        })
     }
 
     fn csv_decoder(&self, delimiter: u8, batch: usize) -> datafusion::arrow::csv::reader::Decoder {
@@ -535,20 +721,7 @@ impl RangeReader {
         match self.decode(data, recs) {
             Ok(Some(b)) => out.push(b),
             Ok(None) => {}
-            Err(e) if recs.len() == 1 => {
-                let rec = &recs[0];
-                let raw = &data[rec.start..rec.end.min(rec.start + MAX_RECORD_BYTES)];
-                self.dead.push(DeadRecord {
-                    source: self.source.clone(),
-                    file: format!("{}/{}", self.store_url, r.location),
-                    offset: rec.offset,
-                    line: rec.line,
-                    record: String::from_utf8_lossy(raw)
-                        .trim_end_matches(['\r', '\n'])
-                        .to_string(),
-                    error: e.to_string(),
-                });
-            }
+            Err(e) if recs.len() == 1 => self.dead_letter(data, &recs[0], r, record_error(&e)),
             Err(_) => {
                 let (a, b) = recs.split_at(recs.len() / 2);
                 self.decode_tolerant(data, a, r, out)?;
@@ -612,14 +785,49 @@ fn feed(
     Ok(used)
 }
 
+/// The index (in its batch) of the record an arrow CSV error is about: "incorrect
+/// number of fields for line N" counts records from 1, "Error while parsing value …
+/// at line N" (for one flush of a fresh decoder) from 0.
+fn failing_record(e: &ArrowError) -> Option<usize> {
+    let msg = e.to_string();
+    let number_after = |key: &str| -> Option<usize> {
+        let rest = &msg[msg.find(key)? + key.len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    if msg.contains("incorrect number of fields") {
+        number_after("for line ")?.checked_sub(1)
+    } else if msg.contains("Error while parsing value") {
+        number_after(" at line ")
+    } else {
+        None
+    }
+}
+
+/// An arrow decode error as a dead letter's reason: without the decoder's batch-
+/// relative line (the dead letter has the record's own line and offset).
+fn record_error(e: &ArrowError) -> String {
+    let msg = e.to_string();
+    if let Some(i) = msg.find(" for line ") {
+        let rest = &msg[i + " for line ".len()..];
+        let tail = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+        return format!("{}{}", &msg[..i], tail);
+    }
+    if let Some(i) = msg.find(" at line ") {
+        return msg[..i].to_string();
+    }
+    msg
+}
+
 fn count_lines(data: &[u8]) -> u64 {
     data.iter().filter(|&&b| b == b'\n').count() as u64
 }
 
-/// Fetches the bytes of the records that start in `r`: from the first record start
-/// at or after `r.start` through the end of the record that starts last before
-/// `r.end`. Returns the file offset of the first byte and the bytes.
-async fn fetch_aligned(store: &dyn ObjectStore, r: &FileRange) -> Result<(u64, Vec<u8>)> {
+/// Fetches the bytes of the records that start in `r`, through the end of the record
+/// that starts last before `r.end` (from one byte before `r.start`, which tells
+/// whether a record starts there). Returns the file offset of the first byte, the
+/// bytes, and the index of the first record that starts in the range.
+async fn fetch_aligned(store: &dyn ObjectStore, r: &FileRange) -> Result<(u64, Vec<u8>, usize)> {
     let path = StorePath::from(r.location.as_str());
     // one byte before the range tells whether a record starts at r.start
     let lo = r.start.saturating_sub(1);
@@ -655,19 +863,19 @@ async fn fetch_aligned(store: &dyn ObjectStore, r: &FileRange) -> Result<(u64, V
             None => data.len(),
         }
     };
-    let base = lo + skip as u64;
-    data.drain(..skip);
-    if base >= r.end && r.start != 0 {
-        data.clear();
-    }
-    Ok((base, data))
+    let skip = if lo + skip as u64 >= r.end && r.start != 0 {
+        data.len()
+    } else {
+        skip
+    };
+    Ok((lo, data, skip))
 }
 
 async fn get_range(store: &dyn ObjectStore, path: &StorePath, lo: u64, hi: u64) -> Result<Vec<u8>> {
     if hi <= lo {
         return Ok(vec![]);
     }
-    Ok(store.get_range(path, lo..hi).await?.to_vec())
+    Ok(Vec::from(store.get_range(path, lo..hi).await?))
 }
 
 /// Up to `limit` CSV records of `data` from `pos` (`data` starts at file offset
@@ -759,12 +967,23 @@ mod tests {
     use object_store::memory::InMemory;
     use object_store::PutPayload;
 
-    fn reader(format: RecordFormat) -> RangeReader {
+    async fn read(r: &Arc<RangeReader>, store: &InMemory, range: &FileRange) -> Vec<RecordBatch> {
+        let mut st = RangeDecode::open(r.clone(), store, range.clone())
+            .await
+            .unwrap();
+        let mut out = vec![];
+        while let Some(b) = st.next_batch().unwrap() {
+            out.push(b);
+        }
+        out
+    }
+
+    fn reader(format: RecordFormat) -> Arc<RangeReader> {
         let schema = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Int64, true),
             Field::new("name", DataType::Utf8, true),
         ]));
-        RangeReader {
+        Arc::new(RangeReader {
             source: "t".into(),
             store_url: "memory://".into(),
             format,
@@ -772,7 +991,7 @@ mod tests {
             out_schema: schema,
             projection: None,
             dead: Arc::default(),
-        }
+        })
     }
 
     async fn store_with(data: &str) -> InMemory {
@@ -810,7 +1029,7 @@ mod tests {
             end: text.len() as u64,
             size: text.len() as u64,
         };
-        let out = r.read(&store, &range).await.unwrap();
+        let out = read(&r, &store, &range).await;
         assert_eq!(ids(&out), vec![1, 2, 4, 6]);
         let dead = r.dead.take();
         assert_eq!(dead.len(), 2);
@@ -846,7 +1065,7 @@ mod tests {
             let mut all = vec![];
             for g in &groups {
                 for range in g {
-                    all.extend(ids(&r.read(&store, range).await.unwrap()));
+                    all.extend(ids(&read(&r, &store, range).await));
                 }
             }
             let expected: Vec<i64> = (0..500).filter(|i| i % 97 != 3).collect();
@@ -884,7 +1103,7 @@ mod tests {
             end: text.len() as u64,
             size: text.len() as u64,
         };
-        let got = ids(&r.read(&store, &range).await.unwrap());
+        let got = ids(&read(&r, &store, &range).await);
         let want: Vec<i64> = (0..30_000).filter(|i| !bad_at.contains(i)).collect();
         assert_eq!(got, want);
         let dead: Vec<_> = r.dead.take().iter().map(|d| (d.offset, d.line)).collect();
@@ -909,7 +1128,7 @@ mod tests {
             end: text.len() as u64,
             size: text.len() as u64,
         };
-        let out = r.read(&store, &range).await.unwrap();
+        let out = read(&r, &store, &range).await;
         assert_eq!(ids(&out), vec![1, 4]);
         let dead = r.dead.take();
         let lines: Vec<_> = dead.iter().map(|d| d.line).collect();
