@@ -20,6 +20,9 @@ use tonic::{Request, Response, Status};
 
 type Key = (String, u32, u32, u32);
 
+/// How long a launch waits for a slot before it is refused.
+const SLOT_WAIT: Duration = Duration::from_secs(2);
+
 fn key_of(k: &pb::TaskKey) -> Key {
     (k.job_id.clone(), k.stage_id, k.task, k.attempt)
 }
@@ -142,12 +145,13 @@ impl pb::worker_control_server::WorkerControl for Control {
                 )));
             }
         }
-        let permit = self
-            .shared
-            .slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Status::resource_exhausted("no free task slot"))?;
+        // A cancelled attempt frees its slot a moment after the coordinator counts it
+        // free (the abort completes on its own task): wait briefly before refusing.
+        let permit = tokio::time::timeout(SLOT_WAIT, self.shared.slots.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| Status::resource_exhausted("no free task slot"))?;
         let shared = self.shared.clone();
         let k = key_of(&key);
         let mut running = self.shared.running.lock().expect("lock");
