@@ -40,6 +40,8 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 
+/// Bytes read from the store at a time.
+const READ_BLOCK: u64 = 8 << 20;
 /// Records per batch on the fast path.
 const FAST_BATCH: usize = 8192;
 /// The smallest fast batch (after failures).
@@ -377,11 +379,11 @@ impl ExecutionPlan for TolerantScanExec {
         let stream = futures::stream::iter(ranges)
             .then(move |r| {
                 let (store, reader) = (store.clone(), reader.clone());
-                async move { RangeDecode::open(reader, store.as_ref(), r).await }
+                async move { RangeDecode::open(reader, store, r).await }
             })
             .map_ok(|st| {
                 futures::stream::try_unfold(st, |mut st| async move {
-                    Ok(st.next_batch()?.map(|b| (b, st)))
+                    Ok(st.next_batch().await?.map(|b| (b, st)))
                 })
             })
             .try_flatten()
@@ -471,14 +473,15 @@ impl FastDecoder {
         &mut self,
         rd: &RangeReader,
         buf: &[u8],
+        eof: bool,
     ) -> std::result::Result<(Option<RecordBatch>, usize), ArrowError> {
         match self {
             FastDecoder::Csv(d) => {
-                let used = feed(buf, |b| d.decode(b))?;
+                let used = feed(buf, eof, |b| d.decode(b))?;
                 Ok((d.flush()?, used))
             }
             FastDecoder::Json(d) => {
-                let used = feed(buf, |b| d.decode(b))?;
+                let used = feed(buf, eof, |b| d.decode(b))?;
                 Ok((rd.project_json(d.flush()?), used))
             }
         }
@@ -489,67 +492,184 @@ impl FastDecoder {
 struct RangeDecode {
     reader: Arc<RangeReader>,
     range: FileRange,
+    store: Arc<dyn ObjectStore>,
+    path: StorePath,
     /// file offset of `data[0]`
     base: u64,
+    /// a window of the file: read blocks, consumed bytes dropped on refill
     data: Vec<u8>,
     pos: usize,
-    /// records per fast batch: shrinks after a failure, grows back after successes
-    fast: usize,
-    /// lines before `counted` (kept only when lines are known: base 0)
+    /// `data[..visible]` holds whole records only
+    visible: usize,
+    /// file offset one past the last byte read
+    fetched: u64,
+    /// the range's last record is in `data` (and ends at `visible`)
+    complete: bool,
+    /// whether lines are known (the window started at the file's start)
+    lines_known: bool,
+    /// lines before `counted`
     counted: usize,
     lines: u64,
+    /// records per fast batch: shrinks after a failure, grows back after successes
+    fast: usize,
     pending: std::collections::VecDeque<RecordBatch>,
     /// the decoder of full-size fast batches, and the rows it has flushed
     cached: Option<FastDecoder>,
     cached_rows: usize,
     /// splits single CSV records after a failed batch
     splitter: Option<Splitter>,
+    /// bytes read per block
+    block: u64,
 }
 
 impl RangeDecode {
-    async fn open(reader: Arc<RangeReader>, store: &dyn ObjectStore, r: FileRange) -> Result<Self> {
-        let (base, data, skip) = fetch_aligned(store, &r).await?;
-        let pos = match &reader.format {
-            RecordFormat::Csv {
-                has_header: true,
-                delimiter,
-            } if r.start == 0 => csv_records(&data, 0, 0, *delimiter, 1, Some(1))?
-                .first()
-                .map(|h| h.end)
-                .unwrap_or(data.len()),
-            _ => skip,
-        };
-        Ok(Self {
+    async fn open(
+        reader: Arc<RangeReader>,
+        store: Arc<dyn ObjectStore>,
+        r: FileRange,
+    ) -> Result<Self> {
+        Self::open_with_block(reader, store, r, READ_BLOCK).await
+    }
+
+    async fn open_with_block(
+        reader: Arc<RangeReader>,
+        store: Arc<dyn ObjectStore>,
+        r: FileRange,
+        block: u64,
+    ) -> Result<Self> {
+        // one byte before the range tells whether a record starts at r.start
+        let lo = r.start.saturating_sub(1);
+        let mut st = Self {
             reader,
+            path: StorePath::from(r.location.as_str()),
             range: r,
-            base,
-            data,
-            pos,
-            fast: FAST_BATCH,
+            store,
+            base: lo,
+            data: vec![],
+            pos: 0,
+            visible: 0,
+            fetched: lo,
+            complete: false,
+            lines_known: lo == 0,
             counted: 0,
             lines: 0,
+            fast: FAST_BATCH,
             pending: Default::default(),
             cached: None,
             cached_rows: 0,
             splitter: None,
-        })
+            block: block.max(1),
+        };
+        // the first record that starts in the range (after the header, if any)
+        let header = matches!(
+            st.reader.format,
+            RecordFormat::Csv {
+                has_header: true,
+                ..
+            }
+        );
+        let skip_line = st.range.start > 0 || header;
+        if skip_line {
+            loop {
+                if let Some(nl) = st.data.iter().position(|&b| b == b'\n') {
+                    st.pos = nl + 1;
+                    break;
+                }
+                if st.fetched >= st.range.size {
+                    st.pos = st.data.len();
+                    break;
+                }
+                st.read_block().await?;
+            }
+        }
+        if st.range.start > 0 && st.base + st.pos as u64 >= st.range.end {
+            // no record starts in the range
+            st.complete = true;
+            st.visible = st.pos;
+            return Ok(st);
+        }
+        st.settle();
+        Ok(st)
+    }
+
+    async fn read_block(&mut self) -> Result<()> {
+        let hi = (self.fetched + self.block).min(self.range.size);
+        if hi > self.fetched {
+            let bytes = self.store.get_range(&self.path, self.fetched..hi).await?;
+            self.data.extend_from_slice(&bytes);
+            self.fetched = hi;
+        }
+        Ok(())
+    }
+
+    /// Sets `visible` and `complete` from what has been read.
+    fn settle(&mut self) {
+        let end = self.range.end;
+        let eof = self.fetched >= self.range.size;
+        if end < self.range.size {
+            // the last record is the one that crosses `end`: it ends at the first
+            // newline at or after end - 1
+            let from = (end.saturating_sub(1).saturating_sub(self.base) as usize)
+                .max(self.pos)
+                .min(self.data.len());
+            if let Some(nl) = self.data[from..].iter().position(|&b| b == b'\n') {
+                self.visible = from + nl + 1;
+                self.data.truncate(self.visible);
+                self.complete = true;
+                return;
+            }
+        }
+        if eof {
+            self.visible = self.data.len();
+            self.complete = true;
+            return;
+        }
+        self.visible = match self.data[self.pos..].iter().rposition(|&b| b == b'\n') {
+            Some(nl) => self.pos + nl + 1,
+            None => self.pos,
+        };
+    }
+
+    /// Drops what was consumed and reads the next block.
+    async fn refill(&mut self) -> Result<()> {
+        if self.lines_known {
+            self.lines += count_lines(&self.data[self.counted..self.pos]);
+        }
+        self.counted = 0;
+        self.data.drain(..self.pos);
+        self.base += self.pos as u64;
+        self.visible -= self.pos;
+        self.pos = 0;
+        self.read_block().await?;
+        self.settle();
+        Ok(())
     }
 
     /// The next batch of good records (bad ones go to the dead letters on the way).
-    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+    async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         loop {
             if let Some(b) = self.pending.pop_front() {
                 return Ok(Some(b));
             }
-            if self.pos >= self.data.len() || !self.step()? {
-                return Ok(None);
+            if self.pos >= self.visible {
+                if self.complete {
+                    return Ok(None);
+                }
+                self.refill().await?;
+                continue;
+            }
+            if !self.step()? {
+                // only blank lines up to `visible`
+                self.pos = self.visible;
             }
         }
     }
 
-    /// Decodes the next stretch; false when nothing is left.
+    /// Decodes the next stretch of `data[pos..visible]`; false when it holds no record.
     fn step(&mut self) -> Result<bool> {
-        let (rd, data, pos) = (&self.reader, &self.data, self.pos);
+        let (rd, pos) = (&self.reader, self.pos);
+        let data = &self.data[..self.visible];
+        let eof = self.complete;
         // fast path: a batch straight from the bytes; full-size batches reuse one
         // decoder (as DataFusion's reader does), smaller ones after a failure take a
         // fresh one, whose errors count records from the batch's start
@@ -561,9 +681,9 @@ impl RangeDecode {
             self.cached
                 .as_mut()
                 .expect("set above")
-                .run(rd, &data[pos..])
+                .run(rd, &data[pos..], eof)
         } else {
-            rd.fast_decoder(self.fast)?.run(rd, &data[pos..])
+            rd.fast_decoder(self.fast)?.run(rd, &data[pos..], eof)
         };
         // rows the reused decoder flushed before this batch (its errors count from
         // its creation)
@@ -578,7 +698,7 @@ impl RangeDecode {
                 self.fast = (self.fast * 2).min(FAST_BATCH);
                 return Ok(true);
             }
-            Ok(_) => return Ok(false), // only blank lines left
+            Ok(_) => return Ok(false),
             Err(e) => {
                 if reuse {
                     // an error spoils a decoder
@@ -588,7 +708,7 @@ impl RangeDecode {
                 e
             }
         };
-        let first_line = (self.base == 0).then(|| {
+        let first_line = self.lines_known.then(|| {
             self.lines += count_lines(&data[self.counted..pos]);
             self.counted = pos;
             1 + self.lines
@@ -629,7 +749,7 @@ impl RangeDecode {
             RecordFormat::Ndjson => ndjson_records(data, pos, self.base, CHUNK_RECORDS, first_line),
         };
         let Some(last) = recs.last() else {
-            return Ok(false); // only blank lines left
+            return Ok(false);
         };
         let end = last.end;
         let mut out = vec![];
@@ -746,12 +866,12 @@ impl RangeReader {
         let batch = match &self.format {
             RecordFormat::Csv { delimiter, .. } => {
                 let mut d = self.csv_decoder(*delimiter, recs.len() + 1);
-                feed(&buf, |b| d.decode(b))?;
+                feed(&buf, true, |b| d.decode(b))?;
                 d.flush()?
             }
             RecordFormat::Ndjson => {
                 let mut d = self.json_decoder(recs.len() + 1)?;
-                feed(&buf, |b| d.decode(b))?;
+                feed(&buf, true, |b| d.decode(b))?;
                 self.project_json(d.flush()?)
             }
         };
@@ -767,10 +887,12 @@ impl RangeReader {
     }
 }
 
-/// Feeds `buf` to a decoder until it stops taking bytes (its batch is full) or `buf`
-/// ends (then once more with nothing: the end of the input); returns the bytes used.
+/// Feeds `buf` (whole records) to a decoder until it stops taking bytes (its batch
+/// is full) or `buf` ends (then, at the end of the input, once more with nothing);
+/// returns the bytes used.
 fn feed(
     buf: &[u8],
+    eof: bool,
     mut decode: impl FnMut(&[u8]) -> std::result::Result<usize, ArrowError>,
 ) -> std::result::Result<usize, ArrowError> {
     let mut used = 0;
@@ -781,7 +903,9 @@ fn feed(
         }
         used += n;
     }
-    decode(&[])?;
+    if eof {
+        decode(&[])?;
+    }
     Ok(used)
 }
 
@@ -821,61 +945,6 @@ fn record_error(e: &ArrowError) -> String {
 
 fn count_lines(data: &[u8]) -> u64 {
     data.iter().filter(|&&b| b == b'\n').count() as u64
-}
-
-/// Fetches the bytes of the records that start in `r`, through the end of the record
-/// that starts last before `r.end` (from one byte before `r.start`, which tells
-/// whether a record starts there). Returns the file offset of the first byte, the
-/// bytes, and the index of the first record that starts in the range.
-async fn fetch_aligned(store: &dyn ObjectStore, r: &FileRange) -> Result<(u64, Vec<u8>, usize)> {
-    let path = StorePath::from(r.location.as_str());
-    // one byte before the range tells whether a record starts at r.start
-    let lo = r.start.saturating_sub(1);
-    let mut hi = r.end.min(r.size);
-    let mut data = get_range(store, &path, lo, hi).await?;
-    // extend past r.end to the end of the record that crosses it
-    let mut step = 64 << 10;
-    loop {
-        let tail_from = (r.end.saturating_sub(1)).saturating_sub(lo) as usize;
-        let crosses = r.end < r.size
-            && r.end > r.start
-            && !data.get(tail_from..).is_some_and(|t| t.contains(&b'\n'));
-        if !crosses || hi >= r.size {
-            break;
-        }
-        let next = (hi + step).min(r.size);
-        data.extend_from_slice(&get_range(store, &path, hi, next).await?);
-        hi = next;
-        step *= 2;
-    }
-    if r.end < r.size && r.end > r.start {
-        let tail_from = (r.end - 1 - lo) as usize;
-        if let Some(nl) = data[tail_from..].iter().position(|&b| b == b'\n') {
-            data.truncate(tail_from + nl + 1);
-        }
-    }
-    // skip to the first record that starts in the range
-    let skip = if r.start == 0 {
-        0
-    } else {
-        match data.iter().position(|&b| b == b'\n') {
-            Some(nl) => nl + 1,
-            None => data.len(),
-        }
-    };
-    let skip = if lo + skip as u64 >= r.end && r.start != 0 {
-        data.len()
-    } else {
-        skip
-    };
-    Ok((lo, data, skip))
-}
-
-async fn get_range(store: &dyn ObjectStore, path: &StorePath, lo: u64, hi: u64) -> Result<Vec<u8>> {
-    if hi <= lo {
-        return Ok(vec![]);
-    }
-    Ok(Vec::from(store.get_range(path, lo..hi).await?))
 }
 
 /// Up to `limit` CSV records of `data` from `pos` (`data` starts at file offset
@@ -967,15 +1036,40 @@ mod tests {
     use object_store::memory::InMemory;
     use object_store::PutPayload;
 
-    async fn read(r: &Arc<RangeReader>, store: &InMemory, range: &FileRange) -> Vec<RecordBatch> {
-        let mut st = RangeDecode::open(r.clone(), store, range.clone())
-            .await
-            .unwrap();
-        let mut out = vec![];
-        while let Some(b) = st.next_batch().unwrap() {
-            out.push(b);
+    /// Reads a range in small blocks (so records straddle them) and in one.
+    async fn read(
+        r: &Arc<RangeReader>,
+        store: &Arc<InMemory>,
+        range: &FileRange,
+    ) -> Vec<RecordBatch> {
+        let earlier = r.dead.take();
+        let mut results = vec![];
+        for block in [7, 64 << 20] {
+            let store: Arc<dyn ObjectStore> = store.clone();
+            let mut st = RangeDecode::open_with_block(r.clone(), store, range.clone(), block)
+                .await
+                .unwrap();
+            let mut out = vec![];
+            while let Some(b) = st.next_batch().await.unwrap() {
+                out.push(b);
+            }
+            results.push(out);
         }
-        out
+        let b = results.pop().unwrap();
+        assert_eq!(ids(&results.pop().unwrap()), ids(&b), "block sizes agree");
+        // each read collected the bad records once: keep one copy
+        let mut dead = r.dead.take();
+        let half = dead.len() / 2;
+        assert_eq!(
+            dead[..half],
+            dead[half..],
+            "both reads found the same bad records"
+        );
+        dead.truncate(half);
+        for d in earlier.into_iter().chain(dead) {
+            r.dead.push(d);
+        }
+        b
     }
 
     fn reader(format: RecordFormat) -> Arc<RangeReader> {
@@ -994,8 +1088,8 @@ mod tests {
         })
     }
 
-    async fn store_with(data: &str) -> InMemory {
-        let s = InMemory::new();
+    async fn store_with(data: &str) -> Arc<InMemory> {
+        let s = Arc::new(InMemory::new());
         s.put(
             &StorePath::from("f"),
             PutPayload::from(data.as_bytes().to_vec()),
