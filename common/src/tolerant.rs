@@ -6,10 +6,13 @@
 //! `TolerantTable` is the table provider a CSV/NDJSON source is registered as; its
 //! scan is a `TolerantScanExec` whose partitions are groups of file byte ranges, like
 //! DataFusion's own file scans (a record belongs to the range it starts in). A range is
-//! decoded in chunks with arrow's CSV/JSON decoders; a chunk that fails is bisected
-//! until the failing records stand alone, so clean data costs one decode and each
-//! bad record about log2(chunk) more. A value is checked against its type where the
-//! query reads its column (the decoders skip the others), as in Spark's permissive mode.
+//! read in 8 MiB blocks and decoded with arrow's CSV/JSON decoders, a batch at a time
+//! from the bytes of whole records. When a batch fails, a CSV decoder's error names
+//! the failing record: the records before it are decoded, it goes to the dead letters.
+//! Otherwise (NDJSON) the next records are split one by one and decoded in chunks, and
+//! a failing chunk is bisected until its bad records stand alone. A value is checked
+//! against its type where the query reads its column (the CSV decoder skips the
+//! others), as in Spark's permissive mode.
 
 use crate::spec::Format;
 use async_trait::async_trait;
