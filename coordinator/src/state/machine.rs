@@ -83,10 +83,17 @@ pub struct Task {
     /// a speculative second attempt, running beside the one in `state`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speculative: Option<SpeculativeCopy>,
-    /// workers where an attempt of this task failed; retries go elsewhere when they can
+    /// workers where an attempt of this task failed (or whose copy of its map output
+    /// could not be fetched); retries go elsewhere when they can
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_on: Vec<String>,
+    /// fetch failures of this (reducer) task so far
+    #[serde(default)]
+    pub fetch_failures: u32,
 }
+
+/// Fetch failures of one task that do not count against its attempts.
+pub const MAX_SPARED_FETCH_FAILURES: u32 = 8;
 
 /// The speculative copy of a running task.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -112,6 +119,7 @@ impl Task {
             not_before_ms: 0,
             speculative: None,
             failed_on: vec![],
+            fetch_failures: 0,
         }
     }
 
@@ -644,7 +652,15 @@ impl State {
                 // FetchFailed): the output is recomputed and the reducer waits for it,
                 // without spending one of its attempts. Nor is an attempt whose worker
                 // did not answer the launch.
-                let spared = error.fetch_failed.is_some() || error.worker_unreachable;
+                // ... up to a point: a reducer that keeps failing to fetch (two workers
+                // that cannot reach each other) is charged after MAX_SPARED_FETCH_FAILURES
+                // (Spark fails the stage after 4 consecutive attempts)
+                let fetch_spared = error.fetch_failed.is_some() && {
+                    let t = Self::task_mut(job, *stage, *task)?;
+                    t.fetch_failures += 1;
+                    t.fetch_failures <= MAX_SPARED_FETCH_FAILURES
+                };
+                let spared = fetch_spared || error.worker_unreachable;
                 if let Some(f) = &error.fetch_failed {
                     let lost = job
                         .stages
@@ -655,6 +671,10 @@ impl State {
                         if matches!(&m.state, TaskState::Succeeded { worker_id, .. } if *worker_id == f.worker_id)
                         {
                             m.state = TaskState::Pending;
+                            // recomputed elsewhere when another worker can take it
+                            if !m.failed_on.contains(&f.worker_id) {
+                                m.failed_on.push(f.worker_id.clone());
+                            }
                         }
                     }
                 }
@@ -1212,6 +1232,11 @@ mod tests {
             succeed(&mut s, 0, 1, attempt + 1).unwrap();
         }
         assert_eq!(s.jobs["j"].state, JobState::Running);
+        assert_eq!(
+            s.jobs["j"].stages[0].tasks[1].failed_on,
+            vec!["w2".to_string()],
+            "the recompute avoids the worker that could not serve it"
+        );
         // a late fetch failure naming a worker that no longer holds the output (it
         // was recomputed elsewhere meanwhile) leaves the new output alone
         launch(&mut s, 1, 0, 6, "w1").unwrap();
@@ -1548,6 +1573,59 @@ mod tests {
         }
         assert_eq!(s.jobs["j"].state, JobState::Failed);
         assert!(s.decisions.is_empty());
+    }
+
+    #[test]
+    fn endless_fetch_failures_are_charged_to_the_reducer_after_a_cap() {
+        let mut s = two_stage_state();
+        s.jobs
+            .get_mut("j")
+            .unwrap()
+            .spec
+            .job
+            .params
+            .adaptive_retries = Some(false);
+        launch(&mut s, 0, 0, 1, "w1").unwrap();
+        launch(&mut s, 0, 1, 1, "w2").unwrap();
+        succeed(&mut s, 0, 0, 1).unwrap();
+        succeed(&mut s, 0, 1, 1).unwrap();
+        let mut map_attempt = 1;
+        let mut outcome = Outcome::Done;
+        for attempt in 1..=(MAX_SPARED_FETCH_FAILURES + 4) {
+            launch(&mut s, 1, 0, attempt, "w1").unwrap();
+            outcome = s
+                .apply(&Command::TaskFailed {
+                    job_id: "j".into(),
+                    stage: 1,
+                    task: 0,
+                    attempt,
+                    error: ErrorRecord {
+                        class: "transient".into(),
+                        message: "fetch failed".into(),
+                        key: String::new(),
+                        fetch_failed: Some(crate::state::FetchFailedRecord {
+                            stage: 0,
+                            map_task: 1,
+                            worker_id: "w2".into(),
+                        }),
+                        worker_unreachable: false,
+                    },
+                    retryable: true,
+                    retry_at_ms: 0,
+                })
+                .unwrap();
+            if outcome != Outcome::TaskRequeued {
+                break;
+            }
+            let charged = s.jobs["j"].stages[1].tasks[0].failures;
+            assert_eq!(charged, attempt.saturating_sub(MAX_SPARED_FETCH_FAILURES));
+            map_attempt += 1;
+            launch(&mut s, 0, 1, map_attempt, "w2").unwrap();
+            succeed(&mut s, 0, 1, map_attempt).unwrap();
+        }
+        assert_eq!(outcome, Outcome::JobChanged("j".into(), JobState::Failed));
+        let e = s.jobs["j"].error.clone().unwrap();
+        assert!(e.message.contains("failed 4 times"), "{}", e.message);
     }
 
     #[test]
