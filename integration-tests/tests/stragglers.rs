@@ -108,6 +108,12 @@ fn a_slow_worker_triggers_speculation_and_the_job_finishes_sooner() -> Result<()
     let api: serde_json::Value =
         serde_json::from_str(&http_get(http, &format!("/api/decisions?job={job_on}"))?)?;
     assert_eq!(api.as_array().map(Vec::len), Some(ds.len()));
+    // the dashboard shows the decision log and the coordinator group
+    let page = http_get(http, "/")?;
+    assert!(
+        page.contains("fetch('/api/decisions')") && page.contains("fetch('/api/cluster')"),
+        "{page}"
+    );
     let metrics = http_get(http, "/metrics")?;
     assert!(
         metrics.contains("autopipe_decisions{kind=\"speculation\"}"),
