@@ -145,6 +145,7 @@ async fn submit_until_accepted(g: &Group, spec: &str, timeout: Duration) -> Resu
             let mut req = tonic::Request::new(pb::SubmitJobRequest {
                 spec_json: spec.to_string(),
                 spec_origin: "bench".into(),
+                ..Default::default()
             });
             req.set_timeout(Duration::from_millis(500));
             c.submit_job(req).await

@@ -159,20 +159,41 @@ pub fn load_spec(path: &Path) -> Result<PipelineSpec> {
     Ok(spec.normalize(&base, &origin)?)
 }
 
-/// Submits a normalized spec; returns the job id.
-pub async fn submit(ch: Channel, spec: &PipelineSpec, origin: &str) -> Result<String> {
-    let mut c = pb::job_service_client::JobServiceClient::new(ch);
+/// Submits a normalized spec under the idempotency key `request_id`; returns the job
+/// id. A transient failure (no leader yet, a leader change, a lost answer) is retried
+/// with the same key against the group's leader, so a retry never starts a second job.
+pub async fn submit(
+    coordinators: &str,
+    spec: &PipelineSpec,
+    origin: &str,
+    request_id: &str,
+) -> Result<String> {
     let req = pb::SubmitJobRequest {
         spec_json: serde_json::to_string(spec)?,
         spec_origin: origin.to_string(),
+        request_id: request_id.to_string(),
     };
-    match c.submit_job(req).await {
-        Ok(r) => Ok(r.into_inner().job_id),
-        Err(s) => {
-            let e = Error::from_status(&s);
-            Err(anyhow!("{origin}: {}", e))
-        }
-    }
+    let policy = autopipe_common::retry::RetryPolicy {
+        base: Duration::from_millis(200),
+        cap: Duration::from_secs(1),
+        max_attempts: 5,
+    };
+    let r = policy
+        .run(|| {
+            let req = req.clone();
+            async move {
+                let ch = connect(coordinators)
+                    .await
+                    .map_err(|e| Error::Transient(e.to_string()))?;
+                let mut c = pb::job_service_client::JobServiceClient::new(ch);
+                c.submit_job(req)
+                    .await
+                    .map(|r| r.into_inner().job_id)
+                    .map_err(|s| Error::from_status(&s))
+            }
+        })
+        .await;
+    r.map_err(|e| anyhow!("{origin}: {e}"))
 }
 
 /// Human state name.

@@ -160,6 +160,11 @@ enum Cmd {
         /// wait for the job, showing progress and the summary
         #[arg(long)]
         wait: bool,
+        /// idempotency key: submitting again with the same key returns the first
+        /// submission's job id instead of starting another job (e.g. a scheduler's run
+        /// id, so its task retries never duplicate a job); default: a fresh key
+        #[arg(long)]
+        request_id: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -455,13 +460,23 @@ async fn run(cli: Cli) -> Result<i32> {
             h.join().await;
             Ok(0)
         }
-        Cmd::Submit { spec, wait, client } => {
+        Cmd::Submit {
+            spec,
+            wait,
+            request_id,
+            client,
+        } => {
             let s = client::load_spec(&spec)?;
-            let ch = client::connect(&client.coordinator)
-                .await
-                .with_context(|| spec.display().to_string())?;
             let t = Instant::now();
-            let id = client::submit(ch.clone(), &s, &spec.display().to_string()).await?;
+            let request_id =
+                request_id.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+            let id = client::submit(
+                &client.coordinator,
+                &s,
+                &spec.display().to_string(),
+                &request_id,
+            )
+            .await?;
             if !wait {
                 if client.output == OutputFormat::Json {
                     println!("{}", serde_json::json!({ "job_id": id }));
@@ -473,6 +488,7 @@ async fn run(cli: Cli) -> Result<i32> {
             if client.output == OutputFormat::Text {
                 println!("submitted {id}");
             }
+            let ch = client::connect(&client.coordinator).await?;
             let st = client::watch(ch, &id, client.output == OutputFormat::Text).await?;
             finish(&st, t.elapsed(), client.output)
         }
@@ -703,7 +719,14 @@ async fn run_local(
     }
     let ch = client::connect(&cluster.url).await?;
     let res = async {
-        let id = client::submit(ch.clone(), &spec, &spec_path.display().to_string()).await?;
+        let request_id = uuid::Uuid::new_v4().simple().to_string();
+        let id = client::submit(
+            &cluster.url,
+            &spec,
+            &spec_path.display().to_string(),
+            &request_id,
+        )
+        .await?;
         client::watch(ch, &id, output == OutputFormat::Text).await
     }
     .await;

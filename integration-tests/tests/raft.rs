@@ -239,6 +239,7 @@ fn submit_directly(addr: &str, spec: &Path) -> Result<std::result::Result<String
             .submit_job(autopipe_proto::SubmitJobRequest {
                 spec_json: serde_json::to_string(&spec)?,
                 spec_origin: "test".into(),
+                ..Default::default()
             })
             .await;
         Ok(r.map(|r| r.into_inner().job_id))

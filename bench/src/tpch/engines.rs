@@ -166,6 +166,7 @@ async fn submit_and_wait(url: &str, spec: &PipelineSpec) -> Result<Duration> {
         .submit_job(pb::SubmitJobRequest {
             spec_json: serde_json::to_string(spec)?,
             spec_origin: "bench".into(),
+            ..Default::default()
         })
         .await?
         .into_inner()

@@ -187,6 +187,15 @@ impl pb::job_service_server::JobService for Services {
         } else {
             req.spec_origin.clone()
         };
+        let request_id = req.request_id.clone();
+        let first = |core: &Core| {
+            (!request_id.is_empty())
+                .then(|| core.read(|s| s.submissions.get(&request_id).cloned()))
+                .flatten()
+        };
+        if let Some(job_id) = first(&self.core) {
+            return Ok(Response::new(pb::SubmitJobResponse { job_id }));
+        }
         let spec = PipelineSpec::parse(&req.spec_json, &origin)?;
         let partitions = self.partitions_for(&spec).await?;
         let planned = plan_job(&spec, partitions).await?;
@@ -198,16 +207,26 @@ impl pb::job_service_server::JobService for Services {
             &uuid::Uuid::new_v4().simple().to_string()[..6]
         );
         tracing::info!(job = %job_id, stages = planned.stages.len(), partitions, "job submitted");
-        self.core
+        let r = self
+            .core
             .propose(Command::SubmitJob {
                 job_id: job_id.clone(),
-                spec,
+                spec: Box::new(spec),
                 stages: planned.stages,
                 at_ms: now_ms(),
+                request_id: request_id.clone(),
             })
-            .await
-            .map_err(store_status)?;
-        Ok(Response::new(pb::SubmitJobResponse { job_id }))
+            .await;
+        match r {
+            Ok(_) => Ok(Response::new(pb::SubmitJobResponse { job_id })),
+            // the same request committed first (a retry that raced it)
+            Err(StoreError::Rejected(_)) if first(&self.core).is_some() => {
+                Ok(Response::new(pb::SubmitJobResponse {
+                    job_id: first(&self.core).expect("checked"),
+                }))
+            }
+            Err(e) => Err(store_status(e)),
+        }
     }
 
     async fn get_job(&self, req: Request<pb::JobId>) -> Result<Response<pb::JobStatus>, Status> {

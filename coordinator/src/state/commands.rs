@@ -92,12 +92,15 @@ pub enum Command {
     SubmitJob {
         /// id
         job_id: String,
-        /// normalized spec
-        spec: PipelineSpec,
+        /// normalized spec (boxed: the other commands are small)
+        spec: Box<PipelineSpec>,
         /// stages in dependency order; the last one is the sink stage
         stages: Vec<StagePlan>,
         /// when
         at_ms: u64,
+        /// the client's idempotency key (empty: none)
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        request_id: String,
     },
     /// a task attempt was sent to a worker
     TaskLaunched {

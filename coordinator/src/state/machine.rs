@@ -310,6 +310,9 @@ pub struct State {
     pub jobs: BTreeMap<String, Job>,
     /// job ids in submission order
     pub job_order: Vec<String>,
+    /// idempotency keys of submissions and the job each started
+    #[serde(default)]
+    pub submissions: BTreeMap<String, String>,
     /// the decision log (automatic changes), oldest first
     #[serde(default)]
     pub decisions: Vec<Decision>,
@@ -415,9 +418,15 @@ impl State {
                 spec,
                 stages,
                 at_ms,
+                request_id,
             } => {
                 if self.jobs.contains_key(job_id) {
                     return Err(ApplyError::Illegal(format!("job {job_id} already exists")));
+                }
+                if let Some(first) = self.submissions.get(request_id) {
+                    return Err(ApplyError::Illegal(format!(
+                        "request {request_id} already submitted job {first}"
+                    )));
                 }
                 if stages.is_empty() {
                     return Err(ApplyError::Illegal(format!("job {job_id} has no stages")));
@@ -433,7 +442,7 @@ impl State {
                     job_id.clone(),
                     Job {
                         id: job_id.clone(),
-                        spec: spec.clone(),
+                        spec: spec.as_ref().clone(),
                         state: JobState::Running,
                         stages,
                         submitted_ms: *at_ms,
@@ -445,6 +454,9 @@ impl State {
                     },
                 );
                 self.job_order.push(job_id.clone());
+                if !request_id.is_empty() {
+                    self.submissions.insert(request_id.clone(), job_id.clone());
+                }
                 Ok(Outcome::Done)
             }
             Command::TaskLaunched {
@@ -1626,6 +1638,35 @@ mod tests {
         assert_eq!(outcome, Outcome::JobChanged("j".into(), JobState::Failed));
         let e = s.jobs["j"].error.clone().unwrap();
         assert!(e.message.contains("failed 4 times"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_submission_key_starts_one_job_only() {
+        let mut s = State::default();
+        let submit = |job: &str, key: &str| match crate::state::test_job(1) {
+            Command::SubmitJob {
+                spec,
+                stages,
+                at_ms,
+                ..
+            } => Command::SubmitJob {
+                job_id: job.into(),
+                spec,
+                stages,
+                at_ms,
+                request_id: key.into(),
+            },
+            _ => unreachable!(),
+        };
+        s.apply(&submit("a", "k1")).unwrap();
+        let before = s.clone();
+        assert!(s.apply(&submit("b", "k1")).is_err(), "same key, second job");
+        assert_eq!(s, before);
+        s.apply(&submit("c", "k2")).unwrap();
+        s.apply(&submit("d", "")).unwrap();
+        s.apply(&submit("e", "")).unwrap();
+        assert_eq!(s.submissions["k1"], "a");
+        assert_eq!(s.jobs.len(), 4);
     }
 
     #[test]

@@ -63,11 +63,12 @@ pub(crate) fn test_job(map_tasks: u32) -> Command {
     };
     Command::SubmitJob {
         job_id: "j".into(),
-        spec,
+        spec: Box::new(spec),
         stages: vec![
             stage(0, map_tasks, Some(2), vec![]),
             stage(1, 2, None, vec![0]),
         ],
         at_ms: 0,
+        request_id: String::new(),
     }
 }
