@@ -63,6 +63,8 @@ pub struct Liveness {
     pub unreachable: bool,
     /// retries its retry budget refused, as it last reported
     pub retry_budget_exhausted: u64,
+    /// probed since this heartbeat (its heartbeats are late)
+    pub probed: bool,
 }
 
 impl Liveness {
@@ -75,6 +77,7 @@ impl Liveness {
             memory_used_bytes,
             unreachable: false,
             retry_budget_exhausted: 0,
+            probed: false,
         }
     }
 }

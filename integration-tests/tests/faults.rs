@@ -77,6 +77,44 @@ fn a_worker_killed_in_a_map_stage_is_replaced_and_the_job_completes() -> Result<
 }
 
 #[test]
+fn a_killed_worker_nobody_calls_is_declared_lost_before_the_heartbeat_timeout() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let spec = job(dir.path(), "late_heartbeats")?;
+    // the default 10 s heartbeat timeout; the victim's tasks sleep, so no launch or
+    // fetch goes to it: only its late heartbeats give it away
+    let mut c = Cluster::start_full(3, 2, &["--test-task-delay-ms", "1500"], &[])?;
+    let id = submit(&c, &spec)?;
+    let mut victim = None;
+    c.wait_for(Duration::from_secs(60), "a map task to run", |c| {
+        victim = busy_worker(c)?;
+        Ok(victim.is_some())
+    })?;
+    let victim = victim.expect("waited for");
+    let addr = c.workers[victim].addr.clone();
+    c.workers[victim].kill();
+    let killed = std::time::Instant::now();
+    c.wait_for(
+        Duration::from_secs(8),
+        "the killed worker to be lost",
+        |c| {
+            let ws = c.cli_json(&["workers"])?;
+            Ok(ws.as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|w| w["address"] == addr.as_str() && w["state"] == "lost")
+            }))
+        },
+    )?;
+    assert!(
+        killed.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        killed.elapsed()
+    );
+    let v = wait_done(&c, &id)?;
+    check(dir.path(), &spec, &v)?;
+    Ok(())
+}
+
+#[test]
 fn map_outputs_lost_with_their_worker_are_recomputed() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let spec = job(dir.path(), "kill_outputs")?;

@@ -61,15 +61,32 @@ pub async fn run(core: Arc<Core>, cancel: CancellationToken) {
     }
 }
 
-async fn detect_lost_workers(core: &Core) {
+async fn detect_lost_workers(core: &Arc<Core>) {
     let timeout = core.config.heartbeat_timeout;
-    let lost: Vec<String> = {
-        let live = core.liveness.lock().expect("liveness lock poisoned");
-        live.iter()
+    // a worker whose heartbeats are late is probed once: if its process is gone it
+    // is lost now, not when the timeout runs out (its running tasks wait for that)
+    let probe_after = (timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(3));
+    let (lost, late): (Vec<String>, Vec<String>) = {
+        let mut live = core.liveness.lock().expect("liveness lock poisoned");
+        let lost = live
+            .iter()
             .filter(|(_, l)| l.last.elapsed() > timeout)
             .map(|(id, _)| id.clone())
-            .collect()
+            .collect();
+        let late = live
+            .iter_mut()
+            .filter(|(_, l)| !l.probed && l.last.elapsed() > probe_after)
+            .map(|(id, l)| {
+                l.probed = true;
+                id.clone()
+            })
+            .collect();
+        (lost, late)
     };
+    for id in late {
+        let core = core.clone();
+        tokio::spawn(async move { probe_worker(&core, &id).await });
+    }
     for id in lost {
         declare_lost(core, &id, &format!("missed its heartbeats for {timeout:?}")).await;
     }
