@@ -143,15 +143,14 @@ impl Services {
         });
         for key in lost {
             tracing::warn!(worker = %h.worker_id, job = %key.job_id, stage = key.stage_id, task = key.task, attempt = key.attempt, "worker does not run this attempt; re-queueing it");
-            report_failure(
-                &self.core,
-                &key,
-                &Error::Transient(format!(
-                    "attempt {} was never started on worker {}",
-                    key.attempt, h.worker_id
-                )),
-            )
-            .await;
+            // the launch never arrived (e.g. the coordinator failed over before
+            // sending it): neither the task's nor the worker's fault, not counted
+            let mut rec = crate::scheduler::error_record(&Error::Transient(format!(
+                "attempt {} was never started on worker {}",
+                key.attempt, h.worker_id
+            )));
+            rec.worker_unreachable = true;
+            crate::scheduler::propose_failure(&self.core, &key, rec, true).await;
         }
     }
 }
@@ -728,7 +727,11 @@ mod tests {
             (st.tasks[0].clone(), st.tasks[1].clone())
         });
         assert_eq!(t0.state, TaskState::Pending);
-        assert_eq!(t0.failures, 1);
+        assert_eq!(
+            t0.failures, 0,
+            "a launch that never arrived is not the task's fault"
+        );
+        assert!(t0.last_error.as_ref().unwrap().worker_unreachable);
         assert!(matches!(t1.state, TaskState::Running { .. }));
         cancel.cancel();
     }

@@ -188,9 +188,29 @@ async fn time_out_attempts(core: &Arc<Core>) {
             x.key.attempt, x.key.stage_id, x.key.task, x.ran_ms, x.worker_id, x.limit_ms, x.how
         ));
         core.metrics.error(class_name(ErrorClass::Transient));
-        if !propose_failure(core, &x.key, error_record(&e), true).await {
+        let Some(outcome) = propose_failure(core, &x.key, error_record(&e), true).await else {
             continue; // it finished meanwhile
-        }
+        };
+        let other_runs = core.read(|s| {
+            s.jobs
+                .get(&x.key.job_id)
+                .and_then(|j| j.stages.get(x.key.stage_id as usize))
+                .and_then(|st| st.tasks.get(x.key.task as usize))
+                .is_some_and(|t| !t.running_attempts().is_empty())
+        });
+        let effect = match outcome {
+            Outcome::JobChanged(_, JobState::Failed) => {
+                "the task had no attempts left: the job failed".to_string()
+            }
+            _ if other_runs => format!(
+                "the slot on {} was freed; the task's other attempt carries on",
+                x.worker_id
+            ),
+            _ => format!(
+                "the slot on {} was freed; the task is retried on another worker when one is free",
+                x.worker_id
+            ),
+        };
         let decision = Decision {
             id: 0,
             at_ms: now,
@@ -210,10 +230,7 @@ async fn time_out_attempts(core: &Arc<Core>) {
                 ("finished_tasks_in_stage", x.finished.to_string()),
                 ("worker", x.worker_id.clone()),
             ]),
-            effect: Some(format!(
-                "the slot on {} was freed; the task is retried on another worker when one is free",
-                x.worker_id
-            )),
+            effect: Some(effect),
         };
         if let Err(e) = core.propose(Command::RecordDecision { decision }).await {
             tracing::debug!("timeout decision not recorded: {e}");
@@ -418,14 +435,14 @@ pub async fn report_failure(core: &Core, key: &pb::TaskKey, e: &Error) {
     propose_failure(core, key, error_record(e), class == ErrorClass::Transient).await;
 }
 
-/// Proposes the failure of an attempt, with its backoff; false when the state did
+/// Proposes the failure of an attempt, with its backoff; `None` when the state did
 /// not take it (the attempt is no longer running).
-async fn propose_failure(
+pub async fn propose_failure(
     core: &Core,
     key: &pb::TaskKey,
     error: ErrorRecord,
     retryable: bool,
-) -> bool {
+) -> Option<Outcome> {
     // Backoff before the next attempt: full jitter over the one retry policy.
     let failures = core.read(|s| {
         s.jobs
@@ -454,16 +471,17 @@ async fn propose_failure(
         error,
         retryable,
         retry_at_ms: now_ms() + backoff.as_millis() as u64,
+        at_ms: now_ms(),
     };
     match core.propose(cmd).await {
         Ok(Outcome::JobChanged(job_id, JobState::Failed)) => {
             job_failed_alert(core, &job_id);
-            true
+            Some(Outcome::JobChanged(job_id, JobState::Failed))
         }
-        Ok(_) => true,
+        Ok(o) => Some(o),
         Err(err) => {
             tracing::debug!("failure not recorded: {err}");
-            false
+            None
         }
     }
 }
@@ -867,6 +885,7 @@ mod tests {
             },
             retryable: true,
             retry_at_ms: now_ms() + 60_000,
+            at_ms: 0,
         })
         .unwrap();
         assert!(plan_launches(&s, &live(&["w1"])).is_empty());
@@ -986,6 +1005,7 @@ mod tests {
             },
             retryable: true,
             retry_at_ms: 0,
+            at_ms: 0,
         })
         .unwrap();
         let l = plan_launches(&s, &live(&["w1", "w2"]));

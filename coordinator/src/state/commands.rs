@@ -176,6 +176,9 @@ pub enum Command {
         /// earliest time of the next attempt (backoff chosen by the proposer)
         #[serde(default)]
         retry_at_ms: u64,
+        /// when the failure was recorded
+        #[serde(default)]
+        at_ms: u64,
     },
     /// the sink stage finished; the coordinator is moving staged files into place
     JobCommitting {

@@ -90,6 +90,9 @@ pub struct Task {
     /// fetch failures of this (reducer) task so far
     #[serde(default)]
     pub fetch_failures: u32,
+    /// the decision of a speculative copy that now runs as the task's only attempt
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted: Option<u64>,
 }
 
 /// Fetch failures of one task that do not count against its attempts.
@@ -120,6 +123,7 @@ impl Task {
             speculative: None,
             failed_on: vec![],
             fetch_failures: 0,
+            promoted: None,
         }
     }
 
@@ -140,27 +144,35 @@ impl Task {
         out
     }
 
-    /// Drops the attempt that ran on `worker` (failed, lost or timed out) while the
-    /// other may go on: the copy is promoted when the original goes. Returns the
-    /// copy's decision and whether an attempt still runs.
+    /// Drops running attempt `attempt` (failed, lost or timed out) while the other
+    /// may go on: the copy is promoted when the original goes. Returns the copy's
+    /// decision (when a copy was involved) and whether an attempt still runs. An
+    /// attempt that does not run changes nothing.
     fn detach_attempt(&mut self, attempt: u32) -> (Option<u64>, bool) {
-        match (&self.state, self.speculative.take()) {
-            (_, Some(c)) if c.attempt == attempt => (Some(c.decision), true),
-            (TaskState::Running { .. }, Some(c)) => {
+        let original = match &self.state {
+            TaskState::Running { attempt: a, .. } => Some(*a),
+            _ => None,
+        };
+        match self.speculative.take() {
+            Some(c) if c.attempt == attempt => (Some(c.decision), original.is_some()),
+            Some(c) if original == Some(attempt) => {
+                let d = c.decision;
                 self.state = TaskState::Running {
                     attempt: c.attempt,
                     worker_id: c.worker_id,
                     started_ms: c.started_ms,
                 };
-                (Some(c.decision), true)
+                // the promoted copy's outcome completes its decision's effect
+                self.promoted = Some(d);
+                (Some(d), true)
             }
-            (_, None) => {
+            None if original == Some(attempt) => {
                 self.state = TaskState::Pending;
-                (None, false)
+                (self.promoted.take(), false)
             }
-            (_, Some(c)) => {
-                self.speculative = Some(c);
-                (None, true)
+            other => {
+                self.speculative = other;
+                (None, original.is_some())
             }
         }
     }
@@ -600,6 +612,7 @@ impl State {
                     }
                 };
                 let copy = t.speculative.take();
+                let promoted = t.promoted.take();
                 t.state = TaskState::Succeeded {
                     attempt: *attempt,
                     worker_id: winner.0,
@@ -608,6 +621,15 @@ impl State {
                     finished_ms: *at_ms,
                 };
                 let Some(copy) = copy else {
+                    if let Some(d) = promoted {
+                        self.append_effect(
+                            d,
+                            format!(
+                                "the copy then finished, {} ms after its launch",
+                                at_ms.saturating_sub(winner.1)
+                            ),
+                        );
+                    }
                     return Ok(Outcome::Done);
                 };
                 let (loser_worker, loser_attempt, loser_started) =
@@ -639,6 +661,7 @@ impl State {
                 error,
                 retryable,
                 retry_at_ms,
+                at_ms,
             } => {
                 let job = self.running_job(job_id)?;
                 let max_attempts = job.spec.job.params.max_task_attempts();
@@ -710,10 +733,12 @@ impl State {
                         error,
                         *retry_at_ms,
                     );
-                    fails_job = !*retryable || failures >= limit;
+                    // out of attempts, unless the other attempt still runs (it may yet
+                    // succeed); a permanent error fails the job either way
+                    fails_job = !*retryable || (failures >= limit && !still_running);
                 }
                 if let Some(d) = copy_decision {
-                    self.set_effect(
+                    self.append_effect(
                         d,
                         format!(
                             "attempt {attempt} failed ({}){}",
@@ -742,6 +767,7 @@ impl State {
                 }
                 job.state = JobState::Failed;
                 job.error = Some(err);
+                job.finished_ms = *at_ms;
                 self.close_retry_decisions(job_id, "the job failed");
                 Ok(Outcome::JobChanged(job_id.clone(), JobState::Failed))
             }
@@ -853,8 +879,10 @@ impl State {
                         .find(|(_, w, _)| *w == worker_id)
                         .map(|(a, _, _)| a);
                     if let Some(a) = lost_attempt {
-                        if let (Some(d), true) = t.detach_attempt(a) {
-                            effects.push((d, format!("attempt {a}'s worker {worker_id} was lost; the other attempt carries on")));
+                        match t.detach_attempt(a) {
+                            (Some(d), true) => effects.push((d, format!("attempt {a}'s worker {worker_id} was lost; the other attempt carries on"))),
+                            (Some(d), false) => effects.push((d, format!("attempt {a}'s worker {worker_id} was lost; the task is retried"))),
+                            _ => {}
                         }
                         continue;
                     }
@@ -867,7 +895,7 @@ impl State {
             }
         }
         for (d, e) in effects {
-            self.set_effect(d, e);
+            self.append_effect(d, e);
         }
     }
 
@@ -932,7 +960,7 @@ impl State {
                 .unwrap_or((0, 0));
             let high = attempts >= 4 && transient * 2 >= attempts;
             let bound = configured * 2;
-            if error.class == "transient" && high && failures + 1 >= limit && limit < bound {
+            if error.class == "transient" && high && failures >= limit && limit < bound {
                 (
                     limit + 1,
                     format!(
@@ -972,8 +1000,8 @@ impl State {
         new_limit
     }
 
-    /// Gives the job's open retry-limit decisions their effect: how the job ended and
-    /// with how many attempts.
+    /// Gives the job's open decisions their effect when it ends: for retry limits,
+    /// how it ended and after how many attempts.
     fn close_retry_decisions(&mut self, job_id: &str, how: &str) {
         let Some(job) = self.jobs.get(job_id) else {
             return;
@@ -992,8 +1020,11 @@ impl State {
             .sum();
         let effect = format!("{how} after {attempts} task attempts ({failures} failed)");
         for d in self.decisions.iter_mut().rev() {
-            if d.job_id == job_id && d.kind == DecisionKind::RetryLimit && d.effect.is_none() {
-                d.effect = Some(effect.clone());
+            if d.job_id == job_id && d.effect.is_none() {
+                d.effect = Some(match d.kind {
+                    DecisionKind::RetryLimit => effect.clone(),
+                    _ => format!("{how} before its outcome was known"),
+                });
             }
         }
     }
@@ -1005,6 +1036,16 @@ impl State {
         if self.decisions.len() > MAX_DECISIONS {
             let extra = self.decisions.len() - MAX_DECISIONS;
             self.decisions.drain(..extra);
+        }
+    }
+
+    /// Adds to a decision's measured effect (what happened next).
+    fn append_effect(&mut self, id: u64, more: String) {
+        if let Some(d) = self.decisions.iter_mut().rev().find(|d| d.id == id) {
+            d.effect = Some(match d.effect.take() {
+                Some(e) => format!("{e}; {more}"),
+                None => more,
+            });
         }
     }
 
@@ -1165,6 +1206,7 @@ mod tests {
                     error: err.clone(),
                     retryable: true,
                     retry_at_ms: 0,
+                    at_ms: 0,
                 })
                 .unwrap();
             if attempt < 4 {
@@ -1196,6 +1238,7 @@ mod tests {
                 },
                 retryable: false,
                 retry_at_ms: 0,
+                at_ms: 0,
             })
             .unwrap();
         assert_eq!(out, Outcome::JobChanged("j".into(), JobState::Failed));
@@ -1227,6 +1270,7 @@ mod tests {
             },
             retryable: true,
             retry_at_ms: 0,
+            at_ms: 0,
         };
         // more fetch failures than the attempt limit: none counts against the reducer
         for attempt in 1..=5 {
@@ -1283,6 +1327,7 @@ mod tests {
                     },
                     retryable: true,
                     retry_at_ms: 0,
+                    at_ms: 0,
                 })
                 .unwrap();
             assert_eq!(out, Outcome::TaskRequeued);
@@ -1344,6 +1389,7 @@ mod tests {
             },
             retryable: class == "transient",
             retry_at_ms: 0,
+            at_ms: 0,
         })
     }
 
@@ -1506,6 +1552,7 @@ mod tests {
             },
             retryable: true,
             retry_at_ms: 0,
+            at_ms: 0,
         })
         .unwrap()
     }
@@ -1624,6 +1671,7 @@ mod tests {
                     },
                     retryable: true,
                     retry_at_ms: 0,
+                    at_ms: 0,
                 })
                 .unwrap();
             if outcome != Outcome::TaskRequeued {
@@ -1667,6 +1715,48 @@ mod tests {
         s.apply(&submit("e", "")).unwrap();
         assert_eq!(s.submissions["k1"], "a");
         assert_eq!(s.jobs.len(), 4);
+    }
+
+    #[test]
+    fn a_task_out_of_attempts_lives_on_in_its_copy() {
+        let mut s = two_stage_state();
+        s.jobs
+            .get_mut("j")
+            .unwrap()
+            .spec
+            .job
+            .params
+            .adaptive_retries = Some(false);
+        for a in 1..=3 {
+            fail_on(&mut s, 0, a, "w1", "reset");
+        }
+        launch(&mut s, 0, 0, 4, "w1").unwrap();
+        speculate(&mut s, 0, 5, "w2").unwrap();
+        // the 4th failure exhausts the task, but its copy still runs
+        assert_eq!(
+            fail(&mut s, 0, 4, "transient").unwrap(),
+            Outcome::TaskRequeued
+        );
+        assert_eq!(s.jobs["j"].state, JobState::Running);
+        succeed(&mut s, 0, 0, 5).unwrap();
+        let effect = s.decisions[0].effect.clone().unwrap();
+        assert!(
+            effect.contains("carries on") && effect.contains("the copy then finished"),
+            "{effect}"
+        );
+        // a job that ends while a copy runs closes its decision
+        launch(&mut s, 0, 1, 1, "w1").unwrap();
+        speculate(&mut s, 1, 2, "w2").unwrap();
+        s.apply(&Command::CancelJob {
+            job_id: "j".into(),
+            at_ms: 9,
+        })
+        .unwrap();
+        assert!(s.decisions[1]
+            .effect
+            .as_deref()
+            .unwrap()
+            .contains("cancelled before its outcome was known"));
     }
 
     #[test]
