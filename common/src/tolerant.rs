@@ -953,33 +953,77 @@ fn feed(
 /// at line N" (for one flush of a fresh decoder) from 0.
 fn failing_record(e: &ArrowError) -> Option<usize> {
     let msg = e.to_string();
-    let number_after = |key: &str| -> Option<usize> {
-        let rest = &msg[msg.find(key)? + key.len()..];
-        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        digits.parse().ok()
-    };
     if msg.contains("incorrect number of fields") {
-        number_after("for line ")?.checked_sub(1)
+        // no record data in this message
+        let at = msg.find("for line ")? + "for line ".len();
+        let digits: String = msg[at..].chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<usize>().ok()?.checked_sub(1)
     } else if msg.contains("Error while parsing value") {
-        number_after(" at line ")
+        line_marker(&msg).map(|(_, _, n)| n)
     } else {
         None
     }
+}
+
+/// In "… for column C at line N. Row data: …", where the value before and the row
+/// after are the user's data: the first " for column <digits> at line <digits>"
+/// followed by ". Row data: ", as (its start, its end, N).
+fn line_marker(msg: &str) -> Option<(usize, usize, usize)> {
+    const COL: &str = " for column ";
+    const LINE: &str = " at line ";
+    let mut from = 0;
+    while let Some(i) = msg[from..].find(COL).map(|i| i + from) {
+        let rest = &msg[i + COL.len()..];
+        let col = rest.chars().take_while(char::is_ascii_digit).count();
+        if col > 0 && rest[col..].starts_with(LINE) {
+            let num = &rest[col + LINE.len()..];
+            let n = num.chars().take_while(char::is_ascii_digit).count();
+            // the real one is followed by the row data
+            if let (Ok(line), true) = (num[..n].parse(), num[n..].starts_with(". Row data: ")) {
+                let end = i + COL.len() + col + LINE.len() + n;
+                return Some((i + COL.len() + col, end, line));
+            }
+        }
+        from = i + COL.len();
+    }
+    None
 }
 
 /// An arrow decode error as a dead letter's reason: without the decoder's batch-
 /// relative line (the dead letter has the record's own line and offset).
 fn record_error(e: &ArrowError) -> String {
     let msg = e.to_string();
-    if let Some(i) = msg.find(" for line ") {
-        let rest = &msg[i + " for line ".len()..];
-        let tail = rest.trim_start_matches(|c: char| c.is_ascii_digit());
-        return format!("{}{}", &msg[..i], tail);
+    if msg.contains("incorrect number of fields") {
+        if let Some(i) = msg.find(" for line ") {
+            let rest = &msg[i + " for line ".len()..];
+            let tail = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+            return format!("{}{}", &msg[..i], tail);
+        }
     }
-    if let Some(i) = msg.find(" at line ") {
-        return msg[..i].to_string();
+    if let Some((start, _, _)) = line_marker(&msg) {
+        // "... for column C" (the row data after it repeats the record)
+        return msg[..start].to_string();
     }
     msg
+}
+
+#[cfg(test)]
+#[test]
+fn error_positions_are_found_past_user_data() {
+    let e = ArrowError::ParseError(
+        "Error while parsing value 'x for column 1 at line 9' as type 'Int64' for column 0 at line 3. Row data: '[x]'".into(),
+    );
+    assert_eq!(failing_record(&e), Some(3));
+    assert_eq!(
+        record_error(&e),
+        "Parser error: Error while parsing value 'x for column 1 at line 9' as type 'Int64' for column 0"
+    );
+    let e = ArrowError::CsvError("incorrect number of fields for line 2, expected 3 got 1".into());
+    assert_eq!(failing_record(&e), Some(1));
+    assert_eq!(
+        record_error(&e),
+        "Csv error: incorrect number of fields, expected 3 got 1"
+    );
 }
 
 fn count_lines(data: &[u8]) -> u64 {
