@@ -31,6 +31,12 @@ mod scan;
 mod stragglers;
 mod tpch;
 
+/// The median of some run times.
+pub(crate) fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
 /// The same allocator as the `autopipe` binary, so the in-process DataFusion baseline
 /// runs on it too.
 #[global_allocator]

@@ -97,7 +97,7 @@ fn run_job(c: &mut Cluster, spec_path: &Path, kill_at: Option<f64>) -> Result<Du
             let done = st["tasks_done"].as_f64().unwrap_or(0.0);
             let total = st["tasks_total"].as_f64().unwrap_or(1.0);
             if done >= share * total {
-                if let Some(i) = busy_worker(c)? {
+                if let Some(i) = c.busy_worker()? {
                     c.workers.remove(i).kill();
                     c.add_worker(2)?;
                     pending_kill = None;
@@ -109,14 +109,4 @@ fn run_job(c: &mut Cluster, spec_path: &Path, kill_at: Option<f64>) -> Result<Du
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn busy_worker(c: &Cluster) -> Result<Option<usize>> {
-    let ws = c.cli_json(&["workers"])?;
-    let addr = ws.as_array().and_then(|a| {
-        a.iter()
-            .find(|w| w["state"] == "alive" && w["running_tasks"].as_u64().unwrap_or(0) > 0)
-            .and_then(|w| w["address"].as_str().map(str::to_string))
-    });
-    Ok(addr.and_then(|a| c.workers.iter().position(|w| w.addr == a)))
 }

@@ -6,6 +6,7 @@
 //!
 //! Run: `cargo build --release -p bench && target/release/bench scan --rows 5000000`
 
+use crate::median;
 use anyhow::Result;
 use autopipe_common::session::context_with;
 use autopipe_common::spec::PipelineSpec;
@@ -85,11 +86,6 @@ async fn run_once(
     let batches = ctx.sql(&spec.transform.sql).await?.collect().await?;
     let groups = batches.iter().map(|b| b.num_rows() as u64).sum();
     Ok((t0.elapsed(), groups))
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 pub fn run(a: Args) -> Result<()> {

@@ -5,10 +5,11 @@
 //!
 //! Run: `cargo build --release --workspace && target/release/bench stragglers`
 
+use crate::median;
 use anyhow::{bail, Result};
-use integration_tests::{gen_clickstream, Cluster};
+use integration_tests::{aggregation_job, gen_clickstream, Cluster};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Options of `bench stragglers`.
 pub struct Args {
@@ -18,50 +19,12 @@ pub struct Args {
     pub dir: PathBuf,
 }
 
-fn spec(dir: &Path, name: &str, speculation: bool) -> Result<PathBuf> {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[job]
-name = "{name}"
-[job.params]
-shuffle_partitions = 10
-speculation = {speculation}
-[[sources]]
-name = "events"
-format = "parquet"
-path = "data/events"
-[transform]
-sql = "SELECT kind, user_id % 100 AS bucket, count(*) AS n, sum(amount) AS total FROM events GROUP BY kind, user_id % 100"
-[sink]
-format = "parquet"
-path = "out/{name}"
-"#
-        ),
-    )?;
-    Ok(path)
-}
-
 fn run_job(c: &Cluster, spec: &Path) -> Result<Duration> {
-    let t0 = Instant::now();
-    let v = c.cli_json(&["submit", spec.to_str().expect("utf8")])?;
-    let id = v["job_id"].as_str().expect("job id").to_string();
-    c.wait_for(Duration::from_secs(600), "the job", |c| {
-        let v = c.cli_json(&["status", &id])?;
-        Ok(v["state"] != "running" && v["state"] != "committing")
-    })?;
-    let v = c.cli_json(&["status", &id])?;
+    let (v, t) = c.run(spec)?;
     if v["state"] != "succeeded" {
         bail!("job failed: {v}");
     }
-    Ok(t0.elapsed())
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
+    Ok(t)
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -71,8 +34,8 @@ pub fn run(a: Args) -> Result<()> {
     if !dir.join("data/events").exists() {
         gen_clickstream(&dir.join("data"), a.rows, 10)?;
     }
-    let on = spec(&dir, "speculation_on", true)?;
-    let off = spec(&dir, "speculation_off", false)?;
+    let on = aggregation_job(&dir, "speculation_on", "speculation = true")?;
+    let off = aggregation_job(&dir, "speculation_off", "speculation = false")?;
     let mut c = Cluster::start(3, 1)?;
     c.add_worker_with(1, &["--test-task-delay-ms", &a.delay_ms.to_string()])?;
     c.wait_for(Duration::from_secs(60), "4 workers", |c| {

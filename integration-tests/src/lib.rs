@@ -233,6 +233,43 @@ impl Cluster {
             .with_context(|| format!("stdout of {a:?}: {}", String::from_utf8_lossy(&out.stdout)))
     }
 
+    /// Submits the spec file; returns the job id.
+    pub fn submit(&self, spec: &Path) -> Result<String> {
+        let v = self.cli_json(&["submit", spec.to_str().context("utf8 path")?])?;
+        Ok(v["job_id"].as_str().context("job id")?.to_string())
+    }
+
+    /// Waits until job `id` is no longer running or committing; returns its status.
+    pub fn wait_done(&self, id: &str, timeout: Duration) -> Result<serde_json::Value> {
+        self.wait_for(timeout, "the job to finish", |c| {
+            let v = c.cli_json(&["status", id])?;
+            Ok(v["state"] != "running" && v["state"] != "committing")
+        })?;
+        self.cli_json(&["status", id])
+    }
+
+    /// Submits the spec file and waits for the job; returns its final status and the
+    /// wall time from submission.
+    pub fn run(&self, spec: &Path) -> Result<(serde_json::Value, Duration)> {
+        let t0 = std::time::Instant::now();
+        let id = self.submit(spec)?;
+        let v = self.wait_done(&id, Duration::from_secs(600))?;
+        Ok((v, t0.elapsed()))
+    }
+
+    /// Index (in `workers`) of a worker that runs a task now.
+    pub fn busy_worker(&self) -> Result<Option<usize>> {
+        let ws = self.cli_json(&["workers"])?;
+        let addr = ws
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .find(|w| w["state"] == "alive" && w["running_tasks"].as_u64().unwrap_or(0) > 0)
+            })
+            .and_then(|w| w["address"].as_str().map(str::to_string));
+        Ok(addr.and_then(|a| self.workers.iter().position(|w| w.addr == a)))
+    }
+
     /// Polls `cond` until true or the deadline passes.
     pub fn wait_for(
         &self,
@@ -623,6 +660,35 @@ path = "out/{name}"
         ),
     )?;
     Ok(spec)
+}
+
+/// A two-stage aggregation of the clickstream events in `dir/data` (which the caller
+/// generates) in 10 tasks per stage, with extra `[job.params]` lines: the spec file
+/// `dir/<name>.toml`, writing Parquet to `out/<name>`.
+pub fn aggregation_job(dir: &Path, name: &str, params: &str) -> Result<PathBuf> {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[job]
+name = "{name}"
+[job.params]
+shuffle_partitions = 10
+{params}
+[[sources]]
+name = "events"
+format = "parquet"
+path = "data/events"
+[transform]
+sql = "SELECT kind, user_id % 100 AS bucket, count(*) AS n, sum(amount) AS total FROM events GROUP BY kind, user_id % 100"
+[sink]
+format = "parquet"
+path = "out/{name}"
+"#
+        ),
+    )?;
+    Ok(path)
 }
 
 /// Writes a spec file.

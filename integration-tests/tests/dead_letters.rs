@@ -11,7 +11,6 @@ use integration_tests::oracle::{actual, assert_same, expected};
 use integration_tests::{cli, http_get, metric_sum, Cluster};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// A bad record as the test wrote it: (file name, byte offset, line, raw text).
 type Bad = (String, u64, u64, String);
@@ -152,13 +151,7 @@ path = "out/{name}"
 }
 
 fn run(c: &Cluster, spec: &Path) -> Result<serde_json::Value> {
-    let v = c.cli_json(&["submit", spec.to_str().expect("utf8")])?;
-    let id = v["job_id"].as_str().expect("job id").to_string();
-    c.wait_for(Duration::from_secs(120), "the job to finish", |c| {
-        let v = c.cli_json(&["status", &id])?;
-        Ok(v["state"] != "running" && v["state"] != "committing")
-    })?;
-    c.cli_json(&["status", &id])
+    Ok(c.run(spec)?.0)
 }
 
 /// The dead letters of a job, as (file name, offset, line, record), checking that

@@ -25,29 +25,11 @@ fn check(dir: &Path, spec: &Path, v: &serde_json::Value) -> Result<()> {
 }
 
 fn submit(c: &Cluster, spec: &Path) -> Result<String> {
-    let v = c.cli_json(&["submit", spec.to_str().expect("utf8")])?;
-    Ok(v["job_id"].as_str().expect("job id").to_string())
+    c.submit(spec)
 }
 
 fn wait_done(c: &Cluster, id: &str) -> Result<serde_json::Value> {
-    c.wait_for(Duration::from_secs(120), "the job to finish", |c| {
-        let v = c.cli_json(&["status", id])?;
-        Ok(v["state"] != "running" && v["state"] != "committing")
-    })?;
-    c.cli_json(&["status", id])
-}
-
-/// Index (in `c.workers`) of a worker that runs a task now.
-fn busy_worker(c: &Cluster) -> Result<Option<usize>> {
-    let ws = c.cli_json(&["workers"])?;
-    let addr = ws
-        .as_array()
-        .and_then(|a| {
-            a.iter()
-                .find(|w| w["state"] == "alive" && w["running_tasks"].as_u64().unwrap_or(0) > 0)
-        })
-        .and_then(|w| w["address"].as_str().map(str::to_string));
-    Ok(addr.and_then(|a| c.workers.iter().position(|w| w.addr == a)))
+    c.wait_done(id, Duration::from_secs(120))
 }
 
 #[test]
@@ -58,7 +40,7 @@ fn a_worker_killed_in_a_map_stage_is_replaced_and_the_job_completes() -> Result<
     let id = submit(&c, &spec)?;
     let mut victim = None;
     c.wait_for(Duration::from_secs(60), "a map task to run", |c| {
-        victim = busy_worker(c)?;
+        victim = c.busy_worker()?;
         Ok(victim.is_some())
     })?;
     let v = c.cli_json(&["status", &id])?;
@@ -86,7 +68,7 @@ fn a_killed_worker_nobody_calls_is_declared_lost_before_the_heartbeat_timeout() 
     let id = submit(&c, &spec)?;
     let mut victim = None;
     c.wait_for(Duration::from_secs(60), "a map task to run", |c| {
-        victim = busy_worker(c)?;
+        victim = c.busy_worker()?;
         Ok(victim.is_some())
     })?;
     let victim = victim.expect("waited for");
@@ -174,7 +156,7 @@ fn every_worker_killed_and_two_new_ones_finish_the_job() -> Result<()> {
     let mut c = Cluster::start_full(3, 2, &["--test-task-delay-ms", "800"], LOST_AFTER)?;
     let id = submit(&c, &spec)?;
     c.wait_for(Duration::from_secs(60), "a task to run", |c| {
-        Ok(busy_worker(c)?.is_some())
+        Ok(c.busy_worker()?.is_some())
     })?;
     for w in &mut c.workers {
         w.kill();

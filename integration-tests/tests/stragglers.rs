@@ -6,36 +6,14 @@
 
 use anyhow::Result;
 use integration_tests::oracle::check_spec_output;
-use integration_tests::{gen_clickstream, http_get, Cluster};
+use integration_tests::{aggregation_job, gen_clickstream, http_get, Cluster};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A two-stage aggregation in 10 tasks per stage, so that 9 of 10 (Spark's quantile
 /// 0.9) finish on the fast workers while the slow one holds its task.
 fn spec(dir: &Path, name: &str, params: &str) -> Result<PathBuf> {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[job]
-name = "{name}"
-[job.params]
-shuffle_partitions = 10
-{params}
-[[sources]]
-name = "events"
-format = "parquet"
-path = "data/events"
-[transform]
-sql = "SELECT kind, user_id % 7 AS bucket, count(*) AS n, sum(amount) AS total FROM events GROUP BY kind, user_id % 7"
-[sink]
-format = "parquet"
-path = "out/{name}"
-"#
-        ),
-    )?;
-    Ok(path)
+    aggregation_job(dir, name, params)
 }
 
 /// 3 fast workers and 1 slow one, one slot each.
@@ -48,16 +26,8 @@ fn cluster(slow_delay_ms: u64) -> Result<Cluster> {
     Ok(c)
 }
 
-/// Submits, waits for the end; returns the final status and the wall time.
 fn run(c: &Cluster, spec: &Path) -> Result<(serde_json::Value, Duration)> {
-    let t0 = Instant::now();
-    let v = c.cli_json(&["submit", spec.to_str().expect("utf8")])?;
-    let id = v["job_id"].as_str().expect("job id").to_string();
-    c.wait_for(Duration::from_secs(120), "the job to finish", |c| {
-        let v = c.cli_json(&["status", &id])?;
-        Ok(v["state"] != "running" && v["state"] != "committing")
-    })?;
-    Ok((c.cli_json(&["status", &id])?, t0.elapsed()))
+    c.run(spec)
 }
 
 fn decisions(c: &Cluster, job: &str) -> Result<Vec<serde_json::Value>> {
