@@ -1252,31 +1252,11 @@ mod tests {
         launch(&mut s, 0, 1, 1, "w2").unwrap();
         succeed(&mut s, 0, 0, 1).unwrap();
         succeed(&mut s, 0, 1, 1).unwrap();
-        let fetch_failed = |attempt| Command::TaskFailed {
-            job_id: "j".into(),
-            stage: 1,
-            task: 0,
-            attempt,
-            error: ErrorRecord {
-                class: "transient".into(),
-                message: "fetch failed".into(),
-                key: String::new(),
-                fetch_failed: Some(crate::state::FetchFailedRecord {
-                    stage: 0,
-                    map_task: 1,
-                    worker_id: "w2".into(),
-                }),
-                worker_unreachable: false,
-            },
-            retryable: true,
-            retry_at_ms: 0,
-            at_ms: 0,
-        };
         // more fetch failures than the attempt limit: none counts against the reducer
         for attempt in 1..=5 {
             launch(&mut s, 1, 0, attempt, "w1").unwrap();
             assert_eq!(
-                s.apply(&fetch_failed(attempt)).unwrap(),
+                s.apply(&fetch_failure(attempt)).unwrap(),
                 Outcome::TaskRequeued
             );
             let st = &s.jobs["j"].stages;
@@ -1296,11 +1276,11 @@ mod tests {
         // a late fetch failure naming a worker that no longer holds the output (it
         // was recomputed elsewhere meanwhile) leaves the new output alone
         launch(&mut s, 1, 0, 6, "w1").unwrap();
-        s.apply(&fetch_failed(6)).unwrap();
+        s.apply(&fetch_failure(6)).unwrap();
         launch(&mut s, 0, 1, 7, "w1").unwrap();
         succeed(&mut s, 0, 1, 7).unwrap();
         launch(&mut s, 1, 0, 7, "w2").unwrap();
-        s.apply(&fetch_failed(7)).unwrap();
+        s.apply(&fetch_failure(7)).unwrap();
         assert!(matches!(
             s.jobs["j"].stages[0].tasks[1].state,
             TaskState::Succeeded { .. }
@@ -1374,15 +1354,40 @@ mod tests {
         })
     }
 
-    fn fail(s: &mut State, task: u32, attempt: u32, class: &str) -> Result<Outcome, ApplyError> {
-        s.apply(&Command::TaskFailed {
+    /// Reducer stage 1 task 0 `attempt` could not fetch map task 1's output from w2.
+    fn fetch_failure(attempt: u32) -> Command {
+        Command::TaskFailed {
+            job_id: "j".into(),
+            stage: 1,
+            task: 0,
+            attempt,
+            error: ErrorRecord {
+                class: "transient".into(),
+                message: "fetch failed".into(),
+                key: String::new(),
+                fetch_failed: Some(crate::state::FetchFailedRecord {
+                    stage: 0,
+                    map_task: 1,
+                    worker_id: "w2".into(),
+                }),
+                worker_unreachable: false,
+            },
+            retryable: true,
+            retry_at_ms: 0,
+            at_ms: 0,
+        }
+    }
+
+    /// Map task `task` attempt `attempt` failed with `class` and `msg`.
+    fn failure(task: u32, attempt: u32, class: &str, msg: &str) -> Command {
+        Command::TaskFailed {
             job_id: "j".into(),
             stage: 0,
             task,
             attempt,
             error: ErrorRecord {
                 class: class.into(),
-                message: "boom".into(),
+                message: msg.into(),
                 key: String::new(),
                 fetch_failed: None,
                 worker_unreachable: false,
@@ -1390,7 +1395,11 @@ mod tests {
             retryable: class == "transient",
             retry_at_ms: 0,
             at_ms: 0,
-        })
+        }
+    }
+
+    fn fail(s: &mut State, task: u32, attempt: u32, class: &str) -> Result<Outcome, ApplyError> {
+        s.apply(&failure(task, attempt, class, "boom"))
     }
 
     #[test]
@@ -1538,23 +1547,7 @@ mod tests {
 
     fn fail_on(s: &mut State, task: u32, attempt: u32, w: &str, msg: &str) -> Outcome {
         launch(s, 0, task, attempt, w).unwrap();
-        s.apply(&Command::TaskFailed {
-            job_id: "j".into(),
-            stage: 0,
-            task,
-            attempt,
-            error: ErrorRecord {
-                class: "transient".into(),
-                message: msg.into(),
-                key: String::new(),
-                fetch_failed: None,
-                worker_unreachable: false,
-            },
-            retryable: true,
-            retry_at_ms: 0,
-            at_ms: 0,
-        })
-        .unwrap()
+        s.apply(&failure(task, attempt, "transient", msg)).unwrap()
     }
 
     #[test]
@@ -1652,28 +1645,7 @@ mod tests {
         let mut outcome = Outcome::Done;
         for attempt in 1..=(MAX_SPARED_FETCH_FAILURES + 4) {
             launch(&mut s, 1, 0, attempt, "w1").unwrap();
-            outcome = s
-                .apply(&Command::TaskFailed {
-                    job_id: "j".into(),
-                    stage: 1,
-                    task: 0,
-                    attempt,
-                    error: ErrorRecord {
-                        class: "transient".into(),
-                        message: "fetch failed".into(),
-                        key: String::new(),
-                        fetch_failed: Some(crate::state::FetchFailedRecord {
-                            stage: 0,
-                            map_task: 1,
-                            worker_id: "w2".into(),
-                        }),
-                        worker_unreachable: false,
-                    },
-                    retryable: true,
-                    retry_at_ms: 0,
-                    at_ms: 0,
-                })
-                .unwrap();
+            outcome = s.apply(&fetch_failure(attempt)).unwrap();
             if outcome != Outcome::TaskRequeued {
                 break;
             }
