@@ -298,6 +298,8 @@ pub fn job_json(j: &pb::JobStatus) -> serde_json::Value {
         "output_path": j.output_path,
         "bad_records": j.bad_records,
         "dead_letter_path": j.dead_letter_path,
+        "waiting": (!j.waiting_reason.is_empty()).then(|| json!({
+            "reason": j.waiting_reason, "since_ms": j.waiting_since_ms})),
         "wall_time_s": secs,
         "error": j.error.as_ref().map(|e| json!({"message": e.message, "key": e.key,
             "class": pb::ErrorClass::try_from(e.class).map(|c| c.as_str_name().to_ascii_lowercase()).unwrap_or_default()})),
@@ -368,6 +370,13 @@ pub fn summary(j: &pb::JobStatus, wall: Duration) -> String {
     s += &format!("  output:    {} ({} files)\n", j.output_path, j.files_out);
     if let Some(e) = &j.error {
         s += &format!("  error:     {}\n", e.message);
+    }
+    if !j.waiting_reason.is_empty() {
+        s += &format!(
+            "  WAITING:   {:.0}s: {}\n",
+            autopipe_common::util::now_ms().saturating_sub(j.waiting_since_ms) as f64 / 1000.0,
+            j.waiting_reason
+        );
     }
     s
 }

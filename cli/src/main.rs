@@ -139,6 +139,9 @@ enum Cmd {
         /// test only: delay every task by this many milliseconds (a slow worker)
         #[arg(long, default_value_t = 0, hide = true)]
         test_task_delay_ms: u64,
+        /// test only: delay only the tasks of this stage
+        #[arg(long, hide = true)]
+        test_task_delay_stage: Option<u32>,
         /// serve map outputs only over Flight, also to reducers on this machine (which
         /// otherwise read them from this worker's shuffle directory)
         #[arg(long)]
@@ -150,6 +153,9 @@ enum Cmd {
         /// test only: the first attempt of every task fails with a transient error
         #[arg(long, hide = true)]
         test_fail_first_attempt: bool,
+        /// test only: every task panics
+        #[arg(long, hide = true)]
+        test_panic_tasks: bool,
         #[command(flatten)]
         budget: BudgetArgs,
     },
@@ -426,9 +432,11 @@ async fn run(cli: Cli) -> Result<i32> {
             slots,
             work_dir,
             test_task_delay_ms,
+            test_task_delay_stage,
             no_host_local_shuffle,
             advertise,
             test_fail_first_attempt,
+            test_panic_tasks,
             budget,
         } => {
             if slots == 0 {
@@ -448,7 +456,9 @@ async fn run(cli: Cli) -> Result<i32> {
                     slots,
                     work_dir,
                     test_task_delay: Duration::from_millis(test_task_delay_ms),
+                    test_delay_stage: test_task_delay_stage,
                     test_fail_first_attempt,
+                    test_panic_tasks,
                     host_local_shuffle: !no_host_local_shuffle,
                     advertise,
                     ..Default::default()

@@ -150,6 +150,31 @@ fn sql_syntax_error_is_rejected_with_the_sql_key() {
 }
 
 #[test]
+fn a_transform_that_writes_files_is_refused_and_writes_nothing() {
+    let dir = setup();
+    let copied = dir.path().join("copied.csv");
+    let spec = GOOD.replace(
+        "SELECT kind, count(*) AS n FROM events GROUP BY kind",
+        &format!("COPY (SELECT kind FROM events) TO '{}'", copied.display()),
+    );
+    expect_failure(
+        dir.path(),
+        &spec,
+        LOCAL,
+        &[
+            "transform.sql",
+            "may only query",
+            "COPY ... TO is not allowed",
+        ],
+    );
+    let path = dir.path().join("pipeline.toml");
+    let (ok, text) = autopipe(&["explain", path.to_str().unwrap()]);
+    assert!(!ok, "explain must refuse a COPY:\n{text}");
+    assert!(text.contains("COPY ... TO is not allowed"), "{text}");
+    assert!(!copied.exists(), "the COPY wrote {}", copied.display());
+}
+
+#[test]
 fn unreachable_coordinator_is_reported() {
     let dir = setup();
     expect_failure(

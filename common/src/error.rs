@@ -69,6 +69,16 @@ pub enum Error {
         /// underlying cause
         message: String,
     },
+    /// A reduce task was not given, or did not read, every map output of an input
+    /// stage: running it would silently miss rows. The coordinator relaunches it once
+    /// the stage is complete.
+    #[error("incomplete input: stage {stage_id}: {message}")]
+    IncompleteInput {
+        /// the input stage
+        stage_id: u32,
+        /// which map outputs were missing, duplicated or unexpected
+        message: String,
+    },
     /// Worth retrying.
     #[error("{0}")]
     Transient(String),
@@ -114,7 +124,9 @@ impl Error {
     pub fn class(&self) -> ErrorClass {
         match self {
             Error::Spec { .. } | Error::Plan { .. } | Error::Permanent(_) => ErrorClass::Permanent,
-            Error::FetchFailed { .. } | Error::Transient(_) => ErrorClass::Transient,
+            Error::FetchFailed { .. } | Error::IncompleteInput { .. } | Error::Transient(_) => {
+                ErrorClass::Transient
+            }
             Error::Data(_) => ErrorClass::Data,
             Error::ObjectStore(object_store::Error::NotFound { .. })
             | Error::ObjectStore(object_store::Error::PermissionDenied { .. }) => {

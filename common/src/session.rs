@@ -4,8 +4,13 @@
 
 use crate::error::{Error, Result};
 use crate::spec::{parse_schema, Format, PipelineSpec};
-use crate::store::register_stores;
+use crate::store::{glob_prefix, is_glob, list_glob, register_stores};
 use crate::tolerant::{record_format, TolerantTable};
+use datafusion::arrow::datatypes::Schema;
+use datafusion::common::plan_err;
+use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::error::DataFusionError;
+use datafusion::execution::options::ReadOptions;
 use datafusion::prelude::{
     CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionConfig, SessionContext,
 };
@@ -90,7 +95,7 @@ pub async fn register_sources(
         };
         let Some(records) = record_format(s.format, has_header, delim) else {
             let o = ParquetReadOptions::default().file_extension(&ext);
-            ctx.register_parquet(name, &s.path, o)
+            register_files(ctx, name, &s.path, &o, None)
                 .await
                 .map_err(|e| cannot_read(&e))?;
             continue;
@@ -106,21 +111,15 @@ pub async fn register_sources(
             // the schema
             let r = match s.format {
                 Format::Csv => {
-                    let mut o = CsvReadOptions::new()
+                    let o = CsvReadOptions::new()
                         .has_header(has_header)
                         .delimiter(delim)
                         .file_extension(&ext);
-                    if let Some(g) = &given {
-                        o = o.schema(g);
-                    }
-                    ctx.register_csv(name, &s.path, o).await
+                    register_files(ctx, name, &s.path, &o, given.as_ref()).await
                 }
                 _ => {
-                    let mut o = JsonReadOptions::default().file_extension(&ext);
-                    if let Some(g) = &given {
-                        o = o.schema(g);
-                    }
-                    ctx.register_json(name, &s.path, o).await
+                    let o = JsonReadOptions::default().file_extension(&ext);
+                    register_files(ctx, name, &s.path, &o, given.as_ref()).await
                 }
             };
             r.map_err(|e| cannot_read(&e))?;
@@ -144,12 +143,71 @@ pub async fn register_sources(
     Ok(())
 }
 
-/// For a single file, its own extension; for a directory or glob, the format's default.
+/// Registers the files at `path` (a file, directory or glob) read with `options`, as
+/// a listing table with `schema` (else inferred), as `register_parquet`,
+/// `register_csv` and `register_json` do. A glob becomes the list of the files it
+/// matches, listed below its literal prefix (`store::list_glob`): DataFusion would
+/// take a glob URL for one file's name.
+async fn register_files<'a>(
+    ctx: &SessionContext,
+    name: &str,
+    path: &str,
+    options: &impl ReadOptions<'a>,
+    schema: Option<&Schema>,
+) -> datafusion::error::Result<()> {
+    let listing = options.to_listing_options(&ctx.copied_config(), ctx.copied_table_options());
+    let schema = schema.map(|s| Arc::new(s.clone()));
+    let Some((prefix, _)) = glob_prefix(path) else {
+        return ctx
+            .register_listing_table(name, path, listing, schema, None)
+            .await;
+    };
+    let store_url = ListingTableUrl::parse(prefix)?.object_store();
+    let store = ctx.runtime_env().object_store(&store_url)?;
+    let files = list_glob(store.as_ref(), path, &listing.file_extension)
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    if files.is_empty() {
+        return plan_err!("no file matches {path}");
+    }
+    let mut urls = Vec::with_capacity(files.len());
+    for f in &files {
+        let mut url = AsRef::<url::Url>::as_ref(&store_url).clone();
+        url.path_segments_mut()
+            .map_err(|()| DataFusionError::Plan(format!("{store_url} cannot hold paths")))?
+            .clear()
+            .extend(f.location.as_ref().split('/'));
+        urls.push(ListingTableUrl::try_new(url, None)?);
+    }
+    let schema = match schema {
+        Some(s) => s,
+        None => {
+            // empty files cannot affect the schema but may fail to be read for it
+            let nonempty: Vec<_> = files.into_iter().filter(|f| f.size > 0).collect();
+            listing
+                .format
+                .infer_schema(&ctx.state(), &store, &nonempty)
+                .await?
+        }
+    };
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(listing)
+        .with_schema(schema);
+    let table = ListingTable::try_new(config)?
+        .with_cache(ctx.runtime_env().cache_manager.get_file_statistic_cache());
+    ctx.register_table(name, Arc::new(table))?;
+    Ok(())
+}
+
+/// For a single file, its own extension; for a glob whose last segment ends in a
+/// literal extension (`*.ndjson`), that one; otherwise (a directory, `part-*`) the
+/// format's default.
 fn file_extension(path: &str, format: Format) -> String {
     let last = path.rsplit('/').next().unwrap_or("");
-    if !path.ends_with('/') && !last.contains(['*', '?']) {
+    if !path.ends_with('/') {
         if let Some((_, ext)) = last.rsplit_once('.') {
             let is_file = match path.strip_prefix("file://") {
+                _ if is_glob(last) => !is_glob(ext),
                 Some(p) => std::path::Path::new(p).is_file(),
                 None => true,
             };
@@ -174,4 +232,151 @@ fn file_extension(path: &str, format: Format) -> String {
         }
     }
     format!(".{}", format.extension())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, Int64Array};
+    use datafusion::arrow::datatypes::{DataType, Field};
+    use datafusion::arrow::record_batch::RecordBatch;
+    use std::path::Path;
+
+    /// A Parquet file of one Int64 column `k` with `values`.
+    fn parquet(path: &Path, values: &[i64]) {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from(values.to_vec()))],
+        )
+        .unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let file = std::fs::File::create(path).unwrap();
+        let mut w = datafusion::parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    }
+
+    fn text(path: &Path, body: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, body).unwrap();
+    }
+
+    /// `sum(k)` and `count(*)` of source `t` at `path` in `format`, read with the
+    /// tolerant readers and with DataFusion's own.
+    async fn sum_and_count(dir: &Path, format: &str, path: &str) -> Vec<(i64, i64)> {
+        let text = format!(
+            r#"
+[job]
+name = "glob"
+[[sources]]
+name = "t"
+format = "{format}"
+path = "{path}"
+[transform]
+sql = "SELECT sum(k) AS s, count(*) AS n FROM t"
+[sink]
+format = "parquet"
+path = "out"
+"#
+        );
+        let spec = PipelineSpec::parse(&text, "glob.toml")
+            .unwrap()
+            .normalize(dir, "glob.toml")
+            .unwrap();
+        let mut out = vec![];
+        for tolerant in [true, false] {
+            let ctx = context_with(&spec, 4, tolerant).await.unwrap();
+            let batches = ctx
+                .sql(&spec.transform.sql)
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            let col = |i: usize| {
+                batches[0]
+                    .column(i)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .map(|a| if a.is_null(0) { 0 } else { a.value(0) })
+                    .unwrap()
+            };
+            out.push((col(0), col(1)));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_parquet_glob_reads_exactly_its_matching_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = dir.path().join("data/events");
+        parquet(&events.join("a.parquet"), &[1, 2]);
+        parquet(&events.join("b.parquet"), &[10]);
+        // not matched by `*.parquet` in `data/events/`
+        parquet(&events.join("sub/c.parquet"), &[100]);
+        parquet(&dir.path().join("data/other/d.parquet"), &[1000]);
+        text(&events.join("notes.txt"), "not parquet");
+        text(&events.join("_SUCCESS"), "");
+        let root = dir.path().display().to_string();
+        // relative, as the README's example
+        assert_eq!(
+            sum_and_count(dir.path(), "parquet", "data/events/*.parquet").await,
+            [(13, 3), (13, 3)]
+        );
+        // absolute
+        assert_eq!(
+            sum_and_count(
+                dir.path(),
+                "parquet",
+                &format!("{root}/data/events/*.parquet")
+            )
+            .await,
+            [(13, 3), (13, 3)]
+        );
+        // `**` and a glob in a directory name
+        assert_eq!(
+            sum_and_count(dir.path(), "parquet", "data/events/**/*.parquet").await,
+            [(113, 4), (113, 4)]
+        );
+        assert_eq!(
+            sum_and_count(dir.path(), "parquet", "data/*/?.parquet").await,
+            [(1013, 4), (1013, 4)]
+        );
+        assert_eq!(
+            sum_and_count(
+                dir.path(),
+                "parquet",
+                &format!("file://{root}/data/events/[b]*")
+            )
+            .await,
+            [(10, 1), (10, 1)]
+        );
+    }
+
+    #[tokio::test]
+    async fn csv_and_ndjson_globs_read_exactly_their_matching_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("data");
+        text(&d.join("part-1.csv"), "k\n1\n2\n");
+        text(&d.join("part-2.csv"), "k\n10\n");
+        text(&d.join("other.csv"), "k\n100\n");
+        text(&d.join("part-3.txt"), "k\n1000\n");
+        text(&d.join("old/part-4.csv"), "k\n10000\n");
+        assert_eq!(
+            sum_and_count(dir.path(), "csv", "data/part-*.csv").await,
+            [(13, 3), (13, 3)]
+        );
+        assert_eq!(
+            sum_and_count(dir.path(), "csv", "data/**/part-*.csv").await,
+            [(10013, 4), (10013, 4)]
+        );
+        text(&d.join("e1.ndjson"), "{\"k\": 1}\n{\"k\": 2}\n");
+        text(&d.join("e2.ndjson"), "{\"k\": 10}\n");
+        text(&d.join("e3.json"), "{\"k\": 100}\n");
+        assert_eq!(
+            sum_and_count(dir.path(), "ndjson", "data/e*.ndjson").await,
+            [(13, 3), (13, 3)]
+        );
+    }
 }

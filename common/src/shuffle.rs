@@ -30,8 +30,9 @@ use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConve
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use prost::Message;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
@@ -48,6 +49,9 @@ pub struct ShuffleReaderExec {
     pub job_id: String,
     /// one location per producing map task (filled on the worker)
     pub locations: Vec<pb::MapOutputLocation>,
+    /// every map task of the producing stage, as the coordinator planned it (filled on
+    /// the worker); `execute` refuses locations that do not match it exactly
+    pub expected_map_tasks: Option<Vec<u32>>,
     partitions: usize,
     properties: Arc<PlanProperties>,
 }
@@ -66,6 +70,7 @@ impl ShuffleReaderExec {
             hash,
             job_id: String::new(),
             locations: vec![],
+            expected_map_tasks: None,
             partitions,
             properties: Arc::new(properties),
         }
@@ -133,32 +138,109 @@ impl ExecutionPlan for ShuffleReaderExec {
                 self.partitions
             )));
         }
-        let mut fetches: Vec<(pb::MapOutputLocation, u32)> = if self.hash {
-            self.locations
-                .iter()
-                .map(|l| (l.clone(), partition as u32))
-                .collect()
-        } else {
-            self.locations
-                .iter()
-                .filter(|l| l.map_task as usize == partition)
-                .map(|l| (l.clone(), 0))
-                .collect()
-        };
-        fetches.sort_by_key(|(l, _)| l.map_task);
+        let fetches = self
+            .fetches(partition)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let expected = fetches.len();
         let job_id = self.job_id.clone();
         let schema = self.schema();
+        let stage_id = self.stage_id;
+        // Each fetch counts itself once its stream has ended without an error; the
+        // reader ends with an error unless every expected map output was read.
+        let read = Arc::new(AtomicUsize::new(0));
+        let counted = read.clone();
         // Map outputs are fetched concurrently and their batches interleave: a hash
         // partition's rows have no order across map tasks (and a per-map reader has one
         // map task).
         let stream = futures::stream::iter(fetches)
             .map(move |(loc, part)| {
                 let job_id = job_id.clone();
-                async move { fetch_partition(&job_id, &loc, part).await }
+                let counted = counted.clone();
+                async move {
+                    let batches = fetch_partition(&job_id, &loc, part).await?;
+                    let done = futures::stream::once(futures::future::lazy(move |_| {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        None
+                    }));
+                    Ok::<_, DataFusionError>(
+                        batches
+                            .map(Some)
+                            .chain(done)
+                            .filter_map(futures::future::ready),
+                    )
+                }
             })
             .buffer_unordered(FETCH_CONCURRENCY)
-            .try_flatten_unordered(FETCH_CONCURRENCY);
+            .try_flatten_unordered(FETCH_CONCURRENCY)
+            .map(Some)
+            .chain(futures::stream::once(futures::future::lazy(move |_| {
+                let n = read.load(Ordering::SeqCst);
+                if n == expected {
+                    return None;
+                }
+                Some(Err(DataFusionError::External(Box::new(
+                    Error::IncompleteInput {
+                        stage_id,
+                        message: format!(
+                            "read {n} of {expected} map outputs for partition {partition}"
+                        ),
+                    },
+                ))))
+            })))
+            .filter_map(futures::future::ready);
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+impl ShuffleReaderExec {
+    /// The map outputs partition `partition` reads, as (location, output partition):
+    /// exactly one location per expected map task (every map task of the stage for a
+    /// hash shuffle, map task `partition` otherwise), or an `IncompleteInput` error
+    /// naming what is missing, duplicated or unexpected.
+    pub fn fetches(&self, partition: usize) -> Result<Vec<(pb::MapOutputLocation, u32)>, Error> {
+        let incomplete = |message: String| Error::IncompleteInput {
+            stage_id: self.stage_id,
+            message,
+        };
+        let Some(expected) = &self.expected_map_tasks else {
+            return Err(incomplete(
+                "the task definition does not say which map outputs to read".into(),
+            ));
+        };
+        let mut by_task: BTreeMap<u32, &pb::MapOutputLocation> = BTreeMap::new();
+        for l in &self.locations {
+            if !expected.contains(&l.map_task) {
+                return Err(incomplete(format!(
+                    "a location for map task {}, which is not one of the stage's {} map tasks",
+                    l.map_task,
+                    expected.len()
+                )));
+            }
+            if by_task.insert(l.map_task, l).is_some() {
+                return Err(incomplete(format!(
+                    "two locations for map task {}",
+                    l.map_task
+                )));
+            }
+        }
+        let wanted: Vec<u32> = if self.hash {
+            expected.clone()
+        } else {
+            vec![partition as u32]
+        };
+        let missing: Vec<u32> = wanted
+            .iter()
+            .copied()
+            .filter(|t| !by_task.contains_key(t))
+            .collect();
+        if !missing.is_empty() {
+            return Err(incomplete(format!(
+                "no location for map task(s) {missing:?} of {}; the stage is not complete",
+                expected.len()
+            )));
+        }
+        let part = if self.hash { partition as u32 } else { 0 };
+        Ok(wanted.iter().map(|t| (by_task[t].clone(), part)).collect())
     }
 }
 
@@ -262,6 +344,16 @@ fn channel_pool() -> &'static Mutex<HashMap<String, Channel>> {
     POOL.get_or_init(Default::default)
 }
 
+/// HTTP/2 ping interval on every pooled channel.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// A ping unanswered this long closes the connection.
+pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// A shuffle stream that delivers nothing for this long fails (its map output is
+/// then recomputed): a map output is a file on disk, never slow to produce.
+pub const FETCH_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest Flight message a reducer decodes (one record batch of a map output).
+pub const MAX_FLIGHT_MESSAGE: usize = 256 << 20;
+
 /// Longest wait for any RPC's response to start (streams then run unbounded).
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -292,6 +384,11 @@ pub fn channel_to(address: &str) -> std::result::Result<Channel, Error> {
         // Each stream now buffers at most its own window and never stalls the others.
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(MAX_WINDOW))
+        // HTTP/2 pings notice a half-dead peer (machine gone, link cut) on an idle or
+        // stalled connection, instead of waiting on it forever
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
         .connect_lazy();
     pool.insert(url, ch.clone());
     Ok(ch)
@@ -349,9 +446,8 @@ async fn fetch_partition(
             let ticket = Ticket::new(ticket.encode_to_vec());
             async move {
                 let channel = channel_to(&loc.address)?;
-                let mut client = FlightServiceClient::new(channel)
-                    .max_decoding_message_size(usize::MAX)
-                    .max_encoding_message_size(usize::MAX);
+                let mut client =
+                    FlightServiceClient::new(channel).max_decoding_message_size(MAX_FLIGHT_MESSAGE);
                 client
                     .do_get(ticket)
                     .await
@@ -360,10 +456,30 @@ async fn fetch_partition(
         })
         .await
         .map_err(|e| fetch_failed(loc, e.to_string()))?;
-    let stream = resp.into_inner().map_err(FlightError::from);
+    let stream = idle_timeout(resp.into_inner(), FETCH_IDLE_TIMEOUT).map_err(FlightError::from);
     Ok(FlightRecordBatchStream::new_from_flight_data(stream)
         .map_err(move |e| on_error(e.to_string()))
         .boxed())
+}
+
+/// `stream`, failing with `DEADLINE_EXCEEDED` when no item arrives for `idle`.
+fn idle_timeout<T: Send + 'static>(
+    stream: impl futures::Stream<Item = std::result::Result<T, tonic::Status>> + Send + 'static,
+    idle: Duration,
+) -> impl futures::Stream<Item = std::result::Result<T, tonic::Status>> + Send + 'static {
+    futures::stream::unfold(Some(Box::pin(stream)), move |s| async move {
+        let mut s = s?;
+        match tokio::time::timeout(idle, s.next()).await {
+            Ok(Some(item)) => Some((item, Some(s))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(tonic::Status::deadline_exceeded(format!(
+                    "shuffle stream idle for {idle:?}"
+                ))),
+                None,
+            )),
+        }
+    })
 }
 
 #[cfg(test)]
@@ -379,6 +495,80 @@ mod tests {
         ]);
         assert_eq!(schema_from_bytes(&schema_to_bytes(&s)).unwrap(), s);
     }
+
+    fn reader(hash: bool, expected: Option<Vec<u32>>, located: &[u32]) -> ShuffleReaderExec {
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
+        let mut r = ShuffleReaderExec::new(1, schema, 3, hash);
+        r.expected_map_tasks = expected;
+        r.locations = located
+            .iter()
+            .map(|&t| pb::MapOutputLocation {
+                stage_id: 1,
+                map_task: t,
+                attempt: 1,
+                ..Default::default()
+            })
+            .collect();
+        r
+    }
+
+    fn tasks(f: &[(pb::MapOutputLocation, u32)]) -> Vec<(u32, u32)> {
+        f.iter().map(|(l, p)| (l.map_task, *p)).collect()
+    }
+
+    #[test]
+    fn a_reducer_reads_exactly_the_expected_map_outputs_or_fails_typed() {
+        let all = Some(vec![0, 1, 2]);
+        let ok = reader(true, all.clone(), &[2, 0, 1]).fetches(1).unwrap();
+        assert_eq!(tasks(&ok), vec![(0, 1), (1, 1), (2, 1)]);
+        let per_map = reader(false, all.clone(), &[0, 1, 2]).fetches(2).unwrap();
+        assert_eq!(tasks(&per_map), vec![(2, 0)]);
+        for (r, part, why) in [
+            (
+                reader(true, all.clone(), &[0, 2]),
+                0,
+                "no location for map task(s) [1]",
+            ),
+            (
+                reader(false, all.clone(), &[0, 2]),
+                1,
+                "no location for map task(s) [1]",
+            ),
+            (reader(true, all.clone(), &[0, 1, 1, 2]), 0, "two locations"),
+            (reader(true, all.clone(), &[0, 1, 2, 3]), 0, "not one of"),
+            (reader(true, None, &[0, 1, 2]), 0, "does not say"),
+        ] {
+            match r.fetches(part) {
+                Err(e @ Error::IncompleteInput { .. }) => {
+                    assert!(e.to_string().contains(why), "{e}");
+                    assert_eq!(e.class(), crate::error::ErrorClass::Transient);
+                }
+                other => panic!("{why}: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_shuffle_stream_fails_after_its_idle_timeout() {
+        let silent = futures::stream::pending::<std::result::Result<u32, tonic::Status>>();
+        let mut s = Box::pin(idle_timeout(silent, Duration::from_millis(50)));
+        let e = s.next().await.unwrap().unwrap_err();
+        assert_eq!(e.code(), tonic::Code::DeadlineExceeded);
+        assert!(s.next().await.is_none());
+        let items = futures::stream::iter([Ok(1), Ok(2)]);
+        let got: Vec<_> = idle_timeout(items, Duration::from_millis(50))
+            .collect()
+            .await;
+        assert_eq!(got.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_reducer_given_partial_input_fails_instead_of_succeeding() {
+        let r = reader(true, Some(vec![0, 1]), &[]);
+        let ctx = Arc::new(TaskContext::default());
+        let e = r.execute(0, ctx).err().expect("refused");
+        assert!(e.to_string().contains("incomplete input"), "{e}");
+    }
 }
 
 /// datafusion-proto codec for our extension nodes (shuffle reads, tolerant scans).
@@ -390,6 +580,8 @@ pub struct ShuffleCodec {
     pub job_id: String,
     /// map output locations of the task being decoded
     pub locations: Vec<pb::MapOutputLocation>,
+    /// the map tasks the task being decoded must read, per input stage
+    pub input_stages: Vec<pb::InputStage>,
     /// where the task's tolerant scans collect bad records
     pub dead_letters: Arc<DeadLetters>,
 }
@@ -435,6 +627,11 @@ impl PhysicalExtensionCodec for ShuffleCodec {
                     .filter(|l| l.stage_id == node.stage_id)
                     .cloned()
                     .collect();
+                exec.expected_map_tasks = self
+                    .input_stages
+                    .iter()
+                    .find(|i| i.stage_id == node.stage_id)
+                    .map(|i| i.map_tasks.clone());
                 Ok(Arc::new(exec))
             }
             Some(pb::extension_node::Node::Scan(node)) => {

@@ -87,6 +87,18 @@ pub struct JobParams {
     /// tasks, 10 times the slowest, at least 60 s)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_timeout_ms: Option<u64>,
+    /// the derived timeout of an attempt in a stage where no task has finished yet,
+    /// when there is no duration to derive it from (default 3600000: 1 hour)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_task_timeout_ms: Option<u64>,
+    /// a job that has waited this long with no alive worker or no free task slot
+    /// raises a job_stalled alert (default 30000)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stall_alert_ms: Option<u64>,
+    /// a job that has waited this long with no alive worker or no free task slot
+    /// fails (default: it waits)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_stall_ms: Option<u64>,
     /// adapt the per-task attempt limit (lower it when one cause repeats on several
     /// workers, raise it within twice max_task_attempts when a worker with a high
     /// transient failure rate would exhaust a task); default true, and off when
@@ -113,8 +125,14 @@ pub struct Speculation {
     pub min_runtime_ms: u64,
 }
 
+/// Most shuffle partitions a stage may have: every map task writes one file per
+/// partition and every reducer opens one stream per map task.
+pub const MAX_SHUFFLE_PARTITIONS: u32 = 10_000;
+
 /// Floor of the derived task timeout.
 pub const MIN_DERIVED_TASK_TIMEOUT_MS: u64 = 60_000;
+/// Timeout of attempts in a stage where nothing has finished yet (1 hour).
+pub const DEFAULT_FIRST_TASK_TIMEOUT_MS: u64 = 3_600_000;
 /// The derived task timeout is this many times the stage's slowest finished task.
 pub const DERIVED_TASK_TIMEOUT_FACTOR: u64 = 10;
 
@@ -155,14 +173,23 @@ impl JobParams {
         }
     }
     /// The timeout of a stage's attempts, and how it was chosen, given the durations
-    /// of its finished tasks; `None` when there is none (turned off, or derived and
-    /// nothing finished yet).
+    /// of its finished tasks; `None` only when timeouts are turned off.
     pub fn task_timeout_ms(&self, finished_ms: &[u64]) -> Option<(u64, String)> {
         match self.task_timeout_ms {
             Some(0) => None,
             Some(ms) => Some((ms, format!("task_timeout_ms = {ms}"))),
             None => {
-                let slowest = finished_ms.iter().copied().max()?;
+                let Some(slowest) = finished_ms.iter().copied().max() else {
+                    let ms = self
+                        .first_task_timeout_ms
+                        .unwrap_or(DEFAULT_FIRST_TASK_TIMEOUT_MS);
+                    return Some((
+                        ms,
+                        format!(
+                            "no task of the stage has finished yet: first_task_timeout_ms = {ms}"
+                        ),
+                    ));
+                };
                 let ms = (slowest * DERIVED_TASK_TIMEOUT_FACTOR).max(MIN_DERIVED_TASK_TIMEOUT_MS);
                 Some((
                     ms,
@@ -353,6 +380,10 @@ pub struct SinkSpec {
     /// overwrite (default) | append | error_if_exists
     #[serde(default)]
     pub mode: SinkMode,
+    /// overwrite also deletes files in the sink directory that no autopipe job
+    /// committed (by default only what earlier jobs committed there is replaced)
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overwrite_foreign: bool,
     /// where records that failed to parse or convert are written, one directory per
     /// job (default: the sink path with ".dead-letter" appended, a sibling)
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -525,11 +556,13 @@ impl PipelineSpec {
                 ));
             }
         }
-        if let Some(0) = self.job.params.shuffle_partitions {
-            return Err(err(
-                "job.params.shuffle_partitions".into(),
-                "must be at least 1".into(),
-            ));
+        if let Some(n) = self.job.params.shuffle_partitions {
+            if !(1..=MAX_SHUFFLE_PARTITIONS).contains(&n) {
+                return Err(err(
+                    "job.params.shuffle_partitions".into(),
+                    format!("{n} must be between 1 and {MAX_SHUFFLE_PARTITIONS}"),
+                ));
+            }
         }
         Ok(())
     }
@@ -693,7 +726,12 @@ fn toml_key(text: &str, e: &toml::de::Error) -> String {
 }
 
 fn json_key_hint(msg: &str) -> String {
-    msg.split('`').nth(1).unwrap_or("-").to_string()
+    // why: the quoted name can be empty (`unknown variant ``` for `"mode": ""`, or a
+    // key that is a backtick), and an error with an empty key names nothing
+    match msg.split('`').nth(1) {
+        Some(key) if !key.is_empty() => key.to_string(),
+        _ => "-".to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -760,6 +798,17 @@ partition_by = ["country"]
         let bad = GOOD.replace("\"32MiB\"", "\"32 parsecs\"");
         let e = PipelineSpec::parse(&bad, "t.toml").unwrap_err().to_string();
         assert!(e.contains("target_partition_bytes"), "{e}");
+        for n in ["0", "10001", "4000000000"] {
+            let bad = GOOD.replace(
+                "[job.params]",
+                &format!("[job.params]\nshuffle_partitions = {n}"),
+            );
+            let e = PipelineSpec::parse(&bad, "t.toml").unwrap_err().to_string();
+            assert!(
+                e.contains("shuffle_partitions") && e.contains("between 1 and 10000"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

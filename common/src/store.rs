@@ -116,6 +116,78 @@ pub async fn delete_prefix(store: &dyn ObjectStore, prefix: &StorePath) -> Resul
     Ok(())
 }
 
+/// The characters that make a source path a glob (as the `glob` crate reads them).
+const GLOB_CHARS: [char; 3] = ['*', '?', '['];
+
+/// Whether a source path or URL is a glob.
+pub fn is_glob(path: &str) -> bool {
+    path.contains(GLOB_CHARS)
+}
+
+/// A glob split at its longest literal directory prefix: `(prefix, pattern)`, the
+/// prefix up to and including the last `/` before the first glob character
+/// (`file:///a/b/*.parquet` → `file:///a/b/`, `/a/b*/c.csv` → `/a/`,
+/// `s3://bucket/x/y/**/*.csv` → `s3://bucket/x/y/`). `None` when `path` is no glob.
+pub fn glob_prefix(path: &str) -> Option<(&str, &str)> {
+    let first = path.find(GLOB_CHARS)?;
+    let cut = path[..first].rfind('/').map_or(0, |i| i + 1);
+    Some(path.split_at(cut))
+}
+
+/// The files that the glob URL `url` names, ending in `ext`, sorted by path. Only the
+/// glob's literal prefix is listed (one level when the pattern has no `/`), never the
+/// whole store. The pattern matches paths relative to the prefix; `*`, `?` and `[…]`
+/// stay within one path segment and `**` crosses segments, as in a shell.
+pub async fn list_glob(
+    store: &dyn ObjectStore,
+    url: &str,
+    ext: &str,
+) -> Result<Vec<object_store::ObjectMeta>> {
+    use futures::TryStreamExt;
+    let Some((prefix, pattern)) = glob_prefix(url) else {
+        return Err(Error::Permanent(format!("'{url}' is not a glob")));
+    };
+    let prefix_url = parse_url(prefix)
+        .ok()
+        .filter(|u| u.scheme() == "file" || !u.host_str().unwrap_or("").is_empty())
+        .ok_or_else(|| {
+            Error::Permanent(format!(
+                "'{url}': a glob must come after the scheme and bucket (e.g. s3://bucket/dir/*.csv)"
+            ))
+        })?;
+    let glob = glob::Pattern::new(pattern)
+        .map_err(|e| Error::Permanent(format!("bad glob '{pattern}' in '{url}': {e}")))?;
+    let base = StorePath::from_url_path(prefix_url.path())
+        .map_err(|e| Error::Permanent(format!("bad path in '{url}': {e}")))?;
+    let listed: Vec<object_store::ObjectMeta> = if pattern.contains('/') {
+        store.list(Some(&base)).try_collect().await?
+    } else {
+        store.list_with_delimiter(Some(&base)).await?.objects
+    };
+    let options = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: false,
+    };
+    let mut files: Vec<_> = listed
+        .into_iter()
+        .filter(|m| {
+            let loc = m.location.as_ref();
+            let rel = match loc.strip_prefix(base.as_ref()) {
+                Some(r) if base.as_ref().is_empty() => r,
+                Some(r) => match r.strip_prefix('/') {
+                    Some(r) => r,
+                    None => return false,
+                },
+                None => return false,
+            };
+            loc.ends_with(ext) && glob.matches_with(rel, options)
+        })
+        .collect();
+    files.sort_by(|a, b| a.location.cmp(&b.location));
+    Ok(files)
+}
+
 /// Joins a directory URL and a relative path.
 pub fn join_url(dir: &str, rel: &str) -> String {
     let mut d = dir.to_string();
@@ -123,4 +195,109 @@ pub fn join_url(dir: &str, rel: &str) -> String {
         d.push('/');
     }
     d + rel.trim_start_matches('/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+    use object_store::{ObjectStoreExt, PutPayload};
+
+    #[test]
+    fn a_glob_is_split_at_its_longest_literal_directory() {
+        assert_eq!(glob_prefix("/a/b/*.parquet"), Some(("/a/b/", "*.parquet")));
+        assert_eq!(glob_prefix("/a/b*/c.csv"), Some(("/a/", "b*/c.csv")));
+        assert_eq!(
+            glob_prefix("s3://bucket/x/y/**/*.csv"),
+            Some(("s3://bucket/x/y/", "**/*.csv"))
+        );
+        assert_eq!(
+            glob_prefix("file:///data/events/part-?.parquet"),
+            Some(("file:///data/events/", "part-?.parquet"))
+        );
+        assert_eq!(
+            glob_prefix("file:///data/[ab]/x.csv"),
+            Some(("file:///data/", "[ab]/x.csv"))
+        );
+        assert_eq!(glob_prefix("*.csv"), Some(("", "*.csv")));
+        assert_eq!(glob_prefix("file:///data/events/"), None);
+        assert_eq!(glob_prefix("s3://bucket/x.csv"), None);
+        assert!(is_glob("data/*.csv") && !is_glob("data/x.csv"));
+    }
+
+    #[tokio::test]
+    async fn a_glob_lists_the_matching_files_below_its_prefix() {
+        let store = InMemory::new();
+        for p in [
+            "other/a.parquet",
+            "data/a.parquet",
+            "data/b.parquet",
+            "data/b.parquet.bak",
+            "data/notes.txt",
+            "data/sub/c.parquet",
+            "data/sub/deeper/d.parquet",
+            "data2/e.parquet",
+        ] {
+            store
+                .put(&StorePath::from(p), PutPayload::from_static(b"x"))
+                .await
+                .unwrap();
+        }
+        let names = |url: &'static str, ext: &'static str| {
+            let store = &store;
+            async move {
+                list_glob(store, url, ext)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|m| m.location.to_string())
+                    .collect::<Vec<_>>()
+            }
+        };
+        // `*` stays within its directory
+        assert_eq!(
+            names("memory://t/data/*.parquet", ".parquet").await,
+            ["data/a.parquet", "data/b.parquet"]
+        );
+        // `**` crosses directories
+        assert_eq!(
+            names("memory://t/data/**/*.parquet", ".parquet").await,
+            [
+                "data/a.parquet",
+                "data/b.parquet",
+                "data/sub/c.parquet",
+                "data/sub/deeper/d.parquet"
+            ]
+        );
+        // a glob in a directory name
+        assert_eq!(
+            names("memory://t/data?/*.parquet", ".parquet").await,
+            ["data2/e.parquet"]
+        );
+        assert_eq!(
+            names("memory://t/data*/*.parquet", ".parquet").await,
+            ["data/a.parquet", "data/b.parquet", "data2/e.parquet"]
+        );
+        assert_eq!(
+            names("memory://t/data/?.parquet", "").await,
+            ["data/a.parquet", "data/b.parquet"]
+        );
+        assert_eq!(
+            names("memory://t/data/b.*", "").await,
+            ["data/b.parquet", "data/b.parquet.bak"]
+        );
+        assert_eq!(
+            names("memory://t/data/b.*", ".parquet").await,
+            ["data/b.parquet"]
+        );
+        assert!(names("memory://t/none/*.parquet", "").await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_glob_in_the_bucket_name_is_refused() {
+        let e = list_glob(&InMemory::new(), "s3://bu*/x.csv", "")
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("bucket"), "{e}");
+    }
 }

@@ -27,3 +27,7 @@ pub struct TaskResult {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub dead_letter_file: String,
 }
+
+/// The message of a worker's `RESOURCE_EXHAUSTED` answer to a launch it refused
+/// before starting anything (all its slots busy): the attempt never ran.
+pub const NO_FREE_SLOT: &str = "no free task slot";

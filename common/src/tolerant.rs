@@ -135,15 +135,27 @@ impl TolerantTable {
         format: RecordFormat,
         schema: SchemaRef,
     ) -> Result<Self> {
-        let table_url = ListingTableUrl::parse(url)?;
+        // a glob is listed below its literal prefix (DataFusion would take it for a file)
+        let glob = crate::store::glob_prefix(url);
+        let table_url = ListingTableUrl::parse(glob.map_or(url, |(prefix, _)| prefix))?;
         let store_url = table_url.object_store();
         let store = state.runtime_env().object_store(&store_url)?;
-        let mut files: Vec<(String, u64)> = table_url
-            .list_all_files(state, store.as_ref(), ext)
-            .await?
-            .map_ok(|m| (m.location.to_string(), m.size))
-            .try_collect()
-            .await?;
+        let mut files: Vec<(String, u64)> = match glob {
+            Some(_) => crate::store::list_glob(store.as_ref(), url, ext)
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?
+                .into_iter()
+                .map(|m| (m.location.to_string(), m.size))
+                .collect(),
+            None => {
+                table_url
+                    .list_all_files(state, store.as_ref(), ext)
+                    .await?
+                    .map_ok(|m| (m.location.to_string(), m.size))
+                    .try_collect()
+                    .await?
+            }
+        };
         files.sort();
         Ok(Self {
             source: source.to_string(),

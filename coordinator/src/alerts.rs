@@ -1,6 +1,6 @@
 //! Critical events, raised by the leader's loops (never by the state machine): a job
 //! failed, a worker was lost, a job's bad-record ratio was exceeded, the retry budget
-//! ran out. Each is a structured log event (target `alert`), a
+//! ran out, a job stalled. Each is a structured log event (target `alert`), a
 //! Prometheus counter (`autopipe_alerts_total{kind}`) and, when `--alert-webhook` is
 //! set, a JSON POST to that URL (best effort, 5 s deadline, not retried, so a sick
 //! receiver cannot slow the scheduler).
@@ -20,6 +20,9 @@ pub enum AlertKind {
     BadRecordRatio,
     /// the coordinator's retry budget ran out: failures are no longer retried at once
     RetryBudgetExhausted,
+    /// a job has waited longer than its stall_alert_ms with no alive worker or no
+    /// free task slot
+    JobStalled,
 }
 
 impl AlertKind {
@@ -30,6 +33,7 @@ impl AlertKind {
             AlertKind::WorkerLost => "worker_lost",
             AlertKind::BadRecordRatio => "bad_record_ratio_exceeded",
             AlertKind::RetryBudgetExhausted => "retry_budget_exhausted",
+            AlertKind::JobStalled => "job_stalled",
         }
     }
 }

@@ -7,7 +7,7 @@ use crate::metrics::Metrics;
 use crate::raft::{Applied, Raft, RaftConfig, RaftError};
 use crate::state::{ApplyError, Command, Outcome, State, WorkerState};
 use autopipe_common::error::{Error, Result};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -65,6 +65,9 @@ pub struct Liveness {
     pub retry_budget_exhausted: u64,
     /// probed since this heartbeat (its heartbeats are late)
     pub probed: bool,
+    /// the attempts it runs, as it last reported: a cancelled attempt holds its slot
+    /// until the worker no longer lists it
+    pub running: Vec<autopipe_proto::TaskKey>,
 }
 
 impl Liveness {
@@ -78,6 +81,7 @@ impl Liveness {
             unreachable: false,
             retry_budget_exhausted: 0,
             probed: false,
+            running: vec![],
         }
     }
 }
@@ -153,9 +157,12 @@ impl Core {
     }
 
     /// Gives every worker the state knows as alive a fresh grace period to heartbeat
-    /// (on becoming leader: heartbeats went to the previous one).
+    /// (on becoming leader: heartbeats went to the previous one). An entry left from an
+    /// earlier term of this node is replaced, not kept: its last heartbeat is as old as
+    /// that term, and would have every worker declared lost at once. Workers the state
+    /// no longer knows as alive are forgotten.
     pub fn seed_liveness(&self) {
-        let alive: Vec<String> = self.read(|s| {
+        let alive: HashSet<String> = self.read(|s| {
             s.workers
                 .values()
                 .filter(|w| w.state == WorkerState::Alive)
@@ -163,9 +170,22 @@ impl Core {
                 .collect()
         });
         let mut live = self.liveness.lock().expect("liveness lock poisoned");
+        live.retain(|id, _| alive.contains(id));
         for id in alive {
-            live.entry(id).or_insert_with(|| Liveness::now(0.0, 0));
+            let mut fresh = Liveness::now(0.0, 0);
+            // the worker's retry-budget count is cumulative: alerts compare against it
+            fresh.retry_budget_exhausted = live.get(&id).map_or(0, |l| l.retry_budget_exhausted);
+            live.insert(id, fresh);
         }
+    }
+
+    /// Forgets every worker's liveness (on stepping down: heartbeats now go to the new
+    /// leader, and what this node saw would only age).
+    pub fn forget_liveness(&self) {
+        self.liveness
+            .lock()
+            .expect("liveness lock poisoned")
+            .clear();
     }
 
     /// Validates `cmd` against the applied state, replicates it and answers once it is

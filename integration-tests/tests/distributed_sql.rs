@@ -10,7 +10,7 @@ use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use integration_tests::oracle::{actual, assert_same, expected};
 use integration_tests::{cli, files_under, http_get, metric_sum, spawn_server, Cluster};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 struct Case {
@@ -181,6 +181,87 @@ async fn write_copies(data: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Copies of some of `dir/data`'s Parquet and CSV event files into `data/globbed/`,
+/// beside files and a subdirectory that the globs `data/globbed/keep-*.parquet` and
+/// `data/globbed/keep-*.csv` must skip, and the matching files alone into
+/// `data/glob_oracle_*/`. Returns a spec that reads the globs and one that reads
+/// the oracle directories, with the same query.
+fn glob_specs(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let data = dir.join("data");
+    let sorted = |d: &Path, ext: &str| -> Result<Vec<PathBuf>> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(d)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == ext))
+            .collect();
+        v.sort();
+        Ok(v)
+    };
+    let parquet = sorted(&data.join("events"), "parquet")?;
+    let csv = sorted(&data.join("events_csv"), "csv")?;
+    let globbed = data.join("globbed");
+    let (op, oc) = (
+        data.join("glob_oracle_parquet"),
+        data.join("glob_oracle_csv"),
+    );
+    for d in [globbed.join("sub"), op.clone(), oc.clone()] {
+        std::fs::create_dir_all(d)?;
+    }
+    for (from, to) in [
+        (&parquet[0], globbed.join("keep-0.parquet")),
+        (&parquet[1], globbed.join("keep-1.parquet")),
+        (&parquet[2], globbed.join("skip-2.parquet")),
+        (&parquet[3], globbed.join("sub/keep-3.parquet")),
+        (&parquet[4], globbed.join("keep-4.parquet.bak")),
+        (&parquet[0], op.join("keep-0.parquet")),
+        (&parquet[1], op.join("keep-1.parquet")),
+        (&csv[0], globbed.join("keep-0.csv")),
+        (&csv[0], globbed.join("skip-0.csv")),
+        (&csv[0], globbed.join("sub/keep-0.csv")),
+        (&csv[0], oc.join("keep-0.csv")),
+    ] {
+        std::fs::copy(from, to)?;
+    }
+    let spec = |name: &str, events: &str, events_csv: &str| -> Result<PathBuf> {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+[job]
+name = "{name}"
+[[sources]]
+name = "events"
+format = "parquet"
+path = "{events}"
+[[sources]]
+name = "events_csv"
+format = "csv"
+path = "{events_csv}"
+[transform]
+sql = "SELECT event_id, amount, 'parquet' AS src FROM events UNION ALL SELECT event_id, amount, 'csv' AS src FROM events_csv"
+[sink]
+format = "parquet"
+path = "out/{name}"
+"#
+            ),
+        )?;
+        Ok(path)
+    };
+    Ok((
+        spec(
+            "glob_sources",
+            "data/globbed/keep-*.parquet",
+            "data/globbed/keep-*.csv",
+        )?,
+        spec(
+            "glob_oracle",
+            "data/glob_oracle_parquet",
+            "data/glob_oracle_csv",
+        )?,
+    ))
+}
+
 #[test]
 fn distributed_queries_match_single_process_datafusion() -> Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
@@ -278,7 +359,27 @@ fn distributed_queries_match_single_process_datafusion() -> Result<()> {
 
     // partition_by wrote hive directories
     let files = files_under(&out.join("revenue_by_country"));
-    assert!(files.iter().all(|f| f.starts_with("country=")), "{files:?}");
+    // (and the commit's _SUCCESS manifest, written last)
+    assert!(files.iter().any(|f| f == "_SUCCESS"), "{files:?}");
+    assert!(
+        files
+            .iter()
+            .all(|f| f == "_SUCCESS" || f.starts_with("country=")),
+        "{files:?}"
+    );
+
+    // a glob source (relative, as in the README) reads exactly its matching files; the
+    // oracle reads directories that hold only those files
+    let (glob_spec, oracle_spec) = glob_specs(dir.path())?;
+    let v = cluster.cli_json(&["submit", glob_spec.to_str().expect("utf8"), "--wait"])?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    rt.block_on(async {
+        let spec = PipelineSpec::from_file(&glob_spec)?.normalize(dir.path(), "t")?;
+        let oracle = PipelineSpec::from_file(&oracle_spec)?.normalize(dir.path(), "t")?;
+        let (names, types, exp) = expected(&oracle).await?;
+        let act = actual(&spec, &names, &types).await?;
+        assert_same("glob_sources", exp, act)
+    })?;
 
     // a run-time error fails the job and leaves no output
     let bad = dir.path().join("bad.toml");

@@ -149,6 +149,71 @@ fn map_outputs_lost_with_their_worker_are_recomputed() -> Result<()> {
     Ok(())
 }
 
+/// Issue 11.1: a reducer stuck on a slow worker becomes a straggler just after a
+/// worker holding map outputs is lost. A speculative copy launched then would read
+/// the surviving outputs only, succeed, win, and silently miss rows; it must wait
+/// until the lost outputs are recomputed.
+#[test]
+fn a_straggling_reducer_is_never_copied_onto_partial_input() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    gen_clickstream(&dir.path().join("data"), 20_000, 6)?;
+    // a straggler after 10 s once half the reducers finished; the loss is known
+    // within about 3 s of the kill, long before
+    let spec = integration_tests::aggregation_job(
+        dir.path(),
+        "partial_input",
+        "speculation_quantile = 0.5\nspeculation_multiplier = 1.0\nspeculation_min_runtime_ms = 10000",
+    )?;
+    let flight_only = "--no-host-local-shuffle";
+    // worker 0 holds map outputs; worker 1 holds its reducer for 10 minutes
+    let mut c = Cluster::start_full(1, 2, &[flight_only], LOST_AFTER)?;
+    c.add_worker_with(
+        1,
+        &[
+            flight_only,
+            "--test-task-delay-ms",
+            "600000",
+            "--test-task-delay-stage",
+            "1",
+        ],
+    )?;
+    c.wait_for(Duration::from_secs(60), "2 workers", |c| {
+        Ok(c.alive_workers()? == 2)
+    })?;
+    let id = submit(&c, &spec)?;
+    c.wait_for(Duration::from_secs(60), "half the reducers done", |c| {
+        let v = c.cli_json(&["status", &id])?;
+        let reduce = &v["stage_details"][1];
+        Ok(reduce["tasks_done"].as_u64().unwrap_or(0) >= 5)
+    })?;
+    c.workers[0].kill();
+    // the lost map outputs are recomputed on a new worker, slowly (15 s): the
+    // reducer crosses its straggler threshold while they are missing (the worker has
+    // more slots than there are map tasks: a copy would find one)
+    c.add_worker_with(
+        8,
+        &[
+            flight_only,
+            "--test-task-delay-ms",
+            "15000",
+            "--test-task-delay-stage",
+            "0",
+        ],
+    )?;
+    let v = wait_done(&c, &id)?;
+    check(dir.path(), &spec, &v)?;
+    let ds = c.cli_json(&["decisions", &id])?;
+    eprintln!("DECISIONS {ds:#}");
+    let copies: Vec<_> = ds
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["kind"] == "speculation")
+        .collect();
+    assert!(!copies.is_empty(), "the stuck reducer was copied: {ds}");
+    Ok(())
+}
+
 #[test]
 fn every_worker_killed_and_two_new_ones_finish_the_job() -> Result<()> {
     let dir = tempfile::tempdir()?;

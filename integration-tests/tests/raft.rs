@@ -65,8 +65,9 @@ fn the_leader_dies_mid_job_and_the_job_completes_exactly_once() -> Result<()> {
     let jobs = g.cli_json(&["jobs"])?;
     assert_eq!(jobs.as_array().map(Vec::len), Some(1), "{jobs}");
     let files = files_under(&dir.path().join("out/failover"));
+    assert!(files.iter().any(|f| f == "_SUCCESS"), "{files:?}");
     assert_eq!(
-        files.len() as u64,
+        files.len() as u64 - 1,
         v["files_out"].as_u64().unwrap_or(0),
         "{files:?}"
     );
@@ -294,5 +295,94 @@ fn a_partitioned_leader_steps_down_and_the_others_elect_a_new_one() -> Result<()
         Ok(follows(&g.cluster_at(new)?, old))
     })?;
     g.kill(old);
+    Ok(())
+}
+
+/// Hands leadership to member `to` (asking whoever leads now) and waits until the
+/// group agrees on it.
+fn transfer_leader(g: &Group, to: u64) -> Result<()> {
+    let c = g.cli_json(&["admin", "transfer-leader", &to.to_string()])?;
+    assert_eq!(c["leader_id"].as_u64(), Some(to), "{c}");
+    wait_until(Duration::from_secs(30), "the new leader", || {
+        Ok(g.leader()? == Some(to))
+    })
+}
+
+/// Workers that some coordinator declared lost: listed as lost, or counted in the
+/// `worker_lost` alerts of any member.
+fn workers_declared_lost(g: &Group) -> Result<Vec<String>> {
+    let mut lost: Vec<String> = g
+        .cli_json(&["workers"])?
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|w| w["state"] != "alive")
+        .map(|w| w["worker_id"].to_string())
+        .collect();
+    for (id, c) in &g.coordinators {
+        let m = integration_tests::http_get(&c.http, "/metrics")?;
+        if let Some(l) = m.lines().find(|l| {
+            l.starts_with("autopipe_alerts_total{kind=\"worker_lost\"}")
+                && l.split_whitespace().last() != Some("0")
+        }) {
+            lost.push(format!("member {id}: {l}"));
+        }
+    }
+    Ok(lost)
+}
+
+#[test]
+fn a_former_leader_elected_again_declares_no_worker_lost() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    gen_clickstream(&dir.path().join("data"), 20_000, 4)?;
+    let spec = join_job(dir.path(), "reelection")?;
+    // workers heartbeat every second and are lost after 3 s of silence; each task takes
+    // 3 s, so the job (three stages on 4 slots) outlasts both transfers
+    let heartbeat_timeout = Duration::from_secs(3);
+    let g = Group::start_with(
+        3,
+        2,
+        2,
+        &["--test-task-delay-ms", "3000"],
+        &["--heartbeat-timeout", "3"],
+    )?;
+    if g.leader()? != Some(1) {
+        transfer_leader(&g, 1)?;
+    }
+    let v = g.cli_json(&["submit", spec.to_str().expect("utf8")])?;
+    let id = v["job_id"].as_str().expect("job id").to_string();
+    wait_until(Duration::from_secs(60), "a running task", || {
+        let ws = g.cli_json(&["workers"])?;
+        Ok(ws.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|w| w["running_tasks"].as_u64().unwrap_or(0) > 0)
+        }))
+    })?;
+
+    transfer_leader(&g, 2)?;
+    // member 1 now only holds heartbeats older than the timeout
+    let since = std::time::Instant::now();
+    wait_until(
+        Duration::from_secs(30),
+        "longer than the heartbeat timeout under leader 2",
+        || Ok(since.elapsed() > heartbeat_timeout + Duration::from_secs(1)),
+    )?;
+    assert_eq!(g.leader()?, Some(2));
+    assert_eq!(job_state(&g, &id)?["state"], "running");
+    transfer_leader(&g, 1)?;
+
+    wait_until(Duration::from_secs(180), "the job to finish", || {
+        let v = job_state(&g, &id)?;
+        Ok(v["state"] != "running" && v["state"] != "committing")
+    })?;
+    let v = job_state(&g, &id)?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    check_spec_output(dir.path(), &spec)?;
+    assert_eq!(g.leader()?, Some(1), "member 1 led to the end");
+    let lost = workers_declared_lost(&g)?;
+    assert!(lost.is_empty(), "workers declared lost: {lost:?}");
+    let ws = g.cli_json(&["workers"])?;
+    assert_eq!(ws.as_array().map(Vec::len), Some(2), "{ws}");
     Ok(())
 }

@@ -11,11 +11,13 @@ use autopipe_common::leader::Coordinators;
 use autopipe_common::retry::RetryPolicy;
 use autopipe_common::shuffle::channel_to;
 use autopipe_proto as pb;
+use futures::FutureExt;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 type Key = (String, u32, u32, u32);
@@ -41,7 +43,39 @@ pub struct WorkerShared {
     pub coordinators: Coordinators,
     slots: Arc<Semaphore>,
     worker_id: Mutex<Option<String>>,
-    running: Mutex<HashMap<Key, tokio::task::AbortHandle>>,
+    running: Mutex<HashMap<Key, Running>>,
+}
+
+/// An attempt that holds a slot: listed in heartbeats until its task has ended, also
+/// after a cancel, so the coordinator counts its slot busy until it is really free.
+struct Running {
+    /// checked by the task between batches
+    cancel: CancellationToken,
+    /// stops it at its next await point
+    abort: tokio::task::AbortHandle,
+}
+
+impl Running {
+    /// Asks the attempt to stop; true the first time.
+    fn stop(&self) -> bool {
+        let first = !self.cancel.is_cancelled();
+        self.cancel.cancel();
+        self.abort.abort();
+        first
+    }
+}
+
+/// Removes an attempt from the running list when its task ends, however it ends
+/// (finished, failed, panicked or aborted).
+struct Listed {
+    shared: Arc<WorkerShared>,
+    key: Key,
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        self.shared.running.lock().expect("lock").remove(&self.key);
+    }
 }
 
 impl WorkerShared {
@@ -93,10 +127,12 @@ impl WorkerShared {
         self.slots.available_permits() as u32
     }
 
-    /// Aborts every running task.
+    /// Stops every running task (each leaves the running list once it has ended).
     pub fn cancel_all(&self) {
-        for (_, h) in self.running.lock().expect("lock").drain() {
-            h.abort();
+        for r in self.running.lock().expect("lock").values() {
+            if r.stop() {
+                self.metrics.task_done("cancelled");
+            }
         }
     }
 }
@@ -151,7 +187,7 @@ impl pb::worker_control_server::WorkerControl for Control {
             .await
             .ok()
             .and_then(Result::ok)
-            .ok_or_else(|| Status::resource_exhausted("no free task slot"))?;
+            .ok_or_else(|| Status::resource_exhausted(autopipe_common::task::NO_FREE_SLOT))?;
         let shared = self.shared.clone();
         let k = key_of(&key);
         let mut running = self.shared.running.lock().expect("lock");
@@ -159,25 +195,64 @@ impl pb::worker_control_server::WorkerControl for Control {
             return Err(Status::already_exists("task attempt is already running"));
         }
         let guard = RunningGauge::new(shared.metrics.clone());
-        let delay = shared.config.test_task_delay;
+        let delay = match shared.config.test_delay_stage {
+            Some(stage) if stage != key.stage_id => Duration::ZERO,
+            _ => shared.config.test_task_delay,
+        };
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        let listed = Listed {
+            shared: shared.clone(),
+            key: k.clone(),
+        };
+        // Spawned paused, so that it is listed before it can end.
+        let (go, ready) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
+            let _listed = listed;
+            if ready.await.is_err() {
+                return;
+            }
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await; // test-only: a deliberately slow worker
             }
-            let result = if shared.config.test_fail_first_attempt && key.attempt == 1 {
-                // test-only: a transient failure of every first attempt
-                Err(Error::Transient("test: first attempts fail".into()))
-            } else {
-                run_task(&def, &shared.shuffle).await
+            let run = async {
+                if shared.config.test_fail_first_attempt && key.attempt == 1 {
+                    // test-only: a transient failure of every first attempt
+                    Err(Error::Transient("test: first attempts fail".into()))
+                } else if shared.config.test_panic_tasks {
+                    panic!("test: every task panics");
+                } else {
+                    run_task(&def, &shared.shuffle, &stop).await
+                }
             };
+            // A panic is this attempt's failure, not the worker's end: caught and
+            // reported like any error (retried elsewhere, counted).
+            let result = std::panic::AssertUnwindSafe(run)
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|p| {
+                    Err(Error::Transient(format!(
+                        "task panicked: {}",
+                        panic_message(&*p)
+                    )))
+                });
             drop(permit);
             drop(guard);
+            if stop.is_cancelled() {
+                return; // nobody wants its result
+            }
             // The attempt stays in the heartbeat's running list until its report is
             // acknowledged, so the coordinator never mistakes it for a lost launch.
             report(&shared, &worker_id, key.clone(), result).await;
-            shared.running.lock().expect("lock").remove(&key_of(&key));
         });
-        running.insert(k, handle.abort_handle());
+        running.insert(
+            k,
+            Running {
+                cancel,
+                abort: handle.abort_handle(),
+            },
+        );
+        let _ = go.send(());
         Ok(Response::new(pb::LaunchTaskResponse {}))
     }
 
@@ -186,14 +261,15 @@ impl pb::worker_control_server::WorkerControl for Control {
         req: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::CancelTaskResponse>, Status> {
         if let Some(k) = req.into_inner().key {
-            if let Some(h) = self
+            // it stays listed (its slot busy) until its task has really ended
+            let first = self
                 .shared
                 .running
                 .lock()
                 .expect("lock")
-                .remove(&key_of(&k))
-            {
-                h.abort();
+                .get(&key_of(&k))
+                .is_some_and(Running::stop);
+            if first {
                 self.shared.metrics.task_done("cancelled");
             }
         }
@@ -295,6 +371,14 @@ async fn report(
     if let Err(e) = r {
         tracing::error!(job = %key.job_id, stage = key.stage_id, task = key.task, "could not report task status: {e}");
     }
+}
+
+/// The message a panic carried.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// DataFusion wraps our errors (e.g. FetchFailed from the shuffle reader) as External;

@@ -17,6 +17,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::config::{CsvOptions, JsonOptions, TableParquetOptions};
 use datafusion::common::file_options::csv_writer::CsvWriterOptions;
 use datafusion::common::file_options::json_writer::JsonWriterOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::file_format::csv::CsvSink;
 use datafusion::datasource::file_format::json::JsonSink;
 use datafusion::datasource::file_format::parquet::ParquetSink;
@@ -26,9 +27,14 @@ use datafusion::datasource::physical_plan::{
 };
 use datafusion::datasource::sink::DataSink;
 use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::DataFusionError;
 use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::dml::InsertOp;
+use datafusion::physical_expr::Partitioning;
+use datafusion::physical_plan::coop::CooperativeExec;
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::repartition::{BatchPartitioner, RepartitionExec};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::union::UnionExec;
@@ -39,9 +45,14 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-/// Runs `def` to completion.
-pub async fn run_task(def: &pb::TaskDefinition, shuffle: &ShuffleStore) -> Result<TaskResult> {
+/// Runs `def` to completion, or until `cancel` (checked between batches).
+pub async fn run_task(
+    def: &pb::TaskDefinition,
+    shuffle: &ShuffleStore,
+    cancel: &CancellationToken,
+) -> Result<TaskResult> {
     let started = Instant::now();
     let key = def
         .key
@@ -54,25 +65,28 @@ pub async fn run_task(def: &pb::TaskDefinition, shuffle: &ShuffleStore) -> Resul
     let codec = ShuffleCodec {
         job_id: key.job_id.clone(),
         locations: def.inputs.clone(),
+        input_stages: def.input_stages.clone(),
         dead_letters: dead_letters.clone(),
     };
     let plan = physical_plan_from_bytes_with_extension_codec(&def.plan, &task_ctx, &codec)
         .map_err(|e| Error::Permanent(format!("cannot decode stage plan: {e}")))?;
+    let plan = cooperative(plan)?;
     let partition = key.task as usize;
     let mut out = match &def.output {
         Some(pb::task_definition::Output::Shuffle(s)) => {
+            let input = cancellable(&map_input(&plan).0, partition, task_ctx.clone(), cancel)?;
             run_map(
                 &plan,
+                input,
                 partition,
                 s.partitions as usize,
                 &key,
                 shuffle,
-                task_ctx.clone(),
             )
             .await?
         }
         Some(pb::task_definition::Output::Sink(s)) => {
-            run_sink(&plan, partition, s, task_ctx.clone()).await?
+            run_sink(&plan, partition, s, task_ctx.clone(), cancel).await?
         }
         None => return Err(Error::Permanent("task definition without an output".into())),
     };
@@ -87,18 +101,75 @@ pub async fn run_task(def: &pb::TaskDefinition, shuffle: &ShuffleStore) -> Resul
     Ok(out)
 }
 
+/// `plan` with every operator's input wrapped in DataFusion's `CooperativeExec`: each
+/// batch that crosses an edge spends the task's tokio budget, so an operator that
+/// loops over a child that never waits (a join building from another join's output)
+/// still yields to the runtime every 128 batches, where a cancel (an abort) lands.
+fn cooperative(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    let wrapped = plan.transform_up(|node| {
+        if node.children().is_empty() || node.is::<CooperativeExec>() {
+            return Ok(Transformed::no(node));
+        }
+        let children = node
+            .children()
+            .into_iter()
+            .map(|c| match c.is::<CooperativeExec>() {
+                true => Arc::clone(c),
+                false => Arc::new(CooperativeExec::new(Arc::clone(c))) as Arc<dyn ExecutionPlan>,
+            })
+            .collect();
+        // a CooperativeExec has its input's properties: nothing to recompute
+        let keep = ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep);
+        Ok(Transformed::yes(node.replace_children(children, keep)?))
+    })?;
+    Ok(wrapped.data)
+}
+
+/// The map side of `plan`: the input of its root repartition, if it has one.
+fn map_input(plan: &Arc<dyn ExecutionPlan>) -> (Arc<dyn ExecutionPlan>, Option<Partitioning>) {
+    match plan.downcast_ref::<RepartitionExec>() {
+        Some(rep) => (Arc::clone(rep.input()), Some(rep.partitioning().clone())),
+        None => (Arc::clone(plan), None),
+    }
+}
+
+/// Runs `partition` of `plan` as a stream that ends with an error once `cancel`
+/// fires, and yields to the runtime whenever its cooperative budget is spent: a busy
+/// join or aggregate that never waits on I/O still stops within a batch of a cancel
+/// (or an abort).
+fn cancellable(
+    plan: &Arc<dyn ExecutionPlan>,
+    partition: usize,
+    ctx: Arc<TaskContext>,
+    cancel: &CancellationToken,
+) -> Result<SendableRecordBatchStream> {
+    let stream = plan.execute(partition, ctx)?;
+    let schema = stream.schema();
+    let cancel = cancel.clone();
+    let checked = stream.then(move |batch| {
+        let cancel = cancel.clone();
+        async move {
+            tokio::task::consume_budget().await;
+            if cancel.is_cancelled() {
+                return Err(DataFusionError::External(Box::new(Error::Transient(
+                    "the attempt was cancelled".into(),
+                ))));
+            }
+            batch
+        }
+    });
+    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, checked)))
+}
+
 async fn run_map(
     plan: &Arc<dyn ExecutionPlan>,
+    mut stream: SendableRecordBatchStream,
     partition: usize,
     partitions: usize,
     key: &pb::TaskKey,
     shuffle: &ShuffleStore,
-    ctx: Arc<TaskContext>,
 ) -> Result<TaskResult> {
-    let (input, partitioning) = match plan.downcast_ref::<RepartitionExec>() {
-        Some(rep) => (Arc::clone(rep.input()), Some(rep.partitioning().clone())),
-        None => (Arc::clone(plan), None),
-    };
+    let (input, partitioning) = map_input(plan);
     let n_in = input.output_partitioning().partition_count();
     let mut partitioner = match partitioning {
         Some(p) => Some(BatchPartitioner::try_new(
@@ -112,7 +183,6 @@ async fn run_map(
     let schema = input.schema();
     let dir = shuffle.task_dir(&key.job_id, key.stage_id, key.task, key.attempt);
     let mut writers = PartitionWriters::create(dir, partitions.max(1), &schema)?;
-    let mut stream = input.execute(partition, ctx)?;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         match &mut partitioner {
@@ -138,6 +208,7 @@ async fn run_sink(
     partition: usize,
     sink: &pb::SinkOutput,
     ctx: Arc<TaskContext>,
+    cancel: &CancellationToken,
 ) -> Result<TaskResult> {
     let format = Format::parse(&sink.format)
         .ok_or_else(|| Error::Permanent(format!("unknown sink format '{}'", sink.format)))?;
@@ -191,7 +262,7 @@ async fn run_sink(
             JsonWriterOptions::try_from(&JsonOptions::default())?,
         )),
     };
-    let stream = plan.execute(partition, ctx.clone())?;
+    let stream = cancellable(plan, partition, ctx.clone(), cancel)?;
     let rows = data_sink.write_all(stream, &ctx).await?;
     if rows == 0 && partition == 0 && part_cols.is_empty() {
         // An empty result still gets one (empty) file, so readers see its schema.

@@ -39,8 +39,12 @@ pub struct WorkerConfig {
     pub heartbeat_interval: Duration,
     /// test-only: every task waits this long before it starts (a slow worker)
     pub test_task_delay: Duration,
+    /// test-only: the delay applies only to tasks of this stage (None: every task)
+    pub test_delay_stage: Option<u32>,
     /// test-only: the first attempt of every task fails with a transient error
     pub test_fail_first_attempt: bool,
+    /// test-only: every task panics
+    pub test_panic_tasks: bool,
     /// the address others reach this worker at (default: the bound listen address)
     pub advertise: Option<String>,
     /// let reducers on this machine read this worker's map outputs from its disk
@@ -58,7 +62,9 @@ impl Default for WorkerConfig {
             work_dir: PathBuf::from("autopipe-worker"),
             heartbeat_interval: Duration::from_secs(1),
             test_task_delay: Duration::ZERO,
+            test_delay_stage: None,
             test_fail_first_attempt: false,
+            test_panic_tasks: false,
             advertise: None,
             host_local_shuffle: true,
         }
@@ -119,6 +125,9 @@ pub async fn start(config: WorkerConfig, cancel: CancellationToken) -> Result<Wo
     let c1 = cancel.clone();
     let grpc_task = tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
+            // pings notice a reducer that went away mid-stream
+            .http2_keepalive_interval(Some(autopipe_common::shuffle::KEEP_ALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(autopipe_common::shuffle::KEEP_ALIVE_TIMEOUT))
             .add_service(
                 pb::worker_control_server::WorkerControlServer::new(control)
                     .max_decoding_message_size(64 << 20),

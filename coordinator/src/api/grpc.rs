@@ -11,7 +11,7 @@ use crate::state::{Command, JobState, Outcome, ShuffleHome, TaskResult, WorkerSt
 use autopipe_common::error::Error;
 use autopipe_common::leader::LEADER_KEY;
 use autopipe_common::spec::{PipelineSpec, SinkMode};
-use autopipe_common::store::{parse_url, store_for};
+use autopipe_common::store::{glob_prefix, list_glob, parse_url, store_for};
 use autopipe_common::util::now_ms;
 use autopipe_proto as pb;
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -64,19 +64,23 @@ impl Services {
         }
         let mut input_bytes = 0u64;
         for s in &spec.sources {
-            let url = parse_url(&s.path)?;
+            // a glob: its matches, listed below its literal prefix (never the whole store)
+            let glob = glob_prefix(&s.path);
+            let url = parse_url(glob.map_or(s.path.as_str(), |(prefix, _)| prefix))?;
             let (store, path) = store_for(&url)?;
-            let prefix = if s.path.contains(['*', '?']) {
-                None
+            input_bytes += if glob.is_some() {
+                list_glob(store.as_ref(), &s.path, "")
+                    .await
+                    .map(|files| files.iter().map(|m| m.size).sum())
+                    .unwrap_or(0)
             } else {
-                Some(path)
+                store
+                    .list(Some(&path))
+                    .map_ok(|m| m.size)
+                    .try_fold(0u64, |a, b| async move { Ok(a + b) })
+                    .await
+                    .unwrap_or(0)
             };
-            input_bytes += store
-                .list(prefix.as_ref())
-                .map_ok(|m| m.size)
-                .try_fold(0u64, |a, b| async move { Ok(a + b) })
-                .await
-                .unwrap_or(0);
         }
         let by_size = input_bytes.div_ceil(spec.job.params.target_partition_bytes().max(1));
         let slots = self.alive_slots().max(2) as u64;
@@ -266,7 +270,7 @@ impl pb::job_service_server::JobService for Services {
                     })
                     .await
                     .map_err(store_status)?;
-                cancel_running_attempts(&self.core, &id).await;
+                // the leader loop cancels its running attempts (cancel_orphans)
             }
         }
         self.get_job(Request::new(pb::JobId { job_id: id })).await
@@ -311,35 +315,6 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(f(tx));
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
-}
-
-/// Best-effort cancel of a job's running attempts on their workers.
-async fn cancel_running_attempts(core: &Core, job_id: &str) {
-    let targets: Vec<(String, pb::TaskKey)> = core.read(|s| {
-        let Some(job) = s.jobs.get(job_id) else {
-            return vec![];
-        };
-        let mut out = vec![];
-        for (si, st) in job.stages.iter().enumerate() {
-            for (ti, t) in st.tasks.iter().enumerate() {
-                for (attempt, worker_id, _) in t.running_attempts() {
-                    out.push((
-                        worker_id.to_string(),
-                        pb::TaskKey {
-                            job_id: job_id.to_string(),
-                            stage_id: si as u32,
-                            task: ti as u32,
-                            attempt,
-                        },
-                    ));
-                }
-            }
-        }
-        out
-    });
-    for (worker_id, key) in targets {
-        crate::scheduler::cancel_attempt(core, &worker_id, key).await;
-    }
 }
 
 #[tonic::async_trait]
@@ -398,6 +373,7 @@ impl pb::worker_service_server::WorkerService for Services {
             self.reconcile_running(&h).await;
             let mut l = Liveness::now(h.cpu_percent, h.memory_used_bytes);
             l.retry_budget_exhausted = h.retry_budget_exhausted;
+            l.running = h.running.clone();
             let before = self
                 .core
                 .liveness

@@ -64,6 +64,8 @@ pub fn job_json(j: &pb::JobStatus) -> Value {
         "output_path": j.output_path,
         "bad_records": j.bad_records,
         "dead_letter_path": j.dead_letter_path,
+        "waiting": (!j.waiting_reason.is_empty()).then(|| json!({
+            "reason": j.waiting_reason, "since_ms": j.waiting_since_ms})),
         "error": j.error.as_ref().map(|e| json!({
             "class": pb::ErrorClass::try_from(e.class).map(|c| c.as_str_name().to_ascii_lowercase()).unwrap_or_default(),
             "message": e.message,

@@ -72,6 +72,10 @@ pub fn job_status(job: &Job) -> pb::JobStatus {
             task_ms_max: task_max,
         });
     }
+    let waiting = job
+        .waiting
+        .as_ref()
+        .filter(|_| job.state == JobState::Running);
     pb::JobStatus {
         job_id: job.id.clone(),
         name: job.spec.job.name.clone(),
@@ -100,6 +104,8 @@ pub fn job_status(job: &Job) -> pb::JobStatus {
         bytes_out,
         bad_records: job.record_counts().1,
         dead_letter_path: job.dead_letter_dir(),
+        waiting_reason: waiting.map(|w| w.reason.clone()).unwrap_or_default(),
+        waiting_since_ms: waiting.map(|w| w.since_ms).unwrap_or(0),
     }
 }
 
@@ -115,7 +121,9 @@ pub fn workers(core: &Core, s: &State) -> Vec<pb::WorkerInfo> {
         .values()
         .map(|w| {
             let l = live.get(&w.id);
-            let busy = running.get(w.id.as_str()).copied().unwrap_or(0);
+            // an attempt holds its slot until the worker stops listing it
+            let listed = l.map(|l| l.running.len() as u32).unwrap_or(0);
+            let busy = running.get(w.id.as_str()).copied().unwrap_or(0).max(listed);
             pb::WorkerInfo {
                 worker_id: w.id.clone(),
                 address: w.address.clone(),

@@ -12,8 +12,10 @@ use autopipe_common::error::{Error, Result};
 use autopipe_common::session::context_for;
 use autopipe_common::shuffle::{ShuffleCodec, ShuffleReaderExec};
 use autopipe_common::spec::PipelineSpec;
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::JoinType;
+use datafusion::execution::context::SQLOptions;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement, WriteOp};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec, PartitionMode};
 use datafusion::physical_plan::repartition::RepartitionExec;
@@ -22,6 +24,7 @@ use datafusion::physical_plan::Partitioning;
 use datafusion::physical_plan::{
     displayable, replace_children_if_necessary, ExecutionPlan, ExecutionPlanProperties,
 };
+use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec;
 use std::sync::Arc;
 
@@ -35,10 +38,7 @@ pub struct PlannedJob {
 /// Plans `spec` with `partitions` target partitions.
 pub async fn plan_job(spec: &PipelineSpec, partitions: usize) -> Result<PlannedJob> {
     let ctx = context_for(spec, partitions).await?;
-    let df = ctx
-        .sql(&spec.transform.sql)
-        .await
-        .map_err(|e| Error::plan("transform.sql", e))?;
+    let df = plan_transform(&ctx, &spec.transform.sql).await?;
     let physical = df
         .create_physical_plan()
         .await
@@ -63,6 +63,80 @@ pub async fn plan_job(spec: &PipelineSpec, partitions: usize) -> Result<PlannedJ
         ));
     }
     split_into_stages(distribute_joins(physical)?)
+}
+
+/// Plans the user's transform, which may only query: DDL (`CREATE EXTERNAL TABLE`,
+/// `DROP TABLE`, …), DML (`INSERT`, …), `COPY … TO` and statements (`SET`, …) are
+/// refused with the statement named, before anything runs (a `COPY` would write
+/// wherever its workers can, a `SET` would change the session). These are the steps
+/// of DataFusion's `SessionContext::sql_with_options` with DDL, DML and statements
+/// disallowed, with the plan looked at in between to name what was refused.
+pub async fn plan_transform(ctx: &SessionContext, sql: &str) -> Result<DataFrame> {
+    let plan = ctx
+        .state()
+        .create_logical_plan(sql)
+        .await
+        .map_err(|e| Error::plan("transform.sql", e))?;
+    if let Some(what) = refused_statement(&plan) {
+        return Err(Error::plan(
+            "transform.sql",
+            format!(
+                "the transform may only query: {what} is not allowed (the job writes its result to [sink])"
+            ),
+        ));
+    }
+    let query_only = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    query_only.verify_plan(&plan).map_err(|e| {
+        Error::plan(
+            "transform.sql",
+            format!("the transform may only query: {e}"),
+        )
+    })?;
+    ctx.execute_logical_plan(plan)
+        .await
+        .map_err(|e| Error::plan("transform.sql", e))
+}
+
+/// The first node of `plan` (subqueries included) that is not part of a query, as the
+/// user would name it.
+fn refused_statement(plan: &LogicalPlan) -> Option<String> {
+    let mut found = None;
+    let _ = plan.apply_with_subqueries(|p| {
+        found = match p {
+            LogicalPlan::Copy(_) => Some("COPY ... TO".to_string()),
+            LogicalPlan::Ddl(d) => Some(match d {
+                DdlStatement::CreateExternalTable(_) => "CREATE EXTERNAL TABLE".to_string(),
+                DdlStatement::CreateMemoryTable(_) => "CREATE TABLE".to_string(),
+                DdlStatement::CreateView(_) => "CREATE VIEW".to_string(),
+                DdlStatement::DropTable(_) => "DROP TABLE".to_string(),
+                DdlStatement::DropView(_) => "DROP VIEW".to_string(),
+                other => format!("DDL ({})", other.name()),
+            }),
+            LogicalPlan::Dml(d) => Some(match &d.op {
+                WriteOp::Insert(_) => "INSERT".to_string(),
+                WriteOp::Delete => "DELETE".to_string(),
+                WriteOp::Update => "UPDATE".to_string(),
+                WriteOp::Ctas => "CREATE TABLE ... AS".to_string(),
+                WriteOp::Truncate => "TRUNCATE".to_string(),
+                other => format!("DML ({})", other.name()),
+            }),
+            LogicalPlan::Statement(st) => Some(match st {
+                Statement::SetVariable(_) => "SET".to_string(),
+                Statement::ResetVariable(_) => "RESET".to_string(),
+                other => format!("statement ({})", other.name()),
+            }),
+            _ => None,
+        };
+        Ok(if found.is_some() {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    found
 }
 
 /// Join types whose output includes build-side rows decided only after every probe
@@ -339,5 +413,100 @@ path = "{}/out"
             .await
             .unwrap_err();
         assert!(e.to_string().contains("transform.sql"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_transform_that_does_more_than_query_is_refused_with_the_statement_named() {
+        let dir = tempfile::tempdir().unwrap();
+        write_parquet(dir.path(), 1);
+        let before = listing(dir.path());
+        let copied = dir.path().join("copied.csv");
+        let table_dir = dir.path().join("ext");
+        let cases = [
+            (
+                format!("COPY (SELECT 1) TO '{}'", copied.display()),
+                "COPY ... TO",
+            ),
+            (
+                format!("COPY (SELECT k, v FROM t) TO '{}'", copied.display()),
+                "COPY ... TO",
+            ),
+            (
+                format!("EXPLAIN COPY (SELECT k FROM t) TO '{}'", copied.display()),
+                "COPY ... TO",
+            ),
+            (
+                format!(
+                    "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '{}'",
+                    table_dir.display()
+                ),
+                "CREATE EXTERNAL TABLE",
+            ),
+            ("INSERT INTO t SELECT k, v FROM t".to_string(), "INSERT"),
+            ("SET datafusion.execution.batch_size = 1".to_string(), "SET"),
+            ("DROP TABLE x".to_string(), "DROP TABLE"),
+            ("DROP TABLE t".to_string(), "DROP TABLE"),
+            (
+                "CREATE VIEW w AS SELECT k FROM t".to_string(),
+                "CREATE VIEW",
+            ),
+        ];
+        for (sql, what) in cases {
+            let e = plan_job(&spec(dir.path(), &sql), 2).await.unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains("[transform.sql]")
+                    && msg.contains("the transform may only query")
+                    && msg.contains(&format!("{what} is not allowed")),
+                "{sql}: {msg}"
+            );
+        }
+        assert!(!copied.exists(), "COPY wrote {}", copied.display());
+        assert!(!table_dir.exists());
+        assert_eq!(listing(dir.path()), before, "nothing may be written");
+    }
+
+    #[tokio::test]
+    async fn a_refused_statement_leaves_the_session_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        write_parquet(dir.path(), 1);
+        let s = spec(dir.path(), "SELECT k FROM t");
+        let ctx = context_for(&s, 2).await.unwrap();
+        let batch_size = ctx.state().config().batch_size();
+        for sql in [
+            "SET datafusion.execution.batch_size = 1",
+            "DROP TABLE t",
+            "CREATE VIEW w AS SELECT k FROM t",
+        ] {
+            assert!(plan_transform(&ctx, sql).await.is_err(), "{sql}");
+        }
+        assert_eq!(ctx.state().config().batch_size(), batch_size);
+        assert!(ctx.table_exist("t").unwrap());
+        assert!(!ctx.table_exist("w").unwrap());
+        // a query still plans
+        let n = plan_transform(&ctx, "SELECT count(*) FROM t")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(n[0].num_rows(), 1);
+    }
+
+    /// Every file and directory under `dir`, relative, sorted.
+    fn listing(dir: &std::path::Path) -> Vec<String> {
+        let mut out = vec![];
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+                if p.is_dir() {
+                    todo.push(p);
+                }
+            }
+        }
+        out.sort();
+        out
     }
 }

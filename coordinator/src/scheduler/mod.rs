@@ -4,6 +4,7 @@
 //! and proposes commands; all side effects (RPCs, file moves) happen here.
 
 pub mod commit;
+pub mod stall;
 
 use crate::alerts::{self, AlertKind};
 use crate::core::Core;
@@ -30,6 +31,8 @@ pub async fn run(core: Arc<Core>, cancel: CancellationToken) {
     let mut cleaned: HashSet<String> = HashSet::new();
     let mut was_leader = false;
     let mut refused_seen = 0;
+    let mut orphans_cancelled: HashMap<AttemptId, std::time::Instant> = HashMap::new();
+    let mut stalled: HashSet<String> = HashSet::new();
     let mut status = core.raft.watch_status();
     loop {
         tokio::select! {
@@ -39,7 +42,9 @@ pub async fn run(core: Arc<Core>, cancel: CancellationToken) {
             _ = tokio::time::sleep(core.config.schedule_interval) => {},
         }
         if !core.raft.is_leader() {
-            was_leader = false;
+            if std::mem::take(&mut was_leader) {
+                core.forget_liveness();
+            }
             continue;
         }
         if !was_leader {
@@ -55,7 +60,9 @@ pub async fn run(core: Arc<Core>, cancel: CancellationToken) {
             refused_seen = refused;
         }
         time_out_attempts(&core).await;
+        cancel_orphans(&core, &mut orphans_cancelled);
         launch_ready_tasks(&core).await;
+        stall::watch(&core, &mut stalled).await;
         start_commits(&core, &committing).await;
         cleanup_finished(&core, &mut cleaned);
     }
@@ -147,6 +154,43 @@ pub async fn probe_worker(core: &Core, id: &str) {
         if e.kind() == std::io::ErrorKind::ConnectionRefused {
             declare_lost(core, id, &format!("refuses connections at {addr}")).await;
         }
+    }
+}
+
+/// (job, stage, task, attempt)
+type AttemptId = (String, u32, u32, u32);
+
+/// How often an orphaned attempt is asked again to stop.
+const ORPHAN_CANCEL_EVERY: Duration = Duration::from_secs(2);
+
+/// Cancels every attempt a worker says it runs that the state does not run: attempts
+/// of failed, cancelled or finished jobs, losers of a speculation race, attempts that
+/// timed out or were superseded, and cancels that never arrived. One mechanism for
+/// all of them, driven by the heartbeats, so none keeps a slot forever.
+fn cancel_orphans(core: &Arc<Core>, sent: &mut HashMap<AttemptId, std::time::Instant>) {
+    let listed: Vec<(String, pb::TaskKey)> = core
+        .liveness
+        .lock()
+        .expect("liveness lock poisoned")
+        .iter()
+        .flat_map(|(w, l)| l.running.iter().map(move |k| (w.clone(), k.clone())))
+        .collect();
+    sent.retain(|_, at| at.elapsed() < ORPHAN_CANCEL_EVERY);
+    let orphans: Vec<(String, pb::TaskKey)> = core.read(|s| {
+        listed
+            .into_iter()
+            .filter(|(w, k)| !s.attempt_runs(k, w))
+            .collect()
+    });
+    for (worker_id, key) in orphans {
+        let id = (key.job_id.clone(), key.stage_id, key.task, key.attempt);
+        if sent.contains_key(&id) {
+            continue;
+        }
+        sent.insert(id, std::time::Instant::now());
+        tracing::info!(worker = %worker_id, job = %key.job_id, stage = key.stage_id, task = key.task, attempt = key.attempt, "cancelling an attempt the job no longer runs");
+        let core = core.clone();
+        tokio::spawn(async move { cancel_attempt(&core, &worker_id, key).await });
     }
 }
 
@@ -342,13 +386,13 @@ fn stragglers(st: &Stage, spec: &Speculation, now: u64) -> Vec<Straggler> {
 }
 
 async fn launch_ready_tasks(core: &Arc<Core>) {
-    let live: HashMap<String, ()> = core
+    let live: HashMap<String, u32> = core
         .liveness
         .lock()
         .expect("liveness lock poisoned")
         .iter()
         .filter(|(_, l)| !l.unreachable)
-        .map(|(k, _)| (k.clone(), ()))
+        .map(|(k, l)| (k.clone(), l.running.len() as u32))
         .collect();
     let launches = core.read(|s| plan_launches(s, &live));
     // proposed together, so one raft Ready (one flush) records the whole wave
@@ -387,45 +431,81 @@ async fn launch_ready_tasks(core: &Arc<Core>) {
         let key = l.def.key.clone().expect("built with a key");
         let core = core.clone();
         tokio::spawn(async move {
-            let r = send_launch(&l.address, l.def).await;
-            if let Err(e) = r {
-                tracing::warn!(worker = %l.worker_id, job = %key.job_id, stage = key.stage_id, task = key.task, "launch failed: {e}");
-                if e.class() == ErrorClass::Transient {
-                    // The worker, not the task, is at fault (Spark does not count an
-                    // executor loss against a task): no more launches there until it
-                    // heartbeats again, and the attempt is not counted.
-                    if let Some(l) = core
-                        .liveness
-                        .lock()
-                        .expect("liveness lock poisoned")
-                        .get_mut(&l.worker_id)
-                    {
-                        l.unreachable = true;
+            match send_launch(&l.address, l.def).await {
+                Ok(()) => {}
+                Err(LaunchError::Refused(why)) => {
+                    // The worker is still busy (a cancelled attempt it has not stopped
+                    // yet): not an attempt. No launches there until it heartbeats.
+                    tracing::debug!(worker = %l.worker_id, job = %key.job_id, stage = key.stage_id, task = key.task, "launch refused: {why}");
+                    mark_unreachable(&core, &l.worker_id);
+                    let cmd = Command::LaunchRefused {
+                        job_id: key.job_id.clone(),
+                        stage: key.stage_id,
+                        task: key.task,
+                        attempt: key.attempt,
+                        worker_id: l.worker_id.clone(),
+                    };
+                    if let Err(e) = core.propose(cmd).await {
+                        tracing::debug!("refusal not recorded: {e}");
                     }
-                    let mut rec = error_record(&e);
-                    rec.worker_unreachable = true;
-                    propose_failure(&core, &key, rec, true).await;
-                    probe_worker(&core, &l.worker_id).await;
-                } else {
-                    report_failure(&core, &key, &e).await;
+                }
+                Err(LaunchError::Failed(e)) => {
+                    tracing::warn!(worker = %l.worker_id, job = %key.job_id, stage = key.stage_id, task = key.task, "launch failed: {e}");
+                    if e.class() == ErrorClass::Transient {
+                        // The worker, not the task, is at fault (Spark does not count an
+                        // executor loss against a task): no more launches there until it
+                        // heartbeats again, and the attempt is not counted.
+                        mark_unreachable(&core, &l.worker_id);
+                        let mut rec = error_record(&e);
+                        rec.worker_unreachable = true;
+                        propose_failure(&core, &key, rec, true).await;
+                        probe_worker(&core, &l.worker_id).await;
+                    } else {
+                        report_failure(&core, &key, &e).await;
+                    }
                 }
             }
         });
     }
 }
 
-async fn send_launch(address: &str, def: pb::TaskDefinition) -> Result<(), Error> {
-    let ch = channel_to(address)?;
+/// No launches to `worker_id` until its next heartbeat.
+fn mark_unreachable(core: &Core, worker_id: &str) {
+    if let Some(l) = core
+        .liveness
+        .lock()
+        .expect("liveness lock poisoned")
+        .get_mut(worker_id)
+    {
+        l.unreachable = true;
+    }
+}
+
+/// Why a launch did not start an attempt.
+enum LaunchError {
+    /// the worker answered that it has no free slot: nothing started
+    Refused(String),
+    /// anything else (the attempt may or may not run)
+    Failed(Error),
+}
+
+async fn send_launch(address: &str, def: pb::TaskDefinition) -> Result<(), LaunchError> {
+    let ch = channel_to(address).map_err(LaunchError::Failed)?;
     let mut client = pb::worker_control_client::WorkerControlClient::new(ch)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
     let mut req = tonic::Request::new(def);
     req.set_timeout(Duration::from_secs(10));
-    client
-        .launch_task(req)
-        .await
-        .map_err(|s| Error::from_status(&s))?;
-    Ok(())
+    match client.launch_task(req).await {
+        Ok(_) => Ok(()),
+        Err(s)
+            if s.code() == tonic::Code::ResourceExhausted
+                && s.message() == autopipe_common::task::NO_FREE_SLOT =>
+        {
+            Err(LaunchError::Refused(s.message().to_string()))
+        }
+        Err(s) => Err(LaunchError::Failed(Error::from_status(&s))),
+    }
 }
 
 /// Records a failed attempt (launch error or worker report).
@@ -534,16 +614,17 @@ pub fn class_name(c: ErrorClass) -> &'static str {
 /// Decides launches: jobs in submission order, ready stages in order, tasks onto the
 /// alive worker with the most free slots (avoiding workers where the task already
 /// failed, while others are alive); then speculative copies of stragglers onto the
-/// slots left.
-fn plan_launches(s: &State, live: &HashMap<String, ()>) -> Vec<Launch> {
+/// slots left. `live` maps each heartbeating worker to the attempts it last said it
+/// runs: a slot whose attempt was cancelled is free only once the worker stopped it.
+fn plan_launches(s: &State, live: &HashMap<String, u32>) -> Vec<Launch> {
     let running = s.running_per_worker();
     let mut free: Vec<(String, i64)> = s
         .workers
         .values()
-        .filter(|w| w.state == WorkerState::Alive && live.contains_key(&w.id))
-        .map(|w| {
-            let busy = running.get(w.id.as_str()).copied().unwrap_or(0);
-            (w.id.clone(), w.slots as i64 - busy as i64)
+        .filter_map(|w| {
+            let listed = *live.get(&w.id).filter(|_| w.state == WorkerState::Alive)?;
+            let busy = running.get(w.id.as_str()).copied().unwrap_or(0).max(listed);
+            Some((w.id.clone(), w.slots as i64 - busy as i64))
         })
         .collect();
     let mut out = Vec::new();
@@ -589,6 +670,10 @@ fn plan_launches(s: &State, live: &HashMap<String, ()>) -> Vec<Launch> {
             continue;
         }
         for (si, stage) in job.stages.iter().enumerate() {
+            // a copy reads the inputs as they are now: never while one is recomputed
+            if !job.stage_ready(si) {
+                continue;
+            }
             for x in stragglers(stage, &spec, now) {
                 let task = &stage.tasks[x.task];
                 let TaskState::Running {
@@ -660,8 +745,14 @@ fn task_definition(
 ) -> pb::TaskDefinition {
     let stage = &job.stages[si];
     let mut inputs = Vec::new();
+    let mut input_stages = Vec::new();
     for &input in &stage.plan.inputs {
-        for (mt, t) in job.stages[input as usize].tasks.iter().enumerate() {
+        let map_tasks = &job.stages[input as usize].tasks;
+        input_stages.push(pb::InputStage {
+            stage_id: input,
+            map_tasks: (0..map_tasks.len() as u32).collect(),
+        });
+        for (mt, t) in map_tasks.iter().enumerate() {
             if let TaskState::Succeeded {
                 attempt, worker_id, ..
             } = &t.state
@@ -699,6 +790,7 @@ fn task_definition(
         plan: stage.plan.plan.as_ref().clone(),
         output: Some(output),
         inputs,
+        input_stages,
         store_urls,
         memory_limit_bytes: 0,
         worker_id: worker_id.to_string(),
@@ -709,6 +801,21 @@ fn task_definition(
     }
 }
 
+/// Longest one commit runs before it is abandoned and started again.
+const COMMIT_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Backoff between attempts of a commit that failed with a transient error.
+const COMMIT_RETRY: RetryPolicy = RetryPolicy {
+    base: Duration::from_millis(200),
+    cap: Duration::from_secs(10),
+    max_attempts: u32::MAX,
+};
+
+/// Commits every job whose stages are complete, and re-drives commits in progress
+/// (after a leader change, a deadline, or a transient error that outlived its
+/// retries). A commit is fenced by the term it started in; transient errors are
+/// retried (backoff, retry budget) and never fail the job; a permanent or data error
+/// fails it.
 async fn start_commits(core: &Arc<Core>, committing: &Arc<Mutex<HashSet<String>>>) {
     let ready: Vec<(String, JobState)> = core.read(|s| {
         s.jobs
@@ -739,41 +846,107 @@ async fn start_commits(core: &Arc<Core>, committing: &Arc<Mutex<HashSet<String>>
         let core = core.clone();
         let committing = committing.clone();
         tokio::spawn(async move {
-            let job = core.read(|s| s.jobs.get(&job_id).cloned());
-            if let Some(job) = job {
-                let cmd = match commit::commit_job(&job).await {
-                    Ok(files) => Command::JobSucceeded {
-                        job_id: job_id.clone(),
-                        files,
-                        at_ms: now_ms(),
-                    },
-                    Err(e) => {
-                        tracing::error!(job = %job_id, "commit failed: {e}");
-                        if let Error::Data(m) = &e {
-                            alerts::raise(&core, AlertKind::BadRecordRatio, &job_id, m);
-                        }
-                        Command::JobFailed {
-                            job_id: job_id.clone(),
-                            error: error_record(&e),
-                            at_ms: now_ms(),
-                        }
-                    }
-                };
-                if let Command::JobSucceeded { files, .. } = &cmd {
-                    tracing::info!(job = %job_id, files = files.len(), "job committed");
-                }
-                match core.propose(cmd).await {
-                    Ok(Outcome::JobChanged(id, JobState::Failed)) => job_failed_alert(&core, &id),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(job = %job_id, "cannot record commit result: {e}"),
-                }
+            if let Some(job) = core.read(|s| s.jobs.get(&job_id).cloned()) {
+                drive_commit(&core, job).await;
             }
             committing.lock().expect("lock").remove(&job_id);
         });
     }
 }
 
-/// Once a job is terminal: cancel its still-running attempts, drop its staging and
+/// Runs one job's commit to its recorded end, unless this coordinator is deposed or
+/// the deadline passes (then the next leader loop starts it again).
+async fn drive_commit(core: &Arc<Core>, job: Job) {
+    let job_id = job.id.clone();
+    let term = core.raft.status().term;
+    let fence_core = core.clone();
+    let fence = move || leads_in(&fence_core, term);
+    let run = retry_transient(&fence, || commit::commit_job(&job, &fence));
+    let cmd = match tokio::time::timeout(COMMIT_DEADLINE, run).await {
+        Err(_) => {
+            tracing::warn!(job = %job_id, "commit did not finish within {COMMIT_DEADLINE:?}; it starts again");
+            return;
+        }
+        Ok(Ok(files)) => {
+            tracing::info!(job = %job_id, files = files.len(), "job committed");
+            Command::JobSucceeded {
+                job_id: job_id.clone(),
+                files,
+                at_ms: now_ms(),
+            }
+        }
+        Ok(Err(e)) if e.class() == ErrorClass::Transient => {
+            tracing::warn!(job = %job_id, "commit interrupted ({e}); it starts again");
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::error!(job = %job_id, "commit failed: {e}");
+            if let Error::Data(m) = &e {
+                alerts::raise(core, AlertKind::BadRecordRatio, &job_id, m);
+            }
+            Command::JobFailed {
+                job_id: job_id.clone(),
+                error: error_record(&e),
+                at_ms: now_ms(),
+            }
+        }
+    };
+    if fence().is_err() {
+        return; // the new leader redoes the commit and records its end
+    }
+    match core.propose(cmd).await {
+        Ok(Outcome::JobChanged(id, JobState::Failed)) => job_failed_alert(core, &id),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(job = %job_id, "cannot record commit result: {e}"),
+    }
+}
+
+/// Ok while this coordinator leads in `term`.
+fn leads_in(core: &Core, term: u64) -> autopipe_common::Result<()> {
+    let st = core.raft.status();
+    if st.role == crate::raft::Role::Leader && st.term == term {
+        Ok(())
+    } else {
+        Err(Error::Transient(format!(
+            "coordinator {} no longer leads in term {term} (now term {}, {})",
+            st.id,
+            st.term,
+            st.role.as_str()
+        )))
+    }
+}
+
+/// Runs `op` until it succeeds or fails with a non-transient error, or `fence` fails;
+/// transient failures wait a full-jitter backoff, longer when the retry budget is
+/// spent.
+async fn retry_transient<T, F, Fut>(
+    fence: &(dyn Fn() -> autopipe_common::Result<()> + Send + Sync),
+    mut op: F,
+) -> autopipe_common::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = autopipe_common::Result<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        fence()?;
+        match op().await {
+            Err(e) if e.class() == ErrorClass::Transient => {
+                fence()?;
+                let mut wait = COMMIT_RETRY.backoff(attempt);
+                if !retry::budget().withdraw() {
+                    wait = wait.max(BUDGET_WAIT);
+                }
+                tracing::warn!("transient error, retried in {wait:?}: {e}");
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Once a job is terminal: cancel its attempts still running, drop its staging and
 /// ask workers to delete its shuffle files.
 fn cleanup_finished(core: &Arc<Core>, cleaned: &mut HashSet<String>) {
     let todo: Vec<(Job, Vec<(String, String)>)> = core.read(|s| {
@@ -793,6 +966,22 @@ fn cleanup_finished(core: &Arc<Core>, cleaned: &mut HashSet<String>) {
     });
     for (job, workers) in todo {
         cleaned.insert(job.id.clone());
+        // its attempts still running stop now (cancel_orphans retries any cancel that
+        // does not arrive)
+        for (si, st) in job.stages.iter().enumerate() {
+            for (ti, t) in st.tasks.iter().enumerate() {
+                for (attempt, worker_id, _) in t.running_attempts() {
+                    let key = pb::TaskKey {
+                        job_id: job.id.clone(),
+                        stage_id: si as u32,
+                        task: ti as u32,
+                        attempt,
+                    };
+                    let (core, worker_id) = (core.clone(), worker_id.to_string());
+                    tokio::spawn(async move { cancel_attempt(&core, &worker_id, key).await });
+                }
+            }
+        }
         tokio::spawn(async move {
             if job.state != JobState::Succeeded {
                 if let Err(e) = commit::discard_staging(&job).await {
@@ -835,8 +1024,8 @@ mod tests {
         s
     }
 
-    fn live(ids: &[&str]) -> HashMap<String, ()> {
-        ids.iter().map(|i| (i.to_string(), ())).collect()
+    fn live(ids: &[&str]) -> HashMap<String, u32> {
+        ids.iter().map(|i| (i.to_string(), 0)).collect()
     }
 
     #[test]
@@ -979,6 +1168,126 @@ mod tests {
         assert!(l.iter().all(|x| x.speculative.is_none()));
     }
 
+    /// Map tasks 0..3 done on w1, w1, w2; reducer 0 done, reducer 1 running on w2
+    /// since long ago; speculation fires at once (quantile 0.5, multiplier 1).
+    fn reducer_straggling_over(s: &mut State, now: u64) {
+        let params = &mut s.jobs.get_mut("j").unwrap().spec.job.params;
+        params.speculation_quantile = Some(0.5);
+        params.speculation_multiplier = Some(1.0);
+        params.speculation_min_runtime_ms = Some(100);
+        for (t, w) in ["w1", "w1", "w2"].iter().enumerate() {
+            launch(s, 0, t as u32, w, now - 60_000);
+            succeed(s, 0, t as u32, now - 59_000);
+        }
+        launch(s, 1, 0, "w3", now - 50_000);
+        succeed(s, 1, 0, now - 49_900);
+        launch(s, 1, 1, "w2", now - 50_000);
+    }
+
+    fn launch(s: &mut State, stage: u32, task: u32, w: &str, at_ms: u64) {
+        s.apply(&Command::TaskLaunched {
+            job_id: "j".into(),
+            stage,
+            task,
+            attempt: 1,
+            worker_id: w.into(),
+            at_ms,
+        })
+        .unwrap();
+    }
+
+    fn succeed(s: &mut State, stage: u32, task: u32, at_ms: u64) {
+        s.apply(&Command::TaskSucceeded {
+            job_id: "j".into(),
+            stage,
+            task,
+            attempt: 1,
+            result: Default::default(),
+            at_ms,
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_straggling_reducer_gets_no_copy_while_a_map_output_is_recomputed() {
+        let now = now_ms();
+        let mut s = state_with(&[("w1", 4), ("w2", 4), ("w3", 4)], 3);
+        reducer_straggling_over(&mut s, now);
+        // with its inputs complete, the straggler gets a copy that reads all 3 outputs
+        let l = plan_launches(&s, &live(&["w1", "w2", "w3"]));
+        let copy = l.iter().find(|x| x.speculative.is_some()).expect("a copy");
+        assert_eq!(copy.def.inputs.len(), 3);
+        assert_eq!(
+            copy.def.input_stages,
+            vec![pb::InputStage {
+                stage_id: 0,
+                map_tasks: vec![0, 1, 2]
+            }]
+        );
+        // w1 is lost: map tasks 0 and 1 are recomputed, and the copy waits for them
+        s.apply(&Command::WorkerLost {
+            worker_id: "w1".into(),
+            at_ms: now,
+        })
+        .unwrap();
+        let l = plan_launches(&s, &live(&["w2", "w3"]));
+        assert!(
+            l.iter().all(|x| x.speculative.is_none()),
+            "a copy on partial input"
+        );
+        let keys: Vec<_> = l
+            .iter()
+            .map(|x| x.def.key.as_ref().map(|k| (k.stage_id, k.task)).unwrap())
+            .collect();
+        assert_eq!(keys, vec![(0, 0), (0, 1)]);
+        // and the state machine refuses one
+        let copy = Command::SpeculativeLaunched {
+            job_id: "j".into(),
+            stage: 1,
+            task: 1,
+            attempt: 2,
+            worker_id: "w3".into(),
+            at_ms: now,
+            why: String::new(),
+            inputs: Default::default(),
+        };
+        assert!(
+            matches!(s.apply(&copy), Err(crate::state::ApplyError::Illegal(m)) if m.contains("not ready"))
+        );
+    }
+
+    #[test]
+    fn a_slot_whose_cancelled_attempt_still_runs_is_not_free() {
+        let s = state_with(&[("w1", 2), ("w2", 2)], 3);
+        // w1 still runs 2 attempts the state no longer counts (cancelled, not stopped)
+        let live: HashMap<String, u32> = [("w1".to_string(), 2), ("w2".to_string(), 0)].into();
+        let l = plan_launches(&s, &live);
+        assert_eq!(l.len(), 2);
+        assert!(l.iter().all(|x| x.worker_id == "w2"), "w1's slots are busy");
+    }
+
+    #[tokio::test]
+    async fn a_transient_commit_error_is_retried_and_a_permanent_one_is_not() {
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let ok = || Ok(());
+        let r = retry_transient(&ok, || async {
+            match calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 | 1 => Err(Error::Transient("store timed out".into())),
+                n => Ok(n),
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 2);
+        let r: autopipe_common::Result<()> =
+            retry_transient(&ok, || async { Err(Error::Permanent("denied".into())) }).await;
+        assert!(matches!(r, Err(Error::Permanent(_))));
+        // a deposed leader stops retrying
+        let deposed = || Err(Error::Transient("deposed".into()));
+        let r: autopipe_common::Result<()> =
+            retry_transient(&deposed, || async { Err(Error::Transient("x".into())) }).await;
+        assert!(r.unwrap_err().to_string().contains("deposed"));
+    }
+
     #[test]
     fn a_retry_avoids_the_worker_where_the_task_failed() {
         let mut s = state_with(&[("w1", 4), ("w2", 1)], 1);
@@ -1018,9 +1327,22 @@ mod tests {
 
     #[test]
     fn attempts_past_the_task_timeout_expire() {
-        let now = 1_000_000;
-        // derived: nothing finished, no timeout yet
-        let s = stage_with_stragglers(4, 0, 0, 0);
+        let now = 10_000_000;
+        // derived: nothing finished yet, the first-task timeout (1 hour) holds
+        let s = stage_with_stragglers(4, 0, 0, now - 3_500_000);
+        assert!(expired_attempts(&s, now).is_empty());
+        let mut s = stage_with_stragglers(4, 0, 0, now - 3_700_000);
+        assert_eq!(expired_attempts(&s, now).len(), 4);
+        let x = &expired_attempts(&s, now)[0];
+        assert_eq!(x.limit_ms, 3_600_000);
+        assert!(x.how.contains("first_task_timeout_ms"), "{}", x.how);
+        s.jobs
+            .get_mut("j")
+            .unwrap()
+            .spec
+            .job
+            .params
+            .first_task_timeout_ms = Some(4_000_000);
         assert!(expired_attempts(&s, now).is_empty());
         // derived: 10 x the slowest (2 s) is below the 60 s floor
         let s = stage_with_stragglers(4, 3, 2_000, now - 61_000);

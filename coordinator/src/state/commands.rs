@@ -61,6 +61,15 @@ pub struct ShuffleHome {
     pub dir: String,
 }
 
+/// Why a running job cannot progress.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Waiting {
+    /// what it waits for, and what to do
+    pub reason: String,
+    /// since when (ms since the epoch)
+    pub since_ms: u64,
+}
+
 /// Everything the state machine accepts.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -116,6 +125,28 @@ pub enum Command {
         worker_id: String,
         /// when
         at_ms: u64,
+    },
+    /// a running job cannot progress (no alive worker, no free slot), or can again
+    /// (`waiting: None`)
+    JobWaiting {
+        /// job
+        job_id: String,
+        /// why it waits, and since when
+        waiting: Option<Waiting>,
+    },
+    /// the worker refused a launch before starting it (no free slot): the attempt
+    /// never ran and is not counted; the task waits for another slot
+    LaunchRefused {
+        /// job
+        job_id: String,
+        /// stage
+        stage: u32,
+        /// task index
+        task: u32,
+        /// the refused attempt (the task's latest)
+        attempt: u32,
+        /// the worker that refused it
+        worker_id: String,
     },
     /// a second attempt of a straggling task was sent to another worker; both run
     /// until one finishes (recorded as a `speculation` decision)

@@ -2,7 +2,7 @@
 //! Job, stage and task lifecycles are explicit enums; an illegal transition is an
 //! error and leaves the state untouched (all checks run before any mutation).
 
-use super::commands::{Command, ErrorRecord, ShuffleHome, StagePlan, TaskResult};
+use super::commands::{Command, ErrorRecord, ShuffleHome, StagePlan, TaskResult, Waiting};
 use super::decision::{inputs, Decision, DecisionKind, MAX_DECISIONS};
 use autopipe_common::spec::PipelineSpec;
 use serde::{Deserialize, Serialize};
@@ -238,6 +238,9 @@ pub struct Job {
     /// the adapted per-task attempt limit (None: the job's max_task_attempts)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// why the job cannot progress now, if it cannot
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<Waiting>,
     /// failed attempts per cause (message with numbers and ids masked): count and
     /// the workers it happened on
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -267,13 +270,14 @@ impl Job {
     pub fn dead_letter_dir(&self) -> String {
         self.spec.sink.dead_letter_dir(&self.id)
     }
-    /// Whether a stage's inputs are all complete.
+    /// Whether a stage exists and its inputs are all complete.
     pub fn stage_ready(&self, stage: usize) -> bool {
-        self.stages[stage]
-            .plan
-            .inputs
-            .iter()
-            .all(|&i| self.stages[i as usize].is_complete())
+        self.stages.get(stage).is_some_and(|st| {
+            st.plan
+                .inputs
+                .iter()
+                .all(|&i| self.stages.get(i as usize).is_some_and(Stage::is_complete))
+        })
     }
 }
 
@@ -462,6 +466,7 @@ impl State {
                         error: None,
                         committed_files: vec![],
                         max_attempts: None,
+                        waiting: None,
                         failure_causes: BTreeMap::new(),
                     },
                 );
@@ -508,6 +513,44 @@ impl State {
                 self.count_attempt(worker_id);
                 Ok(Outcome::Done)
             }
+            Command::JobWaiting { job_id, waiting } => {
+                let job = self.running_job(job_id)?;
+                job.waiting = waiting.clone();
+                Ok(Outcome::Done)
+            }
+            Command::LaunchRefused {
+                job_id,
+                stage,
+                task,
+                attempt,
+                worker_id,
+            } => {
+                let job = self.running_job(job_id)?;
+                let t = Self::task_mut(job, *stage, *task)?;
+                let runs_there = t
+                    .running_attempts()
+                    .iter()
+                    .any(|(a, w, _)| a == attempt && w == worker_id);
+                if !runs_there || *attempt != t.attempts {
+                    return Err(ApplyError::Illegal(format!(
+                        "refusal of job {job_id} stage {stage} task {task} attempt {attempt} on {worker_id} while {:?}",
+                        t.state
+                    )));
+                }
+                // the attempt number is reused: the worker never started this one
+                t.attempts -= 1;
+                let (copy_decision, _) = t.detach_attempt(*attempt);
+                if let Some(w) = self.workers.get_mut(worker_id) {
+                    w.attempts = w.attempts.saturating_sub(1);
+                }
+                if let Some(d) = copy_decision {
+                    self.append_effect(
+                        d,
+                        format!("worker {worker_id} refused attempt {attempt} (no free slot)"),
+                    );
+                }
+                Ok(Outcome::TaskRequeued)
+            }
             Command::SpeculativeLaunched {
                 job_id,
                 stage,
@@ -527,6 +570,11 @@ impl State {
                 }
                 let decision = self.last_decision_id + 1;
                 let job = self.running_job(job_id)?;
+                if !job.stage_ready(*stage as usize) {
+                    return Err(ApplyError::Illegal(format!(
+                        "job {job_id} stage {stage} is not ready: a copy would miss inputs"
+                    )));
+                }
                 let t = Self::task_mut(job, *stage, *task)?;
                 let original = match &t.state {
                     TaskState::Running { worker_id: w, .. }
@@ -1054,6 +1102,20 @@ impl State {
         if let Some(d) = self.decisions.iter_mut().rev().find(|d| d.id == id) {
             d.effect = Some(effect);
         }
+    }
+
+    /// Whether attempt `key` of a running job runs on `worker_id`.
+    pub fn attempt_runs(&self, key: &autopipe_proto::TaskKey, worker_id: &str) -> bool {
+        self.jobs
+            .get(&key.job_id)
+            .filter(|j| j.state == JobState::Running)
+            .and_then(|j| j.stages.get(key.stage_id as usize))
+            .and_then(|st| st.tasks.get(key.task as usize))
+            .is_some_and(|t| {
+                t.running_attempts()
+                    .iter()
+                    .any(|(a, w, _)| *a == key.attempt && *w == worker_id)
+            })
     }
 
     /// Running attempts per worker, counted in one pass over the running jobs.

@@ -6,7 +6,9 @@ pub mod commands;
 pub mod decision;
 pub mod machine;
 
-pub use commands::{Command, ErrorRecord, FetchFailedRecord, ShuffleHome, StagePlan, TaskResult};
+pub use commands::{
+    Command, ErrorRecord, FetchFailedRecord, ShuffleHome, StagePlan, TaskResult, Waiting,
+};
 pub use decision::{Decision, DecisionKind};
 pub use machine::{ApplyError, Job, JobState, Outcome, State, TaskState, WorkerState};
 
@@ -16,6 +18,8 @@ impl State {
         let job_id = match cmd {
             Command::SubmitJob { job_id, .. }
             | Command::TaskLaunched { job_id, .. }
+            | Command::LaunchRefused { job_id, .. }
+            | Command::JobWaiting { job_id, .. }
             | Command::SpeculativeLaunched { job_id, .. }
             | Command::TaskSucceeded { job_id, .. }
             | Command::TaskFailed { job_id, .. }
