@@ -2,6 +2,7 @@
 //! over the coordinator's gRPC services.
 
 use anyhow::{anyhow, Result};
+use autopipe_common::auth::{authed, AuthChannel};
 use autopipe_common::error::Error;
 use autopipe_common::spec::PipelineSpec;
 use autopipe_common::util::fmt_bytes;
@@ -10,11 +11,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 /// Connects to the leader of the coordinator group: the first reachable address of a
 /// comma-separated list names it (a lone coordinator leads itself).
-pub async fn connect(coordinators: &str) -> Result<Channel> {
+pub async fn connect(coordinators: &str) -> Result<AuthChannel> {
     let (ch, url) = connect_first(coordinators).await?;
     let mut c = pb::admin_service_client::AdminServiceClient::new(ch.clone());
     let mut req = tonic::Request::new(pb::MemberStatusRequest {});
@@ -43,11 +44,11 @@ pub async fn connect(coordinators: &str) -> Result<Channel> {
 }
 
 /// Connects to the first reachable coordinator of a comma-separated list, leader or not.
-pub async fn connect_any(coordinators: &str) -> Result<Channel> {
+pub async fn connect_any(coordinators: &str) -> Result<AuthChannel> {
     Ok(connect_first(coordinators).await?.0)
 }
 
-async fn connect_first(coordinators: &str) -> Result<(Channel, String)> {
+async fn connect_first(coordinators: &str) -> Result<(AuthChannel, String)> {
     let mut last = String::new();
     for addr in coordinators
         .split(',')
@@ -71,7 +72,8 @@ async fn connect_first(coordinators: &str) -> Result<(Channel, String)> {
             }
         };
         match ep.connect().await {
-            Ok(ch) => return Ok((ch, url)),
+            // every call carries the token (`--auth-token-file`, AUTOPIPE_AUTH_TOKEN)
+            Ok(ch) => return Ok((authed(ch), url)),
             Err(e) => {
                 last = format!(
                 "cannot reach coordinator at {url}: {e} (is `autopipe coordinator` running there?)"
@@ -211,7 +213,7 @@ fn is_terminal(s: i32) -> bool {
 }
 
 /// Follows a job until it ends, with a progress bar when `progress`; returns the final status.
-pub async fn watch(ch: Channel, job_id: &str, progress: bool) -> Result<pb::JobStatus> {
+pub async fn watch(ch: AuthChannel, job_id: &str, progress: bool) -> Result<pb::JobStatus> {
     let mut c = pb::job_service_client::JobServiceClient::new(ch);
     let started = Instant::now();
     let bar = if progress {

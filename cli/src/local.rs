@@ -2,6 +2,8 @@
 //! and Arrow Flight on 127.0.0.1 ephemeral ports, with temporary state and work dirs.
 
 use anyhow::{Context, Result};
+use autopipe_common::auth::AuthToken;
+use autopipe_common::roots::AllowedRoots;
 use autopipe_coordinator::CoordinatorConfig;
 use autopipe_worker::WorkerConfig;
 use std::time::Duration;
@@ -20,8 +22,14 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// Starts the cluster and waits until every worker registered.
-    pub async fn start(workers: usize, slots: u32) -> Result<Self> {
+    /// Starts the cluster and waits until every worker registered. With `auth_token`,
+    /// every server requires it and every client in this process sends it.
+    pub async fn start(
+        workers: usize,
+        slots: u32,
+        auth_token: Option<AuthToken>,
+        allowed_roots: AllowedRoots,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("autopipe-local-")
             .tempdir()
@@ -32,6 +40,8 @@ impl LocalCluster {
                 listen: "127.0.0.1:0".parse()?,
                 http: "127.0.0.1:0".parse()?,
                 data_dir: dir.path().join("coordinator"),
+                auth_token: auth_token.clone(),
+                allowed_roots: allowed_roots.clone(),
                 ..Default::default()
             },
             cancel.clone(),
@@ -49,6 +59,8 @@ impl LocalCluster {
                         slots,
                         work_dir: dir.path().join(format!("worker-{i}")),
                         heartbeat_interval: Duration::from_millis(500),
+                        auth_token: auth_token.clone(),
+                        allowed_roots: allowed_roots.clone(),
                         ..Default::default()
                     },
                     cancel.clone(),

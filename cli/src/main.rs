@@ -10,6 +10,8 @@ mod gen;
 mod local;
 
 use anyhow::{Context, Result};
+use autopipe_common::auth::AuthToken;
+use autopipe_common::roots::AllowedRoots;
 use autopipe_coordinator::raft::RaftConfig;
 use autopipe_coordinator::CoordinatorConfig;
 use autopipe_worker::WorkerConfig;
@@ -48,6 +50,50 @@ struct ClientArgs {
     /// output format
     #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
     output: OutputFormat,
+    /// file holding the cluster's auth token (default: the AUTOPIPE_AUTH_TOKEN
+    /// variable; neither: no token is sent)
+    #[arg(long)]
+    auth_token_file: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    /// The token this command sends: from `--auth-token-file`, else AUTOPIPE_AUTH_TOKEN.
+    fn token(&self) -> Result<Option<AuthToken>> {
+        if let Some(p) = &self.auth_token_file {
+            return Ok(Some(AuthToken::from_file(p)?));
+        }
+        Ok(std::env::var(autopipe_common::auth::TOKEN_ENV)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .map(AuthToken::new))
+    }
+}
+
+/// Authentication and path confinement of a coordinator, a worker or `local`.
+#[derive(clap::Args, Clone)]
+struct SecurityArgs {
+    /// file holding the cluster's auth token: every gRPC call to this process must
+    /// carry it, and its own calls send it (default: no authentication)
+    #[arg(long)]
+    auth_token_file: Option<PathBuf>,
+    /// local directories and object-store URL prefixes (comma-separated) that jobs
+    /// may read and write, e.g. /data,s3://bucket/pipelines (default: anywhere)
+    #[arg(long, value_delimiter = ',')]
+    allowed_roots: Vec<String>,
+}
+
+impl SecurityArgs {
+    fn token(&self) -> Result<Option<AuthToken>> {
+        Ok(match &self.auth_token_file {
+            Some(p) => Some(AuthToken::from_file(p)?),
+            None => None,
+        })
+    }
+
+    fn roots(&self) -> Result<AllowedRoots> {
+        Ok(AllowedRoots::new(&self.allowed_roots)?)
+    }
 }
 
 #[derive(Subcommand)]
@@ -73,6 +119,8 @@ enum Cmd {
         /// output format of the summary
         #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
         output: OutputFormat,
+        #[command(flatten)]
+        security: SecurityArgs,
     },
     /// Run a coordinator
     Coordinator {
@@ -113,6 +161,14 @@ enum Cmd {
         #[arg(long, env = "AUTOPIPE_ALERT_WEBHOOK")]
         alert_webhook: Option<String>,
         #[command(flatten)]
+        retention: RetentionArgs,
+        #[command(flatten)]
+        security: SecurityArgs,
+        /// with --auth-token-file: serve /metrics and the read-only HTTP API without
+        /// the token (`--http-open-reads=false` closes them); changes always need it
+        #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+        http_open_reads: bool,
+        #[command(flatten)]
         budget: BudgetArgs,
     },
     /// Run a worker
@@ -136,6 +192,10 @@ enum Cmd {
         /// shuffle directory
         #[arg(long, default_value = "autopipe-worker")]
         work_dir: PathBuf,
+        /// memory for all running tasks together, e.g. "4GiB" (default: half the
+        /// machine's); each task gets its slots' share and spills beyond it
+        #[arg(long, value_parser = parse_size)]
+        memory_limit: Option<u64>,
         /// test only: delay every task by this many milliseconds (a slow worker)
         #[arg(long, default_value_t = 0, hide = true)]
         test_task_delay_ms: u64,
@@ -146,6 +206,10 @@ enum Cmd {
         /// otherwise read them from this worker's shuffle directory)
         #[arg(long)]
         no_host_local_shuffle: bool,
+        /// how often the worker lists its shuffle directories to the coordinator and
+        /// deletes those of jobs that no longer run (also once at start)
+        #[arg(long, default_value = "1m", value_parser = autopipe_common::util::parse_duration)]
+        shuffle_sweep_interval: Duration,
         /// the address the coordinator and other workers reach this worker at
         /// (default: the listen address), e.g. behind a proxy or NAT
         #[arg(long)]
@@ -156,6 +220,8 @@ enum Cmd {
         /// test only: every task panics
         #[arg(long, hide = true)]
         test_panic_tasks: bool,
+        #[command(flatten)]
+        security: SecurityArgs,
         #[command(flatten)]
         budget: BudgetArgs,
     },
@@ -224,6 +290,19 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AdminCmd,
     },
+}
+
+/// What a coordinator's replicated state keeps of finished jobs and lost workers.
+#[derive(clap::Args, Clone, Copy)]
+struct RetentionArgs {
+    /// finished jobs the state keeps, as COUNT,AGE: at most COUNT (the newest) and
+    /// none that ended more than AGE ago (ms, s, m, h or d); older ones are forgotten
+    /// with their decisions and idempotency keys
+    #[arg(long, default_value = "1000,7d")]
+    job_retention: autopipe_coordinator::scheduler::retention::JobRetention,
+    /// a worker lost for longer than this (ms, s, m, h or d) is pruned from the state
+    #[arg(long, default_value = "1h", value_parser = autopipe_common::util::parse_duration)]
+    lost_worker_retention: Duration,
 }
 
 /// The process's retry budget (tower's TpsBudget over a 10 s window).
@@ -342,7 +421,34 @@ fn main() {
     }
 }
 
+/// The client flags of a command that talks to a coordinator.
+fn client_args(cmd: &Cmd) -> Option<&ClientArgs> {
+    match cmd {
+        Cmd::Submit { client, .. }
+        | Cmd::Status { client, .. }
+        | Cmd::Jobs { client }
+        | Cmd::Workers { client }
+        | Cmd::Cancel { client, .. }
+        | Cmd::Decisions { client, .. }
+        | Cmd::Cluster { client } => Some(client),
+        Cmd::Admin { cmd } => match cmd {
+            AdminCmd::AddCoordinator { client, .. }
+            | AdminCmd::RemoveCoordinator { client, .. }
+            | AdminCmd::TransferLeader { client, .. } => Some(client),
+        },
+        Cmd::Gen { .. }
+        | Cmd::Local { .. }
+        | Cmd::Coordinator { .. }
+        | Cmd::Worker { .. }
+        | Cmd::Explain { .. } => None,
+    }
+}
+
 async fn run(cli: Cli) -> Result<i32> {
+    // every call of a client command carries the token, when one is given
+    if let Some(c) = client_args(&cli.cmd) {
+        autopipe_common::auth::set_client_token(c.token()?.as_ref());
+    }
     match cli.cmd {
         Cmd::Gen {
             what:
@@ -379,7 +485,8 @@ async fn run(cli: Cli) -> Result<i32> {
             slots,
             gen_missing,
             output,
-        } => run_local(&spec, workers, slots, gen_missing, output).await,
+            security,
+        } => run_local(&spec, workers, slots, gen_missing, output, &security).await,
         Cmd::Coordinator {
             listen,
             http,
@@ -392,9 +499,20 @@ async fn run(cli: Cli) -> Result<i32> {
             election_timeout_ms,
             snapshot_entries,
             alert_webhook,
+            retention,
+            security,
+            http_open_reads,
             budget,
         } => {
             budget.install();
+            let auth_token = security.token()?;
+            let allowed_roots = security.roots()?;
+            if !allowed_roots.is_restricted() {
+                tracing::warn!(
+                    "no --allowed-roots: jobs may read and write any path this coordinator \
+                     and its workers can reach (paths are unrestricted)"
+                );
+            }
             let cancel = shutdown_token();
             let tick = raft_tick_ms.max(1);
             let h = autopipe_coordinator::start(
@@ -413,6 +531,11 @@ async fn run(cli: Cli) -> Result<i32> {
                         ..Default::default()
                     },
                     alert_webhook,
+                    job_retention: retention.job_retention,
+                    lost_worker_retention: retention.lost_worker_retention,
+                    auth_token,
+                    http_open_reads,
+                    allowed_roots,
                     ..Default::default()
                 },
                 cancel,
@@ -431,18 +554,23 @@ async fn run(cli: Cli) -> Result<i32> {
             http,
             slots,
             work_dir,
+            memory_limit,
             test_task_delay_ms,
             test_task_delay_stage,
             no_host_local_shuffle,
+            shuffle_sweep_interval,
             advertise,
             test_fail_first_attempt,
             test_panic_tasks,
+            security,
             budget,
         } => {
             if slots == 0 {
                 anyhow::bail!("--slots must be at least 1");
             }
             budget.install();
+            let auth_token = security.token()?;
+            let allowed_roots = security.roots()?;
             let cancel = shutdown_token();
             let h = autopipe_worker::start(
                 WorkerConfig {
@@ -455,12 +583,16 @@ async fn run(cli: Cli) -> Result<i32> {
                     http,
                     slots,
                     work_dir,
+                    memory_limit: memory_limit.unwrap_or(0),
                     test_task_delay: Duration::from_millis(test_task_delay_ms),
                     test_delay_stage: test_task_delay_stage,
                     test_fail_first_attempt,
                     test_panic_tasks,
                     host_local_shuffle: !no_host_local_shuffle,
+                    shuffle_sweep_interval,
                     advertise,
+                    auth_token,
+                    allowed_roots,
                     ..Default::default()
                 },
                 cancel,
@@ -531,12 +663,23 @@ async fn run(cli: Cli) -> Result<i32> {
         Cmd::Jobs { client } => {
             let ch = client::connect(&client.coordinator).await?;
             let mut c = autopipe_proto::job_service_client::JobServiceClient::new(ch);
-            let jobs = c
-                .list_jobs(autopipe_proto::ListJobsRequest {})
-                .await
-                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-                .into_inner()
-                .jobs;
+            // every page, in submission order
+            let (mut jobs, mut page_token) = (Vec::new(), String::new());
+            loop {
+                let page = c
+                    .list_jobs(autopipe_proto::ListJobsRequest {
+                        page_size: 0,
+                        page_token,
+                    })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                    .into_inner();
+                jobs.extend(page.jobs);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
             if client.output == OutputFormat::Json {
                 let v: Vec<_> = jobs.iter().map(client::job_json).collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -698,10 +841,13 @@ async fn run_local(
     slots: u32,
     gen_missing: bool,
     output: OutputFormat,
+    security: &SecurityArgs,
 ) -> Result<i32> {
     if workers == 0 || slots == 0 {
         anyhow::bail!("--workers and --slots must be at least 1");
     }
+    let auth_token = security.token()?;
+    let allowed_roots = security.roots()?;
     if gen_missing {
         let dir = spec_path.parent().unwrap_or(Path::new(".")).join("data");
         if !dir.join("events").exists() || !dir.join("users.csv").exists() {
@@ -720,7 +866,7 @@ async fn run_local(
     }
     let spec = client::load_spec(spec_path)?;
     let t = Instant::now();
-    let cluster = local::LocalCluster::start(workers, slots).await?;
+    let cluster = local::LocalCluster::start(workers, slots, auth_token, allowed_roots).await?;
     if output == OutputFormat::Text {
         eprintln!(
             "local cluster: coordinator {} (http://{}), {workers} workers x {slots} slots",
@@ -783,4 +929,9 @@ fn parse_peers(s: &str) -> Result<std::collections::BTreeMap<u64, String>, Strin
         }
     }
     Ok(out)
+}
+
+/// A byte size flag: "256MiB", "4GiB" or a plain number.
+fn parse_size(s: &str) -> Result<u64, String> {
+    autopipe_common::util::parse_bytes(s)
 }

@@ -79,6 +79,10 @@ pub enum Error {
         /// which map outputs were missing, duplicated or unexpected
         message: String,
     },
+    /// A task ran out of its memory share even after spilling: retried with a larger
+    /// share (and fewer tasks beside it).
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
     /// Worth retrying.
     #[error("{0}")]
     Transient(String),
@@ -101,7 +105,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 fn datafusion_class(e: &DataFusionError) -> ErrorClass {
     match e {
-        DataFusionError::IoError(_) | DataFusionError::ObjectStore(_) => ErrorClass::Transient,
+        DataFusionError::IoError(_)
+        | DataFusionError::ObjectStore(_)
+        | DataFusionError::ResourcesExhausted(_) => ErrorClass::Transient,
         DataFusionError::ArrowError(a, _) => match a.as_ref() {
             datafusion::arrow::error::ArrowError::IoError(..) => ErrorClass::Transient,
             datafusion::arrow::error::ArrowError::ParseError(_)
@@ -124,9 +130,10 @@ impl Error {
     pub fn class(&self) -> ErrorClass {
         match self {
             Error::Spec { .. } | Error::Plan { .. } | Error::Permanent(_) => ErrorClass::Permanent,
-            Error::FetchFailed { .. } | Error::IncompleteInput { .. } | Error::Transient(_) => {
-                ErrorClass::Transient
-            }
+            Error::FetchFailed { .. }
+            | Error::IncompleteInput { .. }
+            | Error::OutOfMemory(_)
+            | Error::Transient(_) => ErrorClass::Transient,
             Error::Data(_) => ErrorClass::Data,
             Error::ObjectStore(object_store::Error::NotFound { .. })
             | Error::ObjectStore(object_store::Error::PermissionDenied { .. }) => {
@@ -169,6 +176,28 @@ impl Error {
             message: self.to_string(),
             key,
             fetch_failed,
+            out_of_memory: self.is_out_of_memory(),
+        }
+    }
+
+    /// Whether the task ran out of memory (DataFusion's `ResourcesExhausted`, however
+    /// deeply wrapped).
+    pub fn is_out_of_memory(&self) -> bool {
+        fn df(e: &DataFusionError) -> bool {
+            match e {
+                DataFusionError::ResourcesExhausted(_) => true,
+                DataFusionError::Context(_, inner) => df(inner),
+                DataFusionError::Shared(inner) => df(inner),
+                DataFusionError::External(inner) => inner
+                    .downcast_ref::<Error>()
+                    .is_some_and(Error::is_out_of_memory),
+                _ => false,
+            }
+        }
+        match self {
+            Error::OutOfMemory(_) => true,
+            Error::DataFusion(e) => df(e),
+            _ => false,
         }
     }
 
@@ -181,6 +210,9 @@ impl Error {
                 worker_id: f.worker_id.clone(),
                 message: d.message.clone(),
             };
+        }
+        if d.out_of_memory {
+            return Error::OutOfMemory(d.message.clone());
         }
         match ErrorClass::from_proto(d.class) {
             ErrorClass::Transient => Error::Transient(d.message.clone()),
@@ -253,6 +285,19 @@ mod tests {
         let s = p.to_status();
         assert_eq!(s.code(), tonic::Code::InvalidArgument);
         assert_eq!(Error::from_status(&s).class(), ErrorClass::Permanent);
+    }
+
+    #[test]
+    fn running_out_of_memory_is_transient_and_survives_the_wire() {
+        let e = Error::from(DataFusionError::Context(
+            "aggregate".into(),
+            Box::new(DataFusionError::ResourcesExhausted("pool full".into())),
+        ));
+        assert!(e.is_out_of_memory());
+        assert_eq!(e.class(), ErrorClass::Transient);
+        let back = Error::from_status(&e.to_status());
+        assert!(matches!(back, Error::OutOfMemory(_)), "{back:?}");
+        assert!(!Error::Transient("reset".into()).is_out_of_memory());
     }
 
     #[test]

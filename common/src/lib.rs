@@ -1,12 +1,16 @@
 //! autopipe-common: what coordinator, worker and CLI share — the pipeline spec and
 //! its validation, typed errors with a retry class, the one retry policy, object
 //! store helpers, the DataFusion extension codec for shuffle reads and the tolerant
-//! CSV/NDJSON scans that route bad records to the dead-letter sink.
+//! CSV/NDJSON scans that route bad records to the dead-letter sink, the cluster
+//! token every gRPC client sends and every server checks (`auth`), and the
+//! `--allowed-roots` path confinement (`roots`).
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod error;
 pub mod leader;
 pub mod retry;
+pub mod roots;
 pub mod session;
 pub mod shuffle;
 pub mod spec;

@@ -4,6 +4,7 @@
 //! executing a partition streams that partition from every producing map task over
 //! Arrow Flight `DoGet` (ticket = job, stage, map task, attempt, partition).
 
+use crate::auth::{authed, AuthChannel};
 use crate::error::Error;
 use crate::retry::RetryPolicy;
 use crate::tolerant::{DeadLetters, FileRange, RecordFormat, TolerantScanExec};
@@ -305,6 +306,11 @@ pub fn host_id() -> &'static str {
 /// synchronous, so a blocking task feeds the batches through a small channel. The Flight
 /// server streams them to remote reducers; a reducer on the same machine reads them
 /// directly, as Spark reads host-local shuffle blocks.
+///
+/// A corrupt file is an error, never a short stream or a dead process: the footer's
+/// blocks must lie inside the file (arrow allocates a block's length before reading
+/// it, apache/arrow-rs#10921), and a panic of arrow's reader on a malformed schema or
+/// batch is caught and reported as an error that ends the stream.
 pub fn read_partition_file(
     path: &Path,
 ) -> std::result::Result<
@@ -314,21 +320,124 @@ pub fn read_partition_file(
     ),
     ArrowError,
 > {
-    let file = std::fs::File::open(path)
-        .map_err(|e| ArrowError::IoError(format!("{}: {e}", path.display()), e))?;
-    let reader = FileReader::try_new(std::io::BufReader::new(file), None)?;
+    let io = |e: std::io::Error| ArrowError::IoError(format!("{}: {e}", path.display()), e);
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    check_blocks(&mut file, path)?;
+    let corrupt = |p: Box<dyn std::any::Any + Send>| {
+        ArrowError::IpcError(format!(
+            "{}: corrupt map output: {}",
+            path.display(),
+            panic_message(&*p)
+        ))
+    };
+    let mut reader = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        FileReader::try_new(std::io::BufReader::new(file), None)
+    }))
+    .map_err(corrupt)??;
     let schema = reader.schema();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tokio::task::spawn_blocking(move || {
-        for b in reader {
-            if tx.blocking_send(b).is_err() {
-                return;
-            }
+    let shown = path.display().to_string();
+    tokio::task::spawn_blocking(move || loop {
+        let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.next()));
+        let (item, last) = match next {
+            Ok(None) => return,
+            Ok(Some(Ok(b))) => (Ok(b), false),
+            Ok(Some(Err(e))) => (Err(e), true),
+            Err(p) => (
+                Err(ArrowError::IpcError(format!(
+                    "{shown}: corrupt map output: {}",
+                    panic_message(&*p)
+                ))),
+                true,
+            ),
+        };
+        if tx.blocking_send(item).is_err() || last {
+            return;
         }
     });
     let stream =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
     Ok((schema, stream.boxed()))
+}
+
+/// Checks that every block the IPC file footer lists lies inside the file.
+fn check_blocks(file: &mut std::fs::File, path: &Path) -> std::result::Result<(), ArrowError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let bad = |why: String| {
+        ArrowError::IpcError(format!("{}: corrupt map output: {why}", path.display()))
+    };
+    let io = |e: std::io::Error| ArrowError::IoError(format!("{}: {e}", path.display()), e);
+    let len = file.metadata().map_err(io)?.len();
+    if len < 10 {
+        return Err(bad(format!(
+            "{len} bytes is too short for an Arrow IPC file"
+        )));
+    }
+    let mut tail = [0u8; 10];
+    file.seek(SeekFrom::End(-10)).map_err(io)?;
+    file.read_exact(&mut tail).map_err(io)?;
+    let footer_len = datafusion::arrow::ipc::reader::read_footer_length(tail)? as u64;
+    if footer_len + 10 > len {
+        return Err(bad(format!(
+            "a footer of {footer_len} bytes in a file of {len}"
+        )));
+    }
+    let mut footer = vec![0u8; footer_len as usize];
+    file.seek(SeekFrom::Start(len - 10 - footer_len))
+        .map_err(io)?;
+    file.read_exact(&mut footer).map_err(io)?;
+    let footer = datafusion::arrow::ipc::root_as_footer(&footer)
+        .map_err(|e| bad(format!("unreadable footer: {e}")))?;
+    let blocks = footer
+        .recordBatches()
+        .into_iter()
+        .flatten()
+        .chain(footer.dictionaries().into_iter().flatten());
+    for b in blocks {
+        let end = u64::try_from(b.offset())
+            .ok()
+            .and_then(|o| o.checked_add(u64::try_from(b.metaDataLength()).ok()?))
+            .and_then(|o| o.checked_add(u64::try_from(b.bodyLength()).ok()?));
+        if end.is_none_or(|end| end > len) {
+            return Err(bad(format!(
+                "a block at offset {} of {} + {} bytes in a file of {len}",
+                b.offset(),
+                b.metaDataLength(),
+                b.bodyLength()
+            )));
+        }
+    }
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    Ok(())
+}
+
+/// The message a panic carried.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Decodes a shuffle stream of Flight messages into record batches. arrow-flight's
+/// decoder panics on some malformed messages (a header and body that disagree): such
+/// a panic ends the stream with a decode error, never the reducer.
+pub fn decode_shuffle_stream(
+    messages: impl futures::Stream<Item = std::result::Result<arrow_flight::FlightData, FlightError>>
+        + Send
+        + 'static,
+) -> BoxStream<'static, std::result::Result<RecordBatch, FlightError>> {
+    std::panic::AssertUnwindSafe(FlightRecordBatchStream::new_from_flight_data(messages))
+        .catch_unwind()
+        .map(|r| {
+            r.unwrap_or_else(|p| {
+                Err(FlightError::DecodeError(format!(
+                    "corrupt shuffle stream: {}",
+                    panic_message(&*p)
+                )))
+            })
+        })
+        .boxed()
 }
 
 /// HTTP/2 receive window of one shuffle fetch stream.
@@ -357,8 +466,9 @@ pub const MAX_FLIGHT_MESSAGE: usize = 256 << 20;
 /// Longest wait for any RPC's response to start (streams then run unbounded).
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A lazily connected, shared channel to `address` (`host:port` or `http://host:port`).
-pub fn channel_to(address: &str) -> std::result::Result<Channel, Error> {
+/// A lazily connected, shared channel to `address` (`host:port` or `http://host:port`),
+/// whose every call carries the process's auth token (`auth::ClientAuth`).
+pub fn channel_to(address: &str) -> std::result::Result<AuthChannel, Error> {
     let url = if address.contains("://") {
         address.to_string()
     } else {
@@ -366,7 +476,7 @@ pub fn channel_to(address: &str) -> std::result::Result<Channel, Error> {
     };
     let mut pool = channel_pool().lock().expect("channel pool lock poisoned");
     if let Some(c) = pool.get(&url) {
-        return Ok(c.clone());
+        return Ok(authed(c.clone()));
     }
     let ch = Endpoint::from_shared(url.clone())
         .map_err(|e| Error::Permanent(format!("bad address '{address}': {e}")))?
@@ -391,7 +501,7 @@ pub fn channel_to(address: &str) -> std::result::Result<Channel, Error> {
         .keep_alive_while_idle(true)
         .connect_lazy();
     pool.insert(url, ch.clone());
-    Ok(ch)
+    Ok(authed(ch))
 }
 
 /// Retries of a fetch whose call failed before its stream started.
@@ -457,7 +567,8 @@ async fn fetch_partition(
         .await
         .map_err(|e| fetch_failed(loc, e.to_string()))?;
     let stream = idle_timeout(resp.into_inner(), FETCH_IDLE_TIMEOUT).map_err(FlightError::from);
-    Ok(FlightRecordBatchStream::new_from_flight_data(stream)
+    // a corrupt stream is a fetch failure: the map output is recomputed
+    Ok(decode_shuffle_stream(stream)
         .map_err(move |e| on_error(e.to_string()))
         .boxed())
 }

@@ -91,6 +91,10 @@ pub struct JobParams {
     /// when there is no duration to derive it from (default 3600000: 1 hour)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_task_timeout_ms: Option<u64>,
+    /// retry a task that ran out of memory with a larger memory share (twice its
+    /// slots, up to a whole worker); default true
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive_memory: Option<bool>,
     /// a job that has waited this long with no alive worker or no free task slot
     /// raises a job_stalled alert (default 30000)
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -393,11 +397,23 @@ pub struct SinkSpec {
 impl SinkSpec {
     /// The dead-letter directory of job `job_id` (a URL ending in '/').
     pub fn dead_letter_dir(&self, job_id: &str) -> String {
-        let root = match &self.dead_letter_path {
+        format!("{}/{job_id}/", self.dead_letter_root())
+    }
+
+    /// The directory that holds every job's dead-letter directory (no trailing '/').
+    pub fn dead_letter_root(&self) -> String {
+        match &self.dead_letter_path {
             Some(p) => p.trim_end_matches('/').to_string(),
             None => format!("{}.dead-letter", self.path.trim_end_matches('/')),
-        };
-        format!("{root}/{job_id}/")
+        }
+    }
+
+    /// The hidden sibling of the sink directory that jobs stage their output in (one
+    /// directory per job) until the commit moves it into the sink; ends in '/'.
+    pub fn staging_dir(&self) -> String {
+        let sink = self.path.trim_end_matches('/');
+        let (parent, name) = sink.rsplit_once('/').unwrap_or(("", sink));
+        format!("{parent}/.{name}.autopipe-staging/")
     }
 }
 

@@ -1,4 +1,4 @@
-//! Small helpers: wall-clock milliseconds and human-readable byte sizes.
+//! Small helpers: wall-clock milliseconds, human-readable byte sizes and durations.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -33,6 +33,36 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         other => return Err(format!("unknown size unit '{other}' in '{s}'")),
     };
     Ok((num * mult as f64) as u64)
+}
+
+/// Parses "90s", "15m", "1h", "7d", "500ms" (a number and a unit; fractions allowed)
+/// into a duration.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite())
+        .ok_or_else(|| format!("'{s}' is not a duration (expected e.g. 90s, 15m, 1h, 7d)"))?;
+    let secs: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3_600.0,
+        "d" => 86_400.0,
+        "" => return Err(format!("'{s}' has no unit (ms, s, m, h or d, e.g. 7d)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit '{other}' in '{s}' (ms, s, m, h or d)"
+            ))
+        }
+    };
+    std::time::Duration::try_from_secs_f64(num * secs)
+        .map_err(|_| format!("'{s}' is out of range for a duration"))
 }
 
 /// Formats bytes with binary units.
@@ -70,5 +100,21 @@ mod tests {
         assert_eq!(parse_bytes("17").unwrap(), 17);
         assert!(parse_bytes("12 parsecs").is_err());
         assert!(parse_bytes("MiB").is_err());
+    }
+
+    #[test]
+    fn durations_parse_with_a_unit() {
+        use std::time::Duration;
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5_400));
+        assert_eq!(parse_duration(" 90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        for bad in ["7", "d", "3 weeks", "", "1e400d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -32,6 +32,18 @@ pub struct CoordinatorConfig {
     pub raft: RaftConfig,
     /// where alerts are POSTed as JSON (none: log and counter only)
     pub alert_webhook: Option<String>,
+    /// the cluster token (`--auth-token-file`): every gRPC call must carry it, and
+    /// this coordinator's own calls send it; none: no authentication
+    pub auth_token: Option<autopipe_common::auth::AuthToken>,
+    /// with a token, `/metrics` and the read-only HTTP API stay open without it
+    /// (`--http-open-reads`); calls that change something always need it
+    pub http_open_reads: bool,
+    /// where jobs may read and write (`--allowed-roots`); empty: anywhere
+    pub allowed_roots: autopipe_common::roots::AllowedRoots,
+    /// how many finished jobs the state keeps, and how long (`--job-retention`)
+    pub job_retention: crate::scheduler::retention::JobRetention,
+    /// a lost worker is pruned from the state after this (`--lost-worker-retention`)
+    pub lost_worker_retention: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -44,6 +56,11 @@ impl Default for CoordinatorConfig {
             schedule_interval: Duration::from_millis(100),
             raft: RaftConfig::default(),
             alert_webhook: None,
+            auth_token: None,
+            http_open_reads: true,
+            allowed_roots: Default::default(),
+            job_retention: Default::default(),
+            lost_worker_retention: Duration::from_secs(3_600),
         }
     }
 }
@@ -65,9 +82,19 @@ pub struct Liveness {
     pub retry_budget_exhausted: u64,
     /// probed since this heartbeat (its heartbeats are late)
     pub probed: bool,
-    /// the attempts it runs, as it last reported: a cancelled attempt holds its slot
-    /// until the worker no longer lists it
+    /// the attempts it runs, as it last reported
     pub running: Vec<autopipe_proto::TaskKey>,
+    /// attempts this leader asked it to stop that it still listed in its last
+    /// heartbeat: each holds a task slot until the worker no longer lists it
+    pub stopping: HashSet<AttemptId>,
+}
+
+/// (job, stage, task, attempt)
+pub type AttemptId = (String, u32, u32, u32);
+
+/// The id of an attempt's key.
+pub fn attempt_id(k: &autopipe_proto::TaskKey) -> AttemptId {
+    (k.job_id.clone(), k.stage_id, k.task, k.attempt)
 }
 
 impl Liveness {
@@ -82,6 +109,7 @@ impl Liveness {
             retry_budget_exhausted: 0,
             probed: false,
             running: vec![],
+            stopping: HashSet::new(),
         }
     }
 }

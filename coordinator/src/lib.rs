@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod api;
 pub mod core;
 pub mod metrics;
+pub mod optimizer;
 pub mod planner;
 pub mod raft;
 pub mod scheduler;
@@ -67,6 +68,11 @@ pub async fn start(
         .cloned()
         .unwrap_or_else(|| grpc_addr.to_string());
     let peers = config.raft.peers.clone();
+    // this coordinator's own calls (Raft, workers, other members) carry the token
+    if let Some(t) = &config.auth_token {
+        autopipe_common::auth::set_client_token(Some(t));
+    }
+    let auth = autopipe_common::auth::ServerAuth::new(config.auth_token.as_ref());
     let mut config = config;
     if !grpc_addr.ip().is_unspecified() {
         config.raft.source_ip = Some(grpc_addr.ip());
@@ -77,10 +83,13 @@ pub async fn start(
 
     let svc = api::grpc::Services { core: core.clone() };
     let raft_svc =
-        crate::raft::transport::RaftService::new(core.raft.clone(), peers, core.applied());
+        crate::raft::transport::RaftService::new(core.raft.clone(), peers, core.applied())
+            .requiring_member_id(auth.enabled());
     let c1 = cancel.clone();
     let grpc_task = tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
+            // every service below refuses a call without the cluster token
+            .layer(auth.layer())
             .add_service(pb::job_service_server::JobServiceServer::new(svc.clone()))
             .add_service(pb::worker_service_server::WorkerServiceServer::new(
                 svc.clone(),

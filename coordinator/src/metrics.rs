@@ -198,6 +198,7 @@ impl Metrics {
             DecisionKind::Speculation,
             DecisionKind::TaskTimeout,
             DecisionKind::RetryLimit,
+            DecisionKind::MemoryShare,
         ] {
             let n = state.decisions.iter().filter(|d| d.kind == kind).count();
             self.decisions

@@ -140,6 +140,8 @@ pub struct Cluster {
     pub coordinator: Proc,
     /// the workers
     pub workers: Vec<Proc>,
+    /// environment of every CLI command the harness runs (e.g. AUTOPIPE_AUTH_TOKEN)
+    pub cli_env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -160,6 +162,18 @@ impl Cluster {
         worker_args: &[&str],
         coordinator_args: &[&str],
     ) -> Result<Self> {
+        Self::start_env(workers, slots, worker_args, coordinator_args, &[])
+    }
+
+    /// Like `start_full`, with environment variables for every CLI command the harness
+    /// runs (e.g. `AUTOPIPE_AUTH_TOKEN` for a cluster started with `--auth-token-file`).
+    pub fn start_env(
+        workers: usize,
+        slots: u32,
+        worker_args: &[&str],
+        coordinator_args: &[&str],
+        cli_env: &[(&str, &str)],
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("coord");
         let mut args = vec![
@@ -177,6 +191,10 @@ impl Cluster {
             dir,
             coordinator,
             workers: vec![],
+            cli_env: cli_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         for _ in 0..workers {
             c.add_worker_with(slots, worker_args)?;
@@ -200,12 +218,26 @@ impl Cluster {
 
     /// Starts one more worker with extra flags.
     pub fn add_worker_with(&mut self, slots: u32, extra: &[&str]) -> Result<()> {
-        let wd = self
-            .dir
-            .path()
-            .join(format!("worker-{}", self.workers.len()));
-        let w = spawn_worker(&self.url(), &wd, slots, extra)?;
+        let w = spawn_worker(
+            &self.url(),
+            &self.worker_dir(self.workers.len()),
+            slots,
+            extra,
+        )?;
         self.workers.push(w);
+        Ok(())
+    }
+
+    /// The work dir of worker `i` (in `workers`).
+    pub fn worker_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("worker-{i}"))
+    }
+
+    /// SIGKILLs worker `i` and starts it again on its work dir (where it keeps its id),
+    /// with extra flags.
+    pub fn restart_worker(&mut self, i: usize, slots: u32, extra: &[&str]) -> Result<()> {
+        self.workers[i].kill();
+        self.workers[i] = spawn_worker(&self.url(), &self.worker_dir(i), slots, extra)?;
         Ok(())
     }
 
@@ -222,7 +254,12 @@ impl Cluster {
         let url = self.url();
         let mut a: Vec<&str> = args.to_vec();
         a.extend(["--coordinator", &url, "-o", "json"]);
-        let out = cli(&a)?;
+        let env: Vec<(&str, &str)> = self
+            .cli_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let out = cli_env(&a, &env)?;
         if !out.status.success() {
             bail!(
                 "autopipe {a:?} failed: {}",
@@ -340,6 +377,8 @@ pub struct Group {
     pub listen: std::collections::BTreeMap<u64, String>,
     /// the workers
     pub workers: Vec<Proc>,
+    /// environment of every CLI command the harness runs (e.g. AUTOPIPE_AUTH_TOKEN)
+    pub cli_env: Vec<(String, String)>,
     founders: String,
 }
 
@@ -358,6 +397,19 @@ impl Group {
         worker_args: &[&str],
         coordinator_args: &[&str],
     ) -> Result<Self> {
+        Self::start_env(n, workers, slots, worker_args, coordinator_args, &[])
+    }
+
+    /// Like `start_with`, with environment variables for every CLI command the harness
+    /// runs (e.g. `AUTOPIPE_AUTH_TOKEN` for a group started with `--auth-token-file`).
+    pub fn start_env(
+        n: usize,
+        workers: usize,
+        slots: u32,
+        worker_args: &[&str],
+        coordinator_args: &[&str],
+        cli_env: &[(&str, &str)],
+    ) -> Result<Self> {
         let ports = free_ports(n)?;
         let peers: std::collections::BTreeMap<u64, String> = ports
             .iter()
@@ -375,6 +427,10 @@ impl Group {
             coordinators: Default::default(),
             listen: Default::default(),
             workers: vec![],
+            cli_env: cli_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             founders,
         };
         for id in 1..=n as u64 {
@@ -422,6 +478,7 @@ impl Group {
             coordinators: Default::default(),
             listen: listen.iter().map(|(i, a)| (*i, a.to_string())).collect(),
             workers: vec![],
+            cli_env: vec![],
             founders,
         };
         for id in 1..=n as u64 {
@@ -504,7 +561,7 @@ impl Group {
         let addrs = self.addrs();
         let mut a: Vec<&str> = args.to_vec();
         a.extend(["--coordinator", &addrs, "-o", "json"]);
-        let out = cli(&a)?;
+        let out = cli_env(&a, &self.env())?;
         if !out.status.success() {
             bail!(
                 "autopipe {a:?} failed: {}",
@@ -523,20 +580,30 @@ impl Group {
             .map(|id| self.peers[id].clone())
             .collect::<Vec<_>>()
             .join(",");
-        Self::cluster_from(&running)
+        self.cluster_from(&running)
     }
 
     /// `autopipe cluster` as JSON, as member `id` sees the group.
     pub fn cluster_at(&self, id: u64) -> Result<serde_json::Value> {
-        Self::cluster_from(&self.peers[&id])
+        self.cluster_from(&self.peers[&id])
     }
 
-    fn cluster_from(addrs: &str) -> Result<serde_json::Value> {
-        let out = cli(&["cluster", "--coordinator", addrs, "-o", "json"])?;
+    fn cluster_from(&self, addrs: &str) -> Result<serde_json::Value> {
+        let out = cli_env(
+            &["cluster", "--coordinator", addrs, "-o", "json"],
+            &self.env(),
+        )?;
         if !out.status.success() {
             bail!("autopipe cluster: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    fn env(&self) -> Vec<(&str, &str)> {
+        self.cli_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
     }
 
     /// The leader that a majority of running members agree on, if any.
@@ -587,34 +654,63 @@ fn first_line(child: &mut Child, timeout: Duration) -> Option<String> {
 
 /// Runs `autopipe ARGS` to completion.
 pub fn cli(args: &[&str]) -> Result<Output> {
+    cli_env(args, &[])
+}
+
+/// Runs `autopipe ARGS` to completion with extra environment variables.
+pub fn cli_env(args: &[&str], env: &[(&str, &str)]) -> Result<Output> {
     Ok(Command::new(autopipe_bin())
         .args(args)
         .env("AUTOPIPE_LOG", "warn")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()?)
 }
 
 /// GETs `http://addr/path` with a plain HTTP/1.1 request; returns the body.
 pub fn http_get(addr: &str, path: &str) -> Result<String> {
+    let (status, head, body) = http_request(addr, "GET", path, &[])?;
+    if status != 200 {
+        bail!("GET {path}: {head}");
+    }
+    Ok(body)
+}
+
+/// Sends `METHOD path` (no body) with extra headers to `addr`; returns the status
+/// code, the response head and the body.
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String, String)> {
     let mut s = std::net::TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n{extra}Connection: close\r\n\r\n"
     )?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
     let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("GET {path}: {head}");
-    }
-    if head
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        return Ok(dechunk(body));
-    }
-    Ok(body.to_string())
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((status, head.to_string(), body))
 }
 
 fn dechunk(mut body: &str) -> String {

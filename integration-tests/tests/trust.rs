@@ -255,3 +255,30 @@ fn parquet_files(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+#[test]
+fn a_high_cardinality_aggregation_over_10m_rows_spills_within_256mib() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    gen_clickstream(&dir.path().join("data"), 10_000_000, 4)?;
+    // 10M groups: the final aggregation cannot hold them in a task's share
+    let spec = job(
+        dir.path(),
+        "spills",
+        "SELECT event_id % 1000 AS b, count(*) AS ids, sum(n) AS n, sum(s) AS s FROM (SELECT event_id, count(*) AS n, sum(amount) AS s FROM events GROUP BY event_id) GROUP BY event_id % 1000",
+        "shuffle_partitions = 2",
+    )?;
+    let c = Cluster::start_with(2, 2, &["--memory-limit", "256MiB"])?;
+    let (v, t) = c.run(&spec)?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let spilled: f64 = c
+        .workers
+        .iter()
+        .map(|w| metric_sum(&w.http, "autopipe_worker_spilled_bytes_total").unwrap_or(0.0))
+        .sum();
+    eprintln!("10M-row aggregation in {t:?}, {spilled} bytes spilled");
+    assert!(
+        spilled > 0.0,
+        "nothing spilled: the memory limit was not in force"
+    );
+    check_spec_output(dir.path(), &spec)
+}

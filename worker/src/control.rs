@@ -2,7 +2,7 @@
 //! A launch is answered at once; the task runs in its own tokio task under a slot
 //! semaphore and its result is reported to the coordinator with retries.
 
-use crate::executor::run_task;
+use crate::executor::{run_task, TaskMemory};
 use crate::metrics::WorkerMetrics;
 use crate::shuffle_store::ShuffleStore;
 use crate::WorkerConfig;
@@ -41,6 +41,8 @@ pub struct WorkerShared {
     pub metrics: Arc<WorkerMetrics>,
     /// the coordinator group, following its leader
     pub coordinators: Coordinators,
+    /// memory for all running tasks, bytes
+    memory_limit: u64,
     slots: Arc<Semaphore>,
     worker_id: Mutex<Option<String>>,
     running: Mutex<HashMap<Key, Running>>,
@@ -82,7 +84,12 @@ impl WorkerShared {
     /// New shared state.
     pub fn new(config: WorkerConfig, shuffle_root: PathBuf, address: String) -> Self {
         let metrics = Arc::new(WorkerMetrics::default());
+        let memory_limit = match config.memory_limit {
+            0 => default_memory_limit(),
+            n => n,
+        };
         Self {
+            memory_limit,
             slots: Arc::new(Semaphore::new(config.slots as usize)),
             shuffle: Arc::new(ShuffleStore {
                 root: shuffle_root,
@@ -94,6 +101,17 @@ impl WorkerShared {
             config,
             worker_id: Mutex::new(None),
             running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The memory of an attempt that takes `slots` task slots: that many slots' shares
+    /// of the worker's memory limit; it spills to the work dir beyond.
+    pub fn task_memory(&self, slots: u32) -> TaskMemory {
+        let all = self.config.slots.max(1) as u64;
+        TaskMemory {
+            bytes: (self.memory_limit / all * slots.clamp(1, self.config.slots.max(1)) as u64)
+                as usize,
+            spill_dir: self.config.work_dir.join("spill"),
         }
     }
 
@@ -153,6 +171,32 @@ impl Drop for RunningGauge {
     }
 }
 
+/// `Ok` when everything `def` writes (its staging URL, its dead-letter file) lies
+/// under `roots` (`--allowed-roots`); otherwise a permanent error naming the URL and
+/// the roots, so the job fails instead of writing there.
+pub fn confined(
+    def: &pb::TaskDefinition,
+    roots: &autopipe_common::roots::AllowedRoots,
+) -> Result<(), Error> {
+    let staging = match &def.output {
+        Some(pb::task_definition::Output::Sink(s)) => Some(s.staging_url.as_str()),
+        _ => None,
+    };
+    let writes = [
+        ("staging URL", staging),
+        ("dead-letter URL", Some(def.dead_letter_url.as_str())),
+    ];
+    for (what, url) in writes {
+        let Some(url) = url.filter(|u| !u.is_empty()) else {
+            continue;
+        };
+        roots
+            .check(url)
+            .map_err(|m| Error::Permanent(format!("this worker refuses the task's {what}: {m}")))?;
+    }
+    Ok(())
+}
+
 /// The WorkerControl service.
 #[derive(Clone)]
 pub struct Control {
@@ -171,6 +215,7 @@ impl pb::worker_control_server::WorkerControl for Control {
             .key
             .clone()
             .ok_or_else(|| Status::invalid_argument("task definition without a key"))?;
+        confined(&def, &self.shared.config.allowed_roots)?;
         // The registration answer may still be on its way to us; the coordinator says
         // which id it launched for, and a launch for an identity we gave up is refused.
         let worker_id = def.worker_id.clone();
@@ -183,11 +228,17 @@ impl pb::worker_control_server::WorkerControl for Control {
         }
         // A cancelled attempt frees its slot a moment after the coordinator counts it
         // free (the abort completes on its own task): wait briefly before refusing.
-        let permit = tokio::time::timeout(SLOT_WAIT, self.shared.slots.clone().acquire_owned())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .ok_or_else(|| Status::resource_exhausted(autopipe_common::task::NO_FREE_SLOT))?;
+        // An attempt given a larger memory share takes that many slots.
+        let slots = def.slots.clamp(1, self.shared.config.slots.max(1));
+        let memory = self.shared.task_memory(slots);
+        let permit = tokio::time::timeout(
+            SLOT_WAIT,
+            self.shared.slots.clone().acquire_many_owned(slots),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| Status::resource_exhausted(autopipe_common::task::NO_FREE_SLOT))?;
         let shared = self.shared.clone();
         let k = key_of(&key);
         let mut running = self.shared.running.lock().expect("lock");
@@ -222,7 +273,7 @@ impl pb::worker_control_server::WorkerControl for Control {
                 } else if shared.config.test_panic_tasks {
                     panic!("test: every task panics");
                 } else {
-                    run_task(&def, &shared.shuffle, &stop).await
+                    run_task(&def, &shared.shuffle, &stop, &memory).await
                 }
             };
             // A panic is this attempt's failure, not the worker's end: caught and
@@ -373,6 +424,14 @@ async fn report(
     }
 }
 
+/// Half of the machine's memory (Spark's and Flink's defaults leave the rest to the
+/// OS, the process itself and its page cache).
+fn default_memory_limit() -> u64 {
+    let mut sys = sysinfo::System::new();
+    sys.refresh_memory();
+    (sys.total_memory() / 2).max(256 << 20)
+}
+
 /// The message a panic carried.
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
@@ -410,4 +469,46 @@ fn unwrap_external(e: Error) -> Error {
         }
     }
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use autopipe_common::roots::AllowedRoots;
+
+    fn def(staging: &str, dead: &str) -> pb::TaskDefinition {
+        pb::TaskDefinition {
+            output: Some(pb::task_definition::Output::Sink(pb::SinkOutput {
+                format: "csv".into(),
+                staging_url: staging.into(),
+                partition_by: vec![],
+            })),
+            dead_letter_url: dead.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_task_writing_outside_the_roots_is_refused() {
+        let roots = AllowedRoots::parse("/data").unwrap();
+        let ok = def(
+            "file:///data/.out.autopipe-staging/j/t0-a1/",
+            "file:///data/.out.autopipe-staging/j/dead-letter/s0-t0-a1.ndjson",
+        );
+        assert!(confined(&ok, &roots).is_ok());
+        let e = confined(&def("file:///etc/.x.autopipe-staging/j/t0-a1/", ""), &roots).unwrap_err();
+        assert_eq!(e.class(), ErrorClass::Permanent);
+        assert!(
+            e.to_string().contains("staging URL") && e.to_string().contains("/etc/"),
+            "{e}"
+        );
+        let e = confined(
+            &def("file:///data/s/", "file:///data/../var/x.ndjson"),
+            &roots,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("dead-letter URL"), "{e}");
+        // no roots: anything goes
+        assert!(confined(&def("file:///etc/x/", ""), &AllowedRoots::default()).is_ok());
+    }
 }

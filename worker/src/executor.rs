@@ -28,7 +28,9 @@ use datafusion::datasource::physical_plan::{
 use datafusion::datasource::sink::DataSink;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::dml::InsertOp;
@@ -43,22 +45,43 @@ use datafusion::prelude::SessionContext;
 use datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Runs `def` to completion, or until `cancel` (checked between batches).
+/// The memory an attempt may use, and where it spills beyond that.
+#[derive(Debug, Clone)]
+pub struct TaskMemory {
+    /// bytes of its memory pool
+    pub bytes: usize,
+    /// spill files go here
+    pub spill_dir: std::path::PathBuf,
+}
+
+/// Runs `def` to completion, or until `cancel` (checked between batches), under a
+/// memory pool of `memory.bytes` that makes DataFusion's sorts, aggregates and joins
+/// spill to `memory.spill_dir` rather than exceed it.
 pub async fn run_task(
     def: &pb::TaskDefinition,
     shuffle: &ShuffleStore,
     cancel: &CancellationToken,
+    memory: &TaskMemory,
 ) -> Result<TaskResult> {
     let started = Instant::now();
     let key = def
         .key
         .clone()
         .ok_or_else(|| Error::Permanent("task definition without a key".into()))?;
-    let ctx = SessionContext::new_with_config(session_config(1));
+    let pool = TrackConsumersPool::new(
+        FairSpillPool::new(memory.bytes),
+        NonZeroUsize::new(5).expect("5 is not zero"),
+    );
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(pool))
+        .with_temp_file_path(&memory.spill_dir)
+        .build_arc()?;
+    let ctx = SessionContext::new_with_config_rt(session_config(1), runtime);
     register_stores(&ctx.runtime_env(), &def.store_urls)?;
     let task_ctx = ctx.task_ctx();
     let dead_letters = Arc::new(DeadLetters::default());
@@ -90,6 +113,7 @@ pub async fn run_task(
         }
         None => return Err(Error::Permanent("task definition without an output".into())),
     };
+    shuffle.metrics.spilled_bytes.inc_by(spilled_bytes(&plan));
     out.rows_in = source_rows(&plan);
     out.bytes_in = source_bytes(&plan, partition);
     let bad = dead_letters.take();
@@ -359,6 +383,26 @@ fn source_bytes(plan: &Arc<dyn ExecutionPlan>, partition: usize) -> u64 {
         total += source_bytes(c, partition);
     }
     total
+}
+
+/// Bytes the operators of `plan` spilled to disk.
+fn spilled_bytes(plan: &Arc<dyn ExecutionPlan>) -> u64 {
+    let own = plan
+        .metrics()
+        .map(|m| {
+            m.iter()
+                .map(|x| match x.value() {
+                    metrics::MetricValue::SpilledBytes(c) => c.value() as u64,
+                    _ => 0,
+                })
+                .sum::<u64>()
+        })
+        .unwrap_or(0);
+    own + plan
+        .children()
+        .iter()
+        .map(|c| spilled_bytes(c))
+        .sum::<u64>()
 }
 
 /// Rows produced by the scans in `plan` (DataFusion's `output_rows` of each source node).

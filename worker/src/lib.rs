@@ -6,8 +6,10 @@
 pub mod control;
 pub mod executor;
 pub mod flight;
+pub mod identity;
 pub mod metrics;
 pub mod shuffle_store;
+pub mod sweep;
 
 use autopipe_common::error::{Error, Result};
 use autopipe_common::retry::RetryPolicy;
@@ -37,6 +39,9 @@ pub struct WorkerConfig {
     pub work_dir: PathBuf,
     /// heartbeat period
     pub heartbeat_interval: Duration,
+    /// memory for all running tasks together, in bytes (0: half the machine's);
+    /// each task gets its slots' share and spills to `work_dir/spill` beyond it
+    pub memory_limit: u64,
     /// test-only: every task waits this long before it starts (a slow worker)
     pub test_task_delay: Duration,
     /// test-only: the delay applies only to tasks of this stage (None: every task)
@@ -50,6 +55,15 @@ pub struct WorkerConfig {
     /// let reducers on this machine read this worker's map outputs from its disk
     /// instead of over Flight (Spark's host-local shuffle reads)
     pub host_local_shuffle: bool,
+    /// how often the shuffle directories are listed to the coordinator and those of
+    /// jobs that no longer run deleted (also once at start; see `sweep`)
+    pub shuffle_sweep_interval: Duration,
+    /// the cluster token (`--auth-token-file`): every call to this worker must carry
+    /// it, and its own calls send it; none: no authentication
+    pub auth_token: Option<autopipe_common::auth::AuthToken>,
+    /// where tasks may stage output and write dead letters (`--allowed-roots`);
+    /// empty: anywhere
+    pub allowed_roots: autopipe_common::roots::AllowedRoots,
 }
 
 impl Default for WorkerConfig {
@@ -61,12 +75,16 @@ impl Default for WorkerConfig {
             slots: 2,
             work_dir: PathBuf::from("autopipe-worker"),
             heartbeat_interval: Duration::from_secs(1),
+            memory_limit: 0,
             test_task_delay: Duration::ZERO,
             test_delay_stage: None,
             test_fail_first_attempt: false,
             test_panic_tasks: false,
             advertise: None,
             host_local_shuffle: true,
+            shuffle_sweep_interval: Duration::from_secs(60),
+            auth_token: None,
+            allowed_roots: Default::default(),
         }
     }
 }
@@ -113,8 +131,19 @@ pub async fn start(config: WorkerConfig, cancel: CancellationToken) -> Result<Wo
             shuffle_root.display()
         ))
     })?;
+    // spill files of tasks that died with an earlier process
+    let spill = config.work_dir.join("spill");
+    let _ = std::fs::remove_dir_all(&spill);
+    std::fs::create_dir_all(&spill).map_err(|e| {
+        Error::Permanent(format!("cannot create spill dir {}: {e}", spill.display()))
+    })?;
     let advertised = config.advertise.clone().unwrap_or_else(|| addr.to_string());
     let shared = Arc::new(WorkerShared::new(config.clone(), shuffle_root, advertised));
+    // this worker's own calls (heartbeats, reports, shuffle fetches) carry the token
+    if let Some(t) = &config.auth_token {
+        autopipe_common::auth::set_client_token(Some(t));
+    }
+    let auth = autopipe_common::auth::ServerAuth::new(config.auth_token.as_ref());
 
     let control = Control {
         shared: shared.clone(),
@@ -128,6 +157,8 @@ pub async fn start(config: WorkerConfig, cancel: CancellationToken) -> Result<Wo
             // pings notice a reducer that went away mid-stream
             .http2_keepalive_interval(Some(autopipe_common::shuffle::KEEP_ALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(autopipe_common::shuffle::KEEP_ALIVE_TIMEOUT))
+            // WorkerControl and Flight refuse a call without the cluster token
+            .layer(auth.layer())
             .add_service(
                 pb::worker_control_server::WorkerControlServer::new(control)
                     .max_decoding_message_size(64 << 20),
@@ -182,6 +213,7 @@ async fn heartbeat_loop(
     let mut failures = 0u32;
     let mut sys = sysinfo::System::new();
     let pid = sysinfo::get_current_pid().ok();
+    let mut sweep = sweep::Sweep::new(shared.config.shuffle_sweep_interval);
     loop {
         if cancel.is_cancelled() {
             return;
@@ -195,7 +227,10 @@ async fn heartbeat_loop(
             })?;
             let mut client = pb::worker_service_client::WorkerServiceClient::new(ch);
             if shared.worker_id().is_none() {
+                // the id it had before, so a restart keeps one entry for this worker
+                let saved = identity::load(&shared.config.work_dir);
                 let mut req = tonic::Request::new(pb::RegisterWorkerRequest {
+                    worker_id: saved.clone().unwrap_or_default(),
                     address: shared.address.clone(),
                     slots: shared.config.slots,
                     http_address: http_addr.to_string(),
@@ -217,6 +252,9 @@ async fn heartbeat_loop(
                     .into_inner()
                     .worker_id;
                 tracing::info!(worker = %id, coordinator = %coord, "registered");
+                if saved.as_deref() != Some(id.as_str()) {
+                    identity::save(&shared.config.work_dir, &id);
+                }
                 shared.set_worker_id(Some(id));
             }
             let id = shared.worker_id().expect("set above");
@@ -230,6 +268,8 @@ async fn heartbeat_loop(
                 None => (0.0, 0),
             };
             let running = shared.running_keys();
+            // at start and every sweep interval: which job dirs we hold (see `sweep`)
+            let shuffle_jobs = sweep.due(&shared.shuffle);
             let mut req = tonic::Request::new(pb::HeartbeatRequest {
                 worker_id: id.clone(),
                 free_slots: shared.free_slots(),
@@ -237,19 +277,21 @@ async fn heartbeat_loop(
                 cpu_percent: cpu,
                 memory_used_bytes: mem,
                 retry_budget_exhausted: autopipe_common::retry::budget().exhausted(),
+                shuffle_jobs: shuffle_jobs.clone(),
             });
             req.set_timeout(Duration::from_secs(5));
-            let known = client
+            let resp = client
                 .heartbeat(req)
                 .await
                 .map_err(|s| {
                     redirected = coords.failed(&coord, Some(&s));
                     Error::from_status(&s)
                 })?
-                .into_inner()
-                .known;
-            if !known {
-                // Declared lost: our outputs are not trusted any more; start over as a new worker.
+                .into_inner();
+            sweep.answered(&shared.shuffle, &shuffle_jobs, &resp.finished_jobs);
+            if !resp.known {
+                // Declared lost: our running attempts and outputs are not trusted any
+                // more; stop them and register again (under the id we keep).
                 tracing::warn!(worker = %id, "coordinator does not know this worker; registering again");
                 shared.cancel_all();
                 shared.set_worker_id(None);

@@ -35,6 +35,8 @@ pub struct WorkerMetrics {
     pub errors: Family<Labels, Counter>,
     /// source records routed to the dead letters
     pub bad_records: Counter,
+    /// bytes tasks spilled to disk to stay within their memory share
+    pub spilled_bytes: Counter,
     /// retries this process's retry budget refused
     retry_budget_exhausted: Counter,
 }
@@ -53,6 +55,7 @@ impl Default for WorkerMetrics {
             shuffle_bytes_served: Counter::default(),
             errors: Family::default(),
             bad_records: Counter::default(),
+            spilled_bytes: Counter::default(),
             retry_budget_exhausted: Counter::default(),
             registry: Registry::default(),
         };
@@ -89,6 +92,11 @@ impl Default for WorkerMetrics {
             "bad_records",
             "Source records that failed to parse or convert, written to the dead letters",
             m.bad_records.clone(),
+        );
+        registry.register(
+            "spilled_bytes",
+            "Bytes tasks spilled to disk to stay within their memory share",
+            m.spilled_bytes.clone(),
         );
         registry.register(
             "retry_budget_exhausted",

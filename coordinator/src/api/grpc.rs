@@ -2,8 +2,8 @@
 //! Every state change goes through `Core::propose` and is answered after it applied.
 
 use super::cluster;
-use super::status::{decisions, job_status, workers};
-use crate::core::{Core, Liveness, StoreError};
+use super::status::{decisions, job_page, job_status, workers};
+use crate::core::{attempt_id, Core, Liveness, StoreError};
 use crate::planner::plan_job;
 use crate::raft::{MemberChange, RaftError};
 use crate::scheduler::report_failure;
@@ -15,6 +15,7 @@ use autopipe_common::store::{glob_prefix, list_glob, parse_url, store_for};
 use autopipe_common::util::now_ms;
 use autopipe_proto as pb;
 use futures::{Stream, StreamExt, TryStreamExt};
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -159,6 +160,37 @@ impl Services {
     }
 }
 
+/// A worker id a worker may ask to keep: 1 to 64 ASCII letters, digits, `-`, `_`, `.`.
+fn valid_worker_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl Services {
+    /// Of the jobs a worker holds shuffle directories of, those it may delete: jobs
+    /// that are terminal, and jobs the state does not know (forgotten, or never run
+    /// here). "Unknown" is answered only by a leader whose state is current: a new
+    /// leader that has not applied everything committed yet may lack a running job.
+    fn finished_jobs(&self, shuffle_jobs: &[String]) -> Vec<String> {
+        if shuffle_jobs.is_empty() {
+            return vec![];
+        }
+        let current = self.core.raft.status().current;
+        self.core.read(|s| {
+            shuffle_jobs
+                .iter()
+                .filter(|id| match s.jobs.get(*id) {
+                    Some(j) => j.state.is_terminal(),
+                    None => current,
+                })
+                .cloned()
+                .collect()
+        })
+    }
+}
+
 /// A proposal's failure as a gRPC status. Not the leader: `UNAVAILABLE` with the
 /// leader's address in the `autopipe-leader` metadata key, so clients and workers
 /// reconnect there.
@@ -200,6 +232,8 @@ impl pb::job_service_server::JobService for Services {
             return Ok(Response::new(pb::SubmitJobResponse { job_id }));
         }
         let spec = PipelineSpec::parse(&req.spec_json, &origin)?;
+        // before anything reads a source or looks at the sink (`--allowed-roots`)
+        self.core.config.allowed_roots.check_spec(&spec, &origin)?;
         let partitions = self.partitions_for(&spec).await?;
         let planned = plan_job(&spec, partitions).await?;
         self.check_sink(&spec).await?;
@@ -244,16 +278,20 @@ impl pb::job_service_server::JobService for Services {
 
     async fn list_jobs(
         &self,
-        _req: Request<pb::ListJobsRequest>,
+        req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let jobs = self.core.read(|s| {
-            s.job_order
-                .iter()
-                .filter_map(|id| s.jobs.get(id))
-                .map(job_status)
-                .collect()
-        });
-        Ok(Response::new(pb::ListJobsResponse { jobs }))
+        let r = req.into_inner();
+        let (jobs, next) = self
+            .core
+            .read(|s| {
+                job_page(s, r.page_size as usize, &r.page_token)
+                    .map(|(jobs, next)| (jobs.into_iter().map(job_status).collect(), next))
+            })
+            .map_err(Status::invalid_argument)?;
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs,
+            next_page_token: next.unwrap_or_default(),
+        }))
     }
 
     async fn cancel_job(&self, req: Request<pb::JobId>) -> Result<Response<pb::JobStatus>, Status> {
@@ -329,7 +367,25 @@ impl pb::worker_service_server::WorkerService for Services {
                 "register: address must be set and slots must be at least 1",
             ));
         }
-        let worker_id = format!("w-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        // a worker keeps the id it was given (in its work dir) across restarts
+        let worker_id = if r.worker_id.is_empty() {
+            format!("w-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+        } else if valid_worker_id(&r.worker_id) {
+            r.worker_id.clone()
+        } else {
+            return Err(Status::invalid_argument(format!(
+                "register: worker id '{}' is not 1 to 64 letters, digits, '-', '_' or '.'; delete the worker's saved id (worker-id in its --work-dir) to get a new one",
+                r.worker_id.escape_debug()
+            )));
+        };
+        let before = self.core.read(|s| {
+            s.workers
+                .get(&worker_id)
+                .map(|w| (w.state, w.address.clone()))
+        });
+        if let Some((state, address)) = &before {
+            tracing::warn!(worker = %worker_id, was = %address, now = %r.address, "worker registers again under its id ({}); {}", if *state == WorkerState::Alive { "alive: its process restarted" } else { "lost" }, "its earlier attempts and map outputs are redone");
+        }
         self.core
             .propose(Command::RegisterWorker {
                 worker_id: worker_id.clone(),
@@ -369,19 +425,23 @@ impl pb::worker_service_server::WorkerService for Services {
                 .map(|w| w.state == WorkerState::Alive)
                 .unwrap_or(false)
         });
+        let finished_jobs = self.finished_jobs(&h.shuffle_jobs);
         if known {
             self.reconcile_running(&h).await;
             let mut l = Liveness::now(h.cpu_percent, h.memory_used_bytes);
             l.retry_budget_exhausted = h.retry_budget_exhausted;
             l.running = h.running.clone();
-            let before = self
-                .core
-                .liveness
-                .lock()
-                .expect("liveness lock poisoned")
-                .insert(h.worker_id.clone(), l)
-                .map(|p| p.retry_budget_exhausted)
-                .unwrap_or(0);
+            let before = {
+                let mut live = self.core.liveness.lock().expect("liveness lock poisoned");
+                // an attempt asked to stop holds its slot while the worker lists it
+                if let Some(prev) = live.get(&h.worker_id) {
+                    let listed: HashSet<_> = h.running.iter().map(attempt_id).collect();
+                    l.stopping = prev.stopping.intersection(&listed).cloned().collect();
+                }
+                live.insert(h.worker_id.clone(), l)
+                    .map(|p| p.retry_budget_exhausted)
+                    .unwrap_or(0)
+            };
             if h.retry_budget_exhausted > before {
                 crate::alerts::retry_budget_exhausted(
                     &self.core,
@@ -390,7 +450,10 @@ impl pb::worker_service_server::WorkerService for Services {
                 );
             }
         }
-        Ok(Response::new(pb::HeartbeatResponse { known }))
+        Ok(Response::new(pb::HeartbeatResponse {
+            known,
+            finished_jobs,
+        }))
     }
 
     async fn report_task_status(
@@ -709,6 +772,171 @@ mod tests {
         );
         assert!(t0.last_error.as_ref().unwrap().worker_unreachable);
         assert!(matches!(t1.state, TaskState::Running { .. }));
+        cancel.cancel();
+    }
+
+    /// A one-member coordinator core in `dir`, leading with a current state.
+    async fn leading_core(
+        dir: &std::path::Path,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Arc<Core> {
+        let (core, _task) = Core::open(
+            CoordinatorConfig {
+                data_dir: dir.to_path_buf(),
+                ..Default::default()
+            },
+            "127.0.0.1:1".into(),
+            cancel.clone(),
+        )
+        .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !core.raft.status().current {
+            assert!(std::time::Instant::now() < deadline, "no leader");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Arc::new(core)
+    }
+
+    fn register_request(address: &str, worker_id: &str) -> Request<pb::RegisterWorkerRequest> {
+        Request::new(pb::RegisterWorkerRequest {
+            address: address.into(),
+            slots: 2,
+            worker_id: worker_id.into(),
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_worker_registering_under_its_saved_id_keeps_it_and_one_entry() {
+        use pb::worker_service_server::WorkerService;
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let svc = Services {
+            core: leading_core(dir.path(), &cancel).await,
+        };
+        let id = svc
+            .register_worker(register_request("a:1", ""))
+            .await
+            .unwrap()
+            .into_inner()
+            .worker_id;
+        assert!(id.starts_with("w-"), "{id}");
+        // the process restarts on another port and registers with its saved id
+        let again = svc
+            .register_worker(register_request("a:2", &id))
+            .await
+            .unwrap()
+            .into_inner()
+            .worker_id;
+        assert_eq!(again, id);
+        let ws = svc.core.read(|s| s.workers.clone());
+        assert_eq!(ws.len(), 1);
+        assert_eq!(ws[&id].address, "a:2");
+        assert_eq!(ws[&id].state, WorkerState::Alive);
+        for bad in ["../x", "a b", "x".repeat(65).as_str()] {
+            let e = svc
+                .register_worker(register_request("a:3", bad))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}");
+        }
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn list_jobs_pages_through_every_job_in_submission_order() {
+        use pb::job_service_server::JobService;
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let svc = Services {
+            core: leading_core(dir.path(), &cancel).await,
+        };
+        let Command::SubmitJob { spec, stages, .. } = crate::state::test_job(1) else {
+            unreachable!()
+        };
+        for i in 0..5 {
+            svc.core
+                .propose(Command::SubmitJob {
+                    job_id: format!("j{i}"),
+                    spec: spec.clone(),
+                    stages: stages.clone(),
+                    at_ms: i,
+                    request_id: String::new(),
+                })
+                .await
+                .unwrap();
+        }
+        let (mut seen, mut token, mut pages) = (vec![], String::new(), 0);
+        loop {
+            let r = svc
+                .list_jobs(Request::new(pb::ListJobsRequest {
+                    page_size: 2,
+                    page_token: token.clone(),
+                }))
+                .await
+                .unwrap()
+                .into_inner();
+            pages += 1;
+            assert!(r.jobs.len() <= 2);
+            seen.extend(r.jobs.into_iter().map(|j| j.job_id));
+            if r.next_page_token.is_empty() {
+                break;
+            }
+            token = r.next_page_token;
+        }
+        assert_eq!(pages, 3);
+        assert_eq!(seen, ["j0", "j1", "j2", "j3", "j4"]);
+        let e = svc
+            .list_jobs(Request::new(pb::ListJobsRequest {
+                page_size: 2,
+                page_token: "bogus".into(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn the_heartbeat_names_the_shuffle_dirs_of_jobs_no_longer_running() {
+        use pb::worker_service_server::WorkerService;
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let svc = Services {
+            core: leading_core(dir.path(), &cancel).await,
+        };
+        let Command::SubmitJob { spec, stages, .. } = crate::state::test_job(1) else {
+            unreachable!()
+        };
+        for id in ["running", "cancelled"] {
+            svc.core
+                .propose(Command::SubmitJob {
+                    job_id: id.into(),
+                    spec: spec.clone(),
+                    stages: stages.clone(),
+                    at_ms: 0,
+                    request_id: String::new(),
+                })
+                .await
+                .unwrap();
+        }
+        svc.core
+            .propose(Command::CancelJob {
+                job_id: "cancelled".into(),
+                at_ms: 1,
+            })
+            .await
+            .unwrap();
+        let r = svc
+            .heartbeat(Request::new(pb::HeartbeatRequest {
+                worker_id: "w-x".into(),
+                shuffle_jobs: vec!["running".into(), "cancelled".into(), "forgotten".into()],
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.finished_jobs, ["cancelled", "forgotten"]);
         cancel.cancel();
     }
 }

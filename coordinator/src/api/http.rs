@@ -1,12 +1,20 @@
-//! HTTP admin API: `/metrics` (Prometheus text), `/api/jobs`, `/api/jobs/{id}`,
+//! HTTP admin API: `/metrics` (Prometheus text), `/api/jobs[?limit=N&after=TOKEN]`,
+//! `/api/jobs/{id}`,
 //! `/api/workers`, `/api/cluster`,
 //! `/api/decisions[?job=ID]` (JSON), and `/` — a minimal dashboard that polls the JSON API.
+//!
+//! Every route only reads. With a cluster token, a request that could change something
+//! (any method but GET and HEAD) needs `Authorization: Bearer <token>`, and so does every
+//! request when `--http-open-reads=false` (the guard `router` adds).
 
-use super::status::{decisions, job_status, workers};
+use super::status::{decisions, job_page, job_status, workers};
 use crate::core::Core;
+use autopipe_common::auth::ServerAuth;
 use autopipe_proto as pb;
+use axum::extract::Request;
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -15,6 +23,31 @@ use std::sync::Arc;
 
 /// The admin router.
 pub fn router(core: Arc<Core>) -> Router {
+    let auth = ServerAuth::new(core.config.auth_token.as_ref());
+    let open_reads = core.config.http_open_reads;
+    let guard = axum::middleware::from_fn(move |req: Request, next: Next| {
+        let auth = auth.clone();
+        async move {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes());
+            if http_needs_token(req.method(), open_reads) && !auth.accepts(given) {
+                let msg = if given.is_none() {
+                    "missing auth token: send `Authorization: Bearer <token>`"
+                } else {
+                    "wrong auth token"
+                };
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, "Bearer")],
+                    msg,
+                )
+                    .into_response();
+            }
+            next.run(req).await
+        }
+    });
     Router::new()
         .route("/", get(dashboard))
         .route("/metrics", get(metrics))
@@ -24,6 +57,14 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/api/cluster", get(cluster))
         .route("/api/decisions", get(list_decisions))
         .with_state(core)
+        .layer(guard)
+}
+
+/// Whether a request with `method` must carry the token (when the cluster has one):
+/// anything that may change something, and reads too unless they are open.
+fn http_needs_token(method: &Method, open_reads: bool) -> bool {
+    let read = method == Method::GET || method == Method::HEAD;
+    !read || !open_reads
 }
 
 async fn cluster(State(core): State<Arc<Core>>) -> Json<Value> {
@@ -104,15 +145,48 @@ pub fn worker_json(w: &pb::WorkerInfo) -> Value {
     })
 }
 
-async fn jobs(State(core): State<Arc<Core>>) -> Json<Value> {
-    let v: Vec<Value> = core.read(|s| {
-        s.job_order
-            .iter()
-            .filter_map(|id| s.jobs.get(id))
-            .map(|j| job_json(&job_status(j)))
-            .collect()
+#[derive(serde::Deserialize)]
+struct JobsQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+/// Every job in submission order; with `?limit=N[&after=TOKEN]`, a page of them, the
+/// next page's token in the `x-next-after` header (absent on the last page).
+async fn jobs(
+    State(core): State<Arc<Core>>,
+    axum::extract::Query(q): axum::extract::Query<JobsQuery>,
+) -> Response {
+    if q.limit.is_none() && q.after.is_none() {
+        let v: Vec<Value> = core.read(|s| {
+            s.job_order
+                .iter()
+                .filter_map(|id| s.jobs.get(id))
+                .map(|j| job_json(&job_status(j)))
+                .collect()
+        });
+        return Json(Value::Array(v)).into_response();
+    }
+    let page = core.read(|s| {
+        job_page(s, q.limit.unwrap_or(0), q.after.as_deref().unwrap_or("")).map(|(jobs, next)| {
+            (
+                jobs.iter()
+                    .map(|j| job_json(&job_status(j)))
+                    .collect::<Vec<_>>(),
+                next,
+            )
+        })
     });
-    Json(Value::Array(v))
+    match page {
+        Ok((v, next)) => {
+            let mut r = Json(Value::Array(v)).into_response();
+            if let Some(v) = next.and_then(|t| header::HeaderValue::from_str(&t).ok()) {
+                r.headers_mut().insert("x-next-after", v);
+            }
+            r
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, Json(json!({ "error": e }))).into_response(),
+    }
 }
 
 async fn job(State(core): State<Arc<Core>>, Path(id): Path<String>) -> Response {
@@ -161,4 +235,19 @@ async fn list_decisions(
 
 async fn dashboard() -> Html<&'static str> {
     Html(include_str!("dashboard.html"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_stay_open_unless_closed_and_changes_always_need_the_token() {
+        assert!(!http_needs_token(&Method::GET, true));
+        assert!(!http_needs_token(&Method::HEAD, true));
+        assert!(http_needs_token(&Method::GET, false));
+        assert!(http_needs_token(&Method::POST, true));
+        assert!(http_needs_token(&Method::DELETE, true));
+        assert!(http_needs_token(&Method::PUT, false));
+    }
 }

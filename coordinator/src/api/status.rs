@@ -95,6 +95,7 @@ pub fn job_status(job: &Job) -> pb::JobStatus {
             message: e.message.clone(),
             key: e.key.clone(),
             fetch_failed: None,
+            out_of_memory: false,
         }),
         tasks_total,
         tasks_done,
@@ -121,9 +122,9 @@ pub fn workers(core: &Core, s: &State) -> Vec<pb::WorkerInfo> {
         .values()
         .map(|w| {
             let l = live.get(&w.id);
-            // an attempt holds its slot until the worker stops listing it
-            let listed = l.map(|l| l.running.len() as u32).unwrap_or(0);
-            let busy = running.get(w.id.as_str()).copied().unwrap_or(0).max(listed);
+            // an attempt asked to stop holds its slot until the worker stops listing it
+            let stopping = l.map(|l| l.stopping.len() as u32).unwrap_or(0);
+            let busy = running.get(w.id.as_str()).copied().unwrap_or(0) + stopping;
             pb::WorkerInfo {
                 worker_id: w.id.clone(),
                 address: w.address.clone(),
@@ -159,4 +160,114 @@ pub fn decisions(s: &State, job_id: &str) -> Vec<pb::Decision> {
             effect: d.effect.clone().unwrap_or_default(),
         })
         .collect()
+}
+
+/// Jobs per `ListJobs` page when the request names no size.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// The largest `ListJobs` page.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// One page of jobs in submission order: up to `page_size` (0: `DEFAULT_PAGE_SIZE`, at
+/// most `MAX_PAGE_SIZE`) jobs submitted after the job `token` names (empty: from the
+/// first), and the next page's token (`None`: this page is the last). The token is the
+/// last listed job's submission number, so the jobs that retention forgets between two
+/// pages shift nothing. (Jobs from before jobs were numbered all have number 0: they
+/// are listed only from the first page on.)
+pub fn job_page<'a>(
+    s: &'a State,
+    page_size: usize,
+    token: &str,
+) -> Result<(Vec<&'a Job>, Option<String>), String> {
+    let after: u64 = match token {
+        "" => 0,
+        t => t.parse().map_err(|_| {
+            format!("page token '{t}' was not given out by `ListJobs`; list again without it")
+        })?,
+    };
+    let size = match page_size {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    };
+    let seq = |id: &String| s.jobs.get(id).map_or(0, |j| j.seq);
+    // `job_order` is in submission order, so numbers only grow along it
+    let start = if token.is_empty() {
+        0
+    } else {
+        s.job_order.partition_point(|id| seq(id) <= after)
+    };
+    let rest = &s.job_order[start..];
+    let jobs: Vec<&Job> = rest
+        .iter()
+        .take(size)
+        .filter_map(|id| s.jobs.get(id))
+        .collect();
+    let next = (rest.len() > size)
+        .then(|| jobs.last().map(|j| j.seq.to_string()))
+        .flatten();
+    Ok((jobs, next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Command;
+
+    fn state_with_jobs(n: usize) -> State {
+        let mut s = State::default();
+        let Command::SubmitJob { spec, stages, .. } = crate::state::test_job(1) else {
+            unreachable!()
+        };
+        for i in 0..n {
+            s.apply(&Command::SubmitJob {
+                job_id: format!("j{i}"),
+                spec: spec.clone(),
+                stages: stages.clone(),
+                at_ms: i as u64,
+                request_id: String::new(),
+            })
+            .unwrap();
+        }
+        s
+    }
+
+    fn ids(jobs: &[&Job]) -> Vec<String> {
+        jobs.iter().map(|j| j.id.clone()).collect()
+    }
+
+    #[test]
+    fn pages_list_every_job_once_in_submission_order() {
+        let s = state_with_jobs(5);
+        let (p1, t1) = job_page(&s, 2, "").unwrap();
+        assert_eq!(ids(&p1), ["j0", "j1"]);
+        let (p2, t2) = job_page(&s, 2, &t1.unwrap()).unwrap();
+        assert_eq!(ids(&p2), ["j2", "j3"]);
+        let (p3, t3) = job_page(&s, 2, &t2.unwrap()).unwrap();
+        assert_eq!((ids(&p3), t3), (vec!["j4".to_string()], None));
+        // the default size takes all five; an exact fit has no next page
+        assert_eq!(job_page(&s, 0, "").unwrap().0.len(), 5);
+        assert_eq!(job_page(&s, 5, "").unwrap().1, None);
+        assert!(job_page(&s, 2, "not-a-token").is_err());
+    }
+
+    #[test]
+    fn jobs_forgotten_between_pages_shift_nothing() {
+        let mut s = state_with_jobs(6);
+        let (_, t1) = job_page(&s, 2, "").unwrap();
+        for id in ["j0", "j1", "j3"] {
+            s.apply(&Command::CancelJob {
+                job_id: id.into(),
+                at_ms: 9,
+            })
+            .unwrap();
+        }
+        s.apply(&Command::ForgetJobs {
+            job_ids: vec!["j0".into(), "j1".into(), "j3".into()],
+            at_ms: 10,
+        })
+        .unwrap();
+        let (p2, t2) = job_page(&s, 2, &t1.unwrap()).unwrap();
+        assert_eq!(ids(&p2), ["j2", "j4"]);
+        let (p3, t3) = job_page(&s, 2, &t2.unwrap()).unwrap();
+        assert_eq!((ids(&p3), t3), (vec!["j5".to_string()], None));
+    }
 }

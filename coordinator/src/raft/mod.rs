@@ -132,6 +132,11 @@ pub struct RaftStatus {
     pub voters: Vec<u64>,
     /// member addresses
     pub members: BTreeMap<u64, String>,
+    /// a leader that has committed an entry of its own term and applied everything
+    /// committed: its state lacks nothing the group committed (a job it does not
+    /// know was never submitted, or was forgotten)
+    #[serde(skip)]
+    pub current: bool,
 }
 
 /// The applied state machine: the coordinator state plus the group's member addresses.
@@ -263,6 +268,7 @@ impl Raft {
             last_index: 0,
             voters: vec![],
             members: BTreeMap::new(),
+            current: false,
         };
         let (status_tx, status_rx) = watch::channel(status0);
         let id = config.id;

@@ -531,6 +531,9 @@ impl Node {
                 v
             },
             members,
+            current: role == Role::Leader
+                && r.commit_to_current_term()
+                && applied_index >= r.raft_log.committed,
         };
         // proposals of an older term or of a node that lost leadership may never
         // commit: answer them now, the caller retries with the new leader

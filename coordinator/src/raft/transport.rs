@@ -2,9 +2,15 @@
 //! hands it into `RaftService.Send` calls (each message as opaque rust-protobuf bytes);
 //! the server side decodes them and steps the node. Messages are best effort, as Raft
 //! expects: a full queue or a failed call drops them and reports the peer unreachable.
+//!
+//! Only current members are heard: with a cluster token every call must carry it (the
+//! server's auth layer checks that) and name its sender in `autopipe-member-id`, which
+//! must be a member of the applied configuration and match the `from` of the batch and
+//! of every message in it (a forged `from` is refused with `PERMISSION_DENIED`).
 
 use super::node::Input;
 use super::Raft;
+use autopipe_common::auth::{ClientAuth, MEMBER_ID_HEADER};
 use autopipe_proto as pb;
 use protobuf::Message as _;
 use raft::eraftpb::Message;
@@ -20,8 +26,14 @@ const QUEUE: usize = 1024;
 const BATCH: usize = 256;
 /// Deadline of one `Send` call.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest `Send` call (a snapshot is the whole state machine).
-pub const MAX_MESSAGE: usize = 1 << 30;
+/// Largest `Send` call either side accepts. A snapshot is the whole state machine in
+/// one message: a state whose snapshot is larger cannot be sent to a member that
+/// needs it (the sender logs an error naming the size).
+pub const MAX_MESSAGE: usize = 64 << 20;
+/// Messages of one `Send` call stop growing past this many bytes.
+const BATCH_BYTES: usize = MAX_MESSAGE / 2;
+/// Room for the batch's own framing.
+const MAX_PAYLOAD: usize = MAX_MESSAGE - (64 << 10);
 
 struct Peer {
     address: String,
@@ -108,27 +120,53 @@ async fn peer_loop(
             return;
         }
     };
-    let mut client = pb::raft_service_client::RaftServiceClient::new(endpoint.connect_lazy())
+    // every call carries the cluster token and names this member
+    let channel = tonic::service::interceptor::InterceptedService::new(
+        endpoint.connect_lazy(),
+        ClientAuth::member(from),
+    );
+    let mut client = pb::raft_service_client::RaftServiceClient::new(channel)
         .max_encoding_message_size(MAX_MESSAGE);
-    let mut batch = Vec::new();
+    // a message that did not fit the previous batch opens the next one
+    let mut carry: Option<Vec<u8>> = None;
     loop {
-        let first = tokio::select! {
-            _ = cancel.cancelled() => return,
-            m = rx.recv() => m,
-        };
-        let Some(first) = first else { return };
-        batch.clear();
-        batch.push(first);
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
+        let first = match carry.take() {
+            Some(b) => b,
+            None => {
+                let m = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    m = rx.recv() => m,
+                };
+                let Some(m) = m else { return };
+                match m.write_to_bytes() {
+                    Ok(b) => b,
+                    Err(_) => continue,
+                }
             }
+        };
+        let mut size = first.len();
+        let mut messages = vec![first];
+        while messages.len() < BATCH && size < BATCH_BYTES {
+            let Ok(m) = rx.try_recv() else { break };
+            let Ok(b) = m.write_to_bytes() else { continue };
+            if size + b.len() > BATCH_BYTES {
+                carry = Some(b);
+                break;
+            }
+            size += b.len();
+            messages.push(b);
         }
-        let messages = batch
-            .iter()
-            .filter_map(|m| m.write_to_bytes().ok())
-            .collect();
+        if size > MAX_PAYLOAD {
+            tracing::error!(
+                to,
+                %address,
+                bytes = size,
+                limit = MAX_MESSAGE,
+                "raft message larger than the limit not sent (a snapshot of a state this large cannot reach a member that needs one)"
+            );
+            let _ = node.try_send(Input::Unreachable(to));
+            continue;
+        }
         let req = pb::RaftBatch { from, messages };
         if let Err(e) = client.send(req).await {
             tracing::debug!(to, %address, "raft send failed: {e}");
@@ -142,30 +180,102 @@ async fn peer_loop(
 pub struct RaftService {
     /// the local node
     pub raft: Raft,
-    /// ids allowed to send: the configured peers and the applied members
+    /// ids allowed to send: the members of the applied configuration (before a
+    /// joining member has received any, the configured peers)
     pub allowed: Arc<dyn Fn(u64) -> bool + Send + Sync>,
+    /// every call must name its sender in `autopipe-member-id` (on with a cluster token)
+    pub require_member_id: bool,
 }
 
 impl RaftService {
-    /// A service that accepts members of `peers` and of the applied member list.
+    /// A service that accepts the members of the applied configuration, or of `peers`
+    /// while no configuration has been applied yet (a member that is joining).
     pub fn new(
         raft: Raft,
         peers: BTreeMap<u64, String>,
         applied: Arc<Mutex<super::Applied>>,
     ) -> Self {
         let allowed = move |id: u64| {
-            peers.contains_key(&id)
-                || applied
-                    .lock()
-                    .expect("applied lock poisoned")
-                    .members
-                    .contains_key(&id)
+            let a = applied.lock().expect("applied lock poisoned");
+            if a.members.is_empty() {
+                peers.contains_key(&id)
+            } else {
+                a.members.contains_key(&id)
+            }
         };
         Self {
             raft,
             allowed: Arc::new(allowed),
+            require_member_id: false,
         }
     }
+
+    /// Requires every call to name its sender (`autopipe-member-id`): on when the
+    /// cluster has a token, so the sender is the authenticated member, not whatever
+    /// `from` the message carries.
+    pub fn requiring_member_id(mut self, on: bool) -> Self {
+        self.require_member_id = on;
+        self
+    }
+
+    /// The member a batch is accepted from: the one its call names in
+    /// `autopipe-member-id` (required with a token), which must be the batch's `from`
+    /// and a current member; otherwise `PERMISSION_DENIED`.
+    pub fn sender(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        batch_from: u64,
+    ) -> Result<u64, tonic::Status> {
+        authenticated_sender(
+            metadata,
+            batch_from,
+            self.require_member_id,
+            self.allowed.as_ref(),
+        )
+    }
+}
+
+/// See `RaftService::sender`.
+fn authenticated_sender(
+    metadata: &tonic::metadata::MetadataMap,
+    batch_from: u64,
+    require_member_id: bool,
+    allowed: &dyn Fn(u64) -> bool,
+) -> Result<u64, tonic::Status> {
+    let named = match metadata.get(MEMBER_ID_HEADER) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    tonic::Status::permission_denied(format!(
+                        "{MEMBER_ID_HEADER} is not a member id"
+                    ))
+                })?,
+        ),
+        None if require_member_id => {
+            return Err(tonic::Status::permission_denied(format!(
+                "raft messages must name their sender in {MEMBER_ID_HEADER}: only \
+                     coordinators of this group may send them"
+            )))
+        }
+        None => None,
+    };
+    let member = named.unwrap_or(batch_from);
+    if member != batch_from {
+        return Err(tonic::Status::permission_denied(format!(
+            "raft batch says it is from coordinator {batch_from}, but its sender is \
+                 coordinator {member}"
+        )));
+    }
+    // rust-protobuf 2 parses recursively (RUSTSEC-2024-0437): only group members'
+    // bytes are decoded
+    if !allowed(member) {
+        return Err(tonic::Status::permission_denied(format!(
+            "coordinator {member} is not a member of this raft group"
+        )));
+    }
+    Ok(member)
 }
 
 #[tonic::async_trait]
@@ -174,23 +284,16 @@ impl pb::raft_service_server::RaftService for RaftService {
         &self,
         req: tonic::Request<pb::RaftBatch>,
     ) -> Result<tonic::Response<pb::RaftAck>, tonic::Status> {
+        let member = self.sender(req.metadata(), req.get_ref().from)?;
         let batch = req.into_inner();
-        // rust-protobuf 2 parses recursively (RUSTSEC-2024-0437): only group members'
-        // bytes are decoded
-        if !(self.allowed)(batch.from) {
-            return Err(tonic::Status::permission_denied(format!(
-                "coordinator {} is not a member of this raft group",
-                batch.from
-            )));
-        }
         for bytes in batch.messages {
             let m = Message::parse_from_bytes(&bytes).map_err(|e| {
                 tonic::Status::invalid_argument(format!("undecodable raft message: {e}"))
             })?;
-            if m.from != batch.from {
-                return Err(tonic::Status::invalid_argument(format!(
-                    "raft message from {} inside a batch from {}",
-                    m.from, batch.from
+            if m.from != member {
+                return Err(tonic::Status::permission_denied(format!(
+                    "raft message from {} sent by coordinator {member}",
+                    m.from
                 )));
             }
             self.raft
@@ -199,5 +302,60 @@ impl pb::raft_service_server::RaftService for RaftService {
                 .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         }
         Ok(tonic::Response::new(pb::RaftAck {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::metadata::MetadataMap;
+
+    fn named(id: &str) -> MetadataMap {
+        let mut md = MetadataMap::new();
+        md.insert(MEMBER_ID_HEADER, id.parse().unwrap());
+        md
+    }
+
+    fn members(id: u64) -> bool {
+        [1, 2, 3].contains(&id)
+    }
+
+    #[test]
+    fn a_batch_is_accepted_from_the_member_its_call_names() {
+        assert_eq!(
+            authenticated_sender(&named("2"), 2, true, &members).unwrap(),
+            2
+        );
+        // without a token, a call that names nobody is taken at its word (as before)
+        assert_eq!(
+            authenticated_sender(&MetadataMap::new(), 3, false, &members).unwrap(),
+            3
+        );
+    }
+
+    #[test]
+    fn a_forged_from_is_refused() {
+        // member 2 sends a batch claiming to come from the leader, member 1
+        let s = authenticated_sender(&named("2"), 1, true, &members).unwrap_err();
+        assert_eq!(s.code(), tonic::Code::PermissionDenied);
+        assert!(
+            s.message().contains("from coordinator 1"),
+            "{}",
+            s.message()
+        );
+        // also without a token, a named sender must match
+        let s = authenticated_sender(&named("2"), 1, false, &members).unwrap_err();
+        assert_eq!(s.code(), tonic::Code::PermissionDenied);
+    }
+
+    #[test]
+    fn with_a_token_a_call_must_name_a_current_member() {
+        let s = authenticated_sender(&MetadataMap::new(), 1, true, &members).unwrap_err();
+        assert_eq!(s.code(), tonic::Code::PermissionDenied);
+        let s = authenticated_sender(&named("9"), 9, true, &members).unwrap_err();
+        assert_eq!(s.code(), tonic::Code::PermissionDenied);
+        assert!(s.message().contains("not a member"), "{}", s.message());
+        let s = authenticated_sender(&named("x"), 1, true, &members).unwrap_err();
+        assert_eq!(s.code(), tonic::Code::PermissionDenied);
     }
 }

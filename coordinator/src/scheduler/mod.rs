@@ -4,10 +4,11 @@
 //! and proposes commands; all side effects (RPCs, file moves) happen here.
 
 pub mod commit;
+pub mod retention;
 pub mod stall;
 
 use crate::alerts::{self, AlertKind};
-use crate::core::Core;
+use crate::core::{attempt_id, AttemptId, Core};
 use crate::state::decision::inputs;
 use crate::state::machine::Stage;
 use crate::state::{
@@ -28,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 /// Runs until `cancel`.
 pub async fn run(core: Arc<Core>, cancel: CancellationToken) {
     let committing: Arc<Mutex<HashSet<String>>> = Default::default();
-    let mut cleaned: HashSet<String> = HashSet::new();
+    let cleaning: Arc<Mutex<HashSet<String>>> = Default::default();
+    let mut retention_at = std::time::Instant::now();
     let mut was_leader = false;
     let mut refused_seen = 0;
     let mut orphans_cancelled: HashMap<AttemptId, std::time::Instant> = HashMap::new();
@@ -64,9 +66,16 @@ pub async fn run(core: Arc<Core>, cancel: CancellationToken) {
         launch_ready_tasks(&core).await;
         stall::watch(&core, &mut stalled).await;
         start_commits(&core, &committing).await;
-        cleanup_finished(&core, &mut cleaned);
+        cleanup_finished(&core, &cleaning);
+        if retention_at.elapsed() >= RETENTION_EVERY {
+            retention_at = std::time::Instant::now();
+            retention::enforce(&core).await;
+        }
     }
 }
+
+/// How often the leader applies the retention policies (`retention`).
+const RETENTION_EVERY: Duration = Duration::from_secs(1);
 
 async fn detect_lost_workers(core: &Arc<Core>) {
     let timeout = core.config.heartbeat_timeout;
@@ -157,9 +166,6 @@ pub async fn probe_worker(core: &Core, id: &str) {
     }
 }
 
-/// (job, stage, task, attempt)
-type AttemptId = (String, u32, u32, u32);
-
 /// How often an orphaned attempt is asked again to stop.
 const ORPHAN_CANCEL_EVERY: Duration = Duration::from_secs(2);
 
@@ -183,14 +189,15 @@ fn cancel_orphans(core: &Arc<Core>, sent: &mut HashMap<AttemptId, std::time::Ins
             .collect()
     });
     for (worker_id, key) in orphans {
-        let id = (key.job_id.clone(), key.stage_id, key.task, key.attempt);
+        let id = attempt_id(&key);
         if sent.contains_key(&id) {
             continue;
         }
         sent.insert(id, std::time::Instant::now());
         tracing::info!(worker = %worker_id, job = %key.job_id, stage = key.stage_id, task = key.task, attempt = key.attempt, "cancelling an attempt the job no longer runs");
+        // (a listed attempt may just be finishing its report: its slot is not held)
         let core = core.clone();
-        tokio::spawn(async move { cancel_attempt(&core, &worker_id, key).await });
+        tokio::spawn(async move { send_cancel(&core, &worker_id, key).await });
     }
 }
 
@@ -206,9 +213,25 @@ struct Launch {
     speculative: Option<(String, BTreeMap<String, String>)>,
 }
 
-/// Cancels one attempt on its worker (best effort: a worker that does not answer is
-/// left to the heartbeats, and a late report of the attempt is ignored).
+/// Cancels one attempt that the state ran until now (its job ended, it lost a race,
+/// it timed out) on its worker: its slot counts as busy until the worker's heartbeat
+/// no longer lists it. Best effort: a worker that does not answer is left to the
+/// heartbeats (`cancel_orphans` asks again), and a late report of the attempt is
+/// ignored.
 pub async fn cancel_attempt(core: &Core, worker_id: &str, key: pb::TaskKey) {
+    if let Some(l) = core
+        .liveness
+        .lock()
+        .expect("liveness lock poisoned")
+        .get_mut(worker_id)
+    {
+        l.stopping.insert(attempt_id(&key));
+    }
+    send_cancel(core, worker_id, key).await;
+}
+
+/// Asks `worker_id` to stop attempt `key`.
+async fn send_cancel(core: &Core, worker_id: &str, key: pb::TaskKey) {
     let Some(addr) = core.read(|s| s.workers.get(worker_id).map(|w| w.address.clone())) else {
         return;
     };
@@ -392,7 +415,7 @@ async fn launch_ready_tasks(core: &Arc<Core>) {
         .expect("liveness lock poisoned")
         .iter()
         .filter(|(_, l)| !l.unreachable)
-        .map(|(k, l)| (k.clone(), l.running.len() as u32))
+        .map(|(k, l)| (k.clone(), l.stopping.len() as u32))
         .collect();
     let launches = core.read(|s| plan_launches(s, &live));
     // proposed together, so one raft Ready (one flush) records the whole wave
@@ -512,7 +535,44 @@ async fn send_launch(address: &str, def: pb::TaskDefinition) -> Result<(), Launc
 pub async fn report_failure(core: &Core, key: &pb::TaskKey, e: &Error) {
     let class = e.class();
     core.metrics.error(class_name(class));
+    if e.is_out_of_memory() {
+        give_more_memory(core, key).await;
+    }
     propose_failure(core, key, error_record(e), class == ErrorClass::Transient).await;
+}
+
+/// After an attempt ran out of memory: its task's next attempts get a larger share
+/// (`optimizer::memory`), recorded as a `memory_share` decision.
+async fn give_more_memory(core: &Core, key: &pb::TaskKey) {
+    let share = core
+        .read(|s| crate::optimizer::memory::larger_share(s, &key.job_id, key.stage_id, key.task));
+    let Some(x) = share else { return };
+    let cmd = Command::TaskMemory {
+        job_id: key.job_id.clone(),
+        stage: key.stage_id,
+        task: key.task,
+        slots: x.slots,
+    };
+    if let Err(e) = core.propose(cmd).await {
+        tracing::debug!("memory share not recorded: {e}");
+        return;
+    }
+    let decision = Decision {
+        id: 0,
+        at_ms: now_ms(),
+        job_id: key.job_id.clone(),
+        kind: DecisionKind::MemoryShare,
+        what: format!(
+            "stage {} task {} runs its next attempts with {} task slots' memory",
+            key.stage_id, key.task, x.slots
+        ),
+        why: x.why,
+        inputs: x.inputs,
+        effect: None,
+    };
+    if let Err(e) = core.propose(Command::RecordDecision { decision }).await {
+        tracing::debug!("memory decision not recorded: {e}");
+    }
 }
 
 /// Proposes the failure of an attempt, with its backoff; `None` when the state did
@@ -614,17 +674,17 @@ pub fn class_name(c: ErrorClass) -> &'static str {
 /// Decides launches: jobs in submission order, ready stages in order, tasks onto the
 /// alive worker with the most free slots (avoiding workers where the task already
 /// failed, while others are alive); then speculative copies of stragglers onto the
-/// slots left. `live` maps each heartbeating worker to the attempts it last said it
-/// runs: a slot whose attempt was cancelled is free only once the worker stopped it.
+/// slots left. `live` maps each heartbeating worker to the attempts it was asked to
+/// stop and still runs: such a slot is free only once the worker stopped it.
 fn plan_launches(s: &State, live: &HashMap<String, u32>) -> Vec<Launch> {
     let running = s.running_per_worker();
-    let mut free: Vec<(String, i64)> = s
+    let mut free: Vec<(String, i64, i64)> = s
         .workers
         .values()
         .filter_map(|w| {
-            let listed = *live.get(&w.id).filter(|_| w.state == WorkerState::Alive)?;
-            let busy = running.get(w.id.as_str()).copied().unwrap_or(0).max(listed);
-            Some((w.id.clone(), w.slots as i64 - busy as i64))
+            let stopping = *live.get(&w.id).filter(|_| w.state == WorkerState::Alive)?;
+            let busy = running.get(w.id.as_str()).copied().unwrap_or(0) + stopping;
+            Some((w.id.clone(), w.slots as i64 - busy as i64, w.slots as i64))
         })
         .collect();
     let mut out = Vec::new();
@@ -649,7 +709,7 @@ fn plan_launches(s: &State, live: &HashMap<String, u32>) -> Vec<Launch> {
                 }
                 // elsewhere than where it failed, unless it failed everywhere
                 let failed_everywhere = free.iter().all(|f| task.failed_on.contains(&f.0));
-                let Some(wid) = take_slot(&mut free, |w| {
+                let Some(wid) = take_slot(&mut free, task.memory_slots, |w| {
                     failed_everywhere || !task.failed_on.iter().any(|f| f == w)
                 }) else {
                     continue;
@@ -683,7 +743,7 @@ fn plan_launches(s: &State, live: &HashMap<String, u32>) -> Vec<Launch> {
                 else {
                     continue;
                 };
-                let Some(wid) = take_slot(&mut free, |w| {
+                let Some(wid) = take_slot(&mut free, task.memory_slots, |w| {
                     w != original && !task.failed_on.iter().any(|f| f == w)
                 }) else {
                     continue;
@@ -715,11 +775,18 @@ fn plan_launches(s: &State, live: &HashMap<String, u32>) -> Vec<Launch> {
     out
 }
 
-/// Takes a slot on the worker with the most free slots among those `ok` accepts.
-fn take_slot(free: &mut [(String, i64)], ok: impl Fn(&str) -> bool) -> Option<String> {
+/// Takes `slots` slots (at least one) on the worker with the most free slots among
+/// those `ok` accepts; a task wanting more slots than a worker has takes all of it.
+/// `free` holds (worker, free slots, all slots).
+fn take_slot(
+    free: &mut [(String, i64, i64)],
+    slots: u32,
+    ok: impl Fn(&str) -> bool,
+) -> Option<String> {
     free.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    let slot = free.iter_mut().find(|f| f.1 > 0 && ok(&f.0))?;
-    slot.1 -= 1;
+    let want = |f: &(String, i64, i64)| (slots.max(1) as i64).min(f.2.max(1));
+    let slot = free.iter_mut().find(|f| f.1 >= want(f) && ok(&f.0))?;
+    slot.1 -= want(slot);
     Some(slot.0.clone())
 }
 
@@ -730,9 +797,7 @@ pub fn staging_prefix(job: &Job, task: usize, attempt: u32) -> String {
 
 /// The job's staging directory: a hidden sibling of the sink directory.
 pub fn job_staging_root(job: &Job) -> String {
-    let sink = job.spec.sink.path.trim_end_matches('/');
-    let (parent, name) = sink.rsplit_once('/').unwrap_or(("", sink));
-    format!("{parent}/.{name}.autopipe-staging/{}/", job.id)
+    format!("{}{}/", job.spec.sink.staging_dir(), job.id)
 }
 
 fn task_definition(
@@ -791,6 +856,14 @@ fn task_definition(
         output: Some(output),
         inputs,
         input_stages,
+        slots: job.stages[si].tasks[ti].memory_slots.clamp(
+            1,
+            s.workers
+                .get(worker_id)
+                .map(|w| w.slots)
+                .unwrap_or(1)
+                .max(1),
+        ),
         store_urls,
         memory_limit_bytes: 0,
         worker_id: worker_id.to_string(),
@@ -946,13 +1019,30 @@ where
     }
 }
 
-/// Once a job is terminal: cancel its attempts still running, drop its staging and
-/// ask workers to delete its shuffle files.
-fn cleanup_finished(core: &Arc<Core>, cleaned: &mut HashSet<String>) {
+/// Terminal jobs whose cleanup has not run (recorded in the state, so this holds
+/// across leader changes), except those in `busy`.
+fn to_clean_up<'a>(s: &'a State, busy: &HashSet<String>) -> Vec<&'a Job> {
+    s.jobs
+        .values()
+        .filter(|j| j.state.is_terminal() && !j.cleaned && !busy.contains(&j.id))
+        .collect()
+}
+
+/// How long a cleanup whose staging could not be deleted (a transient error) waits
+/// before it is tried again.
+const CLEANUP_RETRY: Duration = Duration::from_secs(5);
+
+/// Once a job is terminal: cancel its attempts still running, drop its staging, ask
+/// workers to delete its shuffle files, and record that it was done (`JobCleaned`),
+/// so a new leader cleans up only the jobs not cleaned yet instead of every job ever
+/// run. A worker that misses the request (down, unreachable) deletes the files when
+/// its heartbeat lists them (`WorkerService::heartbeat`, `worker/src/sweep.rs`).
+/// `cleaning`: jobs whose cleanup is under way here.
+fn cleanup_finished(core: &Arc<Core>, cleaning: &Arc<Mutex<HashSet<String>>>) {
+    let busy = cleaning.lock().expect("lock").clone();
     let todo: Vec<(Job, Vec<(String, String)>)> = core.read(|s| {
-        s.jobs
-            .values()
-            .filter(|j| j.state.is_terminal() && !cleaned.contains(&j.id))
+        to_clean_up(s, &busy)
+            .into_iter()
             .map(|j| {
                 let workers = s
                     .workers
@@ -965,7 +1055,7 @@ fn cleanup_finished(core: &Arc<Core>, cleaned: &mut HashSet<String>) {
             .collect()
     });
     for (job, workers) in todo {
-        cleaned.insert(job.id.clone());
+        cleaning.lock().expect("lock").insert(job.id.clone());
         // its attempts still running stop now (cancel_orphans retries any cancel that
         // does not arrive)
         for (si, st) in job.stages.iter().enumerate() {
@@ -982,10 +1072,19 @@ fn cleanup_finished(core: &Arc<Core>, cleaned: &mut HashSet<String>) {
                 }
             }
         }
+        let (core, cleaning) = (core.clone(), cleaning.clone());
         tokio::spawn(async move {
+            let done = || cleaning.lock().expect("lock").remove(&job.id);
             if job.state != JobState::Succeeded {
-                if let Err(e) = commit::discard_staging(&job).await {
-                    tracing::warn!(job = %job.id, "cannot delete staging: {e}");
+                match commit::discard_staging(&job).await {
+                    Ok(()) => {}
+                    Err(e) if e.class() == ErrorClass::Transient => {
+                        tracing::warn!(job = %job.id, "cannot delete staging now, tried again in {CLEANUP_RETRY:?}: {e}");
+                        tokio::time::sleep(CLEANUP_RETRY).await;
+                        done();
+                        return;
+                    }
+                    Err(e) => tracing::warn!(job = %job.id, "cannot delete staging: {e}"),
                 }
             }
             for (wid, addr) in workers {
@@ -999,6 +1098,13 @@ fn cleanup_finished(core: &Arc<Core>, cleaned: &mut HashSet<String>) {
                     tracing::debug!(worker = %wid, "cleanup of job {} failed: {e}", job.id);
                 }
             }
+            let cmd = Command::JobCleaned {
+                job_id: job.id.clone(),
+            };
+            if let Err(e) = core.propose(cmd).await {
+                tracing::debug!(job = %job.id, "cleanup not recorded: {e}");
+            }
+            done();
         });
     }
 }
@@ -1259,7 +1365,7 @@ mod tests {
     #[test]
     fn a_slot_whose_cancelled_attempt_still_runs_is_not_free() {
         let s = state_with(&[("w1", 2), ("w2", 2)], 3);
-        // w1 still runs 2 attempts the state no longer counts (cancelled, not stopped)
+        // w1 still runs 2 attempts it was asked to stop
         let live: HashMap<String, u32> = [("w1".to_string(), 2), ("w2".to_string(), 0)].into();
         let l = plan_launches(&s, &live);
         assert_eq!(l.len(), 2);
@@ -1372,5 +1478,32 @@ mod tests {
             staging_prefix(job, 3, 2),
             "/tmp/.o.autopipe-staging/j/t3-a2/"
         );
+    }
+
+    #[test]
+    fn a_new_leader_cleans_up_only_the_jobs_whose_cleanup_is_not_recorded() {
+        let mut s = state_with(&[("w1", 1)], 1);
+        let busy = HashSet::new();
+        assert!(to_clean_up(&s, &busy).is_empty(), "the job still runs");
+        s.apply(&Command::CancelJob {
+            job_id: "j".into(),
+            at_ms: 1,
+        })
+        .unwrap();
+        let ids = |s: &State, busy: &HashSet<String>| {
+            to_clean_up(s, busy)
+                .iter()
+                .map(|j| j.id.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&s, &busy), ["j"]);
+        assert!(
+            ids(&s, &HashSet::from(["j".to_string()])).is_empty(),
+            "under way"
+        );
+        s.apply(&Command::JobCleaned { job_id: "j".into() })
+            .unwrap();
+        // what any leader, also a new one with nothing in memory, reads
+        assert!(ids(&s, &busy).is_empty());
     }
 }

@@ -16,7 +16,8 @@ use std::collections::{HashMap, HashSet};
 pub const DEFAULT_STALL_ALERT_MS: u64 = 30_000;
 
 /// Why `job` cannot progress now, given the heartbeating workers and the attempts
-/// each last listed; `None` while it runs something or can launch something.
+/// each still runs after being asked to stop; `None` while it runs something or can
+/// launch something.
 pub fn waiting_reason(
     s: &State,
     job: &Job,
@@ -58,7 +59,7 @@ pub fn waiting_reason(
                 .get(w.id.as_str())
                 .copied()
                 .unwrap_or(0)
-                .max(live[&w.id])
+                .saturating_add(live[&w.id])
                 .min(w.slots)
         })
         .sum();
@@ -88,7 +89,7 @@ pub async fn watch(core: &Core, alerted: &mut HashSet<String>) {
         .lock()
         .expect("liveness lock poisoned")
         .iter()
-        .map(|(k, l)| (k.clone(), l.running.len() as u32))
+        .map(|(k, l)| (k.clone(), l.stopping.len() as u32))
         .collect();
     let now = now_ms();
     let changes: Vec<WaitCheck> = core.read(|s| {

@@ -74,9 +74,12 @@ pub struct Waiting {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Command {
-    /// a worker joined
+    /// a worker joined, or came back under the id it keeps in its work dir: a lost
+    /// entry with that id is alive again at the new address; an alive one means its
+    /// process restarted, so its attempts and map outputs are lost first (the one
+    /// lost-worker path), then it is alive again
     RegisterWorker {
-        /// assigned id
+        /// assigned (or kept) id
         worker_id: String,
         /// gRPC/Flight address
         address: String,
@@ -133,6 +136,18 @@ pub enum Command {
         job_id: String,
         /// why it waits, and since when
         waiting: Option<Waiting>,
+    },
+    /// a task's next attempts take this many task slots of their worker, and as many
+    /// slots' shares of its memory (after the task ran out of memory)
+    TaskMemory {
+        /// job
+        job_id: String,
+        /// stage
+        stage: u32,
+        /// task index
+        task: u32,
+        /// slots per attempt, at least 1
+        slots: u32,
     },
     /// the worker refused a launch before starting it (no free slot): the attempt
     /// never ran and is not counted; the task waits for another slot
@@ -238,6 +253,30 @@ pub enum Command {
     CancelJob {
         /// job
         job_id: String,
+        /// when
+        at_ms: u64,
+    },
+    /// a terminal job's cleanup ran (attempts cancelled, staging discarded, workers
+    /// asked to delete its shuffle files): a new leader does not run it again
+    JobCleaned {
+        /// job
+        job_id: String,
+    },
+    /// terminal jobs past the retention policy leave the state, with their
+    /// idempotency keys and decisions (chosen by `scheduler::retention`); ids no
+    /// longer in the state are skipped, a job that is not terminal is refused
+    ForgetJobs {
+        /// jobs
+        job_ids: Vec<String>,
+        /// when
+        at_ms: u64,
+    },
+    /// lost workers past the lost-worker retention leave the state (chosen by
+    /// `scheduler::retention`); ids no longer in the state are skipped, an alive
+    /// worker is refused
+    PruneWorkers {
+        /// workers
+        worker_ids: Vec<String>,
         /// when
         at_ms: u64,
     },

@@ -17,6 +17,8 @@ pub enum DecisionKind {
     TaskTimeout,
     /// a job's per-task attempt limit was lowered or raised
     RetryLimit,
+    /// a task that ran out of memory is retried with a larger memory share
+    MemoryShare,
 }
 
 impl DecisionKind {
@@ -26,6 +28,7 @@ impl DecisionKind {
             DecisionKind::Speculation => "speculation",
             DecisionKind::TaskTimeout => "task_timeout",
             DecisionKind::RetryLimit => "retry_limit",
+            DecisionKind::MemoryShare => "memory_share",
         }
     }
 }

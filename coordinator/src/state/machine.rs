@@ -90,9 +90,16 @@ pub struct Task {
     /// fetch failures of this (reducer) task so far
     #[serde(default)]
     pub fetch_failures: u32,
+    /// task slots (and memory shares) each attempt takes; 0 or 1: one
+    #[serde(default, skip_serializing_if = "one_slot")]
+    pub memory_slots: u32,
     /// the decision of a speculative copy that now runs as the task's only attempt
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted: Option<u64>,
+}
+
+fn one_slot(n: &u32) -> bool {
+    *n <= 1
 }
 
 /// Fetch failures of one task that do not count against its attempts.
@@ -123,6 +130,7 @@ impl Task {
             speculative: None,
             failed_on: vec![],
             fetch_failures: 0,
+            memory_slots: 0,
             promoted: None,
         }
     }
@@ -245,6 +253,13 @@ pub struct Job {
     /// the workers it happened on
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub failure_causes: BTreeMap<String, (u32, Vec<String>)>,
+    /// position in submission order, from 1 (`ListJobs` pages by it: it survives
+    /// the removal of other jobs; 0: submitted before jobs were numbered)
+    #[serde(default)]
+    pub seq: u64,
+    /// its cleanup ran (only a terminal job's); only a cleaned job is forgotten
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cleaned: bool,
 }
 
 impl Job {
@@ -287,7 +302,8 @@ impl Job {
 pub enum WorkerState {
     /// registered and heartbeating
     Alive,
-    /// declared lost; never trusted again (a returning process registers anew)
+    /// declared lost: what ran there and its map outputs are redone elsewhere; a
+    /// returning worker registers again under its id (and is alive from then on)
     Lost,
 }
 
@@ -315,6 +331,13 @@ pub struct WorkerRecord {
     /// of those, attempts that failed with a transient error
     #[serde(default)]
     pub transient_failures: u64,
+    /// when it was declared lost (a lost worker is pruned after a retention period)
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lost_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Everything the coordinator must not forget.
@@ -335,6 +358,9 @@ pub struct State {
     /// id of the last recorded decision
     #[serde(default)]
     pub last_decision_id: u64,
+    /// `seq` of the last submitted job
+    #[serde(default)]
+    pub last_job_seq: u64,
 }
 
 /// Why a command was rejected.
@@ -391,11 +417,18 @@ impl State {
                 at_ms,
                 shuffle,
             } => {
-                if self.workers.contains_key(worker_id) {
-                    return Err(ApplyError::Illegal(format!(
-                        "worker {worker_id} is already registered"
-                    )));
+                // A worker keeps its id across restarts. Registering while alive means
+                // its process restarted: what ran there is gone, through the one
+                // lost-worker path. A lost worker's outputs were forgotten already.
+                let before = self
+                    .workers
+                    .get(worker_id)
+                    .map(|w| (w.state, w.attempts, w.transient_failures));
+                if matches!(before, Some((WorkerState::Alive, ..))) {
+                    self.forget_worker_outputs(worker_id);
                 }
+                let (_, attempts, transient_failures) =
+                    before.unwrap_or((WorkerState::Alive, 0, 0));
                 self.workers.insert(
                     worker_id.clone(),
                     WorkerRecord {
@@ -406,13 +439,14 @@ impl State {
                         state: WorkerState::Alive,
                         registered_ms: *at_ms,
                         shuffle: shuffle.clone(),
-                        attempts: 0,
-                        transient_failures: 0,
+                        attempts,
+                        transient_failures,
+                        lost_ms: 0,
                     },
                 );
                 Ok(Outcome::Done)
             }
-            Command::WorkerLost { worker_id, .. } => {
+            Command::WorkerLost { worker_id, at_ms } => {
                 let w = self
                     .workers
                     .get(worker_id)
@@ -422,10 +456,9 @@ impl State {
                         "worker {worker_id} is already lost"
                     )));
                 }
-                self.workers
-                    .get_mut(worker_id)
-                    .expect("checked above")
-                    .state = WorkerState::Lost;
+                let w = self.workers.get_mut(worker_id).expect("checked above");
+                w.state = WorkerState::Lost;
+                w.lost_ms = *at_ms;
                 self.forget_worker_outputs(worker_id);
                 Ok(Outcome::Done)
             }
@@ -468,8 +501,11 @@ impl State {
                         max_attempts: None,
                         waiting: None,
                         failure_causes: BTreeMap::new(),
+                        seq: self.last_job_seq + 1,
+                        cleaned: false,
                     },
                 );
+                self.last_job_seq += 1;
                 self.job_order.push(job_id.clone());
                 if !request_id.is_empty() {
                     self.submissions.insert(request_id.clone(), job_id.clone());
@@ -511,6 +547,17 @@ impl State {
                     started_ms: *at_ms,
                 };
                 self.count_attempt(worker_id);
+                Ok(Outcome::Done)
+            }
+            Command::TaskMemory {
+                job_id,
+                stage,
+                task,
+                slots,
+            } => {
+                let job = self.running_job(job_id)?;
+                let t = Self::task_mut(job, *stage, *task)?;
+                t.memory_slots = (*slots).max(1);
                 Ok(Outcome::Done)
             }
             Command::JobWaiting { job_id, waiting } => {
@@ -661,6 +708,7 @@ impl State {
                 };
                 let copy = t.speculative.take();
                 let promoted = t.promoted.take();
+                let memory_slots = t.memory_slots;
                 t.state = TaskState::Succeeded {
                     attempt: *attempt,
                     worker_id: winner.0,
@@ -668,6 +716,22 @@ impl State {
                     started_ms: winner.1,
                     finished_ms: *at_ms,
                 };
+                if memory_slots > 1 {
+                    let (st, tk) = (stage.to_string(), task.to_string());
+                    let open = self.decisions.iter_mut().rev().find(|d| {
+                        d.kind == DecisionKind::MemoryShare
+                            && d.job_id == *job_id
+                            && d.effect.is_none()
+                            && d.inputs.get("stage") == Some(&st)
+                            && d.inputs.get("task") == Some(&tk)
+                    });
+                    if let Some(d) = open {
+                        d.effect = Some(format!(
+                            "the attempt with {memory_slots} slots' memory succeeded in {} ms",
+                            at_ms.saturating_sub(winner.1)
+                        ));
+                    }
+                }
                 let Some(copy) = copy else {
                     if let Some(d) = promoted {
                         self.append_effect(
@@ -877,6 +941,58 @@ impl State {
                 job.finished_ms = *at_ms;
                 self.close_retry_decisions(job_id, "the job was cancelled");
                 Ok(Outcome::JobChanged(job_id.clone(), JobState::Cancelled))
+            }
+            Command::JobCleaned { job_id } => {
+                let job = self.job_mut(job_id)?;
+                if !job.state.is_terminal() {
+                    return Err(ApplyError::Illegal(format!(
+                        "job {job_id} cannot be cleaned up while {:?}",
+                        job.state
+                    )));
+                }
+                job.cleaned = true;
+                Ok(Outcome::Done)
+            }
+            Command::ForgetJobs { job_ids, .. } => {
+                let forget: std::collections::BTreeSet<&String> = job_ids
+                    .iter()
+                    .filter(|id| self.jobs.contains_key(*id))
+                    .collect();
+                if let Some(j) = forget
+                    .iter()
+                    .find_map(|id| self.jobs.get(*id).filter(|j| !j.state.is_terminal()))
+                {
+                    return Err(ApplyError::Illegal(format!(
+                        "job {} cannot be forgotten while {:?}",
+                        j.id, j.state
+                    )));
+                }
+                if forget.is_empty() {
+                    return Ok(Outcome::Done);
+                }
+                for id in &forget {
+                    self.jobs.remove(*id);
+                }
+                self.job_order.retain(|id| !forget.contains(id));
+                self.submissions.retain(|_, id| !forget.contains(id));
+                self.decisions.retain(|d| !forget.contains(&d.job_id));
+                Ok(Outcome::Done)
+            }
+            Command::PruneWorkers { worker_ids, .. } => {
+                if let Some(w) = worker_ids.iter().find_map(|id| {
+                    self.workers
+                        .get(id)
+                        .filter(|w| w.state != WorkerState::Lost)
+                }) {
+                    return Err(ApplyError::Illegal(format!(
+                        "worker {} cannot be pruned while {:?}",
+                        w.id, w.state
+                    )));
+                }
+                for id in worker_ids {
+                    self.workers.remove(id);
+                }
+                Ok(Outcome::Done)
             }
         }
     }
@@ -1118,7 +1234,8 @@ impl State {
             })
     }
 
-    /// Running attempts per worker, counted in one pass over the running jobs.
+    /// Task slots taken per worker (an attempt takes its task's `memory_slots`),
+    /// counted in one pass over the running jobs.
     pub fn running_per_worker(&self) -> BTreeMap<&str, u32> {
         let mut out = BTreeMap::new();
         for t in self
@@ -1129,7 +1246,8 @@ impl State {
             .flat_map(|s| s.tasks.iter())
         {
             for (_, worker_id, _) in t.running_attempts() {
-                *out.entry(worker_id).or_insert(0) += 1;
+                let slots = self.workers.get(worker_id).map(|w| w.slots).unwrap_or(1);
+                *out.entry(worker_id).or_insert(0) += t.memory_slots.clamp(1, slots.max(1));
             }
         }
         out
@@ -1191,6 +1309,58 @@ mod tests {
             worker_id: w.into(),
             at_ms: 2,
         })
+    }
+
+    fn refused(s: &mut State, task: u32, attempt: u32, w: &str) -> Result<Outcome, ApplyError> {
+        s.apply(&Command::LaunchRefused {
+            job_id: "j".into(),
+            stage: 0,
+            task,
+            attempt,
+            worker_id: w.into(),
+        })
+    }
+
+    #[test]
+    fn a_refused_launch_is_not_an_attempt_and_its_number_is_reused() {
+        let mut s = two_stage_state();
+        launch(&mut s, 0, 0, 1, "w1").unwrap();
+        assert_eq!(refused(&mut s, 0, 1, "w1"), Ok(Outcome::TaskRequeued));
+        let t = &s.jobs["j"].stages[0].tasks[0];
+        assert_eq!(
+            (&t.state, t.attempts, t.failures),
+            (&TaskState::Pending, 0, 0)
+        );
+        assert_eq!(s.workers["w1"].attempts, 0);
+        // the next launch is attempt 1 again
+        launch(&mut s, 0, 0, 1, "w2").unwrap();
+        // a refusal that is not the running attempt's, or from elsewhere, is illegal
+        assert!(refused(&mut s, 0, 1, "w1").is_err());
+        assert!(refused(&mut s, 0, 2, "w2").is_err());
+        assert!(refused(&mut s, 1, 1, "w2").is_err());
+    }
+
+    #[test]
+    fn a_job_records_why_it_waits_while_it_runs() {
+        let mut s = two_stage_state();
+        let waiting = Some(Waiting {
+            reason: "no alive worker".into(),
+            since_ms: 5,
+        });
+        let cmd = |w: &Option<Waiting>| Command::JobWaiting {
+            job_id: "j".into(),
+            waiting: w.clone(),
+        };
+        s.apply(&cmd(&waiting)).unwrap();
+        assert_eq!(s.jobs["j"].waiting, waiting);
+        s.apply(&cmd(&None)).unwrap();
+        assert_eq!(s.jobs["j"].waiting, None);
+        s.apply(&Command::CancelJob {
+            job_id: "j".into(),
+            at_ms: 9,
+        })
+        .unwrap();
+        assert!(s.apply(&cmd(&waiting)).is_err(), "only a running job waits");
     }
 
     fn succeed(s: &mut State, stage: u32, task: u32, attempt: u32) -> Result<Outcome, ApplyError> {
@@ -1811,5 +1981,180 @@ mod tests {
                 at_ms: 6
             })
             .is_err());
+    }
+
+    fn register(s: &mut State, w: &str, address: &str, at_ms: u64) -> Result<Outcome, ApplyError> {
+        s.apply(&Command::RegisterWorker {
+            worker_id: w.into(),
+            address: address.into(),
+            http_address: String::new(),
+            slots: 2,
+            at_ms,
+            shuffle: Default::default(),
+        })
+    }
+
+    fn lose(s: &mut State, w: &str, at_ms: u64) -> Result<Outcome, ApplyError> {
+        s.apply(&Command::WorkerLost {
+            worker_id: w.into(),
+            at_ms,
+        })
+    }
+
+    #[test]
+    fn a_lost_worker_registering_under_its_id_is_alive_again_as_one_entry() {
+        let mut s = two_stage_state();
+        launch(&mut s, 0, 0, 1, "w1").unwrap();
+        lose(&mut s, "w1", 5).unwrap();
+        assert_eq!(s.workers["w1"].lost_ms, 5);
+        register(&mut s, "w1", "w1:2", 9).unwrap();
+        assert_eq!(s.workers.len(), 2, "one entry per worker id");
+        let w = &s.workers["w1"];
+        assert_eq!(
+            (
+                w.state,
+                w.address.as_str(),
+                w.registered_ms,
+                w.lost_ms,
+                w.attempts
+            ),
+            (WorkerState::Alive, "w1:2", 9, 0, 1)
+        );
+        // it takes tasks again; the task lost with it starts over as attempt 2
+        launch(&mut s, 0, 0, 2, "w1").unwrap();
+    }
+
+    #[test]
+    fn a_worker_registering_while_alive_restarted_and_loses_its_attempts_and_map_outputs() {
+        let mut s = two_stage_state();
+        launch(&mut s, 0, 0, 1, "w1").unwrap();
+        succeed(&mut s, 0, 0, 1).unwrap();
+        launch(&mut s, 0, 1, 1, "w1").unwrap();
+        let mut lost = s.clone();
+        lose(&mut lost, "w1", 5).unwrap();
+        register(&mut s, "w1", "w1:2", 9).unwrap();
+        assert_eq!(s.workers["w1"].state, WorkerState::Alive);
+        assert_eq!(s.workers["w1"].address, "w1:2");
+        // exactly what the lost-worker path does to the jobs
+        assert_eq!(s.jobs, lost.jobs);
+        let tasks = &s.jobs["j"].stages[0].tasks;
+        assert_eq!(tasks[0].state, TaskState::Pending, "its map output is gone");
+        assert_eq!(tasks[1].state, TaskState::Pending, "its attempt is gone");
+        // the old attempt's late report is refused
+        assert!(succeed(&mut s, 0, 1, 1).is_err());
+    }
+
+    #[test]
+    fn only_lost_workers_are_pruned() {
+        let mut s = two_stage_state();
+        let prune = |ids: &[&str]| Command::PruneWorkers {
+            worker_ids: ids.iter().map(|w| w.to_string()).collect(),
+            at_ms: 10,
+        };
+        let before = s.clone();
+        assert!(s.apply(&prune(&["w1"])).is_err());
+        assert_eq!(s, before, "an alive worker stays");
+        lose(&mut s, "w1", 5).unwrap();
+        s.apply(&prune(&["w1", "gone"])).unwrap();
+        assert_eq!(s.workers.keys().collect::<Vec<_>>(), ["w2"]);
+        // the id may come back as a new worker
+        register(&mut s, "w1", "w1:3", 11).unwrap();
+        assert_eq!(s.workers["w1"].attempts, 0);
+    }
+
+    #[test]
+    fn jobs_are_numbered_in_submission_order() {
+        let mut s = two_stage_state();
+        let Command::SubmitJob { spec, stages, .. } = crate::state::test_job(1) else {
+            unreachable!()
+        };
+        s.apply(&Command::SubmitJob {
+            job_id: "k".into(),
+            spec,
+            stages,
+            at_ms: 1,
+            request_id: String::new(),
+        })
+        .unwrap();
+        assert_eq!(
+            (s.jobs["j"].seq, s.jobs["k"].seq, s.last_job_seq),
+            (1, 2, 2)
+        );
+    }
+
+    #[test]
+    fn only_a_terminal_job_is_cleaned_up() {
+        let mut s = two_stage_state();
+        let cleaned = Command::JobCleaned { job_id: "j".into() };
+        assert!(s.apply(&cleaned).is_err());
+        assert!(!s.jobs["j"].cleaned);
+        s.apply(&Command::CancelJob {
+            job_id: "j".into(),
+            at_ms: 5,
+        })
+        .unwrap();
+        s.apply(&cleaned).unwrap();
+        assert!(s.jobs["j"].cleaned);
+    }
+
+    #[test]
+    fn a_forgotten_job_leaves_with_its_key_and_decisions_and_a_running_job_is_never_forgotten() {
+        let mut s = State::default();
+        register(&mut s, "w1", "w1:1", 0).unwrap();
+        let Command::SubmitJob { spec, stages, .. } = crate::state::test_job(1) else {
+            unreachable!()
+        };
+        for (id, key) in [("a", "ka"), ("b", "kb")] {
+            s.apply(&Command::SubmitJob {
+                job_id: id.into(),
+                spec: spec.clone(),
+                stages: stages.clone(),
+                at_ms: 1,
+                request_id: key.into(),
+            })
+            .unwrap();
+            s.apply(&Command::RecordDecision {
+                decision: Decision {
+                    id: 0,
+                    at_ms: 2,
+                    job_id: id.into(),
+                    kind: DecisionKind::TaskTimeout,
+                    what: String::new(),
+                    why: String::new(),
+                    inputs: Default::default(),
+                    effect: None,
+                },
+            })
+            .unwrap();
+        }
+        let forget = |ids: &[&str]| Command::ForgetJobs {
+            job_ids: ids.iter().map(|j| j.to_string()).collect(),
+            at_ms: 10,
+        };
+        let before = s.clone();
+        assert!(s.apply(&forget(&["a"])).is_err(), "a running job stays");
+        assert_eq!(s, before);
+        s.apply(&Command::CancelJob {
+            job_id: "a".into(),
+            at_ms: 3,
+        })
+        .unwrap();
+        // one running job in the list refuses the whole command
+        assert!(s.apply(&forget(&["a", "b"])).is_err());
+        s.apply(&forget(&["a", "never-was"])).unwrap();
+        assert_eq!(s.jobs.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(s.job_order, ["b"]);
+        assert_eq!(s.submissions.keys().collect::<Vec<_>>(), ["kb"]);
+        assert_eq!(
+            s.decisions
+                .iter()
+                .map(|d| d.job_id.as_str())
+                .collect::<Vec<_>>(),
+            ["b"]
+        );
+        // forgetting again changes nothing
+        let after = s.clone();
+        s.apply(&forget(&["a"])).unwrap();
+        assert_eq!(s, after);
     }
 }

@@ -20,18 +20,21 @@ impl State {
             | Command::TaskLaunched { job_id, .. }
             | Command::LaunchRefused { job_id, .. }
             | Command::JobWaiting { job_id, .. }
+            | Command::TaskMemory { job_id, .. }
             | Command::SpeculativeLaunched { job_id, .. }
             | Command::TaskSucceeded { job_id, .. }
             | Command::TaskFailed { job_id, .. }
             | Command::JobCommitting { job_id }
             | Command::JobSucceeded { job_id, .. }
             | Command::JobFailed { job_id, .. }
-            | Command::CancelJob { job_id, .. } => Some(job_id),
+            | Command::CancelJob { job_id, .. }
+            | Command::JobCleaned { job_id } => Some(job_id),
             Command::RecordDecision { decision } => Some(&decision.job_id),
             Command::RegisterWorker { .. } => None,
             Command::WorkerLost { .. } => None,
+            Command::ForgetJobs { .. } | Command::PruneWorkers { .. } => None,
         };
-        let jobs = match job_id {
+        let mut jobs: std::collections::BTreeMap<String, machine::Job> = match job_id {
             Some(id) => self
                 .jobs
                 .get(id)
@@ -39,6 +42,13 @@ impl State {
                 .unwrap_or_default(),
             None => Default::default(),
         };
+        if let Command::ForgetJobs { job_ids, .. } = cmd {
+            jobs.extend(
+                job_ids
+                    .iter()
+                    .filter_map(|id| self.jobs.get(id).map(|j| (id.clone(), j.clone()))),
+            );
+        }
         State {
             workers: self.workers.clone(),
             jobs,

@@ -1,15 +1,24 @@
 //! Randomized chaos runner: `cargo run -p integration-tests --bin chaos -- --runs N`.
 //!
-//! Each run starts a coordinator and 3 workers (real processes on loopback), submits a
-//! multi-stage join + aggregation job, and SIGKILLs random workers at random moments
-//! while it runs (starting a replacement for each). The job must finish with exactly the
-//! single-process oracle's rows. Prints one line per run and `N passed, M failed`;
-//! `--seed` replays a run sequence.
+//! Each run starts 3 coordinators (one Raft group) and 3 workers, real processes on
+//! loopback, with everything on at once:
+//! - every launch and every shuffle fetch crosses a flaky proxy in front of its worker
+//!   (it refuses every 5th connection and holds each new one 20 ms; host-local shuffle
+//!   reads are off, so all shuffle data crosses the proxies);
+//! - speculation with aggressive thresholds (a copy once half a stage is done and a
+//!   task has run 1.5x the median, after 200 ms);
+//! - 1 to 3 random kills (SIGKILL) at random moments: a worker (a replacement starts
+//!   behind a proxy of its own) or the Raft leader (restarted with its data dir).
+//!
+//! The multi-stage join + aggregation job must finish with exactly the single-process
+//! oracle's rows: none lost, none duplicated. Prints one line per run and a summary
+//! (runs, kills by kind, failures); `--seed` replays a run sequence.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use integration_tests::oracle::check_spec_output;
-use integration_tests::{gen_clickstream, join_job, Cluster};
-use std::path::Path;
+use integration_tests::proxy::FaultNet;
+use integration_tests::{free_ports, gen_clickstream, join_job, spawn_worker, wait_until, Group};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// xorshift64*: enough randomness for choosing victims and moments, replayable by seed.
@@ -35,6 +44,19 @@ fn arg(name: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Workers per run, and the most replacements a run may start.
+const WORKERS: usize = 3;
+const MAX_KILLS: u64 = 3;
+const COORDINATOR_ARGS: &[&str] = &["--heartbeat-timeout", "2"];
+
+/// What one run did.
+#[derive(Default)]
+struct Kills {
+    workers: u32,
+    leaders: u32,
+    what: Vec<String>,
+}
+
 fn main() -> Result<()> {
     let runs = arg("--runs").unwrap_or(5);
     let seed = arg("--seed").unwrap_or_else(|| {
@@ -46,69 +68,143 @@ fn main() -> Result<()> {
     println!("chaos: {runs} runs, --seed {seed}");
     let dir = tempfile::tempdir()?;
     gen_clickstream(&dir.path().join("data"), 20_000, 6)?;
-    let spec = join_job(dir.path(), "chaos")?;
+    let spec = aggressive_spec(dir.path())?;
     let mut rng = Rng(seed | 1);
-    let (mut passed, mut failed) = (0, 0);
+    let (mut passed, mut failed, mut workers, mut leaders) = (0, 0, 0, 0);
+    let t0 = Instant::now();
     for run in 1..=runs {
-        match one_run(dir.path(), &spec, &mut rng) {
-            Ok(what) => {
+        let mut kills = Kills::default();
+        let r = one_run(dir.path(), &spec, &mut rng, &mut kills);
+        workers += kills.workers;
+        leaders += kills.leaders;
+        match r {
+            Ok(()) => {
                 passed += 1;
-                println!("run {run}: passed ({what})");
+                println!("run {run}: passed ({})", kills.what.join(", "));
             }
             Err(e) => {
                 failed += 1;
-                println!("run {run}: FAILED: {e:#}");
+                println!("run {run}: FAILED after {}: {e:#}", kills.what.join(", "));
             }
         }
     }
-    println!("{passed} passed, {failed} failed");
+    println!(
+        "{runs} runs in {:.0} s: {passed} passed, {failed} failed; killed {workers} workers and {leaders} raft leaders",
+        t0.elapsed().as_secs_f64()
+    );
     if failed > 0 {
         std::process::exit(1);
     }
     Ok(())
 }
 
-fn one_run(dir: &Path, spec: &Path, rng: &mut Rng) -> Result<String> {
+/// The join job with speculation on a hair trigger.
+fn aggressive_spec(dir: &Path) -> Result<PathBuf> {
+    let spec = join_job(dir, "chaos")?;
+    let text = std::fs::read_to_string(&spec)?.replace(
+        "[job.params]\n",
+        "[job.params]\nspeculation_quantile = 0.5\nspeculation_multiplier = 1.5\nspeculation_min_runtime_ms = 200\n",
+    );
+    std::fs::write(&spec, text)?;
+    Ok(spec)
+}
+
+/// Starts a worker behind its own flaky proxy.
+fn proxied_worker(g: &mut Group, nets: &mut Vec<FaultNet>) -> Result<()> {
+    let port = free_ports(1)?[0];
+    let listen = format!("127.0.0.1:{port}");
+    let net = FaultNet::start(&[listen.parse()?])?;
+    net.flaky(5, Duration::ZERO);
+    net.delay(Duration::from_millis(20));
+    let advertise = net.proxies[0].to_string();
+    let wd = g.dir.path().join(format!("worker-{}", g.workers.len()));
+    let w = spawn_worker(
+        &g.addrs(),
+        &wd,
+        2,
+        &[
+            "--listen",
+            &listen,
+            "--advertise",
+            &advertise,
+            "--no-host-local-shuffle",
+            "--test-task-delay-ms",
+            "300",
+        ],
+    )?;
+    g.workers.push(w);
+    nets.push(net);
+    Ok(())
+}
+
+/// The job's status, once the group has a leader again (a leader change makes a
+/// status call fail for a moment).
+fn status(g: &Group, id: &str) -> Result<serde_json::Value> {
+    let mut st = None;
+    wait_until(Duration::from_secs(30), "a leader to answer", || {
+        st = Some(g.cli_json(&["status", id])?);
+        Ok(true)
+    })?;
+    st.context("waited for it")
+}
+
+fn one_run(dir: &Path, spec: &Path, rng: &mut Rng, kills: &mut Kills) -> Result<()> {
     let _ = std::fs::remove_dir_all(dir.join("out"));
-    let slow = ["--test-task-delay-ms", "300"];
-    let mut c = Cluster::start_full(3, 2, &slow, &["--heartbeat-timeout", "2"])?;
-    let v = c.cli_json(&["submit", spec.to_str().expect("utf8")])?;
+    let mut g = Group::start_with(3, 0, 2, &[], COORDINATOR_ARGS)?;
+    let mut nets = Vec::new();
+    for _ in 0..WORKERS {
+        proxied_worker(&mut g, &mut nets)?;
+    }
+    wait_until(Duration::from_secs(60), "workers to register", || {
+        let v = g.cli_json(&["workers"])?;
+        Ok(v.as_array()
+            .map(|a| a.iter().filter(|w| w["state"] == "alive").count())
+            .unwrap_or(0)
+            >= WORKERS)
+    })?;
+    let v = g.cli_json(&["submit", spec.to_str().context("utf8 path")?])?;
     let id = v["job_id"].as_str().unwrap_or_default().to_string();
-    let kills = 1 + rng.below(3);
-    let mut done = Vec::new();
     let mut killed = std::collections::HashSet::new();
-    for _ in 0..kills {
+    for _ in 0..1 + rng.below(MAX_KILLS) {
         std::thread::sleep(Duration::from_millis(rng.below(1500)));
-        let st = c.cli_json(&["status", &id])?;
+        let st = status(&g, &id)?;
         if st["state"] != "running" {
             break;
         }
-        let alive: Vec<usize> = (0..c.workers.len())
-            .filter(|i| !killed.contains(i))
-            .collect();
-        let victim = alive[rng.below(alive.len() as u64) as usize];
-        c.workers[victim].kill();
-        killed.insert(victim);
-        done.push(format!(
-            "killed worker {victim} at {}/{} tasks",
-            st["tasks_done"], st["tasks_total"]
-        ));
-        c.add_worker_with(2, &slow)?;
+        let at = format!("{}/{} tasks", st["tasks_done"], st["tasks_total"]);
+        if rng.below(3) == 0 {
+            let Some(leader) = g.leader()? else { continue };
+            g.kill(leader);
+            kills.leaders += 1;
+            kills.what.push(format!("killed leader {leader} at {at}"));
+            // it comes back with its data dir (a majority runs on without it)
+            g.start_coordinator(leader, COORDINATOR_ARGS)?;
+        } else {
+            let alive: Vec<usize> = (0..g.workers.len())
+                .filter(|i| !killed.contains(i))
+                .collect();
+            let victim = alive[rng.below(alive.len() as u64) as usize];
+            g.workers[victim].kill();
+            killed.insert(victim);
+            kills.workers += 1;
+            kills.what.push(format!("killed worker {victim} at {at}"));
+            proxied_worker(&mut g, &mut nets)?;
+        }
     }
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let deadline = Instant::now() + Duration::from_secs(240);
     let st = loop {
-        let st = c.cli_json(&["status", &id])?;
+        let st = status(&g, &id)?;
         if st["state"] != "running" && st["state"] != "committing" {
             break st;
         }
         if Instant::now() > deadline {
-            bail!("job {id} still running after 180 s");
+            bail!("job {id} still running after 240 s");
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(200));
     };
     if st["state"] != "succeeded" {
         bail!("job {id} ended {}: {}", st["state"], st["error"]);
     }
-    check_spec_output(dir, spec)?;
-    Ok(done.join(", "))
+    // exactly the oracle's rows: none lost, none duplicated
+    check_spec_output(dir, spec)
 }
