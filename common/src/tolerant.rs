@@ -86,19 +86,82 @@ pub struct DeadRecord {
     pub error: String,
 }
 
-/// Bad records of one task, collected while it runs.
+/// Bad records of one task, collected while it runs: in memory (`default`, for
+/// tests and the oracle), or streamed as NDJSON lines to a local file (`to_file`, a
+/// worker's task), so a source full of bad records never fills the worker's memory.
 #[derive(Debug, Default)]
 pub struct DeadLetters {
     records: Mutex<Vec<DeadRecord>>,
+    file: Option<Mutex<DeadFile>>,
+}
+
+/// The file a task's bad records stream to.
+#[derive(Debug)]
+struct DeadFile {
+    path: std::path::PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+    count: u64,
+    /// the first write that failed: the task fails rather than lose a record
+    error: Option<String>,
 }
 
 impl DeadLetters {
-    fn push(&self, r: DeadRecord) {
-        self.records.lock().expect("dead letters lock").push(r);
+    /// Bad records stream to a new file at `path`.
+    pub fn to_file(path: &std::path::Path) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let out = std::io::BufWriter::new(std::fs::File::create(path)?);
+        Ok(Self {
+            records: Mutex::default(),
+            file: Some(Mutex::new(DeadFile {
+                path: path.to_path_buf(),
+                out,
+                count: 0,
+                error: None,
+            })),
+        })
     }
-    /// Takes what was collected.
+
+    fn push(&self, r: DeadRecord) {
+        let Some(file) = &self.file else {
+            self.records.lock().expect("dead letters lock").push(r);
+            return;
+        };
+        let mut f = file.lock().expect("dead letters lock");
+        if f.error.is_some() {
+            return;
+        }
+        use std::io::Write;
+        let written = serde_json::to_writer(&mut f.out, &r)
+            .map_err(|e| e.to_string())
+            .and_then(|()| f.out.write_all(b"\n").map_err(|e| e.to_string()));
+        match written {
+            Ok(()) => f.count += 1,
+            Err(e) => f.error = Some(format!("{}: {e}", f.path.display())),
+        }
+    }
+
+    /// Takes what was collected in memory.
     pub fn take(&self) -> Vec<DeadRecord> {
         std::mem::take(&mut *self.records.lock().expect("dead letters lock"))
+    }
+
+    /// Ends a streamed collection: the file and how many records it holds (`None`
+    /// for an in-memory collection), or the write that failed.
+    pub fn finish(&self) -> std::result::Result<Option<(std::path::PathBuf, u64)>, String> {
+        let Some(file) = &self.file else {
+            return Ok(None);
+        };
+        let mut f = file.lock().expect("dead letters lock");
+        if let Some(e) = &f.error {
+            return Err(format!("cannot write a dead-letter record to {e}"));
+        }
+        use std::io::Write;
+        f.out
+            .flush()
+            .map_err(|e| format!("cannot write dead letters to {}: {e}", f.path.display()))?;
+        Ok(Some((f.path.clone(), f.count)))
     }
 }
 
@@ -1208,6 +1271,35 @@ mod tests {
                 (0..a.len()).map(|i| a.value(i)).collect::<Vec<_>>()
             })
             .collect()
+    }
+
+    #[test]
+    fn streamed_dead_letters_go_to_their_file_one_line_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead/t0.ndjson");
+        let d = DeadLetters::to_file(&path).unwrap();
+        for i in 0..3 {
+            d.push(DeadRecord {
+                source: "s".into(),
+                file: "f".into(),
+                offset: i,
+                line: None,
+                record: format!("bad {i}"),
+                error: "x".into(),
+            });
+        }
+        assert!(d.take().is_empty(), "nothing is kept in memory");
+        assert_eq!(d.finish().unwrap(), Some((path.clone(), 3)));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let back: Vec<DeadRecord> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            back.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        assert_eq!(DeadLetters::default().finish(), Ok(None));
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use autopipe_common::shuffle::ShuffleCodec;
 use autopipe_common::spec::Format;
 use autopipe_common::store::{delete_prefix, parse_url, register_stores, store_for};
 use autopipe_common::task::TaskResult;
-use autopipe_common::tolerant::{DeadLetters, DeadRecord, TolerantScanExec};
+use autopipe_common::tolerant::{DeadLetters, TolerantScanExec};
 use autopipe_proto as pb;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -84,7 +84,20 @@ pub async fn run_task(
     let ctx = SessionContext::new_with_config_rt(session_config(1), runtime);
     register_stores(&ctx.runtime_env(), &def.store_urls)?;
     let task_ctx = ctx.task_ctx();
-    let dead_letters = Arc::new(DeadLetters::default());
+    // bad records stream to a local file (named by the attempt; `job_dir` makes the
+    // job id safe as a file name) and are uploaded when the task ends
+    let dead_path = memory.spill_dir.join(format!(
+        "dead-{}-s{}-t{}-a{}.ndjson",
+        autopipe_common::shuffle::job_dir(std::path::Path::new(""), &key.job_id).display(),
+        key.stage_id,
+        key.task,
+        key.attempt
+    ));
+    let dead_letters =
+        Arc::new(DeadLetters::to_file(&dead_path).map_err(|e| {
+            Error::Transient(format!("cannot create {}: {e}", dead_path.display()))
+        })?);
+    let _remove = RemoveOnDrop(dead_path.clone());
     let codec = ShuffleCodec {
         job_id: key.job_id.clone(),
         locations: def.inputs.clone(),
@@ -116,10 +129,12 @@ pub async fn run_task(
     shuffle.metrics.spilled_bytes.inc_by(spilled_bytes(&plan));
     out.rows_in = source_rows(&plan);
     out.bytes_in = source_bytes(&plan, partition);
-    let bad = dead_letters.take();
-    if !bad.is_empty() {
-        out.bad_records = bad.len() as u64;
-        out.dead_letter_file = write_dead_letters(&def.dead_letter_url, &bad).await?;
+    match dead_letters.finish().map_err(Error::Transient)? {
+        Some((file, n)) if n > 0 => {
+            out.bad_records = n;
+            out.dead_letter_file = upload_dead_letters(&def.dead_letter_url, &file, n).await?;
+        }
+        _ => {}
     }
     out.duration_ms = started.elapsed().as_millis() as u64;
     Ok(out)
@@ -320,23 +335,41 @@ async fn run_sink(
     })
 }
 
-/// Writes the attempt's bad records as NDJSON to `url`; returns `url`.
-async fn write_dead_letters(url: &str, bad: &[DeadRecord]) -> Result<String> {
+/// Uploads the attempt's dead-letter file (`n` NDJSON records) to `url` in parts,
+/// never whole in memory; returns `url`.
+async fn upload_dead_letters(url: &str, file: &std::path::Path, n: u64) -> Result<String> {
     if url.is_empty() {
         return Err(Error::Permanent(format!(
-            "{} bad records but the task has no dead-letter location",
-            bad.len()
+            "{n} bad records but the task has no dead-letter location"
         )));
     }
-    let mut body = Vec::new();
-    for r in bad {
-        serde_json::to_writer(&mut body, r)
-            .map_err(|e| Error::Permanent(format!("cannot encode a dead-letter record: {e}")))?;
-        body.push(b'\n');
-    }
     let (store, path) = store_for(&parse_url(url)?)?;
-    store.put(&path, body.into()).await?;
+    let mut upload = object_store::WriteMultipart::new(store.put_multipart(&path).await?);
+    let mut f = tokio::fs::File::open(file)
+        .await
+        .map_err(|e| Error::Transient(format!("{}: {e}", file.display())))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let read = tokio::io::AsyncReadExt::read(&mut f, &mut buf)
+            .await
+            .map_err(|e| Error::Transient(format!("{}: {e}", file.display())))?;
+        if read == 0 {
+            break;
+        }
+        upload.wait_for_capacity(4).await?;
+        upload.write(&buf[..read]);
+    }
+    upload.finish().await?;
     Ok(url.to_string())
+}
+
+/// Deletes a file when dropped (a task's local dead-letter file, however it ends).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Hive partition values are written as strings in paths; dictionary types are unwrapped.
