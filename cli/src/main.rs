@@ -147,6 +147,12 @@ enum Cmd {
         /// founding one
         #[arg(long)]
         join: bool,
+        /// `new`: found the group named by --peers if this data directory is empty
+        /// (the first start of every founder); `existing` (default): a member that
+        /// starts empty waits for the leader and votes only once it has caught up, so
+        /// a wiped data directory never costs committed entries (etcd's rule)
+        #[arg(long, value_enum, default_value = "existing")]
+        initial_cluster_state: ClusterState,
         /// raft tick interval in milliseconds
         #[arg(long, default_value_t = 100)]
         raft_tick_ms: u64,
@@ -495,6 +501,7 @@ async fn run(cli: Cli) -> Result<i32> {
             id,
             peers,
             join,
+            initial_cluster_state,
             raft_tick_ms,
             election_timeout_ms,
             snapshot_entries,
@@ -525,6 +532,7 @@ async fn run(cli: Cli) -> Result<i32> {
                         id,
                         peers,
                         join,
+                        initial_cluster_new: initial_cluster_state == ClusterState::New,
                         tick: Duration::from_millis(tick),
                         election_ticks: (election_timeout_ms / tick).max(2) as usize,
                         snapshot_entries: snapshot_entries.max(1),
@@ -934,4 +942,13 @@ fn parse_peers(s: &str) -> Result<std::collections::BTreeMap<u64, String>, Strin
 /// A byte size flag: "256MiB", "4GiB" or a plain number.
 fn parse_size(s: &str) -> Result<u64, String> {
     autopipe_common::util::parse_bytes(s)
+}
+
+/// `--initial-cluster-state`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ClusterState {
+    /// found the group (first start)
+    New,
+    /// join the group's existing state
+    Existing,
 }

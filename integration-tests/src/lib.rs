@@ -517,6 +517,10 @@ impl Group {
             "--data-dir",
             data.to_str().expect("utf8"),
         ];
+        // a founder's first start founds the group (later starts keep their state)
+        if !data.exists() && !extra.contains(&"--initial-cluster-state") {
+            args.extend(["--initial-cluster-state", "new"]);
+        }
         args.extend_from_slice(extra);
         let p = spawn_server(&args)?;
         self.coordinators.insert(id, p);

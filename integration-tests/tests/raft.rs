@@ -199,7 +199,16 @@ path = "out/wide"
     let victim = (1..=3).find(|i| *i != leader).expect("a follower");
     g.kill(victim);
     std::fs::remove_dir_all(g.dir.path().join(format!("coord-{victim}")))?;
-    g.start_coordinator(victim, &["--snapshot-entries", "300"])?;
+    // restarted as it would be in production: without founding the group again
+    g.start_coordinator(
+        victim,
+        &[
+            "--snapshot-entries",
+            "300",
+            "--initial-cluster-state",
+            "existing",
+        ],
+    )?;
     let mut last = serde_json::Value::Null;
     let caught_up = wait_until(
         Duration::from_secs(60),
@@ -384,5 +393,55 @@ fn a_former_leader_elected_again_declares_no_worker_lost() -> Result<()> {
     assert!(lost.is_empty(), "workers declared lost: {lost:?}");
     let ws = g.cli_json(&["workers"])?;
     assert_eq!(ws.as_array().map(Vec::len), Some(2), "{ws}");
+    Ok(())
+}
+
+/// Issue 11.3: A and B commit an entry while C is down; B's data directory is wiped
+/// and B restarts; A dies; C comes back. Without its log B must not vote: C, which
+/// lacks the entry, must not lead the group, and once A returns the entry is there
+/// on every member.
+#[test]
+fn a_wiped_member_never_helps_elect_a_leader_that_lacks_committed_entries() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    gen_clickstream(&dir.path().join("data"), 2_000, 1)?;
+    let spec = join_job(dir.path(), "survivor")?;
+    let mut g = Group::start(3, 0, 2, &[])?;
+    // C: a member that is not the leader, stopped before the entry
+    let first = g.leader()?.expect("a leader");
+    let c = (1..=3).find(|m| *m != first).expect("3 members");
+    g.kill(c);
+    wait_until(
+        Duration::from_secs(30),
+        "a leader among the other two",
+        || Ok(g.leader()?.is_some_and(|l| l != c)),
+    )?;
+    let a = g.leader()?.expect("a leader");
+    let b = (1..=3).find(|m| *m != a && *m != c).expect("3 members");
+    // the entry: a job, committed by A and B
+    let v = g.cli_json(&["submit", spec.to_str().expect("utf8")])?;
+    let id = v["job_id"].as_str().expect("job id").to_string();
+    wait_until(Duration::from_secs(30), "B to hold the entry", || {
+        Ok(follows(&g.cluster()?, b))
+    })?;
+    // B loses its disk and restarts with the same arguments; A dies; C returns
+    g.kill(b);
+    std::fs::remove_dir_all(g.dir.path().join(format!("coord-{b}")))?;
+    g.start_coordinator(b, &["--initial-cluster-state", "existing"])?;
+    g.kill(a);
+    g.start_coordinator(c, &[])?;
+    // several election timeouts (1 s each): B does not vote, so C cannot win
+    std::thread::sleep(Duration::from_secs(4));
+    let leader = g.leader().ok().flatten();
+    assert_eq!(leader, None, "B and C elected {leader:?} without the entry");
+    // A returns: a leader with the entry, and everyone holds it
+    g.start_coordinator(a, &[])?;
+    wait_until(Duration::from_secs(30), "a leader", || {
+        Ok(g.leader()?.is_some())
+    })?;
+    let v = g.cli_json(&["status", &id])?;
+    assert_eq!(v["job_id"], id.as_str(), "{v}");
+    wait_until(Duration::from_secs(30), "B to catch up", || {
+        Ok(follows(&g.cluster()?, b))
+    })?;
     Ok(())
 }

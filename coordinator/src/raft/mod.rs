@@ -33,6 +33,13 @@ pub struct RaftConfig {
     pub peers: BTreeMap<u64, String>,
     /// join an existing group (added with `admin add-coordinator`) instead of founding one
     pub join: bool,
+    /// found a new group when the storage is empty (etcd's `--initial-cluster-state
+    /// new`). Without it a member of a multi-member group that starts empty (first
+    /// start without the flag, or a wiped data directory) does not bootstrap: it waits
+    /// for the leader and neither votes nor campaigns until it holds everything the
+    /// group had committed when it first heard from the leader, so a member that lost
+    /// its log never helps elect a leader that lacks committed entries.
+    pub initial_cluster_new: bool,
     /// where the raft storage lives
     pub dir: PathBuf,
     /// tick interval
@@ -54,6 +61,7 @@ impl Default for RaftConfig {
             id: 1,
             peers: BTreeMap::new(),
             join: false,
+            initial_cluster_new: false,
             dir: PathBuf::from("raft"),
             tick: Duration::from_millis(100),
             election_ticks: 10,
@@ -206,7 +214,18 @@ impl Raft {
                 config.id
             ));
         }
-        if fresh && !config.join {
+        // a lone coordinator founds its one-member group whenever it starts empty (no
+        // other member can hold entries it lost); a multi-member group is founded only
+        // when asked to
+        let bootstrap =
+            fresh && !config.join && (config.peers.is_empty() || config.initial_cluster_new);
+        if fresh && !config.join && !bootstrap {
+            tracing::warn!(
+                "coordinator {} starts with an empty data directory and without --initial-cluster-state new: it waits for the group's leader and takes no part in elections until it has caught up",
+                config.id
+            );
+        }
+        if bootstrap {
             let data = Applied {
                 members: founders.clone(),
                 ..Default::default()
@@ -272,7 +291,9 @@ impl Raft {
         };
         let (status_tx, status_rx) = watch::channel(status0);
         let id = config.id;
-        let node = Node::new(raw, config, applied, status_tx, version, wake, transport);
+        let catching_up = fresh && !bootstrap;
+        let node = Node::new(raw, config, applied, status_tx, version, wake, transport)
+            .catching_up(catching_up);
         let task = tokio::spawn(node.run(rx, cancel));
         Ok((
             Raft {
@@ -398,6 +419,7 @@ mod tests {
                 raft: RaftConfig {
                     id,
                     peers: peers.clone(),
+                    initial_cluster_new: !dir.join(format!("c{id}.wiped")).exists(),
                     tick: Duration::from_millis(20),
                     election_ticks: 10,
                     snapshot_entries,
@@ -532,6 +554,8 @@ mod tests {
         }
         assert!(core(&members[&lead]).raft.status().snapshot_index > 20);
         std::fs::remove_dir_all(dir.path().join(format!("c{follower}"))).unwrap();
+        // restarted as an existing member (no bootstrap): it catches up from the leader
+        std::fs::write(dir.path().join(format!("c{follower}.wiped")), "").unwrap();
         members.insert(
             follower,
             start_member(follower, &peers, dir.path(), 20).await,

@@ -104,6 +104,10 @@ pub(crate) struct Node {
     waiters: HashMap<u64, (u64, Waiter)>,
     /// index of the latest snapshot taken or applied
     snapshot_index: u64,
+    /// a member that started empty without bootstrapping: it neither votes nor
+    /// campaigns until its log reaches this index, the leader's commit index when it
+    /// first heard from the leader (`u64::MAX` until then)
+    catching_up: Option<u64>,
 }
 
 impl Node {
@@ -129,6 +133,46 @@ impl Node {
             seq: 0,
             waiters: HashMap::new(),
             snapshot_index,
+            catching_up: None,
+        }
+    }
+
+    /// Starts as a member that lost (or never had) its log: see `catching_up`.
+    pub(crate) fn catching_up(mut self, yes: bool) -> Self {
+        self.catching_up = yes.then_some(u64::MAX);
+        self
+    }
+
+    /// While catching up: vote requests are dropped (no vote, granted or not) and the
+    /// leader's commit index when first heard is the index to reach. Returns whether
+    /// `m` is to be stepped.
+    fn hear_while_catching_up(&mut self, m: &Message) -> bool {
+        let Some(target) = self.catching_up else {
+            return true;
+        };
+        match m.get_msg_type() {
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote => {
+                tracing::debug!(from = m.from, "catching up: no vote");
+                false
+            }
+            MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot => {
+                if target == u64::MAX {
+                    self.catching_up = Some(m.commit);
+                    tracing::info!(leader = m.from, commit = m.commit, "heard from the leader: taking part in elections once the log reaches its commit index");
+                }
+                true
+            }
+            _ => true,
+        }
+    }
+
+    /// Ends catching up once the log holds the index it waited for.
+    fn check_caught_up(&mut self) {
+        if let Some(target) = self.catching_up {
+            if target != u64::MAX && self.raw.raft.raft_log.persisted >= target {
+                tracing::info!(index = target, "caught up: voting again");
+                self.catching_up = None;
+            }
         }
     }
 
@@ -145,7 +189,8 @@ impl Node {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = tick.tick() => { self.raw.tick(); }
+                // a member catching up does not tick: it never campaigns
+                _ = tick.tick() => if self.catching_up.is_none() { self.raw.tick(); },
                 input = inbox.recv() => {
                     let Some(input) = input else { break };
                     self.handle(input);
@@ -160,6 +205,7 @@ impl Node {
                 tracing::error!("raft storage failed, stopping this coordinator's raft node: {e}");
                 break;
             }
+            self.check_caught_up();
         }
         for (_, (_, w)) in self.waiters.drain() {
             fail(w, RaftError::Stopped);
@@ -236,6 +282,9 @@ impl Node {
                 }
             }
             Input::Step(mut m) => {
+                if !self.hear_while_catching_up(&m) {
+                    return;
+                }
                 let ask_for_snapshot = self.guard_lost_log(&mut m);
                 if let Err(e) = self.raw.step(m) {
                     tracing::debug!("raft step: {e}");
