@@ -55,23 +55,11 @@ pub fn larger_share(s: &State, job_id: &str, stage: u32, task: u32) -> Option<La
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{test_job, Command};
+    use crate::state::Command;
 
     #[test]
     fn an_out_of_memory_task_doubles_its_share_up_to_the_largest_worker() {
-        let mut s = State::default();
-        for (w, slots) in [("w1", 4), ("w2", 3)] {
-            s.apply(&Command::RegisterWorker {
-                worker_id: w.into(),
-                address: String::new(),
-                http_address: String::new(),
-                slots,
-                at_ms: 0,
-                shuffle: Default::default(),
-            })
-            .unwrap();
-        }
-        s.apply(&test_job(1)).unwrap();
+        let mut s = crate::state::test_state(&[("w1", 4), ("w2", 3)], 1);
         let x = larger_share(&s, "j", 0, 0).unwrap();
         assert_eq!(x.slots, 2);
         assert_eq!(x.inputs["largest_worker_slots"], "4");

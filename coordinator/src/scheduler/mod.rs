@@ -1113,22 +1113,7 @@ fn cleanup_finished(core: &Arc<Core>, cleaning: &Arc<Mutex<HashSet<String>>>) {
 mod tests {
     use super::*;
 
-    fn state_with(workers: &[(&str, u32)], tasks: u32) -> State {
-        let mut s = State::default();
-        for (w, slots) in workers {
-            s.apply(&Command::RegisterWorker {
-                worker_id: w.to_string(),
-                address: format!("{w}:1"),
-                http_address: String::new(),
-                slots: *slots,
-                at_ms: 0,
-                shuffle: Default::default(),
-            })
-            .unwrap();
-        }
-        s.apply(&crate::state::test_job(tasks)).unwrap();
-        s
-    }
+    use crate::state::test_state as state_with;
 
     fn live(ids: &[&str]) -> HashMap<String, u32> {
         ids.iter().map(|i| (i.to_string(), 0)).collect()

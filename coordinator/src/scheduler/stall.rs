@@ -169,23 +169,9 @@ pub async fn watch(core: &Core, alerted: &mut HashSet<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::test_job;
 
     fn state(workers: &[(&str, u32)]) -> State {
-        let mut s = State::default();
-        for (w, slots) in workers {
-            s.apply(&Command::RegisterWorker {
-                worker_id: w.to_string(),
-                address: format!("{w}:1"),
-                http_address: String::new(),
-                slots: *slots,
-                at_ms: 0,
-                shuffle: Default::default(),
-            })
-            .unwrap();
-        }
-        s.apply(&test_job(2)).unwrap();
-        s
+        crate::state::test_state(workers, 2)
     }
 
     #[test]

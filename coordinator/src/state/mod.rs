@@ -86,3 +86,23 @@ pub(crate) fn test_job(map_tasks: u32) -> Command {
         request_id: String::new(),
     }
 }
+
+/// A state with `workers` (id, slots) registered and `test_job(map_tasks)` submitted.
+#[cfg(test)]
+pub(crate) fn test_state(workers: &[(&str, u32)], map_tasks: u32) -> State {
+    let mut s = State::default();
+    for (w, slots) in workers {
+        s.apply(&Command::RegisterWorker {
+            worker_id: w.to_string(),
+            address: format!("{w}:1"),
+            http_address: String::new(),
+            slots: *slots,
+            at_ms: 0,
+            shuffle: Default::default(),
+        })
+        .expect("a new worker registers");
+    }
+    s.apply(&test_job(map_tasks))
+        .expect("the test job is valid");
+    s
+}
