@@ -216,6 +216,17 @@ impl Core {
             .clear();
     }
 
+    /// Runs `f` on the applied state once it is current: this coordinator leads and a
+    /// quorum confirmed it (read index), so nothing committed is missing. A follower
+    /// answers `NotLeader`, with the leader to ask.
+    pub async fn read_current<T>(
+        &self,
+        f: impl FnOnce(&State) -> T,
+    ) -> std::result::Result<T, StoreError> {
+        self.raft.read_index().await?;
+        Ok(self.read(f))
+    }
+
     /// Validates `cmd` against the applied state, replicates it and answers once it is
     /// applied, with the outcome. The raft node wakes the scheduler and watchers.
     pub async fn propose(&self, cmd: Command) -> std::result::Result<Outcome, StoreError> {

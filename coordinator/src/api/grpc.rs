@@ -268,8 +268,11 @@ impl pb::job_service_server::JobService for Services {
 
     async fn get_job(&self, req: Request<pb::JobId>) -> Result<Response<pb::JobStatus>, Status> {
         let id = req.into_inner().job_id;
+        // served by the leader once a quorum confirmed it leads: never stale
         self.core
-            .read(|s| s.jobs.get(&id).map(job_status))
+            .read_current(|s| s.jobs.get(&id).map(job_status))
+            .await
+            .map_err(store_status)?
             .map(Response::new)
             .ok_or_else(|| {
                 Status::not_found(format!("job '{id}' does not exist (see `autopipe jobs`)"))
@@ -283,10 +286,12 @@ impl pb::job_service_server::JobService for Services {
         let r = req.into_inner();
         let (jobs, next) = self
             .core
-            .read(|s| {
+            .read_current(|s| {
                 job_page(s, r.page_size as usize, &r.page_token)
                     .map(|(jobs, next)| (jobs.into_iter().map(job_status).collect(), next))
             })
+            .await
+            .map_err(store_status)?
             .map_err(Status::invalid_argument)?;
         Ok(Response::new(pb::ListJobsResponse {
             jobs,
@@ -318,13 +323,26 @@ impl pb::job_service_server::JobService for Services {
 
     async fn watch_job(&self, req: Request<pb::JobId>) -> Result<Response<WatchStream>, Status> {
         let id = req.into_inner().job_id;
-        if self.core.read(|s| !s.jobs.contains_key(&id)) {
+        if self
+            .core
+            .read_current(|s| !s.jobs.contains_key(&id))
+            .await
+            .map_err(store_status)?
+        {
             return Err(Status::not_found(format!("job '{id}' does not exist")));
         }
         let core = self.core.clone();
         let mut rx = core.subscribe();
         let stream = async_stream(move |tx| async move {
             loop {
+                // a deposed leader's state may be stale: the client moves on to the
+                // new leader
+                if !core.raft.is_leader() {
+                    let _ = tx
+                        .send(Err(store_status(StoreError::Raft(core.raft.not_leader()))))
+                        .await;
+                    return;
+                }
                 let st = core.read(|s| s.jobs.get(&id).map(job_status));
                 let Some(st) = st else { return };
                 let terminal = matches!(

@@ -23,6 +23,9 @@ use storage::SledStorage;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+/// Longest wait for a quorum to confirm a read, or for the state to reach it.
+const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Raft settings of one coordinator.
 #[derive(Debug, Clone)]
 pub struct RaftConfig {
@@ -313,6 +316,33 @@ impl Raft {
         let _ = st.wait_for(|s| s.applied >= self.initial_commit).await;
     }
 
+    /// A linearizable read point: returns once this member has confirmed with a quorum
+    /// that it still leads and has applied everything committed before the call, so
+    /// state read next is current (raft's ReadIndex). A follower answers `NotLeader`.
+    pub async fn read_index(&self) -> Result<(), RaftError> {
+        let (reply, rx) = oneshot::channel();
+        self.inbox
+            .send(Input::ReadIndex(reply))
+            .await
+            .map_err(|_| RaftError::Stopped)?;
+        let confirm = tokio::time::timeout(READ_INDEX_TIMEOUT, rx);
+        let index = match confirm.await {
+            Ok(Ok(r)) => r?,
+            Ok(Err(_)) => return Err(RaftError::Stopped),
+            Err(_) => return Err(self.not_leader()),
+        };
+        let mut st = self.status.clone();
+        let applied = async { st.wait_for(|s| s.applied >= index).await.map(|_| ()) };
+        let reached = tokio::time::timeout(READ_INDEX_TIMEOUT, applied).await;
+        match reached {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(RaftError::Stopped),
+            Err(_) => Err(RaftError::Rejected(format!(
+                "the state did not reach index {index} within {READ_INDEX_TIMEOUT:?}"
+            ))),
+        }
+    }
+
     /// Replicates `cmd`; answers once it is applied, with the outcome of applying it.
     pub async fn propose(&self, cmd: Command) -> ProposeResult {
         let (reply, rx) = oneshot::channel();
@@ -570,6 +600,46 @@ mod tests {
         );
         let lead_state = core(&members[&lead]).read(|s| s.clone());
         assert_eq!(core(&members[&follower]).read(|s| s.clone()), lead_state);
+        for m in members.into_values() {
+            m.cancel.cancel();
+            m.handle.join().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_are_served_only_by_a_leader_a_quorum_confirms() {
+        let dir = tempfile::tempdir().unwrap();
+        let peers = ports(3);
+        let mut members = BTreeMap::new();
+        for id in 1..=3 {
+            members.insert(id, start_member(id, &peers, dir.path(), 1000).await);
+        }
+        wait_for("a leader", || leader(&members).is_some()).await;
+        let lead = leader(&members).unwrap();
+        core(&members[&lead]).propose(register(1)).await.unwrap();
+        let n = core(&members[&lead])
+            .read_current(|s| s.workers.len())
+            .await;
+        assert_eq!(n.unwrap(), 1);
+        // a follower does not answer from its possibly stale state
+        let follower = *members.keys().find(|id| **id != lead).unwrap();
+        let r = core(&members[&follower])
+            .read_current(|s| s.workers.len())
+            .await;
+        assert!(
+            matches!(r, Err(StoreError::Raft(RaftError::NotLeader { leader: Some(l), .. })) if l == lead),
+            "{r:?}"
+        );
+        // cut off from the others, the leader cannot confirm it still leads
+        for id in [1, 2, 3].into_iter().filter(|id| *id != lead) {
+            let m = members.remove(&id).unwrap();
+            m.cancel.cancel();
+            m.handle.join().await;
+        }
+        let r = core(&members[&lead])
+            .read_current(|s| s.workers.len())
+            .await;
+        assert!(r.is_err(), "an isolated leader served a read: {r:?}");
         for m in members.into_values() {
             m.cancel.cancel();
             m.handle.join().await;

@@ -35,6 +35,9 @@ pub(crate) enum Input {
         change: MemberChange,
         reply: oneshot::Sender<Result<(), RaftError>>,
     },
+    /// a linearizable read: answered with the index the state must have applied
+    /// before it is read (the leader's commit index, confirmed by a quorum)
+    ReadIndex(oneshot::Sender<Result<u64, RaftError>>),
     /// a message from a peer
     Step(Message),
     /// a peer could not be reached
@@ -104,6 +107,9 @@ pub(crate) struct Node {
     waiters: HashMap<u64, (u64, Waiter)>,
     /// index of the latest snapshot taken or applied
     snapshot_index: u64,
+    /// read-index requests waiting for the quorum's confirmation, by context
+    reads: HashMap<Vec<u8>, oneshot::Sender<Result<u64, RaftError>>>,
+    read_seq: u64,
     /// a member that started empty without bootstrapping: it neither votes nor
     /// campaigns until its log reaches this index, the leader's commit index when it
     /// first heard from the leader (`u64::MAX` until then)
@@ -133,6 +139,8 @@ impl Node {
             seq: 0,
             waiters: HashMap::new(),
             snapshot_index,
+            reads: HashMap::new(),
+            read_seq: 0,
             catching_up: None,
         }
     }
@@ -206,6 +214,13 @@ impl Node {
                 break;
             }
             self.check_caught_up();
+            // reads waiting on a leadership this member lost will never be confirmed
+            if self.raw.raft.state != StateRole::Leader && !self.reads.is_empty() {
+                let err = self.not_leader();
+                for (_, reply) in self.reads.drain() {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
         }
         for (_, (_, w)) in self.waiters.drain() {
             fail(w, RaftError::Stopped);
@@ -292,6 +307,16 @@ impl Node {
                 if let Some(r) = ask_for_snapshot {
                     self.send(vec![r]);
                 }
+            }
+            Input::ReadIndex(reply) => {
+                if self.raw.raft.state != StateRole::Leader {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                self.read_seq += 1;
+                let ctx = format!("{}-{}", self.nonce, self.read_seq).into_bytes();
+                self.raw.read_index(ctx.clone());
+                self.reads.insert(ctx, reply);
             }
             Input::Unreachable(id) => self.raw.report_unreachable(id),
             Input::TransferLeader(id) => self.raw.transfer_leader(id),
@@ -393,6 +418,12 @@ impl Node {
         // 4. apply what is committed
         let committed = ready.take_committed_entries();
         self.apply(committed)?;
+        // reads the quorum confirmed: the index to have applied before reading
+        for rs in ready.take_read_states() {
+            if let Some(reply) = self.reads.remove(&rs.request_ctx) {
+                let _ = reply.send(Ok(rs.index));
+            }
+        }
         // 5. messages that had to wait for the persist (a follower's votes and acks)
         self.send(ready.take_persisted_messages());
         // 6. advance; the light ready may commit more
