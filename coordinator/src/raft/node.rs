@@ -174,6 +174,43 @@ impl Node {
         }
     }
 
+    /// The leader promotes a learner to voter once it holds everything committed,
+    /// one change at a time.
+    fn promote_caught_up_learners(&mut self) {
+        let r = &self.raw.raft;
+        if r.state != StateRole::Leader || r.has_pending_conf() {
+            return;
+        }
+        let committed = r.raft_log.committed;
+        let ready = r
+            .prs()
+            .conf()
+            .learners()
+            .iter()
+            .copied()
+            .find(|id| r.prs().get(*id).is_some_and(|p| p.matched >= committed));
+        let Some(id) = ready else { return };
+        let mut one = ConfChangeSingle::default();
+        one.set_change_type(ConfChangeType::AddNode);
+        one.node_id = id;
+        let mut cc = ConfChangeV2::default();
+        cc.mut_changes().push(one);
+        let ctx = ChangeContext {
+            origin: self.nonce,
+            seq: 0,
+            address: None,
+        };
+        let ctx = serde_json::to_vec(&ctx).unwrap_or_default();
+        match self.raw.propose_conf_change(ctx, cc) {
+            Ok(()) => tracing::info!(
+                member = id,
+                index = committed,
+                "learner caught up: promoting it to voter"
+            ),
+            Err(e) => tracing::debug!(member = id, "promotion not proposed: {e}"),
+        }
+    }
+
     /// Ends catching up once the log holds the index it waited for.
     fn check_caught_up(&mut self) {
         if let Some(target) = self.catching_up {
@@ -214,6 +251,7 @@ impl Node {
                 break;
             }
             self.check_caught_up();
+            self.promote_caught_up_learners();
             // reads waiting on a leadership this member lost will never be confirmed
             if self.raw.raft.state != StateRole::Leader && !self.reads.is_empty() {
                 let err = self.not_leader();
@@ -266,8 +304,10 @@ impl Node {
                 self.seq += 1;
                 let (single, address) = match change {
                     MemberChange::Add { id, address } => {
+                        // a learner first: it counts towards no quorum until it has
+                        // caught up (`promote_caught_up_learners`)
                         let mut s = ConfChangeSingle::default();
-                        s.set_change_type(ConfChangeType::AddNode);
+                        s.set_change_type(ConfChangeType::AddLearnerNode);
                         s.node_id = id;
                         (s, Some(address))
                     }
