@@ -11,7 +11,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tonic::transport::Endpoint;
 
 /// Connects to the leader of the coordinator group: the first reachable address of a
 /// comma-separated list names it (a lone coordinator leads itself).
@@ -55,12 +54,8 @@ async fn connect_first(coordinators: &str) -> Result<(AuthChannel, String)> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
     {
-        let url = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let ep = match Endpoint::from_shared(url.clone()) {
+        let url = autopipe_common::tls::url(addr);
+        let ep = match autopipe_common::tls::endpoint(addr) {
             // every call's response must start within the RPC deadline (streams such
             // as WatchJob then run unbounded)
             Ok(ep) => ep

@@ -54,6 +54,36 @@ struct ClientArgs {
     /// variable; neither: no token is sent)
     #[arg(long)]
     auth_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// TLS settings of a client or a server (all three files, or none).
+#[derive(clap::Args, Clone)]
+struct TlsArgs {
+    /// this process's certificate (PEM); with --tls-key and --tls-ca, every gRPC
+    /// connection is mutual TLS
+    #[arg(long, env = "AUTOPIPE_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// the certificate's private key (PEM)
+    #[arg(long, env = "AUTOPIPE_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// the CA (PEM) that signed every coordinator's, worker's and client's certificate
+    #[arg(long, env = "AUTOPIPE_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// Loads the files and makes them the process's TLS settings.
+    fn install(&self) -> Result<()> {
+        let tls = match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (None, None, None) => None,
+            (Some(c), Some(k), Some(a)) => Some(autopipe_common::tls::Tls::load(c, k, a)?),
+            _ => anyhow::bail!("TLS needs all of --tls-cert, --tls-key and --tls-ca"),
+        };
+        autopipe_common::tls::set(tls);
+        Ok(())
+    }
 }
 
 impl ClientArgs {
@@ -81,6 +111,8 @@ struct SecurityArgs {
     /// may read and write, e.g. /data,s3://bucket/pipelines (default: anywhere)
     #[arg(long, value_delimiter = ',')]
     allowed_roots: Vec<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 impl SecurityArgs {
@@ -454,6 +486,7 @@ async fn run(cli: Cli) -> Result<i32> {
     // every call of a client command carries the token, when one is given
     if let Some(c) = client_args(&cli.cmd) {
         autopipe_common::auth::set_client_token(c.token()?.as_ref());
+        c.tls.install()?;
     }
     match cli.cmd {
         Cmd::Gen {
@@ -513,6 +546,7 @@ async fn run(cli: Cli) -> Result<i32> {
         } => {
             budget.install();
             let auth_token = security.token()?;
+            security.tls.install()?;
             let allowed_roots = security.roots()?;
             if !allowed_roots.is_restricted() {
                 tracing::warn!(
@@ -578,6 +612,7 @@ async fn run(cli: Cli) -> Result<i32> {
             }
             budget.install();
             let auth_token = security.token()?;
+            security.tls.install()?;
             let allowed_roots = security.roots()?;
             let cancel = shutdown_token();
             let h = autopipe_worker::start(
@@ -855,6 +890,7 @@ async fn run_local(
         anyhow::bail!("--workers and --slots must be at least 1");
     }
     let auth_token = security.token()?;
+    security.tls.install()?;
     let allowed_roots = security.roots()?;
     if gen_missing {
         let dir = spec_path.parent().unwrap_or(Path::new(".")).join("data");

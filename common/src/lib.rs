@@ -16,6 +16,7 @@ pub mod shuffle;
 pub mod spec;
 pub mod store;
 pub mod task;
+pub mod tls;
 pub mod tolerant;
 pub mod util;
 

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Reads one stage's shuffle output.
 #[derive(Debug)]
@@ -469,17 +469,13 @@ pub const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 /// A lazily connected, shared channel to `address` (`host:port` or `http://host:port`),
 /// whose every call carries the process's auth token (`auth::ClientAuth`).
 pub fn channel_to(address: &str) -> std::result::Result<AuthChannel, Error> {
-    let url = if address.contains("://") {
-        address.to_string()
-    } else {
-        format!("http://{address}")
-    };
+    let url = crate::tls::url(address);
     let mut pool = channel_pool().lock().expect("channel pool lock poisoned");
     if let Some(c) = pool.get(&url) {
         return Ok(authed(c.clone()));
     }
-    let ch = Endpoint::from_shared(url.clone())
-        .map_err(|e| Error::Permanent(format!("bad address '{address}': {e}")))?
+    // with the process's TLS settings (`crate::tls`), if any
+    let ch = crate::tls::endpoint(address)?
         .connect_timeout(Duration::from_secs(5))
         // tonic's timeout layer: every call's response must start within this (the
         // calls' own deadlines, set per request, are shorter)

@@ -86,8 +86,10 @@ pub async fn start(
         crate::raft::transport::RaftService::new(core.raft.clone(), peers, core.applied())
             .requiring_member_id(auth.enabled());
     let c1 = cancel.clone();
+    // TLS (mutual) when the process has TLS settings
+    let server = autopipe_common::tls::server()?;
     let grpc_task = tokio::spawn(async move {
-        let r = tonic::transport::Server::builder()
+        let r = server
             // every service below refuses a call without the cluster token
             .layer(auth.layer())
             .add_service(pb::job_service_server::JobServiceServer::new(svc.clone()))

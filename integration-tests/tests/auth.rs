@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::Ticket;
 use autopipe_proto as pb;
+use integration_tests::oracle::check_spec_output;
 use integration_tests::{
     aggregation_job, cli, cli_env, gen_clickstream, http_request, spawn_server, wait_until,
     write_spec, Cluster, Group,
@@ -419,5 +420,137 @@ overwrite_foreign = true
     )?;
     let (v, _) = c.run(&spec)?;
     assert_eq!(v["state"], "succeeded", "{v}");
+    Ok(())
+}
+
+/// A CA and one certificate for 127.0.0.1 signed by it, as PEM files: (cert, key, ca).
+fn certificates(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])?;
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = params.signed_by(&key, &issuer)?;
+    let paths = (
+        dir.join("node.pem"),
+        dir.join("node.key"),
+        dir.join("ca.pem"),
+    );
+    std::fs::write(&paths.0, cert.pem())?;
+    std::fs::write(&paths.1, key.serialize_pem())?;
+    std::fs::write(&paths.2, ca_cert.pem())?;
+    Ok(paths)
+}
+
+#[test]
+fn a_cluster_with_mutual_tls_and_a_token_runs_a_job_and_refuses_plain_and_unknown_clients(
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    gen_clickstream(&dir.path().join("data"), 4_000, 2)?;
+    let spec = aggregation_job(dir.path(), "tlsjob", "")?;
+    let tf = token_file(dir.path())?;
+    let (cert, key, ca) = certificates(dir.path())?;
+    let (tf, cert, key, ca) = (
+        tf.to_str().context("utf8")?,
+        cert.to_str().context("utf8")?,
+        key.to_str().context("utf8")?,
+        ca.to_str().context("utf8")?,
+    );
+    let secure = [
+        "--auth-token-file",
+        tf,
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+        "--tls-ca",
+        ca,
+    ];
+    let mut workers = secure.to_vec();
+    // map outputs cross Flight between the workers: DoGet is TLS too
+    workers.push("--no-host-local-shuffle");
+    let env = [
+        ("AUTOPIPE_AUTH_TOKEN", TOKEN),
+        ("AUTOPIPE_TLS_CERT", cert),
+        ("AUTOPIPE_TLS_KEY", key),
+        ("AUTOPIPE_TLS_CA", ca),
+    ];
+    let c = Cluster::start_env(2, 2, &workers, &secure, &env)?;
+    let (v, _) = c.run(&spec)?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    check_spec_output(dir.path(), &spec)?;
+    // a plain-text client gets nowhere
+    let url = c.url();
+    let out = cli_env(
+        &["jobs", "--coordinator", &url],
+        &[("AUTOPIPE_AUTH_TOKEN", TOKEN)],
+    )?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("coordinator at"),
+        "a plain connection was answered: {err}"
+    );
+    // nor does a TLS client whose certificate another CA signed
+    let other = tempfile::tempdir()?;
+    let (ocert, okey, _) = certificates(other.path())?;
+    let (ocert, okey) = (
+        ocert.to_str().context("utf8")?,
+        okey.to_str().context("utf8")?,
+    );
+    let out = cli_env(
+        &["jobs", "--coordinator", &url],
+        &[
+            ("AUTOPIPE_AUTH_TOKEN", TOKEN),
+            ("AUTOPIPE_TLS_CERT", ocert),
+            ("AUTOPIPE_TLS_KEY", okey),
+            ("AUTOPIPE_TLS_CA", ca),
+        ],
+    )?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a certificate of another CA was accepted: {err}"
+    );
+    eprintln!("refused: {err}");
+    Ok(())
+}
+
+#[test]
+fn three_coordinators_with_mutual_tls_elect_a_leader_and_replicate() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (cert, key, ca) = certificates(dir.path())?;
+    let (cert, key, ca) = (
+        cert.to_str().context("utf8")?,
+        key.to_str().context("utf8")?,
+        ca.to_str().context("utf8")?,
+    );
+    let tls = ["--tls-cert", cert, "--tls-key", key, "--tls-ca", ca];
+    let env = [
+        ("AUTOPIPE_TLS_CERT", cert),
+        ("AUTOPIPE_TLS_KEY", key),
+        ("AUTOPIPE_TLS_CA", ca),
+    ];
+    // Raft between the members, workers registering and heartbeating: all over TLS
+    let g = Group::start_env(3, 1, 1, &tls, &tls, &env)?;
+    let leader = g.leader()?.context("a leader")?;
+    // every member answers over TLS and applies the same log
+    wait_until(Duration::from_secs(30), "3 members in step", || {
+        let c = g.cluster()?;
+        let m = c["members"].as_array().cloned().unwrap_or_default();
+        Ok(m.len() == 3
+            && m.iter().all(|x| {
+                x["error"].as_str().unwrap_or("").is_empty() && x["applied"] == m[0]["applied"]
+            }))
+    })?;
+    eprintln!("leader {leader} elected over TLS");
     Ok(())
 }

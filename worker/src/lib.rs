@@ -152,8 +152,10 @@ pub async fn start(config: WorkerConfig, cancel: CancellationToken) -> Result<Wo
         store: shared.shuffle.clone(),
     };
     let c1 = cancel.clone();
+    // TLS (mutual) when the process has TLS settings
+    let server = autopipe_common::tls::server()?;
     let grpc_task = tokio::spawn(async move {
-        let r = tonic::transport::Server::builder()
+        let r = server
             // pings notice a reducer that went away mid-stream
             .http2_keepalive_interval(Some(autopipe_common::shuffle::KEEP_ALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(autopipe_common::shuffle::KEEP_ALIVE_TIMEOUT))

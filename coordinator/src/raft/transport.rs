@@ -109,7 +109,7 @@ async fn peer_loop(
     node: mpsc::Sender<Input>,
     cancel: CancellationToken,
 ) {
-    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{address}")) {
+    let endpoint = match autopipe_common::tls::endpoint(&address) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(1))
             .timeout(SEND_TIMEOUT)
