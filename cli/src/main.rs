@@ -258,6 +258,9 @@ enum Cmd {
         /// test only: every task panics
         #[arg(long, hide = true)]
         test_panic_tasks: bool,
+        /// test only: a task given fewer slots' memory than this runs out of memory
+        #[arg(long, hide = true, default_value_t = 0)]
+        test_oom_below_slots: u32,
         #[command(flatten)]
         security: SecurityArgs,
         #[command(flatten)]
@@ -604,6 +607,7 @@ async fn run(cli: Cli) -> Result<i32> {
             advertise,
             test_fail_first_attempt,
             test_panic_tasks,
+            test_oom_below_slots,
             security,
             budget,
         } => {
@@ -631,6 +635,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     test_delay_stage: test_task_delay_stage,
                     test_fail_first_attempt,
                     test_panic_tasks,
+                    test_oom_below_slots,
                     host_local_shuffle: !no_host_local_shuffle,
                     shuffle_sweep_interval,
                     advertise,

@@ -282,3 +282,49 @@ fn a_high_cardinality_aggregation_over_10m_rows_spills_within_256mib() -> Result
     );
     check_spec_output(dir.path(), &spec)
 }
+
+#[test]
+fn a_task_out_of_memory_is_retried_with_a_larger_share_and_the_decision_says_so() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    gen_clickstream(&dir.path().join("data"), 2_000, 1)?;
+    let spec = job(
+        dir.path(),
+        "oom",
+        "SELECT kind, count(*) AS n FROM events GROUP BY kind",
+        "",
+    )?;
+    // every task needs 4 slots' memory: 1 slot fails, 2 fail, 4 succeed
+    let c = Cluster::start_with(1, 4, &["--test-oom-below-slots", "4"])?;
+    let (v, _) = c.run(&spec)?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let ds = c.cli_json(&["decisions", v["job_id"].as_str().unwrap_or("")])?;
+    let shares: Vec<_> = ds
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["kind"] == "memory_share")
+        .collect();
+    assert!(
+        shares.iter().any(|d| d["inputs"]["slots_after"] == "4"
+            && d["effect"].as_str().unwrap_or("").contains("succeeded")),
+        "{ds}"
+    );
+    check_spec_output(dir.path(), &spec)?;
+    // turned off, the task keeps its share and the job fails with the reason
+    let off = job(
+        dir.path(),
+        "oom_off",
+        "SELECT kind, count(*) AS n FROM events GROUP BY kind",
+        "adaptive_memory = false\nmax_task_attempts = 2",
+    )?;
+    let (v, _) = c.run(&off)?;
+    assert_eq!(v["state"], "failed", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("out of memory"),
+        "{v}"
+    );
+    Ok(())
+}

@@ -272,6 +272,14 @@ impl pb::worker_control_server::WorkerControl for Control {
                     Err(Error::Transient("test: first attempts fail".into()))
                 } else if shared.config.test_panic_tasks {
                     panic!("test: every task panics");
+                } else if slots < shared.config.test_oom_below_slots {
+                    // test-only: a task too big for fewer slots' memory than this
+                    Err(Error::from(
+                        datafusion::error::DataFusionError::ResourcesExhausted(format!(
+                            "test: a task needs {} slots' memory, it has {slots}",
+                            shared.config.test_oom_below_slots
+                        )),
+                    ))
                 } else {
                     run_task(&def, &shared.shuffle, &stop, &memory).await
                 }

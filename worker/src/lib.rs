@@ -50,6 +50,8 @@ pub struct WorkerConfig {
     pub test_fail_first_attempt: bool,
     /// test-only: every task panics
     pub test_panic_tasks: bool,
+    /// test-only: a task given fewer slots (memory shares) than this runs out of memory
+    pub test_oom_below_slots: u32,
     /// the address others reach this worker at (default: the bound listen address)
     pub advertise: Option<String>,
     /// let reducers on this machine read this worker's map outputs from its disk
@@ -80,6 +82,7 @@ impl Default for WorkerConfig {
             test_delay_stage: None,
             test_fail_first_attempt: false,
             test_panic_tasks: false,
+            test_oom_below_slots: 0,
             advertise: None,
             host_local_shuffle: true,
             shuffle_sweep_interval: Duration::from_secs(60),
