@@ -423,8 +423,9 @@ overwrite_foreign = true
     Ok(())
 }
 
-/// A CA and one certificate for 127.0.0.1 signed by it, as PEM files: (cert, key, ca).
-fn certificates(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+/// A CA and one certificate for 127.0.0.1 (and `names`) signed by it, as PEM files:
+/// (cert, key, ca).
+fn certificates(dir: &Path, names: &[&str]) -> Result<(PathBuf, PathBuf, PathBuf)> {
     use rcgen::{
         BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     };
@@ -434,7 +435,9 @@ fn certificates(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
     let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca, ca_key);
     let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])?;
+    let mut sans = vec!["127.0.0.1".to_string(), "localhost".into()];
+    sans.extend(names.iter().map(|n| n.to_string()));
+    let mut params = CertificateParams::new(sans)?;
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
@@ -458,7 +461,7 @@ fn a_cluster_with_mutual_tls_and_a_token_runs_a_job_and_refuses_plain_and_unknow
     gen_clickstream(&dir.path().join("data"), 4_000, 2)?;
     let spec = aggregation_job(dir.path(), "tlsjob", "")?;
     let tf = token_file(dir.path())?;
-    let (cert, key, ca) = certificates(dir.path())?;
+    let (cert, key, ca) = certificates(dir.path(), &[])?;
     let (tf, cert, key, ca) = (
         tf.to_str().context("utf8")?,
         cert.to_str().context("utf8")?,
@@ -501,7 +504,7 @@ fn a_cluster_with_mutual_tls_and_a_token_runs_a_job_and_refuses_plain_and_unknow
     );
     // nor does a TLS client whose certificate another CA signed
     let other = tempfile::tempdir()?;
-    let (ocert, okey, _) = certificates(other.path())?;
+    let (ocert, okey, _) = certificates(other.path(), &[])?;
     let (ocert, okey) = (
         ocert.to_str().context("utf8")?,
         okey.to_str().context("utf8")?,
@@ -527,7 +530,14 @@ fn a_cluster_with_mutual_tls_and_a_token_runs_a_job_and_refuses_plain_and_unknow
 #[test]
 fn three_coordinators_with_mutual_tls_elect_a_leader_and_replicate() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let (cert, key, ca) = certificates(dir.path())?;
+    // one certificate for the test's three members (in production, one each: a Raft
+    // peer must present a certificate naming its member id)
+    let members = [
+        "autopipe-member-1",
+        "autopipe-member-2",
+        "autopipe-member-3",
+    ];
+    let (cert, key, ca) = certificates(dir.path(), &members)?;
     let (cert, key, ca) = (
         cert.to_str().context("utf8")?,
         key.to_str().context("utf8")?,

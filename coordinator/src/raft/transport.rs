@@ -235,6 +235,35 @@ impl RaftService {
     }
 }
 
+/// The DNS name a coordinator's certificate carries for member `id` (a SAN).
+pub fn member_name(id: u64) -> String {
+    format!("autopipe-member-{id}")
+}
+
+/// With TLS, the sender's identity is its certificate: the client certificate (DER)
+/// of the call must be valid for `member_name(member)`, else `PERMISSION_DENIED`.
+fn certificate_names_member(der: Option<&[u8]>, member: u64) -> Result<(), tonic::Status> {
+    use rustls_pki_types::{CertificateDer, ServerName};
+    let name = member_name(member);
+    let Some(der) = der else {
+        return Err(tonic::Status::permission_denied(
+            "raft messages need a client certificate",
+        ));
+    };
+    let der = CertificateDer::from(der);
+    let cert = webpki::EndEntityCert::try_from(&der).map_err(|e| {
+        tonic::Status::permission_denied(format!("unreadable client certificate: {e}"))
+    })?;
+    let expected = ServerName::try_from(name.as_str())
+        .map_err(|e| tonic::Status::internal(format!("member name {name}: {e}")))?;
+    cert.verify_is_valid_for_subject_name(&expected)
+        .map_err(|_| {
+            tonic::Status::permission_denied(format!(
+                "the client certificate does not name coordinator {member} ({name})"
+            ))
+        })
+}
+
 /// See `RaftService::sender`.
 fn authenticated_sender(
     metadata: &tonic::metadata::MetadataMap,
@@ -285,6 +314,12 @@ impl pb::raft_service_server::RaftService for RaftService {
         req: tonic::Request<pb::RaftBatch>,
     ) -> Result<tonic::Response<pb::RaftAck>, tonic::Status> {
         let member = self.sender(req.metadata(), req.get_ref().from)?;
+        // with TLS, the connection's certificate must name that member
+        if autopipe_common::tls::current().is_some() {
+            let certs = req.peer_certs();
+            let first = certs.as_ref().and_then(|c| c.first());
+            certificate_names_member(first.map(|c| c.as_ref()), member)?;
+        }
         let batch = req.into_inner();
         for bytes in batch.messages {
             let m = Message::parse_from_bytes(&bytes).map_err(|e| {
@@ -308,6 +343,36 @@ impl pb::raft_service_server::RaftService for RaftService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A CA and a certificate it signed for `names`, as DER.
+    fn signed_for(names: &[&str]) -> Vec<u8> {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        cert.der().to_vec()
+    }
+
+    #[test]
+    fn with_tls_a_raft_sender_is_the_member_its_certificate_names() {
+        let two = signed_for(&["127.0.0.1", &member_name(2)]);
+        assert!(certificate_names_member(Some(&two), 2).is_ok());
+        let posing = certificate_names_member(Some(&two), 1).unwrap_err();
+        assert_eq!(posing.code(), tonic::Code::PermissionDenied);
+        assert!(posing.message().contains("coordinator 1"), "{posing:?}");
+        let worker = signed_for(&["127.0.0.1"]);
+        assert!(certificate_names_member(Some(&worker), 2).is_err());
+        assert!(certificate_names_member(None, 2).is_err());
+        // autopipe-member-2 does not name member 21
+        assert!(certificate_names_member(Some(&two), 21).is_err());
+    }
     use tonic::metadata::MetadataMap;
 
     fn named(id: &str) -> MetadataMap {
