@@ -1276,27 +1276,11 @@ mod tests {
     }
 
     fn launch(s: &mut State, stage: u32, task: u32, w: &str, at_ms: u64) {
-        s.apply(&Command::TaskLaunched {
-            job_id: "j".into(),
-            stage,
-            task,
-            attempt: 1,
-            worker_id: w.into(),
-            at_ms,
-        })
-        .unwrap();
+        crate::state::test_launch(s, (stage, task, 1), w, at_ms).unwrap();
     }
 
     fn succeed(s: &mut State, stage: u32, task: u32, at_ms: u64) {
-        s.apply(&Command::TaskSucceeded {
-            job_id: "j".into(),
-            stage,
-            task,
-            attempt: 1,
-            result: Default::default(),
-            at_ms,
-        })
-        .unwrap();
+        crate::state::test_succeed(s, (stage, task, 1), at_ms).unwrap();
     }
 
     #[test]

@@ -1301,14 +1301,11 @@ mod tests {
         attempt: u32,
         w: &str,
     ) -> Result<Outcome, ApplyError> {
-        s.apply(&Command::TaskLaunched {
-            job_id: "j".into(),
-            stage,
-            task,
-            attempt,
-            worker_id: w.into(),
-            at_ms: 2,
-        })
+        crate::state::test_launch(s, (stage, task, attempt), w, 2)
+    }
+
+    fn succeed(s: &mut State, stage: u32, task: u32, attempt: u32) -> Result<Outcome, ApplyError> {
+        crate::state::test_succeed(s, (stage, task, attempt), 7)
     }
 
     fn refused(s: &mut State, task: u32, attempt: u32, w: &str) -> Result<Outcome, ApplyError> {
@@ -1361,17 +1358,6 @@ mod tests {
         })
         .unwrap();
         assert!(s.apply(&cmd(&waiting)).is_err(), "only a running job waits");
-    }
-
-    fn succeed(s: &mut State, stage: u32, task: u32, attempt: u32) -> Result<Outcome, ApplyError> {
-        s.apply(&Command::TaskSucceeded {
-            job_id: "j".into(),
-            stage,
-            task,
-            attempt,
-            result: TaskResult::default(),
-            at_ms: 7,
-        })
     }
 
     #[test]

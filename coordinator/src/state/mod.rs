@@ -106,3 +106,38 @@ pub(crate) fn test_state(workers: &[(&str, u32)], map_tasks: u32) -> State {
         .expect("the test job is valid");
     s
 }
+
+/// Launches attempt `attempt` of task (`stage`, `task`) of the test job on `w`.
+#[cfg(test)]
+pub(crate) fn test_launch(
+    s: &mut State,
+    (stage, task, attempt): (u32, u32, u32),
+    w: &str,
+    at_ms: u64,
+) -> Result<Outcome, ApplyError> {
+    s.apply(&Command::TaskLaunched {
+        job_id: "j".into(),
+        stage,
+        task,
+        attempt,
+        worker_id: w.into(),
+        at_ms,
+    })
+}
+
+/// Records the success of attempt `attempt` of task (`stage`, `task`) of the test job.
+#[cfg(test)]
+pub(crate) fn test_succeed(
+    s: &mut State,
+    (stage, task, attempt): (u32, u32, u32),
+    at_ms: u64,
+) -> Result<Outcome, ApplyError> {
+    s.apply(&Command::TaskSucceeded {
+        job_id: "j".into(),
+        stage,
+        task,
+        attempt,
+        result: TaskResult::default(),
+        at_ms,
+    })
+}
