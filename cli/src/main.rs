@@ -206,6 +206,13 @@ enum Cmd {
         /// the token (`--http-open-reads=false` closes them); changes always need it
         #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
         http_open_reads: bool,
+        /// a job's commit running longer than this is abandoned and started again
+        /// (every step is idempotent)
+        #[arg(long, default_value_t = 300_000)]
+        commit_timeout_ms: u64,
+        /// test only: the first commit of each job hangs this long
+        #[arg(long, hide = true, default_value_t = 0)]
+        test_commit_hang_ms: u64,
         #[command(flatten)]
         budget: BudgetArgs,
     },
@@ -545,6 +552,8 @@ async fn run(cli: Cli) -> Result<i32> {
             retention,
             security,
             http_open_reads,
+            commit_timeout_ms,
+            test_commit_hang_ms,
             budget,
         } => {
             budget.install();
@@ -580,6 +589,8 @@ async fn run(cli: Cli) -> Result<i32> {
                     lost_worker_retention: retention.lost_worker_retention,
                     auth_token,
                     http_open_reads,
+                    commit_timeout: Duration::from_millis(commit_timeout_ms.max(1)),
+                    test_commit_hang: Duration::from_millis(test_commit_hang_ms),
                     allowed_roots,
                     ..Default::default()
                 },

@@ -44,6 +44,10 @@ pub struct CoordinatorConfig {
     pub job_retention: crate::scheduler::retention::JobRetention,
     /// a lost worker is pruned from the state after this (`--lost-worker-retention`)
     pub lost_worker_retention: Duration,
+    /// a job's commit running longer is abandoned and started again (`--commit-timeout-ms`)
+    pub commit_timeout: Duration,
+    /// test-only: the first commit of each job hangs this long before it starts
+    pub test_commit_hang: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -61,6 +65,8 @@ impl Default for CoordinatorConfig {
             allowed_roots: Default::default(),
             job_retention: Default::default(),
             lost_worker_retention: Duration::from_secs(3_600),
+            commit_timeout: Duration::from_secs(300),
+            test_commit_hang: Duration::ZERO,
         }
     }
 }

@@ -328,3 +328,33 @@ fn a_task_out_of_memory_is_retried_with_a_larger_share_and_the_decision_says_so(
     );
     Ok(())
 }
+
+#[test]
+fn a_commit_past_its_deadline_is_abandoned_and_run_again() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    gen_clickstream(&dir.path().join("data"), 2_000, 1)?;
+    let spec = job(dir.path(), "redriven", "SELECT kind FROM events", "")?;
+    // the first commit hangs for 10 minutes (a store that stopped answering); the
+    // deadline is 1 s
+    let c = Cluster::start_full(
+        1,
+        2,
+        &[],
+        &[
+            "--commit-timeout-ms",
+            "1000",
+            "--test-commit-hang-ms",
+            "600000",
+        ],
+    )?;
+    let t0 = Instant::now();
+    let id = c.submit(&spec)?;
+    let v = c.wait_done(&id, Duration::from_secs(60))?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "the hung commit was waited out: {:?}",
+        t0.elapsed()
+    );
+    check_spec_output(dir.path(), &spec)
+}

@@ -874,9 +874,6 @@ fn task_definition(
     }
 }
 
-/// Longest one commit runs before it is abandoned and started again.
-const COMMIT_DEADLINE: Duration = Duration::from_secs(300);
-
 /// Backoff between attempts of a commit that failed with a transient error.
 const COMMIT_RETRY: RetryPolicy = RetryPolicy {
     base: Duration::from_millis(200),
@@ -934,10 +931,17 @@ async fn drive_commit(core: &Arc<Core>, job: Job) {
     let term = core.raft.status().term;
     let fence_core = core.clone();
     let fence = move || leads_in(&fence_core, term);
-    let run = retry_transient(&fence, || commit::commit_job(&job, &fence));
-    let cmd = match tokio::time::timeout(COMMIT_DEADLINE, run).await {
+    let deadline = core.config.commit_timeout;
+    let hang = core.config.test_commit_hang;
+    let run = async {
+        if !hang.is_zero() && first_drive(&job_id) {
+            tokio::time::sleep(hang).await; // test-only: a store that stopped answering
+        }
+        retry_transient(&fence, || commit::commit_job(&job, &fence)).await
+    };
+    let cmd = match tokio::time::timeout(deadline, run).await {
         Err(_) => {
-            tracing::warn!(job = %job_id, "commit did not finish within {COMMIT_DEADLINE:?}; it starts again");
+            tracing::warn!(job = %job_id, "commit did not finish within {deadline:?}; it starts again");
             return;
         }
         Ok(Ok(files)) => {
@@ -972,6 +976,16 @@ async fn drive_commit(core: &Arc<Core>, job: Job) {
         Ok(_) => {}
         Err(e) => tracing::warn!(job = %job_id, "cannot record commit result: {e}"),
     }
+}
+
+/// Test-only (`test_commit_hang`): true the first time a job's commit is driven.
+fn first_drive(job_id: &str) -> bool {
+    static DRIVEN: std::sync::OnceLock<Mutex<HashSet<String>>> = std::sync::OnceLock::new();
+    DRIVEN
+        .get_or_init(Default::default)
+        .lock()
+        .expect("lock")
+        .insert(job_id.to_string())
 }
 
 /// Ok while this coordinator leads in `term`.
