@@ -323,6 +323,20 @@ fn closed_http_reads_need_the_token() -> Result<()> {
     Ok(())
 }
 
+/// `autopipe submit SPEC --coordinator URL`: whether it succeeded, and its stderr.
+fn submit_output(spec: &Path, url: &str) -> Result<(bool, String)> {
+    let out = cli(&[
+        "submit",
+        spec.to_str().context("utf8")?,
+        "--coordinator",
+        url,
+    ])?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    ))
+}
+
 #[test]
 fn a_path_outside_the_allowed_roots_is_refused_at_submit_and_nothing_is_deleted() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -366,14 +380,8 @@ overwrite_foreign = true
             outside.to_str().context("utf8")?,
         ),
     )?;
-    let out = cli(&[
-        "submit",
-        spec.to_str().context("utf8")?,
-        "--coordinator",
-        &url,
-    ])?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let (ok, err) = submit_output(&spec, &url)?;
+    assert!(!ok, "{err}");
     assert!(err.contains("sink.path"), "{err}");
     assert!(err.contains(&outside.display().to_string()), "{err}");
     assert!(err.contains(&format!("--allowed-roots {root}")), "{err}");
@@ -388,17 +396,8 @@ overwrite_foreign = true
             "data/out/x",
         ),
     )?;
-    let out = cli(&[
-        "submit",
-        spec.to_str().context("utf8")?,
-        "--coordinator",
-        &url,
-    ])?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("sources[0].path"),
-        "{err}"
-    );
+    let (ok, err) = submit_output(&spec, &url)?;
+    assert!(!ok && err.contains("sources[0].path"), "{err}");
 
     // nothing ran, nothing was deleted
     let jobs = c.cli_json(&["jobs"])?;

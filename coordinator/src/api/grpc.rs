@@ -861,6 +861,22 @@ mod tests {
         cancel.cancel();
     }
 
+    /// Submits the test job (one map task) as `job_id`.
+    async fn submit_test_job(core: &Core, job_id: &str, at_ms: u64) {
+        let Command::SubmitJob { spec, stages, .. } = crate::state::test_job(1) else {
+            unreachable!()
+        };
+        core.propose(Command::SubmitJob {
+            job_id: job_id.into(),
+            spec,
+            stages,
+            at_ms,
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    }
+
     #[tokio::test]
     async fn list_jobs_pages_through_every_job_in_submission_order() {
         use pb::job_service_server::JobService;
@@ -869,20 +885,8 @@ mod tests {
         let svc = Services {
             core: leading_core(dir.path(), &cancel).await,
         };
-        let Command::SubmitJob { spec, stages, .. } = crate::state::test_job(1) else {
-            unreachable!()
-        };
         for i in 0..5 {
-            svc.core
-                .propose(Command::SubmitJob {
-                    job_id: format!("j{i}"),
-                    spec: spec.clone(),
-                    stages: stages.clone(),
-                    at_ms: i,
-                    request_id: String::new(),
-                })
-                .await
-                .unwrap();
+            submit_test_job(&svc.core, &format!("j{i}"), i).await;
         }
         let (mut seen, mut token, mut pages) = (vec![], String::new(), 0);
         loop {
@@ -923,20 +927,8 @@ mod tests {
         let svc = Services {
             core: leading_core(dir.path(), &cancel).await,
         };
-        let Command::SubmitJob { spec, stages, .. } = crate::state::test_job(1) else {
-            unreachable!()
-        };
         for id in ["running", "cancelled"] {
-            svc.core
-                .propose(Command::SubmitJob {
-                    job_id: id.into(),
-                    spec: spec.clone(),
-                    stages: stages.clone(),
-                    at_ms: 0,
-                    request_id: String::new(),
-                })
-                .await
-                .unwrap();
+            submit_test_job(&svc.core, id, 0).await;
         }
         svc.core
             .propose(Command::CancelJob {
