@@ -245,8 +245,12 @@ impl ShuffleReaderExec {
     }
 }
 
-/// Directory of a job's shuffle files under a worker's shuffle root.
+/// Directory of a job's shuffle files under a worker's shuffle root: always one level
+/// below it, whatever the id holds (a ticket or a cleanup request names any string).
 pub fn job_dir(root: &Path, job: &str) -> PathBuf {
+    if job.is_empty() {
+        return root.join("_");
+    }
     let safe: String = job
         .chars()
         .map(|c| {
@@ -463,6 +467,31 @@ pub const FETCH_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest Flight message a reducer decodes (one record batch of a map output).
 pub const MAX_FLIGHT_MESSAGE: usize = 256 << 20;
 
+/// How a shuffle fetch notices a bad peer: a stream silent for `idle`, a message over
+/// `max_message` bytes, an HTTP/2 ping unanswered for `keep_alive_timeout` (pings every
+/// `keep_alive_interval`). Each fails the fetch, and the map output is recomputed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FetchLimits {
+    /// longest silence of a started stream
+    pub idle: Duration,
+    /// largest Flight message decoded
+    pub max_message: usize,
+    /// HTTP/2 ping interval
+    pub keep_alive_interval: Duration,
+    /// longest wait for a ping's answer
+    pub keep_alive_timeout: Duration,
+}
+
+impl FetchLimits {
+    /// What every fetch uses (tests shorten them).
+    pub const DEFAULT: Self = Self {
+        idle: FETCH_IDLE_TIMEOUT,
+        max_message: MAX_FLIGHT_MESSAGE,
+        keep_alive_interval: KEEP_ALIVE_INTERVAL,
+        keep_alive_timeout: KEEP_ALIVE_TIMEOUT,
+    };
+}
+
 /// Longest wait for any RPC's response to start (streams then run unbounded).
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -474,8 +503,15 @@ pub fn channel_to(address: &str) -> std::result::Result<AuthChannel, Error> {
     if let Some(c) = pool.get(&url) {
         return Ok(authed(c.clone()));
     }
+    let ch = new_channel(address, &FetchLimits::DEFAULT)?;
+    pool.insert(url, ch.clone());
+    Ok(authed(ch))
+}
+
+/// A lazily connected channel to `address` with `limits`' keep-alive.
+fn new_channel(address: &str, limits: &FetchLimits) -> std::result::Result<Channel, Error> {
     // with the process's TLS settings (`crate::tls`), if any
-    let ch = crate::tls::endpoint(address)?
+    Ok(crate::tls::endpoint(address)?
         .connect_timeout(Duration::from_secs(5))
         // tonic's timeout layer: every call's response must start within this (the
         // calls' own deadlines, set per request, are shorter)
@@ -492,12 +528,10 @@ pub fn channel_to(address: &str) -> std::result::Result<AuthChannel, Error> {
         .initial_connection_window_size(Some(MAX_WINDOW))
         // HTTP/2 pings notice a half-dead peer (machine gone, link cut) on an idle or
         // stalled connection, instead of waiting on it forever
-        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .http2_keep_alive_interval(limits.keep_alive_interval)
+        .keep_alive_timeout(limits.keep_alive_timeout)
         .keep_alive_while_idle(true)
-        .connect_lazy();
-    pool.insert(url, ch.clone());
-    Ok(authed(ch))
+        .connect_lazy())
 }
 
 /// Retries of a fetch whose call failed before its stream started.
@@ -521,6 +555,18 @@ async fn fetch_partition(
     job_id: &str,
     loc: &pb::MapOutputLocation,
     partition: u32,
+) -> Result<BoxStream<'static, Result<RecordBatch>>> {
+    fetch_partition_with(job_id, loc, partition, FetchLimits::DEFAULT).await
+}
+
+/// The batches of output partition `partition` of map output `loc`: read from the
+/// local file when `loc` is on this host, else streamed over Flight `DoGet` under
+/// `limits`. Any failure is a typed `FetchFailed` naming the map task.
+pub async fn fetch_partition_with(
+    job_id: &str,
+    loc: &pb::MapOutputLocation,
+    partition: u32,
+    limits: FetchLimits,
 ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
     let loc2 = loc.clone();
     let on_error = move |e: String| fetch_failed(&loc2, e);
@@ -551,9 +597,13 @@ async fn fetch_partition(
         .run(|| {
             let ticket = Ticket::new(ticket.encode_to_vec());
             async move {
-                let channel = channel_to(&loc.address)?;
+                let channel = if limits == FetchLimits::DEFAULT {
+                    channel_to(&loc.address)?
+                } else {
+                    authed(new_channel(&loc.address, &limits)?)
+                };
                 let mut client =
-                    FlightServiceClient::new(channel).max_decoding_message_size(MAX_FLIGHT_MESSAGE);
+                    FlightServiceClient::new(channel).max_decoding_message_size(limits.max_message);
                 client
                     .do_get(ticket)
                     .await
@@ -562,7 +612,7 @@ async fn fetch_partition(
         })
         .await
         .map_err(|e| fetch_failed(loc, e.to_string()))?;
-    let stream = idle_timeout(resp.into_inner(), FETCH_IDLE_TIMEOUT).map_err(FlightError::from);
+    let stream = idle_timeout(resp.into_inner(), limits.idle).map_err(FlightError::from);
     // a corrupt stream is a fetch failure: the map output is recomputed
     Ok(decode_shuffle_stream(stream)
         .map_err(move |e| on_error(e.to_string()))
@@ -593,6 +643,17 @@ fn idle_timeout<T: Send + 'static>(
 mod tests {
     use super::*;
     use datafusion::arrow::datatypes::{DataType, Field};
+
+    #[test]
+    fn a_job_id_never_leads_outside_the_shuffle_root() {
+        let root = Path::new("/w/shuffle");
+        for id in ["", ".", "..", "../..", "/etc", "a/../../b", "job\\..\\x"] {
+            let d = job_dir(root, id);
+            assert_eq!(d.parent(), Some(root), "{id:?} -> {}", d.display());
+            assert!(!matches!(d.file_name().unwrap().to_str(), Some(".." | ".")));
+        }
+        assert_eq!(job_dir(root, "job-1_a"), root.join("job-1_a"));
+    }
 
     #[test]
     fn schema_bytes_round_trip() {
