@@ -133,6 +133,18 @@ mod tests {
     /// A state with one worker and jobs `ids`, each run to success (and cleaned up
     /// when `clean`), ending at `finished_ms`.
     fn run_job(s: &mut State, id: &str, finished_ms: u64, clean: bool) {
+        run_job_with_plans(s, id, finished_ms, clean, 0);
+    }
+
+    /// `run_job` for a job whose every stage plan is `plan_bytes` long (0: the test
+    /// job's own plans).
+    fn run_job_with_plans(
+        s: &mut State,
+        id: &str,
+        finished_ms: u64,
+        clean: bool,
+        plan_bytes: usize,
+    ) {
         if !s.workers.contains_key("w1") {
             s.apply(&Command::RegisterWorker {
                 worker_id: "w1".into(),
@@ -144,9 +156,17 @@ mod tests {
             })
             .unwrap();
         }
-        let Command::SubmitJob { spec, stages, .. } = crate::state::test_job(1) else {
+        let Command::SubmitJob {
+            spec, mut stages, ..
+        } = crate::state::test_job(1)
+        else {
             unreachable!()
         };
+        if plan_bytes > 0 {
+            for st in &mut stages {
+                st.plan = std::sync::Arc::new(vec![0xA5; plan_bytes]);
+            }
+        }
         s.apply(&Command::SubmitJob {
             job_id: id.into(),
             spec,
@@ -174,6 +194,11 @@ mod tests {
                 at_ms: finished_ms,
             })
             .unwrap();
+        }
+        if plan_bytes > 0 {
+            // a running job carries its plans, as base64 (not a JSON array of numbers)
+            let size = serde_json::to_vec(&s.jobs[id]).unwrap().len();
+            assert!(size > 2 * plan_bytes && size < 3 * plan_bytes, "{size}");
         }
         s.apply(&Command::JobCommitting { job_id: id.into() })
             .unwrap();
@@ -279,6 +304,24 @@ mod tests {
             })
             .unwrap();
         }
+    }
+
+    #[test]
+    fn the_jobs_the_default_retention_keeps_fit_well_within_a_raft_message() {
+        let policy = JobRetention::default();
+        let mut s = State::default();
+        // 1200 jobs whose stage plans are 256 KiB each
+        for i in 0..1200u64 {
+            run_job_with_plans(&mut s, &format!("job-{i:06}"), 1_000 + i, true, 256 << 10);
+            enforce_on(&mut s, &policy, 1_000 + i);
+        }
+        assert_eq!(s.jobs.len(), policy.max_jobs);
+        let size = serde_json::to_vec(&s).unwrap().len();
+        assert!(
+            size < crate::raft::transport::MAX_MESSAGE / 8,
+            "{} finished jobs take {size} bytes of snapshot",
+            s.jobs.len()
+        );
     }
 
     #[test]
