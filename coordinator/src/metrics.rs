@@ -194,12 +194,7 @@ impl Metrics {
         self.workers
             .get_or_create(&label("state", "lost"))
             .set(state.workers.len() as i64 - alive);
-        for kind in [
-            DecisionKind::Speculation,
-            DecisionKind::TaskTimeout,
-            DecisionKind::RetryLimit,
-            DecisionKind::MemoryShare,
-        ] {
+        for kind in DecisionKind::ALL {
             let n = state.decisions.iter().filter(|d| d.kind == kind).count();
             self.decisions
                 .get_or_create(&label("kind", kind.name()))

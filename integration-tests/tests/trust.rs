@@ -302,7 +302,7 @@ fn a_task_out_of_memory_is_retried_with_a_larger_share_and_the_decision_says_so(
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|d| d["kind"] == "memory_share")
+        .filter(|d| d["kind"] == "memory_retry")
         .collect();
     assert!(
         shares.iter().any(|d| d["inputs"]["slots_after"] == "4"

@@ -542,7 +542,7 @@ pub async fn report_failure(core: &Core, key: &pb::TaskKey, e: &Error) {
 }
 
 /// After an attempt ran out of memory: its task's next attempts get a larger share
-/// (`optimizer::memory`), recorded as a `memory_share` decision.
+/// (`optimizer::memory`), recorded as a `memory_retry` decision.
 async fn give_more_memory(core: &Core, key: &pb::TaskKey) {
     let share = core
         .read(|s| crate::optimizer::memory::larger_share(s, &key.job_id, key.stage_id, key.task));
@@ -561,7 +561,7 @@ async fn give_more_memory(core: &Core, key: &pb::TaskKey) {
         id: 0,
         at_ms: now_ms(),
         job_id: key.job_id.clone(),
-        kind: DecisionKind::MemoryShare,
+        kind: DecisionKind::MemoryRetry,
         what: format!(
             "stage {} task {} runs its next attempts with {} task slots' memory",
             key.stage_id, key.task, x.slots

@@ -18,17 +18,59 @@ pub enum DecisionKind {
     /// a job's per-task attempt limit was lowered or raised
     RetryLimit,
     /// a task that ran out of memory is retried with a larger memory share
-    MemoryShare,
+    /// (recorded as `memory_share` before issue 12 named it)
+    #[serde(alias = "memory_share")]
+    MemoryRetry,
+    /// contiguous small reducer partitions were packed into fewer tasks
+    Coalesce,
+    /// a skewed reducer partition was split into several tasks
+    SkewSplit,
+    /// a join side small at run time was broadcast instead of shuffled
+    Broadcast,
+    /// tasks were placed or moved by the workers' load (heartbeats)
+    Rebalance,
+    /// a running scan task's unread input was handed to another worker
+    SplitRunningTask,
+    /// workers were added for a backlog
+    ScaleUp,
+    /// idle workers were released
+    ScaleDown,
+    /// scan tasks were built from the input's file and row-group sizes
+    InputSplits,
 }
 
 impl DecisionKind {
+    /// Every kind, in the order the CLI and the metrics list them.
+    pub const ALL: [DecisionKind; 12] = [
+        DecisionKind::Speculation,
+        DecisionKind::TaskTimeout,
+        DecisionKind::RetryLimit,
+        DecisionKind::MemoryRetry,
+        DecisionKind::Coalesce,
+        DecisionKind::SkewSplit,
+        DecisionKind::Broadcast,
+        DecisionKind::Rebalance,
+        DecisionKind::SplitRunningTask,
+        DecisionKind::ScaleUp,
+        DecisionKind::ScaleDown,
+        DecisionKind::InputSplits,
+    ];
+
     /// The snake_case name used by the CLI, the API and the metrics.
     pub fn name(self) -> &'static str {
         match self {
             DecisionKind::Speculation => "speculation",
             DecisionKind::TaskTimeout => "task_timeout",
             DecisionKind::RetryLimit => "retry_limit",
-            DecisionKind::MemoryShare => "memory_share",
+            DecisionKind::MemoryRetry => "memory_retry",
+            DecisionKind::Coalesce => "coalesce",
+            DecisionKind::SkewSplit => "skew_split",
+            DecisionKind::Broadcast => "broadcast",
+            DecisionKind::Rebalance => "rebalance",
+            DecisionKind::SplitRunningTask => "split_running_task",
+            DecisionKind::ScaleUp => "scale_up",
+            DecisionKind::ScaleDown => "scale_down",
+            DecisionKind::InputSplits => "input_splits",
         }
     }
 }

@@ -262,6 +262,15 @@ pub struct Job {
     pub cleaned: bool,
 }
 
+/// Drops a finished job's stage plans (datafusion-proto bytes, the bulk of a job in
+/// the state): nothing runs them again, and the job is kept until `--job-retention`
+/// forgets it. Its plans' text (`display`) stays for status and the dashboard.
+fn release_plans(job: &mut Job) {
+    for stage in &mut job.stages {
+        stage.plan.plan = Default::default();
+    }
+}
+
 impl Job {
     /// The sink stage.
     pub fn sink_stage(&self) -> &Stage {
@@ -719,7 +728,7 @@ impl State {
                 if memory_slots > 1 {
                     let (st, tk) = (stage.to_string(), task.to_string());
                     let open = self.decisions.iter_mut().rev().find(|d| {
-                        d.kind == DecisionKind::MemoryShare
+                        d.kind == DecisionKind::MemoryRetry
                             && d.job_id == *job_id
                             && d.effect.is_none()
                             && d.inputs.get("stage") == Some(&st)
@@ -880,6 +889,7 @@ impl State {
                 job.state = JobState::Failed;
                 job.error = Some(err);
                 job.finished_ms = *at_ms;
+                release_plans(job);
                 self.close_retry_decisions(job_id, "the job failed");
                 Ok(Outcome::JobChanged(job_id.clone(), JobState::Failed))
             }
@@ -908,6 +918,7 @@ impl State {
                 job.state = JobState::Succeeded;
                 job.committed_files = files.clone();
                 job.finished_ms = *at_ms;
+                release_plans(job);
                 self.close_retry_decisions(job_id, "the job succeeded");
                 Ok(Outcome::JobChanged(job_id.clone(), JobState::Succeeded))
             }
@@ -926,6 +937,7 @@ impl State {
                 job.state = JobState::Failed;
                 job.error = Some(error.clone());
                 job.finished_ms = *at_ms;
+                release_plans(job);
                 self.close_retry_decisions(job_id, "the job failed");
                 Ok(Outcome::JobChanged(job_id.clone(), JobState::Failed))
             }
@@ -939,6 +951,7 @@ impl State {
                 }
                 job.state = JobState::Cancelled;
                 job.finished_ms = *at_ms;
+                release_plans(job);
                 self.close_retry_decisions(job_id, "the job was cancelled");
                 Ok(Outcome::JobChanged(job_id.clone(), JobState::Cancelled))
             }
