@@ -53,6 +53,10 @@ pub struct ShuffleReaderExec {
     /// every map task of the producing stage, as the coordinator planned it (filled on
     /// the worker); `execute` refuses locations that do not match it exactly
     pub expected_map_tasks: Option<Vec<u32>>,
+    /// a hash reader of a re-planned task reads these output partitions `[start, end)`
+    /// of every expected map task, whatever partition it is asked for (filled on the
+    /// worker)
+    pub partition_range: Option<(u32, u32)>,
     partitions: usize,
     properties: Arc<PlanProperties>,
 }
@@ -72,6 +76,7 @@ impl ShuffleReaderExec {
             job_id: String::new(),
             locations: vec![],
             expected_map_tasks: None,
+            partition_range: None,
             partitions,
             properties: Arc::new(properties),
         }
@@ -224,10 +229,18 @@ impl ShuffleReaderExec {
                 )));
             }
         }
+        // A per-map reader's partition p reads map task p; a stage re-planned into
+        // fewer tasks than planned leaves its last partitions empty (more tasks than
+        // planned are never read this way: `optimizer::replan` splits no stage whose
+        // output is merged).
         let wanted: Vec<u32> = if self.hash {
             expected.clone()
         } else {
-            vec![partition as u32]
+            expected
+                .iter()
+                .copied()
+                .filter(|&m| m as usize % self.partitions.max(1) == partition)
+                .collect()
         };
         let missing: Vec<u32> = wanted
             .iter()
@@ -240,8 +253,23 @@ impl ShuffleReaderExec {
                 expected.len()
             )));
         }
-        let part = if self.hash { partition as u32 } else { 0 };
-        Ok(wanted.iter().map(|t| (by_task[t].clone(), part)).collect())
+        let parts = match (self.hash, self.partition_range) {
+            (true, Some((start, end))) if start < end && end as usize <= self.partitions => {
+                start..end
+            }
+            (true, Some((start, end))) => {
+                return Err(incomplete(format!(
+                    "partition range [{start}, {end}) is not within the stage's {} partitions",
+                    self.partitions
+                )))
+            }
+            (true, None) => partition as u32..partition as u32 + 1,
+            (false, _) => 0..1,
+        };
+        Ok(wanted
+            .iter()
+            .flat_map(|t| parts.clone().map(|p| (by_task[t].clone(), p)))
+            .collect())
     }
 }
 
@@ -716,6 +744,32 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_re_planned_reducer_reads_its_partition_range_of_its_map_tasks() {
+        // coalesced: partitions [0, 3) of every map task, whichever partition it runs
+        let mut r = reader(true, Some(vec![0, 1]), &[0, 1]);
+        r.partition_range = Some((0, 3));
+        let f: Vec<_> = r
+            .fetches(0)
+            .unwrap()
+            .iter()
+            .map(|(l, p)| (l.map_task, *p))
+            .collect();
+        assert_eq!(f, vec![(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]);
+        // a skew split's side: partition 2 of map task 1 only
+        let mut r = reader(true, Some(vec![1]), &[1]);
+        r.partition_range = Some((2, 3));
+        assert_eq!(tasks(&r.fetches(2).unwrap()), vec![(1, 2)]);
+        // a per-map reader of a stage re-planned into fewer tasks: its last
+        // partitions read nothing
+        let fewer = reader(false, Some(vec![0]), &[0]);
+        assert_eq!(tasks(&fewer.fetches(0).unwrap()), vec![(0, 0)]);
+        assert!(fewer.fetches(2).unwrap().is_empty());
+        // a range past the stage's partitions is refused, typed
+        r.partition_range = Some((2, 4));
+        assert!(matches!(r.fetches(2), Err(Error::IncompleteInput { .. })));
+    }
+
     #[tokio::test]
     async fn a_silent_shuffle_stream_fails_after_its_idle_timeout() {
         let silent = futures::stream::pending::<std::result::Result<u32, tonic::Status>>();
@@ -795,11 +849,14 @@ impl PhysicalExtensionCodec for ShuffleCodec {
                     .filter(|l| l.stage_id == node.stage_id)
                     .cloned()
                     .collect();
-                exec.expected_map_tasks = self
+                let input = self
                     .input_stages
                     .iter()
-                    .find(|i| i.stage_id == node.stage_id)
-                    .map(|i| i.map_tasks.clone());
+                    .find(|i| i.stage_id == node.stage_id);
+                exec.expected_map_tasks = input.map(|i| i.map_tasks.clone());
+                exec.partition_range = input
+                    .filter(|i| i.partition_end > 0)
+                    .map(|i| (i.partition_start, i.partition_end));
                 Ok(Arc::new(exec))
             }
             Some(pb::extension_node::Node::Scan(node)) => {

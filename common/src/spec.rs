@@ -114,6 +114,26 @@ pub struct JobParams {
     /// record fails the job
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bad_record_ratio: Option<f64>,
+    /// between stages, pack contiguous small reducer partitions into tasks of about
+    /// target_partition_bytes (Spark AQE's coalescing); default true
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coalesce: Option<bool>,
+    /// a coalesced task smaller than this merges into a neighbour (default 1 MiB,
+    /// Spark's minPartitionSize)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_partition_bytes: Option<ByteSize>,
+    /// split a skewed partition of a join into several tasks, along map-output
+    /// boundaries, replicating the other side's partition; default true
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skew_join: Option<bool>,
+    /// a reducer partition is skewed when larger than this many times the median
+    /// partition (default 5, Spark's skewedPartitionFactor) ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skew_factor: Option<f64>,
+    /// ... and larger than this (default 256 MiB, Spark's
+    /// skewedPartitionThresholdInBytes)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skew_threshold_bytes: Option<ByteSize>,
 }
 
 /// Speculation settings in effect for a job.
@@ -128,6 +148,13 @@ pub struct Speculation {
     /// minimum runtime of a straggler
     pub min_runtime_ms: u64,
 }
+
+/// A coalesced task smaller than this merges into a neighbour (Spark: 1 MiB).
+pub const DEFAULT_MIN_PARTITION_BYTES: u64 = 1 << 20;
+/// Skewed: larger than this many times the median partition (Spark: 5).
+pub const DEFAULT_SKEW_FACTOR: f64 = 5.0;
+/// Skewed: and larger than this (Spark: 256 MiB).
+pub const DEFAULT_SKEW_THRESHOLD_BYTES: u64 = 256 << 20;
 
 /// Most shuffle partitions a stage may have: every map task writes one file per
 /// partition and every reducer opens one stream per map task.
@@ -158,6 +185,22 @@ impl JobParams {
         self.broadcast_join_max_bytes
             .map(|b| b.0)
             .unwrap_or(DEFAULT_BROADCAST_JOIN_MAX_BYTES)
+    }
+    /// Effective coalesced-task minimum size.
+    pub fn min_partition_bytes(&self) -> u64 {
+        self.min_partition_bytes
+            .map(|b| b.0)
+            .unwrap_or(DEFAULT_MIN_PARTITION_BYTES)
+    }
+    /// Effective skew factor.
+    pub fn skew_factor(&self) -> f64 {
+        self.skew_factor.unwrap_or(DEFAULT_SKEW_FACTOR)
+    }
+    /// Effective skew size threshold.
+    pub fn skew_threshold_bytes(&self) -> u64 {
+        self.skew_threshold_bytes
+            .map(|b| b.0)
+            .unwrap_or(DEFAULT_SKEW_THRESHOLD_BYTES)
     }
     /// Effective bad-record limit (a fraction of the records read).
     pub fn max_bad_record_ratio(&self) -> f64 {
@@ -569,6 +612,14 @@ impl PipelineSpec {
                 return Err(err(
                     "job.params.speculation_multiplier".into(),
                     format!("{m} must be at least 1"),
+                ));
+            }
+        }
+        if let Some(f) = p.skew_factor {
+            if !(f >= 1.0 && f.is_finite()) {
+                return Err(err(
+                    "job.params.skew_factor".into(),
+                    format!("{f} must be at least 1"),
                 ));
             }
         }

@@ -162,7 +162,8 @@ fn a_straggling_reducer_is_never_copied_onto_partial_input() -> Result<()> {
     let spec = integration_tests::aggregation_job(
         dir.path(),
         "partial_input",
-        "speculation_quantile = 0.5\nspeculation_multiplier = 1.0\nspeculation_min_runtime_ms = 10000",
+        // (coalesce = false: the reducers stay one per partition, as the test counts)
+        "speculation_quantile = 0.5\nspeculation_multiplier = 1.0\nspeculation_min_runtime_ms = 10000\ncoalesce = false",
     )?;
     let flight_only = "--no-host-local-shuffle";
     // worker 0 holds map outputs; worker 1 holds its reducer for 10 minutes

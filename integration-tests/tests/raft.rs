@@ -171,7 +171,7 @@ fn a_wiped_follower_recovers_by_snapshot_after_thousands_of_commands() -> Result
     let dir = tempfile::tempdir()?;
     gen_clickstream(&dir.path().join("data"), 5_000, 2)?;
     let spec = dir.path().join("wide.toml");
-    // 256 reduce tasks: each task is a launch and a success command
+    // 256 reduce tasks (not coalesced): each task is a launch and a success command
     std::fs::write(
         &spec,
         r#"
@@ -179,6 +179,7 @@ fn a_wiped_follower_recovers_by_snapshot_after_thousands_of_commands() -> Result
 name = "wide"
 [job.params]
 shuffle_partitions = 256
+coalesce = false
 [[sources]]
 name = "events"
 format = "parquet"

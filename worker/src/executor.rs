@@ -107,7 +107,8 @@ pub async fn run_task(
     let plan = physical_plan_from_bytes_with_extension_codec(&def.plan, &task_ctx, &codec)
         .map_err(|e| Error::Permanent(format!("cannot decode stage plan: {e}")))?;
     let plan = cooperative(plan)?;
-    let partition = key.task as usize;
+    // a re-planned stage's task names the partition it runs (its readers widen it)
+    let partition = def.partition.unwrap_or(key.task) as usize;
     let mut out = match &def.output {
         Some(pb::task_definition::Output::Shuffle(s)) => {
             let input = cancellable(&map_input(&plan).0, partition, task_ctx.clone(), cancel)?;

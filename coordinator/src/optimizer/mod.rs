@@ -2,4 +2,7 @@
 //! result the leader proposes as commands and records as a decision (what, why, the
 //! inputs it read; the effect is filled in once measured).
 
+pub mod coalesce;
 pub mod memory;
+pub mod replan;
+pub mod skew;

@@ -7,7 +7,7 @@
 //! partitions makes its input a pass-through map stage read back one partition per
 //! map task. The last stage is the sink stage: one task per output partition.
 
-use crate::state::StagePlan;
+use crate::state::{StageJoin, StagePlan};
 use autopipe_common::error::{Error, Result};
 use autopipe_common::session::context_for;
 use autopipe_common::shuffle::{ShuffleCodec, ShuffleReaderExec};
@@ -247,6 +247,7 @@ pub fn split_into_stages(plan: Arc<dyn ExecutionPlan>) -> Result<PlannedJob> {
             display: displayable(d.plan.as_ref()).indent(false).to_string(),
             tasks: d.tasks as u32,
             shuffle_partitions: d.shuffle_partitions.map(|n| n as u32),
+            join: stage_join(&d.plan),
             inputs: d.inputs,
         });
     }
@@ -291,6 +292,85 @@ fn split(plan: Arc<dyn ExecutionPlan>, drafts: &mut Vec<Draft>) -> Result<Arc<dy
         }
     }
     Ok(plan)
+}
+
+/// The stage's one partitioned hash join, when it has exactly one join and each side
+/// reads one hash-shuffled input: which sides a skew split may divide (`StageJoin`).
+fn stage_join(plan: &Arc<dyn ExecutionPlan>) -> Option<StageJoin> {
+    let mut joins = vec![];
+    let mut other_joins = 0;
+    fn walk(p: &Arc<dyn ExecutionPlan>, joins: &mut Vec<Arc<dyn ExecutionPlan>>, others: &mut u32) {
+        if p.is::<HashJoinExec>() {
+            joins.push(Arc::clone(p));
+        } else if p.name().contains("Join") {
+            *others += 1;
+        }
+        for c in p.children() {
+            walk(c, joins, others);
+        }
+    }
+    walk(plan, &mut joins, &mut other_joins);
+    let [join] = joins.as_slice() else {
+        return None;
+    };
+    let j = join.downcast_ref::<HashJoinExec>()?;
+    if other_joins > 0 || *j.partition_mode() != PartitionMode::Partitioned {
+        return None;
+    }
+    let side = |child: &Arc<dyn ExecutionPlan>| -> Option<(u32, bool)> {
+        let reader = row_local_reader(child)?;
+        reader.hash.then_some((reader.stage_id, true))
+    };
+    let (left, left_local) = side(j.left())?;
+    let (right, right_local) = side(j.right())?;
+    if left == right {
+        return None;
+    }
+    // DataFusion builds on the left: a task holding part of the left side and all of
+    // the right's matching partition emits each left row's matches and non-matches
+    // once; the right side may be divided only where no left row is emitted for lack
+    // of a match (and the other way round).
+    let t = *j.join_type();
+    Some(StageJoin {
+        join_type: format!("{t:?}"),
+        left,
+        right,
+        split_left: left_local
+            && matches!(
+                t,
+                JoinType::Inner
+                    | JoinType::Left
+                    | JoinType::LeftSemi
+                    | JoinType::LeftAnti
+                    | JoinType::LeftMark
+            ),
+        split_right: right_local
+            && matches!(
+                t,
+                JoinType::Inner
+                    | JoinType::Right
+                    | JoinType::RightSemi
+                    | JoinType::RightAnti
+                    | JoinType::RightMark
+            ),
+    })
+}
+
+/// The shuffle reader under `plan` when only row-by-row operators (projections,
+/// filters, batch coalescing) lie between them: dividing that reader's rows between
+/// tasks divides `plan`'s output the same way.
+fn row_local_reader(plan: &Arc<dyn ExecutionPlan>) -> Option<&ShuffleReaderExec> {
+    if let Some(r) = plan.downcast_ref::<ShuffleReaderExec>() {
+        return Some(r);
+    }
+    let row_local = matches!(
+        plan.name(),
+        "ProjectionExec" | "FilterExec" | "CoalesceBatchesExec" | "CooperativeExec"
+    );
+    match plan.children().as_slice() {
+        [child] if row_local => row_local_reader(child),
+        _ => None,
+    }
 }
 
 /// Stage ids read by the `ShuffleReaderExec` leaves of `plan` (within one stage).

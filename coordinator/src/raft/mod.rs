@@ -590,14 +590,16 @@ mod tests {
             follower,
             start_member(follower, &peers, dir.path(), 20).await,
         );
-        wait_for("the wiped member to catch up by snapshot", || {
+        wait_for("the wiped member to catch up", || {
             core(&members[&follower]).read(|s| s.workers.len()) == 60
         })
         .await;
-        assert!(
-            core(&members[&follower]).raft.status().snapshot_index > 20,
-            "caught up by the leader's snapshot, not by its log"
-        );
+        // its status is published after the state it applied: wait for it too
+        wait_for(
+            "the caught-up member's status to show the leader's snapshot",
+            || core(&members[&follower]).raft.status().snapshot_index > 20,
+        )
+        .await;
         let lead_state = core(&members[&lead]).read(|s| s.clone());
         assert_eq!(core(&members[&follower]).read(|s| s.clone()), lead_state);
         for m in members.into_values() {

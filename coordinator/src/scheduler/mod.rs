@@ -417,6 +417,15 @@ async fn launch_ready_tasks(core: &Arc<Core>) {
         .filter(|(_, l)| !l.unreachable)
         .map(|(k, l)| (k.clone(), l.stopping.len() as u32))
         .collect();
+    // a stage whose inputs just completed is re-planned from their statistics before
+    // any of its tasks launches (`optimizer::replan`)
+    for r in core.read(|s| crate::optimizer::replan::replans(s, now_ms())) {
+        let (job, stage) = (r.job_id.clone(), r.stage);
+        match core.propose(r.command()).await {
+            Ok(_) => tracing::info!(%job, stage, "stage re-planned from its inputs' statistics"),
+            Err(e) => tracing::debug!(%job, stage, "re-plan not recorded: {e}"),
+        }
+    }
     let launches = core.read(|s| plan_launches(s, &live));
     // proposed together, so one raft Ready (one flush) records the whole wave
     let recorded = futures::future::join_all(launches.iter().map(|l| {
@@ -809,15 +818,37 @@ fn task_definition(
     worker_id: &str,
 ) -> pb::TaskDefinition {
     let stage = &job.stages[si];
+    let reads = stage.tasks[ti].reads.as_ref();
     let mut inputs = Vec::new();
     let mut input_stages = Vec::new();
     for &input in &stage.plan.inputs {
         let map_tasks = &job.stages[input as usize].tasks;
+        let mut read = 0..map_tasks.len() as u32;
+        // a re-planned task reads a range of a hash-shuffled input's partitions (of
+        // some of its map tasks, for a skew split's side); merge inputs stay whole
+        let (mut partition_start, mut partition_end) = (0, 0);
+        if let Some(r) = reads {
+            let hash = job.stages[input as usize]
+                .plan
+                .shuffle_partitions
+                .is_some_and(|n| n > 1);
+            if hash {
+                (partition_start, partition_end) = (r.start, r.end);
+            }
+            if let Some(&(_, from, to)) = r.map_ranges.iter().find(|m| m.0 == input) {
+                read = from..to;
+            }
+        }
         input_stages.push(pb::InputStage {
             stage_id: input,
-            map_tasks: (0..map_tasks.len() as u32).collect(),
+            map_tasks: read.clone().collect(),
+            partition_start,
+            partition_end,
         });
         for (mt, t) in map_tasks.iter().enumerate() {
+            if !read.contains(&(mt as u32)) {
+                continue;
+            }
             if let TaskState::Succeeded {
                 attempt, worker_id, ..
             } = &t.state
@@ -853,6 +884,7 @@ fn task_definition(
             attempt,
         }),
         plan: stage.plan.plan.as_ref().clone(),
+        partition: reads.map(|r| r.start),
         output: Some(output),
         inputs,
         input_stages,
@@ -1310,7 +1342,8 @@ mod tests {
             copy.def.input_stages,
             vec![pb::InputStage {
                 stage_id: 0,
-                map_tasks: vec![0, 1, 2]
+                map_tasks: vec![0, 1, 2],
+                ..Default::default()
             }]
         );
         // w1 is lost: map tasks 0 and 1 are recomputed, and the copy waits for them

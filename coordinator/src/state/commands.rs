@@ -48,9 +48,44 @@ pub struct StagePlan {
     pub shuffle_partitions: Option<u32>,
     /// stages whose output this stage reads
     pub inputs: Vec<u32>,
+    /// the stage's partitioned hash join, if it is one a skew split may divide
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<StageJoin>,
+}
+
+/// A stage's partitioned hash join of two hash-shuffled inputs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StageJoin {
+    /// DataFusion's join type (`Inner`, `Left`, ...)
+    pub join_type: String,
+    /// the input stage on the build (left) side
+    pub left: u32,
+    /// the input stage on the probe (right) side
+    pub right: u32,
+    /// the left side's partitions may be divided between tasks (each task then reads
+    /// the right side's whole partition)
+    pub split_left: bool,
+    /// the right side's partitions may be divided
+    pub split_right: bool,
 }
 
 pub use autopipe_common::task::TaskResult;
+
+/// What one task of a re-planned stage reads: output partitions `[start, end)` of
+/// each hash-shuffled input (a coalesced range, or one skewed partition), of every map
+/// task, or of the map tasks `[from, to)` named in `map_ranges` for a skew split's
+/// side. It runs plan partition `start` (every reader of the stage widens it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TaskReads {
+    /// first reducer partition
+    pub start: u32,
+    /// one past the last reducer partition
+    pub end: u32,
+    /// a skew split: only map tasks `[from, to)` of input stage `stage`, as
+    /// `(stage, from, to)`; inputs not named are read whole
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub map_ranges: Vec<(u32, u32, u32)>,
+}
 
 /// A worker's machine and shuffle directory, for reducers on the same machine.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -136,6 +171,19 @@ pub enum Command {
         job_id: String,
         /// why it waits, and since when
         waiting: Option<Waiting>,
+    },
+    /// an adaptive rule re-planned a stage whose inputs are complete and none of whose
+    /// tasks ran yet: its tasks become `tasks`, each reading what its `TaskReads` says
+    /// (`optimizer::adapt`); a stage is re-planned at most once
+    ReplanStage {
+        /// job
+        job_id: String,
+        /// stage
+        stage: u32,
+        /// what each new task reads, in task order
+        tasks: Vec<TaskReads>,
+        /// the decisions that explain it (recorded with it)
+        decisions: Vec<crate::state::decision::Decision>,
     },
     /// a task's next attempts take this many task slots of their worker, and as many
     /// slots' shares of its memory (after the task ran out of memory)
@@ -325,6 +373,7 @@ mod tests {
             tasks: 1,
             shuffle_partitions: None,
             inputs: vec![],
+            join: None,
         };
         let json = serde_json::to_value(&plan).unwrap();
         assert_eq!(json["plan"], "AAEC+g==");

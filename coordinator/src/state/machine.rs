@@ -2,7 +2,9 @@
 //! Job, stage and task lifecycles are explicit enums; an illegal transition is an
 //! error and leaves the state untouched (all checks run before any mutation).
 
-use super::commands::{Command, ErrorRecord, ShuffleHome, StagePlan, TaskResult, Waiting};
+use super::commands::{
+    Command, ErrorRecord, ShuffleHome, StagePlan, TaskReads, TaskResult, Waiting,
+};
 use super::decision::{inputs, Decision, DecisionKind, MAX_DECISIONS};
 use autopipe_common::spec::PipelineSpec;
 use serde::{Deserialize, Serialize};
@@ -96,6 +98,9 @@ pub struct Task {
     /// the decision of a speculative copy that now runs as the task's only attempt
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted: Option<u64>,
+    /// what the task reads when its stage was re-planned (`None`: its own partition)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reads: Option<TaskReads>,
 }
 
 fn one_slot(n: &u32) -> bool {
@@ -132,6 +137,7 @@ impl Task {
             fetch_failures: 0,
             memory_slots: 0,
             promoted: None,
+            reads: None,
         }
     }
 
@@ -197,8 +203,12 @@ impl Default for Task {
 pub struct Stage {
     /// what was planned
     pub plan: StagePlan,
-    /// one per partition
+    /// one per partition, or as re-planned (`replanned`)
     pub tasks: Vec<Task>,
+    /// the decisions that re-planned the stage from its inputs' statistics (empty: it
+    /// runs as planned)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replanned: Vec<u64>,
 }
 
 impl Stage {
@@ -494,6 +504,7 @@ impl State {
                     .map(|p| Stage {
                         plan: p.clone(),
                         tasks: (0..p.tasks).map(|_| Task::new()).collect(),
+                        replanned: vec![],
                     })
                     .collect();
                 self.jobs.insert(
@@ -556,6 +567,42 @@ impl State {
                     started_ms: *at_ms,
                 };
                 self.count_attempt(worker_id);
+                Ok(Outcome::Done)
+            }
+            Command::ReplanStage {
+                job_id,
+                stage,
+                tasks,
+                decisions,
+            } => {
+                let job = self.running_job(job_id)?;
+                let st = job.stages.get_mut(*stage as usize).ok_or_else(|| {
+                    ApplyError::Illegal(format!("job {job_id} has no stage {stage}"))
+                })?;
+                if !st.replanned.is_empty() {
+                    return Err(ApplyError::Illegal(format!(
+                        "job {job_id} stage {stage} was already re-planned"
+                    )));
+                }
+                if tasks.is_empty() || st.tasks.iter().any(|t| t.attempts > 0) {
+                    return Err(ApplyError::Illegal(format!(
+                        "job {job_id} stage {stage} cannot be re-planned: it has started or the plan has no tasks"
+                    )));
+                }
+                st.tasks = tasks
+                    .iter()
+                    .map(|r| Task {
+                        reads: Some(r.clone()),
+                        ..Task::new()
+                    })
+                    .collect();
+                let mut ids = vec![];
+                for d in decisions {
+                    self.push_decision(d.clone());
+                    ids.push(self.last_decision_id);
+                }
+                let job = self.running_job(job_id)?;
+                job.stages[*stage as usize].replanned = ids;
                 Ok(Outcome::Done)
             }
             Command::TaskMemory {
@@ -741,6 +788,7 @@ impl State {
                         ));
                     }
                 }
+                self.measure_replan(job_id, *stage);
                 let Some(copy) = copy else {
                     if let Some(d) = promoted {
                         self.append_effect(
@@ -1213,6 +1261,55 @@ impl State {
         if self.decisions.len() > MAX_DECISIONS {
             let extra = self.decisions.len() - MAX_DECISIONS;
             self.decisions.drain(..extra);
+        }
+    }
+
+    /// Once a re-planned stage completes, its decisions' measured effect: how many
+    /// tasks ran, their time spread (max / median, what skew splitting aims to bring
+    /// down) and the stage's wall time.
+    fn measure_replan(&mut self, job_id: &str, stage: u32) {
+        let Some(st) = self
+            .jobs
+            .get(job_id)
+            .and_then(|j| j.stages.get(stage as usize))
+        else {
+            return;
+        };
+        if st.replanned.is_empty() || !st.is_complete() {
+            return;
+        }
+        let mut times = vec![];
+        let (mut first, mut last) = (u64::MAX, 0);
+        for t in &st.tasks {
+            if let TaskState::Succeeded {
+                started_ms,
+                finished_ms,
+                ..
+            } = t.state
+            {
+                times.push(finished_ms.saturating_sub(started_ms));
+                first = first.min(started_ms);
+                last = last.max(finished_ms);
+            }
+        }
+        if times.is_empty() {
+            return;
+        }
+        times.sort_unstable();
+        let median = times[times.len() / 2];
+        let max = *times.last().unwrap_or(&0);
+        let effect = format!(
+            "the stage ran {} tasks (planned {}): task time min/median/max {}/{}/{} ms, max/median {:.1}; stage wall time {} ms",
+            st.tasks.len(),
+            st.plan.tasks,
+            times.first().unwrap_or(&0),
+            median,
+            max,
+            max as f64 / median.max(1) as f64,
+            last.saturating_sub(first)
+        );
+        for id in st.replanned.clone() {
+            self.set_effect(id, effect.clone());
         }
     }
 

@@ -7,7 +7,8 @@ pub mod decision;
 pub mod machine;
 
 pub use commands::{
-    Command, ErrorRecord, FetchFailedRecord, ShuffleHome, StagePlan, TaskResult, Waiting,
+    Command, ErrorRecord, FetchFailedRecord, ShuffleHome, StageJoin, StagePlan, TaskReads,
+    TaskResult, Waiting,
 };
 pub use decision::{Decision, DecisionKind};
 pub use machine::{ApplyError, Job, JobState, Outcome, State, TaskState, WorkerState};
@@ -21,6 +22,7 @@ impl State {
             | Command::LaunchRefused { job_id, .. }
             | Command::JobWaiting { job_id, .. }
             | Command::TaskMemory { job_id, .. }
+            | Command::ReplanStage { job_id, .. }
             | Command::SpeculativeLaunched { job_id, .. }
             | Command::TaskSucceeded { job_id, .. }
             | Command::TaskFailed { job_id, .. }
@@ -74,6 +76,7 @@ pub(crate) fn test_job(map_tasks: u32) -> Command {
         tasks,
         shuffle_partitions: shuffle,
         inputs,
+        join: None,
     };
     Command::SubmitJob {
         job_id: "j".into(),

@@ -1,0 +1,151 @@
+//! Adaptive execution (issue 12): a stage is re-planned from its inputs' real
+//! statistics before it runs. A skewed join partition (one hot user holding 30% of
+//! the events) is split into several tasks; small reducer partitions are coalesced.
+//! Each job ends with exactly the oracle's rows, and the decisions say what was done,
+//! why, and what it measured.
+
+use anyhow::{bail, Result};
+use integration_tests::oracle::check_spec_output;
+use integration_tests::{aggregation_job, cli, gen_clickstream, write_spec, Cluster};
+use std::path::Path;
+
+fn decisions(c: &Cluster, job: &str, kind: &str) -> Result<Vec<serde_json::Value>> {
+    Ok(c.cli_json(&["decisions", job])?
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| d["kind"] == kind)
+        .collect())
+}
+
+fn gen_skewed(out: &Path, rows: u64, files: usize, skew: f64) -> Result<()> {
+    let g = cli(&[
+        "gen",
+        "clickstream",
+        "--rows",
+        &rows.to_string(),
+        "--files",
+        &files.to_string(),
+        "--skew",
+        &skew.to_string(),
+        "--out",
+        out.to_str().expect("utf8 path"),
+    ])?;
+    if !g.status.success() {
+        bail!("gen failed: {}", String::from_utf8_lossy(&g.stderr));
+    }
+    Ok(())
+}
+
+/// events ⋈ users on the user id, shuffled on both sides (no broadcast) into 8
+/// partitions, with `params` added to `[job.params]`.
+fn skewed_join(dir: &Path, name: &str, params: &str) -> Result<std::path::PathBuf> {
+    let spec = dir.join(format!("{name}.toml"));
+    write_spec(
+        &spec,
+        &format!(
+            r#"
+[job]
+name = "{name}"
+[job.params]
+shuffle_partitions = 8
+broadcast_join_max_bytes = 0
+{params}
+[[sources]]
+name = "events"
+format = "parquet"
+path = "data/events"
+[[sources]]
+name = "users"
+format = "csv"
+path = "data/users.csv"
+[transform]
+sql = "SELECT e.session_id, e.user_id, u.country, e.amount FROM events e JOIN users u ON e.user_id = u.id"
+[sink]
+format = "parquet"
+path = "out/{name}"
+"#
+        ),
+    )?;
+    Ok(spec)
+}
+
+#[test]
+fn a_skewed_join_partition_is_split_by_map_outputs_and_the_rows_are_exact() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    gen_skewed(&dir.path().join("data"), 200_000, 4, 0.3)?;
+    // thresholds scaled to the test's data: the hot partition is several times the
+    // median and a few hundred KiB; pieces of 64 KiB hold one map output each
+    let skew =
+        "skew_factor = 2\nskew_threshold_bytes = \"64KiB\"\ntarget_partition_bytes = \"64KiB\"";
+    let spec = skewed_join(dir.path(), "skewed", skew)?;
+    let c = Cluster::start(2, 2)?;
+    let (v, _) = c.run(&spec)?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    check_spec_output(dir.path(), &spec)?;
+    let id = v["job_id"].as_str().expect("id");
+    let splits = decisions(&c, id, "skew_split")?;
+    let [d] = splits.as_slice() else {
+        panic!("one skewed partition, split once: {splits:?}");
+    };
+    let pieces: u64 = d["inputs"]["tasks"].as_str().unwrap_or("0").parse()?;
+    assert!(pieces >= 2, "{d}");
+    let effect = d["effect"].as_str().unwrap_or_default();
+    assert!(effect.contains("max/median"), "the measured effect: {d}");
+    // the join stage ran the split partition's pieces as tasks of their own
+    let status = c.cli_json(&["status", id])?;
+    let join = status["stage_details"]
+        .as_array()
+        .and_then(|s| s.last().cloned())
+        .expect("a join stage");
+    assert!(
+        join["tasks_total"].as_u64().unwrap_or(0) >= pieces,
+        "{join}"
+    );
+
+    // skew_join = false: the same rows, no split
+    let off = skewed_join(dir.path(), "unsplit", &format!("{skew}\nskew_join = false"))?;
+    let (v, _) = c.run(&off)?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    check_spec_output(dir.path(), &off)?;
+    let id = v["job_id"].as_str().expect("id");
+    assert!(decisions(&c, id, "skew_split")?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn small_reducer_partitions_are_coalesced_into_fewer_tasks() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    gen_clickstream(&dir.path().join("data"), 20_000, 4)?;
+    let on = aggregation_job(dir.path(), "coalesced", "")?;
+    let off = aggregation_job(dir.path(), "uncoalesced", "coalesce = false")?;
+    let c = Cluster::start(2, 2)?;
+
+    let (v, _) = c.run(&on)?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    check_spec_output(dir.path(), &on)?;
+    let id = v["job_id"].as_str().expect("id");
+    let ds = decisions(&c, id, "coalesce")?;
+    let [d] = ds.as_slice() else {
+        panic!("one coalesced stage: {ds:?}");
+    };
+    assert_eq!(d["inputs"]["tasks_before"], "10", "{d}");
+    let after: u64 = d["inputs"]["tasks_after"].as_str().unwrap_or("0").parse()?;
+    assert!(after < 10, "{d}");
+    assert!(
+        d["effect"].as_str().unwrap_or_default().contains("ran"),
+        "{d}"
+    );
+    let status = c.cli_json(&["status", id])?;
+    assert_eq!(status["stage_details"][1]["tasks_total"], after, "{status}");
+
+    let (v, _) = c.run(&off)?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    check_spec_output(dir.path(), &off)?;
+    let id = v["job_id"].as_str().expect("id");
+    assert!(decisions(&c, id, "coalesce")?.is_empty());
+    let status = c.cli_json(&["status", id])?;
+    assert_eq!(status["stage_details"][1]["tasks_total"], 10, "{status}");
+    Ok(())
+}
