@@ -155,6 +155,9 @@ fn autoscale_adds_workers_under_backlog_and_releases_them_when_idle() -> Result<
         let idle: u64 = d["inputs"]["idle_ms"].as_str().unwrap_or("0").parse()?;
         assert!(idle >= 2_000, "released before the idle_timeout: {d}");
     }
+    for d in cluster_decisions(&c, "scale_up")?.iter().chain(&down) {
+        eprintln!("{} {}: {}\n  why: {}\n  effect: {}", d["kind"], d["inputs"], d["what"], d["why"], d["effect"]);
+    }
     // a release is not a loss
     let (alive, _) = alive_and_released(&c)?;
     assert_eq!(alive, 1);
