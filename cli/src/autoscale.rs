@@ -5,9 +5,7 @@
 use anyhow::Result;
 use autopipe_coordinator::optimizer::scaling::Params;
 use autopipe_coordinator::provisioner::LocalConfig;
-use autopipe_coordinator::scheduler::autoscale::{
-    parse_range, AutoscaleConfig, ProvisionerConfig,
-};
+use autopipe_coordinator::scheduler::autoscale::{parse_range, AutoscaleConfig, ProvisionerConfig};
 use clap::ValueEnum;
 use std::path::PathBuf;
 use std::time::Duration;

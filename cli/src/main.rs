@@ -582,11 +582,8 @@ async fn run(cli: Cli) -> Result<i32> {
             worker_slots,
         } => {
             budget.install();
-            let autoscale = autoscale.config(
-                worker_slots,
-                PathBuf::new(),
-                &worker_security(&security),
-            )?;
+            let autoscale =
+                autoscale.config(worker_slots, PathBuf::new(), &worker_security(&security))?;
             let auth_token = security.token()?;
             security.tls.install()?;
             let allowed_roots = security.roots()?;

@@ -5,11 +5,11 @@
 //! to its work dir, where a worker keeps its id), so the scaler knows which registered
 //! workers are its own. A provisioner only ever stops workers it started.
 
-use tonic::async_trait;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tonic::async_trait;
 
 /// Why a provisioner could not start or stop a worker.
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +99,9 @@ impl LocalProvisioner {
             .map_err(|e| err("cannot write the worker id into", e))?;
         let log = std::fs::File::create(dir.join("worker.log"))
             .map_err(|e| err("cannot create worker.log in", e))?;
-        let log2 = log.try_clone().map_err(|e| err("cannot open worker.log in", e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| err("cannot open worker.log in", e))?;
         let child = tokio::process::Command::new(&self.binary)
             .arg("worker")
             .args(["--coordinator", &self.coordinators])
@@ -182,7 +184,10 @@ impl Provisioner for LocalProvisioner {
             }
             _ => true,
         });
-        children.iter().map(|(id, (_, t))| (id.clone(), *t)).collect()
+        children
+            .iter()
+            .map(|(id, (_, t))| (id.clone(), *t))
+            .collect()
     }
 
     async fn shutdown(&self) {

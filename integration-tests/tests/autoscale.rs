@@ -98,10 +98,14 @@ fn autoscale_adds_workers_under_backlog_and_releases_them_when_idle() -> Result<
 
     let id = c.submit(&spec)?;
     let mut most = 1;
-    c.wait_for(Duration::from_secs(30), "workers added for the backlog", |c| {
-        most = most.max(alive_and_released(c)?.0);
-        Ok(most >= 2)
-    })?;
+    c.wait_for(
+        Duration::from_secs(30),
+        "workers added for the backlog",
+        |c| {
+            most = most.max(alive_and_released(c)?.0);
+            Ok(most >= 2)
+        },
+    )?;
     let v = c.wait_done(&id, Duration::from_secs(120))?;
     assert_eq!(v["state"], "succeeded", "{v}");
     check_spec_output(dir.path(), &spec)?;
@@ -124,7 +128,10 @@ fn autoscale_adds_workers_under_backlog_and_releases_them_when_idle() -> Result<
         .sum();
     assert!((1..=2).contains(&added), "MAX 3 caps what is added: {up:?}");
     for d in &backlog {
-        assert!(d["why"].as_str().unwrap_or("").contains("backlog_timeout"), "{d}");
+        assert!(
+            d["why"].as_str().unwrap_or("").contains("backlog_timeout"),
+            "{d}"
+        );
         let ms: u64 = d["inputs"]["backlog_ms"].as_str().unwrap_or("0").parse()?;
         assert!(ms >= 200, "requested before the backlog_timeout: {d}");
     }
@@ -133,7 +140,12 @@ fn autoscale_adds_workers_under_backlog_and_releases_them_when_idle() -> Result<
         Ok(cluster_decisions(c, "scale_up")?
             .iter()
             .filter(|d| d["inputs"]["backlog_tasks"].is_string())
-            .all(|d| d["effect"].as_str().unwrap_or("").contains("backlog drained")))
+            .all(|d| {
+                d["effect"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("backlog drained")
+            }))
     })?;
 
     // idle past --idle-timeout: released down to MIN, recorded with why it was safe
@@ -141,13 +153,17 @@ fn autoscale_adds_workers_under_backlog_and_releases_them_when_idle() -> Result<
         let (alive, released) = alive_and_released(c)?;
         Ok(alive == 1 && released >= 1)
     })?;
-    c.wait_for(Duration::from_secs(20), "the released workers stopped", |c| {
-        let down = cluster_decisions(c, "scale_down")?;
-        Ok(!down.is_empty()
-            && down
-                .iter()
-                .all(|d| d["effect"].as_str().unwrap_or("").contains("stopped")))
-    })?;
+    c.wait_for(
+        Duration::from_secs(20),
+        "the released workers stopped",
+        |c| {
+            let down = cluster_decisions(c, "scale_down")?;
+            Ok(!down.is_empty()
+                && down
+                    .iter()
+                    .all(|d| d["effect"].as_str().unwrap_or("").contains("stopped")))
+        },
+    )?;
     let down = cluster_decisions(&c, "scale_down")?;
     assert_eq!(down.len() as u64, added, "{down:?}");
     for d in &down {
@@ -156,7 +172,10 @@ fn autoscale_adds_workers_under_backlog_and_releases_them_when_idle() -> Result<
         assert!(idle >= 2_000, "released before the idle_timeout: {d}");
     }
     for d in cluster_decisions(&c, "scale_up")?.iter().chain(&down) {
-        eprintln!("{} {}: {}\n  why: {}\n  effect: {}", d["kind"], d["inputs"], d["what"], d["why"], d["effect"]);
+        eprintln!(
+            "{} {}: {}\n  why: {}\n  effect: {}",
+            d["kind"], d["inputs"], d["what"], d["why"], d["effect"]
+        );
     }
     // a release is not a loss
     let (alive, _) = alive_and_released(&c)?;

@@ -228,8 +228,11 @@ pub fn decide(
 
     // idle bookkeeping: every alive worker, busy ones reset
     let running = s.running_per_worker();
-    mem.idle_since_ms
-        .retain(|id, _| s.workers.get(id).is_some_and(|w| w.state == WorkerState::Alive));
+    mem.idle_since_ms.retain(|id, _| {
+        s.workers
+            .get(id)
+            .is_some_and(|w| w.state == WorkerState::Alive)
+    });
     for w in s.workers.values().filter(|w| w.state == WorkerState::Alive) {
         if running.get(w.id.as_str()).copied().unwrap_or(0) > 0 {
             mem.idle_since_ms.remove(&w.id);
@@ -380,7 +383,11 @@ mod tests {
         // 1 + 1 + 2 = 4 workers; max 6 leaves room for 2 of the 4 requested
         assert_eq!(added(&decide(&s, 3_000, &p, 2, &none, &mut mem)), 2);
         assert_eq!(mem.request, 1, "a capped request starts again at 1");
-        assert_eq!(added(&decide(&s, 4_000, &p, 4, &none, &mut mem)), 0, "at max");
+        assert_eq!(
+            added(&decide(&s, 4_000, &p, 4, &none, &mut mem)),
+            0,
+            "at max"
+        );
 
         // capped by the need: 3 ready tasks on 1 slot need 2 more workers
         let s = test_state(&[("w1", 1)], 3);
@@ -492,7 +499,10 @@ mod tests {
                 at_ms: 0,
             })
             .unwrap_err();
-        assert!(err.to_string().contains("stage 0 task 0 runs there"), "{err}");
+        assert!(
+            err.to_string().contains("stage 0 task 0 runs there"),
+            "{err}"
+        );
         assert_eq!(s.workers["a1"].state, WorkerState::Alive);
     }
 }

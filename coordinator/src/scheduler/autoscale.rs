@@ -134,8 +134,7 @@ pub async fn run(
             tracing::warn!(worker = %id, "a worker the autoscaler started did not register within {REGISTER_DEADLINE:?}; stopping it (see worker.log in its work dir)");
             let _ = prov.stop(&id).await;
         }
-        let proposals =
-            core.read(|s| scaling::decide(s, now, &params, starting, &owned, &mut mem));
+        let proposals = core.read(|s| scaling::decide(s, now, &params, starting, &owned, &mut mem));
         for p in proposals {
             match p {
                 Proposal::Add {
@@ -152,7 +151,8 @@ pub async fn run(
                     };
                     let backlog = inputs.contains_key("backlog_tasks");
                     let what = format!("added {} worker(s): {}", ids.len(), ids.join(", "));
-                    if let Some(id) = record(&core, DecisionKind::ScaleUp, now, what, why, inputs).await
+                    if let Some(id) =
+                        record(&core, DecisionKind::ScaleUp, now, what, why, inputs).await
                     {
                         open.push(OpenScaleUp {
                             decision: id,
@@ -306,7 +306,10 @@ mod tests {
         assert_eq!(parse_range("0..2"), Ok((0, 2)));
         assert_eq!(parse_range("3..3"), Ok((3, 3)));
         let e = parse_range("3..1").unwrap_err();
-        assert!(e.contains("'3..1'") && e.contains("MIN 3 is above MAX 1"), "{e}");
+        assert!(
+            e.contains("'3..1'") && e.contains("MIN 3 is above MAX 1"),
+            "{e}"
+        );
         assert!(parse_range("4").unwrap_err().contains("'4'"));
         assert!(parse_range("a..2").unwrap_err().contains("MIN 'a'"));
         assert!(parse_range("0..0").is_err());

@@ -1298,10 +1298,7 @@ impl State {
                     if job.state == JobState::Running
                         && t.running_attempts().iter().any(|(_, w, _)| *w == worker_id)
                     {
-                        return Some(format!(
-                            "job {} stage {si} task {ti} runs there",
-                            job.id
-                        ));
+                        return Some(format!("job {} stage {si} task {ti} runs there", job.id));
                     }
                     if read_later
                         && matches!(&t.state, TaskState::Succeeded { worker_id: w, .. } if w == worker_id)
