@@ -14,6 +14,8 @@
 //! `bench scan`: tolerant CSV reading (dead letters) against DataFusion's CSV reader.
 //!
 //! `bench stragglers`: a job with a slow worker, with speculation against without.
+//!
+//! `bench autoscale`: a backlog job with `--autoscale 1..4` against one fixed worker.
 //! Run: `cargo build --release --workspace && target/release/bench tpch --sf 1 --queries all`
 
 use anyhow::{bail, Result};
@@ -25,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod autoscale;
 mod raft;
 mod recovery;
 mod scan;
@@ -166,6 +169,25 @@ enum Cmd {
         #[arg(long, default_value = "target/bench-data")]
         dir: PathBuf,
     },
+    /// A backlog job on a coordinator with `--autoscale 1..4` against one fixed worker
+    /// (workers of 1 slot), alternating per repetition
+    Autoscale {
+        /// clickstream events
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        /// repetitions per setting
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// a test-only delay before every task (an I/O-bound task); 0: CPU only
+        #[arg(long, default_value_t = 0)]
+        task_delay_ms: u64,
+        /// the autoscaler's --backlog-timeout
+        #[arg(long, default_value = "1s")]
+        backlog_timeout: String,
+        /// where data and outputs go
+        #[arg(long, default_value = "target/bench-data")]
+        dir: PathBuf,
+    },
     /// (internal) a Ballista scheduler process for `tpch --engines ballista`
     #[command(hide = true)]
     BallistaScheduler {
@@ -257,6 +279,19 @@ fn main() -> Result<()> {
             rows,
             reps: reps.max(1),
             delay_ms,
+            dir,
+        }),
+        Cmd::Autoscale {
+            rows,
+            reps,
+            task_delay_ms,
+            backlog_timeout,
+            dir,
+        } => autoscale::run(autoscale::Args {
+            rows,
+            reps: reps.max(1),
+            task_delay_ms,
+            backlog_timeout,
             dir,
         }),
         Cmd::Scan {

@@ -124,7 +124,13 @@ pub fn print_decisions(ds: &[pb::Decision], as_json: bool) -> Result<()> {
         println!("no decisions");
     }
     for d in ds {
-        println!("#{} {} job {} ({} ms)", d.id, d.kind, d.job_id, d.at_ms);
+        // the fleet's decisions (scale_up, scale_down) belong to no job
+        let scope = if d.job_id.is_empty() {
+            "cluster".to_string()
+        } else {
+            format!("job {}", d.job_id)
+        };
+        println!("#{} {} {scope} ({} ms)", d.id, d.kind, d.at_ms);
         println!("  what:   {}", d.what);
         println!("  why:    {}", d.why);
         let mut inputs: Vec<_> = d.inputs.iter().collect();

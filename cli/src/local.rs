@@ -24,17 +24,31 @@ pub struct LocalCluster {
 impl LocalCluster {
     /// Starts the cluster and waits until every worker registered. With `auth_token`,
     /// every server requires it and every client in this process sends it.
+    /// With `autoscale`, no worker runs in this process: the coordinator starts
+    /// `autopipe worker` processes (MIN at once, work dirs in the cluster's temporary
+    /// dir) and scales them; `start` waits for MIN.
     pub async fn start(
         workers: usize,
         slots: u32,
         auth_token: Option<AuthToken>,
         allowed_roots: AllowedRoots,
+        mut autoscale: Option<autopipe_coordinator::scheduler::autoscale::AutoscaleConfig>,
     ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("autopipe-local-")
             .tempdir()
             .context("cannot create a temporary directory")?;
         let cancel = CancellationToken::new();
+        let workers = match &mut autoscale {
+            Some(a) => {
+                let autopipe_coordinator::scheduler::autoscale::ProvisionerConfig::Local(l) =
+                    &mut a.provisioner;
+                l.root = dir.path().join("autoscaled");
+                a.params.min as usize
+            }
+            None => workers,
+        };
+        let embedded = if autoscale.is_some() { 0 } else { workers };
         let coordinator = autopipe_coordinator::start(
             CoordinatorConfig {
                 listen: "127.0.0.1:0".parse()?,
@@ -42,6 +56,7 @@ impl LocalCluster {
                 data_dir: dir.path().join("coordinator"),
                 auth_token: auth_token.clone(),
                 allowed_roots: allowed_roots.clone(),
+                autoscale,
                 ..Default::default()
             },
             cancel.clone(),
@@ -49,7 +64,7 @@ impl LocalCluster {
         .await?;
         let url = format!("http://{}", coordinator.grpc_addr);
         let mut ws = Vec::new();
-        for i in 0..workers {
+        for i in 0..embedded {
             ws.push(
                 autopipe_worker::start(
                     WorkerConfig {

@@ -5,6 +5,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod autoscale;
 mod client;
 mod gen;
 mod local;
@@ -153,6 +154,11 @@ enum Cmd {
         output: OutputFormat,
         #[command(flatten)]
         security: SecurityArgs,
+        /// with --autoscale MIN..MAX, the workers are `autopipe worker` processes of
+        /// --slots slots each that the coordinator starts (MIN at once) and releases,
+        /// instead of --workers in this process
+        #[command(flatten)]
+        autoscale: autoscale::AutoscaleArgs,
     },
     /// Run a coordinator
     Coordinator {
@@ -215,6 +221,11 @@ enum Cmd {
         test_commit_hang_ms: u64,
         #[command(flatten)]
         budget: BudgetArgs,
+        #[command(flatten)]
+        autoscale: autoscale::AutoscaleArgs,
+        /// task slots of each worker the autoscaler starts
+        #[arg(long, default_value_t = 2)]
+        worker_slots: u32,
     },
     /// Run a worker
     Worker {
@@ -535,7 +546,19 @@ async fn run(cli: Cli) -> Result<i32> {
             gen_missing,
             output,
             security,
-        } => run_local(&spec, workers, slots, gen_missing, output, &security).await,
+            autoscale,
+        } => {
+            run_local(
+                &spec,
+                workers,
+                slots,
+                gen_missing,
+                output,
+                &security,
+                &autoscale,
+            )
+            .await
+        }
         Cmd::Coordinator {
             listen,
             http,
@@ -555,8 +578,12 @@ async fn run(cli: Cli) -> Result<i32> {
             commit_timeout_ms,
             test_commit_hang_ms,
             budget,
+            autoscale,
+            worker_slots,
         } => {
             budget.install();
+            let autoscale =
+                autoscale.config(worker_slots, PathBuf::new(), &worker_security(&security))?;
             let auth_token = security.token()?;
             security.tls.install()?;
             let allowed_roots = security.roots()?;
@@ -592,6 +619,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     commit_timeout: Duration::from_millis(commit_timeout_ms.max(1)),
                     test_commit_hang: Duration::from_millis(test_commit_hang_ms),
                     allowed_roots,
+                    autoscale,
                     ..Default::default()
                 },
                 cancel,
@@ -901,10 +929,13 @@ async fn run_local(
     gen_missing: bool,
     output: OutputFormat,
     security: &SecurityArgs,
+    autoscale: &autoscale::AutoscaleArgs,
 ) -> Result<i32> {
     if workers == 0 || slots == 0 {
         anyhow::bail!("--workers and --slots must be at least 1");
     }
+    // the started workers' work dirs go under the cluster's temporary dir
+    let autoscale = autoscale.config(slots, PathBuf::new(), &worker_security(security))?;
     let auth_token = security.token()?;
     security.tls.install()?;
     let allowed_roots = security.roots()?;
@@ -926,12 +957,20 @@ async fn run_local(
     }
     let spec = client::load_spec(spec_path)?;
     let t = Instant::now();
-    let cluster = local::LocalCluster::start(workers, slots, auth_token, allowed_roots).await?;
+    let scaled = autoscale.as_ref().map(|a| (a.params.min, a.params.max));
+    let cluster =
+        local::LocalCluster::start(workers, slots, auth_token, allowed_roots, autoscale).await?;
     if output == OutputFormat::Text {
-        eprintln!(
-            "local cluster: coordinator {} (http://{}), {workers} workers x {slots} slots",
-            cluster.url, cluster.http
-        );
+        match scaled {
+            Some((min, max)) => eprintln!(
+                "local cluster: coordinator {} (http://{}), autoscaling {min}..{max} worker processes x {slots} slots",
+                cluster.url, cluster.http
+            ),
+            None => eprintln!(
+                "local cluster: coordinator {} (http://{}), {workers} workers x {slots} slots",
+                cluster.url, cluster.http
+            ),
+        }
     }
     let ch = client::connect(&cluster.url).await?;
     let res = async {
@@ -949,6 +988,18 @@ async fn run_local(
     cluster.shutdown().await;
     let st = res?;
     finish(&st, t.elapsed(), output)
+}
+
+/// The security flags the autoscaler's workers are started with.
+fn worker_security(s: &SecurityArgs) -> autoscale::WorkerSecurity {
+    autoscale::WorkerSecurity {
+        auth_token_file: s.auth_token_file.clone(),
+        allowed_roots: s.allowed_roots.clone(),
+        tls: match (&s.tls.tls_cert, &s.tls.tls_key, &s.tls.tls_ca) {
+            (Some(c), Some(k), Some(a)) => Some((c.clone(), k.clone(), a.clone())),
+            _ => None,
+        },
+    }
 }
 
 /// Cancelled on SIGINT/SIGTERM.

@@ -48,6 +48,9 @@ pub struct CoordinatorConfig {
     pub commit_timeout: Duration,
     /// test-only: the first commit of each job hangs this long before it starts
     pub test_commit_hang: Duration,
+    /// `--autoscale MIN..MAX --provisioner …`: the leader starts and releases workers
+    /// (`scheduler::autoscale`); none: the fleet is what registers
+    pub autoscale: Option<crate::scheduler::autoscale::AutoscaleConfig>,
 }
 
 impl Default for CoordinatorConfig {
@@ -67,6 +70,7 @@ impl Default for CoordinatorConfig {
             lost_worker_retention: Duration::from_secs(3_600),
             commit_timeout: Duration::from_secs(300),
             test_commit_hang: Duration::ZERO,
+            autoscale: None,
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod core;
 pub mod metrics;
 pub mod optimizer;
 pub mod planner;
+pub mod provisioner;
 pub mod raft;
 pub mod scheduler;
 pub mod state;
@@ -119,11 +120,37 @@ pub async fn start(
         }
     });
     let sched_task = tokio::spawn(scheduler::run(core.clone(), cancel.clone()));
+    let mut tasks = vec![grpc_task, http_task, sched_task, raft_task];
+    if let Some(a) = core.config.autoscale.clone() {
+        // started workers follow the leader among the members (or find this one)
+        let coordinators: Vec<String> = if core.config.raft.peers.is_empty() {
+            let mut local = grpc_addr;
+            if local.ip().is_unspecified() {
+                local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            vec![format!("http://{local}")]
+        } else {
+            core.config
+                .raft
+                .peers
+                .values()
+                .map(|a| format!("http://{}", a.trim_start_matches("http://")))
+                .collect()
+        };
+        let prov = scheduler::autoscale::provisioner(&a, &core.config.data_dir, &coordinators)
+            .map_err(|e| Error::Permanent(format!("--autoscale: {e}")))?;
+        tasks.push(tokio::spawn(scheduler::autoscale::run(
+            core.clone(),
+            a,
+            prov,
+            cancel.clone(),
+        )));
+    }
     tracing::info!(%grpc_addr, %http_addr, "coordinator started");
     Ok(CoordinatorHandle {
         grpc_addr,
         http_addr,
         core,
-        tasks: vec![grpc_task, http_task, sched_task, raft_task],
+        tasks,
     })
 }

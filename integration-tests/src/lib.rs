@@ -65,6 +65,24 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// SIGTERM (a graceful stop: a coordinator stops the workers its autoscaler
+    /// started), then SIGKILL if it has not exited within `grace`.
+    pub fn terminate(&mut self, grace: Duration) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();

@@ -401,6 +401,12 @@ impl pb::worker_service_server::WorkerService for Services {
                 .get(&worker_id)
                 .map(|w| (w.state, w.address.clone()))
         });
+        if let Some((WorkerState::Released, _)) = &before {
+            // its heartbeat raced the autoscaler's stop: it is leaving, not coming back
+            return Err(Status::failed_precondition(format!(
+                "register: worker {worker_id} was released by the autoscaler (scale_down) and is being stopped; a worker meant to rejoin needs a fresh --work-dir (a new id)"
+            )));
+        }
         if let Some((state, address)) = &before {
             tracing::warn!(worker = %worker_id, was = %address, now = %r.address, "worker registers again under its id ({}); {}", if *state == WorkerState::Alive { "alive: its process restarted" } else { "lost" }, "its earlier attempts and map outputs are redone");
         }

@@ -133,6 +133,7 @@ pub fn workers(core: &Core, s: &State) -> Vec<pb::WorkerInfo> {
                 state: match w.state {
                     WorkerState::Alive => "alive".into(),
                     WorkerState::Lost => "lost".into(),
+                    WorkerState::Released => "released".into(),
                 },
                 last_heartbeat_ms: l.map(|l| l.last_ms).unwrap_or(0),
                 cpu_percent: l.map(|l| l.cpu_percent).unwrap_or(0.0),

@@ -1,8 +1,15 @@
 //! Self-optimizing rules: each a pure function over the replicated state whose
 //! result the leader proposes as commands and records as a decision (what, why, the
 //! inputs it read; the effect is filled in once measured).
+//!
+//! - `replan`: re-plans a stage from its inputs' statistics before it runs, with
+//!   `coalesce` (small reducer partitions packed) and `skew` (a skewed join partition
+//!   split);
+//! - `memory`: a task out of memory retries with a larger share;
+//! - `scaling`: workers added for a backlog, idle ones released.
 
 pub mod coalesce;
 pub mod memory;
 pub mod replan;
+pub mod scaling;
 pub mod skew;

@@ -3,6 +3,7 @@
 //! failed jobs, and commits jobs whose sink stage is complete. It reads the state
 //! and proposes commands; all side effects (RPCs, file moves) happen here.
 
+pub mod autoscale;
 pub mod commit;
 pub mod retention;
 pub mod stall;

@@ -81,7 +81,9 @@ pub fn workers_to_prune(s: &State, retention: Duration, now_ms: u64) -> Vec<Stri
     let retention_ms = retention.as_millis() as u64;
     s.workers
         .values()
-        .filter(|w| w.state == WorkerState::Lost && now_ms.saturating_sub(w.lost_ms) > retention_ms)
+        .filter(|w| {
+            w.state != WorkerState::Alive && now_ms.saturating_sub(w.lost_ms) > retention_ms
+        })
         .map(|w| w.id.clone())
         .take(MAX_PER_COMMAND)
         .collect()

@@ -319,6 +319,23 @@ pub enum Command {
         /// when
         at_ms: u64,
     },
+    /// the autoscaler released an idle worker it started (issue 12 §2.8): it leaves
+    /// the fleet without being counted as lost; refused while an attempt runs there or
+    /// while it holds map output an unfinished job still reads (`State::release_blocker`)
+    WorkerReleased {
+        /// which
+        worker_id: String,
+        /// when
+        at_ms: u64,
+    },
+    /// the measured effect of a decision, once known (e.g. a `scale_up`'s backlog
+    /// drained); a decision no longer in the log is skipped
+    DecisionEffect {
+        /// the decision's id
+        decision_id: u64,
+        /// what happened, in words
+        effect: String,
+    },
     /// lost workers past the lost-worker retention leave the state (chosen by
     /// `scheduler::retention`); ids no longer in the state are skipped, an alive
     /// worker is refused

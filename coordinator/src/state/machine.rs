@@ -324,6 +324,9 @@ pub enum WorkerState {
     /// declared lost: what ran there and its map outputs are redone elsewhere; a
     /// returning worker registers again under its id (and is alive from then on)
     Lost,
+    /// released by the autoscaler while idle (`Command::WorkerReleased`): nothing ran
+    /// there and nothing it held was still needed, so nothing is redone
+    Released,
 }
 
 /// A registered worker.
@@ -350,7 +353,8 @@ pub struct WorkerRecord {
     /// of those, attempts that failed with a transient error
     #[serde(default)]
     pub transient_failures: u64,
-    /// when it was declared lost (a lost worker is pruned after a retention period)
+    /// when it was declared lost or released (such a worker is pruned after a
+    /// retention period)
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lost_ms: u64,
 }
@@ -717,7 +721,14 @@ impl State {
                 Ok(Outcome::Done)
             }
             Command::RecordDecision { decision } => {
-                self.job_mut(&decision.job_id)?;
+                // the fleet's decisions (`scale_up`, `scale_down`) belong to no job
+                let cluster = matches!(
+                    decision.kind,
+                    DecisionKind::ScaleUp | DecisionKind::ScaleDown
+                ) && decision.job_id.is_empty();
+                if !cluster {
+                    self.job_mut(&decision.job_id)?;
+                }
                 self.push_decision(decision.clone());
                 Ok(Outcome::Done)
             }
@@ -1039,11 +1050,29 @@ impl State {
                 self.decisions.retain(|d| !forget.contains(&d.job_id));
                 Ok(Outcome::Done)
             }
+            Command::WorkerReleased { worker_id, at_ms } => {
+                if let Some(why) = self.release_blocker(worker_id) {
+                    return Err(ApplyError::Illegal(format!(
+                        "worker {worker_id} cannot be released: {why}"
+                    )));
+                }
+                let w = self.workers.get_mut(worker_id).expect("checked above");
+                w.state = WorkerState::Released;
+                w.lost_ms = *at_ms;
+                Ok(Outcome::Done)
+            }
+            Command::DecisionEffect {
+                decision_id,
+                effect,
+            } => {
+                self.set_effect(*decision_id, effect.clone());
+                Ok(Outcome::Done)
+            }
             Command::PruneWorkers { worker_ids, .. } => {
                 if let Some(w) = worker_ids.iter().find_map(|id| {
                     self.workers
                         .get(id)
-                        .filter(|w| w.state != WorkerState::Lost)
+                        .filter(|w| w.state == WorkerState::Alive)
                 }) {
                     return Err(ApplyError::Illegal(format!(
                         "worker {} cannot be pruned while {:?}",
@@ -1342,6 +1371,44 @@ impl State {
                     .iter()
                     .any(|(a, w, _)| *a == key.attempt && *w == worker_id)
             })
+    }
+
+    /// Why worker `worker_id` cannot leave the fleet now (`None`: it can): it is not
+    /// alive, an attempt of a running job runs there, or it holds the map output of a
+    /// stage that an unfinished job has yet to read (a consumer stage not complete).
+    pub fn release_blocker(&self, worker_id: &str) -> Option<String> {
+        match self.workers.get(worker_id) {
+            None => return Some(format!("worker {worker_id} does not exist")),
+            Some(w) if w.state != WorkerState::Alive => {
+                return Some(format!("it is {:?}, not alive", w.state))
+            }
+            Some(_) => {}
+        }
+        for job in self.jobs.values().filter(|j| !j.state.is_terminal()) {
+            for (si, stage) in job.stages.iter().enumerate() {
+                let read_later = stage.plan.shuffle_partitions.is_some()
+                    && job
+                        .stages
+                        .iter()
+                        .any(|c| c.plan.inputs.contains(&(si as u32)) && !c.is_complete());
+                for (ti, t) in stage.tasks.iter().enumerate() {
+                    if job.state == JobState::Running
+                        && t.running_attempts().iter().any(|(_, w, _)| *w == worker_id)
+                    {
+                        return Some(format!("job {} stage {si} task {ti} runs there", job.id));
+                    }
+                    if read_later
+                        && matches!(&t.state, TaskState::Succeeded { worker_id: w, .. } if w == worker_id)
+                    {
+                        return Some(format!(
+                            "it holds the map output of job {} stage {si} task {ti}, which the job has yet to read",
+                            job.id
+                        ));
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// Task slots taken per worker (an attempt takes its task's `memory_slots`),

@@ -16,6 +16,10 @@ pub use machine::{ApplyError, Job, JobState, Outcome, State, TaskState, WorkerSt
 impl State {
     /// A copy with only what `cmd` can touch (workers + that one job), for a dry run.
     pub(crate) fn clone_for_check(&self, cmd: &Command) -> State {
+        // a release reads every unfinished job (attempts, map outputs): the whole state
+        if let Command::WorkerReleased { .. } = cmd {
+            return self.clone();
+        }
         let job_id = match cmd {
             Command::SubmitJob { job_id, .. }
             | Command::TaskLaunched { job_id, .. }
@@ -35,6 +39,7 @@ impl State {
             Command::RegisterWorker { .. } => None,
             Command::WorkerLost { .. } => None,
             Command::ForgetJobs { .. } | Command::PruneWorkers { .. } => None,
+            Command::WorkerReleased { .. } | Command::DecisionEffect { .. } => None,
         };
         let mut jobs: std::collections::BTreeMap<String, machine::Job> = match job_id {
             Some(id) => self
