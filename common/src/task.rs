@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 pub struct TaskResult {
     /// (rows, bytes) per output partition (map tasks)
     pub partitions: Vec<(u64, u64)>,
+    /// hot keys of the largest output partitions, from a sample of their rows:
+    /// (partition, [(key, estimated rows)])
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hot_keys: Vec<(u32, Vec<(String, u64)>)>,
     /// staged files relative to the task's staging prefix (sink tasks)
     pub files: Vec<String>,
     /// rows read from sources

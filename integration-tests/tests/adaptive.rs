@@ -89,6 +89,8 @@ fn a_skewed_join_partition_is_split_by_map_outputs_and_the_rows_are_exact() -> R
     let [d] = splits.as_slice() else {
         panic!("one skewed partition, split once: {splits:?}");
     };
+    // the map tasks' key samples name the hot user
+    assert_eq!(d["inputs"]["hot_key"], "user_id=1", "{d}");
     let pieces: u64 = d["inputs"]["tasks"].as_str().unwrap_or("0").parse()?;
     assert!(pieces >= 2, "{d}");
     let effect = d["effect"].as_str().unwrap_or_default();

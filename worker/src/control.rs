@@ -372,6 +372,19 @@ async fn report(
                         partition: i as u32,
                         rows: *rows,
                         bytes: *bytes,
+                        hot_keys: out
+                            .hot_keys
+                            .iter()
+                            .find(|(p, _)| *p as usize == i)
+                            .map(|(_, keys)| {
+                                keys.iter()
+                                    .map(|(key, rows)| pb::KeyFrequency {
+                                        key: key.clone(),
+                                        rows: *rows,
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
                     })
                     .collect(),
                 files: out.files,

@@ -3,6 +3,7 @@
 //! pass-through) shuffle partitions in Arrow IPC files, or through a DataFusion file
 //! sink into the task attempt's staging prefix. Reports rows, bytes and files.
 
+use crate::key_sample::KeySampler;
 use crate::shuffle_store::{PartitionWriters, ShuffleStore};
 use autopipe_common::error::{Error, Result};
 use autopipe_common::session::session_config;
@@ -223,14 +224,22 @@ async fn run_map(
     let schema = input.schema();
     let dir = shuffle.task_dir(&key.job_id, key.stage_id, key.task, key.attempt);
     let mut writers = PartitionWriters::create(dir, partitions.max(1), &schema)?;
+    let mut sampler = partitioning.and_then(KeySampler::new);
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         match &mut partitioner {
-            Some(p) => p.partition(batch, |i, b| writers.write(i, &b))?,
+            Some(p) => p.partition(batch, |i, b| {
+                if let Some(s) = &mut sampler {
+                    s.observe(i, &b)?;
+                }
+                writers.write(i, &b)
+            })?,
             None => writers.write(0, &batch)?,
         }
     }
     let stats = writers.finish()?;
+    let rows: Vec<u64> = stats.iter().map(|s| s.0).collect();
+    let hot_keys = sampler.map(|s| s.hot_keys(&rows)).unwrap_or_default();
     shuffle
         .metrics
         .rows_written
@@ -239,6 +248,7 @@ async fn run_map(
         rows_out: stats.iter().map(|s| s.0).sum(),
         bytes_out: stats.iter().map(|s| s.1).sum(),
         partitions: stats,
+        hot_keys,
         ..Default::default()
     })
 }

@@ -7,6 +7,7 @@ pub mod control;
 pub mod executor;
 pub mod flight;
 pub mod identity;
+pub mod key_sample;
 pub mod metrics;
 pub mod shuffle_store;
 pub mod sweep;

@@ -532,6 +532,15 @@ impl pb::worker_service_server::WorkerService for Services {
             }
             let result = TaskResult {
                 partitions: r.partitions.iter().map(|p| (p.rows, p.bytes)).collect(),
+                hot_keys: r
+                    .partitions
+                    .iter()
+                    .filter(|p| !p.hot_keys.is_empty())
+                    .map(|p| {
+                        let keys = p.hot_keys.iter().map(|k| (k.key.clone(), k.rows));
+                        (p.partition, keys.collect())
+                    })
+                    .collect(),
                 files: r.files,
                 rows_in: r.rows_in,
                 bytes_in: r.bytes_in,

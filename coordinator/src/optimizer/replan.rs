@@ -51,12 +51,33 @@ pub fn replans(s: &State, now_ms: u64) -> Vec<Replan> {
 }
 
 /// One input of a stage: its bytes per (map task, reducer partition).
-struct Input {
+struct Input<'a> {
     stage: u32,
     per_map: Vec<Vec<u64>>,
+    results: Vec<&'a crate::state::TaskResult>,
 }
 
-impl Input {
+impl Input<'_> {
+    /// The keys its map tasks sampled as hot in partition `p`, with their estimated
+    /// rows summed over the map tasks, largest first, and the partition's rows.
+    fn hot_keys(&self, p: u32) -> (Vec<(String, u64)>, u64) {
+        let mut keys: std::collections::BTreeMap<&str, u64> = Default::default();
+        let mut rows = 0;
+        for r in &self.results {
+            rows += r.partitions.get(p as usize).map_or(0, |x| x.0);
+            for (q, ks) in &r.hot_keys {
+                if *q == p {
+                    for (k, n) in ks {
+                        *keys.entry(k).or_default() += n;
+                    }
+                }
+            }
+        }
+        let mut keys: Vec<(String, u64)> = keys.into_iter().map(|(k, n)| (k.to_string(), n)).collect();
+        keys.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        (keys, rows)
+    }
+
     fn partition_sizes(&self, n: usize) -> Vec<u64> {
         (0..n)
             .map(|p| self.per_map.iter().map(|m| m[p]).sum())
@@ -85,6 +106,7 @@ pub fn replan(s: &State, job: &Job, stage: u32, now_ms: u64) -> Option<Replan> {
             _ => return None,
         }
         let mut per_map = vec![];
+        let mut results = vec![];
         for t in &input.tasks {
             let TaskState::Succeeded { result, .. } = &t.state else {
                 return None;
@@ -93,8 +115,13 @@ pub fn replan(s: &State, job: &Job, stage: u32, now_ms: u64) -> Option<Replan> {
                 return None;
             }
             per_map.push(result.partitions.iter().map(|&(_, b)| b).collect());
+            results.push(result);
         }
-        hash.push(Input { stage: i, per_map });
+        hash.push(Input {
+            stage: i,
+            per_map,
+            results,
+        });
     }
     if hash.is_empty() {
         return None;
@@ -181,8 +208,18 @@ pub fn replan(s: &State, job: &Job, stage: u32, now_ms: u64) -> Option<Replan> {
             let describe =
                 |name: &str, side: &Option<(&Input, Vec<u64>)>, pieces: &[Option<Range<u32>>]| {
                     side.as_ref().map(|(input, sizes)| {
+                        let (keys, rows) = input.hot_keys(p as u32);
+                        let hot = keys
+                            .first()
+                            .map(|(k, n)| {
+                                format!(
+                                    ", hot key {k} (~{:.0}% of its {rows} rows)",
+                                    100.0 * *n as f64 / rows.max(1) as f64
+                                )
+                            })
+                            .unwrap_or_default();
                         format!(
-                            "{name} (stage {}): {} bytes, median partition {} bytes, {} piece(s)",
+                            "{name} (stage {}): {} bytes, median partition {} bytes, {} piece(s){hot}",
                             input.stage,
                             sizes[p],
                             skew::median(sizes),
@@ -217,6 +254,15 @@ pub fn replan(s: &State, job: &Job, stage: u32, now_ms: u64) -> Option<Replan> {
                     ("tasks", tasks.len().to_string()),
                 ]),
             ));
+            // the hottest sampled key of the divided sides, by name
+            let hottest = [&left, &right]
+                .into_iter()
+                .flatten()
+                .filter_map(|(input, _)| input.hot_keys(p as u32).0.into_iter().next())
+                .max_by_key(|(_, n)| *n);
+            if let (Some((key, _)), Some(d)) = (hottest, decisions.last_mut()) {
+                d.inputs.insert("hot_key".into(), key);
+            }
             split[p] = Some(tasks);
         }
     }
@@ -456,7 +502,8 @@ mod tests {
         assert_eq!(plan_of(&s), None);
     }
 
-    /// Left (stage 0) partition 3 holds 4 x 100 MiB over 4 map tasks; the rest 1 MiB.
+    /// Left (stage 0) partition 3 holds 4 x 100 MiB over 4 map tasks, with user 1 as
+    /// its sampled hot key; the rest 1 MiB.
     fn skewed_left(join: (&str, bool, bool), params: &str) -> State {
         let mut s = join_job(8, 4, Some(join), params);
         for t in 0..4 {
@@ -464,6 +511,11 @@ mod tests {
             left[3] = 100 * MB;
             map_done(&mut s, 0, t, &left);
             map_done(&mut s, 1, t, &[MB / 4; 8]);
+            let job = s.jobs.get_mut("j").unwrap();
+            if let TaskState::Succeeded { result, .. } = &mut job.stages[0].tasks[t as usize].state {
+                let rows = result.partitions[3].0;
+                result.hot_keys = vec![(3, vec![("user_id=1".into(), rows / 2), ("user_id=9".into(), rows / 10)])];
+            }
         }
         s
     }
@@ -496,6 +548,8 @@ mod tests {
         let kinds: Vec<_> = r.decisions.iter().map(|d| d.kind).collect();
         assert_eq!(kinds, vec![DecisionKind::Coalesce, DecisionKind::SkewSplit]);
         assert_eq!(r.decisions[1].inputs["partition"], "3");
+        assert_eq!(r.decisions[1].inputs["hot_key"], "user_id=1");
+        assert!(r.decisions[1].why.contains("hot key user_id=1 (~50% of its"), "{}", r.decisions[1].why);
         // every (map task, partition) of each side is read exactly once per pairing
         let mut s2 = s.clone();
         s2.apply(&r.command()).unwrap();
