@@ -56,9 +56,20 @@ pub struct JobParams {
     /// target bytes per task partition, e.g. "64MiB" (default 64 MiB)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_partition_bytes: Option<ByteSize>,
-    /// fixes the shuffle partition count instead of deriving it
+    /// fixes the shuffle partition count instead of deriving it (and, unless
+    /// `adaptive_splits = true` is set too, the scans' partition count, as before)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shuffle_partitions: Option<u32>,
+    /// the smallest partition a rule makes when it cuts input finer than
+    /// `target_partition_bytes` to give every slot work, e.g. "1MiB" (default 1 MiB,
+    /// Spark AQE's coalescePartitions.minPartitionSize)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_partition_bytes: Option<ByteSize>,
+    /// build scan tasks from file and row-group sizes (big Parquet files split at
+    /// row groups, small files packed) instead of one scan partition per shuffle
+    /// partition; default true, and off when `shuffle_partitions` is pinned
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive_splits: Option<bool>,
     /// attempts per task before the job fails (default 4)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_task_attempts: Option<u32>,
@@ -146,12 +157,28 @@ pub const DEFAULT_BROADCAST_JOIN_MAX_BYTES: u64 = 10 << 20;
 /// Default target partition size (Spark AQE's advisoryPartitionSizeInBytes is 64 MiB).
 pub const DEFAULT_TARGET_PARTITION_BYTES: u64 = 64 << 20;
 
+/// Default smallest partition (Spark AQE's coalescePartitions.minPartitionSize).
+pub const DEFAULT_MIN_PARTITION_BYTES: u64 = 1 << 20;
+
 impl JobParams {
     /// Effective target partition size.
     pub fn target_partition_bytes(&self) -> u64 {
         self.target_partition_bytes
             .map(|b| b.0)
             .unwrap_or(DEFAULT_TARGET_PARTITION_BYTES)
+    }
+    /// Effective smallest partition size (never above the target).
+    pub fn min_partition_bytes(&self) -> u64 {
+        self.min_partition_bytes
+            .map(|b| b.0)
+            .unwrap_or(DEFAULT_MIN_PARTITION_BYTES)
+            .min(self.target_partition_bytes())
+    }
+    /// Whether scan tasks come from the input splits rule: `adaptive_splits`, else
+    /// on unless `shuffle_partitions` pins the job's partition count.
+    pub fn adaptive_splits(&self) -> bool {
+        self.adaptive_splits
+            .unwrap_or(self.shuffle_partitions.is_none())
     }
     /// Effective broadcast join limit.
     pub fn broadcast_join_max_bytes(&self) -> u64 {

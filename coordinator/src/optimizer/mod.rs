@@ -3,3 +3,4 @@
 //! inputs it read; the effect is filled in once measured).
 
 pub mod memory;
+pub mod partitions;
