@@ -672,6 +672,15 @@ impl State {
             Command::RecordDecision { decision } => {
                 self.job_mut(&decision.job_id)?;
                 self.push_decision(decision.clone());
+                // a scan stage that finished before its decision was recorded
+                if decision.kind == DecisionKind::InputSplits {
+                    let stages = decision.inputs.get("scan_stages").cloned();
+                    for st in stages.iter().flat_map(|v| v.split(',')) {
+                        if let Ok(st) = st.parse() {
+                            self.note_scan_stage(&decision.job_id, st);
+                        }
+                    }
+                }
                 Ok(Outcome::Done)
             }
             Command::TaskSucceeded {
