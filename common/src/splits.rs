@@ -286,7 +286,8 @@ mod tests {
             vec![range("gone", 0, 7, 7)],
         ];
         let out = regroup(&files, &groups).unwrap();
-        let shape: Vec<Vec<(String, Option<(i64, i64)>)>> = out
+        type Shape = Vec<Vec<(String, Option<(i64, i64)>)>>;
+        let shape: Shape = out
             .iter()
             .map(|g| {
                 g.files()
