@@ -16,6 +16,7 @@ use autopipe_common::splits::InputSplits;
 use autopipe_common::tolerant::TolerantScanExec;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::JoinType;
+use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement, WriteOp};
@@ -279,9 +280,10 @@ pub fn split_into_stages(plan: Arc<dyn ExecutionPlan>) -> Result<PlannedJob> {
     })
 }
 
-/// Whether `plan` (one stage) reads a source.
+/// Whether `plan` (one stage) reads a source's files (not in-memory `VALUES`).
 fn scans_sources(plan: &Arc<dyn ExecutionPlan>) -> bool {
-    plan.is::<DataSourceExec>()
+    plan.downcast_ref::<DataSourceExec>()
+        .is_some_and(|ds| ds.data_source().downcast_ref::<FileScanConfig>().is_some())
         || plan.is::<TolerantScanExec>()
         || plan.children().into_iter().any(scans_sources)
 }
@@ -411,6 +413,7 @@ path = "{}/out"
         );
         assert_eq!(job.stages[0].shuffle_partitions, Some(4));
         assert_eq!(job.stages[1].inputs, vec![0]);
+        assert_eq!(job.scan_stages, vec![0], "only the map stage reads files");
         assert_eq!(job.stages[1].tasks, 4);
         assert!(job.stages[1].display.contains("ShuffleReaderExec"));
     }
