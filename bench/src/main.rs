@@ -16,6 +16,8 @@
 //! `bench stragglers`: a job with a slow worker, with speculation against without.
 //!
 //! `bench autoscale`: a backlog job with `--autoscale 1..4` against one fixed worker.
+//!
+//! `bench tiny-files`: 2,000 tiny Parquet files with the input splits rule on and off.
 //! Run: `cargo build --release --workspace && target/release/bench tpch --sf 1 --queries all`
 
 use anyhow::{bail, Result};
@@ -32,6 +34,7 @@ mod raft;
 mod recovery;
 mod scan;
 mod stragglers;
+mod tiny_files;
 mod tpch;
 
 /// The median of some run times.
@@ -154,6 +157,27 @@ enum Cmd {
         #[arg(long, default_value = "target/bench-data")]
         dir: PathBuf,
     },
+    /// Many tiny Parquet files: the same job with adaptive_splits on and off
+    TinyFiles {
+        /// Parquet files to spread the events over
+        #[arg(long, default_value_t = 2_000)]
+        files: usize,
+        /// clickstream events (10 per file by default: about 2 KB files)
+        #[arg(long, default_value_t = 20_000)]
+        rows: u64,
+        /// repetitions per setting
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// workers (processes)
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// task slots per worker
+        #[arg(long, default_value_t = 4)]
+        slots: u32,
+        /// where data and outputs go
+        #[arg(long, default_value = "target/bench-data")]
+        dir: PathBuf,
+    },
     /// Speculation against a slow worker: the same job with speculation on and off
     Stragglers {
         /// clickstream events
@@ -268,6 +292,21 @@ fn main() -> Result<()> {
             query,
             reps: reps.max(1),
             heartbeat_timeout,
+            dir,
+        }),
+        Cmd::TinyFiles {
+            files,
+            rows,
+            reps,
+            workers,
+            slots,
+            dir,
+        } => tiny_files::run(tiny_files::Args {
+            files,
+            rows,
+            reps: reps.max(1),
+            workers: workers.max(1),
+            slots: slots.max(1),
             dir,
         }),
         Cmd::Stragglers {

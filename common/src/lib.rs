@@ -14,6 +14,7 @@ pub mod roots;
 pub mod session;
 pub mod shuffle;
 pub mod spec;
+pub mod splits;
 pub mod store;
 pub mod task;
 pub mod tls;

@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::spec::{parse_schema, Format, PipelineSpec};
+use crate::splits::{InputSplits, SplitTable};
 use crate::store::{glob_prefix, is_glob, list_glob, register_stores};
 use crate::tolerant::{record_format, TolerantTable};
 use datafusion::arrow::datatypes::Schema;
@@ -54,7 +55,31 @@ pub async fn context_with(
     partitions: usize,
     tolerant: bool,
 ) -> Result<SessionContext> {
+    context_inner(spec, partitions, tolerant, None).await
+}
+
+/// Like `context_for`, with each source's scan reading exactly its groups in `splits`
+/// (one partition, so one task, per group; see `splits`); `partitions` is then the
+/// width of the plan's exchanges. DataFusion does not split the scans further.
+pub async fn context_for_splits(
+    spec: &PipelineSpec,
+    partitions: usize,
+    splits: &InputSplits,
+) -> Result<SessionContext> {
+    context_inner(spec, partitions, true, Some(splits)).await
+}
+
+async fn context_inner(
+    spec: &PipelineSpec,
+    partitions: usize,
+    tolerant: bool,
+    splits: Option<&InputSplits>,
+) -> Result<SessionContext> {
     let mut config = session_config(partitions);
+    if splits.is_some() {
+        // the scans' partitions are the splits: no byte-range repartitioning on top
+        config.options_mut().optimizer.repartition_file_scans = false;
+    }
     // Broadcast joins by estimated size only: DataFusion's row-count fallback (128k rows)
     // would broadcast wide rows far past the byte limit.
     let o = config.options_mut();
@@ -62,18 +87,20 @@ pub async fn context_with(
         spec.job.params.broadcast_join_max_bytes() as usize;
     o.optimizer.hash_join_single_partition_threshold_rows = 0;
     let ctx = SessionContext::new_with_config(config);
-    register_sources(&ctx, spec, tolerant).await?;
+    register_sources(&ctx, spec, tolerant, splits).await?;
     Ok(ctx)
 }
 
 /// Registers every `[[sources]]` entry; errors name the source key. Parquet is read
 /// by DataFusion; CSV and NDJSON through `TolerantTable`, whose bad records go to the
 /// dead-letter sink, with the spec's schema or DataFusion's inferred one (`tolerant =
-/// false`: by DataFusion's readers, which fail on a bad record).
+/// false`: by DataFusion's readers, which fail on a bad record). A source named in
+/// `splits` scans its groups there, one partition per group.
 pub async fn register_sources(
     ctx: &SessionContext,
     spec: &PipelineSpec,
     tolerant: bool,
+    splits: Option<&InputSplits>,
 ) -> Result<()> {
     let urls: Vec<String> = spec.sources.iter().map(|s| s.path.clone()).collect();
     register_stores(&ctx.runtime_env(), &urls)?;
@@ -93,11 +120,18 @@ pub async fn register_sources(
                 format!("cannot read {} as {}: {e}", s.path, s.format.name()),
             )
         };
+        let groups = splits.and_then(|sp| sp.sources.get(name));
         let Some(records) = record_format(s.format, has_header, delim) else {
             let o = ParquetReadOptions::default().file_extension(&ext);
             register_files(ctx, name, &s.path, &o, None)
                 .await
                 .map_err(|e| cannot_read(&e))?;
+            if let Some(groups) = groups {
+                let listing = ctx
+                    .deregister_table(name)?
+                    .ok_or_else(|| cannot_read(&"the table did not register"))?;
+                ctx.register_table(name, Arc::new(SplitTable::new(listing, groups.clone())))?;
+            }
             continue;
         };
         let given = match &s.schema {
@@ -135,9 +169,12 @@ pub async fn register_sources(
                     .ok_or_else(|| cannot_read(&"the table did not register"))?
             }
         };
-        let table = TolerantTable::try_new(&ctx.state(), name, &s.path, &ext, records, schema)
+        let mut table = TolerantTable::try_new(&ctx.state(), name, &s.path, &ext, records, schema)
             .await
             .map_err(|e| cannot_read(&e))?;
+        if let Some(groups) = groups {
+            table = table.with_groups(groups.clone());
+        }
         ctx.register_table(name, Arc::new(table))?;
     }
     Ok(())
@@ -202,7 +239,7 @@ async fn register_files<'a>(
 /// For a single file, its own extension; for a glob whose last segment ends in a
 /// literal extension (`*.ndjson`), that one; otherwise (a directory, `part-*`) the
 /// format's default.
-fn file_extension(path: &str, format: Format) -> String {
+pub(crate) fn file_extension(path: &str, format: Format) -> String {
     let last = path.rsplit('/').next().unwrap_or("");
     if !path.ends_with('/') {
         if let Some((_, ext)) = last.rsplit_once('.') {
@@ -237,6 +274,7 @@ fn file_extension(path: &str, format: Format) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tolerant::FileRange;
     use datafusion::arrow::array::{Array, Int64Array};
     use datafusion::arrow::datatypes::{DataType, Field};
     use datafusion::arrow::record_batch::RecordBatch;
@@ -305,6 +343,144 @@ path = "out"
             out.push((col(0), col(1)));
         }
         out
+    }
+
+    /// The scan partitions of `sql` planned over `spec` with `splits`, and its result
+    /// as `(sum(k), count(*))`.
+    async fn with_splits(spec: &PipelineSpec, splits: &InputSplits) -> (usize, (i64, i64)) {
+        let ctx = context_for_splits(spec, 2, splits).await.unwrap();
+        let df = ctx.sql(&spec.transform.sql).await.unwrap();
+        let plan = df.clone().create_physical_plan().await.unwrap();
+        fn scan_partitions(p: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> usize {
+            use datafusion::physical_plan::ExecutionPlanProperties;
+            let name = p.name();
+            if name == "DataSourceExec" || name == "TolerantScanExec" {
+                return p.output_partitioning().partition_count();
+            }
+            p.children().into_iter().map(scan_partitions).sum()
+        }
+        let batches = df.collect().await.unwrap();
+        let col = |i: usize| {
+            batches[0]
+                .column(i)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .value(0)
+        };
+        (scan_partitions(&plan), (col(0), col(1)))
+    }
+
+    fn sum_spec(dir: &Path, format: &str) -> PipelineSpec {
+        let text = format!(
+            "[job]\nname = \"s\"\n[[sources]]\nname = \"t\"\nformat = \"{format}\"\npath = \"data\"\n[transform]\nsql = \"SELECT sum(k) AS s, count(*) AS n FROM t\"\n[sink]\nformat = \"parquet\"\npath = \"out\"\n"
+        );
+        PipelineSpec::parse(&text, "s.toml")
+            .unwrap()
+            .normalize(dir, "s.toml")
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn parquet_scans_read_the_given_splits_row_groups_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        // one file of 10 row groups of 100 rows, and three small files
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let props = datafusion::parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_row_count(Some(100))
+            .build();
+        let file = std::fs::File::create(data.join("a-big.parquet")).unwrap();
+        let mut w =
+            datafusion::parquet::arrow::ArrowWriter::try_new(file, schema.clone(), Some(props))
+                .unwrap();
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from_iter_values(0..1000))],
+        )
+        .unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        for i in 0..3 {
+            parquet(&data.join(format!("b-{i}.parquet")), &[10_000 + i]);
+        }
+        let spec = sum_spec(dir.path(), "parquet");
+        let listed = crate::splits::list_sources(&spec, 0).await.unwrap();
+        let files = &listed[0].files;
+        assert_eq!(files.len(), 4);
+        assert_eq!(files[0].row_groups.len(), 10);
+        // the big file in 3 ranges cut at row-group starts; the small ones packed
+        let big = &files[0];
+        let cut = |i: usize| big.row_groups[i].start;
+        let r = |f: &crate::splits::InputFile, start, end| FileRange {
+            location: f.location.clone(),
+            start,
+            end,
+            size: f.size,
+        };
+        let groups = vec![
+            vec![r(big, 0, cut(3))],
+            vec![r(big, cut(3), cut(7))],
+            vec![r(big, cut(7), big.size), r(&files[1], 0, files[1].size)],
+            vec![
+                r(&files[2], 0, files[2].size),
+                r(&files[3], 0, files[3].size),
+            ],
+        ];
+        let splits = InputSplits {
+            sources: [("t".to_string(), groups)].into(),
+        };
+        let want = (999 * 1000 / 2 + 30_003, 1003);
+        assert_eq!(with_splits(&spec, &splits).await, (4, want));
+        // the oracle agrees
+        let ctx = context_with(&spec, 3, false).await.unwrap();
+        let b = ctx
+            .sql(&spec.transform.sql)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let n = b[0]
+            .column(1)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0);
+        assert_eq!(n, want.1);
+    }
+
+    #[tokio::test]
+    async fn csv_scans_read_the_given_splits_records_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let body: String = std::iter::once("k\n".to_string())
+            .chain((1..=500).map(|i| format!("{i}\n")))
+            .collect();
+        text(&dir.path().join("data/a.csv"), &body);
+        text(&dir.path().join("data/b.csv"), "k\n7\n");
+        let spec = sum_spec(dir.path(), "csv");
+        let listed = crate::splits::list_sources(&spec, 0).await.unwrap();
+        let (a, b) = (&listed[0].files[0], &listed[0].files[1]);
+        let r = |f: &crate::splits::InputFile, start, end| FileRange {
+            location: f.location.clone(),
+            start,
+            end,
+            size: f.size,
+        };
+        // cut mid-record: each record is read by the range it starts in
+        let groups = vec![
+            vec![r(a, 0, 501)],
+            vec![r(a, 501, 1300)],
+            vec![r(a, 1300, a.size), r(b, 0, b.size)],
+        ];
+        let splits = InputSplits {
+            sources: [("t".to_string(), groups)].into(),
+        };
+        assert_eq!(
+            with_splits(&spec, &splits).await,
+            (3, (500 * 501 / 2 + 7, 501))
+        );
     }
 
     #[tokio::test]

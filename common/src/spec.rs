@@ -56,9 +56,21 @@ pub struct JobParams {
     /// target bytes per task partition, e.g. "64MiB" (default 64 MiB)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_partition_bytes: Option<ByteSize>,
-    /// fixes the shuffle partition count instead of deriving it
+    /// fixes the shuffle partition count instead of deriving it (and, unless
+    /// `adaptive_splits = true` is set too, the scans' partition count, as before)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shuffle_partitions: Option<u32>,
+    /// the smallest partition a rule makes when it cuts input finer than
+    /// `target_partition_bytes` to give every slot work, and the size below which a
+    /// coalesced task merges into a neighbour, e.g. "1MiB" (default 1 MiB, Spark
+    /// AQE's coalescePartitions.minPartitionSize)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_partition_bytes: Option<ByteSize>,
+    /// build scan tasks from file and row-group sizes (big Parquet files split at
+    /// row groups, small files packed) instead of one scan partition per shuffle
+    /// partition; default true, and off when `shuffle_partitions` is pinned
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive_splits: Option<bool>,
     /// attempts per task before the job fails (default 4)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_task_attempts: Option<u32>,
@@ -118,10 +130,6 @@ pub struct JobParams {
     /// target_partition_bytes (Spark AQE's coalescing); default true
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coalesce: Option<bool>,
-    /// a coalesced task smaller than this merges into a neighbour (default 1 MiB,
-    /// Spark's minPartitionSize)
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_partition_bytes: Option<ByteSize>,
     /// split a skewed partition of a join into several tasks, along map-output
     /// boundaries, replicating the other side's partition; default true
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -149,8 +157,6 @@ pub struct Speculation {
     pub min_runtime_ms: u64,
 }
 
-/// A coalesced task smaller than this merges into a neighbour (Spark: 1 MiB).
-pub const DEFAULT_MIN_PARTITION_BYTES: u64 = 1 << 20;
 /// Skewed: larger than this many times the median partition (Spark: 5).
 pub const DEFAULT_SKEW_FACTOR: f64 = 5.0;
 /// Skewed: and larger than this (Spark: 256 MiB).
@@ -173,6 +179,9 @@ pub const DEFAULT_BROADCAST_JOIN_MAX_BYTES: u64 = 10 << 20;
 /// Default target partition size (Spark AQE's advisoryPartitionSizeInBytes is 64 MiB).
 pub const DEFAULT_TARGET_PARTITION_BYTES: u64 = 64 << 20;
 
+/// Default smallest partition (Spark AQE's coalescePartitions.minPartitionSize).
+pub const DEFAULT_MIN_PARTITION_BYTES: u64 = 1 << 20;
+
 impl JobParams {
     /// Effective target partition size.
     pub fn target_partition_bytes(&self) -> u64 {
@@ -180,17 +189,24 @@ impl JobParams {
             .map(|b| b.0)
             .unwrap_or(DEFAULT_TARGET_PARTITION_BYTES)
     }
+    /// Effective smallest partition size (never above the target).
+    pub fn min_partition_bytes(&self) -> u64 {
+        self.min_partition_bytes
+            .map(|b| b.0)
+            .unwrap_or(DEFAULT_MIN_PARTITION_BYTES)
+            .min(self.target_partition_bytes())
+    }
+    /// Whether scan tasks come from the input splits rule: `adaptive_splits`, else
+    /// on unless `shuffle_partitions` pins the job's partition count.
+    pub fn adaptive_splits(&self) -> bool {
+        self.adaptive_splits
+            .unwrap_or(self.shuffle_partitions.is_none())
+    }
     /// Effective broadcast join limit.
     pub fn broadcast_join_max_bytes(&self) -> u64 {
         self.broadcast_join_max_bytes
             .map(|b| b.0)
             .unwrap_or(DEFAULT_BROADCAST_JOIN_MAX_BYTES)
-    }
-    /// Effective coalesced-task minimum size.
-    pub fn min_partition_bytes(&self) -> u64 {
-        self.min_partition_bytes
-            .map(|b| b.0)
-            .unwrap_or(DEFAULT_MIN_PARTITION_BYTES)
     }
     /// Effective skew factor.
     pub fn skew_factor(&self) -> f64 {

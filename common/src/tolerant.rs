@@ -186,6 +186,9 @@ pub struct TolerantTable {
     format: RecordFormat,
     schema: SchemaRef,
     files: Vec<(String, u64)>,
+    /// the scan's partitions when given (`with_groups`); else `split_ranges` over
+    /// the session's target partitions
+    groups: Option<Vec<Vec<FileRange>>>,
 }
 
 impl TolerantTable {
@@ -226,7 +229,44 @@ impl TolerantTable {
             format,
             schema,
             files,
+            groups: None,
         })
+    }
+
+    /// The scan reads `groups`, one partition each. Ranges of files this table did
+    /// not list are left out; listed files that no group names form one more group.
+    pub fn with_groups(mut self, groups: Vec<Vec<FileRange>>) -> Self {
+        let listed: std::collections::HashSet<&str> =
+            self.files.iter().map(|f| f.0.as_str()).collect();
+        let mut named = std::collections::HashSet::new();
+        let mut out: Vec<Vec<FileRange>> = groups
+            .into_iter()
+            .map(|g| {
+                g.into_iter()
+                    .filter(|r| listed.contains(r.location.as_str()))
+                    .inspect(|r| {
+                        named.insert(r.location.clone());
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .filter(|g| !g.is_empty())
+            .collect();
+        let rest: Vec<FileRange> = self
+            .files
+            .iter()
+            .filter(|(l, _)| !named.contains(l))
+            .map(|(l, size)| FileRange {
+                location: l.clone(),
+                start: 0,
+                end: *size,
+                size: *size,
+            })
+            .collect();
+        if !rest.is_empty() {
+            out.push(rest);
+        }
+        self.groups = Some(out);
+        self
     }
 }
 
@@ -283,7 +323,10 @@ impl TableProvider for TolerantTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let groups = split_ranges(&self.files, state.config().target_partitions());
+        let groups = match &self.groups {
+            Some(g) => g.clone(),
+            None => split_ranges(&self.files, state.config().target_partitions()),
+        };
         Ok(Arc::new(TolerantScanExec::new(
             self.source.clone(),
             self.store_url.clone(),

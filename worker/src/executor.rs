@@ -212,6 +212,7 @@ async fn run_map(
 ) -> Result<TaskResult> {
     let (input, partitioning) = map_input(plan);
     let n_in = input.output_partitioning().partition_count();
+    let mut sampler = partitioning.as_ref().and_then(KeySampler::new);
     let mut partitioner = match partitioning {
         Some(p) => Some(BatchPartitioner::try_new(
             p,
@@ -224,7 +225,6 @@ async fn run_map(
     let schema = input.schema();
     let dir = shuffle.task_dir(&key.job_id, key.stage_id, key.task, key.attempt);
     let mut writers = PartitionWriters::create(dir, partitions.max(1), &schema)?;
-    let mut sampler = partitioning.and_then(KeySampler::new);
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         match &mut partitioner {

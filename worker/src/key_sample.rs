@@ -137,7 +137,11 @@ mod tests {
     use datafusion::physical_expr::expressions::Column;
 
     fn batch(values: impl IntoIterator<Item = i64>) -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![Field::new("user_id", DataType::Int64, false)]));
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "user_id",
+            DataType::Int64,
+            false,
+        )]));
         RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(values))]).unwrap()
     }
 
@@ -148,12 +152,20 @@ mod tests {
         // partition 1: 30% of 100k rows are user 1, the rest spread over 10k users
         let mut rows = 0;
         for chunk in 0..100 {
-            let b = batch((0..1000).map(|i| if i % 10 < 3 { 1 } else { 2 + (chunk * 1000 + i) % 10_000 }));
+            let b = batch((0..1000).map(|i| {
+                if i % 10 < 3 {
+                    1
+                } else {
+                    2 + (chunk * 1000 + i) % 10_000
+                }
+            }));
             rows += b.num_rows() as u64;
             s.observe(1, &b).unwrap();
         }
         let hot = s.hot_keys(&[0, rows]);
-        let [(1, keys)] = hot.as_slice() else { panic!("{hot:?}") };
+        let [(1, keys)] = hot.as_slice() else {
+            panic!("{hot:?}")
+        };
         assert_eq!(keys[0].0, "user_id=1");
         let share = keys[0].1 as f64 / rows as f64;
         assert!((0.2..=0.35).contains(&share), "{share}");
@@ -165,7 +177,8 @@ mod tests {
         let col: Arc<dyn PhysicalExpr> = Arc::new(Column::new("user_id", 0));
         let mut s = KeySampler::new(&Partitioning::Hash(vec![col], 3)).unwrap();
         for chunk in 0..50 {
-            s.observe(0, &batch((0..1000).map(|i| chunk * 1000 + i))).unwrap();
+            s.observe(0, &batch((0..1000).map(|i| chunk * 1000 + i)))
+                .unwrap();
         }
         s.observe(2, &batch([])).unwrap();
         assert!(s.hot_keys(&[50_000, 0, 0]).is_empty());
@@ -180,6 +193,9 @@ mod tests {
         for _ in 0..640 {
             s.observe(0, &batch([7])).unwrap();
         }
-        assert_eq!(s.hot_keys(&[640]), vec![(0, vec![("user_id=7".into(), 640)])]);
+        assert_eq!(
+            s.hot_keys(&[640]),
+            vec![(0, vec![("user_id=7".into(), 640)])]
+        );
     }
 }

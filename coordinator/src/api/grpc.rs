@@ -4,17 +4,21 @@
 use super::cluster;
 use super::status::{decisions, job_page, job_status, workers};
 use crate::core::{attempt_id, Core, Liveness, StoreError};
-use crate::planner::plan_job;
+use crate::optimizer::partitions::{plan_inputs, InputPlan};
+use crate::planner::plan_job_with;
 use crate::raft::{MemberChange, RaftError};
 use crate::scheduler::report_failure;
-use crate::state::{Command, JobState, Outcome, ShuffleHome, TaskResult, WorkerState};
+use crate::state::{
+    Command, Decision, DecisionKind, JobState, Outcome, ShuffleHome, TaskResult, WorkerState,
+};
 use autopipe_common::error::Error;
 use autopipe_common::leader::LEADER_KEY;
 use autopipe_common::spec::{PipelineSpec, SinkMode};
-use autopipe_common::store::{glob_prefix, list_glob, parse_url, store_for};
+use autopipe_common::splits::list_sources;
+use autopipe_common::store::{parse_url, store_for};
 use autopipe_common::util::now_ms;
 use autopipe_proto as pb;
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt};
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,19 +29,6 @@ use tonic::{Request, Response, Status};
 pub struct Services {
     /// shared core
     pub core: Arc<Core>,
-}
-
-/// Largest partition count derived from input size.
-const MAX_DERIVED_PARTITIONS: u64 = 256;
-
-/// Partitions from the input size, at least one per slot and a whole number of waves:
-/// 5 tasks on 4 slots take two task-lengths where 4 take one (TPC-H SF1 on 4 slots
-/// derived 5 from the size of all its sources). Rounding down keeps the task count
-/// (and each task's fixed cost) lowest; rounding up to 8 made TPC-H SF1 slower.
-fn derived_partitions(by_size: u64, slots: u64) -> usize {
-    let slots = slots.max(1);
-    let n = (by_size / slots).max(1) * slots;
-    n.min(MAX_DERIVED_PARTITIONS.max(slots)) as usize
 }
 
 impl Services {
@@ -57,35 +48,18 @@ impl Services {
         })
     }
 
-    /// Partitions: the pinned `shuffle_partitions`, else enough for every slot and for
-    /// input bytes / `target_partition_bytes` (Spark AQE's advisory size, 64 MiB).
-    async fn partitions_for(&self, spec: &PipelineSpec) -> Result<usize, Error> {
-        if let Some(n) = spec.job.params.shuffle_partitions {
-            return Ok(n as usize);
-        }
-        let mut input_bytes = 0u64;
-        for s in &spec.sources {
-            // a glob: its matches, listed below its literal prefix (never the whole store)
-            let glob = glob_prefix(&s.path);
-            let url = parse_url(glob.map_or(s.path.as_str(), |(prefix, _)| prefix))?;
-            let (store, path) = store_for(&url)?;
-            input_bytes += if glob.is_some() {
-                list_glob(store.as_ref(), &s.path, "")
-                    .await
-                    .map(|files| files.iter().map(|m| m.size).sum())
-                    .unwrap_or(0)
-            } else {
-                store
-                    .list(Some(&path))
-                    .map_ok(|m| m.size)
-                    .try_fold(0u64, |a, b| async move { Ok(a + b) })
-                    .await
-                    .unwrap_or(0)
-            };
-        }
-        let by_size = input_bytes.div_ceil(spec.job.params.target_partition_bytes().max(1));
-        let slots = self.alive_slots().max(2) as u64;
-        Ok(derived_partitions(by_size, slots))
+    /// The job's scan tasks and shuffle width (`optimizer::partitions`), from its
+    /// sources' files as listed now and the alive slots.
+    async fn partitions_for(&self, spec: &PipelineSpec) -> Result<InputPlan, Error> {
+        let params = &spec.job.params;
+        let sources = if params.adaptive_splits() {
+            list_sources(spec, params.min_partition_bytes()).await?
+        } else if params.shuffle_partitions.is_some() {
+            vec![]
+        } else {
+            list_sources(spec, u64::MAX).await?
+        };
+        Ok(plan_inputs(&sources, params, self.alive_slots()))
     }
 
     async fn check_sink(&self, spec: &PipelineSpec) -> Result<(), Error> {
@@ -234,8 +208,10 @@ impl pb::job_service_server::JobService for Services {
         let spec = PipelineSpec::parse(&req.spec_json, &origin)?;
         // before anything reads a source or looks at the sink (`--allowed-roots`)
         self.core.config.allowed_roots.check_spec(&spec, &origin)?;
-        let partitions = self.partitions_for(&spec).await?;
-        let planned = plan_job(&spec, partitions).await?;
+        let input = self.partitions_for(&spec).await?;
+        let partitions = input.shuffle_partitions;
+        let planned = plan_job_with(&spec, partitions, input.splits.as_ref()).await?;
+        let scan_stages: Vec<String> = planned.scan_stages.iter().map(u32::to_string).collect();
         self.check_sink(&spec).await?;
         let job_id = format!(
             "{}-{}-{}",
@@ -254,6 +230,29 @@ impl pb::job_service_server::JobService for Services {
                 request_id: request_id.clone(),
             })
             .await;
+        if r.is_ok() {
+            if let Some((what, why, mut inputs)) = input.decision {
+                inputs.insert("scan_stages".into(), scan_stages.join(","));
+                let decision = Decision {
+                    id: 0,
+                    at_ms: now_ms(),
+                    job_id: job_id.clone(),
+                    kind: DecisionKind::InputSplits,
+                    what,
+                    why,
+                    inputs,
+                    effect: None,
+                };
+                // the job runs either way; only its record would be missing
+                if let Err(e) = self
+                    .core
+                    .propose(Command::RecordDecision { decision })
+                    .await
+                {
+                    tracing::warn!(job = %job_id, error = %e, "input_splits decision not recorded");
+                }
+            }
+        }
         match r {
             Ok(_) => Ok(Response::new(pb::SubmitJobResponse { job_id })),
             // the same request committed first (a retry that raced it)
@@ -731,17 +730,6 @@ mod tests {
     use super::*;
     use crate::state::TaskState;
 
-    #[test]
-    fn derived_partitions_fill_whole_waves_of_slots() {
-        assert_eq!(derived_partitions(5, 4), 4);
-        assert_eq!(derived_partitions(1, 4), 4);
-        assert_eq!(derived_partitions(8, 4), 8);
-        assert_eq!(derived_partitions(13, 6), 12);
-        assert_eq!(
-            derived_partitions(1_000_000, 4),
-            MAX_DERIVED_PARTITIONS as usize
-        );
-    }
     use crate::core::CoordinatorConfig;
 
     #[tokio::test]

@@ -5,11 +5,13 @@
 //! - `replan`: re-plans a stage from its inputs' statistics before it runs, with
 //!   `coalesce` (small reducer partitions packed) and `skew` (a skewed join partition
 //!   split);
+//! - `partitions`: scan tasks from file and row-group sizes, and the shuffle width;
 //! - `memory`: a task out of memory retries with a larger share;
 //! - `scaling`: workers added for a backlog, idle ones released.
 
 pub mod coalesce;
 pub mod memory;
+pub mod partitions;
 pub mod replan;
 pub mod scaling;
 pub mod skew;

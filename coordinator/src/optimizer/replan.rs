@@ -73,7 +73,8 @@ impl Input<'_> {
                 }
             }
         }
-        let mut keys: Vec<(String, u64)> = keys.into_iter().map(|(k, n)| (k.to_string(), n)).collect();
+        let mut keys: Vec<(String, u64)> =
+            keys.into_iter().map(|(k, n)| (k.to_string(), n)).collect();
         keys.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         (keys, rows)
     }
@@ -205,28 +206,29 @@ pub fn replan(s: &State, job: &Job, stage: u32, now_ms: u64) -> Option<Replan> {
                     });
                 }
             }
-            let describe =
-                |name: &str, side: &Option<(&Input, Vec<u64>)>, pieces: &[Option<Range<u32>>]| {
-                    side.as_ref().map(|(input, sizes)| {
-                        let (keys, rows) = input.hot_keys(p as u32);
-                        let hot = keys
-                            .first()
-                            .map(|(k, n)| {
-                                format!(
-                                    ", hot key {k} (~{:.0}% of its {rows} rows)",
-                                    100.0 * *n as f64 / rows.max(1) as f64
-                                )
-                            })
-                            .unwrap_or_default();
-                        format!(
-                            "{name} (stage {}): {} bytes, median partition {} bytes, {} piece(s){hot}",
-                            input.stage,
-                            sizes[p],
-                            skew::median(sizes),
-                            pieces.len()
-                        )
-                    })
-                };
+            let describe = |name: &str,
+                            side: &Option<(&Input, Vec<u64>)>,
+                            pieces: &[Option<Range<u32>>]| {
+                side.as_ref().map(|(input, sizes)| {
+                    let (keys, rows) = input.hot_keys(p as u32);
+                    let hot = keys
+                        .first()
+                        .map(|(k, n)| {
+                            format!(
+                                ", hot key {k} (~{:.0}% of its {rows} rows)",
+                                100.0 * *n as f64 / rows.max(1) as f64
+                            )
+                        })
+                        .unwrap_or_default();
+                    format!(
+                        "{name} (stage {}): {} bytes, median partition {} bytes, {} piece(s){hot}",
+                        input.stage,
+                        sizes[p],
+                        skew::median(sizes),
+                        pieces.len()
+                    )
+                })
+            };
             let sides: Vec<String> = [describe("left", &left, &lr), describe("right", &right, &rr)]
                 .into_iter()
                 .flatten()
@@ -512,9 +514,16 @@ mod tests {
             map_done(&mut s, 0, t, &left);
             map_done(&mut s, 1, t, &[MB / 4; 8]);
             let job = s.jobs.get_mut("j").unwrap();
-            if let TaskState::Succeeded { result, .. } = &mut job.stages[0].tasks[t as usize].state {
+            if let TaskState::Succeeded { result, .. } = &mut job.stages[0].tasks[t as usize].state
+            {
                 let rows = result.partitions[3].0;
-                result.hot_keys = vec![(3, vec![("user_id=1".into(), rows / 2), ("user_id=9".into(), rows / 10)])];
+                result.hot_keys = vec![(
+                    3,
+                    vec![
+                        ("user_id=1".into(), rows / 2),
+                        ("user_id=9".into(), rows / 10),
+                    ],
+                )];
             }
         }
         s
@@ -549,7 +558,13 @@ mod tests {
         assert_eq!(kinds, vec![DecisionKind::Coalesce, DecisionKind::SkewSplit]);
         assert_eq!(r.decisions[1].inputs["partition"], "3");
         assert_eq!(r.decisions[1].inputs["hot_key"], "user_id=1");
-        assert!(r.decisions[1].why.contains("hot key user_id=1 (~50% of its"), "{}", r.decisions[1].why);
+        assert!(
+            r.decisions[1]
+                .why
+                .contains("hot key user_id=1 (~50% of its"),
+            "{}",
+            r.decisions[1].why
+        );
         // every (map task, partition) of each side is read exactly once per pairing
         let mut s2 = s.clone();
         s2.apply(&r.command()).unwrap();

@@ -9,11 +9,15 @@
 
 use crate::state::{StageJoin, StagePlan};
 use autopipe_common::error::{Error, Result};
-use autopipe_common::session::context_for;
+use autopipe_common::session::{context_for, context_for_splits};
 use autopipe_common::shuffle::{ShuffleCodec, ShuffleReaderExec};
 use autopipe_common::spec::PipelineSpec;
+use autopipe_common::splits::InputSplits;
+use autopipe_common::tolerant::TolerantScanExec;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::JoinType;
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement, WriteOp};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
@@ -33,11 +37,27 @@ use std::sync::Arc;
 pub struct PlannedJob {
     /// stages in dependency order (inputs before consumers); the last is the sink stage
     pub stages: Vec<StagePlan>,
+    /// the stages that scan sources (their tasks are the input splits)
+    pub scan_stages: Vec<u32>,
 }
 
-/// Plans `spec` with `partitions` target partitions.
+/// Plans `spec` with `partitions` target partitions (DataFusion splits the scans).
 pub async fn plan_job(spec: &PipelineSpec, partitions: usize) -> Result<PlannedJob> {
-    let ctx = context_for(spec, partitions).await?;
+    plan_job_with(spec, partitions, None).await
+}
+
+/// Plans `spec` with exchanges `partitions` wide and, when given, each source's
+/// scan reading its groups in `splits` (one task per group); without `splits`,
+/// DataFusion splits the scans into `partitions` partitions.
+pub async fn plan_job_with(
+    spec: &PipelineSpec,
+    partitions: usize,
+    splits: Option<&InputSplits>,
+) -> Result<PlannedJob> {
+    let ctx = match splits {
+        Some(sp) => context_for_splits(spec, partitions, sp).await?,
+        None => context_for(spec, partitions).await?,
+    };
     let df = plan_transform(&ctx, &spec.transform.sql).await?;
     let physical = df
         .create_physical_plan()
@@ -236,7 +256,11 @@ pub fn split_into_stages(plan: Arc<dyn ExecutionPlan>) -> Result<PlannedJob> {
     });
     let codec = ShuffleCodec::default();
     let mut stages = Vec::with_capacity(drafts.len());
+    let mut scan_stages = vec![];
     for (id, d) in drafts.into_iter().enumerate() {
+        if scans_sources(&d.plan) {
+            scan_stages.push(id as u32);
+        }
         let bytes = physical_plan_to_bytes_with_extension_codec(Arc::clone(&d.plan), &codec)
             .map_err(|e| {
                 Error::plan("transform.sql", format!("cannot ship stage {id} plan: {e}"))
@@ -251,7 +275,18 @@ pub fn split_into_stages(plan: Arc<dyn ExecutionPlan>) -> Result<PlannedJob> {
             inputs: d.inputs,
         });
     }
-    Ok(PlannedJob { stages })
+    Ok(PlannedJob {
+        stages,
+        scan_stages,
+    })
+}
+
+/// Whether `plan` (one stage) reads a source's files (not in-memory `VALUES`).
+fn scans_sources(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.downcast_ref::<DataSourceExec>()
+        .is_some_and(|ds| ds.data_source().downcast_ref::<FileScanConfig>().is_some())
+        || plan.is::<TolerantScanExec>()
+        || plan.children().into_iter().any(scans_sources)
 }
 
 fn split(plan: Arc<dyn ExecutionPlan>, drafts: &mut Vec<Draft>) -> Result<Arc<dyn ExecutionPlan>> {
@@ -458,6 +493,7 @@ path = "{}/out"
         );
         assert_eq!(job.stages[0].shuffle_partitions, Some(4));
         assert_eq!(job.stages[1].inputs, vec![0]);
+        assert_eq!(job.scan_stages, vec![0], "only the map stage reads files");
         assert_eq!(job.stages[1].tasks, 4);
         assert!(job.stages[1].display.contains("ShuffleReaderExec"));
     }

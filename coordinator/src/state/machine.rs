@@ -730,6 +730,15 @@ impl State {
                     self.job_mut(&decision.job_id)?;
                 }
                 self.push_decision(decision.clone());
+                // a scan stage that finished before its decision was recorded
+                if decision.kind == DecisionKind::InputSplits {
+                    let stages = decision.inputs.get("scan_stages").cloned();
+                    for st in stages.iter().flat_map(|v| v.split(',')) {
+                        if let Ok(st) = st.parse() {
+                            self.note_scan_stage(&decision.job_id, st);
+                        }
+                    }
+                }
                 Ok(Outcome::Done)
             }
             Command::TaskSucceeded {
@@ -800,6 +809,7 @@ impl State {
                     }
                 }
                 self.measure_replan(job_id, *stage);
+                self.note_scan_stage(job_id, *stage);
                 let Some(copy) = copy else {
                     if let Some(d) = promoted {
                         self.append_effect(
@@ -1283,6 +1293,62 @@ impl State {
         }
     }
 
+    /// When the last task of a stage that scans sources succeeds, adds what its tasks
+    /// read and took to the job's `input_splits` decision (the rule's measured effect).
+    fn note_scan_stage(&mut self, job_id: &str, stage: u32) {
+        let Some(st) = self
+            .jobs
+            .get(job_id)
+            .and_then(|j| j.stages.get(stage as usize))
+        else {
+            return;
+        };
+        let (mut bytes, mut ms) = (vec![], vec![]);
+        for t in &st.tasks {
+            match &t.state {
+                TaskState::Succeeded {
+                    result,
+                    started_ms,
+                    finished_ms,
+                    ..
+                } => {
+                    bytes.push(result.bytes_in);
+                    ms.push(finished_ms.saturating_sub(*started_ms));
+                }
+                _ => return,
+            }
+        }
+        if bytes.is_empty() {
+            return;
+        }
+        let (stage_id, tag) = (stage.to_string(), format!("stage {stage}: "));
+        let Some(d) = self.decisions.iter().rev().find(|d| {
+            d.kind == DecisionKind::InputSplits
+                && d.job_id == job_id
+                && d.inputs
+                    .get("scan_stages")
+                    .is_some_and(|v| v.split(',').any(|s| s == stage_id))
+        }) else {
+            return;
+        };
+        if d.effect.as_deref().is_some_and(|e| e.contains(&tag)) {
+            return;
+        }
+        let id = d.id;
+        let spread = |v: &mut Vec<u64>| {
+            v.sort_unstable();
+            format!("{}/{}/{}", v[0], v[v.len() / 2], v[v.len() - 1])
+        };
+        let total: u64 = bytes.iter().sum();
+        let line = format!(
+            "{tag}{} scan task(s) read {total} bytes (per task min/median/max {} bytes) in {} ms each",
+            bytes.len(),
+            spread(&mut bytes),
+            spread(&mut ms),
+        );
+        self.append_effect(id, line);
+    }
+
     fn push_decision(&mut self, mut d: Decision) {
         self.last_decision_id += 1;
         d.id = self.last_decision_id;
@@ -1550,6 +1616,38 @@ mod tests {
             } => assert_eq!((*started_ms, *finished_ms), (2, 7)),
             other => panic!("not succeeded: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_finished_scan_stage_gives_the_input_splits_decision_its_effect() {
+        let mut s = two_stage_state();
+        s.apply(&Command::RecordDecision {
+            decision: Decision {
+                id: 0,
+                at_ms: 1,
+                job_id: "j".into(),
+                kind: DecisionKind::InputSplits,
+                what: "planned 2 scan task(s)".into(),
+                why: "input_splits".into(),
+                inputs: inputs([("scan_stages", "0".to_string())]),
+                effect: None,
+            },
+        })
+        .unwrap();
+        launch(&mut s, 0, 0, 1, "w1").unwrap();
+        launch(&mut s, 0, 1, 1, "w2").unwrap();
+        succeed(&mut s, 0, 0, 1).unwrap();
+        assert_eq!(s.decisions[0].effect, None, "the stage is not done yet");
+        succeed(&mut s, 0, 1, 1).unwrap();
+        let effect = s.decisions[0].effect.clone().unwrap();
+        assert!(
+            effect.starts_with("stage 0: 2 scan task(s) read") && effect.contains("in 5/5/5 ms"),
+            "{effect}"
+        );
+        // stage 1 reads no source: nothing more
+        launch(&mut s, 1, 0, 1, "w1").unwrap();
+        succeed(&mut s, 1, 0, 1).unwrap();
+        assert_eq!(s.decisions[0].effect.as_ref(), Some(&effect));
     }
 
     #[test]
