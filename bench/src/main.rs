@@ -18,6 +18,8 @@
 //! `bench autoscale`: a backlog job with `--autoscale 1..4` against one fixed worker.
 //!
 //! `bench tiny-files`: 2,000 tiny Parquet files with the input splits rule on and off.
+//!
+//! `bench skew`: a join with one hot key, the skew-join rule on and off.
 //! Run: `cargo build --release --workspace && target/release/bench tpch --sf 1 --queries all`
 
 use anyhow::{bail, Result};
@@ -34,6 +36,7 @@ mod raft;
 mod recovery;
 mod scan;
 mod stragglers;
+mod skew;
 mod tiny_files;
 mod tpch;
 
@@ -178,6 +181,37 @@ enum Cmd {
         #[arg(long, default_value = "target/bench-data")]
         dir: PathBuf,
     },
+    /// A join with one hot key: the same job with the skew-join rule on and off
+    Skew {
+        /// clickstream events
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: u64,
+        /// Parquet files of events (one scan task each, at most)
+        #[arg(long, default_value_t = 8)]
+        files: usize,
+        /// share of the events on one user
+        #[arg(long, default_value_t = 0.3)]
+        skew: f64,
+        /// shuffle partitions of both join sides
+        #[arg(long, default_value_t = 8)]
+        partitions: u32,
+        /// skew_threshold_bytes of both runs (Spark's 256 MiB is above this data's
+        /// hot partition)
+        #[arg(long, default_value = "16MiB")]
+        threshold: String,
+        /// repetitions per setting
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// workers (processes)
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// task slots per worker
+        #[arg(long, default_value_t = 2)]
+        slots: u32,
+        /// where data and outputs go
+        #[arg(long, default_value = "target/bench-data")]
+        dir: PathBuf,
+    },
     /// Speculation against a slow worker: the same job with speculation on and off
     Stragglers {
         /// clickstream events
@@ -304,6 +338,27 @@ fn main() -> Result<()> {
         } => tiny_files::run(tiny_files::Args {
             files,
             rows,
+            reps: reps.max(1),
+            workers: workers.max(1),
+            slots: slots.max(1),
+            dir,
+        }),
+        Cmd::Skew {
+            rows,
+            files,
+            skew,
+            partitions,
+            threshold,
+            reps,
+            workers,
+            slots,
+            dir,
+        } => skew::run(skew::Args {
+            rows,
+            files,
+            skew,
+            partitions,
+            threshold,
             reps: reps.max(1),
             workers: workers.max(1),
             slots: slots.max(1),

@@ -1,0 +1,148 @@
+//! `bench skew`: a join where one key holds `--skew` of the events (one hot user, from
+//! `autopipe gen clickstream --skew`), with the skew-join rule (issue 12 §2.4) on and
+//! off, alternating per repetition on one cluster. Both sides are shuffled (no
+//! broadcast) into `--partitions` partitions; the join feeds an aggregation, so the
+//! join stage is the bottleneck. Prints the wall time and the join stage's max /
+//! median task time of each, and the ratios.
+//!
+//! Run: `cargo build --release --workspace && target/release/bench skew`
+
+use crate::median;
+use anyhow::{bail, Context, Result};
+use integration_tests::{cli, write_spec, Cluster};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Options of `bench skew`.
+pub struct Args {
+    pub rows: u64,
+    pub files: usize,
+    pub skew: f64,
+    pub partitions: u32,
+    pub threshold: String,
+    pub reps: usize,
+    pub workers: usize,
+    pub slots: u32,
+    pub dir: PathBuf,
+}
+
+fn spec(dir: &Path, name: &str, a: &Args, params: &str) -> Result<PathBuf> {
+    let path = dir.join(format!("{name}.toml"));
+    write_spec(
+        &path,
+        &format!(
+            r#"
+[job]
+name = "{name}"
+[job.params]
+shuffle_partitions = {partitions}
+broadcast_join_max_bytes = 0
+skew_threshold_bytes = "{threshold}"
+{params}
+[[sources]]
+name = "events"
+format = "parquet"
+path = "data/events"
+[[sources]]
+name = "users"
+format = "csv"
+path = "data/users.csv"
+[transform]
+sql = "SELECT u.country, e.kind, count(*) AS n, sum(e.amount) AS total FROM events e JOIN users u ON e.user_id = u.id GROUP BY u.country, e.kind"
+[sink]
+format = "parquet"
+path = "out/{name}"
+mode = "overwrite"
+"#,
+            partitions = a.partitions,
+            threshold = a.threshold,
+        ),
+    )?;
+    Ok(path)
+}
+
+/// Wall time, and the join stage's (max, median) task time in ms, of one run.
+fn run_job(c: &Cluster, spec: &Path) -> Result<(Duration, u64, u64)> {
+    let (v, t) = c.run(spec)?;
+    if v["state"] != "succeeded" {
+        bail!("job failed: {v}");
+    }
+    let join = v["stage_details"]
+        .as_array()
+        .and_then(|s| {
+            s.iter()
+                .find(|st| st["input_stages"].as_array().is_some_and(|i| i.len() == 2))
+        })
+        .context("a stage reading both join sides")?;
+    let max = join["task_ms_max"].as_u64().unwrap_or(0);
+    let med = join["task_ms_median"].as_u64().unwrap_or(0);
+    Ok((t, max, med))
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let dir = a.dir.join(format!("skew-{}-{}-{}", a.rows, a.files, a.skew));
+    std::fs::create_dir_all(&dir)?;
+    let dir = std::fs::canonicalize(&dir)?;
+    if !dir.join("data/events").exists() {
+        let g = cli(&[
+            "gen",
+            "clickstream",
+            "--rows",
+            &a.rows.to_string(),
+            "--files",
+            &a.files.to_string(),
+            "--skew",
+            &a.skew.to_string(),
+            "--out",
+            dir.join("data").to_str().context("utf8 path")?,
+        ])?;
+        if !g.status.success() {
+            bail!("gen failed: {}", String::from_utf8_lossy(&g.stderr));
+        }
+    }
+    let on = spec(&dir, "skew_on", &a, "skew_join = true")?;
+    let off = spec(&dir, "skew_off", &a, "skew_join = false")?;
+    let c = Cluster::start(a.workers, a.slots)?;
+    let (mut t_on, mut t_off) = (vec![], vec![]);
+    let (mut r_on, mut r_off) = (vec![], vec![]);
+    for _ in 0..a.reps {
+        let (t, max, med) = run_job(&c, &off)?;
+        t_off.push(t);
+        r_off.push(max as f64 / med.max(1) as f64);
+        let (t, max, med) = run_job(&c, &on)?;
+        t_on.push(t);
+        r_on.push(max as f64 / med.max(1) as f64);
+    }
+    let mid = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "{} events in {} files, {:.0}% on one user; {} partitions, skew_threshold_bytes = {}; {} workers x {} slots; {} reps (alternating)",
+        a.rows,
+        a.files,
+        a.skew * 100.0,
+        a.partitions,
+        a.threshold,
+        a.workers,
+        a.slots,
+        a.reps
+    );
+    println!("| skew_join | median wall (s) | min (s) | max (s) | join stage max/median task time |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (name, t, r) in [("false", &t_off, &r_off), ("true", &t_on, &r_on)] {
+        println!(
+            "| {name} | {:.2} | {:.2} | {:.2} | {:.1} |",
+            median(t.clone()).as_secs_f64(),
+            t.iter().min().copied().unwrap_or_default().as_secs_f64(),
+            t.iter().max().copied().unwrap_or_default().as_secs_f64(),
+            mid(r.clone())
+        );
+    }
+    println!(
+        "rule on / off: {:.2}x wall time (off / on = {:.2}x faster)",
+        median(t_on.clone()).as_secs_f64() / median(t_off.clone()).as_secs_f64(),
+        median(t_off).as_secs_f64() / median(t_on).as_secs_f64()
+    );
+    Ok(())
+}
