@@ -392,15 +392,22 @@ pub fn summary(j: &pb::JobStatus, wall: Duration) -> String {
 }
 
 /// The summary's lines on what the system changed in a job: one per decision (kind,
-/// what, effect).
-pub fn decisions_summary(ds: &[pb::Decision]) -> String {
+/// what, effect). `explain_hint`: the cluster outlives the command, so `explain
+/// --analyze` can show more.
+pub fn decisions_summary(ds: &[pb::Decision], explain_hint: bool) -> String {
     if ds.is_empty() {
         return "  decisions: none\n".into();
     }
-    let mut s = format!(
-        "  decisions: {}  (`autopipe explain --analyze JOB` shows the plan as run)\n",
-        ds.len()
-    );
+    let hint = match ds.first() {
+        Some(d) if explain_hint => {
+            format!(
+                "  (`autopipe explain --analyze {}` shows the plan as run)",
+                d.job_id
+            )
+        }
+        _ => String::new(),
+    };
+    let mut s = format!("  decisions: {}{hint}\n", ds.len());
     for d in ds {
         s += &format!(
             "    {}\n",
@@ -457,19 +464,27 @@ mod tests {
 
     #[test]
     fn the_summary_lists_each_decision_on_one_line() {
-        let s = decisions_summary(&[
-            decision(3, "coalesce", "the stage ran 2 tasks (planned 10)"),
-            decision(5, "speculation", ""),
-        ]);
+        let s = decisions_summary(
+            &[
+                decision(3, "coalesce", "the stage ran 2 tasks (planned 10)"),
+                decision(5, "speculation", ""),
+            ],
+            true,
+        );
         let lines: Vec<&str> = s.lines().collect();
         assert_eq!(lines.len(), 3, "{s}");
-        assert!(lines[0].starts_with("  decisions: 2"), "{s}");
+        assert_eq!(
+            lines[0],
+            "  decisions: 2  (`autopipe explain --analyze j` shows the plan as run)"
+        );
         assert_eq!(
             lines[1],
             "    #3 coalesce: stage 1 changed by coalesce; effect: the stage ran 2 tasks (planned 10)"
         );
         assert!(lines[2].ends_with("effect: not measured yet"), "{s}");
-        assert_eq!(decisions_summary(&[]), "  decisions: none\n");
+        assert_eq!(decisions_summary(&[], true), "  decisions: none\n");
+        let local = decisions_summary(&[decision(3, "coalesce", "")], false);
+        assert!(local.starts_with("  decisions: 1\n"), "{local}");
     }
 
     #[test]

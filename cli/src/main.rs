@@ -733,7 +733,7 @@ async fn run(cli: Cli) -> Result<i32> {
             let ch = client::connect(&client.coordinator).await?;
             let st = client::watch(ch.clone(), &id, client.output == OutputFormat::Text).await?;
             let ds = decisions_or_warn(ch, &id).await;
-            finish(&st, &ds, t.elapsed(), client.output)
+            finish(&st, &ds, t.elapsed(), client.output, true)
         }
         Cmd::Explain {
             analyze: Some(job),
@@ -762,11 +762,32 @@ async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Explain {
-            spec, partitions, ..
+            spec,
+            partitions,
+            client,
+            ..
         } => {
             let spec = spec.context("a spec file or --analyze JOB")?;
             let spec = client::load_spec(&spec)?;
             let job = autopipe_coordinator::planner::plan_job(&spec, partitions.max(1)).await?;
+            if client.output == OutputFormat::Json {
+                let v: Vec<_> = job
+                    .stages
+                    .iter()
+                    .map(|st| {
+                        serde_json::json!({
+                            "stage_id": st.id,
+                            "kind": if st.shuffle_partitions.is_some() { "map" } else { "sink" },
+                            "shuffle_partitions": st.shuffle_partitions,
+                            "tasks_planned": st.tasks,
+                            "input_stages": st.inputs,
+                            "plan": st.display,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(0);
+            }
             for st in &job.stages {
                 let kind = match st.shuffle_partitions {
                     Some(n) => format!("map → {n} partitions"),
@@ -957,6 +978,7 @@ fn finish(
     decisions: &[autopipe_proto::Decision],
     wall: Duration,
     output: OutputFormat,
+    explain_hint: bool,
 ) -> Result<i32> {
     if output == OutputFormat::Json {
         let mut v = client::job_json(st);
@@ -968,7 +990,7 @@ fn finish(
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", client::summary(st, wall));
-        print!("{}", client::decisions_summary(decisions));
+        print!("{}", client::decisions_summary(decisions, explain_hint));
     }
     if client::job_ok(st) {
         Ok(0)
@@ -1056,7 +1078,8 @@ async fn run_local(
     .await;
     cluster.shutdown().await;
     let (st, ds) = res?;
-    finish(&st, &ds, t.elapsed(), output)
+    // the embedded cluster is gone: nothing to `explain --analyze` afterwards
+    finish(&st, &ds, t.elapsed(), output, false)
 }
 
 /// The security flags the autoscaler's workers are started with.

@@ -107,6 +107,21 @@ fn explain_analyze_shows_the_coalesced_stage_and_its_decision() -> Result<()> {
         "{page}"
     );
 
+    // without --analyze, the plan of a spec, not run (JSON too)
+    let out = cli_env(&["explain", spec, "-o", "json"], &[])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let planned: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(planned.as_array().map(Vec::len), Some(2), "{planned}");
+    assert_eq!(
+        planned[1]["input_stages"],
+        serde_json::json!([0]),
+        "{planned}"
+    );
+
     // a job that does not exist is named
     let out = cli_env(
         &["explain", "--analyze", "no-such-job", "--coordinator", &url],
