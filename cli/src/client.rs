@@ -306,12 +306,10 @@ pub fn job_json(j: &pb::JobStatus) -> serde_json::Value {
         "wall_time_s": secs,
         "error": j.error.as_ref().map(|e| json!({"message": e.message, "key": e.key,
             "class": pb::ErrorClass::try_from(e.class).map(|c| c.as_str_name().to_ascii_lowercase()).unwrap_or_default()})),
-        "stage_details": j.stages.iter().map(|s| json!({
-            "stage_id": s.stage_id, "kind": s.kind, "tasks_total": s.tasks_total,
-            "tasks_done": s.tasks_done, "rows_out": s.rows_out, "bytes_out": s.bytes_out,
-            "input_stages": s.input_stages, "started_at_ms": s.started_at_ms,
-            "finished_at_ms": s.finished_at_ms, "task_ms_max": s.task_ms_max,
-        })).collect::<Vec<_>>(),
+        // one stage view with the HTTP API's `stages`
+        "stage_details": j.stages.iter()
+            .map(autopipe_coordinator::api::http::stage_json)
+            .collect::<Vec<_>>(),
     })
 }
 
@@ -354,8 +352,17 @@ pub fn summary(j: &pb::JobStatus, wall: Duration) -> String {
         } else {
             String::new()
         };
+        // a stage re-planned from its inputs' statistics ran other tasks than planned
+        let replanned = if st.replanned_by.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "  re-planned: {} → {} tasks",
+                st.tasks_planned, st.tasks_total
+            )
+        };
         s += &format!(
-            "    stage {} {:<4} tasks {:>3}/{:<3} rows {:>10}  {:>10}{span}\n",
+            "    stage {} {:<4} tasks {:>3}/{:<3} rows {:>10}  {:>10}{span}{replanned}\n",
             st.stage_id,
             st.kind,
             st.tasks_done,
@@ -384,6 +391,44 @@ pub fn summary(j: &pb::JobStatus, wall: Duration) -> String {
     s
 }
 
+/// The summary's lines on what the system changed in a job: one per decision (kind,
+/// what, effect). `explain_hint`: the cluster outlives the command, so `explain
+/// --analyze` can show more.
+pub fn decisions_summary(ds: &[pb::Decision], explain_hint: bool) -> String {
+    if ds.is_empty() {
+        return "  decisions: none\n".into();
+    }
+    let hint = match ds.first() {
+        Some(d) if explain_hint => {
+            format!(
+                "  (`autopipe explain --analyze {}` shows the plan as run)",
+                d.job_id
+            )
+        }
+        _ => String::new(),
+    };
+    let mut s = format!("  decisions: {}{hint}\n", ds.len());
+    for d in ds {
+        s += &format!(
+            "    {}\n",
+            autopipe_coordinator::api::explain::decision_line(d)
+        );
+    }
+    s
+}
+
+/// The decisions the coordinator took for job `job_id`, oldest first.
+pub async fn job_decisions(ch: AuthChannel, job_id: &str) -> Result<Vec<pb::Decision>> {
+    let mut c = pb::admin_service_client::AdminServiceClient::new(ch);
+    Ok(c.list_decisions(pb::ListDecisionsRequest {
+        job_id: job_id.to_string(),
+    })
+    .await
+    .map_err(|s| anyhow!("decisions of job {job_id}: {}", s.message()))?
+    .into_inner()
+    .decisions)
+}
+
 /// Prints one job as text or JSON.
 pub fn print_job(j: &pb::JobStatus, json_out: bool) {
     if json_out {
@@ -400,4 +445,64 @@ pub fn print_job(j: &pb::JobStatus, json_out: bool) {
 /// Exit status for a finished job.
 pub fn job_ok(j: &pb::JobStatus) -> bool {
     j.state == pb::JobState::Succeeded as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(id: u64, kind: &str, effect: &str) -> pb::Decision {
+        pb::Decision {
+            id,
+            job_id: "j".into(),
+            kind: kind.into(),
+            what: format!("stage 1 changed by {kind}"),
+            effect: effect.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_summary_lists_each_decision_on_one_line() {
+        let s = decisions_summary(
+            &[
+                decision(3, "coalesce", "the stage ran 2 tasks (planned 10)"),
+                decision(5, "speculation", ""),
+            ],
+            true,
+        );
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines.len(), 3, "{s}");
+        assert_eq!(
+            lines[0],
+            "  decisions: 2  (`autopipe explain --analyze j` shows the plan as run)"
+        );
+        assert_eq!(
+            lines[1],
+            "    #3 coalesce: stage 1 changed by coalesce; effect: the stage ran 2 tasks (planned 10)"
+        );
+        assert!(lines[2].ends_with("effect: not measured yet"), "{s}");
+        assert_eq!(decisions_summary(&[], true), "  decisions: none\n");
+        let local = decisions_summary(&[decision(3, "coalesce", "")], false);
+        assert!(local.starts_with("  decisions: 1\n"), "{local}");
+    }
+
+    #[test]
+    fn the_summary_shows_a_replanned_stage_planned_against_actual_tasks() {
+        let j = pb::JobStatus {
+            job_id: "j".into(),
+            stages: vec![pb::StageStatus {
+                stage_id: 1,
+                kind: "sink".into(),
+                tasks_total: 2,
+                tasks_done: 2,
+                tasks_planned: 10,
+                replanned_by: vec![3],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let s = summary(&j, Duration::from_secs(1));
+        assert!(s.contains("re-planned: 10 → 2 tasks"), "{s}");
+    }
 }

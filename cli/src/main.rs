@@ -299,13 +299,21 @@ enum Cmd {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Print the stages a spec plans into (each stage's DataFusion plan), without running it
+    /// Print the stages a spec plans into (each stage's DataFusion plan), without
+    /// running it; with `--analyze JOB`, the plan as a job ran: which stages were
+    /// re-planned and why, planned against actual tasks, rows, bytes and task times
     Explain {
         /// pipeline spec (TOML or JSON)
-        spec: PathBuf,
+        #[arg(required_unless_present = "analyze", conflicts_with = "analyze")]
+        spec: Option<PathBuf>,
         /// partitions to plan with (a cluster derives this from its slots and input size)
         #[arg(long, default_value_t = 4)]
         partitions: usize,
+        /// show the plan as job JOB ran, from the coordinator
+        #[arg(long, value_name = "JOB")]
+        analyze: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Show one job
     Status {
@@ -490,6 +498,11 @@ fn client_args(cmd: &Cmd) -> Option<&ClientArgs> {
         | Cmd::Cancel { client, .. }
         | Cmd::Decisions { client, .. }
         | Cmd::Cluster { client } => Some(client),
+        Cmd::Explain {
+            analyze: Some(_),
+            client,
+            ..
+        } => Some(client),
         Cmd::Admin { cmd } => match cmd {
             AdminCmd::AddCoordinator { client, .. }
             | AdminCmd::RemoveCoordinator { client, .. }
@@ -499,7 +512,7 @@ fn client_args(cmd: &Cmd) -> Option<&ClientArgs> {
         | Cmd::Local { .. }
         | Cmd::Coordinator { .. }
         | Cmd::Worker { .. }
-        | Cmd::Explain { .. } => None,
+        | Cmd::Explain { analyze: None, .. } => None,
     }
 }
 
@@ -718,12 +731,63 @@ async fn run(cli: Cli) -> Result<i32> {
                 println!("submitted {id}");
             }
             let ch = client::connect(&client.coordinator).await?;
-            let st = client::watch(ch, &id, client.output == OutputFormat::Text).await?;
-            finish(&st, t.elapsed(), client.output)
+            let st = client::watch(ch.clone(), &id, client.output == OutputFormat::Text).await?;
+            let ds = decisions_or_warn(ch, &id).await;
+            finish(&st, &ds, t.elapsed(), client.output, true)
         }
-        Cmd::Explain { spec, partitions } => {
+        Cmd::Explain {
+            analyze: Some(job),
+            client,
+            ..
+        } => {
+            let ch = client::connect(&client.coordinator).await?;
+            let mut c = autopipe_proto::job_service_client::JobServiceClient::new(ch.clone());
+            let st = c
+                .get_job(autopipe_proto::JobId {
+                    job_id: job.clone(),
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            let ds = client::job_decisions(ch, &job).await?;
+            if client.output == OutputFormat::Json {
+                let v = autopipe_coordinator::api::explain::explain_json(&st, &ds);
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!(
+                    "{}",
+                    autopipe_coordinator::api::explain::explain_text(&st, &ds)
+                );
+            }
+            Ok(0)
+        }
+        Cmd::Explain {
+            spec,
+            partitions,
+            client,
+            ..
+        } => {
+            let spec = spec.context("a spec file or --analyze JOB")?;
             let spec = client::load_spec(&spec)?;
             let job = autopipe_coordinator::planner::plan_job(&spec, partitions.max(1)).await?;
+            if client.output == OutputFormat::Json {
+                let v: Vec<_> = job
+                    .stages
+                    .iter()
+                    .map(|st| {
+                        serde_json::json!({
+                            "stage_id": st.id,
+                            "kind": if st.shuffle_partitions.is_some() { "map" } else { "sink" },
+                            "shuffle_partitions": st.shuffle_partitions,
+                            "tasks_planned": st.tasks,
+                            "input_stages": st.inputs,
+                            "plan": st.display,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(0);
+            }
             for st in &job.stages {
                 let kind = match st.shuffle_partitions {
                     Some(n) => format!("map → {n} partitions"),
@@ -896,13 +960,37 @@ async fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-fn finish(st: &autopipe_proto::JobStatus, wall: Duration, output: OutputFormat) -> Result<i32> {
+/// The job's decisions for its summary; a failure to read them costs the summary
+/// only those lines.
+async fn decisions_or_warn(
+    ch: autopipe_common::auth::AuthChannel,
+    job_id: &str,
+) -> Vec<autopipe_proto::Decision> {
+    client::job_decisions(ch, job_id).await.unwrap_or_else(|e| {
+        eprintln!("warning: {e:#}");
+        vec![]
+    })
+}
+
+/// Prints a finished job's summary with what the system changed in it (its decisions).
+fn finish(
+    st: &autopipe_proto::JobStatus,
+    decisions: &[autopipe_proto::Decision],
+    wall: Duration,
+    output: OutputFormat,
+    explain_hint: bool,
+) -> Result<i32> {
     if output == OutputFormat::Json {
         let mut v = client::job_json(st);
         v["wall_time_s"] = serde_json::json!(wall.as_secs_f64());
+        v["decisions"] = decisions
+            .iter()
+            .map(autopipe_coordinator::api::http::decision_json)
+            .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", client::summary(st, wall));
+        print!("{}", client::decisions_summary(decisions, explain_hint));
     }
     if client::job_ok(st) {
         Ok(0)
@@ -982,12 +1070,16 @@ async fn run_local(
             &request_id,
         )
         .await?;
-        client::watch(ch, &id, output == OutputFormat::Text).await
+        let st = client::watch(ch.clone(), &id, output == OutputFormat::Text).await?;
+        // read before the cluster (and its decision log) goes away
+        let ds = decisions_or_warn(ch, &id).await;
+        anyhow::Ok((st, ds))
     }
     .await;
     cluster.shutdown().await;
-    let st = res?;
-    finish(&st, t.elapsed(), output)
+    let (st, ds) = res?;
+    // the embedded cluster is gone: nothing to `explain --analyze` afterwards
+    finish(&st, &ds, t.elapsed(), output, false)
 }
 
 /// The security flags the autoscaler's workers are started with.

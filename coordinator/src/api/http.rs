@@ -1,5 +1,5 @@
 //! HTTP admin API: `/metrics` (Prometheus text), `/api/jobs[?limit=N&after=TOKEN]`,
-//! `/api/jobs/{id}`,
+//! `/api/jobs/{id}`, `/api/jobs/{id}/explain` (the plan as run),
 //! `/api/workers`, `/api/cluster`,
 //! `/api/decisions[?job=ID]` (JSON), and `/` — a minimal dashboard that polls the JSON API.
 //!
@@ -53,6 +53,7 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/jobs", get(jobs))
         .route("/api/jobs/{id}", get(job))
+        .route("/api/jobs/{id}/explain", get(explain))
         .route("/api/workers", get(list_workers))
         .route("/api/cluster", get(cluster))
         .route("/api/decisions", get(list_decisions))
@@ -112,20 +113,34 @@ pub fn job_json(j: &pb::JobStatus) -> Value {
             "message": e.message,
             "key": e.key,
         })),
-        "stages": j.stages.iter().map(|s| json!({
-            "stage_id": s.stage_id,
-            "kind": s.kind,
-            "tasks_total": s.tasks_total,
-            "tasks_done": s.tasks_done,
-            "tasks_running": s.tasks_running,
-            "rows_out": s.rows_out,
-            "bytes_out": s.bytes_out,
-            "input_stages": s.input_stages,
-            "started_at_ms": s.started_at_ms,
-            "finished_at_ms": s.finished_at_ms,
-            "task_ms_max": s.task_ms_max,
-            "plan": s.plan,
-        })).collect::<Vec<_>>(),
+        "stages": j.stages.iter().map(stage_json).collect::<Vec<_>>(),
+    })
+}
+
+/// JSON form of a stage status (the HTTP API's `stages`, the CLI's `stage_details`).
+/// `tasks_planned` differs from `tasks_total` when the decisions `replanned_by`
+/// re-planned the stage; `task_reads` then says what each task read.
+pub fn stage_json(s: &pb::StageStatus) -> Value {
+    json!({
+        "stage_id": s.stage_id,
+        "kind": s.kind,
+        "tasks_total": s.tasks_total,
+        "tasks_done": s.tasks_done,
+        "tasks_running": s.tasks_running,
+        "tasks_planned": s.tasks_planned,
+        "replanned_by": s.replanned_by,
+        "rows_in": s.rows_in,
+        "bytes_in": s.bytes_in,
+        "rows_out": s.rows_out,
+        "bytes_out": s.bytes_out,
+        "input_stages": s.input_stages,
+        "started_at_ms": s.started_at_ms,
+        "finished_at_ms": s.finished_at_ms,
+        "task_ms_min": s.task_ms_min,
+        "task_ms_median": s.task_ms_median,
+        "task_ms_max": s.task_ms_max,
+        "task_reads": s.task_reads.iter().map(super::explain::task_reads_json).collect::<Vec<_>>(),
+        "plan": s.plan,
     })
 }
 
@@ -192,6 +207,18 @@ async fn jobs(
 async fn job(State(core): State<Arc<Core>>, Path(id): Path<String>) -> Response {
     match core.read(|s| s.jobs.get(&id).map(job_status)) {
         Some(j) => Json(job_json(&j)).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("job '{id}' does not exist")})),
+        )
+            .into_response(),
+    }
+}
+
+/// The plan as run (`autopipe explain --analyze`'s JSON).
+async fn explain(State(core): State<Arc<Core>>, Path(id): Path<String>) -> Response {
+    match core.read(|s| s.jobs.get(&id).map(|j| (job_status(j), decisions(s, &id)))) {
+        Some((j, ds)) => Json(super::explain::explain_json(&j, &ds)).into_response(),
         None => (
             StatusCode::NOT_FOUND,
             Json(json!({"error": format!("job '{id}' does not exist")})),

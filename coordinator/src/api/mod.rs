@@ -1,6 +1,7 @@
 //! Coordinator interfaces: gRPC services (`grpc`) and the HTTP admin API (`http`).
 
 pub mod cluster;
+pub mod explain;
 pub mod grpc;
 pub mod http;
 pub mod status;

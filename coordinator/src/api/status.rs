@@ -22,9 +22,12 @@ pub fn job_status(job: &Job) -> pb::JobStatus {
     let last = job.stages.len().saturating_sub(1);
     let mut rows_out = 0;
     let (mut bytes_in, mut bytes_out) = (0, 0);
+    // (rows, bytes) each stage wrote, for the stages that read it
+    let mut outputs: Vec<(u64, u64)> = Vec::with_capacity(job.stages.len());
     for (i, st) in job.stages.iter().enumerate() {
-        let (mut r_out, mut b_out) = (0, 0);
-        let (mut started, mut finished, mut task_max) = (u64::MAX, 0, 0);
+        let (mut r_out, mut b_out, mut r_src, mut b_src) = (0, 0, 0, 0);
+        let (mut started, mut finished) = (u64::MAX, 0);
+        let mut times = vec![];
         for t in &st.tasks {
             attempts += t.attempts;
             match &t.state {
@@ -34,18 +37,29 @@ pub fn job_status(job: &Job) -> pb::JobStatus {
                     finished_ms,
                     ..
                 } => {
-                    rows_in += result.rows_in;
-                    bytes_in += result.bytes_in;
+                    r_src += result.rows_in;
+                    b_src += result.bytes_in;
                     r_out += result.rows_out;
                     b_out += result.bytes_out;
                     started = started.min(*started_ms);
                     finished = finished.max(*finished_ms);
-                    task_max = task_max.max(result.duration_ms);
+                    times.push(result.duration_ms);
                 }
                 TaskState::Running { started_ms, .. } => started = started.min(*started_ms),
                 TaskState::Pending => {}
             }
         }
+        times.sort_unstable();
+        rows_in += r_src;
+        bytes_in += b_src;
+        outputs.push((r_out, b_out));
+        // an input stage comes before the stage that reads it
+        let (r_read, b_read) = st
+            .plan
+            .inputs
+            .iter()
+            .filter_map(|&s| outputs.get(s as usize))
+            .fold((0, 0), |(r, b), &(ro, bo)| (r + ro, b + bo));
         let finished = if st.is_complete() { finished } else { 0 };
         if i == last {
             rows_out = r_out;
@@ -69,7 +83,19 @@ pub fn job_status(job: &Job) -> pb::JobStatus {
             plan: st.plan.display.clone(),
             started_at_ms: if started == u64::MAX { 0 } else { started },
             finished_at_ms: finished,
-            task_ms_max: task_max,
+            task_ms_max: times.last().copied().unwrap_or(0),
+            tasks_planned: st.plan.tasks,
+            replanned_by: st.replanned.clone(),
+            rows_in: r_src + r_read,
+            bytes_in: b_src + b_read,
+            task_ms_min: times.first().copied().unwrap_or(0),
+            // the upper median, as the re-plan's measured effect reports it
+            task_ms_median: times.get(times.len() / 2).copied().unwrap_or(0),
+            task_reads: if st.replanned.is_empty() {
+                vec![]
+            } else {
+                st.tasks.iter().map(task_reads).collect()
+            },
         });
     }
     let waiting = job
@@ -107,6 +133,22 @@ pub fn job_status(job: &Job) -> pb::JobStatus {
         dead_letter_path: job.dead_letter_dir(),
         waiting_reason: waiting.map(|w| w.reason.clone()).unwrap_or_default(),
         waiting_since_ms: waiting.map(|w| w.since_ms).unwrap_or(0),
+    }
+}
+
+/// What a task of a re-planned stage reads (its own partition when it has no `reads`).
+fn task_reads(t: &crate::state::machine::Task) -> pb::TaskReadsStatus {
+    match &t.reads {
+        Some(r) => pb::TaskReadsStatus {
+            start: r.start,
+            end: r.end,
+            map_ranges: r
+                .map_ranges
+                .iter()
+                .map(|&(stage, from, to)| pb::MapTaskRange { stage, from, to })
+                .collect(),
+        },
+        None => pb::TaskReadsStatus::default(),
     }
 }
 
