@@ -35,8 +35,8 @@ mod autoscale;
 mod raft;
 mod recovery;
 mod scan;
-mod stragglers;
 mod skew;
+mod stragglers;
 mod tiny_files;
 mod tpch;
 
@@ -192,8 +192,9 @@ enum Cmd {
         /// share of the events on one user
         #[arg(long, default_value_t = 0.3)]
         skew: f64,
-        /// shuffle partitions of both join sides
-        #[arg(long, default_value_t = 8)]
+        /// shuffle partitions of both join sides (enough that a 30% key stands out
+        /// as 5x the median partition; the small ones are coalesced)
+        #[arg(long, default_value_t = 32)]
         partitions: u32,
         /// skew_threshold_bytes of both runs (Spark's 256 MiB is above this data's
         /// hot partition)

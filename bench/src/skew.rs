@@ -80,7 +80,9 @@ fn run_job(c: &Cluster, spec: &Path) -> Result<(Duration, u64, u64)> {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let dir = a.dir.join(format!("skew-{}-{}-{}", a.rows, a.files, a.skew));
+    let dir = a
+        .dir
+        .join(format!("skew-{}-{}-{}", a.rows, a.files, a.skew));
     std::fs::create_dir_all(&dir)?;
     let dir = std::fs::canonicalize(&dir)?;
     if !dir.join("data/events").exists() {
@@ -128,7 +130,9 @@ pub fn run(a: Args) -> Result<()> {
         a.slots,
         a.reps
     );
-    println!("| skew_join | median wall (s) | min (s) | max (s) | join stage max/median task time |");
+    println!(
+        "| skew_join | median wall (s) | min (s) | max (s) | join stage max/median task time |"
+    );
     println!("| --- | --- | --- | --- | --- |");
     for (name, t, r) in [("false", &t_off, &r_off), ("true", &t_on, &r_on)] {
         println!(

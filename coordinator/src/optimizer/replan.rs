@@ -141,6 +141,26 @@ pub fn replan(s: &State, job: &Job, stage: u32, now_ms: u64) -> Option<Replan> {
         effect: None,
     };
 
+    // what a task should read: target_partition_bytes, but no more than the input
+    // spread over the alive slots (so every slot gets work), at least
+    // min_partition_bytes; a skewed partition's pieces aim at it too
+    let sizes: Vec<u64> = (0..n)
+        .map(|p| {
+            hash.iter()
+                .map(|h| h.per_map.iter().map(|m| m[p]).sum::<u64>())
+                .sum()
+        })
+        .collect();
+    let total: u64 = sizes.iter().sum();
+    let slots: u32 = s
+        .workers
+        .values()
+        .filter(|w| w.state == WorkerState::Alive)
+        .map(|w| w.slots)
+        .sum();
+    let min = params.min_partition_bytes();
+    let target = coalesce::target_size(total, slots, advisory, min);
+
     // skew: the partitions divided, and each one's tasks
     let mut split: Vec<Option<Vec<TaskReads>>> = vec![None; n];
     // a stage whose output is merged (read one map task per partition, in order) must
@@ -172,7 +192,7 @@ pub fn replan(s: &State, job: &Job, stage: u32, now_ms: u64) -> Option<Replan> {
             if !skewed[p] {
                 return vec![];
             }
-            let target = skew::split_target(sizes, skewed, advisory);
+            let target = skew::split_target(sizes, skewed, target);
             let per_map: Vec<u64> = input.per_map.iter().map(|m| m[p]).collect();
             skew::map_ranges(&per_map, target)
         };
@@ -206,29 +226,28 @@ pub fn replan(s: &State, job: &Job, stage: u32, now_ms: u64) -> Option<Replan> {
                     });
                 }
             }
-            let describe = |name: &str,
-                            side: &Option<(&Input, Vec<u64>)>,
-                            pieces: &[Option<Range<u32>>]| {
-                side.as_ref().map(|(input, sizes)| {
-                    let (keys, rows) = input.hot_keys(p as u32);
-                    let hot = keys
-                        .first()
-                        .map(|(k, n)| {
-                            format!(
-                                ", hot key {k} (~{:.0}% of its {rows} rows)",
-                                100.0 * *n as f64 / rows.max(1) as f64
-                            )
-                        })
-                        .unwrap_or_default();
-                    format!(
+            let describe =
+                |name: &str, side: &Option<(&Input, Vec<u64>)>, pieces: &[Option<Range<u32>>]| {
+                    side.as_ref().map(|(input, sizes)| {
+                        let (keys, rows) = input.hot_keys(p as u32);
+                        let hot = keys
+                            .first()
+                            .map(|(k, n)| {
+                                format!(
+                                    ", hot key {k} (~{:.0}% of its {rows} rows)",
+                                    100.0 * *n as f64 / rows.max(1) as f64
+                                )
+                            })
+                            .unwrap_or_default();
+                        format!(
                         "{name} (stage {}): {} bytes, median partition {} bytes, {} piece(s){hot}",
                         input.stage,
                         sizes[p],
                         skew::median(sizes),
                         pieces.len()
                     )
-                })
-            };
+                    })
+                };
             let sides: Vec<String> = [describe("left", &left, &lr), describe("right", &right, &rr)]
                 .into_iter()
                 .flatten()
@@ -270,25 +289,9 @@ pub fn replan(s: &State, job: &Job, stage: u32, now_ms: u64) -> Option<Replan> {
     }
 
     // coalesce the runs of partitions between the divided ones
-    let sizes: Vec<u64> = (0..n)
-        .map(|p| {
-            hash.iter()
-                .map(|h| h.per_map.iter().map(|m| m[p]).sum::<u64>())
-                .sum()
-        })
-        .collect();
     let mut tasks: Vec<TaskReads> = vec![];
     let mut p = 0;
     let coalescing = params.coalesce != Some(false);
-    let total: u64 = sizes.iter().sum();
-    let slots: u32 = s
-        .workers
-        .values()
-        .filter(|w| w.state == WorkerState::Alive)
-        .map(|w| w.slots)
-        .sum();
-    let min = params.min_partition_bytes();
-    let target = coalesce::target_size(total, slots, advisory, min);
     let mut unsplit = 0;
     while p < n {
         if let Some(t) = split[p].take() {

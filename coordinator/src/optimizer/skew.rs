@@ -7,8 +7,11 @@
 //! other side's whole matching partition (both sides skewed: every pair of ranges).
 //! A side is divided only where the join type allows it (`StageJoin::split_left`,
 //! `split_right`). Anchor: Spark AQE's `OptimizeSkewedJoin` (factor 5, threshold 256
-//! MiB, target max(advisory size, the non-skewed partitions' mean)). Default: on;
-//! `skew_join = false` turns it off.
+//! MiB, pieces of max(advisory size, the non-skewed partitions' mean)); here a piece
+//! aims at the stage's task target instead of the advisory size: the advisory size
+//! capped by the input spread over the alive slots, so a hot partition smaller than
+//! 64 MiB is still spread over the cluster. Default: on; `skew_join = false` turns
+//! it off.
 
 use std::ops::Range;
 
@@ -29,9 +32,10 @@ pub fn skewed(sizes: &[u64], factor: f64, threshold: u64) -> Vec<bool> {
     sizes.iter().map(|&s| s as f64 > limit).collect()
 }
 
-/// The size a skewed partition's pieces aim at: `advisory`, or the mean of the side's
-/// partitions that are not skewed when larger.
-pub fn split_target(sizes: &[u64], skewed: &[bool], advisory: u64) -> u64 {
+/// The size a skewed partition's pieces aim at: `target` (the stage's task target,
+/// `coalesce::target_size`), or the mean of the side's partitions that are not skewed
+/// when larger.
+pub fn split_target(sizes: &[u64], skewed: &[bool], target: u64) -> u64 {
     let normal: Vec<u64> = sizes
         .iter()
         .zip(skewed)
@@ -43,7 +47,7 @@ pub fn split_target(sizes: &[u64], skewed: &[bool], advisory: u64) -> u64 {
     } else {
         normal.iter().sum::<u64>() / normal.len() as u64
     };
-    advisory.max(mean).max(1)
+    target.max(mean).max(1)
 }
 
 /// Divides one partition, whose bytes in each map task's output are `per_map`, into
@@ -107,7 +111,7 @@ mod tests {
     }
 
     #[test]
-    fn pieces_aim_at_the_larger_of_the_advisory_size_and_the_normal_mean() {
+    fn pieces_aim_at_the_larger_of_the_task_target_and_the_normal_mean() {
         let sizes = [100 * MB, 100 * MB, 2000 * MB];
         let s = skewed(&sizes, 5.0, 256 * MB);
         assert_eq!(split_target(&sizes, &s, 64 * MB), 100 * MB);
