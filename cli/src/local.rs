@@ -33,6 +33,7 @@ impl LocalCluster {
         auth_token: Option<AuthToken>,
         allowed_roots: AllowedRoots,
         mut autoscale: Option<autopipe_coordinator::scheduler::autoscale::AutoscaleConfig>,
+        default_params: autopipe_common::spec::JobParams,
     ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("autopipe-local-")
@@ -57,6 +58,7 @@ impl LocalCluster {
                 auth_token: auth_token.clone(),
                 allowed_roots: allowed_roots.clone(),
                 autoscale,
+                default_params,
                 ..Default::default()
             },
             cancel.clone(),

@@ -13,6 +13,7 @@ mod local;
 use anyhow::{Context, Result};
 use autopipe_common::auth::AuthToken;
 use autopipe_common::roots::AllowedRoots;
+use autopipe_common::spec::JobParams;
 use autopipe_coordinator::raft::RaftConfig;
 use autopipe_coordinator::CoordinatorConfig;
 use autopipe_worker::WorkerConfig;
@@ -159,6 +160,10 @@ enum Cmd {
         /// instead of --workers in this process
         #[command(flatten)]
         autoscale: autoscale::AutoscaleArgs,
+        /// a default of a `[job.params]` key the spec does not set, `KEY=VALUE`
+        /// (repeatable), as `coordinator --param`
+        #[arg(long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
     },
     /// Run a coordinator
     Coordinator {
@@ -226,6 +231,10 @@ enum Cmd {
         /// task slots of each worker the autoscaler starts
         #[arg(long, default_value_t = 2)]
         worker_slots: u32,
+        /// a cluster default of a `[job.params]` key, `KEY=VALUE` (repeatable), e.g.
+        /// `--param coalesce=false`: every job whose spec does not set the key gets it
+        #[arg(long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
     },
     /// Run a worker
     Worker {
@@ -560,15 +569,17 @@ async fn run(cli: Cli) -> Result<i32> {
             output,
             security,
             autoscale,
+            params,
         } => {
+            let params = JobParams::from_pairs(&params).map_err(anyhow::Error::msg)?;
             run_local(
                 &spec,
-                workers,
-                slots,
+                (workers, slots),
                 gen_missing,
                 output,
                 &security,
                 &autoscale,
+                params,
             )
             .await
         }
@@ -593,8 +604,10 @@ async fn run(cli: Cli) -> Result<i32> {
             budget,
             autoscale,
             worker_slots,
+            params,
         } => {
             budget.install();
+            let default_params = JobParams::from_pairs(&params).map_err(anyhow::Error::msg)?;
             let autoscale =
                 autoscale.config(worker_slots, PathBuf::new(), &worker_security(&security))?;
             let auth_token = security.token()?;
@@ -633,6 +646,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     test_commit_hang: Duration::from_millis(test_commit_hang_ms),
                     allowed_roots,
                     autoscale,
+                    default_params,
                     ..Default::default()
                 },
                 cancel,
@@ -1012,12 +1026,12 @@ fn finish(
 
 async fn run_local(
     spec_path: &Path,
-    workers: usize,
-    slots: u32,
+    (workers, slots): (usize, u32),
     gen_missing: bool,
     output: OutputFormat,
     security: &SecurityArgs,
     autoscale: &autoscale::AutoscaleArgs,
+    params: JobParams,
 ) -> Result<i32> {
     if workers == 0 || slots == 0 {
         anyhow::bail!("--workers and --slots must be at least 1");
@@ -1047,7 +1061,8 @@ async fn run_local(
     let t = Instant::now();
     let scaled = autoscale.as_ref().map(|a| (a.params.min, a.params.max));
     let cluster =
-        local::LocalCluster::start(workers, slots, auth_token, allowed_roots, autoscale).await?;
+        local::LocalCluster::start(workers, slots, auth_token, allowed_roots, autoscale, params)
+            .await?;
     if output == OutputFormat::Text {
         match scaled {
             Some((min, max)) => eprintln!(

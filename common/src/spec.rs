@@ -183,6 +183,40 @@ pub const DEFAULT_TARGET_PARTITION_BYTES: u64 = 64 << 20;
 pub const DEFAULT_MIN_PARTITION_BYTES: u64 = 1 << 20;
 
 impl JobParams {
+    /// Params from `KEY=VALUE` pairs (a cluster's `--param` defaults): VALUE is read
+    /// as a TOML value (`4`, `true`, `"64MiB"`), else as a string (`64MiB`). An
+    /// unknown key or a value of the wrong type is an error naming it.
+    pub fn from_pairs(pairs: &[String]) -> std::result::Result<JobParams, String> {
+        let mut table = toml::Table::new();
+        for kv in pairs {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("--param '{kv}': expected KEY=VALUE"))?;
+            let (k, v) = (k.trim(), v.trim());
+            let value = toml::from_str::<toml::Table>(&format!("v = {v}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(v.to_string()));
+            table.insert(k.to_string(), value);
+        }
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| format!("--param: {}", e.to_string().trim()))
+    }
+
+    /// These params, each one not set taken from `defaults` (a job's own params pin
+    /// what they name; the cluster's `--param` defaults fill in the rest).
+    pub fn or_defaults(self, defaults: &JobParams) -> JobParams {
+        let mut mine = serde_json::to_value(&self).expect("params serialize");
+        let theirs = serde_json::to_value(defaults).expect("params serialize");
+        if let (Some(m), Some(t)) = (mine.as_object_mut(), theirs.as_object()) {
+            for (k, v) in t {
+                m.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        serde_json::from_value(mine).expect("merged params deserialize")
+    }
+
     /// Effective target partition size.
     pub fn target_partition_bytes(&self) -> u64 {
         self.target_partition_bytes
@@ -912,6 +946,49 @@ partition_by = ["country"]
         let e = s.normalize(dir.path(), "t.toml").unwrap_err().to_string();
         assert!(
             e.contains("sources[1].path") && e.contains("does not exist"),
+            "{e}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod param_default_tests {
+    use super::*;
+
+    #[test]
+    fn cluster_defaults_fill_what_a_job_does_not_pin() {
+        let d = JobParams::from_pairs(&[
+            "coalesce=false".into(),
+            "skew_factor = 3".into(),
+            "target_partition_bytes=32MiB".into(),
+            "shuffle_partitions=12".into(),
+        ])
+        .unwrap();
+        assert_eq!(d.coalesce, Some(false));
+        assert_eq!(d.target_partition_bytes(), 32 << 20);
+        let job = JobParams {
+            shuffle_partitions: Some(4),
+            ..Default::default()
+        };
+        let merged = job.or_defaults(&d);
+        assert_eq!(merged.shuffle_partitions, Some(4), "the job's pin wins");
+        assert_eq!(merged.skew_factor, Some(3.0));
+        assert_eq!(merged.coalesce, Some(false));
+        assert_eq!(
+            JobParams::default().or_defaults(&JobParams::default()),
+            JobParams::default()
+        );
+    }
+
+    #[test]
+    fn a_bad_param_names_the_key_or_the_pair() {
+        let e = JobParams::from_pairs(&["colaesce=false".into()]).unwrap_err();
+        assert!(e.contains("colaesce"), "{e}");
+        let e = JobParams::from_pairs(&["coalesce".into()]).unwrap_err();
+        assert!(e.contains("KEY=VALUE"), "{e}");
+        let e = JobParams::from_pairs(&["skew_factor=high".into()]).unwrap_err();
+        assert!(
+            e.contains("skew_factor") || e.contains("invalid type"),
             "{e}"
         );
     }

@@ -51,6 +51,10 @@ pub struct CoordinatorConfig {
     /// `--autoscale MIN..MAX --provisioner …`: the leader starts and releases workers
     /// (`scheduler::autoscale`); none: the fleet is what registers
     pub autoscale: Option<crate::scheduler::autoscale::AutoscaleConfig>,
+    /// cluster defaults of `[job.params]` (`--param KEY=VALUE`): a submitted job's
+    /// params take each one it does not set itself, so every rule can be switched
+    /// off or pinned for the whole cluster
+    pub default_params: autopipe_common::spec::JobParams,
 }
 
 impl Default for CoordinatorConfig {
@@ -71,6 +75,7 @@ impl Default for CoordinatorConfig {
             commit_timeout: Duration::from_secs(300),
             test_commit_hang: Duration::ZERO,
             autoscale: None,
+            default_params: Default::default(),
         }
     }
 }

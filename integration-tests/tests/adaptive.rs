@@ -151,3 +151,45 @@ fn small_reducer_partitions_are_coalesced_into_fewer_tasks() -> Result<()> {
     assert_eq!(status["stage_details"][1]["tasks_total"], 10, "{status}");
     Ok(())
 }
+
+#[test]
+fn a_cluster_param_switches_a_rule_off_unless_the_job_pins_it() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    gen_clickstream(&dir.path().join("data"), 20_000, 4)?;
+    let plain = aggregation_job(dir.path(), "plain", "")?;
+    let pinned = aggregation_job(dir.path(), "pinned", "coalesce = true")?;
+    let c = Cluster::start_full(2, 2, &[], &["--param", "coalesce=false"])?;
+
+    let (v, _) = c.run(&plain)?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    check_spec_output(dir.path(), &plain)?;
+    let id = v["job_id"].as_str().expect("id");
+    assert!(
+        decisions(&c, id, "coalesce")?.is_empty(),
+        "off for the cluster"
+    );
+    assert_eq!(v["stage_details"][1]["tasks_total"], 10, "{v}");
+
+    let (v, _) = c.run(&pinned)?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    check_spec_output(dir.path(), &pinned)?;
+    let id = v["job_id"].as_str().expect("id");
+    assert_eq!(
+        decisions(&c, id, "coalesce")?.len(),
+        1,
+        "the job's pin wins"
+    );
+
+    // a cluster default that is not a param is refused at start, naming it
+    let out = cli(&[
+        "coordinator",
+        "--param",
+        "colaesce=false",
+        "--data-dir",
+        dir.path().join("bad").to_str().expect("utf8"),
+    ])?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("colaesce"), "{err}");
+    Ok(())
+}

@@ -205,7 +205,11 @@ impl pb::job_service_server::JobService for Services {
         if let Some(job_id) = first(&self.core) {
             return Ok(Response::new(pb::SubmitJobResponse { job_id }));
         }
-        let spec = PipelineSpec::parse(&req.spec_json, &origin)?;
+        let mut spec = PipelineSpec::parse(&req.spec_json, &origin)?;
+        // the cluster's `--param` defaults fill what the job does not pin
+        spec.job.params =
+            std::mem::take(&mut spec.job.params).or_defaults(&self.core.config.default_params);
+        spec.validate(&origin)?;
         // before anything reads a source or looks at the sink (`--allowed-roots`)
         self.core.config.allowed_roots.check_spec(&spec, &origin)?;
         let input = self.partitions_for(&spec).await?;
