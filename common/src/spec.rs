@@ -126,6 +126,12 @@ pub struct JobParams {
     /// record fails the job
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bad_record_ratio: Option<f64>,
+    /// a partitioned join whose build side's shuffled output turns out at most
+    /// broadcast_join_max_bytes runs as a broadcast join, and its probe side is not
+    /// shuffled (the probe side's stage waits for the build side to finish); default
+    /// true
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_broadcast: Option<bool>,
     /// between stages, pack contiguous small reducer partitions into tasks of about
     /// target_partition_bytes (Spark AQE's coalescing); default true
     #[serde(default, skip_serializing_if = "Option::is_none")]

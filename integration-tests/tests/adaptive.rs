@@ -193,3 +193,76 @@ fn a_cluster_param_switches_a_rule_off_unless_the_job_pins_it() -> Result<()> {
     assert!(err.contains("colaesce"), "{err}");
     Ok(())
 }
+
+/// Few users (1 in 100) join the events: DataFusion estimates the filtered user side
+/// at a fifth of its file, above the 16 KiB broadcast limit, and plans a shuffled
+/// join; at run time the side is a few KiB, so the join runs as a broadcast join and
+/// the events are never shuffled.
+fn small_build_side(dir: &Path, name: &str, params: &str) -> Result<std::path::PathBuf> {
+    let spec = dir.join(format!("{name}.toml"));
+    write_spec(
+        &spec,
+        &format!(
+            r#"
+[job]
+name = "{name}"
+[job.params]
+shuffle_partitions = 4
+broadcast_join_max_bytes = "16KiB"
+{params}
+[[sources]]
+name = "events"
+format = "parquet"
+path = "data/events"
+[[sources]]
+name = "users"
+format = "csv"
+path = "data/users.csv"
+[transform]
+sql = "SELECT u.country, count(*) AS n, sum(e.amount) AS total FROM (SELECT id, country FROM users WHERE id % 100 = 0) u JOIN events e ON u.id = e.user_id GROUP BY u.country"
+[sink]
+format = "parquet"
+path = "out/{name}"
+"#
+        ),
+    )?;
+    Ok(spec)
+}
+
+#[test]
+fn a_join_side_small_at_run_time_is_broadcast_and_the_other_is_not_shuffled() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    gen_clickstream(&dir.path().join("data"), 400_000, 4)?;
+    let on = small_build_side(dir.path(), "broadcast", "")?;
+    let off = small_build_side(dir.path(), "shuffled", "runtime_broadcast = false")?;
+    let c = Cluster::start(2, 2)?;
+
+    let (v, _) = c.run(&on)?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    check_spec_output(dir.path(), &on)?;
+    let id = v["job_id"].as_str().expect("id");
+    let ds = decisions(&c, id, "broadcast")?;
+    let [d] = ds.as_slice() else {
+        panic!("one join broadcast at run time: {ds:?}");
+    };
+    let fused = d["inputs"]["fused_stage"].as_str().expect("fused stage");
+    let fused: usize = fused.parse()?;
+    // the probe side's stage never ran: no task, nothing shuffled
+    assert_eq!(v["stage_details"][fused]["tasks_total"], 0, "{v}");
+    assert_eq!(v["stage_details"][fused]["bytes_out"], 0, "{v}");
+    assert!(
+        d["effect"].as_str().unwrap_or_default().contains("ran"),
+        "{d}"
+    );
+
+    let (v, _) = c.run(&off)?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    check_spec_output(dir.path(), &off)?;
+    let id = v["job_id"].as_str().expect("id");
+    assert!(decisions(&c, id, "broadcast")?.is_empty());
+    assert!(
+        v["stage_details"][fused]["tasks_total"].as_u64() > Some(0),
+        "{v}"
+    );
+    Ok(())
+}

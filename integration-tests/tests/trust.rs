@@ -60,7 +60,8 @@ fn a_failed_job_stops_its_other_attempts() -> Result<()> {
         dir.path(),
         "bad_cast",
         "SELECT CAST(kind AS INT) AS k FROM events",
-        "",
+        // one scan task per file (not packed into one), so each worker gets some
+        "adaptive_splits = false",
     )?;
     let mut c = Cluster::start(1, 2)?;
     c.add_worker_with(2, &["--test-task-delay-ms", "600000"])?;

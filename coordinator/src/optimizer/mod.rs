@@ -5,10 +5,13 @@
 //! - `replan`: re-plans a stage from its inputs' statistics before it runs, with
 //!   `coalesce` (small reducer partitions packed) and `skew` (a skewed join partition
 //!   split);
+//! - `broadcast`: a join whose build side turned out small runs as a broadcast join,
+//!   its probe side unshuffled;
 //! - `partitions`: scan tasks from file and row-group sizes, and the shuffle width;
 //! - `memory`: a task out of memory retries with a larger share;
 //! - `scaling`: workers added for a backlog, idle ones released.
 
+pub mod broadcast;
 pub mod coalesce;
 pub mod memory;
 pub mod partitions;

@@ -377,6 +377,7 @@ mod tests {
             shuffle_partitions: shuffle,
             inputs,
             join: None,
+            broadcast: None,
         };
         let mut join = stage(2, n, None, vec![0, 1]);
         join.join = join_type.map(|(t, l, r)| StageJoin {

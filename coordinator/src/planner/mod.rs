@@ -7,7 +7,7 @@
 //! partitions makes its input a pass-through map stage read back one partition per
 //! map task. The last stage is the sink stage: one task per output partition.
 
-use crate::state::{StageJoin, StagePlan};
+use crate::state::{BroadcastPlan, StageJoin, StagePlan};
 use autopipe_common::error::{Error, Result};
 use autopipe_common::session::{context_for, context_for_splits};
 use autopipe_common::shuffle::{ShuffleCodec, ShuffleReaderExec};
@@ -82,7 +82,10 @@ pub async fn plan_job_with(
             "every output column is a partition column; at least one must remain in the files",
         ));
     }
-    split_into_stages(distribute_joins(physical)?)
+    split_into_stages(
+        distribute_joins(physical)?,
+        spec.job.params.broadcast_join_max_bytes(),
+    )
 }
 
 /// Plans the user's transform, which may only query: DDL (`CREATE EXTERNAL TABLE`,
@@ -243,8 +246,10 @@ struct Draft {
     inputs: Vec<u32>,
 }
 
-/// Splits a physical plan into stages at its exchanges.
-pub fn split_into_stages(plan: Arc<dyn ExecutionPlan>) -> Result<PlannedJob> {
+/// Splits a physical plan into stages at its exchanges. A partitioned join whose
+/// build side may turn out small at run time (at most `broadcast_max` bytes) gets a
+/// broadcast alternative (`broadcast_alternative`).
+pub fn split_into_stages(plan: Arc<dyn ExecutionPlan>, broadcast_max: u64) -> Result<PlannedJob> {
     let mut drafts = Vec::new();
     let root = split(plan, &mut drafts)?;
     let inputs = reader_stages(&root);
@@ -255,9 +260,29 @@ pub fn split_into_stages(plan: Arc<dyn ExecutionPlan>) -> Result<PlannedJob> {
         inputs,
     });
     let codec = ShuffleCodec::default();
+    let encode = |id: usize, plan: &Arc<dyn ExecutionPlan>| {
+        physical_plan_to_bytes_with_extension_codec(Arc::clone(plan), &codec)
+            .map(|b| Arc::new(b.to_vec()))
+            .map_err(|e| Error::plan("transform.sql", format!("cannot ship stage {id} plan: {e}")))
+    };
+    let mut alternatives = vec![];
+    for id in 0..drafts.len() {
+        let alt = match broadcast_alternative(&drafts, id, broadcast_max)? {
+            Some(alt) => Some(Box::new(BroadcastPlan {
+                plan: encode(id, &alt.plan)?,
+                display: displayable(alt.plan.as_ref()).indent(false).to_string(),
+                tasks: alt.tasks as u32,
+                inputs: alt.inputs,
+                build: alt.build,
+                fused: alt.fused,
+            })),
+            None => None,
+        };
+        alternatives.push(alt);
+    }
     let mut stages = Vec::with_capacity(drafts.len());
     let mut scan_stages = vec![];
-    for (id, d) in drafts.into_iter().enumerate() {
+    for ((id, d), broadcast) in drafts.into_iter().enumerate().zip(alternatives) {
         if scans_sources(&d.plan) {
             scan_stages.push(id as u32);
         }
@@ -273,6 +298,7 @@ pub fn split_into_stages(plan: Arc<dyn ExecutionPlan>) -> Result<PlannedJob> {
             shuffle_partitions: d.shuffle_partitions.map(|n| n as u32),
             join: stage_join(&d.plan),
             inputs: d.inputs,
+            broadcast,
         });
     }
     Ok(PlannedJob {
@@ -389,6 +415,138 @@ fn stage_join(plan: &Arc<dyn ExecutionPlan>) -> Option<StageJoin> {
                     | JoinType::RightMark
             ),
     })
+}
+
+/// A stage's plan as a broadcast join, and what it reads.
+struct Alternative {
+    plan: Arc<dyn ExecutionPlan>,
+    tasks: usize,
+    inputs: Vec<u32>,
+    build: u32,
+    fused: u32,
+}
+
+/// Stage `id` planned as a broadcast join, for the case its join's build side turns
+/// out at most `broadcast_max` bytes at run time (`optimizer::broadcast`): the build
+/// side's whole output is read by every task (a collect-left hash join), and the
+/// probe side's map stage is fused into this one (its input runs here, unshuffled).
+///
+/// Only when the swap keeps every row's result: the join emits no build-side rows of
+/// its own (inner, right, right semi/anti/mark), DataFusion did not already know the
+/// build side to be larger (an exact estimate above the limit, or an inexact one 8x
+/// above), the probe side's stage feeds nothing else, and the operators above the
+/// join in this stage work on any partitioning (projections, filters, partial
+/// aggregates, the stage's own exchange).
+fn broadcast_alternative(
+    drafts: &[Draft],
+    id: usize,
+    broadcast_max: u64,
+) -> Result<Option<Alternative>> {
+    let d = &drafts[id];
+    let Some(j) = stage_join(&d.plan) else {
+        return Ok(None);
+    };
+    let probe_only = matches!(
+        j.join_type.as_str(),
+        "Inner" | "Right" | "RightSemi" | "RightAnti" | "RightMark"
+    );
+    if broadcast_max == 0 || !probe_only {
+        return Ok(None);
+    }
+    let (build, fused) = (j.left as usize, j.right as usize);
+    let Some(fused_input) = drafts
+        .get(fused)
+        .and_then(|f| f.plan.downcast_ref::<RepartitionExec>())
+        .map(|r| Arc::clone(r.input()))
+    else {
+        return Ok(None);
+    };
+    if drafts
+        .iter()
+        .filter(|x| x.inputs.contains(&j.right))
+        .count()
+        != 1
+    {
+        return Ok(None);
+    }
+    let limit = broadcast_max as usize;
+    let stats = datafusion::physical_plan::StatisticsContext::new().compute(
+        drafts[build].plan.as_ref(),
+        &datafusion::physical_plan::StatisticsArgs::new(),
+    )?;
+    match stats.total_byte_size {
+        datafusion::common::stats::Precision::Exact(b) if b > limit => return Ok(None),
+        datafusion::common::stats::Precision::Inexact(b) if b > limit.saturating_mul(8) => {
+            return Ok(None)
+        }
+        _ => {}
+    }
+    if !partition_agnostic_above_join(&d.plan, true) {
+        return Ok(None);
+    }
+    let right_stage = j.right;
+    let plan = Arc::clone(&d.plan)
+        .transform_down(|p| {
+            let Some(hj) = p.downcast_ref::<HashJoinExec>() else {
+                return Ok(Transformed::no(p));
+            };
+            let left: Arc<dyn ExecutionPlan> =
+                Arc::new(CoalescePartitionsExec::new(Arc::clone(hj.left())));
+            let right = Arc::clone(hj.right())
+                .transform_up(|c| {
+                    Ok(match c.downcast_ref::<ShuffleReaderExec>() {
+                        Some(r) if r.stage_id == right_stage => {
+                            Transformed::yes(Arc::clone(&fused_input))
+                        }
+                        _ => Transformed::no(c),
+                    })
+                })?
+                .data;
+            let join = hj
+                .builder()
+                .with_partition_mode(PartitionMode::CollectLeft)
+                .with_new_children(vec![left, right])?
+                .recompute_properties()
+                .reset_state()
+                .build_exec()?;
+            Ok(Transformed::new(join, true, TreeNodeRecursion::Jump))
+        })?
+        .data;
+    let tasks = match plan.downcast_ref::<RepartitionExec>() {
+        Some(r) => r.input().output_partitioning().partition_count(),
+        None => plan.output_partitioning().partition_count(),
+    };
+    let inputs = reader_stages(&plan);
+    Ok(Some(Alternative {
+        plan,
+        tasks,
+        inputs,
+        build: j.left,
+        fused: j.right,
+    }))
+}
+
+/// Whether every operator between `plan` (a stage's root) and its hash join works on
+/// any partitioning of its input: a broadcast join's output is not hash-partitioned
+/// on the join keys as a partitioned join's is.
+fn partition_agnostic_above_join(plan: &Arc<dyn ExecutionPlan>, root: bool) -> bool {
+    if plan.is::<HashJoinExec>() {
+        return true;
+    }
+    let agnostic = match plan.name() {
+        "ProjectionExec" | "FilterExec" | "CoalesceBatchesExec" | "CooperativeExec" => true,
+        "RepartitionExec" => root,
+        "AggregateExec" => plan
+            .downcast_ref::<datafusion::physical_plan::aggregates::AggregateExec>()
+            .is_some_and(|a| {
+                *a.mode() == datafusion::physical_plan::aggregates::AggregateMode::Partial
+            }),
+        _ => false,
+    };
+    match plan.children().as_slice() {
+        [child] if agnostic => partition_agnostic_above_join(child, false),
+        _ => false,
+    }
 }
 
 /// The shuffle reader under `plan` when only row-by-row operators (projections,

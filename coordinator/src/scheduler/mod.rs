@@ -418,6 +418,13 @@ async fn launch_ready_tasks(core: &Arc<Core>) {
         .filter(|(_, l)| !l.unreachable)
         .map(|(k, l)| (k.clone(), l.stopping.len() as u32))
         .collect();
+    // a join whose build side just finished small runs as a broadcast join
+    // (`optimizer::broadcast`), before the re-plans and launches below
+    for cmd in core.read(|s| crate::optimizer::broadcast::runtime_broadcasts(s, now_ms())) {
+        if let Err(e) = core.propose(cmd).await {
+            tracing::debug!("broadcast join not recorded: {e}");
+        }
+    }
     // a stage whose inputs just completed is re-planned from their statistics before
     // any of its tasks launches (`optimizer::replan`)
     for r in core.read(|s| crate::optimizer::replan::replans(s, now_ms())) {

@@ -51,6 +51,29 @@ pub struct StagePlan {
     /// the stage's partitioned hash join, if it is one a skew split may divide
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join: Option<StageJoin>,
+    /// the stage as a broadcast join, should its join's build side turn out small
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast: Option<Box<BroadcastPlan>>,
+}
+
+/// A join stage planned as a broadcast join instead (`optimizer::broadcast`): every
+/// task reads the build side's whole output, and the probe side's map stage runs
+/// inside this stage instead of shuffling.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BroadcastPlan {
+    /// datafusion-proto bytes of the stage's plan as a broadcast join
+    #[serde(with = "shared_bytes")]
+    pub plan: std::sync::Arc<Vec<u8>>,
+    /// human-readable plan
+    pub display: String,
+    /// its tasks: the probe side's input partitions
+    pub tasks: u32,
+    /// the stages it reads (the build side's, and the probe stage's own inputs)
+    pub inputs: Vec<u32>,
+    /// the build side's stage: small enough, its output goes whole to every task
+    pub build: u32,
+    /// the probe side's map stage, which then never runs
+    pub fused: u32,
 }
 
 /// A stage's partitioned hash join of two hash-shuffled inputs.
@@ -184,6 +207,17 @@ pub enum Command {
         tasks: Vec<TaskReads>,
         /// the decisions that explain it (recorded with it)
         decisions: Vec<crate::state::decision::Decision>,
+    },
+    /// a join stage whose build side turned out small runs as its broadcast plan
+    /// (`StagePlan::broadcast`): its tasks and inputs become the plan's, and the
+    /// probe side's map stage is left with no tasks
+    BroadcastJoin {
+        /// job
+        job_id: String,
+        /// the join stage
+        stage: u32,
+        /// why (recorded with it)
+        decision: crate::state::decision::Decision,
     },
     /// a task's next attempts take this many task slots of their worker, and as many
     /// slots' shares of its memory (after the task ran out of memory)
@@ -391,6 +425,7 @@ mod tests {
             shuffle_partitions: None,
             inputs: vec![],
             join: None,
+            broadcast: None,
         };
         let json = serde_json::to_value(&plan).unwrap();
         assert_eq!(json["plan"], "AAEC+g==");

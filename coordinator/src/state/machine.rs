@@ -278,6 +278,7 @@ pub struct Job {
 fn release_plans(job: &mut Job) {
     for stage in &mut job.stages {
         stage.plan.plan = Default::default();
+        stage.plan.broadcast = None;
     }
 }
 
@@ -311,6 +312,32 @@ impl Job {
                 .inputs
                 .iter()
                 .all(|&i| self.stages.get(i as usize).is_some_and(Stage::is_complete))
+        }) && !self.held_for_broadcast(stage)
+    }
+
+    /// Whether map stage `stage` waits for the build side of a join it feeds to
+    /// finish: should that side be small, the join runs as a broadcast join with this
+    /// stage fused into it, and its shuffle never happens (`optimizer::broadcast`).
+    /// Never once any of its tasks ran, nor with `runtime_broadcast = false`.
+    pub fn held_for_broadcast(&self, stage: usize) -> bool {
+        let params = &self.spec.job.params;
+        if params.runtime_broadcast == Some(false) || params.broadcast_join_max_bytes() == 0 {
+            return false;
+        }
+        let untouched = |st: &Stage| st.tasks.iter().all(|t| t.attempts == 0);
+        if !self.stages.get(stage).is_some_and(untouched) {
+            return false;
+        }
+        self.stages.iter().any(|j| {
+            j.plan.broadcast.as_ref().is_some_and(|b| {
+                b.fused as usize == stage
+                    && j.replanned.is_empty()
+                    && untouched(j)
+                    && !self
+                        .stages
+                        .get(b.build as usize)
+                        .is_some_and(Stage::is_complete)
+            })
         })
     }
 }
@@ -607,6 +634,58 @@ impl State {
                 }
                 let job = self.running_job(job_id)?;
                 job.stages[*stage as usize].replanned = ids;
+                Ok(Outcome::Done)
+            }
+            Command::BroadcastJoin {
+                job_id,
+                stage,
+                decision,
+            } => {
+                let job = self.running_job(job_id)?;
+                let si = *stage as usize;
+                let illegal = |why: &str| {
+                    ApplyError::Illegal(format!(
+                        "job {job_id} stage {stage} cannot run as a broadcast join: {why}"
+                    ))
+                };
+                let st = job.stages.get(si).ok_or_else(|| illegal("no such stage"))?;
+                let b = st
+                    .plan
+                    .broadcast
+                    .clone()
+                    .ok_or_else(|| illegal("it has no broadcast plan"))?;
+                let untouched = |st: &Stage| st.tasks.iter().all(|t| t.attempts == 0);
+                if !st.replanned.is_empty() || !untouched(st) {
+                    return Err(illegal("it was re-planned or has started"));
+                }
+                let fused = job
+                    .stages
+                    .get(b.fused as usize)
+                    .filter(|f| untouched(f) && f.replanned.is_empty())
+                    .ok_or_else(|| illegal("the probe side's stage has started"))?;
+                let _ = fused;
+                if !job
+                    .stages
+                    .get(b.build as usize)
+                    .is_some_and(Stage::is_complete)
+                {
+                    return Err(illegal("its build side is not complete"));
+                }
+                self.push_decision(decision.clone());
+                let id = self.last_decision_id;
+                let job = self.running_job(job_id)?;
+                let st = &mut job.stages[si];
+                st.plan.plan = b.plan;
+                st.plan.display = b.display;
+                st.plan.tasks = b.tasks;
+                st.plan.inputs = b.inputs;
+                st.plan.join = None;
+                st.plan.broadcast = None;
+                st.tasks = (0..b.tasks).map(|_| Task::new()).collect();
+                st.replanned = vec![id];
+                let fused = &mut job.stages[b.fused as usize];
+                fused.tasks.clear();
+                fused.replanned = vec![id];
                 Ok(Outcome::Done)
             }
             Command::TaskMemory {

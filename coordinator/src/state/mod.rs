@@ -7,8 +7,8 @@ pub mod decision;
 pub mod machine;
 
 pub use commands::{
-    Command, ErrorRecord, FetchFailedRecord, ShuffleHome, StageJoin, StagePlan, TaskReads,
-    TaskResult, Waiting,
+    BroadcastPlan, Command, ErrorRecord, FetchFailedRecord, ShuffleHome, StageJoin, StagePlan,
+    TaskReads, TaskResult, Waiting,
 };
 pub use decision::{Decision, DecisionKind};
 pub use machine::{ApplyError, Job, JobState, Outcome, State, TaskState, WorkerState};
@@ -27,6 +27,7 @@ impl State {
             | Command::JobWaiting { job_id, .. }
             | Command::TaskMemory { job_id, .. }
             | Command::ReplanStage { job_id, .. }
+            | Command::BroadcastJoin { job_id, .. }
             | Command::SpeculativeLaunched { job_id, .. }
             | Command::TaskSucceeded { job_id, .. }
             | Command::TaskFailed { job_id, .. }
@@ -82,6 +83,7 @@ pub(crate) fn test_job(map_tasks: u32) -> Command {
         shuffle_partitions: shuffle,
         inputs,
         join: None,
+        broadcast: None,
     };
     Command::SubmitJob {
         job_id: "j".into(),

@@ -1,0 +1,202 @@
+//! Runtime broadcast. Trigger: a join stage planned as a partitioned hash join with a
+//! broadcast alternative (`StagePlan::broadcast`, built by the planner when the
+//! build side's size was unknown or only estimated) whose build side has finished
+//! with at most `broadcast_join_max_bytes` of shuffled output, while neither the join
+//! stage nor the probe side's map stage has started (the probe side waits for the
+//! build side: `Job::held_for_broadcast`). Action: the join stage runs as a
+//! collect-left (broadcast) hash join reading the build side's whole output, with
+//! the probe side's input fused into it: the probe side is never shuffled. Anchor:
+//! Spark AQE's conversion of a sort-merge join to a broadcast hash join from the
+//! runtime size of a finished stage (`spark.sql.adaptive.autoBroadcastJoinThreshold`,
+//! 10 MiB); Spark still shuffles a side that has already materialized, this skips
+//! it. Default: on; `runtime_broadcast = false` turns it off, and
+//! `broadcast_join_max_bytes = 0` turns every broadcast off.
+
+use crate::state::decision::inputs;
+use crate::state::{Command, Decision, DecisionKind, JobState, State, TaskState};
+
+/// The broadcast joins to switch to now, as commands.
+pub fn runtime_broadcasts(s: &State, now_ms: u64) -> Vec<Command> {
+    let mut out = vec![];
+    for job in s.jobs.values().filter(|j| j.state == JobState::Running) {
+        let params = &job.spec.job.params;
+        let limit = params.broadcast_join_max_bytes();
+        if params.runtime_broadcast == Some(false) || limit == 0 {
+            continue;
+        }
+        for (si, st) in job.stages.iter().enumerate() {
+            let Some(b) = &st.plan.broadcast else {
+                continue;
+            };
+            let untouched =
+                |tasks: &[crate::state::machine::Task]| tasks.iter().all(|t| t.attempts == 0);
+            let (Some(build), Some(fused)) = (
+                job.stages.get(b.build as usize),
+                job.stages.get(b.fused as usize),
+            ) else {
+                continue;
+            };
+            if !st.replanned.is_empty()
+                || !untouched(&st.tasks)
+                || !untouched(&fused.tasks)
+                || !fused.replanned.is_empty()
+                || !build.is_complete()
+            {
+                continue;
+            }
+            let (rows, bytes) = build
+                .tasks
+                .iter()
+                .filter_map(|t| match &t.state {
+                    TaskState::Succeeded { result, .. } => Some(
+                        result
+                            .partitions
+                            .iter()
+                            .fold((0, 0), |(r, b), &(pr, pb)| (r + pr, b + pb)),
+                    ),
+                    _ => None,
+                })
+                .fold((0u64, 0u64), |(r, b), (pr, pb)| (r + pr, b + pb));
+            if bytes > limit {
+                continue;
+            }
+            out.push(Command::BroadcastJoin {
+                job_id: job.id.clone(),
+                stage: si as u32,
+                decision: Decision {
+                    id: 0,
+                    at_ms: now_ms,
+                    job_id: job.id.clone(),
+                    kind: DecisionKind::Broadcast,
+                    what: format!(
+                        "stage {si} runs as a broadcast join in {} tasks: every task reads stage {}'s whole output ({rows} rows, {bytes} bytes), and stage {} (the probe side, {} tasks planned) is fused into it instead of shuffling",
+                        b.tasks, b.build, b.fused, fused.tasks.len()
+                    ),
+                    why: format!(
+                        "the join's build side (stage {}) wrote {bytes} bytes, at most broadcast_join_max_bytes = {limit}; at planning its size was unknown or only estimated",
+                        b.build
+                    ),
+                    inputs: inputs([
+                        ("stage", si.to_string()),
+                        ("build_stage", b.build.to_string()),
+                        ("build_bytes", bytes.to_string()),
+                        ("build_rows", rows.to_string()),
+                        ("broadcast_join_max_bytes", limit.to_string()),
+                        ("fused_stage", b.fused.to_string()),
+                        ("tasks_before", st.tasks.len().to_string()),
+                        ("tasks_after", b.tasks.to_string()),
+                    ]),
+                    effect: None,
+                },
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{BroadcastPlan, StagePlan, TaskResult};
+
+    /// Stage 2 joins map stages 0 (build) and 1 (probe), with a broadcast plan of 3
+    /// tasks reading stage 0 only.
+    fn job(params: &str) -> State {
+        let spec = autopipe_common::spec::PipelineSpec::parse(
+            &format!("[job]\nname = \"t\"\n[job.params]\n{params}\n[[sources]]\nname = \"a\"\nformat = \"parquet\"\npath = \"/a\"\n[transform]\nsql = \"SELECT 1\"\n[sink]\nformat = \"csv\"\npath = \"/tmp/o\"\n"),
+            "t",
+        )
+        .unwrap();
+        let stage = |id, tasks, shuffle, inputs| StagePlan {
+            id,
+            plan: Default::default(),
+            display: String::new(),
+            tasks,
+            shuffle_partitions: shuffle,
+            inputs,
+            join: None,
+            broadcast: None,
+        };
+        let mut join = stage(2, 4, None, vec![0, 1]);
+        join.broadcast = Some(Box::new(BroadcastPlan {
+            plan: Default::default(),
+            display: "broadcast".into(),
+            tasks: 3,
+            inputs: vec![0],
+            build: 0,
+            fused: 1,
+        }));
+        let mut s = crate::state::test_state(&[("w1", 4)], 1);
+        s.apply(&Command::SubmitJob {
+            job_id: "b".into(),
+            spec: Box::new(spec),
+            stages: vec![
+                stage(0, 1, Some(4), vec![]),
+                stage(1, 2, Some(4), vec![]),
+                join,
+            ],
+            at_ms: 0,
+            request_id: String::new(),
+        })
+        .unwrap();
+        s
+    }
+
+    fn build_done(s: &mut State, bytes: u64) {
+        s.apply(&Command::TaskLaunched {
+            job_id: "b".into(),
+            stage: 0,
+            task: 0,
+            attempt: 1,
+            worker_id: "w1".into(),
+            at_ms: 1,
+        })
+        .unwrap();
+        s.apply(&Command::TaskSucceeded {
+            job_id: "b".into(),
+            stage: 0,
+            task: 0,
+            attempt: 1,
+            result: TaskResult {
+                partitions: vec![(10, bytes / 4); 4],
+                ..Default::default()
+            },
+            at_ms: 2,
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn the_probe_side_waits_for_a_small_build_side_and_is_then_fused() {
+        let mut s = job("");
+        assert!(!s.jobs["b"].stage_ready(1), "the probe side waits");
+        assert!(runtime_broadcasts(&s, 5).is_empty(), "the build side runs");
+        build_done(&mut s, 4096);
+        assert!(s.jobs["b"].stage_ready(1));
+        let [cmd] = runtime_broadcasts(&s, 5).try_into().unwrap();
+        s.apply(&cmd).unwrap();
+        let j = &s.jobs["b"];
+        assert_eq!(j.stages[2].tasks.len(), 3);
+        assert_eq!(j.stages[2].plan.inputs, vec![0]);
+        assert_eq!(j.stages[2].plan.display, "broadcast");
+        assert!(j.stages[1].tasks.is_empty(), "the probe side never runs");
+        assert!(j.stage_ready(2));
+        let d = s.decisions.last().unwrap();
+        assert_eq!(d.kind, DecisionKind::Broadcast);
+        assert_eq!(d.inputs["build_bytes"], "4096");
+        assert!(runtime_broadcasts(&s, 6).is_empty(), "once");
+        assert!(s.apply(&cmd).is_err(), "the plan is gone once used");
+    }
+
+    #[test]
+    fn a_large_build_side_or_the_switch_off_keeps_the_shuffled_join() {
+        let mut s = job("");
+        build_done(&mut s, 11 << 20);
+        assert!(runtime_broadcasts(&s, 5).is_empty(), "above 10 MiB");
+        assert!(s.jobs["b"].stage_ready(1), "the probe side runs after all");
+        let off = job("runtime_broadcast = false");
+        assert!(off.jobs["b"].stage_ready(1), "no wait when off");
+        let none = job("broadcast_join_max_bytes = 0");
+        assert!(none.jobs["b"].stage_ready(1));
+    }
+}
