@@ -219,6 +219,11 @@ enum Cmd {
         /// test only: the first commit of each job hangs this long
         #[arg(long, hide = true, default_value_t = 0)]
         test_commit_hang_ms: u64,
+        /// place tasks by the workers' load from their heartbeats and their measured
+        /// speed (`=false`: by free slots alone); a job's `load_aware_placement`
+        /// parameter overrides it
+        #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+        load_aware_placement: bool,
         #[command(flatten)]
         budget: BudgetArgs,
         #[command(flatten)]
@@ -577,6 +582,7 @@ async fn run(cli: Cli) -> Result<i32> {
             http_open_reads,
             commit_timeout_ms,
             test_commit_hang_ms,
+            load_aware_placement,
             budget,
             autoscale,
             worker_slots,
@@ -620,6 +626,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     test_commit_hang: Duration::from_millis(test_commit_hang_ms),
                     allowed_roots,
                     autoscale,
+                    load_aware_placement,
                     ..Default::default()
                 },
                 cancel,
@@ -806,13 +813,19 @@ async fn run(cli: Cli) -> Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!(
-                    "{:<12} {:<22} {:<6} {:>5} {:>7} {:>6}",
-                    "WORKER", "ADDRESS", "STATE", "SLOTS", "RUNNING", "CPU%"
+                    "{:<12} {:<22} {:<6} {:>5} {:>7} {:>6} {}",
+                    "WORKER", "ADDRESS", "STATE", "SLOTS", "RUNNING", "CPU%", "LOAD (recorded)"
                 );
                 for w in &ws {
                     println!(
-                        "{:<12} {:<22} {:<6} {:>5} {:>7} {:>6.0}",
-                        w.worker_id, w.address, w.state, w.slots, w.running_tasks, w.cpu_percent
+                        "{:<12} {:<22} {:<6} {:>5} {:>7} {:>6.0} {}",
+                        w.worker_id,
+                        w.address,
+                        w.state,
+                        w.slots,
+                        w.running_tasks,
+                        w.cpu_percent,
+                        client::load_line(w.load.as_ref())
                     );
                 }
             }

@@ -51,6 +51,10 @@ pub struct CoordinatorConfig {
     /// `--autoscale MIN..MAX --provisioner …`: the leader starts and releases workers
     /// (`scheduler::autoscale`); none: the fleet is what registers
     pub autoscale: Option<crate::scheduler::autoscale::AutoscaleConfig>,
+    /// place tasks by the workers' load (`optimizer::placement`) unless a job's
+    /// `load_aware_placement` says otherwise (`--load-aware-placement`); false: by
+    /// free slots alone
+    pub load_aware_placement: bool,
 }
 
 impl Default for CoordinatorConfig {
@@ -71,6 +75,7 @@ impl Default for CoordinatorConfig {
             commit_timeout: Duration::from_secs(300),
             test_commit_hang: Duration::ZERO,
             autoscale: None,
+            load_aware_placement: true,
         }
     }
 }
@@ -97,6 +102,9 @@ pub struct Liveness {
     /// attempts this leader asked it to stop that it still listed in its last
     /// heartbeat: each holds a task slot until the worker no longer lists it
     pub stopping: HashSet<AttemptId>,
+    /// its load as the last heartbeat said (recorded in the state by
+    /// `scheduler::load` when it changed materially)
+    pub load: Option<crate::state::load::WorkerLoad>,
 }
 
 /// (job, stage, task, attempt)
@@ -120,6 +128,7 @@ impl Liveness {
             probed: false,
             running: vec![],
             stopping: HashSet::new(),
+            load: None,
         }
     }
 }

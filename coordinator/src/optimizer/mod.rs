@@ -10,6 +10,7 @@
 
 pub mod coalesce;
 pub mod memory;
+pub mod placement;
 pub mod replan;
 pub mod scaling;
 pub mod skew;
