@@ -312,6 +312,7 @@ pub fn job_json(j: &pb::JobStatus) -> serde_json::Value {
             "input_stages": s.input_stages, "started_at_ms": s.started_at_ms,
             "finished_at_ms": s.finished_at_ms, "task_ms_max": s.task_ms_max,
         })).collect::<Vec<_>>(),
+        "workers": autopipe_coordinator::api::http::job_workers_json(j),
     })
 }
 

@@ -126,14 +126,24 @@ pub fn job_json(j: &pb::JobStatus) -> Value {
             "task_ms_max": s.task_ms_max,
             "plan": s.plan,
         })).collect::<Vec<_>>(),
-        "workers": j.workers.iter().map(|w| json!({
-            "worker_id": w.worker_id,
-            "state": w.state,
-            "tasks_done": w.tasks_done,
-            "tasks_running": w.tasks_running,
-            "load": w.load.as_ref().map(load_json),
-        })).collect::<Vec<_>>(),
+        "workers": job_workers_json(j),
     })
+}
+
+/// JSON form of a job's workers (`JobStatus.workers`; shared with the CLI's view).
+pub fn job_workers_json(j: &pb::JobStatus) -> Value {
+    j.workers
+        .iter()
+        .map(|w| {
+            json!({
+                "worker_id": w.worker_id,
+                "state": w.state,
+                "tasks_done": w.tasks_done,
+                "tasks_running": w.tasks_running,
+                "load": w.load.as_ref().map(load_json),
+            })
+        })
+        .collect()
 }
 
 /// JSON form of a worker's recorded load.

@@ -147,9 +147,9 @@ pub fn workers(core: &Core, s: &State) -> Vec<pb::WorkerInfo> {
 /// A worker's load as the replicated state recorded it, and whether placement
 /// avoids it now.
 fn load(w: &WorkerRecord) -> Option<pb::WorkerLoad> {
-    w.load.as_ref().map(|l| {
-        l.to_proto(crate::optimizer::placement::hot(l).unwrap_or_default())
-    })
+    w.load
+        .as_ref()
+        .map(|l| l.to_proto(crate::optimizer::placement::hot(l).unwrap_or_default()))
 }
 
 fn worker_state(s: WorkerState) -> &'static str {

@@ -108,7 +108,13 @@ pub fn speeds(job: &Job, stage: usize) -> BTreeMap<String, Speed> {
             .into_iter()
             .map(|(w, m)| {
                 let factor = m as f64 / fastest as f64;
-                (w, Speed { median_ms: m, factor })
+                (
+                    w,
+                    Speed {
+                        median_ms: m,
+                        factor,
+                    },
+                )
             })
             .collect();
     }
@@ -182,8 +188,8 @@ pub fn take(
         let why = slow_why(&plain_id, ctx.expect("held only by load"));
         return Some(Placement {
             worker: None,
+            why: Some(format!("{plain_id}: {why}")),
             plain: Some(plain_id),
-            why: Some(why),
         });
     };
     let n = need(&free[i]);
@@ -221,12 +227,12 @@ fn slow_why(worker: &str, ctx: &StageContext) -> String {
 
 /// The fitting worker with the most headroom, skipping slow workers the faster ones
 /// make unnecessary (`None`: the task waits).
-fn by_headroom(free: &[Slots], fits: &impl Fn(&Slots) -> bool, ctx: &StageContext) -> Option<usize> {
-    let slow = |w: &str| {
-        ctx.speeds
-            .get(w)
-            .is_some_and(|s| s.factor >= SLOW_FACTOR)
-    };
+fn by_headroom(
+    free: &[Slots],
+    fits: &impl Fn(&Slots) -> bool,
+    ctx: &StageContext,
+) -> Option<usize> {
+    let slow = |w: &str| ctx.speeds.get(w).is_some_and(|s| s.factor >= SLOW_FACTOR);
     let key = |f: &Slots| {
         let hot = f.load.as_ref().and_then(hot).is_some();
         let queued = f.load.as_ref().map_or(0, |l| l.queued as i64);
@@ -244,7 +250,11 @@ fn by_headroom(free: &[Slots], fits: &impl Fn(&Slots) -> bool, ctx: &StageContex
 /// all `ctx.pending` tasks in the time `f` takes for one: each of their slots finishes
 /// what it runs, then runs another task every median.
 fn faster_workers_suffice(f: &Slots, free: &[Slots], ctx: &StageContext) -> bool {
-    let Some(me) = ctx.speeds.get(&f.worker).filter(|s| s.factor >= SLOW_FACTOR) else {
+    let Some(me) = ctx
+        .speeds
+        .get(&f.worker)
+        .filter(|s| s.factor >= SLOW_FACTOR)
+    else {
         return false;
     };
     let capacity: f64 = free
@@ -325,10 +335,7 @@ pub fn decision(
     }
     let mut ins = inputs([
         ("stage", stage.to_string()),
-        (
-            "moved",
-            r.moved.values().sum::<u32>().to_string(),
-        ),
+        ("moved", r.moved.values().sum::<u32>().to_string()),
         ("held", r.held.to_string()),
     ]);
     for w in workers {
@@ -417,7 +424,10 @@ pub fn effects(s: &State) -> Vec<(u64, String)> {
         } else if job.state != JobState::Running {
             out.push((
                 d.id,
-                format!("the job ended ({:?}) before stage {stage} finished", job.state),
+                format!(
+                    "the job ended ({:?}) before stage {stage} finished",
+                    job.state
+                ),
             ));
         }
     }
@@ -501,7 +511,10 @@ mod tests {
             assert_eq!(a.worker, b.worker);
             assert_eq!(a.plain, None, "nothing differs, nothing to record");
         }
-        assert!(take(&mut by_load, 1, any, Some(&ctx())).is_none(), "all full");
+        assert!(
+            take(&mut by_load, 1, any, Some(&ctx())).is_none(),
+            "all full"
+        );
     }
 
     #[test]
@@ -552,10 +565,16 @@ mod tests {
         let p = take(&mut free, 1, any, Some(&c)).unwrap();
         assert_eq!(p.worker, None, "it waits for the fast worker");
         assert_eq!(p.plain.as_deref(), Some("slow"));
-        assert!(p.why.unwrap().contains("10.0x"));
+        assert_eq!(
+            p.why.unwrap(),
+            "slow: its tasks take 10.0x the fastest worker's (3000 ms median)"
+        );
         assert_eq!(free[1].free, 1, "no slot taken");
         // more pending than that: the slow worker helps
-        let c = StageContext { speeds, pending: 10 };
+        let c = StageContext {
+            speeds,
+            pending: 10,
+        };
         let p = take(&mut free, 1, any, Some(&c)).unwrap();
         assert_eq!(p.worker.as_deref(), Some("slow"));
         // with both free, the fast one first
@@ -572,7 +591,12 @@ mod tests {
     #[test]
     fn speeds_compare_workers_within_the_latest_stage_they_share() {
         let mut s = crate::state::test_state(&[("w1", 4), ("w2", 4)], 4);
-        for (t, w, dur) in [(0, "w1", 100), (1, "w1", 120), (2, "w2", 500), (3, "w2", 400)] {
+        for (t, w, dur) in [
+            (0, "w1", 100),
+            (1, "w1", 120),
+            (2, "w2", 500),
+            (3, "w2", 400),
+        ] {
             crate::state::test_launch(&mut s, (0, t, 1), w, 1_000).unwrap();
             crate::state::test_succeed(&mut s, (0, t, 1), 1_000 + dur).unwrap();
         }
@@ -599,10 +623,17 @@ mod tests {
             why: None,
         });
         assert!(r.any());
-        let free = vec![slots("w1", 4, 4, load(390.0, 0.1, 0)), slots("w2", 3, 4, None)];
+        let free = vec![
+            slots("w1", 4, 4, load(390.0, 0.1, 0)),
+            slots("w2", 3, 4, None),
+        ];
         let d = decision("j", 0, &r, &free, &BTreeMap::new(), 1_000);
         assert_eq!(d.what, "stage 0: 1 task(s) to w2 instead of w1");
-        assert!(d.inputs["worker.w1"].contains("cpu 390% of 4 cores"), "{:?}", d.inputs);
+        assert!(
+            d.inputs["worker.w1"].contains("cpu 390% of 4 cores"),
+            "{:?}",
+            d.inputs
+        );
         assert!(undecided(&s, "j", 0));
         s.apply(&crate::state::Command::RecordDecision { decision: d })
             .unwrap();

@@ -431,8 +431,7 @@ async fn launch_ready_tasks(core: &Arc<Core>) {
         }
     }
     let cluster_load_aware = core.config.load_aware_placement;
-    let (launches, rebalanced) =
-        core.read(|s| plan_launches_by_load(s, &live, cluster_load_aware));
+    let (launches, rebalanced) = core.read(|s| plan_launches_by_load(s, &live, cluster_load_aware));
     load::record_rebalance(core, rebalanced).await;
     // proposed together, so one raft Ready (one flush) records the whole wave
     let recorded = futures::future::join_all(launches.iter().map(|l| {
@@ -733,7 +732,12 @@ fn plan_launches_by_load(s: &State, live: &HashMap<String, u32>, load_aware: boo
             .filter(|j| j.state == JobState::Running)
     };
     'jobs: for job in running_jobs() {
-        let by_load = job.spec.job.params.load_aware_placement.unwrap_or(load_aware);
+        let by_load = job
+            .spec
+            .job
+            .params
+            .load_aware_placement
+            .unwrap_or(load_aware);
         for (si, stage) in job.stages.iter().enumerate() {
             if !job.stage_ready(si) {
                 continue;
@@ -782,7 +786,12 @@ fn plan_launches_by_load(s: &State, live: &HashMap<String, u32>, load_aware: boo
         if !spec.enabled {
             continue;
         }
-        let by_load = job.spec.job.params.load_aware_placement.unwrap_or(load_aware);
+        let by_load = job
+            .spec
+            .job
+            .params
+            .load_aware_placement
+            .unwrap_or(load_aware);
         for (si, stage) in job.stages.iter().enumerate() {
             // a copy reads the inputs as they are now: never while one is recomputed
             if !job.stage_ready(si) {
