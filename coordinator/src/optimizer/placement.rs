@@ -52,6 +52,8 @@ pub struct Slots {
     pub slots: i64,
     /// its load as the replicated state last recorded it
     pub load: Option<WorkerLoad>,
+    /// when each attempt it runs started (ms since the epoch)
+    pub running_since: Vec<u64>,
 }
 
 /// Why placement avoids a worker now (`None`: it is not hot).
@@ -147,6 +149,10 @@ pub struct StageContext {
     pub speeds: BTreeMap<String, Speed>,
     /// the stage's pending tasks not placed yet in this wave, this one included
     pub pending: usize,
+    /// a task may wait for a faster worker (false for speculative copies)
+    pub may_wait: bool,
+    /// now, ms since the epoch
+    pub now_ms: u64,
 }
 
 /// Where one task goes.
@@ -248,8 +254,13 @@ fn by_headroom(
 
 /// Whether the workers faster than slow worker `f` (by `SLOW_FACTOR` or more) can run
 /// all `ctx.pending` tasks in the time `f` takes for one: each of their slots finishes
-/// what it runs, then runs another task every median.
+/// what it runs, then runs another task every median. A slot whose attempt has run
+/// `SLOW_FACTOR` times its worker's median already is stuck and counts for nothing
+/// (so a task never waits on a worker that stopped delivering).
 fn faster_workers_suffice(f: &Slots, free: &[Slots], ctx: &StageContext) -> bool {
+    if !ctx.may_wait {
+        return false;
+    }
     let Some(me) = ctx
         .speeds
         .get(&f.worker)
@@ -263,8 +274,14 @@ fn faster_workers_suffice(f: &Slots, free: &[Slots], ctx: &StageContext) -> bool
         .filter_map(|o| {
             let s = ctx.speeds.get(&o.worker)?;
             (s.factor * SLOW_FACTOR <= me.factor).then(|| {
+                let stuck_after = (s.median_ms as f64 * SLOW_FACTOR) as u64;
+                let stuck = o
+                    .running_since
+                    .iter()
+                    .filter(|&&t| ctx.now_ms.saturating_sub(t) >= stuck_after)
+                    .count() as i64;
                 let per_slot = (me.median_ms as f64 / s.median_ms as f64 - 1.0).floor();
-                o.slots as f64 * per_slot.max(0.0)
+                (o.slots - stuck).max(0) as f64 * per_slot.max(0.0)
             })
         })
         .sum();
@@ -444,6 +461,7 @@ mod tests {
             free,
             slots: all,
             load,
+            running_since: vec![],
         }
     }
 
@@ -465,6 +483,7 @@ mod tests {
     fn ctx() -> StageContext {
         StageContext {
             pending: 1,
+            may_wait: true,
             ..Default::default()
         }
     }
@@ -561,6 +580,8 @@ mod tests {
         let c = StageContext {
             speeds: speeds.clone(),
             pending: 9,
+            may_wait: true,
+            now_ms: 10_000,
         };
         let p = take(&mut free, 1, any, Some(&c)).unwrap();
         assert_eq!(p.worker, None, "it waits for the fast worker");
@@ -570,10 +591,29 @@ mod tests {
             "slow: its tasks take 10.0x the fastest worker's (3000 ms median)"
         );
         assert_eq!(free[1].free, 1, "no slot taken");
+        // a speculative copy never waits
+        let copy = StageContext {
+            speeds: speeds.clone(),
+            may_wait: false,
+            ..c
+        };
+        let p = take(&mut free.clone(), 1, any, Some(&copy)).unwrap();
+        assert_eq!(p.worker.as_deref(), Some("slow"));
+        // nor does a task whose fast worker's slot is stuck (running 2 x its median)
+        let mut stuck = free.clone();
+        stuck[0].running_since = vec![10_000 - 600];
+        let c = StageContext {
+            may_wait: true,
+            ..copy
+        };
+        let p = take(&mut stuck, 1, any, Some(&c)).unwrap();
+        assert_eq!(p.worker.as_deref(), Some("slow"));
         // more pending than that: the slow worker helps
         let c = StageContext {
             speeds,
             pending: 10,
+            may_wait: true,
+            now_ms: 10_000,
         };
         let p = take(&mut free, 1, any, Some(&c)).unwrap();
         assert_eq!(p.worker.as_deref(), Some("slow"));

@@ -707,6 +707,8 @@ type Planned = (Vec<Launch>, BTreeMap<(String, u32), Rebalanced>);
 /// slot is free only once the worker stopped it.
 fn plan_launches_by_load(s: &State, live: &HashMap<String, u32>, load_aware: bool) -> Planned {
     let running = s.running_per_worker();
+    let since = running_since(s);
+    let now = now_ms();
     let mut free: Vec<Slots> = s
         .workers
         .values()
@@ -718,13 +720,13 @@ fn plan_launches_by_load(s: &State, live: &HashMap<String, u32>, load_aware: boo
                 free: w.slots as i64 - busy as i64,
                 slots: w.slots as i64,
                 load: w.load.clone(),
+                running_since: since.get(w.id.as_str()).cloned().unwrap_or_default(),
             })
         })
         .collect();
     let before = free.clone();
     let mut out = Vec::new();
     let mut rebalanced: BTreeMap<(String, u32), Rebalanced> = BTreeMap::new();
-    let now = now_ms();
     let running_jobs = || {
         s.job_order
             .iter()
@@ -749,6 +751,8 @@ fn plan_launches_by_load(s: &State, live: &HashMap<String, u32>, load_aware: boo
                     .iter()
                     .filter(|t| t.state == TaskState::Pending)
                     .count(),
+                may_wait: true,
+                now_ms: now,
             });
             for (ti, task) in stage.tasks.iter().enumerate() {
                 if task.state != TaskState::Pending || task.not_before_ms > now {
@@ -801,6 +805,8 @@ fn plan_launches_by_load(s: &State, live: &HashMap<String, u32>, load_aware: boo
             let ctx = by_load.then(|| StageContext {
                 speeds: placement::speeds(job, si),
                 pending: 0,
+                may_wait: false,
+                now_ms: now,
             });
             for x in stragglers(stage, &spec, now) {
                 let task = &stage.tasks[x.task];
@@ -846,6 +852,21 @@ fn plan_launches_by_load(s: &State, live: &HashMap<String, u32>, load_aware: boo
         r.workers = before.clone();
     }
     (out, rebalanced)
+}
+
+/// When each attempt running on each worker started (all jobs).
+fn running_since(s: &State) -> HashMap<&str, Vec<u64>> {
+    let mut out: HashMap<&str, Vec<u64>> = HashMap::new();
+    for job in s.jobs.values().filter(|j| j.state == JobState::Running) {
+        for st in &job.stages {
+            for t in &st.tasks {
+                for (_, worker_id, started_ms) in t.running_attempts() {
+                    out.entry(worker_id).or_default().push(started_ms);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Takes `slots` slots (at least one) on a worker `ok` accepts: the one with the most
