@@ -813,8 +813,8 @@ async fn run(cli: Cli) -> Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!(
-                    "{:<12} {:<22} {:<6} {:>5} {:>7} {:>6} {}",
-                    "WORKER", "ADDRESS", "STATE", "SLOTS", "RUNNING", "CPU%", "LOAD (recorded)"
+                    "{:<12} {:<22} {:<6} {:>5} {:>7} {:>6} LOAD (recorded)",
+                    "WORKER", "ADDRESS", "STATE", "SLOTS", "RUNNING", "CPU%"
                 );
                 for w in &ws {
                     println!(

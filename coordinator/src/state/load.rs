@@ -77,3 +77,53 @@ impl WorkerLoad {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{ApplyError, Command};
+
+    #[test]
+    fn an_alive_workers_load_is_recorded_and_a_new_process_starts_without_one() {
+        let mut s = crate::state::test_state(&[("w1", 2)], 1);
+        let load = WorkerLoad {
+            cpu_percent: 150.0,
+            cpu_cores: 2,
+            queued: 1,
+            at_ms: 5,
+            ..Default::default()
+        };
+        let cmd = |w: &str| Command::WorkerLoad {
+            worker_id: w.into(),
+            load: load.clone(),
+        };
+        s.apply(&cmd("w1")).unwrap();
+        assert_eq!(s.workers["w1"].load.as_ref(), Some(&load));
+        assert_eq!(load.cpu_fraction(), 0.75);
+        assert!(matches!(
+            s.apply(&cmd("nope")),
+            Err(ApplyError::UnknownWorker(_))
+        ));
+        // it survives a snapshot (serde) round trip
+        let copy: crate::state::State =
+            serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(copy.workers["w1"].load, s.workers["w1"].load);
+        // a lost worker's load is not updated; registering again starts without one
+        s.apply(&Command::WorkerLost {
+            worker_id: "w1".into(),
+            at_ms: 6,
+        })
+        .unwrap();
+        assert!(matches!(s.apply(&cmd("w1")), Err(ApplyError::Illegal(_))));
+        s.apply(&Command::RegisterWorker {
+            worker_id: "w1".into(),
+            address: "w1:2".into(),
+            http_address: String::new(),
+            slots: 2,
+            at_ms: 7,
+            shuffle: Default::default(),
+        })
+        .unwrap();
+        assert_eq!(s.workers["w1"].load, None);
+    }
+}
