@@ -310,6 +310,7 @@ pub fn job_json(j: &pb::JobStatus) -> serde_json::Value {
         "stage_details": j.stages.iter()
             .map(autopipe_coordinator::api::http::stage_json)
             .collect::<Vec<_>>(),
+        "workers": autopipe_coordinator::api::http::job_workers_json(j),
     })
 }
 
@@ -381,6 +382,19 @@ pub fn summary(j: &pb::JobStatus, wall: Duration) -> String {
     if let Some(e) = &j.error {
         s += &format!("  error:     {}\n", e.message);
     }
+    if !j.workers.is_empty() {
+        s += "  workers:   (tasks done/running, load from heartbeats)\n";
+        for w in &j.workers {
+            s += &format!(
+                "    {:<12} {:<6} tasks {:>4}/{:<3} {}\n",
+                w.worker_id,
+                w.state,
+                w.tasks_done,
+                w.tasks_running,
+                load_line(w.load.as_ref())
+            );
+        }
+    }
     if !j.waiting_reason.is_empty() {
         s += &format!(
             "  WAITING:   {:.0}s: {}\n",
@@ -440,6 +454,28 @@ pub fn print_job(j: &pb::JobStatus, json_out: bool) {
         let wall = Duration::from_millis(j.finished_at_ms.saturating_sub(j.submitted_at_ms));
         print!("{}", summary(j, wall));
     }
+}
+
+/// A worker's recorded load in one line: CPU of its cores, memory of its tasks'
+/// memory, free slots, queue, spilled bytes, and why placement avoids it (HOT).
+pub fn load_line(l: Option<&pb::WorkerLoad>) -> String {
+    let Some(l) = l else {
+        return "-".into();
+    };
+    let mut s = format!(
+        "cpu {:.0}%/{} cores  mem {}/{}  free {}  queued {}  spilled {}",
+        l.cpu_percent,
+        l.cpu_cores,
+        fmt_bytes(l.memory_used_bytes),
+        fmt_bytes(l.memory_limit_bytes),
+        l.free_slots,
+        l.queued,
+        fmt_bytes(l.spilled_bytes)
+    );
+    if !l.hot.is_empty() {
+        s += &format!("  HOT: {}", l.hot);
+    }
+    s
 }
 
 /// Exit status for a finished job.

@@ -224,6 +224,11 @@ enum Cmd {
         /// test only: the first commit of each job hangs this long
         #[arg(long, hide = true, default_value_t = 0)]
         test_commit_hang_ms: u64,
+        /// place tasks by the workers' load from their heartbeats and their measured
+        /// speed (`=false`: by free slots alone); a job's `load_aware_placement`
+        /// parameter overrides it
+        #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+        load_aware_placement: bool,
         #[command(flatten)]
         budget: BudgetArgs,
         #[command(flatten)]
@@ -601,6 +606,7 @@ async fn run(cli: Cli) -> Result<i32> {
             http_open_reads,
             commit_timeout_ms,
             test_commit_hang_ms,
+            load_aware_placement,
             budget,
             autoscale,
             worker_slots,
@@ -647,6 +653,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     allowed_roots,
                     autoscale,
                     default_params,
+                    load_aware_placement,
                     ..Default::default()
                 },
                 cancel,
@@ -884,13 +891,19 @@ async fn run(cli: Cli) -> Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!(
-                    "{:<12} {:<22} {:<6} {:>5} {:>7} {:>6}",
+                    "{:<12} {:<22} {:<6} {:>5} {:>7} {:>6} LOAD (recorded)",
                     "WORKER", "ADDRESS", "STATE", "SLOTS", "RUNNING", "CPU%"
                 );
                 for w in &ws {
                     println!(
-                        "{:<12} {:<22} {:<6} {:>5} {:>7} {:>6.0}",
-                        w.worker_id, w.address, w.state, w.slots, w.running_tasks, w.cpu_percent
+                        "{:<12} {:<22} {:<6} {:>5} {:>7} {:>6.0} {}",
+                        w.worker_id,
+                        w.address,
+                        w.state,
+                        w.slots,
+                        w.running_tasks,
+                        w.cpu_percent,
+                        client::load_line(w.load.as_ref())
                     );
                 }
             }

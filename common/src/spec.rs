@@ -148,6 +148,11 @@ pub struct JobParams {
     /// skewedPartitionThresholdInBytes)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skew_threshold_bytes: Option<ByteSize>,
+    /// place each task on the worker with the most headroom by its heartbeats (CPU,
+    /// memory, queue) and its measured speed, not by free slots alone; default: the
+    /// coordinator's `--load-aware-placement` (true)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_aware_placement: Option<bool>,
 }
 
 /// Speculation settings in effect for a job.

@@ -55,6 +55,10 @@ pub struct CoordinatorConfig {
     /// params take each one it does not set itself, so every rule can be switched
     /// off or pinned for the whole cluster
     pub default_params: autopipe_common::spec::JobParams,
+    /// place tasks by the workers' load (`optimizer::placement`) unless a job's
+    /// `load_aware_placement` says otherwise (`--load-aware-placement`); false: by
+    /// free slots alone
+    pub load_aware_placement: bool,
 }
 
 impl Default for CoordinatorConfig {
@@ -76,6 +80,7 @@ impl Default for CoordinatorConfig {
             test_commit_hang: Duration::ZERO,
             autoscale: None,
             default_params: Default::default(),
+            load_aware_placement: true,
         }
     }
 }
@@ -102,6 +107,9 @@ pub struct Liveness {
     /// attempts this leader asked it to stop that it still listed in its last
     /// heartbeat: each holds a task slot until the worker no longer lists it
     pub stopping: HashSet<AttemptId>,
+    /// its load as the last heartbeat said (recorded in the state by
+    /// `scheduler::load` when it changed materially)
+    pub load: Option<crate::state::load::WorkerLoad>,
 }
 
 /// (job, stage, task, attempt)
@@ -125,6 +133,7 @@ impl Liveness {
             probed: false,
             running: vec![],
             stopping: HashSet::new(),
+            load: None,
         }
     }
 }

@@ -44,6 +44,8 @@ pub struct WorkerShared {
     /// memory for all running tasks, bytes
     memory_limit: u64,
     slots: Arc<Semaphore>,
+    /// launches waiting for a free slot now (reported in heartbeats as `queued`)
+    queued: std::sync::atomic::AtomicU32,
     worker_id: Mutex<Option<String>>,
     running: Mutex<HashMap<Key, Running>>,
 }
@@ -91,6 +93,7 @@ impl WorkerShared {
         Self {
             memory_limit,
             slots: Arc::new(Semaphore::new(config.slots as usize)),
+            queued: Default::default(),
             shuffle: Arc::new(ShuffleStore {
                 root: shuffle_root,
                 metrics: metrics.clone(),
@@ -143,6 +146,16 @@ impl WorkerShared {
     /// Free task slots.
     pub fn free_slots(&self) -> u32 {
         self.slots.available_permits() as u32
+    }
+
+    /// Launches waiting for a free slot now.
+    pub fn queued(&self) -> u32 {
+        self.queued.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The memory all running tasks share, bytes.
+    pub fn memory_limit(&self) -> u64 {
+        self.memory_limit
     }
 
     /// Stops every running task (each leaves the running list once it has ended).
@@ -231,14 +244,18 @@ impl pb::worker_control_server::WorkerControl for Control {
         // An attempt given a larger memory share takes that many slots.
         let slots = def.slots.clamp(1, self.shared.config.slots.max(1));
         let memory = self.shared.task_memory(slots);
+        let queued = &self.shared.queued;
+        queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let permit = tokio::time::timeout(
             SLOT_WAIT,
             self.shared.slots.clone().acquire_many_owned(slots),
         )
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .ok_or_else(|| Status::resource_exhausted(autopipe_common::task::NO_FREE_SLOT))?;
+        .await;
+        queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let permit = permit
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| Status::resource_exhausted(autopipe_common::task::NO_FREE_SLOT))?;
         let shared = self.shared.clone();
         let k = key_of(&key);
         let mut running = self.shared.running.lock().expect("lock");

@@ -284,6 +284,10 @@ async fn heartbeat_loop(
                 memory_used_bytes: mem,
                 retry_budget_exhausted: autopipe_common::retry::budget().exhausted(),
                 shuffle_jobs: shuffle_jobs.clone(),
+                spilled_bytes: shared.metrics.spilled_bytes.get(),
+                queued: shared.queued(),
+                memory_limit_bytes: shared.memory_limit(),
+                cpu_cores: cpu_cores(),
             });
             req.set_timeout(Duration::from_secs(5));
             let resp = client
@@ -326,4 +330,9 @@ async fn heartbeat_loop(
             _ = tokio::time::sleep(sleep) => {},
         }
     }
+}
+
+/// CPU cores of this machine (at least 1).
+fn cpu_cores() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }

@@ -2,7 +2,7 @@
 //! Every state change goes through `Core::propose` and is answered after it applied.
 
 use super::cluster;
-use super::status::{decisions, job_page, job_status, workers};
+use super::status::{decisions, job_page, job_status, job_status_with_workers, workers};
 use crate::core::{attempt_id, Core, Liveness, StoreError};
 use crate::optimizer::partitions::{plan_inputs, InputPlan};
 use crate::planner::plan_job_with;
@@ -273,7 +273,7 @@ impl pb::job_service_server::JobService for Services {
         let id = req.into_inner().job_id;
         // served by the leader once a quorum confirmed it leads: never stale
         self.core
-            .read_current(|s| s.jobs.get(&id).map(job_status))
+            .read_current(|s| s.jobs.get(&id).map(|j| job_status_with_workers(s, j)))
             .await
             .map_err(store_status)?
             .map(Response::new)
@@ -458,6 +458,9 @@ impl pb::worker_service_server::WorkerService for Services {
             let mut l = Liveness::now(h.cpu_percent, h.memory_used_bytes);
             l.retry_budget_exhausted = h.retry_budget_exhausted;
             l.running = h.running.clone();
+            l.load = Some(crate::state::load::WorkerLoad::from_heartbeat(
+                &h, l.last_ms,
+            ));
             let before = {
                 let mut live = self.core.liveness.lock().expect("liveness lock poisoned");
                 // an attempt asked to stop holds its slot while the worker lists it

@@ -7,7 +7,7 @@
 //! (any method but GET and HEAD) needs `Authorization: Bearer <token>`, and so does every
 //! request when `--http-open-reads=false` (the guard `router` adds).
 
-use super::status::{decisions, job_page, job_status, workers};
+use super::status::{decisions, job_page, job_status, job_status_with_workers, workers};
 use crate::core::Core;
 use autopipe_common::auth::ServerAuth;
 use autopipe_proto as pb;
@@ -114,6 +114,7 @@ pub fn job_json(j: &pb::JobStatus) -> Value {
             "key": e.key,
         })),
         "stages": j.stages.iter().map(stage_json).collect::<Vec<_>>(),
+        "workers": job_workers_json(j),
     })
 }
 
@@ -144,6 +145,38 @@ pub fn stage_json(s: &pb::StageStatus) -> Value {
     })
 }
 
+/// JSON form of a job's workers (`JobStatus.workers`; shared with the CLI's view).
+pub fn job_workers_json(j: &pb::JobStatus) -> Value {
+    j.workers
+        .iter()
+        .map(|w| {
+            json!({
+                "worker_id": w.worker_id,
+                "state": w.state,
+                "tasks_done": w.tasks_done,
+                "tasks_running": w.tasks_running,
+                "load": w.load.as_ref().map(load_json),
+            })
+        })
+        .collect()
+}
+
+/// JSON form of a worker's recorded load.
+pub fn load_json(l: &pb::WorkerLoad) -> Value {
+    json!({
+        "cpu_percent": l.cpu_percent,
+        "cpu_cores": l.cpu_cores,
+        "memory_used_bytes": l.memory_used_bytes,
+        "memory_limit_bytes": l.memory_limit_bytes,
+        "free_slots": l.free_slots,
+        "running": l.running,
+        "queued": l.queued,
+        "spilled_bytes": l.spilled_bytes,
+        "at_ms": l.at_ms,
+        "hot": (!l.hot.is_empty()).then_some(&l.hot),
+    })
+}
+
 /// JSON form of a worker.
 pub fn worker_json(w: &pb::WorkerInfo) -> Value {
     json!({
@@ -157,6 +190,7 @@ pub fn worker_json(w: &pb::WorkerInfo) -> Value {
         "cpu_percent": w.cpu_percent,
         "memory_used_bytes": w.memory_used_bytes,
         "last_heartbeat_ms": w.last_heartbeat_ms,
+        "load": w.load.as_ref().map(load_json),
     })
 }
 
@@ -205,7 +239,7 @@ async fn jobs(
 }
 
 async fn job(State(core): State<Arc<Core>>, Path(id): Path<String>) -> Response {
-    match core.read(|s| s.jobs.get(&id).map(job_status)) {
+    match core.read(|s| s.jobs.get(&id).map(|j| job_status_with_workers(s, j))) {
         Some(j) => Json(job_json(&j)).into_response(),
         None => (
             StatusCode::NOT_FOUND,

@@ -1,6 +1,7 @@
 //! Builds the wire view (`JobStatus`, `WorkerInfo`) of the state, shared by gRPC and HTTP.
 
 use crate::core::Core;
+use crate::state::machine::WorkerRecord;
 use crate::state::{Job, JobState, State, TaskState, WorkerState};
 use autopipe_proto as pb;
 
@@ -133,6 +134,7 @@ pub fn job_status(job: &Job) -> pb::JobStatus {
         dead_letter_path: job.dead_letter_dir(),
         waiting_reason: waiting.map(|w| w.reason.clone()).unwrap_or_default(),
         waiting_since_ms: waiting.map(|w| w.since_ms).unwrap_or(0),
+        workers: vec![],
     }
 }
 
@@ -172,19 +174,68 @@ pub fn workers(core: &Core, s: &State) -> Vec<pb::WorkerInfo> {
                 address: w.address.clone(),
                 slots: w.slots,
                 free_slots: w.slots.saturating_sub(busy),
-                state: match w.state {
-                    WorkerState::Alive => "alive".into(),
-                    WorkerState::Lost => "lost".into(),
-                    WorkerState::Released => "released".into(),
-                },
+                state: worker_state(w.state).into(),
                 last_heartbeat_ms: l.map(|l| l.last_ms).unwrap_or(0),
                 cpu_percent: l.map(|l| l.cpu_percent).unwrap_or(0.0),
                 memory_used_bytes: l.map(|l| l.memory_used_bytes).unwrap_or(0),
                 running_tasks: busy,
                 http_address: w.http_address.clone(),
+                load: load(w),
             }
         })
         .collect()
+}
+
+/// A worker's load as the replicated state recorded it, and whether placement
+/// avoids it now.
+fn load(w: &WorkerRecord) -> Option<pb::WorkerLoad> {
+    w.load
+        .as_ref()
+        .map(|l| l.to_proto(crate::optimizer::placement::hot(l).unwrap_or_default()))
+}
+
+fn worker_state(s: WorkerState) -> &'static str {
+    match s {
+        WorkerState::Alive => "alive",
+        WorkerState::Lost => "lost",
+        WorkerState::Released => "released",
+    }
+}
+
+/// The status of one job with the workers it runs on (`JobStatus.workers`): every
+/// alive worker and every other that ran a task of it, with its recorded load.
+pub fn job_status_with_workers(s: &State, job: &Job) -> pb::JobStatus {
+    let mut st = job_status(job);
+    let mut per_worker: std::collections::BTreeMap<&str, (u32, u32)> = s
+        .workers
+        .values()
+        .filter(|w| w.state == WorkerState::Alive)
+        .map(|w| (w.id.as_str(), (0, 0)))
+        .collect();
+    for stage in &job.stages {
+        for t in &stage.tasks {
+            if let TaskState::Succeeded { worker_id, .. } = &t.state {
+                per_worker.entry(worker_id).or_default().0 += 1;
+            }
+            for (_, worker_id, _) in t.running_attempts() {
+                per_worker.entry(worker_id).or_default().1 += 1;
+            }
+        }
+    }
+    st.workers = per_worker
+        .into_iter()
+        .map(|(id, (done, running))| {
+            let w = s.workers.get(id);
+            pb::JobWorker {
+                worker_id: id.to_string(),
+                state: w.map_or("forgotten", |w| worker_state(w.state)).into(),
+                tasks_done: done,
+                tasks_running: running,
+                load: w.and_then(load),
+            }
+        })
+        .collect();
+    st
 }
 
 /// The decision log (oldest first), optionally one job's.

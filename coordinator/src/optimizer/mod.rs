@@ -15,6 +15,7 @@ pub mod broadcast;
 pub mod coalesce;
 pub mod memory;
 pub mod partitions;
+pub mod placement;
 pub mod replan;
 pub mod scaling;
 pub mod skew;

@@ -5,11 +5,13 @@
 
 pub mod autoscale;
 pub mod commit;
+pub mod load;
 pub mod retention;
 pub mod stall;
 
 use crate::alerts::{self, AlertKind};
 use crate::core::{attempt_id, AttemptId, Core};
+use crate::optimizer::placement::{self, Placement, Rebalanced, Slots, StageContext};
 use crate::state::decision::inputs;
 use crate::state::machine::Stage;
 use crate::state::{
@@ -64,6 +66,7 @@ pub async fn run(core: Arc<Core>, cancel: CancellationToken) {
         }
         time_out_attempts(&core).await;
         cancel_orphans(&core, &mut orphans_cancelled);
+        load::publish(&core).await;
         launch_ready_tasks(&core).await;
         stall::watch(&core, &mut stalled).await;
         start_commits(&core, &committing).await;
@@ -434,7 +437,9 @@ async fn launch_ready_tasks(core: &Arc<Core>) {
             Err(e) => tracing::debug!(%job, stage, "re-plan not recorded: {e}"),
         }
     }
-    let launches = core.read(|s| plan_launches(s, &live));
+    let cluster_load_aware = core.config.load_aware_placement;
+    let (launches, rebalanced) = core.read(|s| plan_launches_by_load(s, &live, cluster_load_aware));
+    load::record_rebalance(core, rebalanced).await;
     // proposed together, so one raft Ready (one flush) records the whole wave
     let recorded = futures::future::join_all(launches.iter().map(|l| {
         let key = l.def.key.clone().expect("built with a key");
@@ -688,24 +693,47 @@ pub fn class_name(c: ErrorClass) -> &'static str {
     }
 }
 
-/// Decides launches: jobs in submission order, ready stages in order, tasks onto the
-/// alive worker with the most free slots (avoiding workers where the task already
-/// failed, while others are alive); then speculative copies of stragglers onto the
-/// slots left. `live` maps each heartbeating worker to the attempts it was asked to
-/// stop and still runs: such a slot is free only once the worker stopped it.
+/// Decides launches with load-aware placement on by default (as the cluster flag
+/// leaves it); see `plan_launches_by_load`.
+#[cfg(test)]
 fn plan_launches(s: &State, live: &HashMap<String, u32>) -> Vec<Launch> {
+    plan_launches_by_load(s, live, true).0
+}
+
+/// The launches of one scheduler wave, and per (job, stage) how load-aware placement
+/// differed from plain spreading (`optimizer::placement`).
+type Planned = (Vec<Launch>, BTreeMap<(String, u32), Rebalanced>);
+
+/// Decides launches: jobs in submission order, ready stages in order, tasks onto the
+/// alive worker with the most headroom (`optimizer::placement`: free slots, and the
+/// load and speed its heartbeats and tasks showed, where the job's
+/// `load_aware_placement` or else `load_aware` lets it; otherwise the most free slots),
+/// avoiding workers where the task already failed while others are alive; then
+/// speculative copies of stragglers onto the slots left. `live` maps each
+/// heartbeating worker to the attempts it was asked to stop and still runs: such a
+/// slot is free only once the worker stopped it.
+fn plan_launches_by_load(s: &State, live: &HashMap<String, u32>, load_aware: bool) -> Planned {
     let running = s.running_per_worker();
-    let mut free: Vec<(String, i64, i64)> = s
+    let since = running_since(s);
+    let now = now_ms();
+    let mut free: Vec<Slots> = s
         .workers
         .values()
         .filter_map(|w| {
             let stopping = *live.get(&w.id).filter(|_| w.state == WorkerState::Alive)?;
             let busy = running.get(w.id.as_str()).copied().unwrap_or(0) + stopping;
-            Some((w.id.clone(), w.slots as i64 - busy as i64, w.slots as i64))
+            Some(Slots {
+                worker: w.id.clone(),
+                free: w.slots as i64 - busy as i64,
+                slots: w.slots as i64,
+                load: w.load.clone(),
+                running_since: since.get(w.id.as_str()).cloned().unwrap_or_default(),
+            })
         })
         .collect();
+    let before = free.clone();
     let mut out = Vec::new();
-    let now = now_ms();
+    let mut rebalanced: BTreeMap<(String, u32), Rebalanced> = BTreeMap::new();
     let running_jobs = || {
         s.job_order
             .iter()
@@ -713,24 +741,47 @@ fn plan_launches(s: &State, live: &HashMap<String, u32>) -> Vec<Launch> {
             .filter(|j| j.state == JobState::Running)
     };
     'jobs: for job in running_jobs() {
+        let by_load = job
+            .spec
+            .job
+            .params
+            .load_aware_placement
+            .unwrap_or(load_aware);
         for (si, stage) in job.stages.iter().enumerate() {
             if !job.stage_ready(si) {
                 continue;
             }
+            let mut ctx = by_load.then(|| StageContext {
+                speeds: placement::speeds(job, si),
+                pending: stage
+                    .tasks
+                    .iter()
+                    .filter(|t| t.state == TaskState::Pending)
+                    .count(),
+                may_wait: true,
+                now_ms: now,
+            });
             for (ti, task) in stage.tasks.iter().enumerate() {
                 if task.state != TaskState::Pending || task.not_before_ms > now {
                     continue;
                 }
-                if !free.iter().any(|f| f.1 > 0) {
+                if !free.iter().any(|f| f.free > 0) {
                     break 'jobs;
                 }
                 // elsewhere than where it failed, unless it failed everywhere
-                let failed_everywhere = free.iter().all(|f| task.failed_on.contains(&f.0));
-                let Some(wid) = take_slot(&mut free, task.memory_slots, |w| {
+                let failed_everywhere = free.iter().all(|f| task.failed_on.contains(&f.worker));
+                let placed = take_slot(&mut free, task.memory_slots, ctx.as_ref(), |w| {
                     failed_everywhere || !task.failed_on.iter().any(|f| f == w)
-                }) else {
-                    continue;
-                };
+                });
+                if let Some(c) = ctx.as_mut() {
+                    c.pending = c.pending.saturating_sub(1);
+                }
+                let Some(placed) = placed else { continue };
+                rebalanced
+                    .entry((job.id.clone(), si as u32))
+                    .or_default()
+                    .note(&placed);
+                let Some(wid) = placed.worker else { continue };
                 let worker = &s.workers[&wid];
                 out.push(Launch {
                     worker_id: wid.clone(),
@@ -746,11 +797,24 @@ fn plan_launches(s: &State, live: &HashMap<String, u32>) -> Vec<Launch> {
         if !spec.enabled {
             continue;
         }
+        let by_load = job
+            .spec
+            .job
+            .params
+            .load_aware_placement
+            .unwrap_or(load_aware);
         for (si, stage) in job.stages.iter().enumerate() {
             // a copy reads the inputs as they are now: never while one is recomputed
             if !job.stage_ready(si) {
                 continue;
             }
+            // a copy goes to the fastest worker with room (it never waits)
+            let ctx = by_load.then(|| StageContext {
+                speeds: placement::speeds(job, si),
+                pending: 0,
+                may_wait: false,
+                now_ms: now,
+            });
             for x in stragglers(stage, &spec, now) {
                 let task = &stage.tasks[x.task];
                 let TaskState::Running {
@@ -760,9 +824,10 @@ fn plan_launches(s: &State, live: &HashMap<String, u32>) -> Vec<Launch> {
                 else {
                     continue;
                 };
-                let Some(wid) = take_slot(&mut free, task.memory_slots, |w| {
+                let Some(wid) = take_slot(&mut free, task.memory_slots, ctx.as_ref(), |w| {
                     w != original && !task.failed_on.iter().any(|f| f == w)
-                }) else {
+                })
+                .and_then(|p| p.worker) else {
                     continue;
                 };
                 let why = format!(
@@ -789,22 +854,40 @@ fn plan_launches(s: &State, live: &HashMap<String, u32>) -> Vec<Launch> {
             }
         }
     }
+    rebalanced.retain(|_, r| r.any());
+    for r in rebalanced.values_mut() {
+        r.workers = before.clone();
+    }
+    (out, rebalanced)
+}
+
+/// When each attempt running on each worker started (all jobs).
+fn running_since(s: &State) -> HashMap<&str, Vec<u64>> {
+    let mut out: HashMap<&str, Vec<u64>> = HashMap::new();
+    for job in s.jobs.values().filter(|j| j.state == JobState::Running) {
+        for st in &job.stages {
+            for t in &st.tasks {
+                for (_, worker_id, started_ms) in t.running_attempts() {
+                    out.entry(worker_id).or_default().push(started_ms);
+                }
+            }
+        }
+    }
     out
 }
 
-/// Takes `slots` slots (at least one) on the worker with the most free slots among
-/// those `ok` accepts; a task wanting more slots than a worker has takes all of it.
-/// `free` holds (worker, free slots, all slots).
+/// Takes `slots` slots (at least one) on a worker `ok` accepts: the one with the most
+/// headroom with `ctx` (load-aware placement, `optimizer::placement`), else the one
+/// with the most free slots; a task wanting more slots than a worker has takes all of
+/// it. `None`: no accepted worker has room; a placement without a worker: the task
+/// waits for a faster worker's slot.
 fn take_slot(
-    free: &mut [(String, i64, i64)],
+    free: &mut [Slots],
     slots: u32,
+    ctx: Option<&StageContext>,
     ok: impl Fn(&str) -> bool,
-) -> Option<String> {
-    free.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    let want = |f: &(String, i64, i64)| (slots.max(1) as i64).min(f.2.max(1));
-    let slot = free.iter_mut().find(|f| f.1 >= want(f) && ok(&f.0))?;
-    slot.1 -= want(slot);
-    Some(slot.0.clone())
+) -> Option<Placement> {
+    placement::take(free, slots, ok, ctx)
 }
 
 /// Where a sink task attempt stages its files.

@@ -370,6 +370,15 @@ pub enum Command {
         /// what happened, in words
         effect: String,
     },
+    /// a worker's load from its heartbeats (issue 12 §1), recorded by the leader when
+    /// it changed materially, at most every few seconds (`scheduler::load`); refused
+    /// for a worker that is not alive
+    WorkerLoad {
+        /// which
+        worker_id: String,
+        /// what its heartbeat said
+        load: super::load::WorkerLoad,
+    },
     /// lost workers past the lost-worker retention leave the state (chosen by
     /// `scheduler::retention`); ids no longer in the state are skipped, an alive
     /// worker is refused

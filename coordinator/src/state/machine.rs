@@ -384,6 +384,9 @@ pub struct WorkerRecord {
     /// retention period)
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lost_ms: u64,
+    /// its load from its heartbeats, as last recorded (`Command::WorkerLoad`)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<super::load::WorkerLoad>,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -492,6 +495,7 @@ impl State {
                         attempts,
                         transient_failures,
                         lost_ms: 0,
+                        load: None,
                     },
                 );
                 Ok(Outcome::Done)
@@ -1157,6 +1161,7 @@ impl State {
                 self.set_effect(*decision_id, effect.clone());
                 Ok(Outcome::Done)
             }
+            Command::WorkerLoad { worker_id, load } => self.on_worker_load(worker_id, load),
             Command::PruneWorkers { worker_ids, .. } => {
                 if let Some(w) = worker_ids.iter().find_map(|id| {
                     self.workers
@@ -1174,6 +1179,25 @@ impl State {
                 Ok(Outcome::Done)
             }
         }
+    }
+
+    fn on_worker_load(
+        &mut self,
+        worker_id: &str,
+        load: &super::load::WorkerLoad,
+    ) -> Result<Outcome, ApplyError> {
+        let w = self
+            .workers
+            .get_mut(worker_id)
+            .ok_or_else(|| ApplyError::UnknownWorker(worker_id.to_string()))?;
+        if w.state != WorkerState::Alive {
+            return Err(ApplyError::Illegal(format!(
+                "worker {worker_id} is {:?}: its load is not recorded",
+                w.state
+            )));
+        }
+        w.load = Some(load.clone());
+        Ok(Outcome::Done)
     }
 
     fn job_mut(&mut self, job_id: &str) -> Result<&mut Job, ApplyError> {

@@ -4,6 +4,7 @@
 
 pub mod commands;
 pub mod decision;
+pub mod load;
 pub mod machine;
 
 pub use commands::{
@@ -41,6 +42,7 @@ impl State {
             Command::WorkerLost { .. } => None,
             Command::ForgetJobs { .. } | Command::PruneWorkers { .. } => None,
             Command::WorkerReleased { .. } | Command::DecisionEffect { .. } => None,
+            Command::WorkerLoad { .. } => None,
         };
         let mut jobs: std::collections::BTreeMap<String, machine::Job> = match job_id {
             Some(id) => self
