@@ -102,6 +102,9 @@ pub struct Liveness {
     /// attempts this leader asked it to stop that it still listed in its last
     /// heartbeat: each holds a task slot until the worker no longer lists it
     pub stopping: HashSet<AttemptId>,
+    /// split points it offered that it still waits to have confirmed, as it last
+    /// reported (`scheduler::liquid`)
+    pub split_offers: Vec<autopipe_proto::SplitOffer>,
 }
 
 /// (job, stage, task, attempt)
@@ -125,6 +128,7 @@ impl Liveness {
             probed: false,
             running: vec![],
             stopping: HashSet::new(),
+            split_offers: vec![],
         }
     }
 }

@@ -458,6 +458,7 @@ impl pb::worker_service_server::WorkerService for Services {
             let mut l = Liveness::now(h.cpu_percent, h.memory_used_bytes);
             l.retry_budget_exhausted = h.retry_budget_exhausted;
             l.running = h.running.clone();
+            l.split_offers = h.split_offers.clone();
             let before = {
                 let mut live = self.core.liveness.lock().expect("liveness lock poisoned");
                 // an attempt asked to stop holds its slot while the worker lists it

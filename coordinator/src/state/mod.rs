@@ -7,8 +7,8 @@ pub mod decision;
 pub mod machine;
 
 pub use commands::{
-    Command, ErrorRecord, FetchFailedRecord, ShuffleHome, StageJoin, StagePlan, TaskReads,
-    TaskResult, Waiting,
+    Command, ErrorRecord, FetchFailedRecord, ScanSlice, ShuffleHome, SplitOrigin, StageJoin,
+    StagePlan, TaskReads, TaskResult, Waiting,
 };
 pub use decision::{Decision, DecisionKind};
 pub use machine::{ApplyError, Job, JobState, Outcome, State, TaskState, WorkerState};
@@ -28,6 +28,7 @@ impl State {
             | Command::TaskMemory { job_id, .. }
             | Command::ReplanStage { job_id, .. }
             | Command::SpeculativeLaunched { job_id, .. }
+            | Command::SplitRunningTask { job_id, .. }
             | Command::TaskSucceeded { job_id, .. }
             | Command::TaskFailed { job_id, .. }
             | Command::JobCommitting { job_id }
