@@ -117,10 +117,16 @@ fn a_running_scan_split_by_dynamic_rebalancing_reads_every_row_exactly_once() ->
     eprintln!("{splits:#?}");
     assert!(d["why"].as_str().unwrap_or("").contains("idle slot"), "{d}");
     let inputs = &d["inputs"];
-    let at: u64 = inputs["split_unit"].as_str().context("split_unit")?.parse()?;
+    let at: u64 = inputs["split_unit"]
+        .as_str()
+        .context("split_unit")?
+        .parse()?;
     let started: u64 = inputs["units_started"].as_str().context("units")?.parse()?;
     assert_eq!(inputs["units_total"], ROW_GROUPS.to_string(), "{d}");
-    assert!(started >= 1 && at >= started && at < ROW_GROUPS as u64, "{d}");
+    assert!(
+        started >= 1 && at >= started && at < ROW_GROUPS as u64,
+        "{d}"
+    );
     let effect = d["effect"].as_str().unwrap_or("");
     assert!(
         effect.contains("of its prefix") && effect.contains("of the remainder"),
@@ -143,5 +149,55 @@ fn a_running_scan_split_by_dynamic_rebalancing_reads_every_row_exactly_once() ->
     let job = v["job_id"].as_str().context("job id")?;
     assert!(decisions(&c, job, "split_running_task")?.is_empty());
     eprintln!("dynamic rebalancing on: {t_on:?}; off: {t_off:?}");
+    Ok(())
+}
+
+#[test]
+fn the_split_tasks_worker_killed_after_the_split_its_retry_reads_only_the_prefix() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    write_events(&dir.path().join("data/events"))?;
+    let mut c = Cluster::start_full(
+        2,
+        1,
+        &["--test-scan-unit-delay-ms", "150"],
+        &["--heartbeat-timeout", "2"],
+    )?;
+    c.wait_for(Duration::from_secs(60), "2 workers", |c| {
+        Ok(c.alive_workers()? == 2)
+    })?;
+    let s = spec(dir.path(), "split_then_kill", "")?;
+    let id = c.submit(&s)?;
+    let mut split = serde_json::Value::Null;
+    c.wait_for(Duration::from_secs(60), "a split", |c| {
+        if let Some(d) = decisions(c, &id, "split_running_task")?.into_iter().next() {
+            split = d;
+        }
+        Ok(!split.is_null())
+    })?;
+    // the worker of the split task goes: its retry must read the prefix alone
+    let worker = split["inputs"]["worker"].as_str().context("worker")?;
+    let workers = c.cli_json(&["workers"])?;
+    let address = workers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|w| w["worker_id"] == worker)
+        .and_then(|w| w["address"].as_str())
+        .context("the split task's worker")?
+        .to_string();
+    let victim = c
+        .workers
+        .iter()
+        .position(|p| address.ends_with(p.addr.trim_start_matches("http://")))
+        .context("its process")?;
+    c.workers[victim].kill();
+    let v = c.wait_done(&id, Duration::from_secs(120))?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    check_spec_output(dir.path(), &s)?;
+    assert_eq!(v["rows_in"], (ROW_GROUPS * ROWS_PER_GROUP) as u64, "{v}");
+    assert!(
+        v["task_attempts"].as_u64() > v["tasks_total"].as_u64(),
+        "the split task ran again: {v}"
+    );
     Ok(())
 }

@@ -220,7 +220,7 @@ pub fn chunk_units(r: &FileRange, chunk: u64) -> Vec<FileRange> {
 
 /// The scan at the bottom of a map task's input that it can run unit by unit.
 enum Leaf {
-    Parquet(FileScanConfig),
+    Parquet(Box<FileScanConfig>),
     Tolerant(Arc<TolerantScanExec>),
 }
 
@@ -255,23 +255,25 @@ impl UnitScan {
             node = child;
         }
         let leaf = if let Some(t) = node.downcast_ref::<TolerantScanExec>() {
-            Leaf::Tolerant(Arc::new(TolerantScanExec::new(
-                t.source.clone(),
-                t.store_url.clone(),
-                t.format.clone(),
-                t.file_schema.clone(),
-                t.projection.clone(),
-                t.groups.clone(),
-                t.dead.clone(),
-            )
-            .ok()?))
+            Leaf::Tolerant(Arc::new(
+                TolerantScanExec::new(
+                    t.source.clone(),
+                    t.store_url.clone(),
+                    t.format.clone(),
+                    t.file_schema.clone(),
+                    t.projection.clone(),
+                    t.groups.clone(),
+                    t.dead.clone(),
+                )
+                .ok()?,
+            ))
         } else {
             let ds = node.downcast_ref::<DataSourceExec>()?;
             let fsc = ds.data_source().downcast_ref::<FileScanConfig>()?;
             if fsc.file_source().file_type() != "parquet" {
                 return None;
             }
-            Leaf::Parquet(fsc.clone())
+            Leaf::Parquet(Box::new(fsc.clone()))
         };
         (partition < n).then(|| UnitScan {
             input: Arc::clone(input),
@@ -392,7 +394,7 @@ impl UnitScan {
                 let f = f.with_range(unit.start as i64, unit.end as i64);
                 let mut groups = fsc.file_groups.clone();
                 groups[self.partition] = FileGroup::new(vec![f]);
-                let config = FileScanConfigBuilder::from(fsc.clone())
+                let config = FileScanConfigBuilder::from(fsc.as_ref().clone())
                     .with_file_groups(groups)
                     .build();
                 DataSourceExec::from_data_source(config)
@@ -484,7 +486,10 @@ mod tests {
         assert_eq!(units, vec![r(250, 600), r(600, 900), r(900, 1000)]);
         assert_eq!(merge(&units), vec![r(250, 1000)]);
         assert!(parquet_units(&r(301, 599), &[4, 300, 600, 900]).is_empty());
-        assert_eq!(chunk_units(&r(0, 25), 10), vec![r(0, 10), r(10, 20), r(20, 25)]);
+        assert_eq!(
+            chunk_units(&r(0, 25), 10),
+            vec![r(0, 10), r(10, 20), r(20, 25)]
+        );
     }
 
     #[tokio::test]
@@ -498,7 +503,10 @@ mod tests {
         let o = c.offer(&key()).unwrap();
         assert_eq!((o.units_started, o.split_unit, o.units_total), (2, 5, 8));
         assert_eq!(o.prefix.as_ref().unwrap().ranges, vec![r(0, 500).to_node()]);
-        assert_eq!(o.remainder.as_ref().unwrap().ranges, vec![r(500, 800).to_node()]);
+        assert_eq!(
+            o.remainder.as_ref().unwrap().ranges,
+            vec![r(500, 800).to_node()]
+        );
         assert_eq!(o.partition, 3);
         // asked again: the same offer
         assert_eq!(c.offer(&key()).unwrap(), o);
@@ -512,7 +520,10 @@ mod tests {
             tokio::spawn(async move { c.next_unit().await })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiting.is_finished(), "it must not read past the reserved point");
+        assert!(
+            !waiting.is_finished(),
+            "it must not read past the reserved point"
+        );
         assert!(!c.confirm(7), "another split's confirmation");
         assert!(c.confirm(0));
         assert_eq!(waiting.await.unwrap(), None);

@@ -185,7 +185,7 @@ pub fn candidates(s: &State, idle: u32, now: u64) -> Vec<Candidate> {
             }
         }
     }
-    out.sort_by(|a, b| b.runtime_ms.cmp(&a.runtime_ms));
+    out.sort_by_key(|c| std::cmp::Reverse(c.runtime_ms));
     out.truncate(idle as usize);
     out
 }
@@ -289,7 +289,13 @@ mod tests {
         assert_eq!(candidates(&s, 2, 5_000).len(), 2);
         assert_eq!(candidates(&s, 1, 5_000).len(), 1, "one per idle slot");
         let mut off = s.clone();
-        off.jobs.get_mut("j").unwrap().spec.job.params.dynamic_rebalance = Some(false);
+        off.jobs
+            .get_mut("j")
+            .unwrap()
+            .spec
+            .job
+            .params
+            .dynamic_rebalance = Some(false);
         assert!(candidates(&off, 1, 5_000).is_empty());
         // a task with a speculative copy is left to speculation
         let mut copy = s.clone();
@@ -330,10 +336,16 @@ mod tests {
         let mut s = test_state(&[("w1", 1), ("w2", 1)], 2);
         test_launch(&mut s, (0, 0, 1), "w1", 0).unwrap();
         test_launch(&mut s, (0, 1, 1), "w2", 0).unwrap();
-        assert_eq!(s.apply(&split(1, 0, (0, 500), (500, 1000))), Ok(Outcome::Done));
+        assert_eq!(
+            s.apply(&split(1, 0, (0, 500), (500, 1000))),
+            Ok(Outcome::Done)
+        );
         let st = &s.jobs["j"].stages[0];
         assert_eq!(st.tasks.len(), 3);
-        assert_eq!(st.tasks[1].scan.as_ref().unwrap().ranges, vec![range(0, 500)]);
+        assert_eq!(
+            st.tasks[1].scan.as_ref().unwrap().ranges,
+            vec![range(0, 500)]
+        );
         let new = &st.tasks[2];
         assert_eq!(new.state, TaskState::Pending);
         assert_eq!(new.scan.as_ref().unwrap().ranges, vec![range(500, 1000)]);
@@ -344,7 +356,10 @@ mod tests {
         assert_eq!(new.split_from.as_ref().unwrap().decision, d.id);
         // proposed again (a leader change): nothing changes
         let before = s.clone();
-        assert_eq!(s.apply(&split(1, 0, (0, 500), (500, 1000))), Ok(Outcome::Done));
+        assert_eq!(
+            s.apply(&split(1, 0, (0, 500), (500, 1000))),
+            Ok(Outcome::Done)
+        );
         assert_eq!(s, before);
         // the same split number with another point is a contradiction
         assert!(s.apply(&split(1, 0, (0, 300), (300, 1000))).is_err());
@@ -398,7 +413,14 @@ mod tests {
             .as_ref()
             .unwrap()
             .decision;
-        let effect = |s: &State| s.decisions.iter().find(|d| d.id == id).unwrap().effect.clone();
+        let effect = |s: &State| {
+            s.decisions
+                .iter()
+                .find(|d| d.id == id)
+                .unwrap()
+                .effect
+                .clone()
+        };
         assert_eq!(effect(&s), None);
         test_launch(&mut s, (0, 2, 1), "w3", 4_100).unwrap();
         test_succeed(&mut s, (0, 2, 1), 6_000).unwrap();

@@ -116,9 +116,7 @@ async fn ask(core: &Arc<Core>, c: &Candidate, key: pb::TaskKey) {
     req.set_timeout(RPC_TIMEOUT);
     let offer = match client.split_task(req).await {
         Ok(r) => match r.into_inner() {
-            pb::SplitTaskResponse {
-                offer: Some(o), ..
-            } => o,
+            pb::SplitTaskResponse { offer: Some(o), .. } => o,
             pb::SplitTaskResponse { refused, .. } => {
                 tracing::debug!(job = %c.job_id, stage = c.stage, task = c.task, "no split: {refused}");
                 return;
