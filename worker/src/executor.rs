@@ -144,9 +144,8 @@ pub async fn run_task(
                     split.control.set_units(partition as u32, list);
                     let units = Arc::new(units);
                     units_read = Some(units.clone());
-                    let stream =
-                        units.stream(split.control.clone(), task_ctx.clone(), split.unit_delay);
-                    cancellable_stream(stream, cancel)
+                    let input = units.plan(split.control.clone(), split.unit_delay)?;
+                    cancellable(&input, partition, task_ctx.clone(), cancel)?
                 }
                 None if def.scan.is_some() => {
                     return Err(Error::Permanent(

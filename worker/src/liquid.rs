@@ -1,21 +1,23 @@
 //! The worker's side of dynamic work rebalancing (the protocol is in the
 //! coordinator's `optimizer::liquid`): a map task of a scan stage launched with
-//! `dynamic_split` runs its scan unit by unit — each Parquet row group of its file
-//! ranges, or each `CHUNK_BYTES` chunk of its CSV/NDJSON ranges — through the same
-//! operators into the same shuffle writers, and a `SplitControl` decides which unit
-//! comes next. On a `SplitTask` request the control reserves a split point (half-way
+//! `dynamic_split` runs its scan unit by unit through the same operators into the
+//! same shuffle writers, and a `SplitControl` decides which unit comes next. A unit
+//! is about 1/`MAX_UNITS` of the task's input: a Parquet range larger than that is
+//! cut at its row groups (its footer read for it), a CSV/NDJSON range into chunks
+//! (at least `MIN_CHUNK_BYTES`), and small consecutive pieces (tiny files) are packed
+//! into one unit, so a task of 500 tiny files does not run 500 scans. On a `SplitTask` request the control reserves a split point (half-way
 //! through the units not started yet), answers with the prefix and the remainder, and
 //! starts no unit past the point until the coordinator confirms the split; then the
 //! attempt ends there. It never drops the remainder on its own.
 //!
-//! A unit is a file range: a Parquet range holds the row groups whose first page
+//! A unit is a list of file ranges: a Parquet range holds the row groups whose first page
 //! starts in it (DataFusion's rule, `RowGroupAccessPlanFilter::prune_by_range`), so
 //! ranges cut at row-group starts read each row group exactly once; a CSV/NDJSON range
 //! holds the records that start in it (`TolerantScanExec`). Prefix and remainder are
 //! the units' ranges merged, so the two tasks read disjoint parts that cover the
 //! attempt's input. Only a plain scan pipeline is cut (scan, filter, projection,
-//! partial aggregation: running it per unit and concatenating is the same as running
-//! it once); any other plan runs whole and refuses splits.
+//! partial aggregation over one partition); any other plan runs whole and refuses
+//! splits.
 
 use autopipe_common::error::{Error, Result};
 use autopipe_common::tolerant::{FileRange, TolerantScanExec};
@@ -28,15 +30,26 @@ use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::execution_plan::ReplaceChildrenOptions;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+};
 use futures::TryStreamExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// Bytes of one CSV/NDJSON unit (the tolerant reader's block size).
-pub const CHUNK_BYTES: u64 = 8 << 20;
+/// A task's input is cut into at most about this many units.
+pub const MAX_UNITS: u64 = 64;
+/// Smallest CSV/NDJSON chunk.
+pub const MIN_CHUNK_BYTES: u64 = 1 << 20;
+
+/// One unit: file ranges read by one run of the scan.
+pub type Unit = Vec<FileRange>;
 
 /// Which unit an attempt reads next, and the split points it agreed to.
 #[derive(Default)]
@@ -48,7 +61,7 @@ pub struct SplitControl {
 #[derive(Default)]
 struct Ctl {
     /// the attempt's units, in reading order (`None` until the scan listed them)
-    units: Option<Vec<FileRange>>,
+    units: Option<Vec<Unit>>,
     /// the plan partition it scans
     partition: u32,
     /// units started (the next unit to start)
@@ -63,7 +76,7 @@ struct Ctl {
 
 impl SplitControl {
     /// Sets the attempt's units (all of them are read unless a split is confirmed).
-    pub fn set_units(&self, partition: u32, units: Vec<FileRange>) {
+    pub fn set_units(&self, partition: u32, units: Vec<Unit>) {
         let mut c = self.ctl.lock().expect("lock");
         c.end = units.len();
         c.units = Some(units);
@@ -72,7 +85,7 @@ impl SplitControl {
 
     /// The next unit to read, waiting while it lies at or past a reserved split
     /// point; `None` once the attempt's units are read.
-    pub async fn next_unit(&self) -> Option<FileRange> {
+    pub async fn next_unit(&self) -> Option<Unit> {
         loop {
             let changed = self.changed.notified();
             {
@@ -141,7 +154,7 @@ impl SplitControl {
         let c = self.ctl.lock().expect("lock");
         c.units
             .iter()
-            .flat_map(|u| u[..c.end.min(u.len())].iter())
+            .flat_map(|u| u[..c.end.min(u.len())].iter().flatten())
             .map(|r| r.end - r.start)
             .sum()
     }
@@ -150,8 +163,8 @@ impl SplitControl {
 fn describe(c: &Ctl, key: &pb::TaskKey) -> pb::SplitOffer {
     let at = c.pending.expect("described while pending");
     let units = c.units.as_deref().unwrap_or(&[]);
-    let group = |us: &[FileRange]| pb::FileGroupNode {
-        ranges: merge(us).iter().map(FileRange::to_node).collect(),
+    let group = |us: &[Unit]| pb::FileGroupNode {
+        ranges: merge(&us.concat()).iter().map(FileRange::to_node).collect(),
     };
     pb::SplitOffer {
         key: Some(key.clone()),
@@ -196,6 +209,25 @@ pub fn parquet_units(r: &FileRange, starts: &[u64]) -> Vec<FileRange> {
             end,
             ..r.clone()
         });
+    }
+    out
+}
+
+/// `pieces` packed in order into units of at least `target` bytes (a piece that is
+/// larger is a unit alone).
+pub fn pack(pieces: Vec<FileRange>, target: u64) -> Vec<Unit> {
+    let mut out = vec![];
+    let (mut unit, mut bytes) = (vec![], 0);
+    for p in pieces {
+        bytes += p.end - p.start;
+        unit.push(p);
+        if bytes >= target {
+            out.push(std::mem::take(&mut unit));
+            bytes = 0;
+        }
+    }
+    if !unit.is_empty() {
+        out.push(unit);
     }
     out
 }
@@ -316,48 +348,51 @@ impl UnitScan {
         }
     }
 
-    /// The units of `group`, in reading order (Parquet footers are read for it).
-    pub async fn units(&self, group: &[FileRange], ctx: &TaskContext) -> Result<Vec<FileRange>> {
+    /// The units of `group`, in reading order (see the module docs).
+    pub async fn units(&self, group: &[FileRange], ctx: &TaskContext) -> Result<Vec<Unit>> {
+        let total: u64 = group.iter().map(|r| r.end - r.start).sum();
+        let target = total.div_ceil(MAX_UNITS).max(1);
+        let mut pieces = vec![];
         match &self.leaf {
-            Leaf::Tolerant(_) => Ok(group
-                .iter()
-                .flat_map(|r| chunk_units(r, CHUNK_BYTES))
-                .collect()),
+            Leaf::Tolerant(_) => {
+                for r in group {
+                    pieces.extend(chunk_units(r, target.max(MIN_CHUNK_BYTES)));
+                }
+            }
             Leaf::Parquet(fsc) => {
                 let store = ctx.runtime_env().object_store(&fsc.object_store_url)?;
                 let files = self.parquet_files(fsc);
-                let mut starts: HashMap<&str, Vec<u64>> = HashMap::new();
-                let mut out = vec![];
                 for r in group {
-                    if !starts.contains_key(r.location.as_str()) {
-                        let f = files.get(r.location.as_str()).ok_or_else(|| {
-                            Error::Permanent(format!(
-                                "the split scan names {}, which the stage's scan does not read",
-                                r.location
-                            ))
-                        })?;
-                        let md = DFParquetMetadata::new(store.as_ref(), &f.object_meta)
-                            .fetch_metadata()
-                            .await?;
-                        // the offset DataFusion tests against a file range
-                        let s = md
-                            .row_groups()
-                            .iter()
-                            .filter(|rg| rg.num_columns() > 0)
-                            .map(|rg| {
-                                let c = rg.column(0);
-                                c.dictionary_page_offset()
-                                    .unwrap_or_else(|| c.data_page_offset())
-                                    .max(0) as u64
-                            })
-                            .collect();
-                        starts.insert(r.location.as_str(), s);
+                    if r.end - r.start <= target {
+                        pieces.push(r.clone());
+                        continue;
                     }
-                    out.extend(parquet_units(r, &starts[r.location.as_str()]));
+                    let f = files.get(r.location.as_str()).ok_or_else(|| {
+                        Error::Permanent(format!(
+                            "the split scan names {}, which the stage's scan does not read",
+                            r.location
+                        ))
+                    })?;
+                    let md = DFParquetMetadata::new(store.as_ref(), &f.object_meta)
+                        .fetch_metadata()
+                        .await?;
+                    // the offset DataFusion tests against a file range
+                    let starts: Vec<u64> = md
+                        .row_groups()
+                        .iter()
+                        .filter(|rg| rg.num_columns() > 0)
+                        .map(|rg| {
+                            let c = rg.column(0);
+                            c.dictionary_page_offset()
+                                .unwrap_or_else(|| c.data_page_offset())
+                                .max(0) as u64
+                        })
+                        .collect();
+                    pieces.extend(parquet_units(r, &starts));
                 }
-                Ok(out)
             }
         }
+        Ok(pack(pieces, target))
     }
 
     fn parquet_files<'a>(&self, fsc: &'a FileScanConfig) -> HashMap<String, &'a PartitionedFile> {
@@ -368,12 +403,12 @@ impl UnitScan {
             .collect()
     }
 
-    /// The input with its scan's partition reading only `unit`.
-    fn plan_for(&self, unit: &FileRange) -> Result<Arc<dyn ExecutionPlan>> {
-        let leaf: Arc<dyn ExecutionPlan> = match &self.leaf {
+    /// The scan reading only `unit` in the task's partition.
+    fn leaf_for(&self, unit: &[FileRange]) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(match &self.leaf {
             Leaf::Tolerant(t) => {
                 let mut groups = t.groups.clone();
-                groups[self.partition] = vec![unit.clone()];
+                groups[self.partition] = unit.to_vec();
                 Arc::new(TolerantScanExec::new(
                     t.source.clone(),
                     t.store_url.clone(),
@@ -386,57 +421,50 @@ impl UnitScan {
             }
             Leaf::Parquet(fsc) => {
                 let files = self.parquet_files(fsc);
-                let mut f = (*files.get(unit.location.as_str()).ok_or_else(|| {
-                    Error::Permanent(format!("no file {} in the scan", unit.location))
-                })?)
-                .clone();
-                f.range = None;
-                let f = f.with_range(unit.start as i64, unit.end as i64);
+                let mut group = Vec::with_capacity(unit.len());
+                for r in unit {
+                    let mut f = (*files.get(r.location.as_str()).ok_or_else(|| {
+                        Error::Permanent(format!("no file {} in the scan", r.location))
+                    })?)
+                    .clone();
+                    f.range = None;
+                    group.push(f.with_range(r.start as i64, r.end as i64));
+                }
                 let mut groups = fsc.file_groups.clone();
-                groups[self.partition] = FileGroup::new(vec![f]);
+                groups[self.partition] = FileGroup::new(group);
                 let config = FileScanConfigBuilder::from(fsc.as_ref().clone())
                     .with_file_groups(groups)
                     .build();
                 DataSourceExec::from_data_source(config)
             }
-        };
+        })
+    }
+
+    /// The task's input with its scan replaced by a `UnitScanExec`: the operators
+    /// above run once, over the units `control` hands out one after another (each
+    /// after `delay`, test-only: a slow scan).
+    pub fn plan(
+        self: Arc<Self>,
+        control: Arc<SplitControl>,
+        delay: Duration,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let leaf = self
+            .leaf_for(&[])
+            .map(|l| Arc::clone(l.properties()))?;
+        let exec: Arc<dyn ExecutionPlan> = Arc::new(UnitScanExec {
+            scan: Arc::clone(&self),
+            control,
+            delay,
+            properties: leaf,
+        });
         let replaced = Arc::clone(&self.input).transform_up(|node| {
             if node.children().is_empty() {
-                Ok(Transformed::yes(Arc::clone(&leaf)))
+                Ok(Transformed::yes(Arc::clone(&exec)))
             } else {
                 Ok(Transformed::no(node))
             }
         })?;
         Ok(replaced.data)
-    }
-
-    /// The input's batches, unit after unit as `control` hands them out, each unit
-    /// after `delay` (test-only: a slow scan).
-    pub fn stream(
-        self: Arc<Self>,
-        control: Arc<SplitControl>,
-        ctx: Arc<TaskContext>,
-        delay: Duration,
-    ) -> SendableRecordBatchStream {
-        let schema = self.input.schema();
-        let units = futures::stream::unfold((), move |_| {
-            let (this, control, ctx) = (self.clone(), control.clone(), ctx.clone());
-            async move {
-                let unit = control.next_unit().await?;
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-                let run = this.plan_for(&unit).and_then(|p| {
-                    this.ran.lock().expect("lock").push(Arc::clone(&p));
-                    Ok(p.execute(this.partition, ctx)?)
-                });
-                Some((
-                    run.map_err(|e| datafusion::error::DataFusionError::External(Box::new(e))),
-                    (),
-                ))
-            }
-        });
-        Box::pin(RecordBatchStreamAdapter::new(schema, units.try_flatten()))
     }
 
     /// The plans that ran, one per unit.
@@ -445,8 +473,94 @@ impl UnitScan {
     }
 }
 
-/// Operators whose result over a concatenation of inputs is the concatenation of
-/// their results (up to the partial aggregates a final aggregate merges anyway).
+/// The scan of a unit-by-unit task: its partition `scan.partition` reads the units
+/// `control` hands out, one scan after another (`UnitScan::plan`).
+struct UnitScanExec {
+    scan: Arc<UnitScan>,
+    control: Arc<SplitControl>,
+    delay: Duration,
+    properties: Arc<PlanProperties>,
+}
+
+impl std::fmt::Debug for UnitScanExec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UnitScanExec(partition {})", self.scan.partition)
+    }
+}
+
+impl DisplayAs for UnitScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "UnitScanExec: partition={}", self.scan.partition)
+    }
+}
+
+impl ExecutionPlan for UnitScanExec {
+    fn name(&self) -> &str {
+        "UnitScanExec"
+    }
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+    fn replace_children(
+        self: Arc<Self>,
+        _: Vec<Arc<dyn ExecutionPlan>>,
+        _: ReplaceChildrenOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+    fn with_new_children(
+        self: Arc<Self>,
+        _: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+    fn execute(
+        &self,
+        partition: usize,
+        ctx: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        if partition != self.scan.partition {
+            return Err(DataFusionError::Internal(format!(
+                "UnitScanExec runs partition {}, not {partition}",
+                self.scan.partition
+            )));
+        }
+        let (scan, control, delay) = (self.scan.clone(), self.control.clone(), self.delay);
+        let units = futures::stream::unfold((), move |_| {
+            let (scan, control, ctx) = (scan.clone(), control.clone(), ctx.clone());
+            async move {
+                let unit = control.next_unit().await?;
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                let run = scan
+                    .leaf_for(&unit)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))
+                    .and_then(|p| {
+                        scan.ran.lock().expect("lock").push(Arc::clone(&p));
+                        p.execute(partition, ctx)
+                    });
+                Some((run, ()))
+            }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema(),
+            units.try_flatten(),
+        )))
+    }
+}
+
+/// Operators known to read only their own partition of their one input, so that
+/// narrowing the scan's partition narrows the task's input and nothing else.
 fn per_unit_operator(node: &Arc<dyn ExecutionPlan>) -> bool {
     if let Some(a) = node.downcast_ref::<AggregateExec>() {
         return *a.mode() == AggregateMode::Partial;
@@ -495,7 +609,7 @@ mod tests {
     #[tokio::test]
     async fn a_scan_stops_exactly_at_the_confirmed_split_unit() {
         let c = Arc::new(SplitControl::default());
-        let units: Vec<FileRange> = (0..8).map(|i| r(i * 100, (i + 1) * 100)).collect();
+        let units: Vec<Unit> = (0..8).map(|i| vec![r(i * 100, (i + 1) * 100)]).collect();
         c.set_units(3, units.clone());
         assert!(c.offer(&key()).is_err(), "nothing started yet");
         let mut read = vec![c.next_unit().await.unwrap(), c.next_unit().await.unwrap()];
@@ -537,7 +651,7 @@ mod tests {
     #[tokio::test]
     async fn a_second_split_cuts_the_prefix_and_the_last_unit_is_given_away() {
         let c = SplitControl::default();
-        c.set_units(0, (0..4).map(|i| r(i * 10, (i + 1) * 10)).collect());
+        c.set_units(0, (0..4).map(|i| vec![r(i * 10, (i + 1) * 10)]).collect());
         c.next_unit().await.unwrap();
         let o = c.offer(&key()).unwrap();
         assert_eq!((o.seq, o.split_unit), (0, 2));
@@ -546,7 +660,7 @@ mod tests {
         // units [0, 2) now; 2 started: nothing left
         assert!(c.offer(&key()).is_err());
         let c = SplitControl::default();
-        c.set_units(0, (0..2).map(|i| r(i * 10, (i + 1) * 10)).collect());
+        c.set_units(0, (0..2).map(|i| vec![r(i * 10, (i + 1) * 10)]).collect());
         c.next_unit().await.unwrap();
         let o = c.offer(&key()).unwrap();
         assert_eq!((o.split_unit, o.units_total), (1, 2));
