@@ -22,18 +22,18 @@
 use autopipe_common::error::{Error, Result};
 use autopipe_common::tolerant::{FileRange, TolerantScanExec};
 use autopipe_proto as pb;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileScanConfigBuilder};
 use datafusion::datasource::source::DataSourceExec;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::ReplaceChildrenOptions;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
 };
@@ -448,9 +448,7 @@ impl UnitScan {
         control: Arc<SplitControl>,
         delay: Duration,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let leaf = self
-            .leaf_for(&[])
-            .map(|l| Arc::clone(l.properties()))?;
+        let leaf = self.leaf_for(&[]).map(|l| Arc::clone(l.properties()))?;
         let exec: Arc<dyn ExecutionPlan> = Arc::new(UnitScanExec {
             scan: Arc::clone(&self),
             control,
