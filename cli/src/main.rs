@@ -272,6 +272,10 @@ enum Cmd {
         /// test only: delay only the tasks of this stage
         #[arg(long, hide = true)]
         test_task_delay_stage: Option<u32>,
+        /// test only: a scan run unit by unit (dynamic rebalancing) waits this many
+        /// milliseconds before each row group or chunk
+        #[arg(long, default_value_t = 0, hide = true)]
+        test_scan_unit_delay_ms: u64,
         /// serve map outputs only over Flight, also to reducers on this machine (which
         /// otherwise read them from this worker's shuffle directory)
         #[arg(long)]
@@ -675,6 +679,7 @@ async fn run(cli: Cli) -> Result<i32> {
             memory_limit,
             test_task_delay_ms,
             test_task_delay_stage,
+            test_scan_unit_delay_ms,
             no_host_local_shuffle,
             shuffle_sweep_interval,
             advertise,
@@ -706,6 +711,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     memory_limit: memory_limit.unwrap_or(0),
                     test_task_delay: Duration::from_millis(test_task_delay_ms),
                     test_delay_stage: test_task_delay_stage,
+                    test_scan_unit_delay: Duration::from_millis(test_scan_unit_delay_ms),
                     test_fail_first_attempt,
                     test_panic_tasks,
                     test_oom_below_slots,

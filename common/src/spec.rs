@@ -153,6 +153,10 @@ pub struct JobParams {
     /// coordinator's `--load-aware-placement` (true)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_aware_placement: Option<bool>,
+    /// dynamic work rebalancing (liquid sharding): a running scan task that lags its
+    /// stage while a slot is idle hands its unread input to a new task; default true
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic_rebalance: Option<bool>,
 }
 
 /// Speculation settings in effect for a job.
@@ -252,6 +256,10 @@ impl JobParams {
         self.broadcast_join_max_bytes
             .map(|b| b.0)
             .unwrap_or(DEFAULT_BROADCAST_JOIN_MAX_BYTES)
+    }
+    /// Whether running scan tasks may be split (`dynamic_rebalance`, default on).
+    pub fn dynamic_rebalance(&self) -> bool {
+        self.dynamic_rebalance.unwrap_or(true)
     }
     /// Effective skew factor.
     pub fn skew_factor(&self) -> f64 {

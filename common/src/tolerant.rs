@@ -166,7 +166,7 @@ impl DeadLetters {
 }
 
 /// A byte range of one file; the range owns the records that start in it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRange {
     /// object path in the store
     pub location: String,
@@ -176,6 +176,27 @@ pub struct FileRange {
     pub end: u64,
     /// file size
     pub size: u64,
+}
+
+impl FileRange {
+    /// Its wire form.
+    pub fn to_node(&self) -> autopipe_proto::FileRangeNode {
+        autopipe_proto::FileRangeNode {
+            location: self.location.clone(),
+            start: self.start,
+            end: self.end,
+            size: self.size,
+        }
+    }
+    /// From its wire form.
+    pub fn from_node(n: &autopipe_proto::FileRangeNode) -> Self {
+        FileRange {
+            location: n.location.clone(),
+            start: n.start,
+            end: n.end,
+            size: n.size,
+        }
+    }
 }
 
 /// A CSV/NDJSON table whose bad records go to the dead-letter sink.

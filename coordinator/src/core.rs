@@ -110,6 +110,9 @@ pub struct Liveness {
     /// its load as the last heartbeat said (recorded in the state by
     /// `scheduler::load` when it changed materially)
     pub load: Option<crate::state::load::WorkerLoad>,
+    /// split points it offered that it still waits to have confirmed, as it last
+    /// reported (`scheduler::liquid`)
+    pub split_offers: Vec<autopipe_proto::SplitOffer>,
 }
 
 /// (job, stage, task, attempt)
@@ -134,6 +137,7 @@ impl Liveness {
             running: vec![],
             stopping: HashSet::new(),
             load: None,
+            split_offers: vec![],
         }
     }
 }

@@ -57,6 +57,8 @@ struct Running {
     cancel: CancellationToken,
     /// stops it at its next await point
     abort: tokio::task::AbortHandle,
+    /// its unit-by-unit scan, when it may be split (dynamic rebalancing)
+    split: Option<Arc<crate::liquid::SplitControl>>,
 }
 
 impl Running {
@@ -141,6 +143,32 @@ impl WorkerShared {
                 attempt: *a,
             })
             .collect()
+    }
+
+    /// Split points of running attempts that await the coordinator's confirmation.
+    pub fn split_offers(&self) -> Vec<pb::SplitOffer> {
+        self.running
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|((j, s, t, a), r)| {
+                let key = pb::TaskKey {
+                    job_id: j.clone(),
+                    stage_id: *s,
+                    task: *t,
+                    attempt: *a,
+                };
+                r.split.as_ref()?.pending(&key)
+            })
+            .collect()
+    }
+
+    fn split_control(&self, key: &pb::TaskKey) -> Option<Arc<crate::liquid::SplitControl>> {
+        self.running
+            .lock()
+            .expect("lock")
+            .get(&key_of(key))
+            .and_then(|r| r.split.clone())
     }
 
     /// Free task slots.
@@ -269,6 +297,11 @@ impl pb::worker_control_server::WorkerControl for Control {
         };
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
+        let splitting = crate::executor::Splitting {
+            unit_delay: shared.config.test_scan_unit_delay,
+            ..Default::default()
+        };
+        let split = def.dynamic_split.then(|| splitting.control.clone());
         let listed = Listed {
             shared: shared.clone(),
             key: k.clone(),
@@ -298,7 +331,7 @@ impl pb::worker_control_server::WorkerControl for Control {
                         )),
                     ))
                 } else {
-                    run_task(&def, &shared.shuffle, &stop, &memory).await
+                    run_task(&def, &shared.shuffle, &stop, &memory, &splitting).await
                 }
             };
             // A panic is this attempt's failure, not the worker's end: caught and
@@ -326,6 +359,7 @@ impl pb::worker_control_server::WorkerControl for Control {
             Running {
                 cancel,
                 abort: handle.abort_handle(),
+                split,
             },
         );
         let _ = go.send(());
@@ -350,6 +384,49 @@ impl pb::worker_control_server::WorkerControl for Control {
             }
         }
         Ok(Response::new(pb::CancelTaskResponse {}))
+    }
+
+    async fn split_task(
+        &self,
+        req: Request<pb::SplitTaskRequest>,
+    ) -> Result<Response<pb::SplitTaskResponse>, Status> {
+        let key = req
+            .into_inner()
+            .key
+            .ok_or_else(|| Status::invalid_argument("split request without a key"))?;
+        let answer = match self.shared.split_control(&key) {
+            None => Err("the attempt does not run here, or its scan cannot be split".into()),
+            Some(c) => c.offer(&key),
+        };
+        Ok(Response::new(match answer {
+            Ok(offer) => {
+                tracing::info!(job = %key.job_id, stage = key.stage_id, task = key.task, attempt = key.attempt, unit = offer.split_unit, units = offer.units_total, "offered a split point");
+                pb::SplitTaskResponse {
+                    offer: Some(offer),
+                    refused: String::new(),
+                }
+            }
+            Err(refused) => pb::SplitTaskResponse {
+                offer: None,
+                refused,
+            },
+        }))
+    }
+
+    async fn confirm_split(
+        &self,
+        req: Request<pb::ConfirmSplitRequest>,
+    ) -> Result<Response<pb::ConfirmSplitResponse>, Status> {
+        let r = req.into_inner();
+        let key = r
+            .key
+            .ok_or_else(|| Status::invalid_argument("confirmation without a key"))?;
+        if let Some(c) = self.shared.split_control(&key) {
+            if c.confirm(r.seq) {
+                tracing::info!(job = %key.job_id, stage = key.stage_id, task = key.task, attempt = key.attempt, "split confirmed: the attempt stops at its split point");
+            }
+        }
+        Ok(Response::new(pb::ConfirmSplitResponse {}))
     }
 
     async fn cleanup_job(

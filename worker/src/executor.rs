@@ -4,6 +4,7 @@
 //! sink into the task attempt's staging prefix. Reports rows, bytes and files.
 
 use crate::key_sample::KeySampler;
+use crate::liquid;
 use crate::shuffle_store::{PartitionWriters, ShuffleStore};
 use autopipe_common::error::{Error, Result};
 use autopipe_common::session::session_config;
@@ -51,6 +52,16 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// An attempt's part in dynamic rebalancing: the control of its unit-by-unit scan
+/// (used when its definition says `dynamic_split`), and a test-only delay per unit.
+#[derive(Default, Clone)]
+pub struct Splitting {
+    /// which unit comes next; the split points agreed
+    pub control: Arc<liquid::SplitControl>,
+    /// test-only: wait this long before each unit
+    pub unit_delay: std::time::Duration,
+}
+
 /// The memory an attempt may use, and where it spills beyond that.
 #[derive(Debug, Clone)]
 pub struct TaskMemory {
@@ -68,6 +79,7 @@ pub async fn run_task(
     shuffle: &ShuffleStore,
     cancel: &CancellationToken,
     memory: &TaskMemory,
+    split: &Splitting,
 ) -> Result<TaskResult> {
     let started = Instant::now();
     let key = def
@@ -110,9 +122,38 @@ pub async fn run_task(
     let plan = cooperative(plan)?;
     // a re-planned stage's task names the partition it runs (its readers widen it)
     let partition = def.partition.unwrap_or(key.task) as usize;
+    // a scan run unit by unit (dynamic rebalancing, `liquid`): its rows and bytes read
+    let mut units_read = None;
     let mut out = match &def.output {
         Some(pb::task_definition::Output::Shuffle(s)) => {
-            let input = cancellable(&map_input(&plan).0, partition, task_ctx.clone(), cancel)?;
+            let map_in = map_input(&plan).0;
+            let units = match def.dynamic_split || def.scan.is_some() {
+                true => liquid::UnitScan::new(&map_in, partition),
+                false => None,
+            };
+            let input = match units {
+                Some(units) => {
+                    let slice = def.scan.as_ref().map(|g| {
+                        g.ranges
+                            .iter()
+                            .map(autopipe_common::tolerant::FileRange::from_node)
+                            .collect()
+                    });
+                    let group = units.group(slice);
+                    let list = units.units(&group, &task_ctx).await?;
+                    split.control.set_units(partition as u32, list);
+                    let units = Arc::new(units);
+                    units_read = Some(units.clone());
+                    let input = units.plan(split.control.clone(), split.unit_delay)?;
+                    cancellable(&input, partition, task_ctx.clone(), cancel)?
+                }
+                None if def.scan.is_some() => {
+                    return Err(Error::Permanent(
+                        "the task reads a slice of a split scan, but its stage plan cannot be cut into units".into(),
+                    ))
+                }
+                None => cancellable(&map_in, partition, task_ctx.clone(), cancel)?,
+            };
             run_map(
                 &plan,
                 input,
@@ -131,6 +172,15 @@ pub async fn run_task(
     shuffle.metrics.spilled_bytes.inc_by(spilled_bytes(&plan));
     out.rows_in = source_rows(&plan);
     out.bytes_in = source_bytes(&plan, partition);
+    if let Some(units) = units_read {
+        let ran = units.ran();
+        shuffle
+            .metrics
+            .spilled_bytes
+            .inc_by(ran.iter().map(spilled_bytes).sum());
+        out.rows_in = ran.iter().map(source_rows).sum();
+        out.bytes_in = split.control.bytes_read();
+    }
     match dead_letters.finish().map_err(Error::Transient)? {
         Some((file, n)) if n > 0 => {
             out.bad_records = n;
@@ -184,7 +234,14 @@ fn cancellable(
     ctx: Arc<TaskContext>,
     cancel: &CancellationToken,
 ) -> Result<SendableRecordBatchStream> {
-    let stream = plan.execute(partition, ctx)?;
+    Ok(cancellable_stream(plan.execute(partition, ctx)?, cancel))
+}
+
+/// `stream`, ending with an error once `cancel` fires (see `cancellable`).
+fn cancellable_stream(
+    stream: SendableRecordBatchStream,
+    cancel: &CancellationToken,
+) -> SendableRecordBatchStream {
     let schema = stream.schema();
     let cancel = cancel.clone();
     let checked = stream.then(move |batch| {
@@ -199,7 +256,7 @@ fn cancellable(
             batch
         }
     });
-    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, checked)))
+    Box::pin(RecordBatchStreamAdapter::new(schema, checked))
 }
 
 async fn run_map(

@@ -8,6 +8,7 @@ pub mod executor;
 pub mod flight;
 pub mod identity;
 pub mod key_sample;
+pub mod liquid;
 pub mod metrics;
 pub mod shuffle_store;
 pub mod sweep;
@@ -47,6 +48,9 @@ pub struct WorkerConfig {
     pub test_task_delay: Duration,
     /// test-only: the delay applies only to tasks of this stage (None: every task)
     pub test_delay_stage: Option<u32>,
+    /// test-only: a scan run unit by unit (dynamic rebalancing) waits this long
+    /// before each unit (a slow scan that can be split)
+    pub test_scan_unit_delay: Duration,
     /// test-only: the first attempt of every task fails with a transient error
     pub test_fail_first_attempt: bool,
     /// test-only: every task panics
@@ -81,6 +85,7 @@ impl Default for WorkerConfig {
             memory_limit: 0,
             test_task_delay: Duration::ZERO,
             test_delay_stage: None,
+            test_scan_unit_delay: Duration::ZERO,
             test_fail_first_attempt: false,
             test_panic_tasks: false,
             test_oom_below_slots: 0,
@@ -288,6 +293,7 @@ async fn heartbeat_loop(
                 queued: shared.queued(),
                 memory_limit_bytes: shared.memory_limit(),
                 cpu_cores: cpu_cores(),
+                split_offers: shared.split_offers(),
             });
             req.set_timeout(Duration::from_secs(5));
             let resp = client

@@ -461,6 +461,7 @@ impl pb::worker_service_server::WorkerService for Services {
             l.load = Some(crate::state::load::WorkerLoad::from_heartbeat(
                 &h, l.last_ms,
             ));
+            l.split_offers = h.split_offers.clone();
             let before = {
                 let mut live = self.core.liveness.lock().expect("liveness lock poisoned");
                 // an attempt asked to stop holds its slot while the worker lists it

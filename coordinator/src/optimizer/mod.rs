@@ -9,10 +9,12 @@
 //!   its probe side unshuffled;
 //! - `partitions`: scan tasks from file and row-group sizes, and the shuffle width;
 //! - `memory`: a task out of memory retries with a larger share;
+//! - `liquid`: a running scan task that lags hands its unread input to a new task;
 //! - `scaling`: workers added for a backlog, idle ones released.
 
 pub mod broadcast;
 pub mod coalesce;
+pub mod liquid;
 pub mod memory;
 pub mod partitions;
 pub mod placement;

@@ -5,6 +5,7 @@
 
 pub mod autoscale;
 pub mod commit;
+pub mod liquid;
 pub mod load;
 pub mod retention;
 pub mod stall;
@@ -38,6 +39,7 @@ pub async fn run(core: Arc<Core>, cancel: CancellationToken) {
     let mut refused_seen = 0;
     let mut orphans_cancelled: HashMap<AttemptId, std::time::Instant> = HashMap::new();
     let mut stalled: HashSet<String> = HashSet::new();
+    let mut splits = liquid::Splits::default();
     let mut status = core.raft.watch_status();
     loop {
         tokio::select! {
@@ -67,6 +69,7 @@ pub async fn run(core: Arc<Core>, cancel: CancellationToken) {
         time_out_attempts(&core).await;
         cancel_orphans(&core, &mut orphans_cancelled);
         load::publish(&core).await;
+        liquid::split_running_tasks(&core, &mut splits).await;
         launch_ready_tasks(&core).await;
         stall::watch(&core, &mut stalled).await;
         start_commits(&core, &committing).await;
@@ -975,7 +978,14 @@ fn task_definition(
             attempt,
         }),
         plan: stage.plan.plan.as_ref().clone(),
-        partition: reads.map(|r| r.start),
+        // a split task (dynamic rebalancing) scans its slice of a plan partition
+        partition: reads
+            .map(|r| r.start)
+            .or(stage.tasks[ti].scan.as_ref().map(|s| s.partition)),
+        scan: stage.tasks[ti].scan.as_ref().map(|s| pb::FileGroupNode {
+            ranges: s.ranges.iter().map(|r| r.to_node()).collect(),
+        }),
+        dynamic_split: crate::optimizer::liquid::splittable(job, si),
         output: Some(output),
         inputs,
         input_stages,

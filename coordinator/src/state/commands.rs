@@ -110,6 +110,30 @@ pub struct TaskReads {
     pub map_ranges: Vec<(u32, u32, u32)>,
 }
 
+/// The scan input of a task that dynamic rebalancing split (`optimizer::liquid`): its
+/// scan of plan partition `partition` reads exactly `ranges` (a prefix kept by the
+/// split task, or the remainder a new task took).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ScanSlice {
+    /// the plan partition whose scan is narrowed
+    pub partition: u32,
+    /// the file ranges it reads (Parquet ranges cut at row-group starts)
+    pub ranges: Vec<autopipe_common::tolerant::FileRange>,
+}
+
+/// Where a task split off a running one came from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SplitOrigin {
+    /// the task that was split
+    pub task: u32,
+    /// its attempt that agreed to stop at the split point
+    pub attempt: u32,
+    /// splits of that attempt recorded before this one
+    pub seq: u32,
+    /// the `split_running_task` decision
+    pub decision: u64,
+}
+
 /// A worker's machine and shuffle directory, for reducers on the same machine.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ShuffleHome {
@@ -378,6 +402,37 @@ pub enum Command {
         worker_id: String,
         /// what its heartbeat said
         load: super::load::WorkerLoad,
+    },
+    /// a running scan attempt agreed to stop at a split point (dynamic rebalancing,
+    /// `optimizer::liquid`): the task now reads `prefix`, a new task of the stage
+    /// reads `remainder`; a `split_running_task` decision is recorded. Recording the
+    /// same split (task, attempt, seq) again changes nothing (a re-proposal after a
+    /// leader change or a lost answer).
+    SplitRunningTask {
+        /// job
+        job_id: String,
+        /// stage
+        stage: u32,
+        /// the split task
+        task: u32,
+        /// its attempt that made the offer
+        attempt: u32,
+        /// splits of that attempt recorded before this one
+        seq: u32,
+        /// the plan partition both parts scan
+        partition: u32,
+        /// what the task keeps
+        prefix: Vec<autopipe_common::tolerant::FileRange>,
+        /// what the new task reads
+        remainder: Vec<autopipe_common::tolerant::FileRange>,
+        /// the worker's progress: units started, the split unit, units in all
+        units: (u32, u32, u32),
+        /// when
+        at_ms: u64,
+        /// why the rule fired, in words
+        why: String,
+        /// what it read
+        inputs: std::collections::BTreeMap<String, String>,
     },
     /// lost workers past the lost-worker retention leave the state (chosen by
     /// `scheduler::retention`); ids no longer in the state are skipped, an alive

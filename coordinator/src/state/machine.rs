@@ -3,12 +3,15 @@
 //! error and leaves the state untouched (all checks run before any mutation).
 
 use super::commands::{
-    Command, ErrorRecord, ShuffleHome, StagePlan, TaskReads, TaskResult, Waiting,
+    Command, ErrorRecord, ScanSlice, ShuffleHome, SplitOrigin, StagePlan, TaskReads, TaskResult,
+    Waiting,
 };
 use super::decision::{inputs, Decision, DecisionKind, MAX_DECISIONS};
 use autopipe_common::spec::PipelineSpec;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+mod split;
 
 /// Lifecycle of a job.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -101,6 +104,13 @@ pub struct Task {
     /// what the task reads when its stage was re-planned (`None`: its own partition)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reads: Option<TaskReads>,
+    /// the scan input of a task dynamic rebalancing split, or split off (`None`: its
+    /// plan partition's whole group)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan: Option<ScanSlice>,
+    /// the running task this one was split off (dynamic rebalancing)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_from: Option<SplitOrigin>,
 }
 
 fn one_slot(n: &u32) -> bool {
@@ -138,6 +148,8 @@ impl Task {
             memory_slots: 0,
             promoted: None,
             reads: None,
+            scan: None,
+            split_from: None,
         }
     }
 
@@ -893,6 +905,7 @@ impl State {
                 }
                 self.measure_replan(job_id, *stage);
                 self.note_scan_stage(job_id, *stage);
+                self.measure_splits(job_id, *stage);
                 let Some(copy) = copy else {
                     if let Some(d) = promoted {
                         self.append_effect(
@@ -1162,6 +1175,7 @@ impl State {
                 Ok(Outcome::Done)
             }
             Command::WorkerLoad { worker_id, load } => self.on_worker_load(worker_id, load),
+            Command::SplitRunningTask { .. } => self.on_split_running_task(cmd),
             Command::PruneWorkers { worker_ids, .. } => {
                 if let Some(w) = worker_ids.iter().find_map(|id| {
                     self.workers

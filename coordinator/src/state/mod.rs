@@ -8,8 +8,8 @@ pub mod load;
 pub mod machine;
 
 pub use commands::{
-    BroadcastPlan, Command, ErrorRecord, FetchFailedRecord, ShuffleHome, StageJoin, StagePlan,
-    TaskReads, TaskResult, Waiting,
+    BroadcastPlan, Command, ErrorRecord, FetchFailedRecord, ScanSlice, ShuffleHome, SplitOrigin,
+    StageJoin, StagePlan, TaskReads, TaskResult, Waiting,
 };
 pub use decision::{Decision, DecisionKind};
 pub use machine::{ApplyError, Job, JobState, Outcome, State, TaskState, WorkerState};
@@ -30,6 +30,7 @@ impl State {
             | Command::ReplanStage { job_id, .. }
             | Command::BroadcastJoin { job_id, .. }
             | Command::SpeculativeLaunched { job_id, .. }
+            | Command::SplitRunningTask { job_id, .. }
             | Command::TaskSucceeded { job_id, .. }
             | Command::TaskFailed { job_id, .. }
             | Command::JobCommitting { job_id }
