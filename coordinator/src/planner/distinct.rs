@@ -27,6 +27,11 @@
 //!   that spill under the memory pool; the per-group sets it replaces cost more
 //!   whenever groups are many (the case that hurts), and little less when they are
 //!   few. DataFusion's rule applies the same way, unconditionally.
+//!
+//! The two group-bys share one exchange (`share_exchange`): DataFusion hash-partitions
+//! the dedup aggregate on (keys, d) and the outer one again on the keys; partitioned
+//! on the keys alone, each task holds whole groups for both, and the second shuffle
+//! (and its stage barrier) goes.
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::Transformed;
@@ -38,6 +43,12 @@ use datafusion::logical_expr::{
 };
 use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::{
+    replace_children_if_necessary, ExecutionPlan, Partitioning, PhysicalExpr,
+};
 use std::sync::Arc;
 
 /// The rule (see the module comment).
@@ -243,6 +254,90 @@ impl OptimizerRule for DistinctToGroupBy {
             None => Ok(Transformed::no(LogicalPlan::Aggregate(agg))),
         }
     }
+}
+
+/// Whether `exprs` are the columns 0, 1, … of their input, in order.
+fn leading_columns(exprs: &[Arc<dyn PhysicalExpr>]) -> bool {
+    exprs
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.downcast_ref::<Column>().is_some_and(|c| c.index() == i))
+}
+
+/// The aggregate's group keys if it is in `mode` without grouping sets, and
+/// they are the leading columns of its input.
+fn plain_keys(p: &Arc<dyn ExecutionPlan>, mode: AggregateMode) -> Option<usize> {
+    let a = p.downcast_ref::<AggregateExec>()?;
+    let g = a.group_expr();
+    if *a.mode() != mode || g.has_grouping_set() {
+        return None;
+    }
+    let keys: Vec<_> = g.expr().iter().map(|(e, _)| Arc::clone(e)).collect();
+    leading_columns(&keys).then_some(keys.len())
+}
+
+fn hash_exprs(p: &Arc<dyn ExecutionPlan>) -> Option<(&[Arc<dyn PhysicalExpr>], usize)> {
+    match p.downcast_ref::<RepartitionExec>()?.partitioning() {
+        Partitioning::Hash(e, n) => Some((e.as_slice(), *n)),
+        _ => None,
+    }
+}
+
+/// One exchange for both group-bys of a rewritten distinct aggregate:
+///
+/// ```text
+/// FinalPartitioned(keys) ← Hash(keys) ← Partial(keys) ← FinalPartitioned(keys, d) ← Hash(keys, d) ← X
+/// ```
+///
+/// becomes `FinalPartitioned(keys) ← Partial(keys) ← FinalPartitioned(keys, d) ←
+/// Hash(keys) ← X`: rows hashed on the keys alone keep each (keys, d) group in one
+/// partition, and each keys group too.
+pub fn share_exchange(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    use datafusion::common::tree_node::TreeNode;
+    let out = plan.transform_down(|top| {
+        let Some(k) = plain_keys(&top, AggregateMode::FinalPartitioned) else {
+            return Ok(Transformed::no(top));
+        };
+        let upper = Arc::clone(top.children()[0]);
+        let Some((upper_keys, _)) = hash_exprs(&upper) else {
+            return Ok(Transformed::no(top));
+        };
+        let partial = Arc::clone(upper.children()[0]);
+        let inner = match partial.children().first() {
+            Some(c) => Arc::clone(c),
+            None => return Ok(Transformed::no(top)),
+        };
+        let lower = match inner.children().first() {
+            Some(c) => Arc::clone(c),
+            None => return Ok(Transformed::no(top)),
+        };
+        let Some((lower_keys, m)) = hash_exprs(&lower) else {
+            return Ok(Transformed::no(top));
+        };
+        let shape = k > 0
+            && upper_keys.len() == k
+            && leading_columns(upper_keys)
+            && plain_keys(&partial, AggregateMode::Partial) == Some(k)
+            && plain_keys(&inner, AggregateMode::FinalPartitioned) == Some(k + 1)
+            && lower_keys.len() == k + 1
+            && leading_columns(lower_keys);
+        if !shape {
+            return Ok(Transformed::no(top));
+        }
+        let keys = lower_keys[..k].to_vec();
+        let input = Arc::clone(lower.children()[0]);
+        let lower: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
+            input,
+            Partitioning::Hash(keys, m),
+        )?);
+        let inner = replace_children_if_necessary(inner, vec![lower])?;
+        let partial = replace_children_if_necessary(partial, vec![inner])?;
+        Ok(Transformed::yes(replace_children_if_necessary(
+            top,
+            vec![partial],
+        )?))
+    })?;
+    Ok(out.data)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 
 mod distinct;
 
-pub use distinct::DistinctToGroupBy;
+pub use distinct::{share_exchange, DistinctToGroupBy};
 
 use crate::state::{StageJoin, StagePlan};
 use autopipe_common::error::{Error, Result};
@@ -88,7 +88,7 @@ pub async fn plan_job_with(
             "every output column is a partition column; at least one must remain in the files",
         ));
     }
-    split_into_stages(distribute_joins(physical)?)
+    split_into_stages(share_exchange(distribute_joins(physical)?)?)
 }
 
 /// Plans the user's transform, which may only query: DDL (`CREATE EXTERNAL TABLE`,
