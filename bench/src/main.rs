@@ -20,6 +20,8 @@
 //! `bench tiny-files`: 2,000 tiny Parquet files with the input splits rule on and off.
 //!
 //! `bench skew`: a join with one hot key, the skew-join rule on and off.
+//!
+//! `bench distinct`: per-session count(DISTINCT) against DataFusion and DuckDB.
 //! Run: `cargo build --release --workspace && target/release/bench tpch --sf 1 --queries all`
 
 use anyhow::{bail, Result};
@@ -32,6 +34,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod autoscale;
+mod distinct;
 mod raft;
 mod recovery;
 mod scan;
@@ -178,6 +181,30 @@ enum Cmd {
         #[arg(long, default_value_t = 4)]
         slots: u32,
         /// where data and outputs go
+        #[arg(long, default_value = "target/bench-data")]
+        dir: PathBuf,
+    },
+    /// Per-session count(DISTINCT kind) on autopipe local, DataFusion and DuckDB
+    Distinct {
+        /// clickstream events of the alternating runs
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        /// events of the one run per query on 2 workers that must finish (0: none)
+        #[arg(long, default_value_t = 10_000_000)]
+        big_rows: u64,
+        /// Parquet files of events
+        #[arg(long, default_value_t = 8)]
+        files: usize,
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        #[arg(long, default_value_t = 2)]
+        slots: u32,
+        /// threads (target partitions) of DataFusion and DuckDB
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// where data, outputs and the Python venv go
         #[arg(long, default_value = "target/bench-data")]
         dir: PathBuf,
     },
@@ -342,6 +369,25 @@ fn main() -> Result<()> {
             reps: reps.max(1),
             workers: workers.max(1),
             slots: slots.max(1),
+            dir,
+        }),
+        Cmd::Distinct {
+            rows,
+            big_rows,
+            files,
+            reps,
+            workers,
+            slots,
+            threads,
+            dir,
+        } => distinct::run(distinct::Args {
+            rows,
+            big_rows,
+            files,
+            reps: reps.max(1),
+            workers: workers.max(1),
+            slots: slots.max(1),
+            threads: threads.max(1),
             dir,
         }),
         Cmd::Skew {

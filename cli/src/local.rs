@@ -74,6 +74,10 @@ impl LocalCluster {
                         listen: "127.0.0.1:0".parse()?,
                         http: "127.0.0.1:0".parse()?,
                         slots,
+                        // the embedded workers share this process, and so the
+                        // default memory of one worker (half the machine)
+                        memory_limit: autopipe_worker::control::default_memory_limit()
+                            / embedded as u64,
                         work_dir: dir.path().join(format!("worker-{i}")),
                         heartbeat_interval: Duration::from_millis(500),
                         auth_token: auth_token.clone(),

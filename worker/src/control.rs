@@ -540,8 +540,9 @@ async fn report(
 }
 
 /// Half of the machine's memory (Spark's and Flink's defaults leave the rest to the
-/// OS, the process itself and its page cache).
-fn default_memory_limit() -> u64 {
+/// OS, the process itself and its page cache): a worker's default `memory_limit`.
+/// Workers sharing one process (`autopipe local`) share it.
+pub fn default_memory_limit() -> u64 {
     let mut sys = sysinfo::System::new();
     sys.refresh_memory();
     (sys.total_memory() / 2).max(256 << 20)

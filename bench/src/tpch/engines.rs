@@ -212,7 +212,7 @@ async fn datafusion(data: &Path, threads: usize, sql: &str, out: &Path) -> Resul
 }
 
 /// The virtual environment with the Python engines, created on first use.
-fn venv_python(dir: &Path, package: &str, module: &str) -> Result<PathBuf> {
+pub(crate) fn venv_python(dir: &Path, package: &str, module: &str) -> Result<PathBuf> {
     let venv = dir.join("venv");
     let py = venv.join("bin/python");
     if !py.exists() {

@@ -7,6 +7,10 @@
 //! partitions makes its input a pass-through map stage read back one partition per
 //! map task. The last stage is the sink stage: one task per output partition.
 
+mod distinct;
+
+pub use distinct::{share_exchange, DistinctToGroupBy};
+
 use crate::state::{BroadcastPlan, StageJoin, StagePlan};
 use autopipe_common::error::{Error, Result};
 use autopipe_common::session::{context_for, context_for_splits};
@@ -58,6 +62,8 @@ pub async fn plan_job_with(
         Some(sp) => context_for_splits(spec, partitions, sp).await?,
         None => context_for(spec, partitions).await?,
     };
+    // after DataFusion's rules (its single-distinct rewrite goes first)
+    ctx.add_optimizer_rule(Arc::new(DistinctToGroupBy));
     let df = plan_transform(&ctx, &spec.transform.sql).await?;
     let physical = df
         .create_physical_plan()
@@ -83,7 +89,7 @@ pub async fn plan_job_with(
         ));
     }
     split_into_stages(
-        distribute_joins(physical)?,
+        share_exchange(distribute_joins(physical)?)?,
         spec.job.params.broadcast_join_max_bytes(),
     )
 }
@@ -654,6 +660,30 @@ path = "{}/out"
         assert_eq!(job.scan_stages, vec![0], "only the map stage reads files");
         assert_eq!(job.stages[1].tasks, 4);
         assert!(job.stages[1].display.contains("ShuffleReaderExec"));
+    }
+
+    /// Issue 12: `count(DISTINCT)` next to `count(*)` plans as two group-bys (no
+    /// per-group distinct sets in any stage), the dedup `GROUP BY k, v` first.
+    #[tokio::test]
+    async fn count_distinct_with_count_plans_as_two_group_bys() {
+        let dir = tempfile::tempdir().unwrap();
+        write_parquet(dir.path(), 4);
+        for sql in [
+            "SELECT k, count(DISTINCT v) AS n FROM t GROUP BY k",
+            "SELECT k, count(DISTINCT v) AS n, count(*) AS c FROM t GROUP BY k",
+        ] {
+            let job = plan_job(&spec(dir.path(), sql), 4).await.unwrap();
+            let all: Vec<_> = job.stages.iter().map(|s| s.display.as_str()).collect();
+            let text = all.join("\n");
+            assert!(!text.contains("DISTINCT"), "{sql}\n{text}");
+            let dedup = text
+                .lines()
+                .position(|l| l.contains("AggregateExec: mode=Partial, gby=[k@0 as k, v@1"));
+            let per_key = text
+                .lines()
+                .position(|l| l.contains("AggregateExec: mode=FinalPartitioned, gby=[k@0 as k]"));
+            assert!(dedup.is_some() && per_key.is_some(), "{sql}\n{text}");
+        }
     }
 
     #[tokio::test]
