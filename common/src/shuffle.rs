@@ -369,11 +369,25 @@ pub fn read_partition_file(
     let schema = reader.schema();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let shown = path.display().to_string();
+    // arrow's reader ends its iteration at a block whose message header reads as
+    // "none" (one flipped bit does it) even when the footer lists more: a stream
+    // that ends short of the footer's batches is an error, never fewer rows
+    let listed = reader.num_batches();
+    let mut read = 0;
     tokio::task::spawn_blocking(move || loop {
         let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.next()));
         let (item, last) = match next {
+            Ok(None) if read < listed => (
+                Err(ArrowError::IpcError(format!(
+                    "{shown}: corrupt map output: it ended after {read} of the {listed} record batches its footer lists"
+                ))),
+                true,
+            ),
             Ok(None) => return,
-            Ok(Some(Ok(b))) => (Ok(b), false),
+            Ok(Some(Ok(b))) => {
+                read += 1;
+                (Ok(b), false)
+            }
             Ok(Some(Err(e))) => (Err(e), true),
             Err(p) => (
                 Err(ArrowError::IpcError(format!(

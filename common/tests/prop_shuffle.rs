@@ -632,3 +632,19 @@ fn a_flight_batch_with_an_empty_body_is_an_error_not_a_panic() {
         "the bad batch is an error"
     );
 }
+
+/// A single flipped bit can turn a record batch's message header into "none", which
+/// arrow's file reader takes for the end of the file: found by the property test
+/// above, these two flips once made a stream end short with no error.
+#[test]
+fn a_batch_whose_header_reads_as_none_is_an_error_not_the_end_of_the_file() {
+    let mut bad = vec![];
+    for i in 0..IPC_FILE.len() {
+        let mut bytes = IPC_FILE.clone();
+        bytes[i] ^= 16;
+        if let Err(e) = read_bytes(&bytes).check_not_short() {
+            bad.push((i, e));
+        }
+    }
+    assert!(bad.is_empty(), "{bad:?}");
+}

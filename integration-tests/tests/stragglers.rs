@@ -11,9 +11,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A two-stage aggregation in 10 tasks per stage, so that 9 of 10 (Spark's quantile
-/// 0.9) finish on the fast workers while the slow one holds its task.
+/// 0.9) finish on the fast workers while the slow one holds its task. The other
+/// rules that would act on the slow worker or the task counts (load-aware placement,
+/// dynamic rebalancing, coalescing) are off: this measures speculation alone.
 fn spec(dir: &Path, name: &str, params: &str) -> Result<PathBuf> {
-    aggregation_job(dir, name, params)
+    let isolated = format!(
+        "coalesce = false\nload_aware_placement = false\ndynamic_rebalance = false\n{params}"
+    );
+    aggregation_job(dir, name, &isolated)
 }
 
 /// 3 fast workers and 1 slow one, one slot each.
