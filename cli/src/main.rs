@@ -256,9 +256,10 @@ enum Cmd {
         /// HTTP /metrics listen address
         #[arg(long, default_value = "127.0.0.1:0")]
         http: SocketAddr,
-        /// concurrent tasks
-        #[arg(long, default_value_t = 2)]
-        slots: u32,
+        /// concurrent tasks (default: the machine's CPU cores, so a bigger machine
+        /// takes more tasks; each gets its share of --memory-limit)
+        #[arg(long)]
+        slots: Option<u32>,
         /// shuffle directory
         #[arg(long, default_value = "autopipe-worker")]
         work_dir: PathBuf,
@@ -477,7 +478,7 @@ fn runtime_threads(cmd: &Cmd) -> usize {
         .unwrap_or(2);
     let slots = match cmd {
         Cmd::Local { workers, slots, .. } => workers * *slots as usize,
-        Cmd::Worker { slots, .. } => *slots as usize,
+        Cmd::Worker { slots, .. } => slots.map_or(cores, |s| s as usize),
         _ => 0,
     };
     cores.max(slots + 1)
@@ -689,6 +690,9 @@ async fn run(cli: Cli) -> Result<i32> {
             security,
             budget,
         } => {
+            let slots = slots.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(2, |n| n.get() as u32)
+            });
             if slots == 0 {
                 anyhow::bail!("--slots must be at least 1");
             }

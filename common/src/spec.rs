@@ -181,13 +181,6 @@ pub const DEFAULT_SKEW_THRESHOLD_BYTES: u64 = 256 << 20;
 /// partition and every reducer opens one stream per map task.
 pub const MAX_SHUFFLE_PARTITIONS: u32 = 10_000;
 
-/// Floor of the derived task timeout.
-pub const MIN_DERIVED_TASK_TIMEOUT_MS: u64 = 60_000;
-/// Timeout of attempts in a stage where nothing has finished yet (1 hour).
-pub const DEFAULT_FIRST_TASK_TIMEOUT_MS: u64 = 3_600_000;
-/// The derived task timeout is this many times the stage's slowest finished task.
-pub const DERIVED_TASK_TIMEOUT_FACTOR: u64 = 10;
-
 /// Default broadcast join limit (Spark's spark.sql.autoBroadcastJoinThreshold).
 pub const DEFAULT_BROADCAST_JOIN_MAX_BYTES: u64 = 10 << 20;
 
@@ -286,35 +279,6 @@ impl JobParams {
             multiplier: self.speculation_multiplier.unwrap_or(3.0),
             quantile: self.speculation_quantile.unwrap_or(0.9),
             min_runtime_ms: self.speculation_min_runtime_ms.unwrap_or(1000),
-        }
-    }
-    /// The timeout of a stage's attempts, and how it was chosen, given the durations
-    /// of its finished tasks; `None` only when timeouts are turned off.
-    pub fn task_timeout_ms(&self, finished_ms: &[u64]) -> Option<(u64, String)> {
-        match self.task_timeout_ms {
-            Some(0) => None,
-            Some(ms) => Some((ms, format!("task_timeout_ms = {ms}"))),
-            None => {
-                let Some(slowest) = finished_ms.iter().copied().max() else {
-                    let ms = self
-                        .first_task_timeout_ms
-                        .unwrap_or(DEFAULT_FIRST_TASK_TIMEOUT_MS);
-                    return Some((
-                        ms,
-                        format!(
-                            "no task of the stage has finished yet: first_task_timeout_ms = {ms}"
-                        ),
-                    ));
-                };
-                let ms = (slowest * DERIVED_TASK_TIMEOUT_FACTOR).max(MIN_DERIVED_TASK_TIMEOUT_MS);
-                Some((
-                    ms,
-                    format!(
-                        "derived: {DERIVED_TASK_TIMEOUT_FACTOR} x the slowest of {} finished tasks ({slowest} ms), at least {MIN_DERIVED_TASK_TIMEOUT_MS} ms",
-                        finished_ms.len()
-                    ),
-                ))
-            }
         }
     }
 }

@@ -118,7 +118,6 @@ fn use_spec(spec: PipelineSpec) -> Result<(), TestCaseError> {
         p.max_bad_record_ratio(),
         p.max_task_attempts(),
         p.speculation(),
-        p.task_timeout_ms(&[1, 1_000, 90_000]),
     );
     let _ = spec.sink.dead_letter_dir("job-1");
     for s in &spec.sources {

@@ -9,6 +9,8 @@
 //!   its probe side unshuffled;
 //! - `partitions`: scan tasks from file and row-group sizes, and the shuffle width;
 //! - `memory`: a task out of memory retries with a larger share;
+//! - `speculation`: a straggling task gets a copy on another worker;
+//! - `timeouts`: an attempt past its task timeout fails and is retried elsewhere;
 //! - `liquid`: a running scan task that lags hands its unread input to a new task;
 //! - `scaling`: workers added for a backlog, idle ones released.
 
@@ -21,3 +23,5 @@ pub mod placement;
 pub mod replan;
 pub mod scaling;
 pub mod skew;
+pub mod speculation;
+pub mod timeouts;

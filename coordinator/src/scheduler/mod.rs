@@ -13,8 +13,8 @@ pub mod stall;
 use crate::alerts::{self, AlertKind};
 use crate::core::{attempt_id, AttemptId, Core};
 use crate::optimizer::placement::{self, Placement, Rebalanced, Slots, StageContext};
+use crate::optimizer::{speculation, timeouts};
 use crate::state::decision::inputs;
-use crate::state::machine::Stage;
 use crate::state::{
     Command, Decision, DecisionKind, ErrorRecord, FetchFailedRecord, Job, JobState, Outcome, State,
     TaskState, WorkerState,
@@ -22,7 +22,6 @@ use crate::state::{
 use autopipe_common::error::{Error, ErrorClass};
 use autopipe_common::retry::{self, RetryPolicy};
 use autopipe_common::shuffle::channel_to;
-use autopipe_common::spec::Speculation;
 use autopipe_common::util::now_ms;
 use autopipe_proto as pb;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -255,7 +254,7 @@ async fn send_cancel(core: &Core, worker_id: &str, key: pb::TaskKey) {
 /// timeout; each is a recorded `task_timeout` decision.
 async fn time_out_attempts(core: &Arc<Core>) {
     let now = now_ms();
-    let expired = core.read(|s| expired_attempts(s, now));
+    let expired = core.read(|s| timeouts::expired_attempts(s, now));
     for x in expired {
         let e = Error::Transient(format!(
             "attempt {} of stage {} task {} timed out: it ran {} ms on worker {}, the task timeout is {} ms ({})",
@@ -311,108 +310,6 @@ async fn time_out_attempts(core: &Arc<Core>) {
         }
         cancel_attempt(core, &x.worker_id, x.key).await;
     }
-}
-
-/// An attempt past its task timeout.
-#[derive(Debug)]
-struct Expired {
-    key: pb::TaskKey,
-    worker_id: String,
-    ran_ms: u64,
-    limit_ms: u64,
-    how: String,
-    finished: usize,
-}
-
-fn expired_attempts(s: &State, now: u64) -> Vec<Expired> {
-    let mut out = vec![];
-    for job in s.jobs.values().filter(|j| j.state == JobState::Running) {
-        for (si, st) in job.stages.iter().enumerate() {
-            let finished = finished_durations(st);
-            let Some((limit_ms, how)) = job.spec.job.params.task_timeout_ms(&finished) else {
-                continue;
-            };
-            for (ti, t) in st.tasks.iter().enumerate() {
-                for (attempt, worker_id, started_ms) in t.running_attempts() {
-                    let ran_ms = now.saturating_sub(started_ms);
-                    if ran_ms > limit_ms {
-                        out.push(Expired {
-                            key: pb::TaskKey {
-                                job_id: job.id.clone(),
-                                stage_id: si as u32,
-                                task: ti as u32,
-                                attempt,
-                            },
-                            worker_id: worker_id.to_string(),
-                            ran_ms,
-                            limit_ms,
-                            how: how.clone(),
-                            finished: finished.len(),
-                        });
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Run times (launch to recorded success) of a stage's finished tasks.
-fn finished_durations(st: &Stage) -> Vec<u64> {
-    st.tasks
-        .iter()
-        .filter_map(|t| match &t.state {
-            TaskState::Succeeded {
-                started_ms,
-                finished_ms,
-                ..
-            } => Some(finished_ms.saturating_sub(*started_ms)),
-            _ => None,
-        })
-        .collect()
-}
-
-/// A running task slow enough for a speculative copy.
-#[derive(Debug, PartialEq)]
-struct Straggler {
-    task: usize,
-    runtime_ms: u64,
-    median_ms: u64,
-    threshold_ms: u64,
-    finished: usize,
-}
-
-/// Spark's rule (`TaskSetManager.checkSpeculatableTasks`): once `quantile` of the
-/// stage's tasks finished, a running task without a copy that has run longer than
-/// `max(multiplier x median finished duration, min_runtime)` is a straggler.
-fn stragglers(st: &Stage, spec: &Speculation, now: u64) -> Vec<Straggler> {
-    let mut finished = finished_durations(st);
-    let min_finished = ((spec.quantile * st.tasks.len() as f64).floor() as usize).max(1);
-    if finished.len() < min_finished {
-        return vec![];
-    }
-    finished.sort_unstable();
-    let median_ms = finished[finished.len() / 2];
-    let threshold_ms = ((spec.multiplier * median_ms as f64) as u64).max(spec.min_runtime_ms);
-    st.tasks
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| t.speculative.is_none())
-        .filter_map(|(ti, t)| match &t.state {
-            TaskState::Running { started_ms, .. }
-                if now.saturating_sub(*started_ms) > threshold_ms =>
-            {
-                Some(Straggler {
-                    task: ti,
-                    runtime_ms: now.saturating_sub(*started_ms),
-                    median_ms,
-                    threshold_ms,
-                    finished: finished.len(),
-                })
-            }
-            _ => None,
-        })
-        .collect()
 }
 
 async fn launch_ready_tasks(core: &Arc<Core>) {
@@ -818,7 +715,7 @@ fn plan_launches_by_load(s: &State, live: &HashMap<String, u32>, load_aware: boo
                 may_wait: false,
                 now_ms: now,
             });
-            for x in stragglers(stage, &spec, now) {
+            for x in speculation::stragglers(stage, &spec, now) {
                 let task = &stage.tasks[x.task];
                 let TaskState::Running {
                     worker_id: original,
@@ -1259,6 +1156,8 @@ fn cleanup_finished(core: &Arc<Core>, cleaning: &Arc<Mutex<HashSet<String>>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::optimizer::speculation::{stragglers, Straggler};
+    use crate::optimizer::timeouts::expired_attempts;
 
     use crate::state::test_state as state_with;
 
@@ -1348,7 +1247,7 @@ mod tests {
         s
     }
 
-    fn spark_defaults() -> Speculation {
+    fn spark_defaults() -> autopipe_common::spec::Speculation {
         autopipe_common::spec::JobParams::default().speculation()
     }
 
