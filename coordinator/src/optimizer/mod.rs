@@ -9,6 +9,7 @@
 //!   its probe side unshuffled;
 //! - `partitions`: scan tasks from file and row-group sizes, and the shuffle width;
 //! - `memory`: a task out of memory retries with a larger share;
+//! - `retry_limit`: a job's per-task attempt limit lowered or raised;
 //! - `speculation`: a straggling task gets a copy on another worker;
 //! - `timeouts`: an attempt past its task timeout fails and is retried elsewhere;
 //! - `liquid`: a running scan task that lags hands its unread input to a new task;
@@ -21,6 +22,7 @@ pub mod memory;
 pub mod partitions;
 pub mod placement;
 pub mod replan;
+pub mod retry_limit;
 pub mod scaling;
 pub mod skew;
 pub mod speculation;

@@ -6,7 +6,7 @@ use super::commands::{
     Command, ErrorRecord, ScanSlice, ShuffleHome, SplitOrigin, StagePlan, TaskReads, TaskResult,
     Waiting,
 };
-use super::decision::{inputs, Decision, DecisionKind, MAX_DECISIONS};
+use super::decision::{Decision, DecisionKind, MAX_DECISIONS};
 use autopipe_common::spec::PipelineSpec;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -1322,42 +1322,30 @@ impl State {
             entry.1.push(worker.to_string());
         }
         let (count, workers) = (entry.0, entry.1.len());
-        let (new_limit, why, inputs) = if count >= 3 && workers >= 2 && limit > 2 {
-            (
-                2,
-                format!(
-                    "the same cause failed {count} attempts on {workers} workers; a cause that does not depend on the worker looks permanent: {cause}"
-                ),
-                inputs([
-                    ("cause", cause.clone()),
-                    ("failed_attempts", count.to_string()),
-                    ("workers", workers.to_string()),
-                ]),
-            )
-        } else {
-            let w = self.workers.get(worker);
-            let (attempts, transient) = w
-                .map(|w| (w.attempts, w.transient_failures))
-                .unwrap_or((0, 0));
-            let high = attempts >= 4 && transient * 2 >= attempts;
-            let bound = configured * 2;
-            if error.class == "transient" && high && failures >= limit && limit < bound {
-                (
-                    limit + 1,
-                    format!(
-                        "stage {stage} task {task} would run out of attempts on worker {worker}, whose transient failure rate is {transient}/{attempts}: the worker, not the task, is failing (bound: {bound})"
-                    ),
-                    inputs([
-                        ("worker", worker.to_string()),
-                        ("worker_attempts", attempts.to_string()),
-                        ("worker_transient_failures", transient.to_string()),
-                        ("task_failures", failures.to_string()),
-                        ("bound", bound.to_string()),
-                    ]),
-                )
-            } else {
-                return limit;
-            }
+        let (attempts, transient) = self
+            .workers
+            .get(worker)
+            .map(|w| (w.attempts, w.transient_failures))
+            .unwrap_or((0, 0));
+        let seen = crate::optimizer::retry_limit::Seen {
+            cause: &cause,
+            cause_failures: count,
+            cause_workers: workers,
+            worker,
+            worker_attempts: attempts,
+            worker_transient_failures: transient,
+            error_class: &error.class,
+            stage,
+            task,
+            task_failures: failures,
+        };
+        let Some(crate::optimizer::retry_limit::NewLimit {
+            limit: new_limit,
+            why,
+            inputs,
+        }) = crate::optimizer::retry_limit::adapt(limit, configured, &seen)
+        else {
+            return limit;
         };
         let job = self.jobs.get_mut(job_id).expect("looked up above");
         job.max_attempts = Some(new_limit);
@@ -1636,6 +1624,7 @@ fn mask_numbers(msg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::decision::inputs;
 
     fn two_stage_state() -> State {
         let mut s = State::default();
