@@ -351,8 +351,23 @@ mod tests {
         GetEntriesContext::empty(false)
     }
 
+    /// Opens the storage in `dir`. A `SledStorage` just dropped releases its file
+    /// lock once sled's flusher thread has stopped: a reopen waits for that (at most
+    /// 10 s) instead of failing on a busy machine.
     fn open(dir: &Path) -> SledStorage {
-        SledStorage::open(dir).unwrap()
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match SledStorage::open(dir) {
+                Ok(s) => return s,
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("cannot open the storage: {e}"),
+            }
+        }
     }
 
     #[test]
