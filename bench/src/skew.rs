@@ -9,7 +9,7 @@
 
 use crate::median;
 use anyhow::{bail, Context, Result};
-use integration_tests::{cli, write_spec, Cluster};
+use integration_tests::{gen_clickstream_skewed, write_spec, Cluster};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -86,21 +86,7 @@ pub fn run(a: Args) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let dir = std::fs::canonicalize(&dir)?;
     if !dir.join("data/events").exists() {
-        let g = cli(&[
-            "gen",
-            "clickstream",
-            "--rows",
-            &a.rows.to_string(),
-            "--files",
-            &a.files.to_string(),
-            "--skew",
-            &a.skew.to_string(),
-            "--out",
-            dir.join("data").to_str().context("utf8 path")?,
-        ])?;
-        if !g.status.success() {
-            bail!("gen failed: {}", String::from_utf8_lossy(&g.stderr));
-        }
+        gen_clickstream_skewed(&dir.join("data"), a.rows, a.files, a.skew)?;
     }
     let on = spec(&dir, "skew_on", &a, "skew_join = true")?;
     let off = spec(&dir, "skew_off", &a, "skew_join = false")?;

@@ -642,16 +642,18 @@ impl Group {
 
 /// `autopipe gen clickstream` into `out` with `rows` events in `files` files.
 pub fn gen_clickstream(out: &Path, rows: u64, files: usize) -> Result<()> {
-    let g = cli(&[
-        "gen",
-        "clickstream",
-        "--rows",
-        &rows.to_string(),
-        "--files",
-        &files.to_string(),
-        "--out",
-        out.to_str().context("utf8 path")?,
-    ])?;
+    gen_clickstream_skewed(out, rows, files, 0.0)
+}
+
+/// `gen_clickstream` with a share `skew` of the events on one user (`--skew`).
+pub fn gen_clickstream_skewed(out: &Path, rows: u64, files: usize, skew: f64) -> Result<()> {
+    let (rows, files, skew) = (rows.to_string(), files.to_string(), skew.to_string());
+    let mut args = vec!["gen", "clickstream", "--rows", &rows, "--files", &files];
+    if skew != "0" {
+        args.extend(["--skew", &skew]);
+    }
+    args.extend(["--out", out.to_str().context("utf8 path")?]);
+    let g = cli(&args)?;
     if !g.status.success() {
         bail!("gen failed: {}", String::from_utf8_lossy(&g.stderr));
     }

@@ -4,10 +4,20 @@
 //! Each job ends with exactly the oracle's rows, and the decisions say what was done,
 //! why, and what it measured.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use integration_tests::oracle::check_spec_output;
-use integration_tests::{aggregation_job, cli, gen_clickstream, write_spec, Cluster};
+use integration_tests::{
+    aggregation_job, cli, gen_clickstream, gen_clickstream_skewed, write_spec, Cluster,
+};
 use std::path::Path;
+
+/// Runs `spec` to its end on `c`: it succeeded with the oracle's rows; its status.
+fn run_checked(c: &Cluster, dir: &Path, spec: &Path) -> Result<serde_json::Value> {
+    let (v, _) = c.run(spec)?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    check_spec_output(dir, spec)?;
+    Ok(v)
+}
 
 fn decisions(c: &Cluster, job: &str, kind: &str) -> Result<Vec<serde_json::Value>> {
     Ok(c.cli_json(&["decisions", job])?
@@ -17,25 +27,6 @@ fn decisions(c: &Cluster, job: &str, kind: &str) -> Result<Vec<serde_json::Value
         .into_iter()
         .filter(|d| d["kind"] == kind)
         .collect())
-}
-
-fn gen_skewed(out: &Path, rows: u64, files: usize, skew: f64) -> Result<()> {
-    let g = cli(&[
-        "gen",
-        "clickstream",
-        "--rows",
-        &rows.to_string(),
-        "--files",
-        &files.to_string(),
-        "--skew",
-        &skew.to_string(),
-        "--out",
-        out.to_str().expect("utf8 path"),
-    ])?;
-    if !g.status.success() {
-        bail!("gen failed: {}", String::from_utf8_lossy(&g.stderr));
-    }
-    Ok(())
 }
 
 /// events ⋈ users on the user id, shuffled on both sides (no broadcast) into 8
@@ -74,16 +65,14 @@ path = "out/{name}"
 #[test]
 fn a_skewed_join_partition_is_split_by_map_outputs_and_the_rows_are_exact() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    gen_skewed(&dir.path().join("data"), 200_000, 4, 0.3)?;
+    gen_clickstream_skewed(&dir.path().join("data"), 200_000, 4, 0.3)?;
     // thresholds scaled to the test's data: the hot partition is several times the
     // median and a few hundred KiB; pieces of 64 KiB hold one map output each
     let skew =
         "skew_factor = 2\nskew_threshold_bytes = \"64KiB\"\ntarget_partition_bytes = \"64KiB\"";
     let spec = skewed_join(dir.path(), "skewed", skew)?;
     let c = Cluster::start(2, 2)?;
-    let (v, _) = c.run(&spec)?;
-    assert_eq!(v["state"], "succeeded", "{v}");
-    check_spec_output(dir.path(), &spec)?;
+    let v = run_checked(&c, dir.path(), &spec)?;
     let id = v["job_id"].as_str().expect("id");
     let splits = decisions(&c, id, "skew_split")?;
     let [d] = splits.as_slice() else {
@@ -108,9 +97,7 @@ fn a_skewed_join_partition_is_split_by_map_outputs_and_the_rows_are_exact() -> R
 
     // skew_join = false: the same rows, no split
     let off = skewed_join(dir.path(), "unsplit", &format!("{skew}\nskew_join = false"))?;
-    let (v, _) = c.run(&off)?;
-    assert_eq!(v["state"], "succeeded", "{v}");
-    check_spec_output(dir.path(), &off)?;
+    let v = run_checked(&c, dir.path(), &off)?;
     let id = v["job_id"].as_str().expect("id");
     assert!(decisions(&c, id, "skew_split")?.is_empty());
     Ok(())
@@ -124,9 +111,7 @@ fn small_reducer_partitions_are_coalesced_into_fewer_tasks() -> Result<()> {
     let off = aggregation_job(dir.path(), "uncoalesced", "coalesce = false")?;
     let c = Cluster::start(2, 2)?;
 
-    let (v, _) = c.run(&on)?;
-    assert_eq!(v["state"], "succeeded", "{v}");
-    check_spec_output(dir.path(), &on)?;
+    let v = run_checked(&c, dir.path(), &on)?;
     let id = v["job_id"].as_str().expect("id");
     let ds = decisions(&c, id, "coalesce")?;
     let [d] = ds.as_slice() else {
@@ -142,9 +127,7 @@ fn small_reducer_partitions_are_coalesced_into_fewer_tasks() -> Result<()> {
     let status = c.cli_json(&["status", id])?;
     assert_eq!(status["stage_details"][1]["tasks_total"], after, "{status}");
 
-    let (v, _) = c.run(&off)?;
-    assert_eq!(v["state"], "succeeded", "{v}");
-    check_spec_output(dir.path(), &off)?;
+    let v = run_checked(&c, dir.path(), &off)?;
     let id = v["job_id"].as_str().expect("id");
     assert!(decisions(&c, id, "coalesce")?.is_empty());
     let status = c.cli_json(&["status", id])?;
@@ -160,9 +143,7 @@ fn a_cluster_param_switches_a_rule_off_unless_the_job_pins_it() -> Result<()> {
     let pinned = aggregation_job(dir.path(), "pinned", "coalesce = true")?;
     let c = Cluster::start_full(2, 2, &[], &["--param", "coalesce=false"])?;
 
-    let (v, _) = c.run(&plain)?;
-    assert_eq!(v["state"], "succeeded", "{v}");
-    check_spec_output(dir.path(), &plain)?;
+    let v = run_checked(&c, dir.path(), &plain)?;
     let id = v["job_id"].as_str().expect("id");
     assert!(
         decisions(&c, id, "coalesce")?.is_empty(),
@@ -170,9 +151,7 @@ fn a_cluster_param_switches_a_rule_off_unless_the_job_pins_it() -> Result<()> {
     );
     assert_eq!(v["stage_details"][1]["tasks_total"], 10, "{v}");
 
-    let (v, _) = c.run(&pinned)?;
-    assert_eq!(v["state"], "succeeded", "{v}");
-    check_spec_output(dir.path(), &pinned)?;
+    let v = run_checked(&c, dir.path(), &pinned)?;
     let id = v["job_id"].as_str().expect("id");
     assert_eq!(
         decisions(&c, id, "coalesce")?.len(),
@@ -237,9 +216,7 @@ fn a_join_side_small_at_run_time_is_broadcast_and_the_other_is_not_shuffled() ->
     let off = small_build_side(dir.path(), "shuffled", "runtime_broadcast = false")?;
     let c = Cluster::start(2, 2)?;
 
-    let (v, _) = c.run(&on)?;
-    assert_eq!(v["state"], "succeeded", "{v}");
-    check_spec_output(dir.path(), &on)?;
+    let v = run_checked(&c, dir.path(), &on)?;
     let id = v["job_id"].as_str().expect("id");
     let ds = decisions(&c, id, "broadcast")?;
     let [d] = ds.as_slice() else {
@@ -255,9 +232,7 @@ fn a_join_side_small_at_run_time_is_broadcast_and_the_other_is_not_shuffled() ->
         "{d}"
     );
 
-    let (v, _) = c.run(&off)?;
-    assert_eq!(v["state"], "succeeded", "{v}");
-    check_spec_output(dir.path(), &off)?;
+    let v = run_checked(&c, dir.path(), &off)?;
     let id = v["job_id"].as_str().expect("id");
     assert!(decisions(&c, id, "broadcast")?.is_empty());
     assert!(

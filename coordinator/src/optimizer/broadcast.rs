@@ -28,20 +28,13 @@ pub fn runtime_broadcasts(s: &State, now_ms: u64) -> Vec<Command> {
             let Some(b) = &st.plan.broadcast else {
                 continue;
             };
-            let untouched =
-                |tasks: &[crate::state::machine::Task]| tasks.iter().all(|t| t.attempts == 0);
             let (Some(build), Some(fused)) = (
                 job.stages.get(b.build as usize),
                 job.stages.get(b.fused as usize),
             ) else {
                 continue;
             };
-            if !st.replanned.is_empty()
-                || !untouched(&st.tasks)
-                || !untouched(&fused.tasks)
-                || !fused.replanned.is_empty()
-                || !build.is_complete()
-            {
+            if !st.unstarted() || !fused.unstarted() || !build.is_complete() {
                 continue;
             }
             let (rows, bytes) = build

@@ -193,10 +193,9 @@ pub fn candidates(s: &State, idle: u32, now: u64) -> Vec<Candidate> {
 /// No stage reading stage `si` has launched a task or been re-planned: each would
 /// list the stage's map tasks as they are now.
 fn consumers_unstarted(job: &Job, si: usize) -> bool {
-    job.stages.iter().all(|c| {
-        !c.plan.inputs.contains(&(si as u32))
-            || (c.replanned.is_empty() && c.tasks.iter().all(|t| t.attempts == 0))
-    })
+    job.stages
+        .iter()
+        .all(|c| !c.plan.inputs.contains(&(si as u32)) || c.unstarted())
 }
 
 /// Finished tasks of a stage and the median of their run times.

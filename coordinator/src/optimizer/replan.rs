@@ -90,7 +90,7 @@ impl Input<'_> {
 /// something.
 pub fn replan(s: &State, job: &Job, stage: u32, now_ms: u64) -> Option<Replan> {
     let st = job.stages.get(stage as usize)?;
-    if !st.replanned.is_empty() || st.tasks.iter().any(|t| t.attempts > 0) {
+    if !st.unstarted() {
         return None;
     }
     let n = st.tasks.len();

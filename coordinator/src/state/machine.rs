@@ -230,6 +230,12 @@ impl Stage {
             .iter()
             .all(|t| matches!(t.state, TaskState::Succeeded { .. }))
     }
+    /// Still as planned: no rule re-planned it and none of its tasks launched an
+    /// attempt, so a rule may still change its tasks (and a consumer that starts
+    /// later sees them as they are then).
+    pub fn unstarted(&self) -> bool {
+        self.replanned.is_empty() && self.tasks.iter().all(|t| t.attempts == 0)
+    }
     /// Number of succeeded tasks.
     pub fn done(&self) -> usize {
         self.tasks
@@ -336,15 +342,13 @@ impl Job {
         if params.runtime_broadcast == Some(false) || params.broadcast_join_max_bytes() == 0 {
             return false;
         }
-        let untouched = |st: &Stage| st.tasks.iter().all(|t| t.attempts == 0);
-        if !self.stages.get(stage).is_some_and(untouched) {
+        if !self.stages.get(stage).is_some_and(Stage::unstarted) {
             return false;
         }
         self.stages.iter().any(|j| {
             j.plan.broadcast.as_ref().is_some_and(|b| {
                 b.fused as usize == stage
-                    && j.replanned.is_empty()
-                    && untouched(j)
+                    && j.unstarted()
                     && !self
                         .stages
                         .get(b.build as usize)
@@ -670,16 +674,16 @@ impl State {
                     .broadcast
                     .clone()
                     .ok_or_else(|| illegal("it has no broadcast plan"))?;
-                let untouched = |st: &Stage| st.tasks.iter().all(|t| t.attempts == 0);
-                if !st.replanned.is_empty() || !untouched(st) {
+                if !st.unstarted() {
                     return Err(illegal("it was re-planned or has started"));
                 }
-                let fused = job
+                if !job
                     .stages
                     .get(b.fused as usize)
-                    .filter(|f| untouched(f) && f.replanned.is_empty())
-                    .ok_or_else(|| illegal("the probe side's stage has started"))?;
-                let _ = fused;
+                    .is_some_and(Stage::unstarted)
+                {
+                    return Err(illegal("the probe side's stage has started"));
+                }
                 if !job
                     .stages
                     .get(b.build as usize)

@@ -56,10 +56,10 @@ impl State {
         }
         // a consumer that launched (or was re-planned) lists the stage's map tasks as
         // they were then: it would miss the new one
-        let consumer_started = job.stages.iter().any(|c| {
-            c.plan.inputs.contains(stage)
-                && (!c.replanned.is_empty() || c.tasks.iter().any(|t| t.attempts > 0))
-        });
+        let consumer_started = job
+            .stages
+            .iter()
+            .any(|c| c.plan.inputs.contains(stage) && !c.unstarted());
         if consumer_started {
             return illegal(format!(
                 "job {job_id} stage {stage}: a stage reading it has started"
