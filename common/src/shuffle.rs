@@ -850,23 +850,22 @@ impl PhysicalExtensionCodec for ShuffleCodec {
         match wrapper.node {
             Some(pb::extension_node::Node::Shuffle(node)) => {
                 let schema = Arc::new(schema_from_bytes(&node.schema)?);
-                let mut exec = ShuffleReaderExec::new(
-                    node.stage_id,
-                    schema,
-                    node.partitions as usize,
-                    node.hash,
-                );
-                exec.job_id = self.job_id.clone();
-                exec.locations = self
-                    .locations
-                    .iter()
-                    .filter(|l| l.stage_id == node.stage_id)
-                    .cloned()
-                    .collect();
                 let input = self
                     .input_stages
                     .iter()
                     .find(|i| i.stage_id == node.stage_id);
+                // a skewed aggregation's merge task reads the partition from the
+                // stage that pre-merged it (same schema and hash partitioning)
+                let source = input.and_then(|i| i.via_stage).unwrap_or(node.stage_id);
+                let mut exec =
+                    ShuffleReaderExec::new(source, schema, node.partitions as usize, node.hash);
+                exec.job_id = self.job_id.clone();
+                exec.locations = self
+                    .locations
+                    .iter()
+                    .filter(|l| l.stage_id == source)
+                    .cloned()
+                    .collect();
                 exec.expected_map_tasks = input.map(|i| i.map_tasks.clone());
                 exec.partition_range = input
                     .filter(|i| i.partition_end > 0)

@@ -140,6 +140,11 @@ pub struct JobParams {
     /// boundaries, replicating the other side's partition; default true
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skew_join: Option<bool>,
+    /// split a skewed partition of an aggregation's input into pre-merge tasks (each
+    /// merging the partial states of a range of map tasks) and one merge task;
+    /// default true
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skew_aggregation: Option<bool>,
     /// a reducer partition is skewed when larger than this many times the median
     /// partition (default 5, Spark's skewedPartitionFactor) ...
     #[serde(default, skip_serializing_if = "Option::is_none")]

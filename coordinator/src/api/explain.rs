@@ -43,6 +43,9 @@ pub fn task_reads_text(r: &pb::TaskReadsStatus) -> String {
     for m in &r.map_ranges {
         let _ = write!(s, " stage {} maps [{},{})", m.stage, m.from, m.to);
     }
+    for v in &r.via {
+        let _ = write!(s, " stage {} via pre-merge stage {}", v.input, v.stage);
+    }
     s
 }
 
@@ -54,6 +57,7 @@ pub fn task_reads_json(r: &pb::TaskReadsStatus) -> Value {
         "map_ranges": r.map_ranges.iter().map(|m| json!({
             "stage": m.stage, "from": m.from, "to": m.to,
         })).collect::<Vec<_>>(),
+        "via": r.via.iter().map(|v| json!({"input": v.input, "stage": v.stage})).collect::<Vec<_>>(),
     })
 }
 
@@ -292,6 +296,7 @@ mod tests {
                             start: 0,
                             end: 6,
                             map_ranges: vec![],
+                            via: vec![],
                         },
                         pb::TaskReadsStatus {
                             start: 6,
@@ -301,6 +306,7 @@ mod tests {
                                 from: 0,
                                 to: 2,
                             }],
+                            via: vec![],
                         },
                     ],
                     ..Default::default()

@@ -149,6 +149,11 @@ fn task_reads(t: &crate::state::machine::Task) -> pb::TaskReadsStatus {
                 .iter()
                 .map(|&(stage, from, to)| pb::MapTaskRange { stage, from, to })
                 .collect(),
+            via: r
+                .via
+                .iter()
+                .map(|&(input, stage)| pb::ReadVia { input, stage })
+                .collect(),
         },
         None => pb::TaskReadsStatus::default(),
     }

@@ -109,6 +109,7 @@ mod tests {
             inputs,
             join: None,
             broadcast: None,
+            pre_merge: None,
         };
         let mut join = stage(2, 4, None, vec![0, 1]);
         join.broadcast = Some(Box::new(BroadcastPlan {

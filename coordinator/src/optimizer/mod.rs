@@ -4,7 +4,7 @@
 //!
 //! - `replan`: re-plans a stage from its inputs' statistics before it runs, with
 //!   `coalesce` (small reducer partitions packed) and `skew` (a skewed join partition
-//!   split);
+//!   split; a skewed aggregation partition pre-merged in pieces, then merged once);
 //! - `broadcast`: a join whose build side turned out small runs as a broadcast join,
 //!   its probe side unshuffled;
 //! - `partitions`: scan tasks from file and row-group sizes, and the shuffle width;

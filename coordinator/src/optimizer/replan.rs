@@ -2,7 +2,8 @@
 //! reads hash-shuffled data is complete and none of its tasks has run, the statistics
 //! its map tasks really produced (bytes per output partition, per map task) decide
 //! its tasks instead of the partition count planned at submit:
-//! - `skew`: a skewed partition of a join is divided into several tasks;
+//! - `skew`: a skewed partition of a join is divided into several tasks; one of an
+//!   aggregation's input into pre-merge tasks (a new stage) and one merge task;
 //! - `coalesce`: contiguous small partitions are packed into one task.
 //!
 //! The result is one `ReplanStage` command carrying the new tasks and the decisions
@@ -27,6 +28,8 @@ pub struct Replan {
     pub tasks: Vec<TaskReads>,
     /// why
     pub decisions: Vec<Decision>,
+    /// the tasks of its aggregation's pre-merge step (a new stage), if any
+    pub pre_merge: Vec<TaskReads>,
 }
 
 impl Replan {
@@ -37,6 +40,7 @@ impl Replan {
             stage: self.stage,
             tasks: self.tasks,
             decisions: self.decisions,
+            pre_merge: self.pre_merge,
         }
     }
 }
@@ -163,6 +167,8 @@ pub fn replan(s: &State, job: &Job, stage: u32, now_ms: u64) -> Option<Replan> {
 
     // skew: the partitions divided, and each one's tasks
     let mut split: Vec<Option<Vec<TaskReads>>> = vec![None; n];
+    let factor = params.skew_factor();
+    let threshold = params.skew_threshold_bytes();
     // a stage whose output is merged (read one map task per partition, in order) must
     // not run more tasks than planned: only coalescing applies there
     let merged_output = st.plan.shuffle_partitions == Some(1);
@@ -177,8 +183,6 @@ pub fn replan(s: &State, job: &Job, stage: u32, now_ms: u64) -> Option<Replan> {
                 .map(|h| (h, h.partition_sizes(n)))
         };
         let (left, right) = (side(j.left, j.split_left), side(j.right, j.split_right));
-        let factor = params.skew_factor();
-        let threshold = params.skew_threshold_bytes();
         let flags = |side: &Option<(&Input, Vec<u64>)>| {
             side.as_ref()
                 .map(|(_, sizes)| skew::skewed(sizes, factor, threshold))
@@ -220,9 +224,8 @@ pub fn replan(s: &State, job: &Job, stage: u32, now_ms: u64) -> Option<Replan> {
                         map_ranges.push((j.right, r.start, r.end));
                     }
                     tasks.push(TaskReads {
-                        start: p as u32,
-                        end: p as u32 + 1,
                         map_ranges,
+                        ..TaskReads::range(p as u32, p as u32 + 1)
                     });
                 }
             }
@@ -288,11 +291,78 @@ pub fn replan(s: &State, job: &Job, stage: u32, now_ms: u64) -> Option<Replan> {
         }
     }
 
+    // skew in an aggregation's input: pre-merge pieces, then one merge task
+    let mut pre_merge = vec![];
+    if let (Some(pm), true) = (&st.plan.pre_merge, params.skew_aggregation != Some(false)) {
+        if let Some(input) = hash.iter().find(|h| h.stage == pm.input) {
+            let via = (pm.input, job.stages.len() as u32);
+            let sizes = input.partition_sizes(n);
+            let skewed = skew::skewed(&sizes, factor, threshold);
+            for p in 0..n {
+                if !skewed[p] || split[p].is_some() {
+                    continue;
+                }
+                let piece = skew::split_target(&sizes, &skewed, target);
+                let per_map: Vec<u64> = input.per_map.iter().map(|m| m[p]).collect();
+                let ranges = skew::map_ranges(&per_map, piece);
+                if ranges.len() < 2 {
+                    continue;
+                }
+                let (keys, rows) = input.hot_keys(p as u32);
+                let hot = keys
+                    .first()
+                    .map(|(k, r)| {
+                        format!(
+                            "; hot key {k} (~{:.0}% of its {rows} rows)",
+                            100.0 * *r as f64 / rows.max(1) as f64
+                        )
+                    })
+                    .unwrap_or_default();
+                let mut d = decision(
+                    DecisionKind::SkewSplit,
+                    format!(
+                        "stage {stage} partition {p} of the aggregation runs as {} pre-merge tasks (stage {}), each merging the partial states of a range of stage {}'s map tasks, and one merge task",
+                        ranges.len(),
+                        via.1,
+                        pm.input
+                    ),
+                    format!(
+                        "the partition is larger than both skew_factor = {factor} x the median partition ({} bytes) and skew_threshold_bytes = {threshold}: {} bytes of partial states{hot}",
+                        skew::median(&sizes),
+                        sizes[p]
+                    ),
+                    inputs([
+                        ("stage", stage.to_string()),
+                        ("partition", p.to_string()),
+                        ("input_stage", pm.input.to_string()),
+                        ("partition_bytes", sizes[p].to_string()),
+                        ("median_partition", skew::median(&sizes).to_string()),
+                        ("skew_factor", factor.to_string()),
+                        ("skew_threshold_bytes", threshold.to_string()),
+                        ("pre_merge_tasks", ranges.len().to_string()),
+                    ]),
+                );
+                if let Some((k, _)) = keys.into_iter().next() {
+                    d.inputs.insert("hot_key".into(), k);
+                }
+                decisions.push(d);
+                pre_merge.extend(ranges.into_iter().map(|r| TaskReads {
+                    map_ranges: vec![(pm.input, r.start, r.end)],
+                    ..TaskReads::range(p as u32, p as u32 + 1)
+                }));
+                split[p] = Some(vec![TaskReads {
+                    via: vec![via],
+                    ..TaskReads::range(p as u32, p as u32 + 1)
+                }]);
+            }
+        }
+    }
+
     // coalesce the runs of partitions between the divided ones
     let mut tasks: Vec<TaskReads> = vec![];
     let mut p = 0;
     let coalescing = params.coalesce != Some(false);
-    let mut unsplit = 0;
+    let (mut unsplit, mut coalesced) = (0, 0);
     while p < n {
         if let Some(t) = split[p].take() {
             tasks.extend(t);
@@ -306,14 +376,13 @@ pub fn replan(s: &State, job: &Job, stage: u32, now_ms: u64) -> Option<Replan> {
         } else {
             (0..(end - p) as u32).map(|i| i..i + 1).collect()
         };
-        tasks.extend(runs.into_iter().map(|r| TaskReads {
-            start: p as u32 + r.start,
-            end: p as u32 + r.end,
-            map_ranges: vec![],
-        }));
+        coalesced += runs.len();
+        tasks.extend(
+            runs.into_iter()
+                .map(|r| TaskReads::range(p as u32 + r.start, p as u32 + r.end)),
+        );
         p = end;
     }
-    let coalesced = tasks.iter().filter(|t| t.map_ranges.is_empty()).count();
     if coalesced < unsplit {
         let mut sorted = sizes.clone();
         sorted.sort_unstable();
@@ -350,6 +419,7 @@ pub fn replan(s: &State, job: &Job, stage: u32, now_ms: u64) -> Option<Replan> {
         stage,
         tasks,
         decisions,
+        pre_merge,
     })
 }
 
@@ -378,6 +448,7 @@ mod tests {
             inputs,
             join: None,
             broadcast: None,
+            pre_merge: None,
         };
         let mut join = stage(2, n, None, vec![0, 1]);
         join.join = join_type.map(|(t, l, r)| StageJoin {
@@ -633,5 +704,104 @@ mod tests {
         let job = s.jobs.get_mut("j").unwrap();
         job.stages[1].plan.shuffle_partitions = Some(4);
         assert_eq!(plan_of(&s), None);
+    }
+
+    /// Stage 2 aggregates the partial states of stage 0 (and reads stage 1 whole per
+    /// partition): its partition 3 is skewed. It runs as pre-merge tasks over ranges
+    /// of stage 0's map tasks (a new stage 3, shuffled as stage 0 was) and one merge
+    /// task that reads partition 3 through stage 3; the rest coalesce as usual.
+    #[test]
+    fn a_skewed_aggregation_partition_is_pre_merged_in_pieces_then_merged_once() {
+        let pre_merged = |params: &str| {
+            let mut s = skewed_left(("Inner", false, false), params);
+            let job = s.jobs.get_mut("j").unwrap();
+            job.stages[2].plan.join = None;
+            job.stages[2].plan.pre_merge = Some(Box::new(crate::state::PreMergePlan {
+                plan: Default::default(),
+                display: "RepartitionExec ... AggregateExec: mode=PartialReduce".into(),
+                input: 0,
+            }));
+            s
+        };
+        let mut s = pre_merged(SMALL_SKEW);
+        let r = plan_of(&s).unwrap();
+        assert_eq!(r.pre_merge.len(), 4, "{:?}", r.pre_merge);
+        for (i, t) in r.pre_merge.iter().enumerate() {
+            assert_eq!((t.start, t.end), (3, 4));
+            assert_eq!(t.map_ranges, vec![(0, i as u32, i as u32 + 1)]);
+            assert!(t.via.is_empty());
+        }
+        assert_eq!(ranges(&r), vec![(0, 3), (3, 4), (4, 8)]);
+        assert_eq!(r.tasks[1].via, vec![(0, 3)]);
+        assert!(r.tasks[1].map_ranges.is_empty());
+        let d = r
+            .decisions
+            .iter()
+            .find(|d| d.kind == DecisionKind::SkewSplit)
+            .unwrap();
+        assert_eq!(d.inputs["partition"], "3");
+        assert_eq!(d.inputs["pre_merge_tasks"], "4");
+        assert_eq!(d.inputs["hot_key"], "user_id=1");
+        assert!(d.what.contains("4 pre-merge tasks (stage 3)"), "{}", d.what);
+
+        // applied: stage 3 exists, stage 2 waits for it and reads it
+        s.apply(&r.command()).unwrap();
+        let job = &s.jobs["j"];
+        assert_eq!(job.stages.len(), 4);
+        let pm = &job.stages[3];
+        assert_eq!(pm.plan.inputs, vec![0]);
+        assert_eq!(pm.plan.shuffle_partitions, Some(8));
+        assert_eq!(pm.tasks.len(), 4);
+        assert_eq!(pm.replanned, job.stages[2].replanned);
+        assert!(pm.plan.display.contains("PartialReduce"));
+        assert_eq!(job.stages[2].plan.inputs, vec![0, 1, 3]);
+        assert!(job.stage_ready(3) && !job.stage_ready(2));
+        assert_eq!(
+            job.sink_stage().plan.id,
+            2,
+            "the appended pre-merge stage is a map stage, not the sink"
+        );
+        assert_eq!(
+            replan(&s, job, 3, 10),
+            None,
+            "a pre-merge stage is never re-planned"
+        );
+        for t in 0..4 {
+            map_done(&mut s, 3, t, &[MB; 8]);
+        }
+        assert!(s.jobs["j"].stage_ready(2));
+        // the merge task reads partition 3 from the pre-merge stage's tasks only; the
+        // other tasks read stage 0 itself and never the pre-merge stage
+        let def = crate::scheduler::task_definition(&s, &s.jobs["j"], 2, 1, 1, "w1");
+        let from_0 = def.input_stages.iter().find(|i| i.stage_id == 0).unwrap();
+        assert_eq!(from_0.via_stage, Some(3));
+        assert_eq!(from_0.map_tasks, vec![0, 1, 2, 3]);
+        assert_eq!((from_0.partition_start, from_0.partition_end), (3, 4));
+        assert!(def.input_stages.iter().all(|i| i.stage_id != 3));
+        assert!(def
+            .inputs
+            .iter()
+            .filter(|l| l.stage_id != 1)
+            .all(|l| l.stage_id == 3));
+        let def = crate::scheduler::task_definition(&s, &s.jobs["j"], 2, 0, 1, "w1");
+        let ids: Vec<_> = def
+            .input_stages
+            .iter()
+            .map(|i| (i.stage_id, i.via_stage))
+            .collect();
+        assert_eq!(ids, vec![(0, None), (1, None)]);
+        assert!(def.inputs.iter().all(|l| l.stage_id != 3));
+
+        // switched off: the partition runs as one task
+        let off = pre_merged(&format!("{SMALL_SKEW}\nskew_aggregation = false"));
+        let r = plan_of(&off).unwrap();
+        assert!(r.pre_merge.is_empty());
+        assert!(r.tasks.iter().all(|t| t.via.is_empty()));
+        // a stale command naming another stage is refused
+        let mut bad = pre_merged(SMALL_SKEW);
+        let mut r = plan_of(&bad).unwrap();
+        r.tasks[1].via = vec![(0, 7)];
+        assert!(bad.apply(&r.command()).is_err());
+        assert_eq!(bad.jobs["j"].stages.len(), 3);
     }
 }

@@ -12,6 +12,17 @@
 //! capped by the input spread over the alive slots, so a hot partition smaller than
 //! 64 MiB is still spread over the cluster. Default: on; `skew_join = false` turns
 //! it off.
+//!
+//! Skewed aggregations. Trigger: a stage whose aggregation merges the partial states
+//! of one hash-shuffled input (the planner gave it a `PreMergePlan`), re-planned as
+//! above. A partition of that input skewed by the same test (say a hot key whose rows
+//! the map tasks' partial aggregation passed through, as DataFusion does once most
+//! rows are distinct groups) is divided into the same map-task ranges. Action: each
+//! range becomes a task of a new pre-merge stage that merges its partial states into
+//! partial states again (DataFusion's `PartialReduce`, hash-shuffled as the input
+//! was); the partition's one merge task then reads their output instead, a few rows
+//! per hot key. Default: on; `skew_aggregation = false` turns it off. Spark's AQE
+//! has no such split (it relies on partial aggregation); neither has Ballista.
 
 use std::ops::Range;
 

@@ -11,7 +11,7 @@ mod distinct;
 
 pub use distinct::{share_exchange, DistinctToGroupBy};
 
-use crate::state::{BroadcastPlan, StageJoin, StagePlan};
+use crate::state::{BroadcastPlan, PreMergePlan, StageJoin, StagePlan};
 use autopipe_common::error::{Error, Result};
 use autopipe_common::session::{context_for, context_for_splits};
 use autopipe_common::shuffle::{ShuffleCodec, ShuffleReaderExec};
@@ -286,9 +286,25 @@ pub fn split_into_stages(plan: Arc<dyn ExecutionPlan>, broadcast_max: u64) -> Re
         };
         alternatives.push(alt);
     }
+    let mut pre_merges = vec![];
+    for id in 0..drafts.len() {
+        pre_merges.push(match pre_merge_alternative(&drafts, id)? {
+            Some((plan, input)) => Some(Box::new(PreMergePlan {
+                plan: encode(id, &plan)?,
+                display: displayable(plan.as_ref()).indent(false).to_string(),
+                input,
+            })),
+            None => None,
+        });
+    }
     let mut stages = Vec::with_capacity(drafts.len());
     let mut scan_stages = vec![];
-    for ((id, d), broadcast) in drafts.into_iter().enumerate().zip(alternatives) {
+    for (((id, d), broadcast), pre_merge) in drafts
+        .into_iter()
+        .enumerate()
+        .zip(alternatives)
+        .zip(pre_merges)
+    {
         if scans_sources(&d.plan) {
             scan_stages.push(id as u32);
         }
@@ -305,6 +321,7 @@ pub fn split_into_stages(plan: Arc<dyn ExecutionPlan>, broadcast_max: u64) -> Re
             join: stage_join(&d.plan),
             inputs: d.inputs,
             broadcast,
+            pre_merge,
         });
     }
     Ok(PlannedJob {
@@ -532,6 +549,82 @@ fn broadcast_alternative(
     }))
 }
 
+/// The pre-merge step of stage `id`, for the case a partition of its aggregation's
+/// input turns out skewed (`optimizer::skew`), and the input it pre-merges: when the
+/// stage holds exactly one aggregate that merges partial states (`FinalPartitioned`),
+/// reading (through row-by-row operators only) a hash-shuffled input that no other
+/// operator of the stage reads, the step is that aggregate in DataFusion's
+/// `PartialReduce` mode (partial states in, merged partial states out) under the
+/// input's own hash exchange: its output is partitioned exactly as the input's was.
+fn pre_merge_alternative(
+    drafts: &[Draft],
+    id: usize,
+) -> Result<Option<(Arc<dyn ExecutionPlan>, u32)>> {
+    use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+    fn walk(p: &Arc<dyn ExecutionPlan>, aggs: &mut Vec<Arc<dyn ExecutionPlan>>) {
+        if p.downcast_ref::<AggregateExec>()
+            .is_some_and(|a| *a.mode() == AggregateMode::FinalPartitioned)
+        {
+            aggs.push(Arc::clone(p));
+        }
+        for c in p.children() {
+            walk(c, aggs);
+        }
+    }
+    let d = &drafts[id];
+    let mut aggs = vec![];
+    walk(&d.plan, &mut aggs);
+    let [agg] = aggs.as_slice() else {
+        return Ok(None);
+    };
+    let agg = agg
+        .downcast_ref::<AggregateExec>()
+        .expect("collected as an AggregateExec");
+    let Some(reader) = row_local_reader(agg.input()).filter(|r| r.hash) else {
+        return Ok(None);
+    };
+    let input = reader.stage_id;
+    let readers_of_input = {
+        fn count(p: &Arc<dyn ExecutionPlan>, stage: u32) -> usize {
+            let here = p
+                .downcast_ref::<ShuffleReaderExec>()
+                .is_some_and(|r| r.stage_id == stage) as usize;
+            here + p
+                .children()
+                .into_iter()
+                .map(|c| count(c, stage))
+                .sum::<usize>()
+        }
+        count(&d.plan, input)
+    };
+    let Some(rep) = drafts
+        .get(input as usize)
+        .and_then(|x| x.plan.downcast_ref::<RepartitionExec>())
+    else {
+        return Ok(None);
+    };
+    if readers_of_input != 1
+        || agg.group_expr().is_empty()
+        || !matches!(rep.partitioning(), Partitioning::Hash(..))
+    {
+        return Ok(None);
+    }
+    let reduce = AggregateExec::try_new(
+        AggregateMode::PartialReduce,
+        agg.group_expr().clone(),
+        agg.aggr_expr().to_vec(),
+        agg.filter_expr().to_vec(),
+        Arc::clone(agg.input()),
+        agg.input_schema(),
+    )?;
+    // the merged states must be what the input's map tasks wrote, column for column
+    if reduce.schema().fields() != rep.schema().fields() {
+        return Ok(None);
+    }
+    let plan = RepartitionExec::try_new(Arc::new(reduce), rep.partitioning().clone())?;
+    Ok(Some((Arc::new(plan), input)))
+}
+
 /// Whether every operator between `plan` (a stage's root) and its hash join works on
 /// any partitioning of its input: a broadcast join's output is not hash-partitioned
 /// on the join keys as a partitioned join's is.
@@ -660,6 +753,17 @@ path = "{}/out"
         assert_eq!(job.scan_stages, vec![0], "only the map stage reads files");
         assert_eq!(job.stages[1].tasks, 4);
         assert!(job.stages[1].display.contains("ShuffleReaderExec"));
+        // its aggregation has a pre-merge step for skewed partitions: the merge of
+        // partial states into partial states, shuffled as stage 0 was
+        let pm = job.stages[1].pre_merge.as_ref().expect("a pre-merge plan");
+        assert_eq!(pm.input, 0);
+        assert!(
+            pm.display.starts_with("RepartitionExec: partitioning=Hash"),
+            "{}",
+            pm.display
+        );
+        assert!(pm.display.contains("mode=PartialReduce"), "{}", pm.display);
+        assert!(job.stages[0].pre_merge.is_none());
     }
 
     /// Issue 12: `count(DISTINCT)` next to `count(*)` plans as two group-bys (no

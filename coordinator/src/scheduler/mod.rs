@@ -800,7 +800,7 @@ pub fn job_staging_root(job: &Job) -> String {
     format!("{}{}/", job.spec.sink.staging_dir(), job.id)
 }
 
-fn task_definition(
+pub(crate) fn task_definition(
     s: &State,
     job: &Job,
     si: usize,
@@ -812,9 +812,22 @@ fn task_definition(
     let reads = stage.tasks[ti].reads.as_ref();
     let mut inputs = Vec::new();
     let mut input_stages = Vec::new();
+    // pre-merge stages of a skewed aggregation: read in place of the input they
+    // pre-merged, by the tasks that say so (`TaskReads::via`)
+    let pre_merges: Vec<u32> = stage
+        .tasks
+        .iter()
+        .filter_map(|t| t.reads.as_ref())
+        .flat_map(|r| r.via.iter().map(|v| v.1))
+        .collect();
     for &input in &stage.plan.inputs {
-        let map_tasks = &job.stages[input as usize].tasks;
-        let mut read = 0..map_tasks.len() as u32;
+        if pre_merges.contains(&input) {
+            continue;
+        }
+        let via = reads.and_then(|r| r.via.iter().find(|v| v.0 == input).map(|v| v.1));
+        let source = via.unwrap_or(input);
+        let map_tasks = &job.stages[source as usize].tasks;
+        let mut read: Vec<u32> = (0..map_tasks.len() as u32).collect();
         // a re-planned task reads a range of a hash-shuffled input's partitions (of
         // some of its map tasks, for a skew split's side); merge inputs stay whole
         let (mut partition_start, mut partition_end) = (0, 0);
@@ -827,14 +840,24 @@ fn task_definition(
                 (partition_start, partition_end) = (r.start, r.end);
             }
             if let Some(&(_, from, to)) = r.map_ranges.iter().find(|m| m.0 == input) {
-                read = from..to;
+                read = (from..to).collect();
+            }
+            if via.is_some() {
+                // the pre-merge tasks of this task's partitions
+                read.retain(|&m| {
+                    map_tasks[m as usize]
+                        .reads
+                        .as_ref()
+                        .is_some_and(|p| p.start < r.end && r.start < p.end)
+                });
             }
         }
         input_stages.push(pb::InputStage {
             stage_id: input,
-            map_tasks: read.clone().collect(),
+            map_tasks: read.clone(),
             partition_start,
             partition_end,
+            via_stage: via,
         });
         for (mt, t) in map_tasks.iter().enumerate() {
             if !read.contains(&(mt as u32)) {
@@ -846,7 +869,7 @@ fn task_definition(
             {
                 let w = s.workers.get(worker_id);
                 inputs.push(pb::MapOutputLocation {
-                    stage_id: input,
+                    stage_id: source,
                     map_task: mt as u32,
                     attempt: *attempt,
                     worker_id: worker_id.clone(),

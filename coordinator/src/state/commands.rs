@@ -54,6 +54,27 @@ pub struct StagePlan {
     /// the stage as a broadcast join, should its join's build side turn out small
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broadcast: Option<Box<BroadcastPlan>>,
+    /// a pre-merge step for the stage's aggregation, should a partition of its input
+    /// turn out skewed (`optimizer::skew`)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_merge: Option<Box<PreMergePlan>>,
+}
+
+/// The pre-merge step of a stage whose hash aggregation merges the partial states of
+/// one hash-shuffled input: run over a range of that input's map tasks, it merges
+/// their partial states of one partition into partial states again (DataFusion's
+/// `PartialReduce` aggregate) and shuffles them exactly as the input did. A skewed
+/// partition then runs as several pre-merge tasks and one merge task that reads
+/// their output instead of the input's (`TaskReads::via`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PreMergePlan {
+    /// datafusion-proto bytes of the pre-merge stage's plan
+    #[serde(with = "shared_bytes")]
+    pub plan: std::sync::Arc<Vec<u8>>,
+    /// human-readable plan
+    pub display: String,
+    /// the input stage whose partial states it merges
+    pub input: u32,
 }
 
 /// A join stage planned as a broadcast join instead (`optimizer::broadcast`): every
@@ -108,6 +129,22 @@ pub struct TaskReads {
     /// `(stage, from, to)`; inputs not named are read whole
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub map_ranges: Vec<(u32, u32, u32)>,
+    /// a skewed aggregation's merge task: input stage `.0`'s partitions are read from
+    /// the pre-merge stage `.1` (its tasks that read them), as `(input, stage)`
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub via: Vec<(u32, u32)>,
+}
+
+impl TaskReads {
+    /// Partitions `[start, end)` of every map task of every input.
+    pub fn range(start: u32, end: u32) -> Self {
+        Self {
+            start,
+            end,
+            map_ranges: vec![],
+            via: vec![],
+        }
+    }
 }
 
 /// The scan input of a task that dynamic rebalancing split (`optimizer::liquid`): its
@@ -231,6 +268,10 @@ pub enum Command {
         tasks: Vec<TaskReads>,
         /// the decisions that explain it (recorded with it)
         decisions: Vec<crate::state::decision::Decision>,
+        /// the tasks of the stage's pre-merge step (`StagePlan::pre_merge`), appended
+        /// to the job as a new stage that this one then reads; empty: none
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pre_merge: Vec<TaskReads>,
     },
     /// a join stage whose build side turned out small runs as its broadcast plan
     /// (`StagePlan::broadcast`): its tasks and inputs become the plan's, and the
@@ -490,6 +531,7 @@ mod tests {
             inputs: vec![],
             join: None,
             broadcast: None,
+            pre_merge: None,
         };
         let json = serde_json::to_value(&plan).unwrap();
         assert_eq!(json["plan"], "AAEC+g==");

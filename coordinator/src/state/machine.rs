@@ -290,6 +290,72 @@ pub struct Job {
     pub cleaned: bool,
 }
 
+/// The stage a `ReplanStage` of `stage` appends for its pre-merge tasks `pre_merge`
+/// (`StagePlan::pre_merge`), checked: the stage has a pre-merge plan, its tasks read
+/// that plan's input through the new stage only, and the pre-merge tasks divide that
+/// input alone.
+fn pre_merge_stage(
+    job: &Job,
+    stage: u32,
+    tasks: &[TaskReads],
+    pre_merge: &[TaskReads],
+) -> Result<Stage, ApplyError> {
+    let illegal = |why: &str| {
+        ApplyError::Illegal(format!(
+            "job {} stage {stage} cannot add a pre-merge step: {why}",
+            job.id
+        ))
+    };
+    let st = job
+        .stages
+        .get(stage as usize)
+        .ok_or_else(|| illegal("no such stage"))?;
+    let pm = st
+        .plan
+        .pre_merge
+        .as_ref()
+        .ok_or_else(|| illegal("it has no pre-merge plan"))?;
+    let id = job.stages.len() as u32;
+    let input = job
+        .stages
+        .get(pm.input as usize)
+        .ok_or_else(|| illegal("its input stage does not exist"))?;
+    if tasks
+        .iter()
+        .flat_map(|t| &t.via)
+        .any(|&v| v != (pm.input, id))
+    {
+        return Err(illegal("a task reads through another stage"));
+    }
+    if pre_merge
+        .iter()
+        .any(|t| !t.via.is_empty() || t.map_ranges.iter().any(|m| m.0 != pm.input))
+    {
+        return Err(illegal("a pre-merge task reads another input"));
+    }
+    Ok(Stage {
+        plan: StagePlan {
+            id,
+            plan: pm.plan.clone(),
+            display: pm.display.clone(),
+            tasks: pre_merge.len() as u32,
+            shuffle_partitions: input.plan.shuffle_partitions,
+            inputs: vec![pm.input],
+            join: None,
+            broadcast: None,
+            pre_merge: None,
+        },
+        tasks: pre_merge
+            .iter()
+            .map(|r| Task {
+                reads: Some(r.clone()),
+                ..Task::new()
+            })
+            .collect(),
+        replanned: vec![],
+    })
+}
+
 /// Drops a finished job's stage plans (datafusion-proto bytes, the bulk of a job in
 /// the state): nothing runs them again, and the job is kept until `--job-retention`
 /// forgets it. Its plans' text (`display`) stays for status and the dashboard.
@@ -297,14 +363,19 @@ fn release_plans(job: &mut Job) {
     for stage in &mut job.stages {
         stage.plan.plan = Default::default();
         stage.plan.broadcast = None;
+        stage.plan.pre_merge = None;
     }
 }
 
 impl Job {
     /// The sink stage.
     pub fn sink_stage(&self) -> &Stage {
+        // the last planned stage; a pre-merge stage added at run time is a map stage
         self.stages
-            .last()
+            .iter()
+            .rev()
+            .find(|s| s.plan.shuffle_partitions.is_none())
+            .or(self.stages.last())
             .expect("a planned job has at least one stage")
     }
     /// Source records read and records sent to the dead letters, over the winning
@@ -625,8 +696,14 @@ impl State {
                 stage,
                 tasks,
                 decisions,
+                pre_merge,
             } => {
                 let job = self.running_job(job_id)?;
+                let pre_merge_stage = if pre_merge.is_empty() {
+                    None
+                } else {
+                    Some(pre_merge_stage(job, *stage, tasks, pre_merge)?)
+                };
                 let st = job.stages.get_mut(*stage as usize).ok_or_else(|| {
                     ApplyError::Illegal(format!("job {job_id} has no stage {stage}"))
                 })?;
@@ -653,7 +730,15 @@ impl State {
                     ids.push(self.last_decision_id);
                 }
                 let job = self.running_job(job_id)?;
-                job.stages[*stage as usize].replanned = ids;
+                job.stages[*stage as usize].replanned = ids.clone();
+                if let Some(mut p) = pre_merge_stage {
+                    let id = job.stages.len() as u32;
+                    let st = &mut job.stages[*stage as usize];
+                    st.plan.inputs.push(id);
+                    st.plan.pre_merge = None;
+                    p.replanned = ids;
+                    job.stages.push(p);
+                }
                 Ok(Outcome::Done)
             }
             Command::BroadcastJoin {
@@ -1255,8 +1340,8 @@ impl State {
             if job.state != JobState::Running {
                 continue;
             }
-            let last = job.stages.len() - 1;
-            for (si, stage) in job.stages.iter_mut().enumerate() {
+            for stage in job.stages.iter_mut() {
+                let sink = stage.plan.shuffle_partitions.is_none();
                 for t in &mut stage.tasks {
                     let lost_attempt = t
                         .running_attempts()
@@ -1272,7 +1357,7 @@ impl State {
                         continue;
                     }
                     // sink outputs are in staging storage, not on the worker
-                    if matches!(&t.state, TaskState::Succeeded { worker_id: w, .. } if w == worker_id && si != last)
+                    if matches!(&t.state, TaskState::Succeeded { worker_id: w, .. } if w == worker_id && !sink)
                     {
                         t.state = TaskState::Pending;
                     }

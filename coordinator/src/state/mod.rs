@@ -8,8 +8,8 @@ pub mod load;
 pub mod machine;
 
 pub use commands::{
-    BroadcastPlan, Command, ErrorRecord, FetchFailedRecord, ScanSlice, ShuffleHome, SplitOrigin,
-    StageJoin, StagePlan, TaskReads, TaskResult, Waiting,
+    BroadcastPlan, Command, ErrorRecord, FetchFailedRecord, PreMergePlan, ScanSlice, ShuffleHome,
+    SplitOrigin, StageJoin, StagePlan, TaskReads, TaskResult, Waiting,
 };
 pub use decision::{Decision, DecisionKind};
 pub use machine::{ApplyError, Job, JobState, Outcome, State, TaskState, WorkerState};
@@ -87,6 +87,7 @@ pub(crate) fn test_job(map_tasks: u32) -> Command {
         inputs,
         join: None,
         broadcast: None,
+        pre_merge: None,
     };
     Command::SubmitJob {
         job_id: "j".into(),
