@@ -19,7 +19,8 @@
 //!
 //! `bench tiny-files`: 2,000 tiny Parquet files with the input splits rule on and off.
 //!
-//! `bench skew`: a join with one hot key, the skew-join rule on and off.
+//! `bench skew`: a join with one hot key, the skew-join rule on and off (with
+//! `--aggregate`: an aggregation, the skewed-aggregation rule on and off).
 //!
 //! `bench distinct`: per-session count(DISTINCT) against DataFusion and DuckDB.
 //! Run: `cargo build --release --workspace && target/release/bench tpch --sf 1 --queries all`
@@ -239,6 +240,11 @@ enum Cmd {
         /// where data and outputs go
         #[arg(long, default_value = "target/bench-data")]
         dir: PathBuf,
+        /// an aggregation by a key on which the hot user's events share one value
+        /// and every other event has its own (the map tasks' partial aggregation
+        /// gives up), with skew_aggregation on and off, instead of the join
+        #[arg(long)]
+        aggregate: bool,
     },
     /// Speculation against a slow worker: the same job with speculation on and off
     Stragglers {
@@ -400,6 +406,7 @@ fn main() -> Result<()> {
             workers,
             slots,
             dir,
+            aggregate,
         } => skew::run(skew::Args {
             rows,
             files,
@@ -410,6 +417,7 @@ fn main() -> Result<()> {
             workers: workers.max(1),
             slots: slots.max(1),
             dir,
+            aggregate,
         }),
         Cmd::Stragglers {
             rows,

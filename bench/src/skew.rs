@@ -5,7 +5,13 @@
 //! join stage is the bottleneck. Prints the wall time and the join stage's max /
 //! median task time of each, and the ratios.
 //!
-//! Run: `cargo build --release --workspace && target/release/bench skew`
+//! `--aggregate`: per-key totals where the hot user's events share one key and
+//! every other event has a key of its own, so the map tasks' partial aggregation
+//! passes rows through (DataFusion gives it up once most rows are distinct groups)
+//! and the hot key's rows reach one reducer partition; the skewed-aggregation rule
+//! (`skew_aggregation`) on and off.
+//!
+//! Run: `cargo build --release --workspace && target/release/bench skew [--aggregate]`
 
 use crate::median;
 use anyhow::{bail, Context, Result};
@@ -24,10 +30,15 @@ pub struct Args {
     pub workers: usize,
     pub slots: u32,
     pub dir: PathBuf,
+    pub aggregate: bool,
 }
+
+const JOIN_SQL: &str = "SELECT u.country, e.kind, count(*) AS n, sum(e.amount) AS total FROM events e JOIN users u ON e.user_id = u.id GROUP BY u.country, e.kind";
+const AGGREGATE_SQL: &str = "SELECT k, count(*) AS n, sum(amount) AS total, max(session_id) AS last_session FROM (SELECT CASE WHEN user_id = 1 THEN -1 ELSE event_id END AS k, amount, session_id FROM events) GROUP BY k";
 
 fn spec(dir: &Path, name: &str, a: &Args, params: &str) -> Result<PathBuf> {
     let path = dir.join(format!("{name}.toml"));
+    let sql = if a.aggregate { AGGREGATE_SQL } else { JOIN_SQL };
     write_spec(
         &path,
         &format!(
@@ -48,7 +59,7 @@ name = "users"
 format = "csv"
 path = "data/users.csv"
 [transform]
-sql = "SELECT u.country, e.kind, count(*) AS n, sum(e.amount) AS total FROM events e JOIN users u ON e.user_id = u.id GROUP BY u.country, e.kind"
+sql = "{sql}"
 [sink]
 format = "parquet"
 path = "out/{name}"
@@ -61,19 +72,24 @@ mode = "overwrite"
     Ok(path)
 }
 
-/// Wall time, and the join stage's (max, median) task time in ms, of one run.
-fn run_job(c: &Cluster, spec: &Path) -> Result<(Duration, u64, u64)> {
+/// Wall time, and the join (or aggregation) stage's (max, median) task time in ms,
+/// of one run.
+fn run_job(c: &Cluster, spec: &Path, aggregate: bool) -> Result<(Duration, u64, u64)> {
     let (v, t) = c.run(spec)?;
     if v["state"] != "succeeded" {
         bail!("job failed: {v}");
     }
+    // the join stage reads both sides; the aggregation stage is the one after the
+    // scan (a pre-merge stage is appended after it)
     let join = v["stage_details"]
         .as_array()
-        .and_then(|s| {
-            s.iter()
-                .find(|st| st["input_stages"].as_array().is_some_and(|i| i.len() == 2))
+        .and_then(|s| match aggregate {
+            true => s.get(1),
+            false => s
+                .iter()
+                .find(|st| st["input_stages"].as_array().is_some_and(|i| i.len() == 2)),
         })
-        .context("a stage reading both join sides")?;
+        .context("the join or aggregation stage")?;
     let max = join["task_ms_max"].as_u64().unwrap_or(0);
     let med = join["task_ms_median"].as_u64().unwrap_or(0);
     Ok((t, max, med))
@@ -88,16 +104,21 @@ pub fn run(a: Args) -> Result<()> {
     if !dir.join("data/events").exists() {
         gen_clickstream_skewed(&dir.join("data"), a.rows, a.files, a.skew)?;
     }
-    let on = spec(&dir, "skew_on", &a, "skew_join = true")?;
-    let off = spec(&dir, "skew_off", &a, "skew_join = false")?;
+    let rule = if a.aggregate {
+        "skew_aggregation"
+    } else {
+        "skew_join"
+    };
+    let on = spec(&dir, "skew_on", &a, &format!("{rule} = true"))?;
+    let off = spec(&dir, "skew_off", &a, &format!("{rule} = false"))?;
     let c = Cluster::start(a.workers, a.slots)?;
     let (mut t_on, mut t_off) = (vec![], vec![]);
     let (mut r_on, mut r_off) = (vec![], vec![]);
     for _ in 0..a.reps {
-        let (t, max, med) = run_job(&c, &off)?;
+        let (t, max, med) = run_job(&c, &off, a.aggregate)?;
         t_off.push(t);
         r_off.push(max as f64 / med.max(1) as f64);
-        let (t, max, med) = run_job(&c, &on)?;
+        let (t, max, med) = run_job(&c, &on, a.aggregate)?;
         t_on.push(t);
         r_on.push(max as f64 / med.max(1) as f64);
     }
@@ -117,7 +138,8 @@ pub fn run(a: Args) -> Result<()> {
         a.reps
     );
     println!(
-        "| skew_join | median wall (s) | min (s) | max (s) | join stage max/median task time |"
+        "| {rule} | median wall (s) | min (s) | max (s) | {} stage max/median task time |",
+        if a.aggregate { "aggregation" } else { "join" }
     );
     println!("| --- | --- | --- | --- | --- |");
     for (name, t, r) in [("false", &t_off, &r_off), ("true", &t_on, &r_on)] {
