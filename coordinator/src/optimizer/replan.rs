@@ -791,6 +791,40 @@ mod tests {
             .collect();
         assert_eq!(ids, vec![(0, None), (1, None)]);
         assert!(def.inputs.iter().all(|l| l.stage_id != 3));
+        // the merge task cannot fetch a pre-merge output: that output is recomputed
+        s.apply(&Command::TaskLaunched {
+            job_id: "j".into(),
+            stage: 2,
+            task: 1,
+            attempt: 1,
+            worker_id: "w2".into(),
+            at_ms: 3,
+        })
+        .unwrap();
+        s.apply(&Command::TaskFailed {
+            job_id: "j".into(),
+            stage: 2,
+            task: 1,
+            attempt: 1,
+            error: crate::state::ErrorRecord {
+                class: "transient".into(),
+                message: "fetch failed".into(),
+                key: String::new(),
+                fetch_failed: Some(crate::state::FetchFailedRecord {
+                    stage: 3,
+                    map_task: 1,
+                    worker_id: "w1".into(),
+                }),
+                worker_unreachable: false,
+            },
+            retryable: true,
+            retry_at_ms: 0,
+            at_ms: 4,
+            retry_limit: None,
+        })
+        .unwrap();
+        assert_eq!(s.jobs["j"].stages[3].tasks[1].state, TaskState::Pending);
+        assert!(!s.jobs["j"].stage_ready(2));
 
         // switched off: the partition runs as one task
         let off = pre_merged(&format!("{SMALL_SKEW}\nskew_aggregation = false"));

@@ -12,12 +12,46 @@
 //! `spark.task.maxFailures` (4). Default: on; off when the job pins
 //! `max_task_attempts` or sets `adaptive_retries = false`.
 //!
-//! Unlike the other rules, its outcome is applied inside `TaskFailed` rather than
-//! proposed as a command of its own (so a change of this rule changes how an old log
-//! replays); making it a command is still to do.
+//! Its outcome travels in the `TaskFailed` command: the leader works it out before
+//! proposing the failure (`outcome`, a dry run of the failure's bookkeeping on a copy
+//! of the state), and `apply` applies what the command says, so a change of this rule
+//! never changes how a log replays. (Entries written before then carry no outcome,
+//! and `apply` runs the rule for them.)
 
 use crate::state::decision::inputs;
+use crate::state::{Command, DecisionKind, RetryLimitOutcome, State};
 use std::collections::BTreeMap;
+
+/// What the rule decides for the failure `cmd` (a `TaskFailed` without an outcome)
+/// on the state `s`: applied to a copy of the job, the failure's bookkeeping runs the
+/// rule; its new limit and decision, if any, are the outcome the command carries.
+pub fn outcome(s: &State, cmd: &Command) -> RetryLimitOutcome {
+    let Command::TaskFailed { job_id, .. } = cmd else {
+        return RetryLimitOutcome::default();
+    };
+    let mut dry = s.clone_for_check(cmd);
+    let before = dry.jobs.get(job_id).and_then(|j| j.max_attempts);
+    let decisions = dry.decisions.len();
+    if dry.apply(cmd).is_err() {
+        return RetryLimitOutcome::default();
+    }
+    let after = dry.jobs.get(job_id).and_then(|j| j.max_attempts);
+    let decision = dry
+        .decisions
+        .iter()
+        .skip(decisions)
+        .find(|d| d.kind == DecisionKind::RetryLimit)
+        .cloned();
+    match (after, decision) {
+        (Some(limit), Some(mut d)) if after != before => {
+            d.id = 0;
+            RetryLimitOutcome {
+                change: Some((limit, d)),
+            }
+        }
+        _ => RetryLimitOutcome::default(),
+    }
+}
 
 /// What the rule sees of one counted failure.
 pub struct Seen<'a> {

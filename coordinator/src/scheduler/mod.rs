@@ -525,7 +525,7 @@ pub async fn propose_failure(
         backoff = backoff.max(BUDGET_WAIT);
         tracing::warn!(job = %key.job_id, stage = key.stage_id, task = key.task, "retry budget exhausted: the retry waits {BUDGET_WAIT:?}");
     }
-    let cmd = Command::TaskFailed {
+    let mut cmd = Command::TaskFailed {
         job_id: key.job_id.clone(),
         stage: key.stage_id,
         task: key.task,
@@ -534,7 +534,13 @@ pub async fn propose_failure(
         retryable,
         retry_at_ms: now_ms() + backoff.as_millis() as u64,
         at_ms: now_ms(),
+        retry_limit: None,
     };
+    // the retry-limit rule's outcome travels in the command
+    let outcome = core.read(|s| crate::optimizer::retry_limit::outcome(s, &cmd));
+    if let Command::TaskFailed { retry_limit, .. } = &mut cmd {
+        *retry_limit = Some(outcome);
+    }
     match core.propose(cmd).await {
         Ok(Outcome::JobChanged(job_id, JobState::Failed)) => {
             job_failed_alert(core, &job_id);
@@ -1235,6 +1241,7 @@ mod tests {
             retryable: true,
             retry_at_ms: now_ms() + 60_000,
             at_ms: 0,
+            retry_limit: None,
         })
         .unwrap();
         assert!(plan_launches(&s, &live(&["w1"])).is_empty());
@@ -1460,6 +1467,7 @@ mod tests {
             retryable: true,
             retry_at_ms: 0,
             at_ms: 0,
+            retry_limit: None,
         })
         .unwrap();
         let l = plan_launches(&s, &live(&["w1", "w2"]));

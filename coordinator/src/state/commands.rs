@@ -147,6 +147,16 @@ impl TaskReads {
     }
 }
 
+/// The retry-limit rule's outcome for one failure (`optimizer::retry_limit`): the
+/// job's new per-task attempt limit and the decision that explains it, or nothing
+/// (the limit stays).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RetryLimitOutcome {
+    /// the limit from now on, with its decision
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<(u32, crate::state::decision::Decision)>,
+}
+
 /// The scan input of a task that dynamic rebalancing split (`optimizer::liquid`): its
 /// scan of plan partition `partition` reads exactly `ranges` (a prefix kept by the
 /// split task, or the remainder a new task took).
@@ -372,6 +382,11 @@ pub enum Command {
         /// when the failure was recorded
         #[serde(default)]
         at_ms: u64,
+        /// what the retry-limit rule decided for this failure, worked out by the
+        /// proposer (`optimizer::retry_limit::outcome`); absent in entries written
+        /// before the rule was a command, which replay it inside `apply`
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_limit: Option<RetryLimitOutcome>,
     },
     /// the sink stage finished; the coordinator is moving staged files into place
     JobCommitting {

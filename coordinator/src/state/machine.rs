@@ -1037,6 +1037,7 @@ impl State {
                 retryable,
                 retry_at_ms,
                 at_ms,
+                retry_limit,
             } => {
                 let job = self.running_job(job_id)?;
                 let max_attempts = job.spec.job.params.max_task_attempts();
@@ -1072,10 +1073,15 @@ impl State {
                 };
                 let spared = fetch_spared || error.worker_unreachable;
                 if let Some(f) = &error.fetch_failed {
+                    // only a stage this one reads (a pre-merge stage comes after it)
+                    let reads_it = job
+                        .stages
+                        .get(*stage as usize)
+                        .is_some_and(|st| st.plan.inputs.contains(&f.stage));
                     let lost = job
                         .stages
                         .get_mut(f.stage as usize)
-                        .filter(|_| f.stage < *stage)
+                        .filter(|_| reads_it)
                         .and_then(|st| st.tasks.get_mut(f.map_task as usize));
                     if let Some(m) = lost {
                         if matches!(&m.state, TaskState::Succeeded { worker_id, .. } if *worker_id == f.worker_id)
@@ -1107,6 +1113,7 @@ impl State {
                         &failed_worker,
                         error,
                         *retry_at_ms,
+                        retry_limit.as_ref(),
                     );
                     // out of attempts, unless the other attempt still runs (it may yet
                     // succeed); a permanent error fails the job either way
@@ -1375,16 +1382,11 @@ impl State {
         }
     }
 
-    /// Adapts the job's per-task attempt limit after a counted failure of task
-    /// `(stage, task)` (now at `failures`) on `worker`, and returns the limit in force.
-    ///
-    /// - Lowered to 2 when one cause (the message with numbers masked) has failed at
-    ///   least 3 attempts on at least 2 workers: a cause that does not depend on the
-    ///   worker looks permanent, and further attempts would only repeat it.
-    /// - Raised by one, up to twice the configured limit, when a transient failure
-    ///   would exhaust the task's attempts on a worker whose own transient failure
-    ///   rate is high (at least half of at least 4 attempts): the worker, not the
-    ///   task, is failing.
+    /// Counts a failure of task `(stage, task)` (now at `failures`) on `worker` by
+    /// cause, applies the retry-limit rule's `outcome` for it (`optimizer::retry_limit`:
+    /// a new limit and its decision, worked out by the proposer), and returns the
+    /// job's per-task attempt limit in force. A command from before the rule was one
+    /// carries no outcome: the rule runs here, as it did when it was written.
     ///
     /// Off when the job pins `max_task_attempts` or sets `adaptive_retries = false`.
     fn adapt_retry_limit(
@@ -1394,6 +1396,7 @@ impl State {
         worker: &str,
         error: &ErrorRecord,
         at_ms: u64,
+        outcome: Option<&super::commands::RetryLimitOutcome>,
     ) -> u32 {
         let Some(job) = self.jobs.get_mut(job_id) else {
             return 1;
@@ -1411,6 +1414,14 @@ impl State {
             entry.1.push(worker.to_string());
         }
         let (count, workers) = (entry.0, entry.1.len());
+        if let Some(o) = outcome {
+            let Some((new_limit, decision)) = &o.change else {
+                return limit;
+            };
+            job.max_attempts = Some(*new_limit);
+            self.push_decision(decision.clone());
+            return *new_limit;
+        }
         let (attempts, transient) = self
             .workers
             .get(worker)
@@ -1895,6 +1906,7 @@ mod tests {
                     retryable: true,
                     retry_at_ms: 0,
                     at_ms: 0,
+                    retry_limit: None,
                 })
                 .unwrap();
             if attempt < 4 {
@@ -1927,6 +1939,7 @@ mod tests {
                 retryable: false,
                 retry_at_ms: 0,
                 at_ms: 0,
+                retry_limit: None,
             })
             .unwrap();
         assert_eq!(out, Outcome::JobChanged("j".into(), JobState::Failed));
@@ -1996,6 +2009,7 @@ mod tests {
                     retryable: true,
                     retry_at_ms: 0,
                     at_ms: 0,
+                    retry_limit: None,
                 })
                 .unwrap();
             assert_eq!(out, Outcome::TaskRequeued);
@@ -2063,6 +2077,7 @@ mod tests {
             retryable: true,
             retry_at_ms: 0,
             at_ms: 0,
+            retry_limit: None,
         }
     }
 
@@ -2083,6 +2098,7 @@ mod tests {
             retryable: class == "transient",
             retry_at_ms: 0,
             at_ms: 0,
+            retry_limit: None,
         }
     }
 
@@ -2268,6 +2284,58 @@ mod tests {
         assert_eq!(d.inputs["workers"], "2");
         assert_eq!(d.inputs["cause"], "transient: cannot open /data/part-#.csv");
         assert!(d.effect.as_deref().unwrap().starts_with("the job failed"));
+    }
+
+    /// The retry-limit rule's outcome is worked out by the proposer and travels in
+    /// `TaskFailed`; `apply` follows the command, whatever the rule would say.
+    #[test]
+    fn the_retry_limit_rule_s_outcome_travels_in_the_command_and_apply_follows_it() {
+        let failures = [
+            (0, 1, "w1", "cannot open /data/part-0001.csv"),
+            (1, 1, "w2", "cannot open /data/part-0002.csv"),
+            (0, 2, "w2", "cannot open /data/part-0001.csv"),
+        ];
+        let mut s = two_stage_state();
+        let mut last = None;
+        for (task, attempt, w, msg) in failures {
+            launch(&mut s, 0, task, attempt, w).unwrap();
+            let mut cmd = failure(task, attempt, "transient", msg);
+            let o = crate::optimizer::retry_limit::outcome(&s, &cmd);
+            assert!(
+                s.decisions.is_empty(),
+                "the dry run leaves the state as it was"
+            );
+            if let Command::TaskFailed { retry_limit, .. } = &mut cmd {
+                *retry_limit = Some(o.clone());
+            }
+            last = Some((s.apply(&cmd).unwrap(), o));
+        }
+        let (out, o) = last.unwrap();
+        let (limit, d) = o.change.expect("the third failure lowers the limit");
+        assert_eq!(limit, 2);
+        assert_eq!(d.kind, DecisionKind::RetryLimit);
+        assert_eq!(out, Outcome::JobChanged("j".into(), JobState::Failed));
+        assert_eq!(s.jobs["j"].max_attempts, Some(2));
+        assert_eq!(s.decisions.len(), 1);
+        assert!(s.decisions[0].what.contains("from 4 to 2"));
+
+        // a command that says "no change" is followed: the limit stays
+        let mut s = two_stage_state();
+        for (task, attempt, w, msg) in failures {
+            launch(&mut s, 0, task, attempt, w).unwrap();
+            let mut cmd = failure(task, attempt, "transient", msg);
+            if let Command::TaskFailed { retry_limit, .. } = &mut cmd {
+                *retry_limit = Some(Default::default());
+            }
+            assert_eq!(s.apply(&cmd).unwrap(), Outcome::TaskRequeued);
+        }
+        assert_eq!(s.jobs["j"].max_attempts, None);
+        assert!(s.decisions.is_empty());
+        // and the failures were still counted by cause
+        assert_eq!(
+            s.jobs["j"].failure_causes["transient: cannot open /data/part-#.csv"].0,
+            3
+        );
     }
 
     #[test]
