@@ -5,8 +5,11 @@
 //! the query alone is timed), alternating per repetition. Two queries: the issue's
 //! (`count(DISTINCT kind)` alone, which DataFusion's single-distinct rule rewrites)
 //! and the same with `count(*)` and `avg(amount)` beside it (which only autopipe's
-//! rule rewrites). Then, once each, both queries over `--big-rows` events on
-//! `autopipe local --workers 2`, which must finish.
+//! rule rewrites). Each query also runs as a job on a cluster started once
+//! (`--workers` worker processes): its time from submission to commit as the
+//! coordinator recorded it, without the embedded cluster's start. Then, once each,
+//! both queries over `--big-rows` events on `autopipe local --workers 2`, which must
+//! finish.
 //!
 //! Run: `cargo build --release --workspace && target/release/bench distinct`
 
@@ -87,6 +90,19 @@ mode = "overwrite"
         ),
     )?;
     Ok(path)
+}
+
+/// `spec` as a job on the running cluster `c`: the time from its submission to its
+/// commit, as the coordinator recorded them.
+fn job_time(c: &integration_tests::Cluster, spec: &Path) -> Result<Duration> {
+    let (v, _) = c.run(spec)?;
+    if v["state"] != "succeeded" {
+        bail!("job {} failed: {v}", spec.display());
+    }
+    let s = v["wall_time_s"]
+        .as_f64()
+        .with_context(|| format!("no wall_time_s in {v}"))?;
+    Ok(Duration::from_secs_f64(s))
 }
 
 /// `autopipe local SPEC`, timed as a whole; its peak RSS in KiB where GNU time is
@@ -191,13 +207,16 @@ pub fn run(a: Args) -> Result<()> {
         "{} events in {} files; autopipe local {} workers x {} slots; datafusion and duckdb {} threads; {} reps alternating",
         a.rows, a.files, a.workers, a.slots, a.threads, a.reps
     );
+    let cluster = integration_tests::Cluster::start(a.workers, a.slots)?;
     for (name, sql) in QUERIES {
         let spec = spec(&dir, name, &events, sql)?;
         let (mut ap, mut df, mut dk, mut rss) = (vec![], vec![], vec![], vec![]);
+        let mut jobs = vec![];
         for rep in 0..a.reps {
             let (t, r) = local(&spec, a.workers, a.slots)?;
             ap.push(t);
             rss.extend(r);
+            jobs.push(job_time(&cluster, &spec)?);
             df.push(datafusion(
                 &rt,
                 &events,
@@ -213,8 +232,9 @@ pub fn run(a: Args) -> Result<()> {
                 &dir.join("out-duckdb.parquet"),
             )?);
             eprintln!(
-                "{name} rep {rep}: autopipe {:.3}s, datafusion {:.3}s, duckdb {:.3}s",
+                "{name} rep {rep}: autopipe {:.3}s (job {:.3}s), datafusion {:.3}s, duckdb {:.3}s",
                 ap[rep].as_secs_f64(),
+                jobs[rep].as_secs_f64(),
                 df[rep].as_secs_f64(),
                 dk[rep].as_secs_f64()
             );
@@ -224,6 +244,7 @@ pub fn run(a: Args) -> Result<()> {
         println!("| engine | median s | min s | max s | ratio to duckdb |");
         println!("| --- | --- | --- | --- | --- |");
         row("autopipe local", &ap, base);
+        row("autopipe cluster (job)", &jobs, base);
         row("datafusion", &df, base);
         row("duckdb", &dk, base);
         if let Some(max) = rss.iter().max() {
