@@ -2,14 +2,14 @@
 //! clickstream events, on `autopipe local` (the whole process: embedded cluster
 //! start, plan, stages, commit), single-process DataFusion (stock configuration,
 //! `--threads` partitions) and DuckDB (Python, `SET threads`, `COPY … TO` Parquet;
-//! the query alone is timed), alternating per repetition. Two queries: the issue's
-//! (`count(DISTINCT kind)` alone, which DataFusion's single-distinct rule rewrites)
-//! and the same with `count(*)` and `avg(amount)` beside it (which only autopipe's
-//! rule rewrites). Each query also runs as a job on a cluster started once
-//! (`--workers` worker processes): its time from submission to commit as the
-//! coordinator recorded it, without the embedded cluster's start. Then, once each,
-//! both queries over `--big-rows` events on `autopipe local --workers 2`, which must
-//! finish.
+//! the query alone is timed), alternating per repetition. Three queries: the
+//! issue's (`count(DISTINCT kind)` alone, which DataFusion's single-distinct rule
+//! rewrites), the same with `count(*)` and `avg(amount)` beside it, and distinct
+//! counts of two columns (both of which only autopipe's rule rewrites). Each query
+//! also runs as a job on a cluster started once (`--workers` worker processes): its
+//! time from submission to commit as the coordinator recorded it, without the
+//! embedded cluster's start. Then, once each, the queries over `--big-rows` events
+//! on `autopipe local --workers 2`, which must finish.
 //!
 //! Run: `cargo build --release --workspace && target/release/bench distinct`
 
@@ -33,7 +33,7 @@ pub struct Args {
     pub dir: PathBuf,
 }
 
-const QUERIES: [(&str, &str); 2] = [
+const QUERIES: [(&str, &str); 3] = [
     (
         "distinct",
         "SELECT session_id, count(DISTINCT kind) AS kinds FROM events GROUP BY session_id",
@@ -42,6 +42,11 @@ const QUERIES: [(&str, &str); 2] = [
         "distinct_count_avg",
         "SELECT session_id, count(DISTINCT kind) AS kinds, count(*) AS events, \
          avg(amount) AS avg_amount FROM events GROUP BY session_id",
+    ),
+    (
+        "two_distincts",
+        "SELECT session_id, count(DISTINCT kind) AS kinds, count(DISTINCT user_id) AS users \
+         FROM events GROUP BY session_id",
     ),
 ];
 

@@ -2,7 +2,8 @@
 //! over 200k events (40k sessions) on 2 worker processes whose tasks get 4 MiB of
 //! memory each. Planned as two group-bys sharing one exchange, the job spills where
 //! it must and writes exactly the oracle's rows; the old plan kept a hash set per
-//! session in every task.
+//! session in every task. Distinct aggregates over two columns plan as grouping
+//! sets, one per column, under the same limit.
 
 use anyhow::Result;
 use integration_tests::oracle::check_spec_output;
@@ -18,6 +19,12 @@ const QUERIES: &[(&str, &str)] = &[
         "SELECT session_id, count(DISTINCT kind) AS kinds, count(*) AS events, \
          avg(amount) AS avg_amount, min(DISTINCT kind) AS first_kind \
          FROM events GROUP BY session_id",
+    ),
+    (
+        "kinds_users",
+        "SELECT session_id % 1000 AS bucket, count(DISTINCT kind) AS kinds, \
+         count(DISTINCT user_id) AS users, count(*) AS events, avg(amount) AS avg_amount \
+         FROM events GROUP BY session_id % 1000",
     ),
 ];
 
