@@ -1,7 +1,7 @@
 //! Post-shuffle coalescing. Trigger: a stage whose hash-shuffled inputs are complete
 //! and none of whose tasks has run (`optimizer::replan`). Action: contiguous reducer
 //! partitions are packed greedily into tasks of about the target size, and a pack
-//! below `min_partition_bytes` merges into its smaller neighbour. Anchor: Spark AQE's
+//! below `min_partition_bytes` merges into its smaller neighbour (Spark's one pass). Anchor: Spark AQE's
 //! `CoalesceShufflePartitions` (advisory size 64 MiB, minimum 1 MiB, and a target no
 //! larger than the input spread over the cluster's parallelism, so coalescing never
 //! leaves slots idle). Default: on; `coalesce = false` turns it off.
@@ -16,44 +16,45 @@ pub fn target_size(total: u64, parallelism: u32, advisory: u64, min: u64) -> u64
 }
 
 /// Packs partitions `0..sizes.len()` into contiguous ranges of about `target` bytes
-/// (a partition larger than the target is a range of its own), then merges every
-/// range below `min` bytes into its smaller neighbour. `sizes` is each reducer
-/// partition's bytes summed over every input it reads. Empty input: no ranges.
+/// in one pass, as Spark's `ShufflePartitionsUtil.coalescePartitions` does: a range
+/// closes when the next partition would take it past the target, unless it is still
+/// below `min` bytes; then it joins the range before it when that one is smaller
+/// than the next partition, else it takes the next partition in. A last range below
+/// `min` joins the one before it. A merge never cascades: a range that reached `min`
+/// takes no more small neighbours, so small partitions of equal size still make
+/// several tasks. Empty partitions join the range they fall in (every partition is
+/// read by one task). `sizes` is each reducer partition's bytes summed over every
+/// input it reads. Empty input: no ranges.
 pub fn coalesce(sizes: &[u64], target: u64, min: u64) -> Vec<Range<u32>> {
-    let mut packs: Vec<(Range<u32>, u64)> = vec![];
-    for (p, &size) in sizes.iter().enumerate() {
-        let p = p as u32;
-        match packs.last_mut() {
-            Some((r, bytes)) if *bytes + size <= target || *bytes == 0 => {
-                r.end = p + 1;
-                *bytes += size;
-            }
-            _ => packs.push((p..p + 1, size)),
+    let n = sizes.len() as u32;
+    let mut ranges: Vec<Range<u32>> = vec![];
+    // the open range starts at `start` and holds `bytes`; the last closed one `last`
+    let (mut start, mut bytes, mut last) = (0u32, 0u64, 0u64);
+    for (i, &size) in sizes.iter().enumerate() {
+        let i = i as u32;
+        if i == start || size == 0 || bytes + size <= target {
+            bytes += size;
+        } else if bytes >= min {
+            ranges.push(start..i);
+            (start, last, bytes) = (i, bytes, size);
+        } else if last > 0 && last < size {
+            // below the minimum: into the previous range, the smaller neighbour
+            let prev = ranges
+                .last_mut()
+                .expect("a closed range holds `last` bytes");
+            prev.end = i;
+            (start, last, bytes) = (i, last + bytes, size);
+        } else {
+            // below the minimum: the next partition joins it
+            bytes += size;
         }
     }
-    // merge small packs into their smaller neighbour, smallest first
-    while packs.len() > 1 {
-        let Some((i, _)) = packs
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, b))| *b < min)
-            .min_by_key(|(_, (_, b))| *b)
-        else {
-            break;
-        };
-        let left = i.checked_sub(1).map(|j| packs[j].1);
-        let right = packs.get(i + 1).map(|p| p.1);
-        let into = match (left, right) {
-            (Some(l), Some(r)) if r < l => i + 1,
-            (Some(_), _) => i - 1,
-            (None, _) => i + 1,
-        };
-        let (a, b) = (i.min(into), i.max(into));
-        let merged = (packs[a].0.start..packs[b].0.end, packs[a].1 + packs[b].1);
-        packs[a] = merged;
-        packs.remove(b);
+    match ranges.last_mut() {
+        _ if n == 0 => {}
+        Some(prev) if bytes < min && last > 0 => prev.end = n,
+        _ => ranges.push(start..n),
     }
-    packs.into_iter().map(|(r, _)| r).collect()
+    ranges
 }
 
 #[cfg(test)]
@@ -86,9 +87,9 @@ mod tests {
         // a tiny pack between two full ones: into the smaller (here the right)
         let sizes = [64 * MB, half, 63 * MB + half];
         assert_eq!(coalesce(&sizes, 64 * MB, MB), vec![0..1, 1..3]);
-        // equal neighbours: into the left
+        // equal neighbours: the next partition joins it
         let sizes = [64 * MB, half, 64 * MB];
-        assert_eq!(coalesce(&sizes, 64 * MB, MB), vec![0..2, 2..3]);
+        assert_eq!(coalesce(&sizes, 64 * MB, MB), vec![0..1, 1..3]);
         // a tiny first or last pack joins its only neighbour
         assert_eq!(coalesce(&[half, 64 * MB], 64 * MB, MB), vec![0..2]);
         assert_eq!(
@@ -98,6 +99,25 @@ mod tests {
         // packs at or above the minimum stay
         let sizes = [64 * MB, MB, 64 * MB];
         assert_eq!(coalesce(&sizes, 64 * MB, MB), vec![0..1, 1..2, 2..3]);
+    }
+
+    /// TPC-H Q2's aggregation stage: four partitions of about 0.7 MiB with a 1 MiB
+    /// target and minimum run as two tasks. (Merging the smallest pack first, again
+    /// and again, made one task of all four, which then took four times as long.)
+    #[test]
+    fn small_packs_merge_once_and_never_cascade_into_one_task() {
+        let sizes = [708_068, 712_164, 706_852, 712_676];
+        assert_eq!(coalesce(&sizes, MB, MB), vec![0..2, 2..4]);
+        // eight equal small partitions: pairs
+        assert_eq!(
+            coalesce(&[MB * 6 / 10; 8], MB, MB),
+            vec![0..2, 2..4, 4..6, 6..8]
+        );
+        // empty partitions ride along with their neighbours
+        assert_eq!(
+            coalesce(&[0, 0, 2 * MB, 0, 2 * MB, 0], MB, MB),
+            vec![0..4, 4..6]
+        );
     }
 
     #[test]
