@@ -162,6 +162,13 @@ pub struct JobParams {
     /// stage while a slot is idle hands its unread input to a new task; default true
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dynamic_rebalance: Option<bool>,
+    /// ... once the task has run longer than this many times the median of its
+    /// stage's finished tasks (default 1.5, Spark's speculation multiplier) ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalance_lag_factor: Option<f64>,
+    /// ... and than this (ms; default 1000)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalance_min_runtime_ms: Option<u64>,
 }
 
 /// Speculation settings in effect for a job.
@@ -181,6 +188,11 @@ pub struct Speculation {
 pub const DEFAULT_SKEW_FACTOR: f64 = 5.0;
 /// Skewed: and larger than this (Spark: 256 MiB).
 pub const DEFAULT_SKEW_THRESHOLD_BYTES: u64 = 256 << 20;
+/// A scan task is split once it runs this many times its stage's median (Spark's
+/// speculation multiplier) ...
+pub const DEFAULT_REBALANCE_LAG_FACTOR: f64 = 1.5;
+/// ... and at least this long (ms).
+pub const DEFAULT_REBALANCE_MIN_RUNTIME_MS: u64 = 1_000;
 
 /// Most shuffle partitions a stage may have: every map task writes one file per
 /// partition and every reducer opens one stream per map task.
@@ -258,6 +270,15 @@ impl JobParams {
     /// Whether running scan tasks may be split (`dynamic_rebalance`, default on).
     pub fn dynamic_rebalance(&self) -> bool {
         self.dynamic_rebalance.unwrap_or(true)
+    }
+    /// How many times its stage's median a scan task runs before it may be split.
+    pub fn rebalance_lag_factor(&self) -> f64 {
+        self.rebalance_lag_factor.unwrap_or(DEFAULT_REBALANCE_LAG_FACTOR)
+    }
+    /// How long (ms) a scan task runs at least before it may be split.
+    pub fn rebalance_min_runtime_ms(&self) -> u64 {
+        self.rebalance_min_runtime_ms
+            .unwrap_or(DEFAULT_REBALANCE_MIN_RUNTIME_MS)
     }
     /// Effective skew factor.
     pub fn skew_factor(&self) -> f64 {

@@ -10,7 +10,8 @@
 //! or been re-planned (they list the stage's map tasks when they launch); no task of
 //! the stage waits for a slot; a slot is idle after every pending task of every job
 //! got one; and the attempt (without a speculative copy) has run longer than
-//! `max(LAG_FACTOR x the median of the stage's finished tasks, MIN_RUNTIME_MS)`
+//! `max(rebalance_lag_factor (1.5) x the median of the stage's finished tasks,
+//! rebalance_min_runtime_ms (1000))`
 //! (only the floor while none finished: idle slots beside a long scan are the case
 //! Dataflow splits for). At most one split per idle slot per round, the longest
 //! running first, each attempt asked at most every `ASK_EVERY_MS`. Anchors: Spark's
@@ -47,10 +48,6 @@ use crate::state::machine::Stage;
 use crate::state::{Job, JobState, State, TaskState, WorkerState};
 use std::collections::HashMap;
 
-/// A task must run at least this long before it is split (ms).
-pub const MIN_RUNTIME_MS: u64 = 1_000;
-/// ... and this many times the median of its stage's finished tasks.
-pub const LAG_FACTOR: f64 = 1.5;
 /// An attempt is asked at most this often (a refusal: it is on its last unit).
 pub const ASK_EVERY_MS: u64 = 2_000;
 
@@ -87,14 +84,18 @@ pub struct Candidate {
     pub finished: usize,
     /// idle slots when it was chosen
     pub idle_slots: u32,
+    /// the job's `rebalance_lag_factor`
+    pub lag_factor: f64,
+    /// the job's `rebalance_min_runtime_ms`
+    pub min_runtime_ms: u64,
 }
 
 impl Candidate {
     /// The rule that fired, in words.
     pub fn why(&self) -> String {
         format!(
-            "stage {} task {} had run {} ms, more than {} ms = max({LAG_FACTOR} x the median of {} finished tasks ({} ms), {MIN_RUNTIME_MS} ms), with no task of its stage waiting and {} idle slot(s)",
-            self.stage, self.task, self.runtime_ms, self.threshold_ms, self.finished, self.median_ms, self.idle_slots
+            "stage {} task {} had run {} ms, more than {} ms = max(rebalance_lag_factor {} x the median of {} finished tasks ({} ms), rebalance_min_runtime_ms {}), with no task of its stage waiting and {} idle slot(s)",
+            self.stage, self.task, self.runtime_ms, self.threshold_ms, self.lag_factor, self.finished, self.median_ms, self.min_runtime_ms, self.idle_slots
         )
     }
 
@@ -105,7 +106,8 @@ impl Candidate {
             ("median_ms", self.median_ms.to_string()),
             ("finished_tasks", self.finished.to_string()),
             ("idle_slots", self.idle_slots.to_string()),
-            ("lag_factor", LAG_FACTOR.to_string()),
+            ("lag_factor", self.lag_factor.to_string()),
+            ("min_runtime_ms", self.min_runtime_ms.to_string()),
         ])
     }
 }
@@ -156,7 +158,12 @@ pub fn candidates(s: &State, idle: u32, now: u64) -> Vec<Candidate> {
                 continue;
             }
             let (finished, median_ms) = finished_median(st);
-            let threshold_ms = ((LAG_FACTOR * median_ms as f64) as u64).max(MIN_RUNTIME_MS);
+            let params = &job.spec.job.params;
+            let (lag_factor, min_runtime_ms) = (
+                params.rebalance_lag_factor(),
+                params.rebalance_min_runtime_ms(),
+            );
+            let threshold_ms = ((lag_factor * median_ms as f64) as u64).max(min_runtime_ms);
             for (ti, t) in st.tasks.iter().enumerate() {
                 let TaskState::Running {
                     attempt,
@@ -181,6 +188,8 @@ pub fn candidates(s: &State, idle: u32, now: u64) -> Vec<Candidate> {
                     median_ms,
                     finished,
                     idle_slots: idle,
+                    lag_factor,
+                    min_runtime_ms,
                 });
             }
         }
@@ -264,8 +273,9 @@ mod tests {
         let l = live(&["w1", "w2", "w3"]);
         assert_eq!(idle_slots(&s, &l), 1);
         // nothing finished: only the floor applies
-        assert!(candidates(&s, 1, MIN_RUNTIME_MS).is_empty());
-        let c = candidates(&s, 1, MIN_RUNTIME_MS + 1);
+        let min = autopipe_common::spec::DEFAULT_REBALANCE_MIN_RUNTIME_MS;
+        assert!(candidates(&s, 1, min).is_empty());
+        let c = candidates(&s, 1, min + 1);
         assert_eq!(c.len(), 1, "{c:?}");
         // task 0 finished in 2 s: task 1 lags past 3 s
         test_succeed(&mut s, (0, 0, 1), 2_000).unwrap();
@@ -278,6 +288,15 @@ mod tests {
         assert!(c[0].why().contains("median"), "{}", c[0].why());
         // no idle slot: nothing
         assert!(candidates(&s, 0, 10_000).is_empty());
+        // the thresholds are the job's params: 4 x the 2 s median
+        let params = &mut s.jobs.get_mut("j").unwrap().spec.job.params;
+        params.rebalance_lag_factor = Some(4.0);
+        params.rebalance_min_runtime_ms = Some(500);
+        assert!(candidates(&s, 1, 8_000).is_empty());
+        let c = candidates(&s, 1, 8_001);
+        assert_eq!(c[0].threshold_ms, 8_000);
+        assert_eq!(c[0].inputs()["lag_factor"], "4");
+        assert!(c[0].why().contains("rebalance_lag_factor 4"), "{}", c[0].why());
     }
 
     #[test]
