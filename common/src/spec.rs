@@ -273,7 +273,8 @@ impl JobParams {
     }
     /// How many times its stage's median a scan task runs before it may be split.
     pub fn rebalance_lag_factor(&self) -> f64 {
-        self.rebalance_lag_factor.unwrap_or(DEFAULT_REBALANCE_LAG_FACTOR)
+        self.rebalance_lag_factor
+            .unwrap_or(DEFAULT_REBALANCE_LAG_FACTOR)
     }
     /// How long (ms) a scan task runs at least before it may be split.
     pub fn rebalance_min_runtime_ms(&self) -> u64 {

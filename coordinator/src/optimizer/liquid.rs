@@ -296,7 +296,11 @@ mod tests {
         let c = candidates(&s, 1, 8_001);
         assert_eq!(c[0].threshold_ms, 8_000);
         assert_eq!(c[0].inputs()["lag_factor"], "4");
-        assert!(c[0].why().contains("rebalance_lag_factor 4"), "{}", c[0].why());
+        assert!(
+            c[0].why().contains("rebalance_lag_factor 4"),
+            "{}",
+            c[0].why()
+        );
     }
 
     #[test]
