@@ -4,7 +4,8 @@
 //! original stops there and a new task reads the rest on the idle worker. The result
 //! is the oracle's, the job read every source row exactly once, and the
 //! `split_running_task` decision says what it did and, afterwards, its effect. With
-//! `dynamic_rebalance = false` the task runs alone and nothing is split.
+//! `dynamic_rebalance = false` the task runs alone and nothing is split. A job that
+//! scans straight into the sink is split the same way.
 
 use anyhow::{Context, Result};
 use datafusion::arrow::array::{Float64Array, Int64Array};
@@ -54,6 +55,15 @@ fn write_events(dir: &Path) -> Result<()> {
 }
 
 fn spec(dir: &Path, name: &str, params: &str) -> Result<PathBuf> {
+    spec_sql(
+        dir,
+        name,
+        params,
+        "SELECT k, count(*) AS n, sum(id) AS ids, sum(v) AS total FROM events GROUP BY k",
+    )
+}
+
+fn spec_sql(dir: &Path, name: &str, params: &str, sql: &str) -> Result<PathBuf> {
     let path = dir.join(format!("{name}.toml"));
     write_spec(
         &path,
@@ -69,7 +79,7 @@ name = "events"
 format = "parquet"
 path = "data/events"
 [transform]
-sql = "SELECT k, count(*) AS n, sum(id) AS ids, sum(v) AS total FROM events GROUP BY k"
+sql = "{sql}"
 [sink]
 format = "parquet"
 path = "out/{name}"
@@ -149,6 +159,42 @@ fn a_running_scan_split_by_dynamic_rebalancing_reads_every_row_exactly_once() ->
     let job = v["job_id"].as_str().context("job id")?;
     assert!(decisions(&c, job, "split_running_task")?.is_empty());
     eprintln!("dynamic rebalancing on: {t_on:?}; off: {t_off:?}");
+    Ok(())
+}
+
+/// A job that only scans and filters into the sink (no shuffle): its one scan task
+/// is split all the same, the new task writes its own files, and the commit takes
+/// both tasks' files: every row exactly once in the output.
+#[test]
+fn a_scan_straight_into_the_sink_is_split_and_every_row_is_written_once() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    write_events(&dir.path().join("data/events"))?;
+    let c = Cluster::start_with(2, 1, &["--test-scan-unit-delay-ms", "150"])?;
+    c.wait_for(Duration::from_secs(60), "2 workers", |c| {
+        Ok(c.alive_workers()? == 2)
+    })?;
+    let total_rows = (ROW_GROUPS * ROWS_PER_GROUP) as u64;
+    let s = spec_sql(
+        dir.path(),
+        "scan_to_sink",
+        "",
+        "SELECT id, k, v * 2 AS v2 FROM events WHERE v >= 0",
+    )?;
+    let (v, _) = c.run(&s)?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    check_spec_output(dir.path(), &s)?;
+    assert_eq!(v["stages"], 1, "one stage, the sink: {v}");
+    assert_eq!(v["rows_in"], total_rows, "{v}");
+    assert_eq!(v["rows_out"], total_rows, "{v}");
+    let sink = &v["stage_details"][0];
+    assert_eq!(sink["tasks_planned"], 1, "{sink}");
+    let tasks = sink["tasks_total"].as_u64().context("tasks_total")?;
+    assert!(tasks >= 2, "the sink's scan was not split: {sink}");
+    let job = v["job_id"].as_str().context("job id")?;
+    let splits = decisions(&c, job, "split_running_task")?;
+    assert_eq!(splits.len() as u64, tasks - 1, "{splits:?}");
+    // both tasks' files were committed
+    assert!(v["files_out"].as_u64().unwrap_or(0) >= tasks, "{v}");
     Ok(())
 }
 

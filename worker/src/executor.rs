@@ -14,7 +14,7 @@ use autopipe_common::store::{delete_prefix, parse_url, register_stores, store_fo
 use autopipe_common::task::TaskResult;
 use autopipe_common::tolerant::{DeadLetters, TolerantScanExec};
 use autopipe_proto as pb;
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::config::{CsvOptions, JsonOptions, TableParquetOptions};
 use datafusion::common::file_options::csv_writer::CsvWriterOptions;
@@ -123,37 +123,13 @@ pub async fn run_task(
     // a re-planned stage's task names the partition it runs (its readers widen it)
     let partition = def.partition.unwrap_or(key.task) as usize;
     // a scan run unit by unit (dynamic rebalancing, `liquid`): its rows and bytes read
-    let mut units_read = None;
+    let units_read: Option<Arc<liquid::UnitScan>>;
     let mut out = match &def.output {
         Some(pb::task_definition::Output::Shuffle(s)) => {
             let map_in = map_input(&plan).0;
-            let units = match def.dynamic_split || def.scan.is_some() {
-                true => liquid::UnitScan::new(&map_in, partition),
-                false => None,
-            };
-            let input = match units {
-                Some(units) => {
-                    let slice = def.scan.as_ref().map(|g| {
-                        g.ranges
-                            .iter()
-                            .map(autopipe_common::tolerant::FileRange::from_node)
-                            .collect()
-                    });
-                    let group = units.group(slice);
-                    let list = units.units(&group, &task_ctx).await?;
-                    split.control.set_units(partition as u32, list);
-                    let units = Arc::new(units);
-                    units_read = Some(units.clone());
-                    let input = units.plan(split.control.clone(), split.unit_delay)?;
-                    cancellable(&input, partition, task_ctx.clone(), cancel)?
-                }
-                None if def.scan.is_some() => {
-                    return Err(Error::Permanent(
-                        "the task reads a slice of a split scan, but its stage plan cannot be cut into units".into(),
-                    ))
-                }
-                None => cancellable(&map_in, partition, task_ctx.clone(), cancel)?,
-            };
+            let input;
+            (input, units_read) =
+                scan_input(&map_in, partition, def, &task_ctx, cancel, split).await?;
             run_map(
                 &plan,
                 input,
@@ -165,7 +141,10 @@ pub async fn run_task(
             .await?
         }
         Some(pb::task_definition::Output::Sink(s)) => {
-            run_sink(&plan, partition, s, task_ctx.clone(), cancel).await?
+            let input;
+            (input, units_read) =
+                scan_input(&plan, partition, def, &task_ctx, cancel, split).await?;
+            run_sink(plan.schema(), input, partition, s, task_ctx.clone()).await?
         }
         None => return Err(Error::Permanent("task definition without an output".into())),
     };
@@ -190,6 +169,49 @@ pub async fn run_task(
     }
     out.duration_ms = started.elapsed().as_millis() as u64;
     Ok(out)
+}
+
+/// The stream a task reads: partition `partition` of `input` (a map stage's input
+/// below its exchange, or a sink stage's whole plan), or, for a scan that may be
+/// split (`dynamic_split`, dynamic rebalancing) or is a split task's slice, that scan
+/// run unit by unit (`liquid`), with the unit scan whose metrics count what it read.
+async fn scan_input(
+    input: &Arc<dyn ExecutionPlan>,
+    partition: usize,
+    def: &pb::TaskDefinition,
+    task_ctx: &Arc<TaskContext>,
+    cancel: &CancellationToken,
+    split: &Splitting,
+) -> Result<(SendableRecordBatchStream, Option<Arc<liquid::UnitScan>>)> {
+    let units = match def.dynamic_split || def.scan.is_some() {
+        true => liquid::UnitScan::new(input, partition),
+        false => None,
+    };
+    match units {
+        Some(units) => {
+            let slice = def.scan.as_ref().map(|g| {
+                g.ranges
+                    .iter()
+                    .map(autopipe_common::tolerant::FileRange::from_node)
+                    .collect()
+            });
+            let group = units.group(slice);
+            let list = units.units(&group, task_ctx).await?;
+            split.control.set_units(partition as u32, list);
+            let units = Arc::new(units);
+            let plan = Arc::clone(&units).plan(split.control.clone(), split.unit_delay)?;
+            let stream = cancellable(&plan, partition, task_ctx.clone(), cancel)?;
+            Ok((stream, Some(units)))
+        }
+        None if def.scan.is_some() => Err(Error::Permanent(
+            "the task reads a slice of a split scan, but its stage plan cannot be cut into units"
+                .into(),
+        )),
+        None => Ok((
+            cancellable(input, partition, task_ctx.clone(), cancel)?,
+            None,
+        )),
+    }
 }
 
 /// `plan` with every operator's input wrapped in DataFusion's `CooperativeExec`: each
@@ -311,11 +333,11 @@ async fn run_map(
 }
 
 async fn run_sink(
-    plan: &Arc<dyn ExecutionPlan>,
+    schema: SchemaRef,
+    stream: SendableRecordBatchStream,
     partition: usize,
     sink: &pb::SinkOutput,
     ctx: Arc<TaskContext>,
-    cancel: &CancellationToken,
 ) -> Result<TaskResult> {
     let format = Format::parse(&sink.format)
         .ok_or_else(|| Error::Permanent(format!("unknown sink format '{}'", sink.format)))?;
@@ -323,7 +345,6 @@ async fn run_sink(
     let (store, prefix) = store_for(&url)?;
     // A retried attempt never reuses a prefix, but clear leftovers of a crashed run anyway.
     delete_prefix(store.as_ref(), &prefix).await?;
-    let schema = plan.schema();
     let mut part_cols = Vec::new();
     for c in &sink.partition_by {
         let f = schema.field_with_name(c).map_err(|_| {
@@ -369,7 +390,6 @@ async fn run_sink(
             JsonWriterOptions::try_from(&JsonOptions::default())?,
         )),
     };
-    let stream = cancellable(plan, partition, ctx.clone(), cancel)?;
     let rows = data_sink.write_all(stream, &ctx).await?;
     if rows == 0 && partition == 0 && part_cols.is_empty() {
         // An empty result still gets one (empty) file, so readers see its schema.

@@ -6,7 +6,8 @@
 //! **Trigger** (`candidates`, a pure function of the state): the job's
 //! `dynamic_rebalance` (default on); a stage that scans sources (no shuffle input)
 //! into a hash shuffle (more than one output partition, so consumers read every map
-//! task and a new map task is simply one more); no consumer of the stage has started
+//! task and a new map task is simply one more) or into the sink (each task stages
+//! its own files and the commit takes every task's); no consumer of the stage has started
 //! or been re-planned (they list the stage's map tasks when they launch); no task of
 //! the stage waits for a slot; a slot is idle after every pending task of every job
 //! got one; and the attempt (without a speculative copy) has run longer than
@@ -53,12 +54,17 @@ pub const ASK_EVERY_MS: u64 = 2_000;
 
 /// Whether tasks of stage `si` of `job` run their scan unit by unit and may be
 /// split: the job's `dynamic_rebalance`, and a stage that scans sources into a hash
-/// shuffle.
+/// shuffle or straight into the sink (`splittable_stage`).
 pub fn splittable(job: &Job, si: usize) -> bool {
-    job.spec.job.params.dynamic_rebalance()
-        && job.stages.get(si).is_some_and(|st| {
-            st.plan.inputs.is_empty() && st.plan.shuffle_partitions.is_some_and(|n| n > 1)
-        })
+    job.spec.job.params.dynamic_rebalance() && job.stages.get(si).is_some_and(splittable_stage)
+}
+
+/// A stage whose tasks may be split while they run: it reads no other stage's
+/// output, and writes a hash shuffle (whose consumers read every map task, so a new
+/// one is simply one more) or the sink (whose commit takes every task's files). A
+/// stage merged into one partition is read one map task per partition: never split.
+pub fn splittable_stage(st: &Stage) -> bool {
+    st.plan.inputs.is_empty() && st.plan.shuffle_partitions.is_none_or(|n| n > 1)
 }
 
 /// A running scan attempt to ask for a split.

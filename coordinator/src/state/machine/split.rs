@@ -49,9 +49,9 @@ impl State {
                 )),
             };
         }
-        if !st.plan.inputs.is_empty() || st.plan.shuffle_partitions.is_none_or(|n| n < 2) {
+        if !crate::optimizer::liquid::splittable_stage(st) {
             return illegal(format!(
-                "job {job_id} stage {stage} is not a scan stage with a hash-shuffled output"
+                "job {job_id} stage {stage} is not a scan stage writing a hash shuffle or the sink"
             ));
         }
         // a consumer that launched (or was re-planned) lists the stage's map tasks as
