@@ -18,12 +18,15 @@ use autopipe_common::shuffle::{ShuffleCodec, ShuffleReaderExec};
 use autopipe_common::spec::PipelineSpec;
 use autopipe_common::splits::InputSplits;
 use autopipe_common::tolerant::TolerantScanExec;
+use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::JoinType;
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement, WriteOp};
+use datafusion::physical_optimizer::combine_partial_final_agg::CombinePartialFinalAggregate;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec, PartitionMode};
 use datafusion::physical_plan::repartition::RepartitionExec;
@@ -88,10 +91,13 @@ pub async fn plan_job_with(
             "every output column is a partition column; at least one must remain in the files",
         ));
     }
-    split_into_stages(
-        share_exchange(distribute_joins(physical)?)?,
-        spec.job.params.broadcast_join_max_bytes(),
-    )
+    // one exchange for a rewritten distinct aggregate's two group-bys; its outer
+    // partial and final aggregates, now adjacent, run as one (DataFusion's rule)
+    let shared = share_exchange(distribute_joins(physical)?)?;
+    let combined = CombinePartialFinalAggregate::new()
+        .optimize(shared, &ConfigOptions::default())
+        .map_err(|e| Error::plan("transform.sql", e))?;
+    split_into_stages(combined, spec.job.params.broadcast_join_max_bytes())
 }
 
 /// Plans the user's transform, which may only query: DDL (`CREATE EXTERNAL TABLE`,
@@ -783,10 +789,12 @@ path = "{}/out"
             let dedup = text
                 .lines()
                 .position(|l| l.contains("AggregateExec: mode=Partial, gby=[k@0 as k, v@1"));
+            // one exchange, and the per-key aggregate in one step over it
             let per_key = text
                 .lines()
-                .position(|l| l.contains("AggregateExec: mode=FinalPartitioned, gby=[k@0 as k]"));
+                .position(|l| l.contains("AggregateExec: mode=SinglePartitioned, gby=[k@0 as k]"));
             assert!(dedup.is_some() && per_key.is_some(), "{sql}\n{text}");
+            assert_eq!(job.stages.len(), 2, "{sql}\n{text}");
         }
     }
 
