@@ -263,6 +263,16 @@ fn a_cluster_param_switches_a_rule_off_unless_the_job_pins_it() -> Result<()> {
 /// join; at run time the side is a few KiB, so the join runs as a broadcast join and
 /// the events are never shuffled.
 fn small_build_side(dir: &Path, name: &str, params: &str) -> Result<std::path::PathBuf> {
+    small_build_side_where(dir, name, params, "")
+}
+
+/// `small_build_side` with `filter` added to the join's `WHERE`.
+fn small_build_side_where(
+    dir: &Path,
+    name: &str,
+    params: &str,
+    filter: &str,
+) -> Result<std::path::PathBuf> {
     let spec = dir.join(format!("{name}.toml"));
     write_spec(
         &spec,
@@ -283,7 +293,7 @@ name = "users"
 format = "csv"
 path = "data/users.csv"
 [transform]
-sql = "SELECT u.country, count(*) AS n, sum(e.amount) AS total FROM (SELECT id, country FROM users WHERE id % 100 = 0) u JOIN events e ON u.id = e.user_id GROUP BY u.country"
+sql = "SELECT u.country, count(*) AS n, sum(e.amount) AS total FROM (SELECT id, country FROM users WHERE id % 100 = 0) u JOIN events e ON u.id = e.user_id {filter} GROUP BY u.country"
 [sink]
 format = "parquet"
 path = "out/{name}"
@@ -323,6 +333,38 @@ fn a_join_side_small_at_run_time_is_broadcast_and_the_other_is_not_shuffled() ->
     assert!(
         v["stage_details"][fused]["tasks_total"].as_u64() > Some(0),
         "{v}"
+    );
+
+    // a NOT IN over a constant list joins above it (DataFusion: a collect-left anti
+    // join reading the shuffled join on its probe side, row by row): broadcast all
+    // the same, the anti join kept above it
+    let anti = small_build_side_where(
+        dir.path(),
+        "broadcast_under_anti",
+        "",
+        "WHERE e.kind NOT IN (SELECT k FROM (VALUES ('view'), ('click')) t(k))",
+    )?;
+    let v = run_checked(&c, dir.path(), &anti)?;
+    let id = v["job_id"].as_str().expect("id");
+    let ds = decisions(&c, id, "broadcast")?;
+    let [d] = ds.as_slice() else {
+        panic!("one join broadcast at run time: {ds:?}");
+    };
+    let fused: usize = d["inputs"]["fused_stage"]
+        .as_str()
+        .expect("fused")
+        .parse()?;
+    assert_eq!(v["stage_details"][fused]["tasks_total"], 0, "{v}");
+    let plans: Vec<&str> = v["stage_details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["plan"].as_str())
+        .collect();
+    assert!(
+        plans.iter().any(|p| p.contains("join_type=RightAnti")
+            && p.contains("mode=CollectLeft, join_type=Inner")),
+        "the anti join stays above the broadcast join: {plans:#?}"
     );
     Ok(())
 }

@@ -384,27 +384,55 @@ fn split(plan: Arc<dyn ExecutionPlan>, drafts: &mut Vec<Draft>) -> Result<Arc<dy
     Ok(plan)
 }
 
-/// The stage's one partitioned hash join, when it has exactly one join and each side
-/// reads one hash-shuffled input: which sides a skew split may divide (`StageJoin`).
+/// A join that maps each row of its probe (right) side to output rows on its own,
+/// reading its whole build side in every task: a collect-left hash join that emits
+/// no build-side rows of its own (inner, right, right semi/anti/mark; the others were
+/// made partitioned by `distribute_joins`). Dividing its probe side's rows between
+/// tasks divides its output the same way, and it needs no partitioning of them.
+fn probe_local_join(p: &Arc<dyn ExecutionPlan>) -> Option<&HashJoinExec> {
+    let j = p.downcast_ref::<HashJoinExec>()?;
+    (*j.partition_mode() == PartitionMode::CollectLeft && !emits_build_rows_at_end(*j.join_type()))
+        .then_some(j)
+}
+
+/// The stage's one partitioned hash join, when every other join of the stage is a
+/// probe-local join (`probe_local_join`) that reads it on its probe side, and each
+/// side of it reads one hash-shuffled input: which sides a skew split may divide
+/// (`StageJoin`).
 fn stage_join(plan: &Arc<dyn ExecutionPlan>) -> Option<StageJoin> {
     let mut joins = vec![];
     let mut other_joins = 0;
-    fn walk(p: &Arc<dyn ExecutionPlan>, joins: &mut Vec<Arc<dyn ExecutionPlan>>, others: &mut u32) {
-        if p.is::<HashJoinExec>() {
-            joins.push(Arc::clone(p));
-        } else if p.name().contains("Join") {
-            *others += 1;
+    // `build`: under the build side of a probe-local join (which every task reads
+    // whole, so a partitioned join there would run all its partitions in each task)
+    fn walk(
+        p: &Arc<dyn ExecutionPlan>,
+        build: bool,
+        joins: &mut Vec<Arc<dyn ExecutionPlan>>,
+        others: &mut u32,
+    ) {
+        if let Some(j) = probe_local_join(p) {
+            walk(j.left(), true, joins, others);
+            walk(j.right(), build, joins, others);
+            return;
+        }
+        match p.downcast_ref::<HashJoinExec>() {
+            Some(j) if *j.partition_mode() == PartitionMode::Partitioned && !build => {
+                joins.push(Arc::clone(p))
+            }
+            Some(_) => *others += 1,
+            None if p.name().contains("Join") => *others += 1,
+            None => {}
         }
         for c in p.children() {
-            walk(c, joins, others);
+            walk(c, build, joins, others);
         }
     }
-    walk(plan, &mut joins, &mut other_joins);
+    walk(plan, false, &mut joins, &mut other_joins);
     let [join] = joins.as_slice() else {
         return None;
     };
     let j = join.downcast_ref::<HashJoinExec>()?;
-    if other_joins > 0 || *j.partition_mode() != PartitionMode::Partitioned {
+    if other_joins > 0 {
         return None;
     }
     let side = |child: &Arc<dyn ExecutionPlan>| -> Option<(u32, bool)> {
@@ -465,7 +493,8 @@ struct Alternative {
 /// build side to be larger (an exact estimate above the limit, or an inexact one 8x
 /// above), the probe side's stage feeds nothing else, and the operators above the
 /// join in this stage work on any partitioning (projections, filters, partial
-/// aggregates, the stage's own exchange).
+/// aggregates, probe-local joins reading it on their probe side, the stage's own
+/// exchange).
 fn broadcast_alternative(
     drafts: &[Draft],
     id: usize,
@@ -516,7 +545,11 @@ fn broadcast_alternative(
     let right_stage = j.right;
     let plan = Arc::clone(&d.plan)
         .transform_down(|p| {
-            let Some(hj) = p.downcast_ref::<HashJoinExec>() else {
+            // the stage's partitioned join (probe-local joins above it stay)
+            let Some(hj) = p
+                .downcast_ref::<HashJoinExec>()
+                .filter(|j| *j.partition_mode() == PartitionMode::Partitioned)
+            else {
                 return Ok(Transformed::no(p));
             };
             let left: Arc<dyn ExecutionPlan> =
@@ -635,6 +668,10 @@ fn pre_merge_alternative(
 /// any partitioning of its input: a broadcast join's output is not hash-partitioned
 /// on the join keys as a partitioned join's is.
 fn partition_agnostic_above_join(plan: &Arc<dyn ExecutionPlan>, root: bool) -> bool {
+    if let Some(j) = probe_local_join(plan) {
+        // row by row on its probe side, wherever its rows are
+        return partition_agnostic_above_join(j.right(), false);
+    }
     if plan.is::<HashJoinExec>() {
         return true;
     }
