@@ -33,7 +33,29 @@ fn decisions(c: &Cluster, job: &str, kind: &str) -> Result<Vec<serde_json::Value
 /// events ⋈ users on the user id, shuffled on both sides (no broadcast) into 8
 /// partitions, with `params` added to `[job.params]`.
 fn skewed_join(dir: &Path, name: &str, params: &str) -> Result<std::path::PathBuf> {
+    clickstream_job(
+        dir,
+        name,
+        &format!("shuffle_partitions = 8\nbroadcast_join_max_bytes = 0\n{params}"),
+        true,
+        "SELECT e.session_id, e.user_id, u.country, e.amount FROM events e JOIN users u ON e.user_id = u.id",
+    )
+}
+
+/// A job over the clickstream events (and, with `users`, the users) that runs `sql`
+/// with `params` in `[job.params]` and writes Parquet to `out/NAME`.
+fn clickstream_job(
+    dir: &Path,
+    name: &str,
+    params: &str,
+    users: bool,
+    sql: &str,
+) -> Result<std::path::PathBuf> {
     let spec = dir.join(format!("{name}.toml"));
+    let users = match users {
+        true => "[[sources]]\nname = \"users\"\nformat = \"csv\"\npath = \"data/users.csv\"\n",
+        false => "",
+    };
     write_spec(
         &spec,
         &format!(
@@ -41,19 +63,13 @@ fn skewed_join(dir: &Path, name: &str, params: &str) -> Result<std::path::PathBu
 [job]
 name = "{name}"
 [job.params]
-shuffle_partitions = 8
-broadcast_join_max_bytes = 0
 {params}
 [[sources]]
 name = "events"
 format = "parquet"
 path = "data/events"
-[[sources]]
-name = "users"
-format = "csv"
-path = "data/users.csv"
-[transform]
-sql = "SELECT e.session_id, e.user_id, u.country, e.amount FROM events e JOIN users u ON e.user_id = u.id"
+{users}[transform]
+sql = "{sql}"
 [sink]
 format = "parquet"
 path = "out/{name}"
@@ -109,29 +125,13 @@ fn a_skewed_join_partition_is_split_by_map_outputs_and_the_rows_are_exact() -> R
 /// aggregation gives up (DataFusion skips it when most rows are distinct groups), so
 /// the hot key's rows reach one reducer partition unmerged.
 fn skewed_aggregation(dir: &Path, name: &str, params: &str) -> Result<std::path::PathBuf> {
-    let spec = dir.join(format!("{name}.toml"));
-    write_spec(
-        &spec,
-        &format!(
-            r#"
-[job]
-name = "{name}"
-[job.params]
-shuffle_partitions = 32
-{params}
-[[sources]]
-name = "events"
-format = "parquet"
-path = "data/events"
-[transform]
-sql = "SELECT k, count(*) AS n, sum(amount) AS total, max(session_id) AS last_session FROM (SELECT CASE WHEN user_id = 1 THEN -1 ELSE event_id END AS k, amount, session_id FROM events) GROUP BY k"
-[sink]
-format = "parquet"
-path = "out/{name}"
-"#
-        ),
-    )?;
-    Ok(spec)
+    clickstream_job(
+        dir,
+        name,
+        &format!("shuffle_partitions = 32\n{params}"),
+        false,
+        "SELECT k, count(*) AS n, sum(amount) AS total, max(session_id) AS last_session FROM (SELECT CASE WHEN user_id = 1 THEN -1 ELSE event_id END AS k, amount, session_id FROM events) GROUP BY k",
+    )
 }
 
 #[test]
@@ -273,34 +273,13 @@ fn small_build_side_where(
     params: &str,
     filter: &str,
 ) -> Result<std::path::PathBuf> {
-    let spec = dir.join(format!("{name}.toml"));
-    write_spec(
-        &spec,
-        &format!(
-            r#"
-[job]
-name = "{name}"
-[job.params]
-shuffle_partitions = 4
-broadcast_join_max_bytes = "16KiB"
-{params}
-[[sources]]
-name = "events"
-format = "parquet"
-path = "data/events"
-[[sources]]
-name = "users"
-format = "csv"
-path = "data/users.csv"
-[transform]
-sql = "SELECT u.country, count(*) AS n, sum(e.amount) AS total FROM (SELECT id, country FROM users WHERE id % 100 = 0) u JOIN events e ON u.id = e.user_id {filter} GROUP BY u.country"
-[sink]
-format = "parquet"
-path = "out/{name}"
-"#
-        ),
-    )?;
-    Ok(spec)
+    clickstream_job(
+        dir,
+        name,
+        &format!("shuffle_partitions = 4\nbroadcast_join_max_bytes = \"16KiB\"\n{params}"),
+        true,
+        &format!("SELECT u.country, count(*) AS n, sum(e.amount) AS total FROM (SELECT id, country FROM users WHERE id % 100 = 0) u JOIN events e ON u.id = e.user_id {filter} GROUP BY u.country"),
+    )
 }
 
 #[test]

@@ -99,15 +99,21 @@ fn decisions(c: &Cluster, job: &str, kind: &str) -> Result<Vec<serde_json::Value
         .collect())
 }
 
-#[test]
-fn a_running_scan_split_by_dynamic_rebalancing_reads_every_row_exactly_once() -> Result<()> {
+/// The events in a temp dir, and two workers of one slot whose scans run a row group
+/// every 150 ms: a one-task scan runs on one, the other idles.
+fn slow_scan_beside_an_idle_worker() -> Result<(tempfile::TempDir, Cluster)> {
     let dir = tempfile::tempdir()?;
     write_events(&dir.path().join("data/events"))?;
-    // two workers of one slot: the scan's one task runs on one, the other idles
     let c = Cluster::start_with(2, 1, &["--test-scan-unit-delay-ms", "150"])?;
     c.wait_for(Duration::from_secs(60), "2 workers", |c| {
         Ok(c.alive_workers()? == 2)
     })?;
+    Ok((dir, c))
+}
+
+#[test]
+fn a_running_scan_split_by_dynamic_rebalancing_reads_every_row_exactly_once() -> Result<()> {
+    let (dir, c) = slow_scan_beside_an_idle_worker()?;
     let total_rows = (ROW_GROUPS * ROWS_PER_GROUP) as u64;
 
     let on = spec(dir.path(), "split", "")?;
@@ -167,12 +173,7 @@ fn a_running_scan_split_by_dynamic_rebalancing_reads_every_row_exactly_once() ->
 /// both tasks' files: every row exactly once in the output.
 #[test]
 fn a_scan_straight_into_the_sink_is_split_and_every_row_is_written_once() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    write_events(&dir.path().join("data/events"))?;
-    let c = Cluster::start_with(2, 1, &["--test-scan-unit-delay-ms", "150"])?;
-    c.wait_for(Duration::from_secs(60), "2 workers", |c| {
-        Ok(c.alive_workers()? == 2)
-    })?;
+    let (dir, c) = slow_scan_beside_an_idle_worker()?;
     let total_rows = (ROW_GROUPS * ROWS_PER_GROUP) as u64;
     let s = spec_sql(
         dir.path(),

@@ -83,6 +83,20 @@ impl Input<'_> {
         (keys, rows)
     }
 
+    /// `sep` and "hot key K (~x% of its N rows)" for partition `p`'s hottest sampled
+    /// key; empty when none was sampled.
+    fn hot_key_text(&self, p: u32, sep: &str) -> String {
+        let (keys, rows) = self.hot_keys(p);
+        keys.first()
+            .map(|(k, n)| {
+                format!(
+                    "{sep}hot key {k} (~{:.0}% of its {rows} rows)",
+                    100.0 * *n as f64 / rows.max(1) as f64
+                )
+            })
+            .unwrap_or_default()
+    }
+
     fn partition_sizes(&self, n: usize) -> Vec<u64> {
         (0..n)
             .map(|p| self.per_map.iter().map(|m| m[p]).sum())
@@ -232,16 +246,7 @@ pub fn replan(s: &State, job: &Job, stage: u32, now_ms: u64) -> Option<Replan> {
             let describe =
                 |name: &str, side: &Option<(&Input, Vec<u64>)>, pieces: &[Option<Range<u32>>]| {
                     side.as_ref().map(|(input, sizes)| {
-                        let (keys, rows) = input.hot_keys(p as u32);
-                        let hot = keys
-                            .first()
-                            .map(|(k, n)| {
-                                format!(
-                                    ", hot key {k} (~{:.0}% of its {rows} rows)",
-                                    100.0 * *n as f64 / rows.max(1) as f64
-                                )
-                            })
-                            .unwrap_or_default();
+                        let hot = input.hot_key_text(p as u32, ", ");
                         format!(
                         "{name} (stage {}): {} bytes, median partition {} bytes, {} piece(s){hot}",
                         input.stage,
@@ -308,16 +313,8 @@ pub fn replan(s: &State, job: &Job, stage: u32, now_ms: u64) -> Option<Replan> {
                 if ranges.len() < 2 {
                     continue;
                 }
-                let (keys, rows) = input.hot_keys(p as u32);
-                let hot = keys
-                    .first()
-                    .map(|(k, r)| {
-                        format!(
-                            "; hot key {k} (~{:.0}% of its {rows} rows)",
-                            100.0 * *r as f64 / rows.max(1) as f64
-                        )
-                    })
-                    .unwrap_or_default();
+                let hot = input.hot_key_text(p as u32, "; ");
+                let keys = input.hot_keys(p as u32).0;
                 let mut d = decision(
                     DecisionKind::SkewSplit,
                     format!(
