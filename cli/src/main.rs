@@ -224,6 +224,10 @@ enum Cmd {
         /// test only: the first commit of each job hangs this long
         #[arg(long, hide = true, default_value_t = 0)]
         test_commit_hang_ms: u64,
+        /// test only: the leader that first gets a split offer exits before recording
+        /// it, if it can create this file (so once for a group sharing it)
+        #[arg(long, hide = true)]
+        test_exit_after_split_offer: Option<PathBuf>,
         /// place tasks by the workers' load from their heartbeats and their measured
         /// speed (`=false`: by free slots alone); a job's `load_aware_placement`
         /// parameter overrides it
@@ -611,6 +615,7 @@ async fn run(cli: Cli) -> Result<i32> {
             http_open_reads,
             commit_timeout_ms,
             test_commit_hang_ms,
+            test_exit_after_split_offer,
             load_aware_placement,
             budget,
             autoscale,
@@ -655,6 +660,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     http_open_reads,
                     commit_timeout: Duration::from_millis(commit_timeout_ms.max(1)),
                     test_commit_hang: Duration::from_millis(test_commit_hang_ms),
+                    test_exit_after_split_offer,
                     allowed_roots,
                     autoscale,
                     default_params,

@@ -48,6 +48,9 @@ pub struct CoordinatorConfig {
     pub commit_timeout: Duration,
     /// test-only: the first commit of each job hangs this long before it starts
     pub test_commit_hang: Duration,
+    /// test-only: the leader that gets a worker's split offer first exits before
+    /// recording it, once for all coordinators sharing this marker file (created then)
+    pub test_exit_after_split_offer: Option<std::path::PathBuf>,
     /// `--autoscale MIN..MAX --provisioner …`: the leader starts and releases workers
     /// (`scheduler::autoscale`); none: the fleet is what registers
     pub autoscale: Option<crate::scheduler::autoscale::AutoscaleConfig>,
@@ -78,6 +81,7 @@ impl Default for CoordinatorConfig {
             lost_worker_retention: Duration::from_secs(3_600),
             commit_timeout: Duration::from_secs(300),
             test_commit_hang: Duration::ZERO,
+            test_exit_after_split_offer: None,
             autoscale: None,
             default_params: Default::default(),
             load_aware_placement: true,

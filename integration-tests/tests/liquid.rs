@@ -12,7 +12,7 @@ use datafusion::arrow::array::{Float64Array, Int64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use integration_tests::oracle::check_spec_output;
-use integration_tests::{write_spec, Cluster};
+use integration_tests::{wait_until, write_spec, Cluster, Group};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 use std::path::{Path, PathBuf};
@@ -245,6 +245,61 @@ fn the_split_tasks_worker_killed_after_the_split_its_retry_reads_only_the_prefix
     assert!(
         v["task_attempts"].as_u64() > v["tasks_total"].as_u64(),
         "the split task ran again: {v}"
+    );
+    Ok(())
+}
+
+/// The leader that asked for a split dies after the worker reserved its split point
+/// and before anything was recorded (a test hook makes it exit there, once for the
+/// group). The worker keeps reading up to its reserved point, lists the offer in its
+/// heartbeats and answers any new request with it; the next leader records and
+/// confirms it. The job succeeds with every row read exactly once.
+#[test]
+fn a_split_offer_the_leader_died_holding_is_recorded_by_the_next_leader() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    write_events(&dir.path().join("data/events"))?;
+    let marker = dir.path().join("exited");
+    let marker_arg = marker.to_str().context("utf8")?;
+    let g = Group::start_with(
+        3,
+        2,
+        1,
+        &["--test-scan-unit-delay-ms", "150"],
+        &["--test-exit-after-split-offer", marker_arg],
+    )?;
+    let s = spec(dir.path(), "split_across_leaders", "")?;
+    let v = g.cli_json(&["submit", s.to_str().context("utf8")?])?;
+    let id = v["job_id"].as_str().context("job id")?.to_string();
+    wait_until(Duration::from_secs(120), "the job to finish", || {
+        let v = g.cli_json(&["status", &id])?;
+        Ok(v["state"] != "running" && v["state"] != "committing")
+    })?;
+    assert!(marker.exists(), "the leader never got a split offer");
+    let v = g.cli_json(&["status", &id])?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    check_spec_output(dir.path(), &s)?;
+    assert_eq!(v["rows_in"], (ROW_GROUPS * ROWS_PER_GROUP) as u64, "{v}");
+    let splits: Vec<serde_json::Value> = g
+        .cli_json(&["decisions", &id])?
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| d["kind"] == "split_running_task")
+        .collect();
+    // recorded by the next leader: from the worker's heartbeats, or from its answer
+    // to that leader's own request (a worker answers with the offer it holds)
+    let d = splits.first().context("no split was recorded")?;
+    let effect = d["effect"].as_str().unwrap_or("");
+    assert!(
+        effect.contains("of its prefix") && effect.contains("of the remainder"),
+        "{d}"
+    );
+    // each split recorded once: one new task each
+    assert_eq!(
+        v["stage_details"][0]["tasks_total"].as_u64(),
+        Some(splits.len() as u64 + 1),
+        "{v}"
     );
     Ok(())
 }

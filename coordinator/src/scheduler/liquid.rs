@@ -127,6 +127,18 @@ async fn ask(core: &Arc<Core>, c: &Candidate, key: pb::TaskKey) {
             return;
         }
     };
+    if let Some(marker) = &core.config.test_exit_after_split_offer {
+        // test-only: a leader lost between the worker's offer and its record
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(marker)
+            .is_ok()
+        {
+            tracing::warn!("test: exiting with a split offer unrecorded");
+            std::process::exit(17);
+        }
+    }
     record_and_confirm(core, &c.worker_id, &offer, c.why(), c.inputs()).await;
 }
 
