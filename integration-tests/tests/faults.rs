@@ -461,3 +461,39 @@ fn a_spent_retry_budget_delays_retries_and_raises_an_alert() -> Result<()> {
     );
     Ok(())
 }
+
+/// The same transient cause on both workers (every first attempt fails alike): the
+/// leader works out the retry-limit rule's outcome before proposing a failure and the
+/// command carries it. The third failure lowers the job's attempt limit from 4 to 2,
+/// recorded as a `retry_limit` decision; every second attempt succeeds.
+#[test]
+fn a_cause_repeating_on_two_workers_lowers_the_attempt_limit() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let spec = job(dir.path(), "lowered")?;
+    let c = Cluster::start_with(2, 2, &["--test-fail-first-attempt"])?;
+    let id = submit(&c, &spec)?;
+    let v = wait_done(&c, &id)?;
+    check(dir.path(), &spec, &v)?;
+    let tasks = v["tasks_total"].as_u64().expect("tasks");
+    assert_eq!(v["task_attempts"].as_u64(), Some(2 * tasks), "{v}");
+    let decisions = c.cli_json(&["decisions", &id])?;
+    let lowered: Vec<_> = decisions
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["kind"] == "retry_limit")
+        .collect();
+    let [d] = lowered.as_slice() else {
+        panic!("one retry_limit decision: {decisions}");
+    };
+    assert!(
+        d["what"].as_str().unwrap_or("").contains("from 4 to 2"),
+        "{d}"
+    );
+    assert_eq!(d["inputs"]["workers"], "2", "{d}");
+    assert_eq!(
+        d["inputs"]["cause"], "transient: test: first attempts fail",
+        "{d}"
+    );
+    Ok(())
+}
