@@ -187,7 +187,7 @@ pub fn take(
         .map(|(i, _)| i)?;
     let chosen = match ctx {
         None => Some(plain),
-        Some(ctx) => by_headroom(free, &fits, ctx),
+        Some(ctx) => by_headroom(free, &fits, &ok, ctx),
     };
     let plain_id = free[plain].worker.clone();
     let Some(i) = chosen else {
@@ -232,10 +232,11 @@ fn slow_why(worker: &str, ctx: &StageContext) -> String {
 }
 
 /// The fitting worker with the most headroom, skipping slow workers the faster ones
-/// make unnecessary (`None`: the task waits).
+/// the task may run on (`ok`) make unnecessary (`None`: the task waits).
 fn by_headroom(
     free: &[Slots],
     fits: &impl Fn(&Slots) -> bool,
+    ok: &impl Fn(&str) -> bool,
     ctx: &StageContext,
 ) -> Option<usize> {
     let slow = |w: &str| ctx.speeds.get(w).is_some_and(|s| s.factor >= SLOW_FACTOR);
@@ -247,7 +248,7 @@ fn by_headroom(
     free.iter()
         .enumerate()
         .filter(|(_, f)| fits(f))
-        .filter(|(_, f)| !faster_workers_suffice(f, free, ctx))
+        .filter(|(_, f)| !faster_workers_suffice(f, free, ok, ctx))
         .min_by_key(|(_, f)| key(f))
         .map(|(i, _)| i)
 }
@@ -257,7 +258,12 @@ fn by_headroom(
 /// what it runs, then runs another task every median. A slot whose attempt has run
 /// `SLOW_FACTOR` times its worker's median already is stuck and counts for nothing
 /// (so a task never waits on a worker that stopped delivering).
-fn faster_workers_suffice(f: &Slots, free: &[Slots], ctx: &StageContext) -> bool {
+fn faster_workers_suffice(
+    f: &Slots,
+    free: &[Slots],
+    ok: &impl Fn(&str) -> bool,
+    ctx: &StageContext,
+) -> bool {
     if !ctx.may_wait {
         return false;
     }
@@ -268,9 +274,11 @@ fn faster_workers_suffice(f: &Slots, free: &[Slots], ctx: &StageContext) -> bool
     else {
         return false;
     };
+    // only workers the task may run on (a retry avoids where it failed): waiting for
+    // one it may not would wait forever
     let capacity: f64 = free
         .iter()
-        .filter(|o| o.worker != f.worker)
+        .filter(|o| o.worker != f.worker && ok(&o.worker))
         .filter_map(|o| {
             let s = ctx.speeds.get(&o.worker)?;
             (s.factor * SLOW_FACTOR <= me.factor).then(|| {
@@ -625,6 +633,28 @@ mod tests {
         // without load-awareness the slow worker takes it
         let mut free = vec![slots("fast", 0, 1, None), slots("slow", 1, 1, None)];
         let p = take(&mut free, 1, any, None).unwrap();
+        assert_eq!(p.worker.as_deref(), Some("slow"));
+    }
+
+    /// A retry that failed on the fast worker may not run there: it never waits for
+    /// that worker's slot (it would wait forever), it takes the slow one.
+    #[test]
+    fn a_task_never_waits_for_a_fast_worker_it_may_not_run_on() {
+        let speeds: BTreeMap<String, Speed> = [
+            ("fast".to_string(), speed(300, 1.0)),
+            ("slow".to_string(), speed(3_000, 10.0)),
+        ]
+        .into();
+        let c = StageContext {
+            speeds,
+            pending: 1,
+            may_wait: true,
+            now_ms: 10_000,
+        };
+        let mut free = vec![slots("fast", 0, 1, None), slots("slow", 1, 1, None)];
+        let p = take(&mut free.clone(), 1, any, Some(&c)).unwrap();
+        assert_eq!(p.worker, None, "a first attempt waits for the fast worker");
+        let p = take(&mut free, 1, |w| w != "fast", Some(&c)).unwrap();
         assert_eq!(p.worker.as_deref(), Some("slow"));
     }
 

@@ -19,7 +19,7 @@
 //! and `apply` runs the rule for them.)
 
 use crate::state::decision::inputs;
-use crate::state::{Command, DecisionKind, RetryLimitOutcome, State};
+use crate::state::{Command, DecisionKind, RetryLimitChange, RetryLimitOutcome, State};
 use std::collections::BTreeMap;
 
 /// What the rule decides for the failure `cmd` (a `TaskFailed` without an outcome)
@@ -30,7 +30,11 @@ pub fn outcome(s: &State, cmd: &Command) -> RetryLimitOutcome {
         return RetryLimitOutcome::default();
     };
     let mut dry = s.clone_for_check(cmd);
-    let before = dry.jobs.get(job_id).and_then(|j| j.max_attempts);
+    let Some(job) = dry.jobs.get(job_id) else {
+        return RetryLimitOutcome::default();
+    };
+    let before = job.max_attempts;
+    let from = before.unwrap_or_else(|| job.spec.job.params.max_task_attempts());
     let decisions = dry.decisions.len();
     if dry.apply(cmd).is_err() {
         return RetryLimitOutcome::default();
@@ -43,10 +47,14 @@ pub fn outcome(s: &State, cmd: &Command) -> RetryLimitOutcome {
         .find(|d| d.kind == DecisionKind::RetryLimit)
         .cloned();
     match (after, decision) {
-        (Some(limit), Some(mut d)) if after != before => {
+        (Some(to), Some(mut d)) if after != before => {
             d.id = 0;
             RetryLimitOutcome {
-                change: Some((limit, d)),
+                change: Some(RetryLimitChange {
+                    from,
+                    to,
+                    decision: d,
+                }),
             }
         }
         _ => RetryLimitOutcome::default(),

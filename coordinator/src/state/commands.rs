@@ -152,9 +152,22 @@ impl TaskReads {
 /// (the limit stays).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RetryLimitOutcome {
-    /// the limit from now on, with its decision
+    /// the limit it changes, with its decision
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub change: Option<(u32, crate::state::decision::Decision)>,
+    pub change: Option<RetryLimitChange>,
+}
+
+/// A changed per-task attempt limit. Applied only while the job's limit is still
+/// `from`: two failures whose outcomes were worked out at once from the same limit
+/// change it once (the second, stale, is dropped).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RetryLimitChange {
+    /// the limit the rule saw
+    pub from: u32,
+    /// the limit from now on
+    pub to: u32,
+    /// why
+    pub decision: crate::state::decision::Decision,
 }
 
 /// The scan input of a task that dynamic rebalancing split (`optimizer::liquid`): its

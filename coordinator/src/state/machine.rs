@@ -1415,12 +1415,13 @@ impl State {
         }
         let (count, workers) = (entry.0, entry.1.len());
         if let Some(o) = outcome {
-            let Some((new_limit, decision)) = &o.change else {
+            // a stale outcome (the limit changed since it was worked out) is dropped
+            let Some(c) = o.change.as_ref().filter(|c| c.from == limit) else {
                 return limit;
             };
-            job.max_attempts = Some(*new_limit);
-            self.push_decision(decision.clone());
-            return *new_limit;
+            job.max_attempts = Some(c.to);
+            self.push_decision(c.decision.clone());
+            return c.to;
         }
         let (attempts, transient) = self
             .workers
@@ -2311,9 +2312,9 @@ mod tests {
             last = Some((s.apply(&cmd).unwrap(), o));
         }
         let (out, o) = last.unwrap();
-        let (limit, d) = o.change.expect("the third failure lowers the limit");
-        assert_eq!(limit, 2);
-        assert_eq!(d.kind, DecisionKind::RetryLimit);
+        let c = o.change.expect("the third failure lowers the limit");
+        assert_eq!((c.from, c.to), (4, 2));
+        assert_eq!(c.decision.kind, DecisionKind::RetryLimit);
         assert_eq!(out, Outcome::JobChanged("j".into(), JobState::Failed));
         assert_eq!(s.jobs["j"].max_attempts, Some(2));
         assert_eq!(s.decisions.len(), 1);
@@ -2336,6 +2337,46 @@ mod tests {
             s.jobs["j"].failure_causes["transient: cannot open /data/part-#.csv"].0,
             3
         );
+    }
+
+    /// Two failures whose outcomes the leader worked out at once, from the same
+    /// limit: the first lowers it, the second (stale) is dropped, one decision.
+    #[test]
+    fn a_stale_retry_limit_outcome_is_dropped() {
+        let mut s = State::default();
+        for w in ["w1", "w2"] {
+            s.apply(&Command::RegisterWorker {
+                worker_id: w.into(),
+                address: format!("{w}:1"),
+                http_address: String::new(),
+                slots: 4,
+                at_ms: 0,
+                shuffle: Default::default(),
+            })
+            .unwrap();
+        }
+        s.apply(&crate::state::test_job(4)).unwrap();
+        fail_on(&mut s, 0, 1, "w1", "disk 1 full");
+        fail_on(&mut s, 1, 1, "w2", "disk 2 full");
+        launch(&mut s, 0, 2, 1, "w1").unwrap();
+        launch(&mut s, 0, 3, 1, "w2").unwrap();
+        let mut cmds: Vec<Command> = [(2, "disk 3 full"), (3, "disk 4 full")]
+            .into_iter()
+            .map(|(task, msg)| failure(task, 1, "transient", msg))
+            .collect();
+        let outcomes: Vec<_> = cmds
+            .iter()
+            .map(|c| crate::optimizer::retry_limit::outcome(&s, c))
+            .collect();
+        for (cmd, o) in cmds.iter_mut().zip(outcomes) {
+            assert_eq!(o.change.as_ref().map(|c| (c.from, c.to)), Some((4, 2)));
+            if let Command::TaskFailed { retry_limit, .. } = cmd {
+                *retry_limit = Some(o);
+            }
+            assert_eq!(s.apply(cmd).unwrap(), Outcome::TaskRequeued);
+        }
+        assert_eq!(s.jobs["j"].max_attempts, Some(2));
+        assert_eq!(s.decisions.len(), 1, "{:?}", s.decisions);
     }
 
     #[test]

@@ -8,8 +8,9 @@ pub mod load;
 pub mod machine;
 
 pub use commands::{
-    BroadcastPlan, Command, ErrorRecord, FetchFailedRecord, PreMergePlan, RetryLimitOutcome,
-    ScanSlice, ShuffleHome, SplitOrigin, StageJoin, StagePlan, TaskReads, TaskResult, Waiting,
+    BroadcastPlan, Command, ErrorRecord, FetchFailedRecord, PreMergePlan, RetryLimitChange,
+    RetryLimitOutcome, ScanSlice, ShuffleHome, SplitOrigin, StageJoin, StagePlan, TaskReads,
+    TaskResult, Waiting,
 };
 pub use decision::{Decision, DecisionKind};
 pub use machine::{ApplyError, Job, JobState, Outcome, State, TaskState, WorkerState};
