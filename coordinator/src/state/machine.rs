@@ -1728,6 +1728,11 @@ mod tests {
     use crate::state::decision::inputs;
 
     fn two_stage_state() -> State {
+        two_workers_and_job(2)
+    }
+
+    /// Workers w1 and w2 (2 slots each) and `test_job(map_tasks)`.
+    fn two_workers_and_job(map_tasks: u32) -> State {
         let mut s = State::default();
         for w in ["w1", "w2"] {
             s.apply(&Command::RegisterWorker {
@@ -1740,7 +1745,7 @@ mod tests {
             })
             .unwrap();
         }
-        s.apply(&crate::state::test_job(2)).unwrap();
+        s.apply(&crate::state::test_job(map_tasks)).unwrap();
         s
     }
 
@@ -2343,19 +2348,7 @@ mod tests {
     /// limit: the first lowers it, the second (stale) is dropped, one decision.
     #[test]
     fn a_stale_retry_limit_outcome_is_dropped() {
-        let mut s = State::default();
-        for w in ["w1", "w2"] {
-            s.apply(&Command::RegisterWorker {
-                worker_id: w.into(),
-                address: format!("{w}:1"),
-                http_address: String::new(),
-                slots: 4,
-                at_ms: 0,
-                shuffle: Default::default(),
-            })
-            .unwrap();
-        }
-        s.apply(&crate::state::test_job(4)).unwrap();
+        let mut s = two_workers_and_job(4);
         fail_on(&mut s, 0, 1, "w1", "disk 1 full");
         fail_on(&mut s, 1, 1, "w2", "disk 2 full");
         launch(&mut s, 0, 2, 1, "w1").unwrap();
