@@ -832,6 +832,17 @@ path = "{}/out"
                 .position(|l| l.contains("AggregateExec: mode=SinglePartitioned, gby=[k@0 as k]"));
             assert!(dedup.is_some() && per_key.is_some(), "{sql}\n{text}");
             assert_eq!(job.stages.len(), 2, "{sql}\n{text}");
+            // a skewed key's deduplication can be pre-merged: the dedup aggregate in
+            // PartialReduce mode, shuffled on the key alone as stage 0 is
+            let pm = job.stages[1].pre_merge.as_ref().expect("a pre-merge plan");
+            assert!(
+                pm.display.contains("mode=PartialReduce, gby=[k@0 as k, ")
+                    && pm
+                        .display
+                        .starts_with("RepartitionExec: partitioning=Hash([k@0], 4)"),
+                "{sql}\n{}",
+                pm.display
+            );
         }
     }
 
