@@ -228,6 +228,11 @@ enum Cmd {
         /// hot partition)
         #[arg(long, default_value = "16MiB")]
         threshold: String,
+        /// target_partition_bytes of both runs (default: the param's default); a
+        /// skewed partition is split into pieces of the stage's task target, so one
+        /// below it is left whole
+        #[arg(long)]
+        target: Option<String>,
         /// repetitions per setting
         #[arg(long, default_value_t = 5)]
         reps: usize,
@@ -402,6 +407,7 @@ fn main() -> Result<()> {
             skew,
             partitions,
             threshold,
+            target,
             reps,
             workers,
             slots,
@@ -413,6 +419,7 @@ fn main() -> Result<()> {
             skew,
             partitions,
             threshold,
+            target,
             reps: reps.max(1),
             workers: workers.max(1),
             slots: slots.max(1),

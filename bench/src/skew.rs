@@ -26,6 +26,7 @@ pub struct Args {
     pub skew: f64,
     pub partitions: u32,
     pub threshold: String,
+    pub target: Option<String>,
     pub reps: usize,
     pub workers: usize,
     pub slots: u32,
@@ -49,6 +50,7 @@ name = "{name}"
 shuffle_partitions = {partitions}
 broadcast_join_max_bytes = 0
 skew_threshold_bytes = "{threshold}"
+{target}
 {params}
 [[sources]]
 name = "events"
@@ -67,18 +69,29 @@ mode = "overwrite"
 "#,
             partitions = a.partitions,
             threshold = a.threshold,
+            target = a
+                .target
+                .as_ref()
+                .map(|t| format!("target_partition_bytes = \"{t}\""))
+                .unwrap_or_default(),
         ),
     )?;
     Ok(path)
 }
 
-/// Wall time, and the join (or aggregation) stage's (max, median) task time in ms,
-/// of one run.
-fn run_job(c: &Cluster, spec: &Path, aggregate: bool) -> Result<(Duration, u64, u64)> {
+/// Wall time, the join (or aggregation) stage's (max, median) task time in ms, and
+/// the `skew_split` decisions, of one run.
+fn run_job(c: &Cluster, spec: &Path, aggregate: bool) -> Result<(Duration, u64, u64, usize)> {
     let (v, t) = c.run(spec)?;
     if v["state"] != "succeeded" {
         bail!("job failed: {v}");
     }
+    let id = v["job_id"].as_str().context("job id")?;
+    let splits = c
+        .cli_json(&["decisions", id])?
+        .as_array()
+        .map(|ds| ds.iter().filter(|d| d["kind"] == "skew_split").count())
+        .unwrap_or(0);
     // the join stage reads both sides; the aggregation stage is the one after the
     // scan (a pre-merge stage is appended after it)
     let join = v["stage_details"]
@@ -92,7 +105,7 @@ fn run_job(c: &Cluster, spec: &Path, aggregate: bool) -> Result<(Duration, u64, 
         .context("the join or aggregation stage")?;
     let max = join["task_ms_max"].as_u64().unwrap_or(0);
     let med = join["task_ms_median"].as_u64().unwrap_or(0);
-    Ok((t, max, med))
+    Ok((t, max, med, splits))
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -114,13 +127,15 @@ pub fn run(a: Args) -> Result<()> {
     let c = Cluster::start(a.workers, a.slots)?;
     let (mut t_on, mut t_off) = (vec![], vec![]);
     let (mut r_on, mut r_off) = (vec![], vec![]);
+    let mut fired = 0;
     for _ in 0..a.reps {
-        let (t, max, med) = run_job(&c, &off, a.aggregate)?;
+        let (t, max, med, _) = run_job(&c, &off, a.aggregate)?;
         t_off.push(t);
         r_off.push(max as f64 / med.max(1) as f64);
-        let (t, max, med) = run_job(&c, &on, a.aggregate)?;
+        let (t, max, med, splits) = run_job(&c, &on, a.aggregate)?;
         t_on.push(t);
         r_on.push(max as f64 / med.max(1) as f64);
+        fired += usize::from(splits > 0);
     }
     let mid = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -151,6 +166,15 @@ pub fn run(a: Args) -> Result<()> {
             mid(r.clone())
         );
     }
+    println!(
+        "the rule split a partition in {fired} of {} runs with it on{}",
+        a.reps,
+        if fired == 0 {
+            " (nothing skewed past the task target: both settings ran the same plan)"
+        } else {
+            ""
+        }
+    );
     println!(
         "rule on / off: {:.2}x wall time (off / on = {:.2}x faster)",
         median(t_on.clone()).as_secs_f64() / median(t_off.clone()).as_secs_f64(),
