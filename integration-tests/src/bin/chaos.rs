@@ -10,14 +10,21 @@
 //! - 1 to 3 random kills (SIGKILL) at random moments: a worker (a replacement starts
 //!   behind a proxy of its own) or the Raft leader (restarted with its data dir).
 //!
-//! The multi-stage join + aggregation job must finish with exactly the single-process
-//! oracle's rows: none lost, none duplicated. Prints one line per run and a summary
-//! (runs, kills by kind, failures); `--seed` replays a run sequence.
+//! Runs alternate between two jobs, each of which must finish with exactly the
+//! single-process oracle's rows (none lost, none duplicated):
+//! - a multi-stage join + aggregation;
+//! - an aggregation with one hot key, whose skewed partition is pre-merged by an extra
+//!   stage added at run time (`skew_aggregation`).
+//!
+//! Prints one line per run and a summary (runs, kills by kind, failures); `--seed`
+//! replays a run sequence.
 
 use anyhow::{bail, Context, Result};
 use integration_tests::oracle::check_spec_output;
 use integration_tests::proxy::FaultNet;
-use integration_tests::{free_ports, gen_clickstream, join_job, spawn_worker, wait_until, Group};
+use integration_tests::{
+    free_ports, gen_clickstream, gen_clickstream_skewed, join_job, spawn_worker, wait_until, Group,
+};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -68,19 +75,32 @@ fn main() -> Result<()> {
     println!("chaos: {runs} runs, --seed {seed}");
     let dir = tempfile::tempdir()?;
     gen_clickstream(&dir.path().join("data"), 20_000, 6)?;
-    let spec = aggressive_spec(dir.path())?;
+    let skewed_dir = tempfile::tempdir()?;
+    gen_clickstream_skewed(&skewed_dir.path().join("data"), 600_000, 2, 0.15)?;
+    let jobs = [
+        (dir.path(), aggressive_spec(dir.path())?),
+        (
+            skewed_dir.path(),
+            skewed_aggregation_spec(skewed_dir.path())?,
+        ),
+    ];
     let mut rng = Rng(seed | 1);
     let (mut passed, mut failed, mut workers, mut leaders) = (0, 0, 0, 0);
     let t0 = Instant::now();
     for run in 1..=runs {
         let mut kills = Kills::default();
-        let r = one_run(dir.path(), &spec, &mut rng, &mut kills);
+        let (dir, spec) = &jobs[(run as usize - 1) % jobs.len()];
+        let r = one_run(dir, spec, &mut rng, &mut kills);
         workers += kills.workers;
         leaders += kills.leaders;
         match r {
             Ok(()) => {
                 passed += 1;
-                println!("run {run}: passed ({})", kills.what.join(", "));
+                println!(
+                    "run {run}: {} passed ({})",
+                    spec.file_stem().and_then(|n| n.to_str()).unwrap_or("?"),
+                    kills.what.join(", ")
+                );
             }
             Err(e) => {
                 failed += 1;
@@ -106,6 +126,39 @@ fn aggressive_spec(dir: &Path) -> Result<PathBuf> {
         "[job.params]\nspeculation_quantile = 0.5\nspeculation_multiplier = 1.5\nspeculation_min_runtime_ms = 200\n",
     );
     std::fs::write(&spec, text)?;
+    Ok(spec)
+}
+
+/// Per-key totals where the hot user's events (15%) share one key and every other
+/// event has its own: map tasks of 300k events give up partial aggregation, and the
+/// hot key's partition is pre-merged by an extra stage (thresholds scaled to the data,
+/// as in the adaptive tests); speculation as in `aggressive_spec`.
+fn skewed_aggregation_spec(dir: &Path) -> Result<PathBuf> {
+    let spec = dir.join("chaos_skewed.toml");
+    std::fs::write(
+        &spec,
+        r#"
+[job]
+name = "chaos_skewed"
+[job.params]
+shuffle_partitions = 32
+skew_factor = 2
+skew_threshold_bytes = "64KiB"
+target_partition_bytes = "64KiB"
+speculation_quantile = 0.5
+speculation_multiplier = 1.5
+speculation_min_runtime_ms = 200
+[[sources]]
+name = "events"
+format = "parquet"
+path = "data/events"
+[transform]
+sql = "SELECT k, count(*) AS n, sum(amount) AS total, max(session_id) AS last_session FROM (SELECT CASE WHEN user_id = 1 THEN -1 ELSE event_id END AS k, amount, session_id FROM events) GROUP BY k"
+[sink]
+format = "parquet"
+path = "out/chaos_skewed"
+"#,
+    )?;
     Ok(spec)
 }
 
@@ -205,6 +258,8 @@ fn one_run(dir: &Path, spec: &Path, rng: &mut Rng, kills: &mut Kills) -> Result<
     if st["state"] != "succeeded" {
         bail!("job {id} ended {}: {}", st["state"], st["error"]);
     }
+    // a stage added at run time (a skewed partition's pre-merge) shows here
+    kills.what.push(format!("{} stages", st["stages"]));
     // exactly the oracle's rows: none lost, none duplicated
     check_spec_output(dir, spec)
 }
