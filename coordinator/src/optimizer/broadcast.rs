@@ -90,27 +90,13 @@ pub fn runtime_broadcasts(s: &State, now_ms: u64) -> Vec<Command> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{BroadcastPlan, StagePlan, TaskResult};
+    use crate::state::{BroadcastPlan, TaskResult};
 
     /// Stage 2 joins map stages 0 (build) and 1 (probe), with a broadcast plan of 3
     /// tasks reading stage 0 only.
     fn job(params: &str) -> State {
-        let spec = autopipe_common::spec::PipelineSpec::parse(
-            &format!("[job]\nname = \"t\"\n[job.params]\n{params}\n[[sources]]\nname = \"a\"\nformat = \"parquet\"\npath = \"/a\"\n[transform]\nsql = \"SELECT 1\"\n[sink]\nformat = \"csv\"\npath = \"/tmp/o\"\n"),
-            "t",
-        )
-        .unwrap();
-        let stage = |id, tasks, shuffle, inputs| StagePlan {
-            id,
-            plan: Default::default(),
-            display: String::new(),
-            tasks,
-            shuffle_partitions: shuffle,
-            inputs,
-            join: None,
-            broadcast: None,
-            pre_merge: None,
-        };
+        let spec = crate::state::test_spec(params);
+        let stage = crate::state::test_stage;
         let mut join = stage(2, 4, None, vec![0, 1]);
         join.broadcast = Some(Box::new(BroadcastPlan {
             plan: Default::default(),

@@ -215,18 +215,7 @@ fn consumers_unstarted(job: &Job, si: usize) -> bool {
 
 /// Finished tasks of a stage and the median of their run times.
 fn finished_median(st: &Stage) -> (usize, u64) {
-    let mut d: Vec<u64> = st
-        .tasks
-        .iter()
-        .filter_map(|t| match &t.state {
-            TaskState::Succeeded {
-                started_ms,
-                finished_ms,
-                ..
-            } => Some(finished_ms.saturating_sub(*started_ms)),
-            _ => None,
-        })
-        .collect();
+    let mut d = super::timeouts::finished_durations(st);
     if d.is_empty() {
         return (0, 0);
     }

@@ -423,7 +423,7 @@ pub fn replan(s: &State, job: &Job, stage: u32, now_ms: u64) -> Option<Replan> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{StageJoin, StagePlan, TaskResult};
+    use crate::state::{StageJoin, TaskResult};
 
     const MB: u64 = 1 << 20;
 
@@ -431,22 +431,8 @@ mod tests {
     /// and 1 (`maps` tasks each), with `join_type` (None: no join, e.g. an aggregate),
     /// and `params` as `[job.params]` TOML lines; two workers of 4 slots.
     fn join_job(n: u32, maps: u32, join_type: Option<(&str, bool, bool)>, params: &str) -> State {
-        let spec = autopipe_common::spec::PipelineSpec::parse(
-            &format!("[job]\nname = \"t\"\n[job.params]\n{params}\n[[sources]]\nname = \"a\"\nformat = \"parquet\"\npath = \"/a\"\n[transform]\nsql = \"SELECT 1\"\n[sink]\nformat = \"csv\"\npath = \"/tmp/o\"\n"),
-            "t",
-        )
-        .unwrap();
-        let stage = |id, tasks, shuffle, inputs| StagePlan {
-            id,
-            plan: Default::default(),
-            display: String::new(),
-            tasks,
-            shuffle_partitions: shuffle,
-            inputs,
-            join: None,
-            broadcast: None,
-            pre_merge: None,
-        };
+        let spec = crate::state::test_spec(params);
+        let stage = crate::state::test_stage;
         let mut join = stage(2, n, None, vec![0, 1]);
         join.join = join_type.map(|(t, l, r)| StageJoin {
             join_type: t.into(),

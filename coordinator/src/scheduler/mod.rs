@@ -646,13 +646,16 @@ fn plan_launches_by_load(s: &State, live: &HashMap<String, u32>, load_aware: boo
             .map(|id| &s.jobs[id])
             .filter(|j| j.state == JobState::Running)
     };
-    'jobs: for job in running_jobs() {
-        let by_load = job
-            .spec
+    // a job's `load_aware_placement`, else the cluster's
+    let by_load = |job: &Job| {
+        job.spec
             .job
             .params
             .load_aware_placement
-            .unwrap_or(load_aware);
+            .unwrap_or(load_aware)
+    };
+    'jobs: for job in running_jobs() {
+        let by_load = by_load(job);
         for (si, stage) in job.stages.iter().enumerate() {
             if !job.stage_ready(si) {
                 continue;
@@ -703,12 +706,7 @@ fn plan_launches_by_load(s: &State, live: &HashMap<String, u32>, load_aware: boo
         if !spec.enabled {
             continue;
         }
-        let by_load = job
-            .spec
-            .job
-            .params
-            .load_aware_placement
-            .unwrap_or(load_aware);
+        let by_load = by_load(job);
         for (si, stage) in job.stages.iter().enumerate() {
             // a copy reads the inputs as they are now: never while one is recomputed
             if !job.stage_ready(si) {
@@ -818,16 +816,11 @@ pub(crate) fn task_definition(
     let reads = stage.tasks[ti].reads.as_ref();
     let mut inputs = Vec::new();
     let mut input_stages = Vec::new();
-    // pre-merge stages of a skewed aggregation: read in place of the input they
-    // pre-merged, by the tasks that say so (`TaskReads::via`)
-    let pre_merges: Vec<u32> = stage
-        .tasks
-        .iter()
-        .filter_map(|t| t.reads.as_ref())
-        .flat_map(|r| r.via.iter().map(|v| v.1))
-        .collect();
     for &input in &stage.plan.inputs {
-        if pre_merges.contains(&input) {
+        // a later stage is a skewed aggregation's pre-merge stage, appended at run
+        // time (planned stages come after their inputs): read in place of the input
+        // it pre-merged, by the tasks that say so (`TaskReads::via`)
+        if input as usize > si {
             continue;
         }
         let via = reads.and_then(|r| r.via.iter().find(|v| v.0 == input).map(|v| v.1));

@@ -46,7 +46,8 @@ pub struct StagePlan {
     pub tasks: u32,
     /// `Some(n)`: a map stage writing n shuffle partitions; `None`: the sink stage
     pub shuffle_partitions: Option<u32>,
-    /// stages whose output this stage reads
+    /// stages whose output this stage reads (planned ones come before it; a
+    /// pre-merge stage appended at run time after it)
     pub inputs: Vec<u32>,
     /// the stage's partitioned hash join, if it is one a skew split may divide
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -70,16 +70,21 @@ impl State {
     }
 }
 
-/// A one-source spec and a job of one map stage (`map_tasks` tasks) and one sink
-/// stage, for tests of code that reads the state.
+/// A one-source spec named "t" with `params` as `[job.params]` TOML lines, for tests.
 #[cfg(test)]
-pub(crate) fn test_job(map_tasks: u32) -> Command {
-    let spec = autopipe_common::spec::PipelineSpec::parse(
-        "[job]\nname = \"t\"\n[[sources]]\nname = \"a\"\nformat = \"parquet\"\npath = \"/a\"\n[transform]\nsql = \"SELECT 1\"\n[sink]\nformat = \"csv\"\npath = \"/tmp/o\"\n",
+pub(crate) fn test_spec(params: &str) -> autopipe_common::spec::PipelineSpec {
+    autopipe_common::spec::PipelineSpec::parse(
+        &format!("[job]\nname = \"t\"\n[job.params]\n{params}\n[[sources]]\nname = \"a\"\nformat = \"parquet\"\npath = \"/a\"\n[transform]\nsql = \"SELECT 1\"\n[sink]\nformat = \"csv\"\npath = \"/tmp/o\"\n"),
         "t",
     )
-    .expect("valid test spec");
-    let stage = |id: u32, tasks: u32, shuffle: Option<u32>, inputs: Vec<u32>| StagePlan {
+    .expect("valid test spec")
+}
+
+/// A planned stage with no plan bytes, for tests: `tasks` tasks, writing `shuffle`
+/// partitions (None: the sink), reading `inputs`.
+#[cfg(test)]
+pub(crate) fn test_stage(id: u32, tasks: u32, shuffle: Option<u32>, inputs: Vec<u32>) -> StagePlan {
+    StagePlan {
         id,
         plan: Default::default(),
         display: String::new(),
@@ -89,7 +94,15 @@ pub(crate) fn test_job(map_tasks: u32) -> Command {
         join: None,
         broadcast: None,
         pre_merge: None,
-    };
+    }
+}
+
+/// A one-source spec and a job of one map stage (`map_tasks` tasks) and one sink
+/// stage, for tests of code that reads the state.
+#[cfg(test)]
+pub(crate) fn test_job(map_tasks: u32) -> Command {
+    let spec = test_spec("");
+    let stage = test_stage;
     Command::SubmitJob {
         job_id: "j".into(),
         spec: Box::new(spec),
