@@ -8,7 +8,7 @@
 
 use crate::median;
 use anyhow::{bail, Context, Result};
-use integration_tests::{gen_clickstream, write_spec, Cluster};
+use integration_tests::{events_job, gen_clickstream, Cluster, AGGREGATION_SQL};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -23,28 +23,7 @@ pub struct Args {
 }
 
 fn spec(dir: &Path, name: &str, params: &str) -> Result<PathBuf> {
-    let path = dir.join(format!("{name}.toml"));
-    write_spec(
-        &path,
-        &format!(
-            r#"
-[job]
-name = "{name}"
-[job.params]
-{params}
-[[sources]]
-name = "events"
-format = "parquet"
-path = "data/events"
-[transform]
-sql = "SELECT kind, user_id % 100 AS bucket, count(*) AS n, sum(amount) AS total FROM events GROUP BY kind, user_id % 100"
-[sink]
-format = "parquet"
-path = "out/{name}"
-"#
-        ),
-    )?;
-    Ok(path)
+    events_job(dir, name, params, AGGREGATION_SQL)
 }
 
 /// Wall time and scan (stage 0) task count of one run.

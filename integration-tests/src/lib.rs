@@ -782,26 +782,40 @@ path = "out/{name}"
     Ok(spec)
 }
 
+/// Per-kind, per-bucket totals of the clickstream events: a two-stage aggregation.
+pub const AGGREGATION_SQL: &str = "SELECT kind, user_id % 100 AS bucket, count(*) AS n, sum(amount) AS total FROM events GROUP BY kind, user_id % 100";
+
 /// A two-stage aggregation of the clickstream events in `dir/data` (which the caller
 /// generates) in 10 tasks per stage, with extra `[job.params]` lines: the spec file
 /// `dir/<name>.toml`, writing Parquet to `out/<name>`.
 pub fn aggregation_job(dir: &Path, name: &str, params: &str) -> Result<PathBuf> {
+    events_job(
+        dir,
+        name,
+        &format!("shuffle_partitions = 10\n{params}"),
+        AGGREGATION_SQL,
+    )
+}
+
+/// A job running `sql` over the clickstream events in `dir/data` (source `events`),
+/// with `params` as `[job.params]` lines: the spec file `dir/<name>.toml`, writing
+/// Parquet to `out/<name>`.
+pub fn events_job(dir: &Path, name: &str, params: &str, sql: &str) -> Result<PathBuf> {
     let path = dir.join(format!("{name}.toml"));
-    std::fs::write(
+    write_spec(
         &path,
-        format!(
+        &format!(
             r#"
 [job]
 name = "{name}"
 [job.params]
-shuffle_partitions = 10
 {params}
 [[sources]]
 name = "events"
 format = "parquet"
 path = "data/events"
 [transform]
-sql = "SELECT kind, user_id % 100 AS bucket, count(*) AS n, sum(amount) AS total FROM events GROUP BY kind, user_id % 100"
+sql = "{sql}"
 [sink]
 format = "parquet"
 path = "out/{name}"

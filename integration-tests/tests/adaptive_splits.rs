@@ -7,32 +7,16 @@
 
 use anyhow::{Context, Result};
 use integration_tests::oracle::check_spec_output;
-use integration_tests::{gen_clickstream, http_get, write_spec, Cluster};
+use integration_tests::{events_job, gen_clickstream, http_get, Cluster};
 use std::path::{Path, PathBuf};
 
 fn spec(dir: &Path, name: &str, params: &str) -> Result<PathBuf> {
-    let path = dir.join(format!("{name}.toml"));
-    write_spec(
-        &path,
-        &format!(
-            r#"
-[job]
-name = "{name}"
-[job.params]
-{params}
-[[sources]]
-name = "events"
-format = "parquet"
-path = "data/events"
-[transform]
-sql = "SELECT kind, user_id % 10 AS bucket, count(*) AS n, sum(amount) AS total FROM events GROUP BY kind, user_id % 10"
-[sink]
-format = "parquet"
-path = "out/{name}"
-"#
-        ),
-    )?;
-    Ok(path)
+    events_job(
+        dir,
+        name,
+        params,
+        "SELECT kind, user_id % 10 AS bucket, count(*) AS n, sum(amount) AS total FROM events GROUP BY kind, user_id % 10",
+    )
 }
 
 fn input_splits(c: &Cluster, job: &str) -> Result<Vec<serde_json::Value>> {

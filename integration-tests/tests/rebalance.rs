@@ -7,7 +7,7 @@
 
 use anyhow::{Context, Result};
 use integration_tests::oracle::check_spec_output;
-use integration_tests::{gen_clickstream, write_spec, Cluster};
+use integration_tests::{events_job, gen_clickstream, Cluster, AGGREGATION_SQL};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,31 +16,12 @@ use std::time::Duration;
 /// A two-stage aggregation in 8 scan tasks and 8 reducer tasks (not coalesced, so
 /// the second stage has tasks to place once the workers' speeds are known).
 fn spec(dir: &Path, name: &str, params: &str) -> Result<PathBuf> {
-    let path = dir.join(format!("{name}.toml"));
-    write_spec(
-        &path,
-        &format!(
-            r#"
-[job]
-name = "{name}"
-[job.params]
-shuffle_partitions = 8
-coalesce = false
-speculation = false
-{params}
-[[sources]]
-name = "events"
-format = "parquet"
-path = "data/events"
-[transform]
-sql = "SELECT kind, user_id % 100 AS bucket, count(*) AS n, sum(amount) AS total FROM events GROUP BY kind, user_id % 100"
-[sink]
-format = "parquet"
-path = "out/{name}"
-"#
-        ),
-    )?;
-    Ok(path)
+    events_job(
+        dir,
+        name,
+        &format!("shuffle_partitions = 8\ncoalesce = false\nspeculation = false\n{params}"),
+        AGGREGATION_SQL,
+    )
 }
 
 /// Tasks of the finished job `v` each worker ran (`autopipe status JOB` lists the
