@@ -9,11 +9,13 @@
 //! Spark AQE's conversion of a sort-merge join to a broadcast hash join from the
 //! runtime size of a finished stage (`spark.sql.adaptive.autoBroadcastJoinThreshold`,
 //! 10 MiB); Spark still shuffles a side that has already materialized, this skips
-//! it. Default: on; `runtime_broadcast = false` turns it off, and
+//! it. Of two joins in a chain, the lower one decides first: a join whose probe side
+//! is a join still able to become a broadcast join waits for that one's build side,
+//! as the lower one skips the shuffle of a larger table. Default: on; `runtime_broadcast = false` turns it off, and
 //! `broadcast_join_max_bytes = 0` turns every broadcast off.
 
 use crate::state::decision::inputs;
-use crate::state::{Command, Decision, DecisionKind, JobState, State, TaskState};
+use crate::state::{Command, Decision, DecisionKind, Job, JobState, State, TaskState};
 
 /// The broadcast joins to switch to now, as commands.
 pub fn runtime_broadcasts(s: &State, now_ms: u64) -> Vec<Command> {
@@ -28,29 +30,18 @@ pub fn runtime_broadcasts(s: &State, now_ms: u64) -> Vec<Command> {
             let Some(b) = &st.plan.broadcast else {
                 continue;
             };
-            let (Some(build), Some(fused)) = (
-                job.stages.get(b.build as usize),
-                job.stages.get(b.fused as usize),
-            ) else {
+            let Some(Some((rows, bytes))) = build_side(job, si) else {
                 continue;
             };
-            if !st.unstarted() || !fused.unstarted() || !build.is_complete() {
+            if bytes > limit {
                 continue;
             }
-            let (rows, bytes) = build
-                .tasks
-                .iter()
-                .filter_map(|t| match &t.state {
-                    TaskState::Succeeded { result, .. } => Some(
-                        result
-                            .partitions
-                            .iter()
-                            .fold((0, 0), |(r, b), &(pr, pb)| (r + pr, b + pb)),
-                    ),
-                    _ => None,
-                })
-                .fold((0u64, 0u64), |(r, b), (pr, pb)| (r + pr, b + pb));
-            if bytes > limit {
+            // the probe side is itself a join that may become a broadcast join, now
+            // or once its own build side ends: that one skips the shuffle of a table
+            // further down the chain (TPC-H Q2: part ⋈ partsupp under ⋈ supplier),
+            // so it goes first (until it decides, its probe side waits anyway)
+            if matches!(build_side(job, b.fused as usize), Some(l) if l.is_none_or(|(_, b)| b <= limit))
+            {
                 continue;
             }
             out.push(Command::BroadcastJoin {
@@ -63,7 +54,7 @@ pub fn runtime_broadcasts(s: &State, now_ms: u64) -> Vec<Command> {
                     kind: DecisionKind::Broadcast,
                     what: format!(
                         "stage {si} runs as a broadcast join in {} tasks: every task reads stage {}'s whole output ({rows} rows, {bytes} bytes), and stage {} (the probe side, {} tasks planned) is fused into it instead of shuffling",
-                        b.tasks, b.build, b.fused, fused.tasks.len()
+                        b.tasks, b.build, b.fused, job.stages[b.fused as usize].tasks.len()
                     ),
                     why: format!(
                         "the join's build side (stage {}) wrote {bytes} bytes, at most broadcast_join_max_bytes = {limit}; at planning its size was unknown or only estimated",
@@ -85,6 +76,37 @@ pub fn runtime_broadcasts(s: &State, now_ms: u64) -> Vec<Command> {
         }
     }
     out
+}
+
+/// Stage `stage`'s broadcast plan, if it may still be used (the stage and its probe
+/// side are as planned): its build side's rows and bytes once that side is complete,
+/// `None` while it runs.
+fn build_side(job: &Job, stage: usize) -> Option<Option<(u64, u64)>> {
+    let st = job.stages.get(stage)?;
+    let b = st.plan.broadcast.as_ref()?;
+    let build = job.stages.get(b.build as usize)?;
+    let fused = job.stages.get(b.fused as usize)?;
+    if !st.unstarted() || !fused.unstarted() {
+        return None;
+    }
+    if !build.is_complete() {
+        return Some(None);
+    }
+    Some(Some(
+        build
+            .tasks
+            .iter()
+            .filter_map(|t| match &t.state {
+                TaskState::Succeeded { result, .. } => Some(
+                    result
+                        .partitions
+                        .iter()
+                        .fold((0, 0), |(r, b), &(pr, pb)| (r + pr, b + pb)),
+                ),
+                _ => None,
+            })
+            .fold((0u64, 0u64), |(r, b), (pr, pb)| (r + pr, b + pb)),
+    ))
 }
 
 #[cfg(test)]
@@ -166,6 +188,95 @@ mod tests {
         assert_eq!(d.inputs["build_bytes"], "4096");
         assert!(runtime_broadcasts(&s, 6).is_empty(), "once");
         assert!(s.apply(&cmd).is_err(), "the plan is gone once used");
+    }
+
+    /// Stage 3 joins map stages 1 (build) and 2 (probe); stage 4 joins stage 0
+    /// (build) with stage 3: both have broadcast plans.
+    fn chain() -> State {
+        let stage = crate::state::test_stage;
+        let alt = |build, fused, inputs| {
+            Some(Box::new(BroadcastPlan {
+                plan: Default::default(),
+                display: format!("broadcast {build}"),
+                tasks: 2,
+                inputs,
+                build,
+                fused,
+            }))
+        };
+        let mut lower = stage(3, 4, Some(4), vec![1, 2]);
+        lower.broadcast = alt(1, 2, vec![1]);
+        let mut upper = stage(4, 4, None, vec![0, 3]);
+        upper.broadcast = alt(0, 3, vec![0, 1, 2]);
+        let mut s = crate::state::test_state(&[("w1", 4)], 1);
+        s.apply(&Command::SubmitJob {
+            job_id: "b".into(),
+            spec: Box::new(crate::state::test_spec("")),
+            stages: vec![
+                stage(0, 1, Some(4), vec![]),
+                stage(1, 1, Some(4), vec![]),
+                stage(2, 2, Some(4), vec![]),
+                lower,
+                upper,
+            ],
+            at_ms: 0,
+            request_id: String::new(),
+        })
+        .unwrap();
+        s
+    }
+
+    fn stage_done(s: &mut State, stage: u32, bytes: u64) {
+        s.apply(&Command::TaskLaunched {
+            job_id: "b".into(),
+            stage,
+            task: 0,
+            attempt: 1,
+            worker_id: "w1".into(),
+            at_ms: 1,
+        })
+        .unwrap();
+        s.apply(&Command::TaskSucceeded {
+            job_id: "b".into(),
+            stage,
+            task: 0,
+            attempt: 1,
+            result: TaskResult {
+                partitions: vec![(10, bytes / 4); 4],
+                ..Default::default()
+            },
+            at_ms: 2,
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn of_two_joins_in_a_chain_the_lower_decides_first() {
+        let mut s = chain();
+        stage_done(&mut s, 0, 4096);
+        assert!(
+            runtime_broadcasts(&s, 5).is_empty(),
+            "the upper join waits for the lower one's build side"
+        );
+        stage_done(&mut s, 1, 4096);
+        let [cmd] = runtime_broadcasts(&s, 5).try_into().unwrap();
+        assert!(matches!(cmd, Command::BroadcastJoin { stage: 3, .. }));
+        s.apply(&cmd).unwrap();
+        assert!(
+            s.jobs["b"].stages[2].tasks.is_empty(),
+            "the large table is never shuffled"
+        );
+        assert!(
+            runtime_broadcasts(&s, 6).is_empty(),
+            "the upper join's plan fused the lower one as planned: no longer usable"
+        );
+
+        // the lower build side turns out large: the upper join goes ahead
+        let mut s = chain();
+        stage_done(&mut s, 0, 4096);
+        stage_done(&mut s, 1, 11 << 20);
+        let [cmd] = runtime_broadcasts(&s, 5).try_into().unwrap();
+        assert!(matches!(cmd, Command::BroadcastJoin { stage: 4, .. }));
     }
 
     #[test]
