@@ -152,12 +152,7 @@ pub async fn run_task(
     out.rows_in = source_rows(&plan);
     out.bytes_in = source_bytes(&plan, partition);
     if let Some(units) = units_read {
-        let ran = units.ran();
-        shuffle
-            .metrics
-            .spilled_bytes
-            .inc_by(ran.iter().map(spilled_bytes).sum());
-        out.rows_in = ran.iter().map(source_rows).sum();
+        out.rows_in = units.rows_read();
         out.bytes_in = split.control.bytes_read();
     }
     match dead_letters.finish().map_err(Error::Transient)? {

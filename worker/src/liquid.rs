@@ -39,6 +39,7 @@ use datafusion::physical_plan::{
 };
 use futures::TryStreamExt;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -261,8 +262,9 @@ pub struct UnitScan {
     input: Arc<dyn ExecutionPlan>,
     partition: usize,
     leaf: Leaf,
-    /// the scans run so far, one per unit (their metrics count the rows read)
-    ran: Mutex<Vec<Arc<dyn ExecutionPlan>>>,
+    /// rows the units' scans returned so far (counted here: the scans of one task
+    /// share their file source's metrics, so those count every unit in each)
+    rows: AtomicU64,
 }
 
 impl UnitScan {
@@ -311,7 +313,7 @@ impl UnitScan {
             input: Arc::clone(input),
             partition,
             leaf,
-            ran: Mutex::new(vec![]),
+            rows: AtomicU64::new(0),
         })
     }
 
@@ -465,9 +467,9 @@ impl UnitScan {
         Ok(replaced.data)
     }
 
-    /// The plans that ran, one per unit.
-    pub fn ran(&self) -> Vec<Arc<dyn ExecutionPlan>> {
-        self.ran.lock().expect("lock").clone()
+    /// Rows read from the units so far.
+    pub fn rows_read(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
     }
 }
 
@@ -533,6 +535,7 @@ impl ExecutionPlan for UnitScanExec {
             )));
         }
         let (scan, control, delay) = (self.scan.clone(), self.control.clone(), self.delay);
+        let counted = self.scan.clone();
         let units = futures::stream::unfold((), move |_| {
             let (scan, control, ctx) = (scan.clone(), control.clone(), ctx.clone());
             async move {
@@ -543,16 +546,17 @@ impl ExecutionPlan for UnitScanExec {
                 let run = scan
                     .leaf_for(&unit)
                     .map_err(|e| DataFusionError::External(Box::new(e)))
-                    .and_then(|p| {
-                        scan.ran.lock().expect("lock").push(Arc::clone(&p));
-                        p.execute(partition, ctx)
-                    });
+                    .and_then(|p| p.execute(partition, ctx));
                 Some((run, ()))
             }
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema(),
-            units.try_flatten(),
+            units.try_flatten().inspect_ok(move |b| {
+                counted
+                    .rows
+                    .fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+            }),
         )))
     }
 }
