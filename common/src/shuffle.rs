@@ -16,7 +16,6 @@ use autopipe_proto as pb;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::ipc::convert::{fb_to_schema, IpcSchemaEncoder};
-use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
@@ -334,15 +333,20 @@ pub fn host_id() -> &'static str {
 }
 
 /// Batches of one map output file. Opening it (and reading its footer) happens here, so
-/// a missing or unreadable file is an error before any batch; the IPC reader is
-/// synchronous, so a blocking task feeds the batches through a small channel. The Flight
-/// server streams them to remote reducers; a reducer on the same machine reads them
+/// a missing or unreadable file is an error before any batch. The Flight server
+/// streams them to remote reducers; a reducer on the same machine reads them
 /// directly, as Spark reads host-local shuffle blocks.
+///
+/// The file is memory-mapped and its batches decoded in place (arrow's `FileDecoder`,
+/// with validation): their arrays point into the file's pages, with no copy into new
+/// buffers. A map output is written once and only ever deleted (never changed) while
+/// it may be read, and a deleted file's mapping stays valid.
 ///
 /// A corrupt file is an error, never a short stream or a dead process: the footer's
 /// blocks must lie inside the file (arrow allocates a block's length before reading
-/// it, apache/arrow-rs#10921), and a panic of arrow's reader on a malformed schema or
-/// batch is caught and reported as an error that ends the stream.
+/// it, apache/arrow-rs#10921), every block the footer lists must decode to a record
+/// batch, and a panic of arrow's decoder on a malformed schema or batch is caught and
+/// reported as an error that ends the stream.
 pub fn read_partition_file(
     path: &Path,
 ) -> std::result::Result<
@@ -352,62 +356,77 @@ pub fn read_partition_file(
     ),
     ArrowError,
 > {
+    use datafusion::arrow::buffer::Buffer;
+    use datafusion::arrow::ipc::reader::FileDecoder;
     let io = |e: std::io::Error| ArrowError::IoError(format!("{}: {e}", path.display()), e);
     let mut file = std::fs::File::open(path).map_err(io)?;
-    check_blocks(&mut file, path)?;
-    let corrupt = |p: Box<dyn std::any::Any + Send>| {
-        ArrowError::IpcError(format!(
-            "{}: corrupt map output: {}",
-            path.display(),
-            panic_message(&*p)
-        ))
-    };
-    let mut reader = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        FileReader::try_new(std::io::BufReader::new(file), None)
-    }))
-    .map_err(corrupt)??;
-    let schema = reader.schema();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let (footer_start, footer_end) = check_blocks(&mut file, path)?;
+    // SAFETY: map outputs are never written to once complete (see above); the
+    // mapping is read-only
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+    let buffer = Buffer::from(bytes::Bytes::from_owner(map));
     let shown = path.display().to_string();
-    // arrow's reader ends its iteration at a block whose message header reads as
-    // "none" (one flipped bit does it) even when the footer lists more: a stream
-    // that ends short of the footer's batches is an error, never fewer rows
-    let listed = reader.num_batches();
-    let mut read = 0;
-    tokio::task::spawn_blocking(move || loop {
-        let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.next()));
-        let (item, last) = match next {
-            Ok(None) if read < listed => (
-                Err(ArrowError::IpcError(format!(
-                    "{shown}: corrupt map output: it ended after {read} of the {listed} record batches its footer lists"
-                ))),
-                true,
-            ),
-            Ok(None) => return,
-            Ok(Some(Ok(b))) => {
-                read += 1;
-                (Ok(b), false)
-            }
-            Ok(Some(Err(e))) => (Err(e), true),
-            Err(p) => (
-                Err(ArrowError::IpcError(format!(
-                    "{shown}: corrupt map output: {}",
-                    panic_message(&*p)
-                ))),
-                true,
-            ),
-        };
-        if tx.blocking_send(item).is_err() || last {
-            return;
+    let corrupt =
+        move |why: String| ArrowError::IpcError(format!("{shown}: corrupt map output: {why}"));
+    let caught = |p: Box<dyn std::any::Any + Send>| panic_message(&*p);
+    let footer = &buffer[footer_start..footer_end];
+    let setup = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let footer = datafusion::arrow::ipc::root_as_footer(footer)
+            .map_err(|e| format!("unreadable footer: {e}"))?;
+        let schema = footer
+            .schema()
+            .ok_or_else(|| "a footer without a schema".to_string())?;
+        let schema = Arc::new(datafusion::arrow::ipc::convert::fb_to_schema(schema));
+        let mut decoder = FileDecoder::new(Arc::clone(&schema), footer.version());
+        for block in footer.dictionaries().into_iter().flatten() {
+            let len = block.bodyLength() as usize + block.metaDataLength() as usize;
+            let data = buffer.slice_with_length(block.offset() as usize, len);
+            decoder
+                .read_dictionary(block, &data)
+                .map_err(|e| e.to_string())?;
         }
+        let blocks: Vec<_> = footer
+            .recordBatches()
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        Ok::<_, String>((schema, decoder, blocks))
+    }));
+    let (schema, decoder, blocks) = setup.map_err(caught).and_then(|r| r).map_err(&corrupt)?;
+    let listed = blocks.len();
+    let batches = blocks.into_iter().enumerate().map(move |(i, block)| {
+        let len = block.bodyLength() as usize + block.metaDataLength() as usize;
+        let data = buffer.slice_with_length(block.offset() as usize, len);
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            decoder.read_record_batch(&block, &data)
+        }))
+        .map_err(|p| corrupt(panic_message(&*p)))
+        .and_then(|r| r.map_err(|e| corrupt(e.to_string())))
+        .and_then(|b| {
+            b.ok_or_else(|| {
+                corrupt(format!(
+                    "block {i} of the {listed} its footer lists is not a record batch"
+                ))
+            })
+        })
     });
-    let stream =
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
-    Ok((schema, stream.boxed()))
+    // one error ends the stream
+    let mut failed = false;
+    let batches = batches.take_while(move |r| {
+        let go = !failed;
+        failed |= r.is_err();
+        go
+    });
+    Ok((schema, futures::stream::iter(batches).boxed()))
 }
 
 /// Checks that every block the IPC file footer lists lies inside the file.
-fn check_blocks(file: &mut std::fs::File, path: &Path) -> std::result::Result<(), ArrowError> {
+/// Returns where the footer lies.
+fn check_blocks(
+    file: &mut std::fs::File,
+    path: &Path,
+) -> std::result::Result<(usize, usize), ArrowError> {
     use std::io::{Read, Seek, SeekFrom};
     let bad = |why: String| {
         ArrowError::IpcError(format!("{}: corrupt map output: {why}", path.display()))
@@ -453,8 +472,7 @@ fn check_blocks(file: &mut std::fs::File, path: &Path) -> std::result::Result<()
             )));
         }
     }
-    file.seek(SeekFrom::Start(0)).map_err(io)?;
-    Ok(())
+    Ok(((len - 10 - footer_len) as usize, (len - 10) as usize))
 }
 
 /// The message a panic carried.
