@@ -145,27 +145,7 @@ mod tests {
     }
 
     fn build_done(s: &mut State, bytes: u64) {
-        s.apply(&Command::TaskLaunched {
-            job_id: "b".into(),
-            stage: 0,
-            task: 0,
-            attempt: 1,
-            worker_id: "w1".into(),
-            at_ms: 1,
-        })
-        .unwrap();
-        s.apply(&Command::TaskSucceeded {
-            job_id: "b".into(),
-            stage: 0,
-            task: 0,
-            attempt: 1,
-            result: TaskResult {
-                partitions: vec![(10, bytes / 4); 4],
-                ..Default::default()
-            },
-            at_ms: 2,
-        })
-        .unwrap();
+        stage_done(s, 0, bytes);
     }
 
     #[test]
