@@ -11,7 +11,7 @@ mod distinct;
 
 pub use distinct::{share_exchange, DistinctToGroupBy};
 
-use crate::state::{BroadcastPlan, PreMergePlan, StageJoin, StagePlan};
+use crate::state::{BroadcastPlan, PreMergePlan, ReducePlan, StageJoin, StagePlan};
 use autopipe_common::error::{Error, Result};
 use autopipe_common::session::{context_for, context_for_splits};
 use autopipe_common::shuffle::{ShuffleCodec, ShuffleReaderExec};
@@ -292,6 +292,21 @@ pub fn split_into_stages(plan: Arc<dyn ExecutionPlan>, broadcast_max: u64) -> Re
         };
         alternatives.push(alt);
     }
+    let mut reduces: Vec<Option<Box<ReducePlan>>> = vec![None; drafts.len()];
+    for id in 0..drafts.len() {
+        if alternatives[id].is_some() {
+            continue;
+        }
+        if let Some(alt) = reduce_alternative(&drafts, id, broadcast_max)? {
+            reduces[alt.probe as usize] = Some(Box::new(ReducePlan {
+                plan: encode(alt.probe as usize, &alt.plan)?,
+                display: displayable(alt.plan.as_ref()).indent(false).to_string(),
+                inputs: reader_stages(&alt.plan),
+                build: alt.build,
+                join: id as u32,
+            }));
+        }
+    }
     let mut pre_merges = vec![];
     for id in 0..drafts.len() {
         pre_merges.push(match pre_merge_alternative(&drafts, id)? {
@@ -305,11 +320,12 @@ pub fn split_into_stages(plan: Arc<dyn ExecutionPlan>, broadcast_max: u64) -> Re
     }
     let mut stages = Vec::with_capacity(drafts.len());
     let mut scan_stages = vec![];
-    for (((id, d), broadcast), pre_merge) in drafts
+    for ((((id, d), broadcast), pre_merge), reduce) in drafts
         .into_iter()
         .enumerate()
         .zip(alternatives)
         .zip(pre_merges)
+        .zip(reduces)
     {
         if scans_sources(&d.plan) {
             scan_stages.push(id as u32);
@@ -328,6 +344,7 @@ pub fn split_into_stages(plan: Arc<dyn ExecutionPlan>, broadcast_max: u64) -> Re
             inputs: d.inputs,
             broadcast,
             pre_merge,
+            reduce,
         });
     }
     Ok(PlannedJob {
@@ -588,6 +605,119 @@ fn broadcast_alternative(
     }))
 }
 
+/// The probe side of stage `id`'s join, filtered by the build side's keys.
+struct Reduction {
+    plan: Arc<dyn ExecutionPlan>,
+    probe: u32,
+    build: u32,
+}
+
+/// The probe side's map stage of stage `id`'s partitioned join as a filtered plan,
+/// for the case the build side turns out at most `broadcast_max` bytes at run time
+/// (`optimizer::broadcast`): before its hash exchange, the stage keeps only the rows
+/// whose join keys occur in the build side's whole output (a collect-left
+/// `RightSemi` join against it), so it shuffles only rows that can match. Anchor:
+/// the semi-join reduction of distributed databases, and the runtime filters Spark
+/// (`InjectRuntimeFilter`) and DataFusion (dynamic filters) push from a join's build
+/// side into its probe side's scan; here the filter is exact, since the build side
+/// is small.
+///
+/// Only when the rows it drops would produce nothing: a join with no broadcast
+/// alternative of its own whose unmatched probe rows are never emitted (inner,
+/// left, left semi, left anti and left mark, keys compared with `NULL` matching
+/// nothing and no null-aware `NOT IN`, where one `NULL` probe key empties the
+/// result), both sides read straight from their shuffles, the probe side's stage
+/// feeding nothing else, and the build side not known to be larger.
+fn reduce_alternative(
+    drafts: &[Draft],
+    id: usize,
+    broadcast_max: u64,
+) -> Result<Option<Reduction>> {
+    use datafusion::common::NullEquality;
+    let d = &drafts[id];
+    let Some(sj) = stage_join(&d.plan) else {
+        return Ok(None);
+    };
+    let probe_rows_unused = matches!(
+        sj.join_type.as_str(),
+        "Inner" | "Left" | "LeftSemi" | "LeftAnti" | "LeftMark"
+    );
+    if broadcast_max == 0 || !probe_rows_unused {
+        return Ok(None);
+    }
+    fn find(p: &Arc<dyn ExecutionPlan>) -> Option<&HashJoinExec> {
+        match p.downcast_ref::<HashJoinExec>() {
+            Some(j) if *j.partition_mode() == PartitionMode::Partitioned => Some(j),
+            _ => p.children().into_iter().find_map(find),
+        }
+    }
+    let Some(join) = find(&d.plan) else {
+        return Ok(None);
+    };
+    let reader = |p: &Arc<dyn ExecutionPlan>, stage: u32| {
+        p.downcast_ref::<ShuffleReaderExec>()
+            .is_some_and(|r| r.stage_id == stage && r.hash)
+    };
+    if join.null_aware
+        || join.null_equality() != NullEquality::NullEqualsNothing
+        || !reader(join.left(), sj.left)
+        || !reader(join.right(), sj.right)
+    {
+        return Ok(None);
+    }
+    let Some(exchange) = drafts
+        .get(sj.right as usize)
+        .and_then(|p| p.plan.downcast_ref::<RepartitionExec>())
+    else {
+        return Ok(None);
+    };
+    if drafts
+        .iter()
+        .filter(|x| x.inputs.contains(&sj.right))
+        .count()
+        != 1
+    {
+        return Ok(None);
+    }
+    let limit = broadcast_max as usize;
+    let stats = datafusion::physical_plan::StatisticsContext::new().compute(
+        drafts[sj.left as usize].plan.as_ref(),
+        &datafusion::physical_plan::StatisticsArgs::new(),
+    )?;
+    match stats.total_byte_size {
+        datafusion::common::stats::Precision::Exact(b) if b > limit => return Ok(None),
+        datafusion::common::stats::Precision::Inexact(b) if b > limit.saturating_mul(8) => {
+            return Ok(None)
+        }
+        _ => {}
+    }
+    let build: Arc<dyn ExecutionPlan> =
+        Arc::new(CoalescePartitionsExec::new(Arc::clone(join.left())));
+    let on = join
+        .on()
+        .iter()
+        .map(|(l, r)| (Arc::clone(l), Arc::clone(r)))
+        .collect();
+    let semi = datafusion::physical_plan::joins::HashJoinExecBuilder::new(
+        build,
+        Arc::clone(exchange.input()),
+        on,
+        JoinType::RightSemi,
+    )
+    .with_partition_mode(PartitionMode::CollectLeft)
+    .with_null_equality(NullEquality::NullEqualsNothing)
+    .build_exec()?;
+    let plan: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
+        semi,
+        exchange.partitioning().clone(),
+    )?);
+    Ok(Some(Reduction {
+        plan,
+        probe: sj.right,
+        build: sj.left,
+    }))
+}
+
 /// The pre-merge step of stage `id`, for the case a partition of its aggregation's
 /// input turns out skewed (`optimizer::skew`), and the input it pre-merges: when the
 /// stage holds exactly one aggregate that merges partial states (`FinalPartitioned`),
@@ -807,6 +937,87 @@ path = "{}/out"
         );
         assert!(pm.display.contains("mode=PartialReduce"), "{}", pm.display);
         assert!(job.stages[0].pre_merge.is_none());
+    }
+
+    /// Issue 12: the probe side of a partitioned semi or anti join gets a filtered
+    /// plan (rows whose keys the build side lacks dropped before the shuffle); a
+    /// null-aware `NOT IN` gets none (one NULL probe key empties its result).
+    #[tokio::test]
+    async fn a_semi_or_anti_joins_probe_side_may_be_filtered_by_the_build_sides_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        // CSV: no statistics, so the joins are planned partitioned
+        for t in ["a", "b"] {
+            std::fs::create_dir_all(dir.path().join(t)).unwrap();
+            for f in 0..4 {
+                let rows: String = (0..100).map(|i| format!("{},v{i}\n", i % 7)).collect();
+                std::fs::write(
+                    dir.path().join(t).join(format!("part-{f}.csv")),
+                    format!("k,v\n{rows}"),
+                )
+                .unwrap();
+            }
+        }
+        let plan = |sql: String| {
+            let text = format!(
+                r#"
+[job]
+name = "t"
+[[sources]]
+name = "a"
+format = "csv"
+path = "{d}/a"
+[[sources]]
+name = "b"
+format = "csv"
+path = "{d}/b"
+[transform]
+sql = "{sql}"
+[sink]
+format = "parquet"
+path = "{d}/out"
+"#,
+                d = dir.path().display()
+            );
+            let s = PipelineSpec::parse(&text, "t.toml")
+                .unwrap()
+                .normalize(dir.path(), "t.toml")
+                .unwrap();
+            async move { plan_job(&s, 4).await.unwrap() }
+        };
+        for sql in [
+            "SELECT v FROM a WHERE k < 3 AND EXISTS (SELECT 1 FROM b WHERE b.k = a.k)",
+            "SELECT v FROM a WHERE k < 3 AND NOT EXISTS (SELECT 1 FROM b WHERE b.k = a.k)",
+        ] {
+            let job = plan(sql.to_string()).await;
+            let shown: Vec<_> = job.stages.iter().map(|s| &s.display).collect();
+            let (id, j) = job
+                .stages
+                .iter()
+                .enumerate()
+                .find_map(|(i, s)| s.join.as_ref().map(|j| (i, j)))
+                .unwrap_or_else(|| panic!("{sql}: no partitioned join in {shown:#?}"));
+            assert!(j.join_type.starts_with("Left"), "{sql}: {j:?}");
+            let probe = &job.stages[j.right as usize];
+            let r = probe
+                .reduce
+                .as_ref()
+                .unwrap_or_else(|| panic!("{sql}: {shown:#?}"));
+            assert_eq!((r.build, r.join), (j.left, id as u32), "{sql}");
+            assert!(r.inputs.contains(&j.left), "{sql}: {:?}", r.inputs);
+            assert!(
+                r.display.starts_with("RepartitionExec: partitioning=Hash")
+                    && r.display.contains("mode=CollectLeft, join_type=RightSemi"),
+                "{sql}: {}",
+                r.display
+            );
+            assert!(job.stages[j.left as usize].reduce.is_none());
+        }
+        let job = plan("SELECT v FROM a WHERE k NOT IN (SELECT k FROM b)".to_string()).await;
+        assert!(
+            job.stages.iter().all(|s| s.reduce.is_none()),
+            "null-aware anti join: {:#?}",
+            job.stages.iter().map(|s| &s.display).collect::<Vec<_>>()
+        );
     }
 
     /// Issue 12: `count(DISTINCT)` next to `count(*)` plans as two group-bys (no

@@ -59,6 +59,30 @@ pub struct StagePlan {
     /// turn out skewed (`optimizer::skew`)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_merge: Option<Box<PreMergePlan>>,
+    /// this (probe side's map) stage filtered by the keys of a join's build side,
+    /// should that side turn out small (`optimizer::broadcast`)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduce: Option<Box<ReducePlan>>,
+}
+
+/// A probe side's map stage that first keeps only the rows whose join keys occur in
+/// the build side's output (a collect-left right-semi join against that whole
+/// output), then shuffles as planned. For joins whose unmatched probe rows produce
+/// nothing (inner, left, left semi/anti/mark without null-aware `NOT IN`): the rows it
+/// drops could match no build row. Used when the build side turns out small.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReducePlan {
+    /// datafusion-proto bytes of the stage's plan with the filter
+    #[serde(with = "shared_bytes")]
+    pub plan: std::sync::Arc<Vec<u8>>,
+    /// human-readable plan
+    pub display: String,
+    /// the stages it reads (the build side's and the stage's own inputs)
+    pub inputs: Vec<u32>,
+    /// the build side's stage, read whole by every task
+    pub build: u32,
+    /// the join stage both sides feed
+    pub join: u32,
 }
 
 /// The pre-merge step of a stage whose hash aggregation merges the partial states of
@@ -304,6 +328,17 @@ pub enum Command {
         /// job
         job_id: String,
         /// the join stage
+        stage: u32,
+        /// why (recorded with it)
+        decision: crate::state::decision::Decision,
+    },
+    /// a probe side's map stage whose join's build side turned out small runs as its
+    /// filtered plan (`StagePlan::reduce`): same tasks, the build side added to its
+    /// inputs
+    ReduceProbe {
+        /// job
+        job_id: String,
+        /// the probe side's map stage
         stage: u32,
         /// why (recorded with it)
         decision: crate::state::decision::Decision,
@@ -561,6 +596,7 @@ mod tests {
             join: None,
             broadcast: None,
             pre_merge: None,
+            reduce: None,
         };
         let json = serde_json::to_value(&plan).unwrap();
         assert_eq!(json["plan"], "AAEC+g==");

@@ -344,6 +344,7 @@ fn pre_merge_stage(
             join: None,
             broadcast: None,
             pre_merge: None,
+            reduce: None,
         },
         tasks: pre_merge
             .iter()
@@ -406,8 +407,10 @@ impl Job {
 
     /// Whether map stage `stage` waits for the build side of a join it feeds to
     /// finish: should that side be small, the join runs as a broadcast join with this
-    /// stage fused into it, and its shuffle never happens (`optimizer::broadcast`).
-    /// Never once any of its tasks ran, nor with `runtime_broadcast = false`.
+    /// stage fused into it, and its shuffle never happens, or this stage keeps only
+    /// the rows whose keys the build side holds before its shuffle
+    /// (`optimizer::broadcast`). Never once any of its tasks ran, nor with
+    /// `runtime_broadcast = false`.
     pub fn held_for_broadcast(&self, stage: usize) -> bool {
         let params = &self.spec.job.params;
         if params.runtime_broadcast == Some(false) || params.broadcast_join_max_bytes() == 0 {
@@ -416,16 +419,23 @@ impl Job {
         if !self.stages.get(stage).is_some_and(Stage::unstarted) {
             return false;
         }
-        self.stages.iter().any(|j| {
-            j.plan.broadcast.as_ref().is_some_and(|b| {
-                b.fused as usize == stage
-                    && j.unstarted()
-                    && !self
-                        .stages
-                        .get(b.build as usize)
-                        .is_some_and(Stage::is_complete)
+        let build_running = |build: u32| {
+            !self
+                .stages
+                .get(build as usize)
+                .is_some_and(Stage::is_complete)
+        };
+        let reduce = self.stages[stage]
+            .plan
+            .reduce
+            .as_ref()
+            .is_some_and(|r| build_running(r.build));
+        reduce
+            || self.stages.iter().any(|j| {
+                j.plan.broadcast.as_ref().is_some_and(|b| {
+                    b.fused as usize == stage && j.unstarted() && build_running(b.build)
+                })
             })
-        })
     }
 }
 
@@ -791,6 +801,47 @@ impl State {
                 let fused = &mut job.stages[b.fused as usize];
                 fused.tasks.clear();
                 fused.replanned = vec![id];
+                Ok(Outcome::Done)
+            }
+            Command::ReduceProbe {
+                job_id,
+                stage,
+                decision,
+            } => {
+                let job = self.running_job(job_id)?;
+                let illegal = |why: &str| {
+                    ApplyError::Illegal(format!(
+                        "job {job_id} stage {stage} cannot filter by its join's build side: {why}"
+                    ))
+                };
+                let st = job
+                    .stages
+                    .get(*stage as usize)
+                    .ok_or_else(|| illegal("no such stage"))?;
+                let r = st
+                    .plan
+                    .reduce
+                    .clone()
+                    .ok_or_else(|| illegal("it has no filtered plan"))?;
+                if !st.unstarted() {
+                    return Err(illegal("it was re-planned or has started"));
+                }
+                if !job
+                    .stages
+                    .get(r.build as usize)
+                    .is_some_and(Stage::is_complete)
+                {
+                    return Err(illegal("the build side is not complete"));
+                }
+                self.push_decision(decision.clone());
+                let id = self.last_decision_id;
+                let job = self.running_job(job_id)?;
+                let st = &mut job.stages[*stage as usize];
+                st.plan.plan = r.plan;
+                st.plan.display = r.display;
+                st.plan.inputs = r.inputs;
+                st.plan.reduce = None;
+                st.replanned = vec![id];
                 Ok(Outcome::Done)
             }
             Command::TaskMemory {

@@ -8,9 +8,9 @@ pub mod load;
 pub mod machine;
 
 pub use commands::{
-    BroadcastPlan, Command, ErrorRecord, FetchFailedRecord, PreMergePlan, RetryLimitChange,
-    RetryLimitOutcome, ScanSlice, ShuffleHome, SplitOrigin, StageJoin, StagePlan, TaskReads,
-    TaskResult, Waiting,
+    BroadcastPlan, Command, ErrorRecord, FetchFailedRecord, PreMergePlan, ReducePlan,
+    RetryLimitChange, RetryLimitOutcome, ScanSlice, ShuffleHome, SplitOrigin, StageJoin, StagePlan,
+    TaskReads, TaskResult, Waiting,
 };
 pub use decision::{Decision, DecisionKind};
 pub use machine::{ApplyError, Job, JobState, Outcome, State, TaskState, WorkerState};
@@ -30,6 +30,7 @@ impl State {
             | Command::TaskMemory { job_id, .. }
             | Command::ReplanStage { job_id, .. }
             | Command::BroadcastJoin { job_id, .. }
+            | Command::ReduceProbe { job_id, .. }
             | Command::SpeculativeLaunched { job_id, .. }
             | Command::SplitRunningTask { job_id, .. }
             | Command::TaskSucceeded { job_id, .. }
@@ -94,6 +95,7 @@ pub(crate) fn test_stage(id: u32, tasks: u32, shuffle: Option<u32>, inputs: Vec<
         join: None,
         broadcast: None,
         pre_merge: None,
+        reduce: None,
     }
 }
 
