@@ -120,6 +120,7 @@ pub async fn run_task(
     let plan = physical_plan_from_bytes_with_extension_codec(&def.plan, &task_ctx, &codec)
         .map_err(|e| Error::Permanent(format!("cannot decode stage plan: {e}")))?;
     let plan = cooperative(plan)?;
+    let decoded_ms = started.elapsed().as_millis() as u64;
     // a re-planned stage's task names the partition it runs (its readers widen it)
     let partition = def.partition.unwrap_or(key.task) as usize;
     // a scan run unit by unit (dynamic rebalancing, `liquid`): its rows and bytes read
@@ -163,6 +164,16 @@ pub async fn run_task(
         _ => {}
     }
     out.duration_ms = started.elapsed().as_millis() as u64;
+    tracing::debug!(
+        job = %key.job_id,
+        stage = key.stage_id,
+        task = key.task,
+        attempt = key.attempt,
+        decoded_ms,
+        total_ms = out.duration_ms,
+        rows_in = out.rows_in,
+        "task ran"
+    );
     Ok(out)
 }
 
