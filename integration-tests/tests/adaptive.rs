@@ -347,3 +347,73 @@ fn a_join_side_small_at_run_time_is_broadcast_and_the_other_is_not_shuffled() ->
     );
     Ok(())
 }
+
+/// Users who signed up in the first 10 of 1,000 days with (or without) events (a
+/// filter DataFusion cannot carry over to the events): a semi (anti) join whose build side, the
+/// users, is estimated above the 16 KiB broadcast limit and turns out a few KiB. The
+/// events (probe side) are then filtered by those users' ids before their shuffle:
+/// the rows are the oracle's, the `broadcast` decision says so, and the events'
+/// stage shuffles a fraction of what it does with `runtime_broadcast = false`.
+#[test]
+fn a_semi_or_anti_joins_probe_side_is_filtered_by_a_small_build_side() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    gen_clickstream(&dir.path().join("data"), 200_000, 4)?;
+    let c = Cluster::start(2, 2)?;
+    for (name, exists) in [("semi", "EXISTS"), ("anti", "NOT EXISTS")] {
+        let job = |name: &str, params: &str| {
+            clickstream_job(
+                dir.path(),
+                name,
+                &format!("shuffle_partitions = 4\nbroadcast_join_max_bytes = \"16KiB\"\n{params}"),
+                true,
+                &format!("SELECT u.id, u.country FROM users u WHERE u.signup_ts < '2020-09-23' AND {exists} (SELECT 1 FROM events e WHERE e.user_id = u.id)"),
+            )
+        };
+        let on = run_checked(&c, dir.path(), &job(name, "")?)?;
+        let id = on["job_id"].as_str().expect("id");
+        let ds: Vec<_> = decisions(&c, id, "broadcast")?
+            .into_iter()
+            .filter(|d| {
+                d["what"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("keeps only the rows")
+            })
+            .collect();
+        let [d] = ds.as_slice() else {
+            panic!("{name}: one probe side filtered: {ds:?}");
+        };
+        let stage: usize = d["inputs"]["stage"].as_str().expect("stage").parse()?;
+        assert!(
+            d["inputs"]["join_type"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("Left"),
+            "{d}"
+        );
+        assert!(
+            d["effect"].as_str().unwrap_or_default().contains("ran"),
+            "{d}"
+        );
+        let off = run_checked(
+            &c,
+            dir.path(),
+            &job(&format!("{name}_off"), "runtime_broadcast = false")?,
+        )?;
+        let off_id = off["job_id"].as_str().expect("id");
+        assert!(decisions(&c, off_id, "broadcast")?.is_empty());
+        let (filtered, whole) = (
+            on["stage_details"][stage]["bytes_out"]
+                .as_u64()
+                .expect("bytes"),
+            off["stage_details"][stage]["bytes_out"]
+                .as_u64()
+                .expect("bytes"),
+        );
+        assert!(
+            filtered * 10 < whole,
+            "{name}: the events' stage shuffled {filtered} bytes filtered, {whole} not: {d}\n{}\n{}", on["stage_details"][stage], off["stage_details"][stage]
+        );
+    }
+    Ok(())
+}

@@ -19,7 +19,9 @@
 //! plan (`StagePlan::reduce`): with the build side complete and at most
 //! `broadcast_join_max_bytes`, that stage first keeps only the rows whose join keys
 //! occur in the build side's output, so it shuffles only rows that can match (TPC-H
-//! Q4: 3.8M lineitem keys, 31 MB, become 1.2 MB). Default: on; `runtime_broadcast = false` turns it off, and
+//! Q4: 3.8M lineitem keys, 31 MB, become 1.2 MB). Both sides of a shuffled inner join
+//! get such a plan from the small side of a probe-local semi or inner join right above
+//! it on the same keys (TPC-H Q18's `IN` subquery). Default: on; `runtime_broadcast = false` turns it off, and
 //! `broadcast_join_max_bytes = 0` turns every broadcast off.
 
 use crate::state::decision::inputs;
@@ -56,31 +58,30 @@ pub fn runtime_broadcasts(s: &State, now_ms: u64) -> Vec<Command> {
             out.push(Command::BroadcastJoin {
                 job_id: job.id.clone(),
                 stage: si as u32,
-                decision: Decision {
-                    id: 0,
-                    at_ms: now_ms,
-                    job_id: job.id.clone(),
-                    kind: DecisionKind::Broadcast,
-                    what: format!(
+                decision: decision(
+                    job,
+                    now_ms,
+                    format!(
                         "stage {si} runs as a broadcast join in {} tasks: every task reads stage {}'s whole output ({rows} rows, {bytes} bytes), and stage {} (the probe side, {} tasks planned) is fused into it instead of shuffling",
                         b.tasks, b.build, b.fused, job.stages[b.fused as usize].tasks.len()
                     ),
-                    why: format!(
+                    format!(
                         "the join's build side (stage {}) wrote {bytes} bytes, at most broadcast_join_max_bytes = {limit}; at planning its size was unknown or only estimated",
                         b.build
                     ),
-                    inputs: inputs([
-                        ("stage", si.to_string()),
-                        ("build_stage", b.build.to_string()),
-                        ("build_bytes", bytes.to_string()),
-                        ("build_rows", rows.to_string()),
-                        ("broadcast_join_max_bytes", limit.to_string()),
+                    Seen {
+                        stage: si,
+                        build: b.build,
+                        rows,
+                        bytes,
+                        limit,
+                    },
+                    [
                         ("fused_stage", b.fused.to_string()),
                         ("tasks_before", st.tasks.len().to_string()),
                         ("tasks_after", b.tasks.to_string()),
-                    ]),
-                    effect: None,
-                },
+                    ],
+                ),
             });
         }
         for (si, st) in job.stages.iter().enumerate() {
@@ -97,43 +98,91 @@ pub fn runtime_broadcasts(s: &State, now_ms: u64) -> Vec<Command> {
             if bytes > limit {
                 continue;
             }
-            let join_type = job
+            let join = job
                 .stages
                 .get(r.join as usize)
-                .and_then(|j| j.plan.join.as_ref())
-                .map(|j| j.join_type.clone())
-                .unwrap_or_default();
+                .and_then(|j| j.plan.join.as_ref());
+            let join_type = join.map(|j| j.join_type.clone()).unwrap_or_default();
+            // the join's own build side, or the build side of a join right above it
+            let how = match join.is_some_and(|j| j.left == r.build) {
+                true => format!(
+                    "stage {}'s {join_type} join emits nothing for a row of stage {si} whose key its build side (stage {}) lacks",
+                    r.join, r.build
+                ),
+                false => format!(
+                    "stage {}'s {join_type} join feeds a join on the same keys that keeps only the keys of stage {}, so a row of stage {si} with another key produces nothing",
+                    r.join, r.build
+                ),
+            };
             out.push(Command::ReduceProbe {
                 job_id: job.id.clone(),
                 stage: si as u32,
-                decision: Decision {
-                    id: 0,
-                    at_ms: now_ms,
-                    job_id: job.id.clone(),
-                    kind: DecisionKind::Broadcast,
-                    what: format!(
+                decision: decision(
+                    job,
+                    now_ms,
+                    format!(
                         "stage {si} keeps only the rows whose join keys occur in stage {}'s output before it shuffles them: every task reads that whole output ({rows} rows, {bytes} bytes)",
                         r.build
                     ),
-                    why: format!(
-                        "stage {}'s {join_type} join emits nothing for a row of stage {si} whose key the build side (stage {}) lacks, and that side wrote {bytes} bytes, at most broadcast_join_max_bytes = {limit}",
-                        r.join, r.build
+                    format!(
+                        "{how}, and stage {} wrote {bytes} bytes, at most broadcast_join_max_bytes = {limit}",
+                        r.build
                     ),
-                    inputs: inputs([
-                        ("stage", si.to_string()),
-                        ("build_stage", r.build.to_string()),
-                        ("build_bytes", bytes.to_string()),
-                        ("build_rows", rows.to_string()),
-                        ("broadcast_join_max_bytes", limit.to_string()),
+                    Seen {
+                        stage: si,
+                        build: r.build,
+                        rows,
+                        bytes,
+                        limit,
+                    },
+                    [
                         ("join_stage", r.join.to_string()),
                         ("join_type", join_type),
-                    ]),
-                    effect: None,
-                },
+                    ],
+                ),
             });
         }
     }
     out
+}
+
+/// What a `broadcast` decision saw: the stage it changes and the build side's stage,
+/// rows and bytes.
+struct Seen {
+    stage: usize,
+    build: u32,
+    rows: u64,
+    bytes: u64,
+    limit: u64,
+}
+
+/// A `broadcast` decision about `job`, with its inputs: what it saw and `more`.
+fn decision<const N: usize>(
+    job: &Job,
+    now_ms: u64,
+    what: String,
+    why: String,
+    seen: Seen,
+    more: [(&str, String); N],
+) -> Decision {
+    let mut inputs = inputs([
+        ("stage", seen.stage.to_string()),
+        ("build_stage", seen.build.to_string()),
+        ("build_bytes", seen.bytes.to_string()),
+        ("build_rows", seen.rows.to_string()),
+        ("broadcast_join_max_bytes", seen.limit.to_string()),
+    ]);
+    inputs.extend(more.into_iter().map(|(k, v)| (k.to_string(), v)));
+    Decision {
+        id: 0,
+        at_ms: now_ms,
+        job_id: job.id.clone(),
+        kind: DecisionKind::Broadcast,
+        what,
+        why,
+        inputs,
+        effect: None,
+    }
 }
 
 /// The rows and bytes a complete stage wrote.

@@ -25,6 +25,7 @@ use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement, WriteOp};
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::combine_partial_final_agg::CombinePartialFinalAggregate;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
@@ -293,11 +294,10 @@ pub fn split_into_stages(plan: Arc<dyn ExecutionPlan>, broadcast_max: u64) -> Re
         alternatives.push(alt);
     }
     let mut reduces: Vec<Option<Box<ReducePlan>>> = vec![None; drafts.len()];
-    for id in 0..drafts.len() {
-        if alternatives[id].is_some() {
-            continue;
-        }
-        if let Some(alt) = reduce_alternative(&drafts, id, broadcast_max)? {
+    for (id, alternative) in alternatives.iter().enumerate() {
+        // a join with a broadcast plan fuses its probe side instead
+        let own = alternative.is_none();
+        for alt in reduce_alternative(&drafts, id, broadcast_max, own)? {
             reduces[alt.probe as usize] = Some(Box::new(ReducePlan {
                 plan: encode(alt.probe as usize, &alt.plan)?,
                 display: displayable(alt.plan.as_ref()).indent(false).to_string(),
@@ -605,117 +605,205 @@ fn broadcast_alternative(
     }))
 }
 
-/// The probe side of stage `id`'s join, filtered by the build side's keys.
+/// A map stage that stage `id`'s join reads, filtered by a small stage's keys.
 struct Reduction {
     plan: Arc<dyn ExecutionPlan>,
     probe: u32,
     build: u32,
 }
 
-/// The probe side's map stage of stage `id`'s partitioned join as a filtered plan,
-/// for the case the build side turns out at most `broadcast_max` bytes at run time
-/// (`optimizer::broadcast`): before its hash exchange, the stage keeps only the rows
-/// whose join keys occur in the build side's whole output (a collect-left
-/// `RightSemi` join against it), so it shuffles only rows that can match. Anchor:
-/// the semi-join reduction of distributed databases, and the runtime filters Spark
-/// (`InjectRuntimeFilter`) and DataFusion (dynamic filters) push from a join's build
-/// side into its probe side's scan; here the filter is exact, since the build side
-/// is small.
+/// The map stages stage `id`'s partitioned join reads, as filtered plans for the case
+/// a small stage's output (at most `broadcast_max` bytes at run time,
+/// `optimizer::broadcast`) decides which of their rows can produce anything: before
+/// its hash exchange, such a stage keeps only the rows whose join keys occur in that
+/// output (a collect-left `RightSemi` join against it), so it shuffles only rows that
+/// can match. Anchor: the semi-join reduction of distributed databases, and the
+/// runtime filters Spark (`InjectRuntimeFilter`) and DataFusion (dynamic filters) push
+/// from a join's build side into its probe side's scan; here the filter is exact, the
+/// build side being small. Two cases:
+/// - the partitioned join's probe side, filtered by its own build side (unless the
+///   case below filters it already), when its
+///   unmatched probe rows produce nothing: inner, left, left semi/anti/mark (no
+///   broadcast alternative of its own; keys compared with `NULL` matching nothing, no
+///   null-aware `NOT IN`, where one `NULL` probe key empties the result);
+/// - both its sides, filtered by the build side of a probe-local inner or right-semi
+///   join right above it whose keys are the partitioned join's keys (TPC-H Q18: the
+///   57 order keys of the `IN` subquery filter both orders and lineitem, instead of
+///   semi-joining the whole orders ⋈ lineitem join).
 ///
-/// Only when the rows it drops would produce nothing: a join with no broadcast
-/// alternative of its own whose unmatched probe rows are never emitted (inner,
-/// left, left semi, left anti and left mark, keys compared with `NULL` matching
-/// nothing and no null-aware `NOT IN`, where one `NULL` probe key empties the
-/// result), both sides read straight from their shuffles, the probe side's stage
-/// feeding nothing else, and the build side not known to be larger.
+/// Only when both sides are read straight from their shuffles, the filtered stage
+/// feeds nothing else, and the small stage is not known to be larger.
 fn reduce_alternative(
     drafts: &[Draft],
     id: usize,
     broadcast_max: u64,
-) -> Result<Option<Reduction>> {
+    own: bool,
+) -> Result<Vec<Reduction>> {
     use datafusion::common::NullEquality;
     let d = &drafts[id];
     let Some(sj) = stage_join(&d.plan) else {
-        return Ok(None);
+        return Ok(vec![]);
     };
-    let probe_rows_unused = matches!(
-        sj.join_type.as_str(),
-        "Inner" | "Left" | "LeftSemi" | "LeftAnti" | "LeftMark"
-    );
-    if broadcast_max == 0 || !probe_rows_unused {
-        return Ok(None);
+    if broadcast_max == 0 {
+        return Ok(vec![]);
     }
-    fn find(p: &Arc<dyn ExecutionPlan>) -> Option<&HashJoinExec> {
+    // the partitioned join, and the probe-local join right above it (if any)
+    fn find<'a>(
+        p: &'a Arc<dyn ExecutionPlan>,
+        above: Option<&'a HashJoinExec>,
+    ) -> Option<(&'a HashJoinExec, Option<&'a HashJoinExec>)> {
         match p.downcast_ref::<HashJoinExec>() {
-            Some(j) if *j.partition_mode() == PartitionMode::Partitioned => Some(j),
-            _ => p.children().into_iter().find_map(find),
+            Some(j) if *j.partition_mode() == PartitionMode::Partitioned => Some((j, above)),
+            Some(j) if probe_local_join(p).is_some() => find(j.right(), Some(j)),
+            _ => p.children().into_iter().find_map(|c| find(c, None)),
         }
     }
-    let Some(join) = find(&d.plan) else {
-        return Ok(None);
+    let Some((join, above)) = find(&d.plan, None) else {
+        return Ok(vec![]);
     };
     let reader = |p: &Arc<dyn ExecutionPlan>, stage: u32| {
         p.downcast_ref::<ShuffleReaderExec>()
             .is_some_and(|r| r.stage_id == stage && r.hash)
     };
-    if join.null_aware
-        || join.null_equality() != NullEquality::NullEqualsNothing
+    if join.null_equality() != NullEquality::NullEqualsNothing
         || !reader(join.left(), sj.left)
         || !reader(join.right(), sj.right)
     {
-        return Ok(None);
+        return Ok(vec![]);
     }
-    let Some(exchange) = drafts
-        .get(sj.right as usize)
-        .and_then(|p| p.plan.downcast_ref::<RepartitionExec>())
-    else {
-        return Ok(None);
+    let small_enough = |stage: usize| -> Result<bool> {
+        let limit = broadcast_max as usize;
+        let stats = datafusion::physical_plan::StatisticsContext::new().compute(
+            drafts[stage].plan.as_ref(),
+            &datafusion::physical_plan::StatisticsArgs::new(),
+        )?;
+        Ok(match stats.total_byte_size {
+            datafusion::common::stats::Precision::Exact(b) => b <= limit,
+            datafusion::common::stats::Precision::Inexact(b) => b <= limit.saturating_mul(8),
+            _ => true,
+        })
     };
-    if drafts
-        .iter()
-        .filter(|x| x.inputs.contains(&sj.right))
-        .count()
-        != 1
-    {
-        return Ok(None);
-    }
-    let limit = broadcast_max as usize;
-    let stats = datafusion::physical_plan::StatisticsContext::new().compute(
-        drafts[sj.left as usize].plan.as_ref(),
-        &datafusion::physical_plan::StatisticsArgs::new(),
-    )?;
-    match stats.total_byte_size {
-        datafusion::common::stats::Precision::Exact(b) if b > limit => return Ok(None),
-        datafusion::common::stats::Precision::Inexact(b) if b > limit.saturating_mul(8) => {
-            return Ok(None)
+    // `stage` (one of the join's sides) filtered by `build` (read whole, as the
+    // `build_keys` of its rows) on `keys` (over `stage`'s output)
+    let filtered = |stage: u32,
+                    build: Arc<dyn ExecutionPlan>,
+                    build_keys: Vec<Arc<dyn PhysicalExpr>>,
+                    keys: Vec<Arc<dyn PhysicalExpr>>|
+     -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(exchange) = drafts
+            .get(stage as usize)
+            .and_then(|p| p.plan.downcast_ref::<RepartitionExec>())
+        else {
+            return Ok(None);
+        };
+        if drafts.iter().filter(|x| x.inputs.contains(&stage)).count() != 1 {
+            return Ok(None);
         }
-        _ => {}
+        let semi = datafusion::physical_plan::joins::HashJoinExecBuilder::new(
+            build,
+            Arc::clone(exchange.input()),
+            build_keys.into_iter().zip(keys).collect(),
+            JoinType::RightSemi,
+        )
+        .with_partition_mode(PartitionMode::CollectLeft)
+        .with_null_equality(NullEquality::NullEqualsNothing)
+        .build_exec()?;
+        Ok(Some(Arc::new(RepartitionExec::try_new(
+            semi,
+            exchange.partitioning().clone(),
+        )?)))
+    };
+    let mut out: Vec<Reduction> = vec![];
+    'above: {
+        let Some(above) = above.filter(|a| {
+            matches!(a.join_type(), JoinType::Inner | JoinType::RightSemi)
+                && a.null_equality() == NullEquality::NullEqualsNothing
+        }) else {
+            break 'above;
+        };
+        // the small stage the join above reads whole
+        let small = match above.left().downcast_ref::<CoalescePartitionsExec>() {
+            Some(c) => c.input().downcast_ref::<ShuffleReaderExec>(),
+            None => above.left().downcast_ref::<ShuffleReaderExec>(),
+        };
+        let Some(small) = small.map(|r| r.stage_id) else {
+            break 'above;
+        };
+        if !small_enough(small as usize)? || !sj.join_type.eq("Inner") {
+            break 'above;
+        }
+        // each key of the join above, a column of the partitioned join's output, as the
+        // join's key on each side
+        let left_len = join.left().schema().fields().len();
+        let (mut left_keys, mut right_keys, mut build_keys) = (vec![], vec![], vec![]);
+        for (b, k) in above.on() {
+            let Some(c) = k.downcast_ref::<datafusion::physical_expr::expressions::Column>() else {
+                break 'above;
+            };
+            let col = match join.projection.as_ref() {
+                Some(p) => p.get(c.index()).copied(),
+                None => Some(c.index()),
+            };
+            let pair = col.and_then(|col| {
+                join.on().iter().find(|(l, r)| {
+                    let is = |e: &Arc<dyn PhysicalExpr>, i: usize| {
+                        e.downcast_ref::<datafusion::physical_expr::expressions::Column>()
+                            .is_some_and(|c| c.index() == i)
+                    };
+                    if col < left_len {
+                        is(l, col)
+                    } else {
+                        is(r, col - left_len)
+                    }
+                })
+            });
+            let Some((l, r)) = pair else {
+                break 'above;
+            };
+            left_keys.push(Arc::clone(l));
+            right_keys.push(Arc::clone(r));
+            build_keys.push(Arc::clone(b));
+        }
+        for (stage, keys) in [(sj.left, left_keys), (sj.right, right_keys)] {
+            if out.iter().any(|r| r.probe == stage) {
+                continue;
+            }
+            if let Some(plan) = filtered(stage, Arc::clone(above.left()), build_keys.clone(), keys)?
+            {
+                out.push(Reduction {
+                    plan,
+                    probe: stage,
+                    build: small,
+                });
+            }
+        }
     }
-    let build: Arc<dyn ExecutionPlan> =
-        Arc::new(CoalescePartitionsExec::new(Arc::clone(join.left())));
-    let on = join
-        .on()
-        .iter()
-        .map(|(l, r)| (Arc::clone(l), Arc::clone(r)))
-        .collect();
-    let semi = datafusion::physical_plan::joins::HashJoinExecBuilder::new(
-        build,
-        Arc::clone(exchange.input()),
-        on,
-        JoinType::RightSemi,
-    )
-    .with_partition_mode(PartitionMode::CollectLeft)
-    .with_null_equality(NullEquality::NullEqualsNothing)
-    .build_exec()?;
-    let plan: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
-        semi,
-        exchange.partitioning().clone(),
-    )?);
-    Ok(Some(Reduction {
-        plan,
-        probe: sj.right,
-        build: sj.left,
-    }))
+    let probe_rows_unused = matches!(
+        sj.join_type.as_str(),
+        "Inner" | "Left" | "LeftSemi" | "LeftAnti" | "LeftMark"
+    );
+    if own && probe_rows_unused && !join.null_aware && small_enough(sj.left as usize)? {
+        let (build_keys, keys) = join
+            .on()
+            .iter()
+            .map(|(l, r)| (Arc::clone(l), Arc::clone(r)))
+            .unzip();
+        let build: Arc<dyn ExecutionPlan> =
+            Arc::new(CoalescePartitionsExec::new(Arc::clone(join.left())));
+        let free = !out.iter().any(|r: &Reduction| r.probe == sj.right);
+        if let Some(plan) = free
+            .then(|| filtered(sj.right, build, build_keys, keys))
+            .transpose()?
+            .flatten()
+        {
+            out.push(Reduction {
+                plan,
+                probe: sj.right,
+                build: sj.left,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// The pre-merge step of stage `id`, for the case a partition of its aggregation's
