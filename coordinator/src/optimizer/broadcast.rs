@@ -371,6 +371,11 @@ mod tests {
     /// Stage 2 semi-joins map stages 0 (build) and 1 (probe); stage 1 has a plan
     /// filtered by stage 0's keys.
     fn semi(params: &str) -> State {
+        semi_with(params, 1)
+    }
+
+    /// `semi` with `build_tasks` tasks in the build side's stage.
+    fn semi_with(params: &str, build_tasks: u32) -> State {
         let stage = crate::state::test_stage;
         let mut probe = stage(1, 2, Some(4), vec![]);
         probe.reduce = Some(Box::new(crate::state::ReducePlan {
@@ -392,7 +397,7 @@ mod tests {
         s.apply(&Command::SubmitJob {
             job_id: "b".into(),
             spec: Box::new(crate::state::test_spec(params)),
-            stages: vec![stage(0, 1, Some(4), vec![]), probe, join],
+            stages: vec![stage(0, build_tasks, Some(4), vec![]), probe, join],
             at_ms: 0,
             request_id: String::new(),
         })
@@ -431,6 +436,17 @@ mod tests {
             large.jobs["b"].stage_ready(1),
             "the probe side runs as planned"
         );
+        // a build side of two tasks: the probe side waits while the first one wrote
+        // little, and no longer once the first alone wrote more than the limit
+        for (bytes, waits) in [(4096, true), (11 << 20, false)] {
+            let mut s = semi_with("", 2);
+            build_done(&mut s, bytes);
+            assert_eq!(
+                !s.jobs["b"].stage_ready(1),
+                waits,
+                "the first wrote {bytes}"
+            );
+        }
         assert!(semi("runtime_broadcast = false").jobs["b"].stage_ready(1));
     }
 

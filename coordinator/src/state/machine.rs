@@ -409,7 +409,8 @@ impl Job {
     /// finish: should that side be small, the join runs as a broadcast join with this
     /// stage fused into it, and its shuffle never happens, or this stage keeps only
     /// the rows whose keys the build side holds before its shuffle
-    /// (`optimizer::broadcast`). Never once any of its tasks ran, nor with
+    /// (`optimizer::broadcast`). Never once any of its tasks ran, once the build
+    /// side's finished tasks wrote more than `broadcast_join_max_bytes`, nor with
     /// `runtime_broadcast = false`.
     pub fn held_for_broadcast(&self, stage: usize) -> bool {
         let params = &self.spec.job.params;
@@ -419,11 +420,23 @@ impl Job {
         if !self.stages.get(stage).is_some_and(Stage::unstarted) {
             return false;
         }
+        // still running, and not already past the limit with the tasks it finished
+        // (then the wait would be for nothing)
+        let limit = params.broadcast_join_max_bytes();
         let build_running = |build: u32| {
-            !self
-                .stages
-                .get(build as usize)
-                .is_some_and(Stage::is_complete)
+            self.stages.get(build as usize).is_none_or(|b| {
+                let written: u64 = b
+                    .tasks
+                    .iter()
+                    .filter_map(|t| match &t.state {
+                        TaskState::Succeeded { result, .. } => {
+                            Some(result.partitions.iter().map(|p| p.1).sum::<u64>())
+                        }
+                        _ => None,
+                    })
+                    .sum();
+                !b.is_complete() && written <= limit
+            })
         };
         let reduce = self.stages[stage]
             .plan
