@@ -359,8 +359,7 @@ pub fn read_partition_file(
     use datafusion::arrow::buffer::Buffer;
     use datafusion::arrow::ipc::reader::FileDecoder;
     let io = |e: std::io::Error| ArrowError::IoError(format!("{}: {e}", path.display()), e);
-    let mut file = std::fs::File::open(path).map_err(io)?;
-    let (footer_start, footer_end) = check_blocks(&mut file, path)?;
+    let file = std::fs::File::open(path).map_err(io)?;
     // SAFETY: map outputs are never written to once complete (see above); the
     // mapping is read-only
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
@@ -368,21 +367,16 @@ pub fn read_partition_file(
     let shown = path.display().to_string();
     let corrupt =
         move |why: String| ArrowError::IpcError(format!("{shown}: corrupt map output: {why}"));
-    let caught = |p: Box<dyn std::any::Any + Send>| panic_message(&*p);
-    let footer = &buffer[footer_start..footer_end];
+    let footer = checked_footer(&buffer).map_err(&corrupt)?;
     let setup = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let footer = datafusion::arrow::ipc::root_as_footer(footer)
-            .map_err(|e| format!("unreadable footer: {e}"))?;
         let schema = footer
             .schema()
             .ok_or_else(|| "a footer without a schema".to_string())?;
-        let schema = Arc::new(datafusion::arrow::ipc::convert::fb_to_schema(schema));
+        let schema = Arc::new(fb_to_schema(schema));
         let mut decoder = FileDecoder::new(Arc::clone(&schema), footer.version());
         for block in footer.dictionaries().into_iter().flatten() {
-            let len = block.bodyLength() as usize + block.metaDataLength() as usize;
-            let data = buffer.slice_with_length(block.offset() as usize, len);
             decoder
-                .read_dictionary(block, &data)
+                .read_dictionary(block, &block_data(&buffer, block))
                 .map_err(|e| e.to_string())?;
         }
         let blocks: Vec<_> = footer
@@ -393,13 +387,14 @@ pub fn read_partition_file(
             .collect();
         Ok::<_, String>((schema, decoder, blocks))
     }));
-    let (schema, decoder, blocks) = setup.map_err(caught).and_then(|r| r).map_err(&corrupt)?;
+    let (schema, decoder, blocks) = setup
+        .map_err(|p| panic_message(&*p))
+        .and_then(|r| r)
+        .map_err(&corrupt)?;
     let listed = blocks.len();
     let batches = blocks.into_iter().enumerate().map(move |(i, block)| {
-        let len = block.bodyLength() as usize + block.metaDataLength() as usize;
-        let data = buffer.slice_with_length(block.offset() as usize, len);
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            decoder.read_record_batch(&block, &data)
+            decoder.read_record_batch(&block, &block_data(&buffer, &block))
         }))
         .map_err(|p| corrupt(panic_message(&*p)))
         .and_then(|r| r.map_err(|e| corrupt(e.to_string())))
@@ -421,58 +416,49 @@ pub fn read_partition_file(
     Ok((schema, futures::stream::iter(batches).boxed()))
 }
 
-/// Checks that every block the IPC file footer lists lies inside the file.
-/// Returns where the footer lies.
-fn check_blocks(
-    file: &mut std::fs::File,
-    path: &Path,
-) -> std::result::Result<(usize, usize), ArrowError> {
-    use std::io::{Read, Seek, SeekFrom};
-    let bad = |why: String| {
-        ArrowError::IpcError(format!("{}: corrupt map output: {why}", path.display()))
-    };
-    let io = |e: std::io::Error| ArrowError::IoError(format!("{}: {e}", path.display()), e);
-    let len = file.metadata().map_err(io)?.len();
+/// A block's bytes in `file` (its message and body; `checked_footer` checked the range).
+fn block_data(
+    file: &datafusion::arrow::buffer::Buffer,
+    b: &datafusion::arrow::ipc::Block,
+) -> datafusion::arrow::buffer::Buffer {
+    let len = b.bodyLength() as usize + b.metaDataLength() as usize;
+    file.slice_with_length(b.offset() as usize, len)
+}
+
+/// The footer of the IPC file `bytes`, once every block it lists lies inside the file.
+fn checked_footer(bytes: &[u8]) -> std::result::Result<datafusion::arrow::ipc::Footer<'_>, String> {
+    let len = bytes.len();
     if len < 10 {
-        return Err(bad(format!(
-            "{len} bytes is too short for an Arrow IPC file"
-        )));
+        return Err(format!("{len} bytes is too short for an Arrow IPC file"));
     }
-    let mut tail = [0u8; 10];
-    file.seek(SeekFrom::End(-10)).map_err(io)?;
-    file.read_exact(&mut tail).map_err(io)?;
-    let footer_len = datafusion::arrow::ipc::reader::read_footer_length(tail)? as u64;
+    let tail: [u8; 10] = bytes[len - 10..].try_into().expect("10 bytes");
+    let footer_len =
+        datafusion::arrow::ipc::reader::read_footer_length(tail).map_err(|e| e.to_string())?;
     if footer_len + 10 > len {
-        return Err(bad(format!(
-            "a footer of {footer_len} bytes in a file of {len}"
-        )));
+        return Err(format!("a footer of {footer_len} bytes in a file of {len}"));
     }
-    let mut footer = vec![0u8; footer_len as usize];
-    file.seek(SeekFrom::Start(len - 10 - footer_len))
-        .map_err(io)?;
-    file.read_exact(&mut footer).map_err(io)?;
-    let footer = datafusion::arrow::ipc::root_as_footer(&footer)
-        .map_err(|e| bad(format!("unreadable footer: {e}")))?;
+    let footer = datafusion::arrow::ipc::root_as_footer(&bytes[len - 10 - footer_len..len - 10])
+        .map_err(|e| format!("unreadable footer: {e}"))?;
     let blocks = footer
         .recordBatches()
         .into_iter()
         .flatten()
         .chain(footer.dictionaries().into_iter().flatten());
     for b in blocks {
-        let end = u64::try_from(b.offset())
+        let end = usize::try_from(b.offset())
             .ok()
-            .and_then(|o| o.checked_add(u64::try_from(b.metaDataLength()).ok()?))
-            .and_then(|o| o.checked_add(u64::try_from(b.bodyLength()).ok()?));
+            .and_then(|o| o.checked_add(usize::try_from(b.metaDataLength()).ok()?))
+            .and_then(|o| o.checked_add(usize::try_from(b.bodyLength()).ok()?));
         if end.is_none_or(|end| end > len) {
-            return Err(bad(format!(
+            return Err(format!(
                 "a block at offset {} of {} + {} bytes in a file of {len}",
                 b.offset(),
                 b.metaDataLength(),
                 b.bodyLength()
-            )));
+            ));
         }
     }
-    Ok(((len - 10 - footer_len) as usize, (len - 10) as usize))
+    Ok(footer)
 }
 
 /// The message a panic carried.

@@ -21,12 +21,12 @@
 //! occur in the build side's output, so it shuffles only rows that can match (TPC-H
 //! Q4: 3.8M lineitem keys, 31 MB, become 1.2 MB). Both sides of a shuffled inner join
 //! get such a plan from the small side of a probe-local semi or inner join right above
-//! it on the same keys (TPC-H Q18's `IN` subquery). Default: on; `runtime_broadcast = false` turns it off, and
-//! `broadcast_join_max_bytes = 0` turns every broadcast off.
+//! it on the same keys (TPC-H Q18's `IN` subquery). Default: on;
+//! `runtime_broadcast = false` turns it off, and `broadcast_join_max_bytes = 0` turns
+//! every broadcast off.
 
 use crate::state::decision::inputs;
-use crate::state::machine::Stage;
-use crate::state::{Command, Decision, DecisionKind, Job, JobState, State, TaskState};
+use crate::state::{Command, Decision, DecisionKind, Job, JobState, State};
 
 /// The broadcast joins to switch to, and the probe sides to filter, now, as commands.
 pub fn runtime_broadcasts(s: &State, now_ms: u64) -> Vec<Command> {
@@ -94,7 +94,7 @@ pub fn runtime_broadcasts(s: &State, now_ms: u64) -> Vec<Command> {
             if !st.unstarted() || !build.is_complete() {
                 continue;
             }
-            let (rows, bytes) = output_size(build);
+            let (rows, bytes) = build.written();
             if bytes > limit {
                 continue;
             }
@@ -185,22 +185,6 @@ fn decision<const N: usize>(
     }
 }
 
-/// The rows and bytes a complete stage wrote.
-fn output_size(st: &Stage) -> (u64, u64) {
-    st.tasks
-        .iter()
-        .filter_map(|t| match &t.state {
-            TaskState::Succeeded { result, .. } => Some(
-                result
-                    .partitions
-                    .iter()
-                    .fold((0, 0), |(r, b), &(pr, pb)| (r + pr, b + pb)),
-            ),
-            _ => None,
-        })
-        .fold((0u64, 0u64), |(r, b), (pr, pb)| (r + pr, b + pb))
-}
-
 /// Stage `stage`'s broadcast plan, if it may still be used (the stage and its probe
 /// side are as planned): its build side's rows and bytes once that side is complete,
 /// `None` while it runs.
@@ -215,7 +199,7 @@ fn build_side(job: &Job, stage: usize) -> Option<Option<(u64, u64)>> {
     if !build.is_complete() {
         return Some(None);
     }
-    Some(Some(output_size(build)))
+    Some(Some(build.written()))
 }
 
 #[cfg(test)]

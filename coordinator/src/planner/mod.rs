@@ -491,6 +491,23 @@ fn stage_join(plan: &Arc<dyn ExecutionPlan>) -> Option<StageJoin> {
     })
 }
 
+/// Whether stage `plan`'s output may turn out at most `limit` bytes at run time: not
+/// when DataFusion knows it larger (an exact size above the limit, or an estimate 8x
+/// above it). A probe side waits for such a stage only then (`optimizer::broadcast`).
+fn may_be_small(plan: &Arc<dyn ExecutionPlan>, limit: u64) -> Result<bool> {
+    use datafusion::common::stats::Precision;
+    let stats = datafusion::physical_plan::StatisticsContext::new().compute(
+        plan.as_ref(),
+        &datafusion::physical_plan::StatisticsArgs::new(),
+    )?;
+    let limit = limit as usize;
+    Ok(match stats.total_byte_size {
+        Precision::Exact(b) => b <= limit,
+        Precision::Inexact(b) => b <= limit.saturating_mul(8),
+        Precision::Absent => true,
+    })
+}
+
 /// A stage's plan as a broadcast join, and what it reads.
 struct Alternative {
     plan: Arc<dyn ExecutionPlan>,
@@ -544,17 +561,8 @@ fn broadcast_alternative(
     {
         return Ok(None);
     }
-    let limit = broadcast_max as usize;
-    let stats = datafusion::physical_plan::StatisticsContext::new().compute(
-        drafts[build].plan.as_ref(),
-        &datafusion::physical_plan::StatisticsArgs::new(),
-    )?;
-    match stats.total_byte_size {
-        datafusion::common::stats::Precision::Exact(b) if b > limit => return Ok(None),
-        datafusion::common::stats::Precision::Inexact(b) if b > limit.saturating_mul(8) => {
-            return Ok(None)
-        }
-        _ => {}
+    if !may_be_small(&drafts[build].plan, broadcast_max)? {
+        return Ok(None);
     }
     if !partition_agnostic_above_join(&d.plan, true) {
         return Ok(None);
@@ -671,18 +679,7 @@ fn reduce_alternative(
     {
         return Ok(vec![]);
     }
-    let small_enough = |stage: usize| -> Result<bool> {
-        let limit = broadcast_max as usize;
-        let stats = datafusion::physical_plan::StatisticsContext::new().compute(
-            drafts[stage].plan.as_ref(),
-            &datafusion::physical_plan::StatisticsArgs::new(),
-        )?;
-        Ok(match stats.total_byte_size {
-            datafusion::common::stats::Precision::Exact(b) => b <= limit,
-            datafusion::common::stats::Precision::Inexact(b) => b <= limit.saturating_mul(8),
-            _ => true,
-        })
-    };
+    let small_enough = |stage: usize| may_be_small(&drafts[stage].plan, broadcast_max);
     // `stage` (one of the join's sides) filtered by `build` (read whole, as the
     // `build_keys` of its rows) on `keys` (over `stage`'s output)
     let filtered = |stage: u32,

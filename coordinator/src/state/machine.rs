@@ -230,6 +230,17 @@ impl Stage {
             .iter()
             .all(|t| matches!(t.state, TaskState::Succeeded { .. }))
     }
+    /// Rows and bytes its succeeded tasks wrote.
+    pub fn written(&self) -> (u64, u64) {
+        self.tasks
+            .iter()
+            .filter_map(|t| match &t.state {
+                TaskState::Succeeded { result, .. } => Some(&result.partitions),
+                _ => None,
+            })
+            .flatten()
+            .fold((0, 0), |(r, b), &(pr, pb)| (r + pr, b + pb))
+    }
     /// Still as planned: no rule re-planned it and none of its tasks launched an
     /// attempt, so a rule may still change its tasks (and a consumer that starts
     /// later sees them as they are then).
@@ -424,19 +435,9 @@ impl Job {
         // (then the wait would be for nothing)
         let limit = params.broadcast_join_max_bytes();
         let build_running = |build: u32| {
-            self.stages.get(build as usize).is_none_or(|b| {
-                let written: u64 = b
-                    .tasks
-                    .iter()
-                    .filter_map(|t| match &t.state {
-                        TaskState::Succeeded { result, .. } => {
-                            Some(result.partitions.iter().map(|p| p.1).sum::<u64>())
-                        }
-                        _ => None,
-                    })
-                    .sum();
-                !b.is_complete() && written <= limit
-            })
+            self.stages
+                .get(build as usize)
+                .is_none_or(|b| !b.is_complete() && b.written().1 <= limit)
         };
         let reduce = self.stages[stage]
             .plan
