@@ -311,6 +311,7 @@ pub fn job_json(j: &pb::JobStatus) -> serde_json::Value {
             .map(autopipe_coordinator::api::http::stage_json)
             .collect::<Vec<_>>(),
         "workers": autopipe_coordinator::api::http::job_workers_json(j),
+        "stream": j.stream.as_ref().map(autopipe_coordinator::api::http::stream_json),
     })
 }
 
@@ -333,6 +334,23 @@ pub fn summary(j: &pb::JobStatus, wall: Duration) -> String {
             "  bad records: {}  (dead letters in {})\n",
             j.bad_records, j.dead_letter_path
         );
+    }
+    if let Some(st) = &j.stream {
+        s += &format!(
+            "  kafka:     topic {}, {} batches committed, lag {} records\n",
+            st.topic, st.batches, st.lag
+        );
+        for p in &st.partitions {
+            let show = |v: i64| if v >= 0 { v.to_string() } else { "-".into() };
+            s += &format!(
+                "    partition {:>3}  task {:>2}  offset {:>10}  high watermark {:>10}  lag {:>8}\n",
+                p.partition,
+                p.task,
+                show(p.offset),
+                show(p.high_watermark),
+                show(p.lag)
+            );
+        }
     }
     s += &format!(
         "  stages:    {}  (tasks {}, attempts {})\n",

@@ -3,11 +3,12 @@
 //! store helpers, the DataFusion extension codec for shuffle reads and the tolerant
 //! CSV/NDJSON scans that route bad records to the dead-letter sink, the cluster
 //! token every gRPC client sends and every server checks (`auth`), and the
-//! `--allowed-roots` path confinement (`roots`).
+//! `--allowed-roots` path confinement (`roots`), and Kafka sources (`kafka`).
 #![warn(missing_docs)]
 
 pub mod auth;
 pub mod error;
+pub mod kafka;
 pub mod leader;
 pub mod retry;
 pub mod roots;

@@ -103,6 +103,9 @@ impl AllowedRoots {
             message,
         };
         for (i, s) in spec.sources.iter().enumerate() {
+            if s.format == crate::spec::Format::Kafka {
+                continue; // brokers, not a path
+            }
             self.check(&s.path)
                 .map_err(|m| err(format!("sources[{i}].path"), m))?;
         }

@@ -3,7 +3,7 @@
 //! oracle (tests, benchmarks) runs the same SQL through the same registration.
 
 use crate::error::{Error, Result};
-use crate::spec::{parse_schema, Format, PipelineSpec};
+use crate::spec::{Format, PipelineSpec};
 use crate::splits::{InputSplits, SplitTable};
 use crate::store::{glob_prefix, is_glob, list_glob, register_stores};
 use crate::tolerant::{record_format, TolerantTable};
@@ -91,7 +91,7 @@ async fn context_inner(
     Ok(ctx)
 }
 
-/// Registers every `[[sources]]` entry; errors name the source key. Parquet is read
+/// Registers every `[[sources]]` entry but a kafka source; errors name the source key. Parquet is read
 /// by DataFusion; CSV and NDJSON through `TolerantTable`, whose bad records go to the
 /// dead-letter sink, with the spec's schema or DataFusion's inferred one (`tolerant =
 /// false`: by DataFusion's readers, which fail on a bad record). A source named in
@@ -102,9 +102,18 @@ pub async fn register_sources(
     tolerant: bool,
     splits: Option<&InputSplits>,
 ) -> Result<()> {
-    let urls: Vec<String> = spec.sources.iter().map(|s| s.path.clone()).collect();
+    let files = |s: &&crate::spec::SourceSpec| s.format != Format::Kafka;
+    let urls: Vec<String> = spec
+        .sources
+        .iter()
+        .filter(files)
+        .map(|s| s.path.clone())
+        .collect();
     register_stores(&ctx.runtime_env(), &urls)?;
     for (i, s) in spec.sources.iter().enumerate() {
+        if s.format == Format::Kafka {
+            continue; // a streaming job's micro-batch table (`kafka::stream_context`)
+        }
         let key = format!("sources[{i}]");
         let ext = file_extension(&s.path, s.format);
         let name = s.name.as_str();
@@ -135,9 +144,10 @@ pub async fn register_sources(
             continue;
         };
         let given = match &s.schema {
-            Some(text) => {
-                Some(parse_schema(text).map_err(|m| Error::plan(format!("{key}.schema"), m))?)
-            }
+            Some(text) => Some(
+                text.to_schema()
+                    .map_err(|m| Error::plan(format!("{key}.schema"), m))?,
+            ),
             None => None,
         };
         if given.is_none() || !tolerant {

@@ -8,6 +8,7 @@
 use crate::error::{Error, Result};
 use crate::util::parse_bytes;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// A whole pipeline.
@@ -169,7 +170,39 @@ pub struct JobParams {
     /// ... and than this (ms; default 1000)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebalance_min_runtime_ms: Option<u64>,
+    /// streaming: the longest a micro-batch collects records before it runs, e.g.
+    /// "1s", "500ms" or milliseconds (default 1 s)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_interval: Option<Millis>,
+    /// streaming: the most records in one micro-batch (default 100000)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_rows: Option<u64>,
 }
+
+/// A duration in milliseconds, written as `"1s"`, `"500ms"` or a plain integer (ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "SizeRepr", into = "u64")]
+pub struct Millis(pub u64);
+
+impl TryFrom<SizeRepr> for Millis {
+    type Error = String;
+    fn try_from(r: SizeRepr) -> std::result::Result<Self, String> {
+        match r {
+            SizeRepr::N(n) => Ok(Millis(n)),
+            SizeRepr::S(s) => crate::util::parse_duration(&s).map(|d| Millis(d.as_millis() as u64)),
+        }
+    }
+}
+impl From<Millis> for u64 {
+    fn from(m: Millis) -> u64 {
+        m.0
+    }
+}
+
+/// Default micro-batch interval of a streaming job (ms).
+pub const DEFAULT_BATCH_INTERVAL_MS: u64 = 1_000;
+/// Default most records in one micro-batch.
+pub const DEFAULT_MAX_BATCH_ROWS: u64 = 100_000;
 
 /// Speculation settings in effect for a job.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -295,6 +328,17 @@ impl JobParams {
     pub fn max_bad_record_ratio(&self) -> f64 {
         self.max_bad_record_ratio.unwrap_or(0.0)
     }
+    /// Effective micro-batch interval (ms, at least 1).
+    pub fn batch_interval_ms(&self) -> u64 {
+        self.batch_interval
+            .map(|m| m.0)
+            .unwrap_or(DEFAULT_BATCH_INTERVAL_MS)
+            .max(1)
+    }
+    /// Effective most records per micro-batch (at least 1).
+    pub fn max_batch_rows(&self) -> u64 {
+        self.max_batch_rows.unwrap_or(DEFAULT_MAX_BATCH_ROWS).max(1)
+    }
     /// Effective attempt limit.
     pub fn max_task_attempts(&self) -> u32 {
         self.max_task_attempts.unwrap_or(4).max(1)
@@ -347,6 +391,8 @@ pub enum Format {
     Csv,
     /// newline-delimited JSON
     Ndjson,
+    /// a Kafka topic (a streaming job's source)
+    Kafka,
 }
 
 impl Format {
@@ -356,6 +402,7 @@ impl Format {
             Format::Parquet => "parquet",
             Format::Csv => "csv",
             Format::Ndjson => "json",
+            Format::Kafka => "",
         }
     }
     /// Spec name.
@@ -364,6 +411,7 @@ impl Format {
             Format::Parquet => "parquet",
             Format::Csv => "csv",
             Format::Ndjson => "ndjson",
+            Format::Kafka => "kafka",
         }
     }
     /// Parses a spec name.
@@ -372,6 +420,7 @@ impl Format {
             "parquet" => Some(Format::Parquet),
             "csv" => Some(Format::Csv),
             "ndjson" => Some(Format::Ndjson),
+            "kafka" => Some(Format::Kafka),
             _ => None,
         }
     }
@@ -383,9 +432,10 @@ impl Format {
 pub struct SourceSpec {
     /// table name in SQL
     pub name: String,
-    /// parquet | csv | ndjson
+    /// parquet | csv | ndjson | kafka
     pub format: Format,
-    /// file, directory or glob; local path or object-store URL
+    /// file, directory or glob; local path or object-store URL (not for kafka)
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub path: String,
     /// csv: first line is a header (default true)
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -393,11 +443,143 @@ pub struct SourceSpec {
     /// csv: field delimiter (default ",")
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delimiter: Option<String>,
-    /// csv/ndjson: the columns and their types, e.g. "id BIGINT, name VARCHAR"
-    /// (default: inferred from the first records, where a malformed value can widen
-    /// a column to text; give the schema so such records go to the dead letters)
+    /// csv/ndjson/kafka: the columns and their types, as text ("id BIGINT, name
+    /// VARCHAR") or a table (`{ id = "int64", name = "utf8" }`) (default: inferred from
+    /// the first records, where a malformed value can widen a column to text; give the
+    /// schema so such records go to the dead letters)
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schema: Option<String>,
+    pub schema: Option<SchemaSpec>,
+    /// kafka: bootstrap servers, "host:port[,host:port...]"
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brokers: Option<String>,
+    /// kafka: the topic
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// kafka: how record values are encoded: json (one JSON object per record)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_format: Option<String>,
+    /// kafka: where a partition with no committed offset starts: earliest (default)
+    /// or latest
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<KafkaStart>,
+    /// kafka: librdkafka settings passed through as they are (`security.protocol`,
+    /// `sasl.mechanism`, `ssl.ca.location`, ...)
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, OptionValue>,
+}
+
+/// Where a Kafka partition with no committed offset starts reading.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaStart {
+    /// its first retained record
+    #[default]
+    Earliest,
+    /// records produced after the job started
+    Latest,
+}
+
+/// A `[sources.options]` value: TOML strings, numbers and booleans all pass to
+/// librdkafka as text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OptionValue {
+    /// text
+    Text(String),
+    /// integer
+    Int(i64),
+    /// number
+    Float(f64),
+    /// flag
+    Bool(bool),
+}
+
+impl std::fmt::Display for OptionValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OptionValue::Text(s) => f.write_str(s),
+            OptionValue::Int(n) => write!(f, "{n}"),
+            OptionValue::Float(n) => write!(f, "{n}"),
+            OptionValue::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+/// A source's columns: `"id BIGINT, name VARCHAR"`, or a table of column = type in
+/// the order written (`{ user_id = "int64", ts = "timestamp_ms" }`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SchemaSpec {
+    /// comma-separated `name TYPE` pairs
+    Text(String),
+    /// (column, type) in order
+    Columns(Vec<(String, String)>),
+}
+
+impl SchemaSpec {
+    /// The Arrow schema it names (every column nullable).
+    pub fn to_schema(&self) -> std::result::Result<datafusion::arrow::datatypes::Schema, String> {
+        match self {
+            SchemaSpec::Text(t) => parse_schema(t),
+            SchemaSpec::Columns(cols) => {
+                let mut fields: Vec<datafusion::arrow::datatypes::Field> = vec![];
+                for (name, ty) in cols {
+                    let dt = parse_type(ty).map_err(|m| format!("column '{name}': {m}"))?;
+                    fields.push(datafusion::arrow::datatypes::Field::new(name, dt, true));
+                }
+                if fields.is_empty() {
+                    return Err("names no column".into());
+                }
+                Ok(datafusion::arrow::datatypes::Schema::new(fields))
+            }
+        }
+    }
+}
+
+impl Serialize for SchemaSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            SchemaSpec::Text(t) => s.serialize_str(t),
+            SchemaSpec::Columns(cols) => {
+                let mut m = s.serialize_map(Some(cols.len()))?;
+                for (k, v) in cols {
+                    m.serialize_entry(k, v)?;
+                }
+                m.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SchemaSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SchemaSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"name TYPE, ...\" or a table of column = \"type\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<SchemaSpec, E> {
+                Ok(SchemaSpec::Text(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<SchemaSpec, A::Error> {
+                let mut cols: Vec<(String, String)> = vec![];
+                while let Some((k, v)) = m.next_entry::<String, String>()? {
+                    if cols.iter().any(|c| c.0 == k) {
+                        return Err(serde::de::Error::custom(format!(
+                            "column '{k}' appears twice"
+                        )));
+                    }
+                    cols.push((k, v));
+                }
+                Ok(SchemaSpec::Columns(cols))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Parses a source schema: comma-separated `name TYPE` pairs, with TYPE one of
@@ -406,7 +588,7 @@ pub struct SourceSpec {
 pub fn parse_schema(
     text: &str,
 ) -> std::result::Result<datafusion::arrow::datatypes::Schema, String> {
-    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use datafusion::arrow::datatypes::{Field, Schema};
     let mut fields: Vec<Field> = vec![];
     // split on commas outside parentheses (DECIMAL(10, 2))
     let mut parts = vec![];
@@ -429,40 +611,52 @@ pub fn parse_schema(
         let Some((name, ty)) = part.split_once(char::is_whitespace) else {
             return Err(format!("'{part}' must be 'name TYPE'"));
         };
-        let ty = ty.trim().to_ascii_uppercase();
-        let dt = match ty.as_str() {
-            "BIGINT" | "INT8" | "LONG" => DataType::Int64,
-            "INT" | "INTEGER" | "INT4" => DataType::Int32,
-            "SMALLINT" | "INT2" => DataType::Int16,
-            "TINYINT" => DataType::Int8,
-            "DOUBLE" | "FLOAT8" => DataType::Float64,
-            "FLOAT" | "REAL" | "FLOAT4" => DataType::Float32,
-            "VARCHAR" | "TEXT" | "STRING" => DataType::Utf8,
-            "BOOLEAN" | "BOOL" => DataType::Boolean,
-            "DATE" => DataType::Date32,
-            "TIMESTAMP" => DataType::Timestamp(TimeUnit::Nanosecond, None),
-            t if t.starts_with("DECIMAL(") && t.ends_with(')') => {
-                let inner = &t["DECIMAL(".len()..t.len() - 1];
-                let (p, sc) = inner.split_once(',').unwrap_or((inner, "0"));
-                match (p.trim().parse::<u8>(), sc.trim().parse::<i8>()) {
-                    (Ok(p), Ok(sc)) if (1..=38).contains(&p) && sc >= 0 && sc as u8 <= p => {
-                        DataType::Decimal128(p, sc)
-                    }
-                    _ => return Err(format!("'{ty}' is not a valid DECIMAL(precision, scale)")),
-                }
-            }
-            other => {
-                return Err(format!(
-                    "column '{name}': unknown type '{other}' (use BIGINT, INT, SMALLINT, TINYINT, DOUBLE, FLOAT, VARCHAR, BOOLEAN, DATE, TIMESTAMP or DECIMAL(p, s))"
-                ))
-            }
-        };
+        let dt = parse_type(ty).map_err(|m| format!("column '{name}': {m}"))?;
         if fields.iter().any(|f| f.name() == name) {
             return Err(format!("column '{name}' appears twice"));
         }
         fields.push(Field::new(name, dt, true));
     }
     Ok(Schema::new(fields))
+}
+
+/// A column type, by its SQL name (BIGINT, INT, SMALLINT, TINYINT, DOUBLE, FLOAT,
+/// VARCHAR, BOOLEAN, DATE, TIMESTAMP, DECIMAL(p, s)) or its Arrow name (int64, int32,
+/// int16, int8, float64, float32, utf8 or string, bool, date32, timestamp_s,
+/// timestamp_ms, timestamp_us, timestamp_ns), case-insensitive.
+pub fn parse_type(ty: &str) -> std::result::Result<datafusion::arrow::datatypes::DataType, String> {
+    use datafusion::arrow::datatypes::{DataType, TimeUnit};
+    let ty = ty.trim().to_ascii_uppercase();
+    Ok(match ty.as_str() {
+        "BIGINT" | "INT8" | "LONG" | "INT64" => DataType::Int64,
+        "INT" | "INTEGER" | "INT4" | "INT32" => DataType::Int32,
+        "SMALLINT" | "INT2" | "INT16" => DataType::Int16,
+        "TINYINT" => DataType::Int8,
+        "DOUBLE" | "FLOAT8" | "FLOAT64" => DataType::Float64,
+        "FLOAT" | "REAL" | "FLOAT4" | "FLOAT32" => DataType::Float32,
+        "VARCHAR" | "TEXT" | "STRING" | "UTF8" => DataType::Utf8,
+        "BOOLEAN" | "BOOL" => DataType::Boolean,
+        "DATE" | "DATE32" => DataType::Date32,
+        "TIMESTAMP" | "TIMESTAMP_NS" => DataType::Timestamp(TimeUnit::Nanosecond, None),
+        "TIMESTAMP_US" => DataType::Timestamp(TimeUnit::Microsecond, None),
+        "TIMESTAMP_MS" => DataType::Timestamp(TimeUnit::Millisecond, None),
+        "TIMESTAMP_S" => DataType::Timestamp(TimeUnit::Second, None),
+        t if t.starts_with("DECIMAL(") && t.ends_with(')') => {
+            let inner = &t["DECIMAL(".len()..t.len() - 1];
+            let (p, sc) = inner.split_once(',').unwrap_or((inner, "0"));
+            match (p.trim().parse::<u8>(), sc.trim().parse::<i8>()) {
+                (Ok(p), Ok(sc)) if (1..=38).contains(&p) && sc >= 0 && sc as u8 <= p => {
+                    DataType::Decimal128(p, sc)
+                }
+                _ => return Err(format!("'{ty}' is not a valid DECIMAL(precision, scale)")),
+            }
+        }
+        other => {
+            return Err(format!(
+                "unknown type '{other}' (use BIGINT, INT, SMALLINT, TINYINT, DOUBLE, FLOAT, VARCHAR, BOOLEAN, DATE, TIMESTAMP or DECIMAL(p, s), or int64, int32, int16, float64, float32, utf8, bool, date32, timestamp_s, timestamp_ms, timestamp_us, timestamp_ns)"
+            ))
+        }
+    })
 }
 
 /// `[transform]`
@@ -583,12 +777,6 @@ impl PipelineSpec {
                 format!("'{}' must match [a-z0-9_-]+", self.job.name),
             ));
         }
-        if self.job.mode == JobMode::Streaming {
-            return Err(err(
-                "job.mode".into(),
-                "streaming jobs need a kafka source, which this version does not support yet; use mode = \"batch\"".into(),
-            ));
-        }
         if self.sources.is_empty() {
             return Err(err(
                 "sources".into(),
@@ -616,6 +804,32 @@ impl PipelineSpec {
                     format!("duplicate source name '{}'", s.name),
                 ));
             }
+            if s.format == Format::Kafka {
+                validate_kafka_source(s).map_err(|(k, m)| err(format!("sources[{i}]{k}"), m))?;
+                if self.job.mode != JobMode::Streaming {
+                    return Err(err(
+                        format!("sources[{i}].format"),
+                        "a kafka source is read by a streaming job: set [job] mode = \"streaming\""
+                            .into(),
+                    ));
+                }
+                if self.sources[..i].iter().any(|o| o.format == Format::Kafka) {
+                    return Err(err(
+                        format!("sources[{i}].format"),
+                        "a streaming job reads one kafka source (join others as files)".into(),
+                    ));
+                }
+                continue;
+            }
+            if let Some(k) = kafka_only_key(s) {
+                return Err(err(
+                    format!("sources[{i}].{k}"),
+                    format!(
+                        "applies to format = \"kafka\" only, not {}",
+                        s.format.name()
+                    ),
+                ));
+            }
             if s.path.trim().is_empty() {
                 return Err(err(format!("sources[{i}].path"), "path is empty".into()));
             }
@@ -633,7 +847,9 @@ impl PipelineSpec {
                             .into(),
                     ));
                 }
-                parse_schema(schema).map_err(|m| err(format!("sources[{i}].schema"), m))?;
+                schema
+                    .to_schema()
+                    .map_err(|m| err(format!("sources[{i}].schema"), m))?;
             }
             if let Some(d) = &s.delimiter {
                 if d.len() != 1 {
@@ -643,6 +859,20 @@ impl PipelineSpec {
                     ));
                 }
             }
+        }
+        if self.job.mode == JobMode::Streaming
+            && !self.sources.iter().any(|s| s.format == Format::Kafka)
+        {
+            return Err(err(
+                "job.mode".into(),
+                "a streaming job reads a kafka source ([[sources]] format = \"kafka\"); use mode = \"batch\" for files".into(),
+            ));
+        }
+        if self.sink.format == Format::Kafka {
+            return Err(err(
+                "sink.format".into(),
+                "kafka sinks are not supported yet; write parquet, csv or ndjson".into(),
+            ));
         }
         if self.transform.sql.trim().is_empty() {
             return Err(err("transform.sql".into(), "sql is empty".into()));
@@ -697,6 +927,9 @@ impl PipelineSpec {
     /// Resolves paths against `base_dir` into URLs and checks that local inputs exist.
     pub fn normalize(mut self, base_dir: &Path, origin: &str) -> Result<Self> {
         for (i, s) in self.sources.iter_mut().enumerate() {
+            if s.format == Format::Kafka {
+                continue;
+            }
             let key = format!("sources[{i}].path");
             s.path = resolve_url(&s.path, base_dir).map_err(|m| Error::Spec {
                 origin: origin.into(),
@@ -733,6 +966,112 @@ impl PipelineSpec {
         }
         Ok(self)
     }
+}
+
+/// The first kafka-only key a file source sets.
+fn kafka_only_key(s: &SourceSpec) -> Option<&'static str> {
+    [
+        ("brokers", s.brokers.is_some()),
+        ("topic", s.topic.is_some()),
+        ("value_format", s.value_format.is_some()),
+        ("start", s.start.is_some()),
+        ("options", !s.options.is_empty()),
+    ]
+    .into_iter()
+    .find(|(_, set)| *set)
+    .map(|(k, _)| k)
+}
+
+/// A kafka source's keys: (the key's suffix after `sources[i]`, the reason).
+fn validate_kafka_source(s: &SourceSpec) -> std::result::Result<(), (String, String)> {
+    let bad = |k: &str, m: String| Err((k.to_string(), m));
+    if !s.path.is_empty() {
+        return bad(
+            ".path",
+            "a kafka source has brokers and a topic, not a path".into(),
+        );
+    }
+    if s.has_header.is_some() || s.delimiter.is_some() {
+        return bad(
+            "",
+            "has_header and delimiter apply to format = \"csv\" only".into(),
+        );
+    }
+    match s.brokers.as_deref().map(str::trim) {
+        None | Some("") => {
+            return bad(
+                ".brokers",
+                "brokers is required, e.g. \"127.0.0.1:9092\"".into(),
+            )
+        }
+        Some(b) => {
+            for one in b.split(',') {
+                let one = one.trim();
+                let port = one
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| (!h.is_empty()).then_some(p));
+                if port.and_then(|p| p.parse::<u16>().ok()).is_none() {
+                    return bad(".brokers", format!("'{one}' is not host:port"));
+                }
+            }
+        }
+    }
+    match s.topic.as_deref() {
+        None | Some("") => return bad(".topic", "topic is required".into()),
+        Some(t) => {
+            let legal = t.len() <= 249
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !legal || t == "." || t == ".." {
+                return bad(
+                    ".topic",
+                    format!("'{t}' is not a Kafka topic name (letters, digits, '.', '_', '-')"),
+                );
+            }
+        }
+    }
+    match s.value_format.as_deref().unwrap_or("json") {
+        "json" => {}
+        other => {
+            return bad(
+                ".value_format",
+                format!("'{other}' is not supported (json)"),
+            )
+        }
+    }
+    match &s.schema {
+        None => {
+            return bad(
+                ".schema",
+                "a kafka source needs its schema, e.g. { user_id = \"int64\", url = \"utf8\" }"
+                    .into(),
+            )
+        }
+        Some(schema) => {
+            let schema = schema.to_schema().map_err(|m| (".schema".to_string(), m))?;
+            if let Some(f) = schema.fields().iter().find(|f| f.name().starts_with('_')) {
+                return bad(
+                    ".schema",
+                    format!(
+                        "column '{}': names starting with '_' are kept for the record's _key, _partition, _offset and _timestamp",
+                        f.name()
+                    ),
+                );
+            }
+        }
+    }
+    for k in s.options.keys() {
+        if matches!(
+            k.as_str(),
+            "bootstrap.servers" | "group.id" | "enable.auto.commit"
+        ) {
+            return bad(
+                &format!(".options.\"{k}\""),
+                "is set by autopipe (brokers; offsets are committed with the output, not to a consumer group)".into(),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Turns a path or URL into a URL; relative paths are resolved against `base`.
@@ -865,7 +1204,7 @@ fn json_key_hint(msg: &str) -> String {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    pub(super) const GOOD: &str = r#"
 [job]
 name = "revenue_by_country"
 [job.params]
@@ -963,6 +1302,7 @@ partition_by = ["country"]
 
 #[cfg(test)]
 mod param_default_tests {
+    use super::tests::GOOD;
     use super::*;
 
     #[test]
@@ -1001,5 +1341,164 @@ mod param_default_tests {
             e.contains("skew_factor") || e.contains("invalid type"),
             "{e}"
         );
+    }
+
+    /// A streaming spec with `source` as its kafka source's extra lines.
+    fn streaming(source: &str, job: &str) -> String {
+        format!(
+            r#"
+[job]
+name = "s"
+{job}
+[[sources]]
+name = "clicks"
+format = "kafka"
+{source}
+[transform]
+sql = "SELECT * FROM clicks"
+[sink]
+format = "parquet"
+path = "out/x"
+"#
+        )
+    }
+
+    const KAFKA: &str = r#"brokers = "127.0.0.1:9092"
+topic = "clicks"
+schema = { user_id = "int64", url = "utf8", ts = "timestamp_ms" }"#;
+
+    #[test]
+    fn a_streaming_spec_reads_its_kafka_keys_and_params() {
+        let spec = PipelineSpec::parse(
+            &streaming(
+                &format!("{KAFKA}\nstart = \"latest\"\n[sources.options]\n\"security.protocol\" = \"SASL_SSL\"\n\"fetch.min.bytes\" = 1"),
+                "mode = \"streaming\"\n[job.params]\nbatch_interval = \"500ms\"\nmax_batch_rows = 10",
+            ),
+            "s.toml",
+        )
+        .unwrap();
+        let s = &spec.sources[0];
+        assert_eq!(s.format, Format::Kafka);
+        assert_eq!(s.start, Some(KafkaStart::Latest));
+        assert_eq!(s.options["security.protocol"].to_string(), "SASL_SSL");
+        assert_eq!(s.options["fetch.min.bytes"].to_string(), "1");
+        let names: Vec<String> = s
+            .schema
+            .as_ref()
+            .unwrap()
+            .to_schema()
+            .unwrap()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(names, ["user_id", "url", "ts"], "in the order written");
+        assert_eq!(spec.job.params.batch_interval_ms(), 500);
+        assert_eq!(spec.job.params.max_batch_rows(), 10);
+        // the normalized spec travels as JSON and keeps the column order
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(PipelineSpec::parse(&json, "j").unwrap(), spec);
+        let normalized = spec
+            .clone()
+            .normalize(Path::new("/base"), "s.toml")
+            .unwrap();
+        assert_eq!(normalized.sources[0].path, "", "a kafka source has no path");
+    }
+
+    #[test]
+    fn kafka_source_mistakes_name_their_key() {
+        let streaming_mode = "mode = \"streaming\"";
+        let cases = [
+            (streaming(KAFKA, ""), "sources[0].format", "streaming"),
+            (
+                streaming("topic = \"t\"\nschema = \"a BIGINT\"", streaming_mode),
+                "sources[0].brokers",
+                "required",
+            ),
+            (
+                streaming(
+                    "brokers = \"localhost\"\ntopic = \"t\"\nschema = \"a BIGINT\"",
+                    streaming_mode,
+                ),
+                "sources[0].brokers",
+                "host:port",
+            ),
+            (
+                streaming("brokers = \"h:1\"\nschema = \"a BIGINT\"", streaming_mode),
+                "sources[0].topic",
+                "required",
+            ),
+            (
+                streaming(
+                    "brokers = \"h:1\"\ntopic = \"a b\"\nschema = \"a BIGINT\"",
+                    streaming_mode,
+                ),
+                "sources[0].topic",
+                "topic name",
+            ),
+            (
+                streaming("brokers = \"h:1\"\ntopic = \"t\"", streaming_mode),
+                "sources[0].schema",
+                "needs its schema",
+            ),
+            (
+                streaming(
+                    "brokers = \"h:1\"\ntopic = \"t\"\nschema = { a = \"int99\" }",
+                    streaming_mode,
+                ),
+                "sources[0].schema",
+                "unknown type",
+            ),
+            (
+                streaming(
+                    "brokers = \"h:1\"\ntopic = \"t\"\nschema = { _key = \"utf8\" }",
+                    streaming_mode,
+                ),
+                "sources[0].schema",
+                "_partition",
+            ),
+            (
+                streaming(&format!("{KAFKA}\nvalue_format = \"avro\""), streaming_mode),
+                "sources[0].value_format",
+                "avro",
+            ),
+            (
+                streaming(&format!("{KAFKA}\npath = \"x\""), streaming_mode),
+                "sources[0].path",
+                "not a path",
+            ),
+            (
+                streaming(
+                    &format!("{KAFKA}\n[sources.options]\n\"group.id\" = \"g\""),
+                    streaming_mode,
+                ),
+                "group.id",
+                "set by autopipe",
+            ),
+        ];
+        for (text, key, why) in cases {
+            let e = PipelineSpec::parse(&text, "s.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains(why), "{key} / {why}: {e}");
+        }
+        // a file source may not carry kafka keys, and streaming needs a kafka source
+        let e = PipelineSpec::parse(
+            &GOOD.replace("has_header = true", "has_header = true\ntopic = \"t\""),
+            "g",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sources[1].topic") && e.contains("kafka"), "{e}");
+        let e = PipelineSpec::parse(
+            &GOOD.replace(
+                "name = \"revenue_by_country\"",
+                "name = \"r\"\nmode = \"streaming\"",
+            ),
+            "g",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("job.mode") && e.contains("kafka"), "{e}");
     }
 }

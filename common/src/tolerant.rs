@@ -73,9 +73,17 @@ pub enum RecordFormat {
 pub struct DeadRecord {
     /// the `[[sources]]` name
     pub source: String,
-    /// the file's URL
+    /// the file's URL (empty for a Kafka record)
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub file: String,
-    /// byte offset of the record in the file
+    /// a Kafka record's topic
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// a Kafka record's partition
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<i32>,
+    /// byte offset of the record in the file, or a Kafka record's offset in its
+    /// partition
     pub offset: u64,
     /// 1-based line of the record, when the task read the file from its start
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -123,7 +131,8 @@ impl DeadLetters {
         })
     }
 
-    fn push(&self, r: DeadRecord) {
+    /// Adds one bad record.
+    pub fn push(&self, r: DeadRecord) {
         let Some(file) = &self.file else {
             self.records.lock().expect("dead letters lock").push(r);
             return;
@@ -950,6 +959,8 @@ impl RangeReader {
                 .trim_end_matches(['\r', '\n'])
                 .to_string(),
             error,
+            topic: None,
+            partition: None,
         });
     }
 
@@ -1252,6 +1263,7 @@ pub fn record_format(format: Format, has_header: bool, delimiter: u8) -> Option<
             delimiter,
         }),
         Format::Ndjson => Some(RecordFormat::Ndjson),
+        Format::Kafka => None,
         Format::Parquet => None,
     }
 }
@@ -1350,6 +1362,8 @@ mod tests {
                 line: None,
                 record: format!("bad {i}"),
                 error: "x".into(),
+                topic: None,
+                partition: None,
             });
         }
         assert!(d.take().is_empty(), "nothing is kept in memory");

@@ -122,7 +122,7 @@ fn use_spec(spec: PipelineSpec) -> Result<(), TestCaseError> {
     let _ = spec.sink.dead_letter_dir("job-1");
     for s in &spec.sources {
         if let Some(schema) = &s.schema {
-            prop_assert!(parse_schema(schema).is_ok(), "validate checked the schema");
+            prop_assert!(schema.to_schema().is_ok(), "validate checked the schema");
         }
     }
     // normalize checks that local inputs exist: only where that is a cheap look into

@@ -41,6 +41,10 @@ pub struct Metrics {
     alerts: Family<Labels, Counter>,
     /// decisions in the log, by kind
     decisions: Family<Labels, Gauge>,
+    /// running streaming jobs' lag per Kafka partition (high watermark - committed)
+    kafka_lag: Family<Labels, Gauge>,
+    /// running streaming jobs' committed offset per Kafka partition
+    kafka_offset: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -58,6 +62,18 @@ impl Default for Metrics {
         let bad_records = Counter::default();
         let retry_budget_exhausted = Counter::default();
         let commands = Counter::default();
+        let kafka_lag = Family::<Labels, Gauge>::default();
+        let kafka_offset = Family::<Labels, Gauge>::default();
+        registry.register(
+            "kafka_lag_records",
+            "Records a running streaming job has not committed yet, per Kafka partition (its consumer's last seen high watermark minus the committed offset)",
+            kafka_lag.clone(),
+        );
+        registry.register(
+            "kafka_committed_offset",
+            "The next offset a running streaming job reads, per Kafka partition, as committed with its output",
+            kafka_offset.clone(),
+        );
         let raft = Family::<Labels, Gauge>::default();
         let alerts = Family::<Labels, Counter>::default();
         let decisions = Family::<Labels, Gauge>::default();
@@ -129,6 +145,8 @@ impl Default for Metrics {
             raft,
             alerts,
             decisions,
+            kafka_lag,
+            kafka_offset,
         }
     }
 }
@@ -199,6 +217,24 @@ impl Metrics {
             self.decisions
                 .get_or_create(&label("kind", kind.name()))
                 .set(n as i64);
+        }
+        self.kafka_lag.clear();
+        self.kafka_offset.clear();
+        for job in state.jobs.values().filter(|j| j.state == JobState::Running) {
+            let Some(st) = &job.stream else { continue };
+            for (p, x) in &st.partitions {
+                let labels = vec![
+                    ("job".to_string(), job.id.clone()),
+                    ("topic".to_string(), st.topic.clone()),
+                    ("partition".to_string(), p.to_string()),
+                ];
+                if let Some(lag) = x.lag() {
+                    self.kafka_lag.get_or_create(&labels).set(lag);
+                }
+                if let Some(o) = x.offset {
+                    self.kafka_offset.get_or_create(&labels).set(o);
+                }
+            }
         }
         let refused = autopipe_common::retry::budget().exhausted();
         self.retry_budget_exhausted

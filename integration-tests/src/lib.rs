@@ -3,6 +3,7 @@
 //! output with single-process DataFusion (order-insensitive, float tolerance).
 //! Processes are SIGKILLed on drop; nothing waits on fixed sleeps.
 
+pub mod kafka;
 pub mod oracle;
 pub mod proxy;
 pub mod tpch;

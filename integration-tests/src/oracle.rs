@@ -71,6 +71,7 @@ pub async fn actual(
             ctx.read_json(path, JsonReadOptions::default().table_partition_cols(parts))
                 .await?
         }
+        Format::Kafka => bail!("a kafka sink cannot be read back"),
     };
     let df = df.select(
         names

@@ -223,9 +223,15 @@ pub fn confined(
         Some(pb::task_definition::Output::Sink(s)) => Some(s.staging_url.as_str()),
         _ => None,
     };
+    let stream = def.stream.as_ref();
     let writes = [
         ("staging URL", staging),
         ("dead-letter URL", Some(def.dead_letter_url.as_str())),
+        ("stream staging URL", stream.map(|s| s.staging_url.as_str())),
+        (
+            "stream dead-letter URL",
+            stream.map(|s| s.dead_letter_url.as_str()),
+        ),
     ];
     for (what, url) in writes {
         let Some(url) = url.filter(|u| !u.is_empty()) else {
@@ -330,6 +336,8 @@ impl pb::worker_control_server::WorkerControl for Control {
                             shared.config.test_oom_below_slots
                         )),
                     ))
+                } else if def.stream.is_some() {
+                    crate::stream::run_stream(&def, &shared, &stop, &memory.spill_dir).await
                 } else {
                     run_task(&def, &shared.shuffle, &stop, &memory, &splitting).await
                 }

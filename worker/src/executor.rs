@@ -145,7 +145,8 @@ pub async fn run_task(
             let input;
             (input, units_read) =
                 scan_input(&plan, partition, def, &task_ctx, cancel, split).await?;
-            run_sink(plan.schema(), input, partition, s, task_ctx.clone()).await?
+            // an empty result still gets one (empty) file, so readers see its schema
+            run_sink(plan.schema(), input, s, task_ctx.clone(), partition == 0).await?
         }
         None => return Err(Error::Permanent("task definition without an output".into())),
     };
@@ -338,12 +339,15 @@ async fn run_map(
     })
 }
 
-async fn run_sink(
+/// Writes `stream` through a DataFusion file sink into `sink.staging_url`; with
+/// `empty_file`, an empty result (without partition columns) still writes one file.
+/// Returns the rows, bytes and files (relative to the staging URL) written.
+pub(crate) async fn run_sink(
     schema: SchemaRef,
     stream: SendableRecordBatchStream,
-    partition: usize,
     sink: &pb::SinkOutput,
     ctx: Arc<TaskContext>,
+    empty_file: bool,
 ) -> Result<TaskResult> {
     let format = Format::parse(&sink.format)
         .ok_or_else(|| Error::Permanent(format!("unknown sink format '{}'", sink.format)))?;
@@ -395,10 +399,14 @@ async fn run_sink(
             config,
             JsonWriterOptions::try_from(&JsonOptions::default())?,
         )),
+        Format::Kafka => {
+            return Err(Error::Permanent(
+                "kafka sinks are not supported yet; write parquet, csv or ndjson".into(),
+            ))
+        }
     };
     let rows = data_sink.write_all(stream, &ctx).await?;
-    if rows == 0 && partition == 0 && part_cols.is_empty() {
-        // An empty result still gets one (empty) file, so readers see its schema.
+    if rows == 0 && empty_file && part_cols.is_empty() {
         let empty = Ok(RecordBatch::new_empty(schema.clone()));
         let stream = RecordBatchStreamAdapter::new(schema.clone(), futures::stream::iter([empty]));
         data_sink.write_all(Box::pin(stream), &ctx).await?;
@@ -431,7 +439,11 @@ async fn run_sink(
 
 /// Uploads the attempt's dead-letter file (`n` NDJSON records) to `url` in parts,
 /// never whole in memory; returns `url`.
-async fn upload_dead_letters(url: &str, file: &std::path::Path, n: u64) -> Result<String> {
+pub(crate) async fn upload_dead_letters(
+    url: &str,
+    file: &std::path::Path,
+    n: u64,
+) -> Result<String> {
     if url.is_empty() {
         return Err(Error::Permanent(format!(
             "{n} bad records but the task has no dead-letter location"
@@ -458,7 +470,7 @@ async fn upload_dead_letters(url: &str, file: &std::path::Path, n: u64) -> Resul
 }
 
 /// Deletes a file when dropped (a task's local dead-letter file, however it ends).
-struct RemoveOnDrop(std::path::PathBuf);
+pub(crate) struct RemoveOnDrop(pub(crate) std::path::PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {

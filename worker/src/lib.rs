@@ -11,6 +11,7 @@ pub mod key_sample;
 pub mod liquid;
 pub mod metrics;
 pub mod shuffle_store;
+pub mod stream;
 pub mod sweep;
 
 use autopipe_common::error::{Error, Result};

@@ -6,6 +6,7 @@ use super::status::{decisions, job_page, job_status, job_status_with_workers, wo
 use crate::core::{attempt_id, Core, Liveness, StoreError};
 use crate::optimizer::partitions::{plan_inputs, InputPlan};
 use crate::planner::plan_job_with;
+use crate::planner::stream::plan_stream;
 use crate::raft::{MemberChange, RaftError};
 use crate::scheduler::report_failure;
 use crate::state::{
@@ -13,7 +14,7 @@ use crate::state::{
 };
 use autopipe_common::error::Error;
 use autopipe_common::leader::LEADER_KEY;
-use autopipe_common::spec::{PipelineSpec, SinkMode};
+use autopipe_common::spec::{JobMode, PipelineSpec, SinkMode};
 use autopipe_common::splits::list_sources;
 use autopipe_common::store::{parse_url, store_for};
 use autopipe_common::util::now_ms;
@@ -32,6 +33,21 @@ pub struct Services {
 }
 
 impl Services {
+    fn alive_workers(&self) -> u32 {
+        let live = self
+            .core
+            .liveness
+            .lock()
+            .expect("liveness lock poisoned")
+            .clone();
+        self.core.read(|s| {
+            s.workers
+                .values()
+                .filter(|w| w.state == WorkerState::Alive && live.contains_key(&w.id))
+                .count() as u32
+        })
+    }
+
     fn alive_slots(&self) -> u32 {
         let live = self
             .core
@@ -212,10 +228,24 @@ impl pb::job_service_server::JobService for Services {
         spec.validate(&origin)?;
         // before anything reads a source or looks at the sink (`--allowed-roots`)
         self.core.config.allowed_roots.check_spec(&spec, &origin)?;
-        let input = self.partitions_for(&spec).await?;
+        let streaming = spec.job.mode == JobMode::Streaming;
+        let (input, stages, scan_stages, stream) = if streaming {
+            // one consumer task per alive worker to start with
+            let (stages, stream) = plan_stream(&spec, self.alive_workers().max(1)).await?;
+            let none = InputPlan {
+                splits: None,
+                shuffle_partitions: 1,
+                decision: None,
+            };
+            (none, stages, vec![], Some(Box::new(stream)))
+        } else {
+            let input = self.partitions_for(&spec).await?;
+            let planned =
+                plan_job_with(&spec, input.shuffle_partitions, input.splits.as_ref()).await?;
+            let scans = planned.scan_stages.iter().map(u32::to_string).collect();
+            (input, planned.stages, scans, None)
+        };
         let partitions = input.shuffle_partitions;
-        let planned = plan_job_with(&spec, partitions, input.splits.as_ref()).await?;
-        let scan_stages: Vec<String> = planned.scan_stages.iter().map(u32::to_string).collect();
         self.check_sink(&spec).await?;
         let job_id = format!(
             "{}-{}-{}",
@@ -223,15 +253,16 @@ impl pb::job_service_server::JobService for Services {
             chrono::Utc::now().format("%Y%m%d%H%M%S"),
             &uuid::Uuid::new_v4().simple().to_string()[..6]
         );
-        tracing::info!(job = %job_id, stages = planned.stages.len(), partitions, "job submitted");
+        tracing::info!(job = %job_id, stages = stages.len(), partitions, streaming, "job submitted");
         let r = self
             .core
             .propose(Command::SubmitJob {
                 job_id: job_id.clone(),
                 spec: Box::new(spec),
-                stages: planned.stages,
+                stages,
                 at_ms: now_ms(),
                 request_id: request_id.clone(),
+                stream,
             })
             .await;
         if r.is_ok() {
@@ -485,6 +516,31 @@ impl pb::worker_service_server::WorkerService for Services {
             known,
             finished_jobs,
         }))
+    }
+
+    async fn commit_batch(
+        &self,
+        req: Request<pb::CommitBatchRequest>,
+    ) -> Result<Response<pb::CommitBatchResponse>, Status> {
+        use crate::scheduler::stream::{commit_batch, CommitRefused};
+        if !self.core.raft.is_leader() {
+            return Err(store_status(StoreError::Raft(self.core.raft.not_leader())));
+        }
+        let req = req.into_inner();
+        match commit_batch(&self.core, &req).await {
+            Ok(()) => Ok(Response::new(pb::CommitBatchResponse {
+                seq: self.core.read(|s| {
+                    let key = req.key.as_ref().map(|k| k.job_id.as_str()).unwrap_or("");
+                    s.jobs
+                        .get(key)
+                        .and_then(|j| j.stream.as_ref())
+                        .map_or(0, |st| st.batches)
+                }),
+            })),
+            Err(CommitRefused::Invalid(m)) => Err(Status::invalid_argument(m)),
+            Err(CommitRefused::Fenced(m)) => Err(Status::failed_precondition(m)),
+            Err(CommitRefused::Store(e)) => Err(store_status(e)),
+        }
     }
 
     async fn report_task_status(
@@ -883,6 +939,7 @@ mod tests {
             stages,
             at_ms,
             request_id: String::new(),
+            stream: None,
         })
         .await
         .unwrap();

@@ -115,6 +115,29 @@ pub fn job_json(j: &pb::JobStatus) -> Value {
         })),
         "stages": j.stages.iter().map(stage_json).collect::<Vec<_>>(),
         "workers": job_workers_json(j),
+        "stream": j.stream.as_ref().map(stream_json),
+    })
+}
+
+/// JSON form of a streaming job's progress (the HTTP API's and the CLI's `stream`).
+pub fn stream_json(s: &pb::StreamStatus) -> Value {
+    let opt = |v: i64| (v >= 0).then_some(v);
+    json!({
+        "topic": s.topic,
+        "batches": s.batches,
+        "pending_batches": s.pending_batches,
+        "records": s.records,
+        "rows_out": s.rows_out,
+        "bad_records": s.bad_records,
+        "lag": s.lag,
+        "partitions": s.partitions.iter().map(|p| json!({
+            "partition": p.partition,
+            "task": p.task,
+            "offset": opt(p.offset),
+            "high_watermark": opt(p.high_watermark),
+            "lag": opt(p.lag),
+            "records": p.records,
+        })).collect::<Vec<_>>(),
     })
 }
 

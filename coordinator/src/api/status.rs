@@ -103,7 +103,7 @@ pub fn job_status(job: &Job) -> pb::JobStatus {
         .waiting
         .as_ref()
         .filter(|_| job.state == JobState::Running);
-    pb::JobStatus {
+    let mut out = pb::JobStatus {
         job_id: job.id.clone(),
         name: job.spec.job.name.clone(),
         state: job_state(job.state) as i32,
@@ -135,6 +135,47 @@ pub fn job_status(job: &Job) -> pb::JobStatus {
         waiting_reason: waiting.map(|w| w.reason.clone()).unwrap_or_default(),
         waiting_since_ms: waiting.map(|w| w.since_ms).unwrap_or(0),
         workers: vec![],
+        stream: None,
+    };
+    if let Some(st) = &job.stream {
+        out.rows_in = st.records;
+        out.rows_out = st.rows_out;
+        out.bytes_out = st.bytes_out;
+        out.bad_records = st.bad_records;
+        out.files_out = st.files;
+        out.stream = Some(stream_status(st));
+    }
+    out
+}
+
+/// A streaming job's progress: per partition its task, committed offset and lag.
+fn stream_status(st: &crate::state::Stream) -> pb::StreamStatus {
+    let task_of = |p: i32| {
+        st.assignment
+            .iter()
+            .position(|ps| ps.contains(&p))
+            .unwrap_or(0) as u32
+    };
+    pb::StreamStatus {
+        topic: st.topic.clone(),
+        partitions: st
+            .partitions
+            .iter()
+            .map(|(&p, x)| pb::KafkaPartitionStatus {
+                partition: p,
+                task: task_of(p),
+                offset: x.offset.unwrap_or(-1),
+                high_watermark: x.high_watermark.unwrap_or(-1),
+                lag: x.lag().unwrap_or(-1),
+                records: x.records,
+            })
+            .collect(),
+        batches: st.batches,
+        pending_batches: st.pending.len() as u64,
+        records: st.records,
+        rows_out: st.rows_out,
+        bad_records: st.bad_records,
+        lag: st.total_lag(),
     }
 }
 
@@ -323,6 +364,7 @@ mod tests {
                 stages: stages.clone(),
                 at_ms: i as u64,
                 request_id: String::new(),
+                stream: None,
             })
             .unwrap();
         }

@@ -232,6 +232,7 @@ mod tests {
             ],
             at_ms: 0,
             request_id: String::new(),
+            stream: None,
         })
         .unwrap();
         s
@@ -294,6 +295,7 @@ mod tests {
             ],
             at_ms: 0,
             request_id: String::new(),
+            stream: None,
         })
         .unwrap();
         s
@@ -384,6 +386,7 @@ mod tests {
             stages: vec![stage(0, build_tasks, Some(4), vec![]), probe, join],
             at_ms: 0,
             request_id: String::new(),
+            stream: None,
         })
         .unwrap();
         s

@@ -56,7 +56,9 @@ pub const ASK_EVERY_MS: u64 = 2_000;
 /// split: the job's `dynamic_rebalance`, and a stage that scans sources into a hash
 /// shuffle or straight into the sink (`splittable_stage`).
 pub fn splittable(job: &Job, si: usize) -> bool {
-    job.spec.job.params.dynamic_rebalance() && job.stages.get(si).is_some_and(splittable_stage)
+    job.stream.is_none()
+        && job.spec.job.params.dynamic_rebalance()
+        && job.stages.get(si).is_some_and(splittable_stage)
 }
 
 /// A stage whose tasks may be split while they run: it reads no other stage's

@@ -64,10 +64,12 @@ pub struct Expired {
     pub finished: usize,
 }
 
-/// Every running attempt of a running job past its stage's task timeout.
+/// Every running attempt of a running job past its stage's task timeout (a
+/// streaming job's consumer tasks run until cancelled: never).
 pub fn expired_attempts(s: &State, now: u64) -> Vec<Expired> {
     let mut out = vec![];
-    for job in s.jobs.values().filter(|j| j.state == JobState::Running) {
+    let batch_jobs = s.jobs.values().filter(|j| j.stream.is_none());
+    for job in batch_jobs.filter(|j| j.state == JobState::Running) {
         for (si, st) in job.stages.iter().enumerate() {
             let finished = finished_durations(st);
             let Some((limit_ms, how)) = task_timeout(&job.spec.job.params, &finished) else {

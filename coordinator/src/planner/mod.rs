@@ -8,6 +8,7 @@
 //! map task. The last stage is the sink stage: one task per output partition.
 
 mod distinct;
+pub mod stream;
 
 pub use distinct::{share_exchange, DistinctToGroupBy};
 

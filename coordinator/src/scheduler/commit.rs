@@ -18,7 +18,7 @@
 //! Losing attempts and failed jobs never reach the sink directory.
 
 use super::{job_staging_root, staging_prefix};
-use crate::state::{Job, TaskState};
+use crate::state::{Job, PendingBatch, TaskState};
 use autopipe_common::error::{Error, Result};
 use autopipe_common::spec::SinkMode;
 use autopipe_common::store::{delete_prefix, parse_url, store_for};
@@ -73,29 +73,50 @@ pub async fn commit_dead_letters(job: &Job, fence: Fence<'_>) -> Result<Vec<Stri
                 continue;
             }
             let dst_url = format!("{dir}s{si}-t{ti}.ndjson");
-            let src_url = parse_url(&result.dead_letter_file)?;
-            let dst_url_p = parse_url(&dst_url)?;
-            let (src_store, src) = store_for(&src_url)?;
-            let (dst_store, dst) = store_for(&dst_url_p)?;
             fence()?;
-            let same_store =
-                src_url.scheme() == dst_url_p.scheme() && src_url.host() == dst_url_p.host();
-            let r = if same_store {
-                src_store.rename(&src, &dst).await
-            } else {
-                stream_copy(src_store.as_ref(), &src, dst_store.as_ref(), &dst).await
-            };
-            match r {
-                Ok(()) => {}
-                // already moved by an earlier, interrupted commit
-                Err(object_store::Error::NotFound { .. }) if dst_store.head(&dst).await.is_ok() => {
-                }
-                Err(e) => return Err(e.into()),
-            }
+            move_object(&result.dead_letter_file, &dst_url).await?;
             out.push(dst_url);
         }
     }
     Ok(out)
+}
+
+/// Moves one object: renamed within one store, streamed between stores (never read
+/// whole). Idempotent: a source already moved (by an earlier, interrupted run) whose
+/// destination exists is done.
+async fn move_object(src_url: &str, dst_url: &str) -> Result<()> {
+    let (src_u, dst_u) = (parse_url(src_url)?, parse_url(dst_url)?);
+    let (src_store, src) = store_for(&src_u)?;
+    let (dst_store, dst) = store_for(&dst_u)?;
+    let same_store = src_u.scheme() == dst_u.scheme() && src_u.host() == dst_u.host();
+    let r = if same_store {
+        src_store.rename(&src, &dst).await
+    } else {
+        stream_copy(src_store.as_ref(), &src, dst_store.as_ref(), &dst).await
+    };
+    match r {
+        Ok(()) => {
+            if !same_store {
+                delete_if_present(src_store.as_ref(), &src).await?;
+            }
+            Ok(())
+        }
+        Err(object_store::Error::NotFound { .. }) if dst_store.head(&dst).await.is_ok() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Publishes committed micro-batches of a streaming job (`Stream::pending`): every
+/// staged file moves to its final name in the sink (or the dead-letter directory).
+/// Idempotent, so a publish interrupted by a crash or a leader change runs again.
+pub async fn publish_batches(batches: &[PendingBatch], fence: Fence<'_>) -> Result<()> {
+    for b in batches {
+        for (src, dst) in &b.moves {
+            fence()?;
+            move_object(src, dst).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Copies one object between stores as a stream of chunks (multipart upload).
@@ -513,6 +534,7 @@ mod tests {
             stages,
             at_ms,
             request_id: String::new(),
+            stream: None,
         })
         .unwrap();
         let mut job = s.jobs.remove(id).unwrap();

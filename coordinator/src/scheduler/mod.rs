@@ -9,6 +9,7 @@ pub mod liquid;
 pub mod load;
 pub mod retention;
 pub mod stall;
+pub mod stream;
 
 use crate::alerts::{self, AlertKind};
 use crate::core::{attempt_id, AttemptId, Core};
@@ -22,6 +23,7 @@ use crate::state::{
 use autopipe_common::error::{Error, ErrorClass};
 use autopipe_common::retry::{self, RetryPolicy};
 use autopipe_common::shuffle::channel_to;
+use autopipe_common::spec::Format;
 use autopipe_common::util::now_ms;
 use autopipe_proto as pb;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -33,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 pub async fn run(core: Arc<Core>, cancel: CancellationToken) {
     let committing: Arc<Mutex<HashSet<String>>> = Default::default();
     let cleaning: Arc<Mutex<HashSet<String>>> = Default::default();
+    let publishing: Arc<Mutex<HashSet<String>>> = Default::default();
     let mut retention_at = std::time::Instant::now();
     let mut was_leader = false;
     let mut refused_seen = 0;
@@ -72,6 +75,7 @@ pub async fn run(core: Arc<Core>, cancel: CancellationToken) {
         launch_ready_tasks(&core).await;
         stall::watch(&core, &mut stalled).await;
         start_commits(&core, &committing).await;
+        stream::publish_pending(&core, &publishing);
         cleanup_finished(&core, &cleaning);
         if retention_at.elapsed() >= RETENTION_EVERY {
             retention_at = std::time::Instant::now();
@@ -703,7 +707,8 @@ fn plan_launches_by_load(s: &State, live: &HashMap<String, u32>, load_aware: boo
     }
     for job in running_jobs() {
         let spec = job.spec.job.params.speculation();
-        if !spec.enabled {
+        // a consumer task runs until cancelled: a copy would read its partitions twice
+        if !spec.enabled || job.stream.is_some() {
             continue;
         }
         let by_load = by_load(job);
@@ -887,8 +892,26 @@ pub(crate) fn task_definition(
             partition_by: job.spec.sink.partition_by.clone(),
         }),
     };
-    let mut store_urls: Vec<String> = job.spec.sources.iter().map(|s| s.path.clone()).collect();
+    let mut store_urls: Vec<String> = job
+        .spec
+        .sources
+        .iter()
+        .filter(|s| s.format != Format::Kafka)
+        .map(|s| s.path.clone())
+        .collect();
     store_urls.push(job.spec.sink.path.clone());
+    let stream = job.stream.as_ref().map(|st| pb::StreamTask {
+        spec_json: serde_json::to_string(&job.spec).expect("a spec serializes"),
+        partitions: st.assignment[ti]
+            .iter()
+            .map(|p| pb::PartitionStart {
+                partition: *p,
+                offset: st.partitions.get(p).and_then(|x| x.offset).unwrap_or(-1),
+            })
+            .collect(),
+        staging_url: staging_prefix(job, ti, attempt),
+        dead_letter_url: format!("{}dead-letter/t{ti}-a{attempt}/", job_staging_root(job)),
+    });
     pb::TaskDefinition {
         key: Some(pb::TaskKey {
             job_id: job.id.clone(),
@@ -923,6 +946,7 @@ pub(crate) fn task_definition(
             "{}dead-letter/s{si}-t{ti}-a{attempt}.ndjson",
             job_staging_root(job)
         ),
+        stream,
     }
 }
 
@@ -1141,6 +1165,15 @@ fn cleanup_finished(core: &Arc<Core>, cleaning: &Arc<Mutex<HashSet<String>>>) {
         let (core, cleaning) = (core.clone(), cleaning.clone());
         tokio::spawn(async move {
             let done = || cleaning.lock().expect("lock").remove(&job.id);
+            // a streaming job's committed batches reach the sink before its staging goes
+            if job.stream.is_some() {
+                if let Err(e) = stream::publish(&core, &job.id).await {
+                    tracing::warn!(job = %job.id, "cannot publish committed batches now, tried again in {CLEANUP_RETRY:?}: {e}");
+                    tokio::time::sleep(CLEANUP_RETRY).await;
+                    done();
+                    return;
+                }
+            }
             if job.state != JobState::Succeeded {
                 match commit::discard_staging(&job).await {
                     Ok(()) => {}

@@ -175,6 +175,7 @@ mod tests {
             stages,
             at_ms: finished_ms,
             request_id: format!("req-{id}"),
+            stream: None,
         })
         .unwrap();
         for (stage, task) in [(0, 0), (1, 0), (1, 1)] {
@@ -267,6 +268,7 @@ mod tests {
             stages,
             at_ms: 0,
             request_id: String::new(),
+            stream: None,
         })
         .unwrap();
         let everything = JobRetention {

@@ -280,6 +280,10 @@ pub enum Command {
         /// the client's idempotency key (empty: none)
         #[serde(default, skip_serializing_if = "String::is_empty")]
         request_id: String,
+        /// a streaming job's topic and partition assignment (its one stage's tasks
+        /// are the consumer tasks)
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stream: Option<Box<crate::state::machine::StreamPlan>>,
     },
     /// a task attempt was sent to a worker
     TaskLaunched {
@@ -538,6 +542,41 @@ pub enum Command {
         why: String,
         /// what it read
         inputs: std::collections::BTreeMap<String, String>,
+    },
+    /// a streaming task's micro-batch committed: its partitions' new offsets and its
+    /// staged files, in one command (`machine::stream`); refused unless the attempt
+    /// runs the task and every partition starts where the last commit left it. The
+    /// same (task, attempt, batch) again changes nothing.
+    StreamCommit {
+        /// job
+        job_id: String,
+        /// the consumer task
+        task: u32,
+        /// its attempt
+        attempt: u32,
+        /// the attempt's batch number, from 1
+        batch: u64,
+        /// each partition's progress
+        offsets: Vec<crate::state::machine::BatchOffsets>,
+        /// (staged URL, final URL) of each output and dead-letter file
+        moves: Vec<(String, String)>,
+        /// records read (bad ones included)
+        records: u64,
+        /// rows written
+        rows_out: u64,
+        /// bytes written
+        bytes_out: u64,
+        /// records sent to the dead letters
+        bad_records: u64,
+        /// when
+        at_ms: u64,
+    },
+    /// committed micro-batches' files are in the sink: (task, attempt, batch) each
+    StreamPublished {
+        /// job
+        job_id: String,
+        /// the batches
+        batches: Vec<(u32, u32, u64)>,
     },
     /// lost workers past the lost-worker retention leave the state (chosen by
     /// `scheduler::retention`); ids no longer in the state are skipped, an alive

@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 mod split;
+mod stream;
+
+pub use stream::{BatchOffsets, PartitionProgress, PendingBatch, Stream, StreamPlan};
 
 /// Lifecycle of a job.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -299,6 +302,9 @@ pub struct Job {
     /// its cleanup ran (only a terminal job's); only a cleaned job is forgotten
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cleaned: bool,
+    /// a streaming job's partitions, offsets and committed batches
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<Stream>,
 }
 
 /// The stage a `ReplanStage` of `stage` appends for its pre-merge tasks `pre_merge`
@@ -393,6 +399,9 @@ impl Job {
     /// Source records read and records sent to the dead letters, over the winning
     /// attempts of every task.
     pub fn record_counts(&self) -> (u64, u64) {
+        if let Some(st) = &self.stream {
+            return (st.records.saturating_sub(st.bad_records), st.bad_records);
+        }
         let (mut read, mut bad) = (0, 0);
         for t in self.stages.iter().flat_map(|s| s.tasks.iter()) {
             if let TaskState::Succeeded { result, .. } = &t.state {
@@ -633,6 +642,7 @@ impl State {
                 stages,
                 at_ms,
                 request_id,
+                stream,
             } => {
                 if self.jobs.contains_key(job_id) {
                     return Err(ApplyError::Illegal(format!("job {job_id} already exists")));
@@ -644,6 +654,13 @@ impl State {
                 }
                 if stages.is_empty() {
                     return Err(ApplyError::Illegal(format!("job {job_id} has no stages")));
+                }
+                if let Some(st) = stream {
+                    if stages.len() != 1 || stages[0].tasks as usize != st.assignment.len() {
+                        return Err(ApplyError::Illegal(format!(
+                            "streaming job {job_id} must have one stage of one task per consumer"
+                        )));
+                    }
                 }
                 let stages = stages
                     .iter()
@@ -669,6 +686,7 @@ impl State {
                         failure_causes: BTreeMap::new(),
                         seq: self.last_job_seq + 1,
                         cleaned: false,
+                        stream: stream.as_deref().map(Stream::new),
                     },
                 );
                 self.last_job_seq += 1;
@@ -1337,6 +1355,8 @@ impl State {
             }
             Command::WorkerLoad { worker_id, load } => self.on_worker_load(worker_id, load),
             Command::SplitRunningTask { .. } => self.on_split_running_task(cmd),
+            Command::StreamCommit { .. } => self.on_stream_commit(cmd),
+            Command::StreamPublished { .. } => self.on_stream_published(cmd),
             Command::PruneWorkers { worker_ids, .. } => {
                 if let Some(w) = worker_ids.iter().find_map(|id| {
                     self.workers
@@ -2530,6 +2550,7 @@ mod tests {
                 stages,
                 at_ms,
                 request_id: key.into(),
+                stream: None,
             },
             _ => unreachable!(),
         };
@@ -2697,6 +2718,7 @@ mod tests {
             stages,
             at_ms: 1,
             request_id: String::new(),
+            stream: None,
         })
         .unwrap();
         assert_eq!(
@@ -2734,6 +2756,7 @@ mod tests {
                 stages: stages.clone(),
                 at_ms: 1,
                 request_id: key.into(),
+                stream: None,
             })
             .unwrap();
             s.apply(&Command::RecordDecision {

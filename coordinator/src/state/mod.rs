@@ -13,7 +13,10 @@ pub use commands::{
     TaskReads, TaskResult, Waiting,
 };
 pub use decision::{Decision, DecisionKind};
-pub use machine::{ApplyError, Job, JobState, Outcome, State, TaskState, WorkerState};
+pub use machine::{
+    ApplyError, BatchOffsets, Job, JobState, Outcome, PendingBatch, State, Stream, StreamPlan,
+    TaskState, WorkerState,
+};
 
 impl State {
     /// A copy with only what `cmd` can touch (workers + that one job), for a dry run.
@@ -39,7 +42,9 @@ impl State {
             | Command::JobSucceeded { job_id, .. }
             | Command::JobFailed { job_id, .. }
             | Command::CancelJob { job_id, .. }
-            | Command::JobCleaned { job_id } => Some(job_id),
+            | Command::JobCleaned { job_id }
+            | Command::StreamCommit { job_id, .. }
+            | Command::StreamPublished { job_id, .. } => Some(job_id),
             Command::RecordDecision { decision } => Some(&decision.job_id),
             Command::RegisterWorker { .. } => None,
             Command::WorkerLost { .. } => None,
@@ -114,6 +119,7 @@ pub(crate) fn test_job(map_tasks: u32) -> Command {
         ],
         at_ms: 0,
         request_id: String::new(),
+        stream: None,
     }
 }
 

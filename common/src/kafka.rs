@@ -1,0 +1,396 @@
+//! Kafka sources (issue 13): the table a topic becomes (the value's columns, then
+//! `_key`, `_partition`, `_offset`, `_timestamp`), JSON values decoded to Arrow with
+//! every malformed record sent to the dead letters with its topic, partition, offset
+//! and reason, and librdkafka clients configured from a source spec.
+//!
+//! Offsets are never committed to a consumer group: a streaming task reads the
+//! partitions the coordinator assigned it (`assign`, not group rebalancing) from the
+//! offsets the coordinator committed together with the output they produced.
+
+use crate::error::{Error, Result};
+use crate::spec::{Format, PipelineSpec, SourceSpec};
+use crate::tolerant::{DeadLetters, DeadRecord};
+use datafusion::arrow::array::{
+    ArrayRef, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::json::ReaderBuilder;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The record's key (UTF-8, lossy), partition, offset and timestamp, after the
+/// value's columns.
+pub const META_COLUMNS: [&str; 4] = ["_key", "_partition", "_offset", "_timestamp"];
+
+/// The most bytes of a malformed record kept in its dead letter.
+const MAX_DEAD_RECORD_BYTES: usize = 64 << 10;
+
+/// The table a kafka source becomes: its schema's columns, then `META_COLUMNS`.
+pub fn table_schema(source: &SourceSpec) -> Result<SchemaRef> {
+    let value = value_schema(source)?;
+    let mut fields: Vec<Field> = value.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("_key", DataType::Utf8, true));
+    fields.push(Field::new("_partition", DataType::Int32, false));
+    fields.push(Field::new("_offset", DataType::Int64, false));
+    fields.push(Field::new(
+        "_timestamp",
+        DataType::Timestamp(TimeUnit::Millisecond, None),
+        true,
+    ));
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// The columns of a kafka source's values.
+fn value_schema(source: &SourceSpec) -> Result<SchemaRef> {
+    let schema = source
+        .schema
+        .as_ref()
+        .ok_or_else(|| Error::plan("sources.schema", "a kafka source needs its schema"))?;
+    schema
+        .to_schema()
+        .map(Arc::new)
+        .map_err(|m| Error::plan(format!("source '{}' schema", source.name), m))
+}
+
+/// A librdkafka client configuration for `source`: its brokers and its
+/// `[sources.options]` passed through.
+pub fn client_config(source: &SourceSpec) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set(
+        "bootstrap.servers",
+        source.brokers.clone().unwrap_or_default(),
+    );
+    for (k, v) in &source.options {
+        c.set(k, v.to_string());
+    }
+    c
+}
+
+/// The topic's partition ids, from the brokers' metadata (blocking: call it off the
+/// async runtime). A missing topic or unreachable brokers is an error naming them.
+pub fn topic_partitions(source: &SourceSpec, timeout: Duration) -> Result<Vec<i32>> {
+    let topic = source.topic.clone().unwrap_or_default();
+    let brokers = source.brokers.clone().unwrap_or_default();
+    let consumer: BaseConsumer = client_config(source)
+        .create()
+        .map_err(|e| Error::plan(format!("source '{}' options", source.name), e.to_string()))?;
+    let md = consumer
+        .fetch_metadata(Some(&topic), timeout)
+        .map_err(|e| {
+            Error::Transient(format!(
+                "cannot read the metadata of topic '{topic}' from {brokers}: {e}"
+            ))
+        })?;
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or_else(|| {
+            Error::plan(
+                "sources.topic",
+                format!("topic '{topic}' not found at {brokers}"),
+            )
+        })?;
+    if let Some(e) = t.error() {
+        return Err(Error::plan(
+            "sources.topic",
+            format!(
+                "topic '{topic}' at {brokers}: {}",
+                rdkafka::error::RDKafkaErrorCode::from(e)
+            ),
+        ));
+    }
+    let mut ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+    ids.sort_unstable();
+    if ids.is_empty() {
+        return Err(Error::plan(
+            "sources.topic",
+            format!("topic '{topic}' at {brokers} has no partitions"),
+        ));
+    }
+    Ok(ids)
+}
+
+/// A session for a streaming job's SQL: its file sources registered as tables (read
+/// whole by every micro-batch) and its kafka source as an empty in-memory table that
+/// `set_batch` fills. Returns the session, the kafka source and its table schema.
+pub async fn stream_context(
+    spec: &PipelineSpec,
+) -> Result<(SessionContext, SourceSpec, SchemaRef)> {
+    let source = spec
+        .sources
+        .iter()
+        .find(|s| s.format == Format::Kafka)
+        .cloned()
+        .ok_or_else(|| Error::plan("sources", "a streaming job needs a kafka source"))?;
+    let schema = table_schema(&source)?;
+    let ctx = crate::session::context_for(spec, 1).await?;
+    set_batch(&ctx, &source.name, &schema, vec![])?;
+    Ok((ctx, source, schema))
+}
+
+/// Makes table `name` hold `batches` (and only them).
+pub fn set_batch(
+    ctx: &SessionContext,
+    name: &str,
+    schema: &SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> Result<()> {
+    ctx.deregister_table(name)?;
+    let table = MemTable::try_new(schema.clone(), vec![batches])?;
+    ctx.register_table(name, Arc::new(table))?;
+    Ok(())
+}
+
+/// One consumed record, owned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// partition
+    pub partition: i32,
+    /// offset in the partition
+    pub offset: i64,
+    /// key bytes
+    pub key: Option<Vec<u8>>,
+    /// value bytes (`None`: a tombstone)
+    pub value: Option<Vec<u8>>,
+    /// the record's timestamp (ms since the epoch), if it has one
+    pub timestamp_ms: Option<i64>,
+}
+
+/// Decodes `records` into one batch of `schema` (`table_schema`). A record whose
+/// value is not exactly one JSON object of the schema's types goes to `dead` (source
+/// `source`, topic `topic`, its partition and offset, and the reason) and is left
+/// out. Returns the batch and how many records went to `dead`.
+pub fn decode(
+    source: &str,
+    topic: &str,
+    schema: &SchemaRef,
+    records: &[Record],
+    dead: &DeadLetters,
+) -> Result<(RecordBatch, u64)> {
+    let n_value = schema.fields().len() - META_COLUMNS.len();
+    let value_schema = Arc::new(Schema::new(schema.fields()[..n_value].to_vec()));
+    // the fast path: every value decodes, one row each
+    let good: Vec<&Record> = match decode_values(&value_schema, records.iter()) {
+        Ok(batch) if batch.num_rows() == records.len() => {
+            return Ok((with_meta(schema, batch, records.iter())?, 0));
+        }
+        _ => {
+            // find the bad ones, one by one
+            let mut good = vec![];
+            for r in records {
+                let reason = match &r.value {
+                    None => Some("the record has no value (a tombstone)".to_string()),
+                    Some(_) => match decode_values(&value_schema, std::iter::once(r)) {
+                        Ok(b) if b.num_rows() == 1 => None,
+                        Ok(b) if b.num_rows() == 0 => {
+                            Some("the value holds no JSON object".to_string())
+                        }
+                        Ok(b) => Some(format!(
+                            "the value holds {} JSON values, not one object",
+                            b.num_rows()
+                        )),
+                        Err(e) => Some(e.to_string()),
+                    },
+                };
+                match reason {
+                    None => good.push(r),
+                    Some(error) => dead.push(DeadRecord {
+                        source: source.to_string(),
+                        file: String::new(),
+                        offset: r.offset.max(0) as u64,
+                        line: None,
+                        record: lossy(r.value.as_deref().unwrap_or_default()),
+                        error,
+                        topic: Some(topic.to_string()),
+                        partition: Some(r.partition),
+                    }),
+                }
+            }
+            good
+        }
+    };
+    let bad = (records.len() - good.len()) as u64;
+    let batch = decode_values(&value_schema, good.iter().copied())
+        .map_err(|e| Error::Data(format!("topic '{topic}': {e}")))?;
+    Ok((with_meta(schema, batch, good.into_iter())?, bad))
+}
+
+/// The values of `records` decoded as JSON into a batch of `schema` (keys not in the
+/// schema are ignored).
+fn decode_values<'a>(
+    schema: &SchemaRef,
+    records: impl ExactSizeIterator<Item = &'a Record>,
+) -> std::result::Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    // one batch for all: a value holding several JSON objects shows as extra rows
+    let mut decoder = ReaderBuilder::new(schema.clone())
+        .with_batch_size(records.len() * 2 + 1)
+        .build_decoder()?;
+    for r in records {
+        let value = r.value.as_deref().unwrap_or_default();
+        let mut rest = value;
+        while !rest.is_empty() {
+            let n = decoder.decode(rest)?;
+            if n == 0 {
+                break;
+            }
+            rest = &rest[n..];
+        }
+        // records are separate documents even without whitespace between them
+        decoder.decode(b"\n")?;
+    }
+    Ok(decoder
+        .flush()?
+        .unwrap_or_else(|| RecordBatch::new_empty(schema.clone())))
+}
+
+/// `values` with the records' key, partition, offset and timestamp appended.
+fn with_meta<'a>(
+    schema: &SchemaRef,
+    values: RecordBatch,
+    records: impl Iterator<Item = &'a Record>,
+) -> Result<RecordBatch> {
+    let (mut keys, mut parts, mut offsets, mut times) = (vec![], vec![], vec![], vec![]);
+    for r in records {
+        keys.push(r.key.as_deref().map(lossy));
+        parts.push(r.partition);
+        offsets.push(r.offset);
+        times.push(r.timestamp_ms);
+    }
+    let mut columns: Vec<ArrayRef> = values.columns().to_vec();
+    columns.push(Arc::new(StringArray::from(keys)));
+    columns.push(Arc::new(Int32Array::from(parts)));
+    columns.push(Arc::new(Int64Array::from(offsets)));
+    columns.push(Arc::new(TimestampMillisecondArray::from(times)));
+    RecordBatch::try_new(schema.clone(), columns)
+        .map_err(|e| Error::Data(format!("kafka batch: {e}")))
+}
+
+/// Bytes as text for a dead letter: lossy UTF-8, at most 64 KiB.
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(&b[..b.len().min(MAX_DEAD_RECORD_BYTES)]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::SchemaSpec;
+
+    fn source() -> SourceSpec {
+        let spec = crate::spec::PipelineSpec::parse(
+            r#"
+[job]
+name = "k"
+mode = "streaming"
+[[sources]]
+name = "clicks"
+format = "kafka"
+brokers = "127.0.0.1:9092"
+topic = "clicks"
+schema = { user_id = "int64", url = "utf8", ts = "timestamp_ms" }
+[transform]
+sql = "SELECT * FROM clicks"
+[sink]
+format = "parquet"
+path = "/tmp/out"
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        spec.sources[0].clone()
+    }
+
+    fn rec(offset: i64, value: &str) -> Record {
+        Record {
+            partition: 2,
+            offset,
+            key: Some(format!("k{offset}").into_bytes()),
+            value: Some(value.as_bytes().to_vec()),
+            timestamp_ms: Some(1_700_000_000_000 + offset),
+        }
+    }
+
+    #[test]
+    fn the_schema_table_keeps_its_order_and_gains_the_record_columns() {
+        let s = source();
+        assert!(matches!(s.schema, Some(SchemaSpec::Columns(_))));
+        let schema = table_schema(&s).unwrap();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "user_id",
+                "url",
+                "ts",
+                "_key",
+                "_partition",
+                "_offset",
+                "_timestamp"
+            ]
+        );
+    }
+
+    #[test]
+    fn good_records_decode_with_their_position_and_bad_ones_go_to_the_dead_letters() {
+        let s = source();
+        let schema = table_schema(&s).unwrap();
+        let records = vec![
+            rec(10, r#"{"user_id": 1, "url": "a", "ts": 5, "extra": true}"#),
+            rec(11, r#"{"user_id": "not a number", "url": "b"}"#),
+            rec(12, "not json"),
+            rec(13, r#"{"user_id": 3}{"user_id": 4}"#),
+            Record {
+                value: None,
+                ..rec(14, "")
+            },
+            rec(15, r#"{"user_id": 5, "url": "e"}"#),
+        ];
+        let dead = DeadLetters::default();
+        let (batch, bad) = decode("clicks", "clicks", &schema, &records, &dead).unwrap();
+        assert_eq!(bad, 4);
+        assert_eq!(batch.num_rows(), 2);
+        let offsets = batch
+            .column(5)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(offsets.values(), &[10, 15]);
+        let dead = dead.take();
+        let at: Vec<(Option<i32>, u64)> = dead.iter().map(|d| (d.partition, d.offset)).collect();
+        assert_eq!(
+            at,
+            [(Some(2), 11), (Some(2), 12), (Some(2), 13), (Some(2), 14)]
+        );
+        assert!(dead.iter().all(|d| d.topic.as_deref() == Some("clicks")));
+        assert!(
+            dead[0].error.contains("user_id") || dead[0].error.contains("Int64"),
+            "{}",
+            dead[0].error
+        );
+        assert!(dead[2].error.contains("2 JSON values"), "{}", dead[2].error);
+        assert!(dead[3].error.contains("tombstone"));
+    }
+
+    #[test]
+    fn a_clean_batch_takes_the_fast_path() {
+        let s = source();
+        let schema = table_schema(&s).unwrap();
+        let records: Vec<Record> = (0..1000)
+            .map(|i| {
+                rec(
+                    i,
+                    &format!(r#"{{"user_id": {i}, "url": "u{i}", "ts": {i}}}"#),
+                )
+            })
+            .collect();
+        let dead = DeadLetters::default();
+        let (batch, bad) = decode("clicks", "clicks", &schema, &records, &dead).unwrap();
+        assert_eq!((batch.num_rows(), bad), (1000, 0));
+        assert!(dead.take().is_empty());
+    }
+}

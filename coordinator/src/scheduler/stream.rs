@@ -1,0 +1,196 @@
+//! Streaming jobs on the leader (issue 13): a consumer task's micro-batch commit
+//! (`WorkerService::CommitBatch`): its offsets and staged files in one command, then
+//! its files published in the sink; and the publishing of batches a leader committed
+//! but did not publish before it crashed or was deposed.
+
+use super::{commit, job_staging_root, leads_in, staging_prefix};
+use crate::alerts::{self, AlertKind};
+use crate::core::{Core, StoreError};
+use crate::state::{BatchOffsets, Command, Job, PendingBatch};
+use autopipe_common::error::{Error, Result};
+use autopipe_common::util::now_ms;
+use autopipe_proto as pb;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+/// Why a commit was not recorded.
+#[derive(Debug)]
+pub enum CommitRefused {
+    /// the request is malformed (a file outside the attempt's staging)
+    Invalid(String),
+    /// the attempt lost its partitions, or the job ended: it must stop
+    Fenced(String),
+    /// the proposal failed (not the leader, no quorum): try again
+    Store(StoreError),
+}
+
+/// Records a consumer task's micro-batch (`Command::StreamCommit`), then publishes
+/// its files. Answers once the commit is applied: a publish that fails is retried by
+/// the leader loop (`publish_pending`).
+pub async fn commit_batch(
+    core: &Arc<Core>,
+    req: &pb::CommitBatchRequest,
+) -> std::result::Result<(), CommitRefused> {
+    let key = req
+        .key
+        .as_ref()
+        .ok_or_else(|| CommitRefused::Invalid("a commit without a task key".into()))?;
+    let job = core
+        .read(|s| s.jobs.get(&key.job_id).cloned())
+        .ok_or_else(|| CommitRefused::Fenced(format!("job {} does not exist", key.job_id)))?;
+    if job.stream.is_none() {
+        return Err(CommitRefused::Invalid(format!(
+            "job {} is not a streaming job",
+            key.job_id
+        )));
+    }
+    let moves = batch_moves(&job, key, req).map_err(CommitRefused::Invalid)?;
+    let opt = |v: i64| (v >= 0).then_some(v);
+    let cmd = Command::StreamCommit {
+        job_id: key.job_id.clone(),
+        task: key.task,
+        attempt: key.attempt,
+        batch: req.batch,
+        offsets: req
+            .partitions
+            .iter()
+            .map(|p| BatchOffsets {
+                partition: p.partition,
+                from: opt(p.from_offset),
+                to: p.to_offset,
+                high_watermark: opt(p.high_watermark),
+            })
+            .collect(),
+        moves,
+        records: req.records,
+        rows_out: req.rows_out,
+        bytes_out: req.bytes_out,
+        bad_records: req.bad_records,
+        at_ms: now_ms(),
+    };
+    match core.propose(cmd).await {
+        Ok(_) => {}
+        Err(StoreError::Rejected(why)) => return Err(CommitRefused::Fenced(why.to_string())),
+        Err(e) => return Err(CommitRefused::Store(e)),
+    }
+    let m = &core.metrics;
+    m.rows_read.inc_by(req.records);
+    m.rows_written.inc_by(req.rows_out);
+    m.bytes_written.inc_by(req.bytes_out);
+    m.bad_records.inc_by(req.bad_records);
+    if let Err(e) = publish(core, &key.job_id).await {
+        tracing::warn!(job = %key.job_id, "committed batch not published yet (retried): {e}");
+    }
+    // past max_bad_record_ratio the job fails (its dead letters are published)
+    let over = core.read(|s| s.jobs.get(&key.job_id).map(commit::check_bad_records));
+    if let Some(Err(e)) = over {
+        alerts::raise(core, AlertKind::BadRecordRatio, &key.job_id, &e.to_string());
+        let cmd = Command::JobFailed {
+            job_id: key.job_id.clone(),
+            error: super::error_record(&e),
+            at_ms: now_ms(),
+        };
+        if let Err(e) = core.propose(cmd).await {
+            tracing::warn!(job = %key.job_id, "bad-record failure not recorded: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// (staged URL, final URL) of a batch's files: output files keep their directories
+/// (hive partitions) under the sink with `t{task}-a{attempt}-b{batch}-` before their
+/// name; the dead letters go to the job's dead-letter directory. A file outside the
+/// attempt's staging is refused.
+fn batch_moves(
+    job: &Job,
+    key: &pb::TaskKey,
+    req: &pb::CommitBatchRequest,
+) -> std::result::Result<Vec<(String, String)>, String> {
+    let (task, attempt, batch) = (key.task, key.attempt, req.batch);
+    let staging = staging_prefix(job, task as usize, attempt);
+    let tag = format!("t{task}-a{attempt}-b{batch}");
+    let mut moves = vec![];
+    for rel in &req.files {
+        let inner = rel
+            .strip_prefix(&format!("b{batch}/"))
+            .filter(|r| !r.is_empty() && !r.split('/').any(|p| p.is_empty() || p == ".."))
+            .ok_or_else(|| format!("file '{rel}' is not in batch {batch}'s staging"))?;
+        let (dir, name) = match inner.rsplit_once('/') {
+            Some((d, n)) => (format!("{d}/"), n),
+            None => (String::new(), inner),
+        };
+        moves.push((
+            format!("{staging}{rel}"),
+            format!("{}{dir}{tag}-{name}", job.spec.sink.path),
+        ));
+    }
+    if !req.dead_letter_file.is_empty() {
+        let dead_staging = format!("{}dead-letter/t{task}-a{attempt}/", job_staging_root(job));
+        let ok = req
+            .dead_letter_file
+            .strip_prefix(&dead_staging)
+            .is_some_and(|r| !r.contains(".."));
+        if !ok {
+            return Err(format!(
+                "dead-letter file '{}' is not in the attempt's staging",
+                req.dead_letter_file
+            ));
+        }
+        moves.push((
+            req.dead_letter_file.clone(),
+            format!("{}{tag}.ndjson", job.dead_letter_dir()),
+        ));
+    }
+    Ok(moves)
+}
+
+/// Publishes the job's committed batches still staged, and records it.
+pub async fn publish(core: &Arc<Core>, job_id: &str) -> Result<()> {
+    let pending: Vec<PendingBatch> = core.read(|s| {
+        s.jobs
+            .get(job_id)
+            .and_then(|j| j.stream.as_ref())
+            .map(|st| st.pending.clone())
+            .unwrap_or_default()
+    });
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let term = core.raft.status().term;
+    let fence = || leads_in(core, term);
+    commit::publish_batches(&pending, &fence).await?;
+    core.propose(Command::StreamPublished {
+        job_id: job_id.to_string(),
+        batches: pending
+            .iter()
+            .map(|b| (b.task, b.attempt, b.batch))
+            .collect(),
+    })
+    .await
+    .map_err(|e| Error::Transient(format!("publish of job {job_id} not recorded: {e}")))?;
+    Ok(())
+}
+
+/// Publishes, in the background, every job's committed batches still staged (after a
+/// leader change, or a publish that failed); `busy`: jobs being published here.
+pub fn publish_pending(core: &Arc<Core>, busy: &Arc<Mutex<HashSet<String>>>) {
+    let jobs: Vec<String> = core.read(|s| {
+        s.jobs
+            .values()
+            .filter(|j| j.stream.as_ref().is_some_and(|st| !st.pending.is_empty()))
+            .map(|j| j.id.clone())
+            .collect()
+    });
+    for job_id in jobs {
+        if !busy.lock().expect("lock").insert(job_id.clone()) {
+            continue;
+        }
+        let (core, busy) = (core.clone(), busy.clone());
+        tokio::spawn(async move {
+            if let Err(e) = publish(&core, &job_id).await {
+                tracing::warn!(job = %job_id, "cannot publish committed batches now: {e}");
+            }
+            busy.lock().expect("lock").remove(&job_id);
+        });
+    }
+}

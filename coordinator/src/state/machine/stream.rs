@@ -1,0 +1,388 @@
+//! A streaming job's replicated progress (issue 13): which Kafka partitions each
+//! consumer task reads, the offsets committed together with the output they
+//! produced, and the committed micro-batches whose staged files are not yet
+//! published in the sink.
+//!
+//! A micro-batch commits in one command (`Command::StreamCommit`): its new offsets and
+//! its staged files. It is accepted only from the attempt that runs the task now, and
+//! only if every partition starts where the last commit left it, so an attempt that
+//! lost its partitions (its worker was declared lost, the task moved) can never
+//! commit again: its output is discarded with its staging, and the new attempt
+//! re-reads from the committed offsets. Output and offsets never disagree.
+
+use super::{ApplyError, Outcome, State, TaskState};
+use crate::state::commands::Command;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// What the planner decided for a streaming job: the topic and each consumer task's
+/// partitions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StreamPlan {
+    /// the topic the job reads
+    pub topic: String,
+    /// per task (the stage's tasks in order), the partitions it reads
+    pub assignment: Vec<Vec<i32>>,
+}
+
+/// A streaming job's progress.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Stream {
+    /// the topic
+    pub topic: String,
+    /// per task, the partitions it reads
+    pub assignment: Vec<Vec<i32>>,
+    /// per partition
+    pub partitions: BTreeMap<i32, PartitionProgress>,
+    /// per task, its last committed batch as (attempt, batch)
+    pub last: Vec<(u32, u64)>,
+    /// micro-batches committed
+    pub batches: u64,
+    /// committed micro-batches whose files are still staged
+    pub pending: Vec<PendingBatch>,
+    /// records read in committed batches (bad ones included)
+    pub records: u64,
+    /// rows written by committed batches
+    pub rows_out: u64,
+    /// bytes written by committed batches
+    pub bytes_out: u64,
+    /// records of committed batches that went to the dead letters
+    pub bad_records: u64,
+    /// files published in the sink (and dead letters)
+    pub files: u64,
+}
+
+/// One partition's committed progress.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PartitionProgress {
+    /// the next offset to read (`None`: nothing committed; the source's `start`)
+    pub offset: Option<i64>,
+    /// the high watermark the last commit saw
+    pub high_watermark: Option<i64>,
+    /// records committed
+    pub records: u64,
+    /// when it last committed (ms)
+    pub updated_ms: u64,
+}
+
+impl PartitionProgress {
+    /// Records produced but not committed yet, as the last commit saw it.
+    pub fn lag(&self) -> Option<i64> {
+        let hw = self.high_watermark?;
+        Some((hw - self.offset.unwrap_or(0)).max(0))
+    }
+}
+
+/// A committed micro-batch whose files still wait in staging.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PendingBatch {
+    /// the task
+    pub task: u32,
+    /// its attempt
+    pub attempt: u32,
+    /// the attempt's batch number
+    pub batch: u64,
+    /// (staged URL, final URL) of each file
+    pub moves: Vec<(String, String)>,
+}
+
+/// One partition in a `StreamCommit`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BatchOffsets {
+    /// partition
+    pub partition: i32,
+    /// where the batch started (`None`: the partition had no committed offset)
+    pub from: Option<i64>,
+    /// the next offset after the batch
+    pub to: i64,
+    /// the high watermark the task last saw
+    pub high_watermark: Option<i64>,
+}
+
+impl Stream {
+    /// A new job's progress.
+    pub fn new(plan: &StreamPlan) -> Stream {
+        Stream {
+            topic: plan.topic.clone(),
+            partitions: plan
+                .assignment
+                .iter()
+                .flatten()
+                .map(|&p| (p, PartitionProgress::default()))
+                .collect(),
+            last: vec![(0, 0); plan.assignment.len()],
+            assignment: plan.assignment.clone(),
+            batches: 0,
+            pending: vec![],
+            records: 0,
+            rows_out: 0,
+            bytes_out: 0,
+            bad_records: 0,
+            files: 0,
+        }
+    }
+
+    /// Records not committed yet, over all partitions whose high watermark is known.
+    pub fn total_lag(&self) -> i64 {
+        self.partitions.values().filter_map(|p| p.lag()).sum()
+    }
+}
+
+impl State {
+    /// `Command::StreamCommit`: all checks run before any change.
+    pub(super) fn on_stream_commit(&mut self, cmd: &Command) -> Result<Outcome, ApplyError> {
+        let Command::StreamCommit {
+            job_id,
+            task,
+            attempt,
+            batch,
+            offsets,
+            moves,
+            records,
+            rows_out,
+            bytes_out,
+            bad_records,
+            at_ms,
+        } = cmd
+        else {
+            unreachable!("called for StreamCommit only")
+        };
+        let illegal = |why: String| {
+            ApplyError::Illegal(format!(
+                "job {job_id} task {task} attempt {attempt} batch {batch}: {why}"
+            ))
+        };
+        let job = self
+            .jobs
+            .get_mut(job_id)
+            .ok_or_else(|| ApplyError::UnknownJob(job_id.clone()))?;
+        if job.state.is_terminal() {
+            return Err(illegal(format!("the job is {:?}", job.state)));
+        }
+        let running = job
+            .stages
+            .first()
+            .and_then(|st| st.tasks.get(*task as usize))
+            .map(|t| matches!(t.state, TaskState::Running { attempt: a, .. } if a == *attempt));
+        let stream = job
+            .stream
+            .as_mut()
+            .ok_or_else(|| illegal("not a streaming job".into()))?;
+        if stream.last.get(*task as usize) == Some(&(*attempt, *batch)) {
+            return Ok(Outcome::Done); // the same commit again (a retried proposal)
+        }
+        if running != Some(true) {
+            return Err(illegal("the attempt no longer runs the task".into()));
+        }
+        let owned = &stream.assignment[*task as usize];
+        for o in offsets {
+            if !owned.contains(&o.partition) {
+                return Err(illegal(format!(
+                    "partition {} is not assigned to the task",
+                    o.partition
+                )));
+            }
+            let committed = stream.partitions.get(&o.partition).and_then(|p| p.offset);
+            if committed != o.from {
+                return Err(illegal(format!(
+                    "partition {} moved on: committed {committed:?}, the batch started at {:?}",
+                    o.partition, o.from
+                )));
+            }
+            if o.to < o.from.unwrap_or(0) {
+                return Err(illegal(format!(
+                    "partition {} would go back from {:?} to {}",
+                    o.partition, o.from, o.to
+                )));
+            }
+        }
+        for o in offsets {
+            let p = stream.partitions.entry(o.partition).or_default();
+            let read = (o.to - o.from.unwrap_or(o.to)).max(0) as u64;
+            p.records += read;
+            p.offset = Some(o.to);
+            if let Some(hw) = o.high_watermark {
+                p.high_watermark = Some(hw.max(o.to));
+            } else if let Some(hw) = p.high_watermark.as_mut() {
+                *hw = (*hw).max(o.to);
+            }
+            p.updated_ms = *at_ms;
+        }
+        stream.last[*task as usize] = (*attempt, *batch);
+        stream.batches += 1;
+        stream.records += records;
+        stream.rows_out += rows_out;
+        stream.bytes_out += bytes_out;
+        stream.bad_records += bad_records;
+        if !moves.is_empty() {
+            stream.pending.push(PendingBatch {
+                task: *task,
+                attempt: *attempt,
+                batch: *batch,
+                moves: moves.clone(),
+            });
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// `Command::StreamPublished`: the batches' files are in place.
+    pub(super) fn on_stream_published(&mut self, cmd: &Command) -> Result<Outcome, ApplyError> {
+        let Command::StreamPublished { job_id, batches } = cmd else {
+            unreachable!("called for StreamPublished only")
+        };
+        let job = self
+            .jobs
+            .get_mut(job_id)
+            .ok_or_else(|| ApplyError::UnknownJob(job_id.clone()))?;
+        let Some(stream) = job.stream.as_mut() else {
+            return Err(ApplyError::Illegal(format!(
+                "job {job_id} is not a streaming job"
+            )));
+        };
+        let mut published = 0;
+        stream.pending.retain(|b| {
+            let done = batches.contains(&(b.task, b.attempt, b.batch));
+            if done {
+                published += b.moves.len() as u64;
+            }
+            !done
+        });
+        stream.files += published;
+        Ok(Outcome::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{test_stage, test_state};
+
+    /// Workers w1, w2; a streaming job "s" of two consumer tasks reading partitions
+    /// [0, 2] and [1]; task 0's attempt 1 runs on w1.
+    fn streaming() -> State {
+        let mut s = test_state(&[("w1", 2), ("w2", 2)], 1);
+        s.apply(&Command::SubmitJob {
+            job_id: "s".into(),
+            spec: Box::new(crate::state::test_spec("")),
+            stages: vec![test_stage(0, 2, None, vec![])],
+            at_ms: 0,
+            request_id: String::new(),
+            stream: Some(Box::new(StreamPlan {
+                topic: "clicks".into(),
+                assignment: vec![vec![0, 2], vec![1]],
+            })),
+        })
+        .unwrap();
+        launch(&mut s, 0, 1, "w1");
+        s
+    }
+
+    fn launch(s: &mut State, task: u32, attempt: u32, w: &str) {
+        s.apply(&Command::TaskLaunched {
+            job_id: "s".into(),
+            stage: 0,
+            task,
+            attempt,
+            worker_id: w.into(),
+            at_ms: 1,
+        })
+        .unwrap();
+    }
+
+    fn commit(task: u32, attempt: u32, batch: u64, offsets: &[(i32, Option<i64>, i64)]) -> Command {
+        Command::StreamCommit {
+            job_id: "s".into(),
+            task,
+            attempt,
+            batch,
+            offsets: offsets
+                .iter()
+                .map(|&(partition, from, to)| BatchOffsets {
+                    partition,
+                    from,
+                    to,
+                    high_watermark: Some(to + 5),
+                })
+                .collect(),
+            moves: vec![("staged".into(), "final".into())],
+            records: offsets
+                .iter()
+                .map(|o| (o.2 - o.1.unwrap_or(0)) as u64)
+                .sum(),
+            rows_out: 1,
+            bytes_out: 1,
+            bad_records: 0,
+            at_ms: 2,
+        }
+    }
+
+    #[test]
+    fn a_batch_commits_its_offsets_once_and_only_from_where_the_last_left_them() {
+        let mut s = streaming();
+        s.apply(&commit(0, 1, 1, &[(0, None, 10), (2, None, 4)]))
+            .unwrap();
+        let st = s.jobs["s"].stream.clone().unwrap();
+        assert_eq!(st.partitions[&0].offset, Some(10));
+        assert_eq!(st.partitions[&0].lag(), Some(5));
+        assert_eq!((st.batches, st.records, st.pending.len()), (1, 14, 1));
+        // the same commit again (a retried proposal) changes nothing
+        let before = s.clone();
+        s.apply(&commit(0, 1, 1, &[(0, None, 10), (2, None, 4)]))
+            .unwrap();
+        assert_eq!(s, before);
+        // a batch that does not start where the last one left the partition
+        let e = s.apply(&commit(0, 1, 2, &[(0, Some(8), 20)])).unwrap_err();
+        assert!(e.to_string().contains("moved on"), "{e}");
+        // a partition the task does not own
+        let e = s.apply(&commit(0, 1, 2, &[(1, None, 3)])).unwrap_err();
+        assert!(e.to_string().contains("not assigned"), "{e}");
+        // a task that is not running (task 1 never launched)
+        assert!(s.apply(&commit(1, 1, 1, &[(1, None, 3)])).is_err());
+        assert_eq!(s, before);
+        s.apply(&commit(0, 1, 2, &[(0, Some(10), 20)])).unwrap();
+        assert_eq!(
+            s.jobs["s"].stream.as_ref().unwrap().partitions[&0].offset,
+            Some(20)
+        );
+    }
+
+    #[test]
+    fn an_attempt_that_lost_its_task_never_commits_again() {
+        let mut s = streaming();
+        s.apply(&commit(0, 1, 1, &[(0, None, 10)])).unwrap();
+        // w1 is lost: the task runs again elsewhere, from the committed offsets
+        s.apply(&Command::WorkerLost {
+            worker_id: "w1".into(),
+            at_ms: 3,
+        })
+        .unwrap();
+        launch(&mut s, 0, 2, "w2");
+        let e = s.apply(&commit(0, 1, 2, &[(0, Some(10), 30)])).unwrap_err();
+        assert!(e.to_string().contains("no longer runs"), "{e}");
+        s.apply(&commit(0, 2, 1, &[(0, Some(10), 30)])).unwrap();
+        let st = s.jobs["s"].stream.as_ref().unwrap();
+        assert_eq!(st.partitions[&0].offset, Some(30));
+        // a partition's first commit pins where it starts: it counts no records
+        assert_eq!(st.partitions[&0].records, 20);
+    }
+
+    #[test]
+    fn published_batches_leave_the_pending_list_and_a_cancelled_job_takes_no_commit() {
+        let mut s = streaming();
+        s.apply(&commit(0, 1, 1, &[(0, None, 10)])).unwrap();
+        s.apply(&commit(0, 1, 2, &[(0, Some(10), 12)])).unwrap();
+        s.apply(&Command::StreamPublished {
+            job_id: "s".into(),
+            batches: vec![(0, 1, 1)],
+        })
+        .unwrap();
+        let st = s.jobs["s"].stream.as_ref().unwrap();
+        assert_eq!((st.pending.len(), st.pending[0].batch, st.files), (1, 2, 1));
+        s.apply(&Command::CancelJob {
+            job_id: "s".into(),
+            at_ms: 4,
+        })
+        .unwrap();
+        assert!(s.apply(&commit(0, 1, 3, &[(0, Some(12), 13)])).is_err());
+    }
+}

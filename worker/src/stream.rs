@@ -1,0 +1,364 @@
+//! A streaming job's consumer task (issue 13). It reads the Kafka partitions the
+//! coordinator assigned it (`assign`, never consumer-group rebalancing) from the
+//! offsets the coordinator committed, and repeats until cancelled:
+//!
+//! 1. poll records for up to `batch_interval`, or until `max_batch_rows`;
+//! 2. decode the JSON values to Arrow (malformed records to the batch's dead letters
+//!    with their topic, partition, offset and reason);
+//! 3. run the job's SQL over the batch (joined with the job's file sources);
+//! 4. write the result into the attempt's staging (`b{N}/`);
+//! 5. commit the batch's files and its partitions' new offsets in one coordinator
+//!    proposal (`CommitBatch`), which the coordinator then publishes in the sink.
+//!
+//! The next poll waits for the commit: a slow sink slows consumption (back-pressure),
+//! and at most one batch is in memory. A commit the coordinator refuses (the attempt
+//! lost its partitions) ends the attempt; what it staged is discarded with the job's
+//! staging, and the partitions' new owner re-reads from the committed offsets.
+
+use crate::control::WorkerShared;
+use crate::executor::{run_sink, upload_dead_letters, RemoveOnDrop};
+use autopipe_common::error::{Error, Result};
+use autopipe_common::kafka::{self, Record};
+use autopipe_common::retry::RetryPolicy;
+use autopipe_common::shuffle::channel_to;
+use autopipe_common::spec::{KafkaStart, PipelineSpec};
+use autopipe_common::store::register_stores;
+use autopipe_common::task::TaskResult;
+use autopipe_common::tolerant::DeadLetters;
+use autopipe_proto as pb;
+use datafusion::execution::context::SQLOptions;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tonic::Request;
+
+/// High watermarks per partition, from the consumer's statistics: the Fetch
+/// responses' high watermark (which the test broker reports right where its
+/// ListOffsets does not).
+#[derive(Default)]
+struct Watermarks {
+    high: Mutex<HashMap<i32, i64>>,
+}
+
+impl ClientContext for Watermarks {
+    fn stats(&self, statistics: Statistics) {
+        let mut high = self.high.lock().expect("watermarks lock");
+        for t in statistics.topics.values() {
+            for (p, st) in &t.partitions {
+                if *p >= 0 && st.hi_offset >= 0 {
+                    high.insert(*p, st.hi_offset);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Watermarks {}
+
+type KafkaConsumer = BaseConsumer<Watermarks>;
+
+/// Runs the consumer task `def` until `cancel` fires, or its commit is refused, or
+/// an error (then the coordinator retries it from the committed offsets).
+pub async fn run_stream(
+    def: &pb::TaskDefinition,
+    shared: &Arc<WorkerShared>,
+    cancel: &CancellationToken,
+    spill_dir: &std::path::Path,
+) -> Result<TaskResult> {
+    let st = def
+        .stream
+        .as_ref()
+        .ok_or_else(|| Error::Permanent("not a streaming task".into()))?;
+    let key = def
+        .key
+        .clone()
+        .ok_or_else(|| Error::Permanent("task definition without a key".into()))?;
+    let spec: PipelineSpec = serde_json::from_str(&st.spec_json)
+        .map_err(|e| Error::Permanent(format!("cannot read the job's spec: {e}")))?;
+    let (ctx, source, schema) = kafka::stream_context(&spec).await?;
+    register_stores(&ctx.runtime_env(), &def.store_urls)?;
+    let topic = source.topic.clone().unwrap_or_default();
+    let params = &spec.job.params;
+    let interval = Duration::from_millis(params.batch_interval_ms());
+    let max_rows = params.max_batch_rows() as usize;
+    let consumer: Arc<KafkaConsumer> = Arc::new(
+        kafka::client_config(&source)
+            // librdkafka's assign() needs a group id; the group is never joined and
+            // nothing is committed to it (offsets live in the coordinator)
+            .set("group.id", format!("autopipe.{}", key.job_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // the high watermarks in the statistics measure the lag (the test broker's
+            // ListOffsets answers a batch's base offset, its Fetch responses are right)
+            .set(
+                "statistics.interval.ms",
+                params.batch_interval_ms().clamp(100, 1000).to_string(),
+            )
+            .create_with_context(Watermarks::default())
+            .map_err(|e| Error::Permanent(format!("source '{}': {e}", source.name)))?,
+    );
+    // where each partition stands: the committed offset, or (none committed yet) the
+    // source's start, resolved and committed first so a restart never re-resolves it
+    let mut position: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut unresolved = vec![];
+    for p in &st.partitions {
+        match p.offset {
+            o if o >= 0 => {
+                position.insert(p.partition, o);
+            }
+            _ => unresolved.push(p.partition),
+        }
+    }
+    let mut batch = 0u64;
+    if !unresolved.is_empty() {
+        let start = source.start.unwrap_or_default();
+        let (c, t) = (consumer.clone(), topic.clone());
+        let resolved =
+            tokio::task::spawn_blocking(move || resolve_start(&c, &t, &unresolved, start))
+                .await
+                .map_err(|e| Error::Transient(format!("resolving offsets: {e}")))??;
+        batch += 1;
+        let progress = resolved
+            .iter()
+            .map(|(&p, &o)| pb::PartitionProgress {
+                partition: p,
+                from_offset: -1,
+                to_offset: o,
+                high_watermark: -1,
+            })
+            .collect();
+        let req = pb::CommitBatchRequest {
+            worker_id: def.worker_id.clone(),
+            key: Some(key.clone()),
+            batch,
+            partitions: progress,
+            ..Default::default()
+        };
+        commit(shared, req).await?;
+        position.extend(resolved);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (&p, &o) in &position {
+        tpl.add_partition_offset(&topic, p, Offset::Offset(o))
+            .map_err(|e| Error::Permanent(format!("partition {p}: {e}")))?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| Error::Transient(format!("cannot assign partitions of '{topic}': {e}")))?;
+    let sql_options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let mut total = TaskResult::default();
+    while !cancel.is_cancelled() {
+        let (c, stop) = (consumer.clone(), cancel.clone());
+        let (records, error) =
+            tokio::task::spawn_blocking(move || poll_batch(&c, interval, max_rows, &stop))
+                .await
+                .map_err(|e| Error::Transient(format!("polling: {e}")))?;
+        if let Some(e) = error {
+            return Err(e);
+        }
+        if records.is_empty() || cancel.is_cancelled() {
+            continue;
+        }
+        let started = Instant::now();
+        batch += 1;
+        // each partition's progress: from where it stood to after its last record
+        let mut progress: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+        for r in &records {
+            let from = position.get(&r.partition).copied().unwrap_or(r.offset);
+            let e = progress.entry(r.partition).or_insert((from, from));
+            e.1 = e.1.max(r.offset + 1);
+        }
+        let dead_path = spill_dir.join(format!(
+            "dead-{}-t{}-a{}-b{batch}.ndjson",
+            autopipe_common::shuffle::job_dir(std::path::Path::new(""), &key.job_id).display(),
+            key.task,
+            key.attempt
+        ));
+        let dead = DeadLetters::to_file(&dead_path)
+            .map_err(|e| Error::Transient(format!("cannot create {}: {e}", dead_path.display())))?;
+        let _remove = RemoveOnDrop(dead_path.clone());
+        let (rows, bad) = kafka::decode(&source.name, &topic, &schema, &records, &dead)?;
+        kafka::set_batch(&ctx, &source.name, &schema, vec![rows])?;
+        let df = ctx
+            .sql_with_options(&spec.transform.sql, sql_options)
+            .await
+            .map_err(|e| Error::plan("transform.sql", e))?;
+        let out_schema = Arc::new(df.schema().as_arrow().clone());
+        let stream = df.execute_stream().await?;
+        let sink = pb::SinkOutput {
+            format: spec.sink.format.name().to_string(),
+            staging_url: format!("{}b{batch}/", st.staging_url),
+            partition_by: spec.sink.partition_by.clone(),
+        };
+        let out = run_sink(out_schema, stream, &sink, ctx.task_ctx(), false).await?;
+        let mut dead_letter_file = String::new();
+        if let Some((file, n)) = dead.finish().map_err(Error::Transient)? {
+            if n > 0 {
+                let url = format!("{}b{batch}.ndjson", st.dead_letter_url);
+                dead_letter_file = upload_dead_letters(&url, &file, n).await?;
+            }
+        }
+        let high = high_watermarks(&consumer, &topic, progress.keys().copied()).await;
+        let req = pb::CommitBatchRequest {
+            worker_id: def.worker_id.clone(),
+            key: Some(key.clone()),
+            batch,
+            partitions: progress
+                .iter()
+                .map(|(&p, &(from, to))| pb::PartitionProgress {
+                    partition: p,
+                    from_offset: from,
+                    to_offset: to,
+                    high_watermark: high.get(&p).copied().unwrap_or(-1),
+                })
+                .collect(),
+            files: out.files.iter().map(|f| format!("b{batch}/{f}")).collect(),
+            dead_letter_file,
+            records: records.len() as u64,
+            rows_out: out.rows_out,
+            bad_records: bad,
+            bytes_out: out.bytes_out,
+            duration_ms: started.elapsed().as_millis() as u64,
+        };
+        commit(shared, req).await?;
+        for (p, (_, to)) in progress {
+            position.insert(p, to);
+        }
+        total.rows_in += records.len() as u64;
+        total.rows_out += out.rows_out;
+        total.bytes_out += out.bytes_out;
+        total.bad_records += bad;
+        tracing::debug!(job = %key.job_id, task = key.task, attempt = key.attempt, batch, records = records.len(), rows_out = out.rows_out, ms = started.elapsed().as_millis() as u64, "micro-batch committed");
+    }
+    Ok(total)
+}
+
+/// The partitions' high watermarks: from the consumer's statistics, or, for a
+/// partition they do not cover yet (the first second), asked of the brokers.
+async fn high_watermarks(
+    consumer: &Arc<KafkaConsumer>,
+    topic: &str,
+    partitions: impl Iterator<Item = i32>,
+) -> HashMap<i32, i64> {
+    let mut high = consumer.context().high.lock().expect("lock").clone();
+    let missing: Vec<i32> = partitions.filter(|p| !high.contains_key(p)).collect();
+    if missing.is_empty() {
+        return high;
+    }
+    let (c, t) = (consumer.clone(), topic.to_string());
+    let asked = tokio::task::spawn_blocking(move || {
+        missing
+            .into_iter()
+            .filter_map(|p| {
+                let (_, hw) = c.fetch_watermarks(&t, p, Duration::from_secs(2)).ok()?;
+                Some((p, hw))
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    high.extend(asked);
+    high
+}
+
+/// Where partitions with no committed offset start: their low watermark (earliest)
+/// or high watermark (latest), asked of the brokers.
+fn resolve_start(
+    consumer: &KafkaConsumer,
+    topic: &str,
+    partitions: &[i32],
+    start: KafkaStart,
+) -> Result<BTreeMap<i32, i64>> {
+    let mut out = BTreeMap::new();
+    for &p in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .map_err(|e| {
+                Error::Transient(format!("cannot read the offsets of {topic}/{p}: {e}"))
+            })?;
+        out.insert(
+            p,
+            match start {
+                KafkaStart::Earliest => low.max(0),
+                KafkaStart::Latest => high.max(0),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Polls for up to `interval` from the first wait (or until `max_rows` records, or
+/// `cancel`); a consumer error other than reaching a partition's end is returned.
+fn poll_batch(
+    consumer: &KafkaConsumer,
+    interval: Duration,
+    max_rows: usize,
+    cancel: &CancellationToken,
+) -> (Vec<Record>, Option<Error>) {
+    let deadline = Instant::now() + interval;
+    let mut records = vec![];
+    while records.len() < max_rows && !cancel.is_cancelled() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match consumer.poll(left.min(Duration::from_millis(100))) {
+            None => {}
+            Some(Ok(m)) => records.push(Record {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec),
+                timestamp_ms: m.timestamp().to_millis(),
+            }),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => return (records, Some(Error::Transient(format!("consuming: {e}")))),
+        }
+    }
+    (records, None)
+}
+
+/// Sends a batch commit to the coordinators' leader, retrying transient failures
+/// (leader changes, unreachable coordinators). A refusal ends the attempt.
+async fn commit(shared: &WorkerShared, req: pb::CommitBatchRequest) -> Result<()> {
+    let policy = RetryPolicy {
+        base: Duration::from_millis(100),
+        cap: Duration::from_secs(2),
+        max_attempts: 30,
+    };
+    let coords = &shared.coordinators;
+    policy
+        .run(|| {
+            let coord = coords.current();
+            let req = req.clone();
+            async move {
+                let ch = channel_to(&coord).inspect_err(|_| {
+                    coords.failed(&coord, None);
+                })?;
+                let mut c = pb::worker_service_client::WorkerServiceClient::new(ch);
+                let mut r = Request::new(req);
+                r.set_timeout(Duration::from_secs(10));
+                c.commit_batch(r).await.map_err(|s| {
+                    coords.failed(&coord, Some(&s));
+                    if s.code() == tonic::Code::FailedPrecondition {
+                        return Error::Permanent(format!(
+                            "the coordinator refused the batch, the attempt stops: {}",
+                            s.message()
+                        ));
+                    }
+                    Error::from_status(&s)
+                })?;
+                Ok(())
+            }
+        })
+        .await
+}
