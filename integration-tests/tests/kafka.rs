@@ -6,7 +6,7 @@
 
 use anyhow::{Context, Result};
 use integration_tests::kafka::Broker;
-use integration_tests::{metric_sum, wait_until, write_spec, Cluster};
+use integration_tests::{http_get, metric_sum, wait_until, write_spec, Cluster, Group};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
@@ -102,6 +102,17 @@ fn output_rows(dir: &Path) -> Result<Vec<(i64, i32, i64)>> {
     })
 }
 
+/// The sink holds users 0..n, each once, at distinct (partition, offset).
+fn assert_exactly_once(dir: &Path, n: i64, when: &str) -> Result<()> {
+    let rows = output_rows(dir)?;
+    let positions: BTreeSet<(i32, i64)> = rows.iter().map(|r| (r.1, r.2)).collect();
+    let users: BTreeSet<i64> = rows.iter().map(|r| r.0).collect();
+    assert_eq!(rows.len() as i64, n, "every record exactly once ({when})");
+    assert_eq!(positions.len() as i64, n, "no (partition, offset) twice");
+    assert_eq!(users, (0..n).collect::<BTreeSet<i64>>());
+    Ok(())
+}
+
 #[test]
 fn a_streaming_job_writes_every_record_exactly_once_across_a_worker_kill() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -120,7 +131,6 @@ fn a_streaming_job_writes_every_record_exactly_once_across_a_worker_kill() -> Re
     let busy = c.busy_worker()?.unwrap_or(0);
     c.workers[busy].kill();
     let at_kill = output_rows(dir.path())?.len();
-    eprintln!("rows in the sink at the kill: {at_kill}");
     broker.produce("clicks", &clicks(3000, 6000, None))?;
     wait_until(
         Duration::from_secs(90),
@@ -129,16 +139,7 @@ fn a_streaming_job_writes_every_record_exactly_once_across_a_worker_kill() -> Re
     )?;
     // the consumers keep running; nothing more may appear
     std::thread::sleep(Duration::from_millis(1500));
-    let rows = output_rows(dir.path())?;
-    let positions: BTreeSet<(i32, i64)> = rows.iter().map(|r| (r.1, r.2)).collect();
-    let users: BTreeSet<i64> = rows.iter().map(|r| r.0).collect();
-    assert_eq!(
-        rows.len(),
-        6000,
-        "every record exactly once ({at_kill} at the kill)"
-    );
-    assert_eq!(positions.len(), 6000, "no (partition, offset) twice");
-    assert_eq!(users, (0..6000).collect::<BTreeSet<i64>>());
+    assert_exactly_once(dir.path(), 6000, &format!("{at_kill} rows at the kill"))?;
     // lag and progress are in the status
     let st = c.cli_json(&["status", &id])?;
     assert!(
@@ -155,6 +156,19 @@ fn a_streaming_job_writes_every_record_exactly_once_across_a_worker_kill() -> Re
     }
     let lag = metric_sum(&c.coordinator.http, "autopipe_kafka_lag_records")?;
     assert_eq!(lag, 0.0);
+    let offsets = metric_sum(&c.coordinator.http, "autopipe_kafka_committed_offset")?;
+    assert_eq!(offsets, 6000.0, "4 partitions at offset 1500");
+    let api: serde_json::Value =
+        serde_json::from_str(&http_get(&c.coordinator.http, &format!("/api/jobs/{id}"))?)?;
+    assert_eq!(api["stream"]["partitions"][3]["offset"], 1500, "{api}");
+    let tasks = api["stream"]["tasks"].as_array().context("tasks")?;
+    assert_eq!(tasks.len(), 2, "one consumer task per worker at submit");
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t["records_per_s"].as_f64() > Some(0.0)),
+        "each task's processing rate is measured: {api}"
+    );
     let cancelled = c.cli_json(&["cancel", &id])?;
     assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
     assert_eq!(output_rows(dir.path())?.len(), 6000);
@@ -216,5 +230,49 @@ fn malformed_records_go_to_the_dead_letters_with_their_offsets() -> Result<()> {
     let st = c.cli_json(&["status", &id])?;
     assert_eq!(st["stream"]["bad_records"], 20, "{st}");
     c.cli_json(&["cancel", &id])?;
+    Ok(())
+}
+
+#[test]
+fn a_streaming_job_writes_every_record_exactly_once_across_a_leader_kill() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = Broker::start()?;
+    broker.create_topic("clicks", 4)?;
+    broker.produce("clicks", &clicks(0, 3000, None))?;
+    let mut g = Group::start(3, 2, 2, &[])?;
+    let spec = streaming_spec(dir.path(), &broker, "")?;
+    let v = g.cli_json(&["submit", spec.to_str().context("utf8")?])?;
+    let id = v["job_id"].as_str().context("job id")?.to_string();
+    wait_until(
+        Duration::from_secs(60),
+        "the first batches in the sink",
+        || Ok(output_rows(dir.path())?.len() >= 500),
+    )?;
+    let old = g.leader()?.context("a leader")?;
+    g.kill(old);
+    let at_kill = output_rows(dir.path())?.len();
+    broker.produce("clicks", &clicks(3000, 6000, None))?;
+    wait_until(Duration::from_secs(30), "a new leader", || {
+        Ok(g.leader()?.is_some_and(|l| l != old))
+    })?;
+    wait_until(
+        Duration::from_secs(90),
+        "all 6000 records in the sink",
+        || Ok(output_rows(dir.path())?.len() >= 6000),
+    )?;
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_exactly_once(
+        dir.path(),
+        6000,
+        &format!("{at_kill} rows at the leader's kill"),
+    )?;
+    let st = g.cli_json(&["status", &id])?;
+    assert_eq!(st["state"], "running", "{st}");
+    assert_eq!(st["stream"]["lag"], 0, "{st}");
+    assert_eq!(
+        st["stream"]["pending_batches"], 0,
+        "every committed batch published: {st}"
+    );
+    g.cli_json(&["cancel", &id])?;
     Ok(())
 }

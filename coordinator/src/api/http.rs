@@ -138,6 +138,13 @@ pub fn stream_json(s: &pb::StreamStatus) -> Value {
             "lag": opt(p.lag),
             "records": p.records,
         })).collect::<Vec<_>>(),
+        "tasks": s.tasks.iter().map(|t| json!({
+            "task": t.task,
+            "partitions": t.partitions,
+            "batches": t.batches,
+            "records": t.records,
+            "records_per_s": t.records_per_s,
+        })).collect::<Vec<_>>(),
     })
 }
 

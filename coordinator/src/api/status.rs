@@ -176,6 +176,21 @@ fn stream_status(st: &crate::state::Stream) -> pb::StreamStatus {
         rows_out: st.rows_out,
         bad_records: st.bad_records,
         lag: st.total_lag(),
+        tasks: st
+            .assignment
+            .iter()
+            .enumerate()
+            .map(|(i, ps)| {
+                let w = st.work.get(i).cloned().unwrap_or_default();
+                pb::ConsumerTaskStatus {
+                    task: i as u32,
+                    partitions: ps.clone(),
+                    batches: w.batches,
+                    records: w.records,
+                    records_per_s: w.rate().unwrap_or(0.0),
+                }
+            })
+            .collect(),
     }
 }
 

@@ -66,6 +66,7 @@ pub async fn commit_batch(
         rows_out: req.rows_out,
         bytes_out: req.bytes_out,
         bad_records: req.bad_records,
+        busy_ms: req.duration_ms,
         at_ms: now_ms(),
     };
     match core.propose(cmd).await {

@@ -568,6 +568,9 @@ pub enum Command {
         bytes_out: u64,
         /// records sent to the dead letters
         bad_records: u64,
+        /// milliseconds the batch took on its worker (decode, SQL, write)
+        #[serde(default)]
+        busy_ms: u64,
         /// when
         at_ms: u64,
     },

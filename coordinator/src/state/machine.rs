@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 mod split;
 mod stream;
 
-pub use stream::{BatchOffsets, PartitionProgress, PendingBatch, Stream, StreamPlan};
+pub use stream::{BatchOffsets, PartitionProgress, PendingBatch, Stream, StreamPlan, TaskWork};
 
 /// Lifecycle of a job.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -36,6 +36,11 @@ pub struct Stream {
     pub partitions: BTreeMap<i32, PartitionProgress>,
     /// per task, its last committed batch as (attempt, batch)
     pub last: Vec<(u32, u64)>,
+    /// per task, what its committed batches read and how long they took: its
+    /// processing rate (the Flink autoscaler's "true processing rate": records per
+    /// second of busy time)
+    #[serde(default)]
+    pub work: Vec<TaskWork>,
     /// micro-batches committed
     pub batches: u64,
     /// committed micro-batches whose files are still staged
@@ -50,6 +55,24 @@ pub struct Stream {
     pub bad_records: u64,
     /// files published in the sink (and dead letters)
     pub files: u64,
+}
+
+/// A consumer task's committed work.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TaskWork {
+    /// records its committed batches read
+    pub records: u64,
+    /// milliseconds its committed batches took (decode, SQL, write)
+    pub busy_ms: u64,
+    /// batches committed
+    pub batches: u64,
+}
+
+impl TaskWork {
+    /// Records per second of busy time, once it committed work.
+    pub fn rate(&self) -> Option<f64> {
+        (self.busy_ms > 0).then(|| self.records as f64 * 1000.0 / self.busy_ms as f64)
+    }
 }
 
 /// One partition's committed progress.
@@ -111,6 +134,7 @@ impl Stream {
                 .map(|&p| (p, PartitionProgress::default()))
                 .collect(),
             last: vec![(0, 0); plan.assignment.len()],
+            work: vec![TaskWork::default(); plan.assignment.len()],
             assignment: plan.assignment.clone(),
             batches: 0,
             pending: vec![],
@@ -142,6 +166,7 @@ impl State {
             rows_out,
             bytes_out,
             bad_records,
+            busy_ms,
             at_ms,
         } = cmd
         else {
@@ -209,6 +234,18 @@ impl State {
             p.updated_ms = *at_ms;
         }
         stream.last[*task as usize] = (*attempt, *batch);
+        if stream.work.len() < stream.last.len() {
+            stream.work.resize(stream.last.len(), TaskWork::default());
+        }
+        let w = &mut stream.work[*task as usize];
+        w.records += records;
+        w.busy_ms += busy_ms;
+        w.batches += 1;
+        // a consumer task runs for days: its attempt limit counts the failures since
+        // its last commit, not since the job started
+        if let Some(t) = job.stages[0].tasks.get_mut(*task as usize) {
+            t.failures = 0;
+        }
         stream.batches += 1;
         stream.records += records;
         stream.rows_out += rows_out;
@@ -312,6 +349,7 @@ mod tests {
             rows_out: 1,
             bytes_out: 1,
             bad_records: 0,
+            busy_ms: 10,
             at_ms: 2,
         }
     }
@@ -325,6 +363,8 @@ mod tests {
         assert_eq!(st.partitions[&0].offset, Some(10));
         assert_eq!(st.partitions[&0].lag(), Some(5));
         assert_eq!((st.batches, st.records, st.pending.len()), (1, 14, 1));
+        assert_eq!(st.work[0].rate(), Some(1400.0), "14 records in 10 ms");
+        assert_eq!(st.work[1].rate(), None);
         // the same commit again (a retried proposal) changes nothing
         let before = s.clone();
         s.apply(&commit(0, 1, 1, &[(0, None, 10), (2, None, 4)]))
@@ -384,5 +424,32 @@ mod tests {
         })
         .unwrap();
         assert!(s.apply(&commit(0, 1, 3, &[(0, Some(12), 13)])).is_err());
+    }
+
+    #[test]
+    fn a_commit_clears_the_tasks_failures() {
+        let mut s = streaming();
+        s.apply(&Command::TaskFailed {
+            job_id: "s".into(),
+            stage: 0,
+            task: 0,
+            attempt: 1,
+            error: crate::state::ErrorRecord {
+                class: "transient".into(),
+                message: "broker down".into(),
+                key: String::new(),
+                fetch_failed: None,
+                worker_unreachable: false,
+            },
+            retryable: true,
+            retry_at_ms: 0,
+            at_ms: 2,
+            retry_limit: None,
+        })
+        .unwrap();
+        assert_eq!(s.jobs["s"].stages[0].tasks[0].failures, 1);
+        launch(&mut s, 0, 2, "w2");
+        s.apply(&commit(0, 2, 1, &[(0, None, 10)])).unwrap();
+        assert_eq!(s.jobs["s"].stages[0].tasks[0].failures, 0);
     }
 }
