@@ -8,7 +8,7 @@
 //! offsets the coordinator committed together with the output they produced.
 
 use crate::error::{Error, Result};
-use crate::spec::{Format, PipelineSpec, SourceSpec};
+use crate::spec::{Format, PipelineSpec, SchemaSpec, SourceSpec};
 use crate::tolerant::{DeadLetters, DeadRecord};
 use datafusion::arrow::array::{
     ArrayRef, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
@@ -145,6 +145,93 @@ pub fn set_batch(
     let table = MemTable::try_new(schema.clone(), vec![batches])?;
     ctx.register_table(name, Arc::new(table))?;
     Ok(())
+}
+
+/// Records read from the start of a topic to infer its schema from.
+pub const INFER_RECORDS: usize = 1000;
+
+/// A kafka source's value schema inferred from up to `max` records at the start of
+/// its partitions (blocking: call it off the async runtime). Values that are not
+/// JSON objects are skipped (they will go to the dead letters); an empty topic, or a
+/// column of nested JSON, is an error that asks for the schema.
+pub fn infer_schema(source: &SourceSpec, max: usize, timeout: Duration) -> Result<SchemaSpec> {
+    use rdkafka::message::Message;
+    let topic = source.topic.clone().unwrap_or_default();
+    let partitions = topic_partitions(source, timeout)?;
+    let consumer: BaseConsumer = client_config(source)
+        .set("group.id", "autopipe.schema-inference")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .map_err(|e| Error::plan(format!("source '{}' options", source.name), e.to_string()))?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(&topic, *p, rdkafka::Offset::Beginning)
+            .map_err(|e| Error::Transient(format!("{topic}/{p}: {e}")))?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| Error::Transient(format!("cannot read topic '{topic}': {e}")))?;
+    let deadline = std::time::Instant::now() + timeout;
+    let (mut values, mut ended) = (vec![], std::collections::BTreeSet::new());
+    while values.len() < max && ended.len() < partitions.len() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match consumer.poll(left.min(Duration::from_millis(200))) {
+            Some(Ok(m)) => {
+                let v = m.payload().and_then(|b| serde_json::from_slice(b).ok());
+                if let Some(v @ serde_json::Value::Object(_)) = v {
+                    values.push(v);
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                ended.insert(p);
+            }
+            Some(Err(e)) => return Err(Error::Transient(format!("reading topic '{topic}': {e}"))),
+            None => {}
+        }
+    }
+    let ask = |why: String| {
+        Error::plan(
+            "sources.schema",
+            format!("{why}; give the source's schema, e.g. schema = {{ id = \"int64\", name = \"utf8\" }}"),
+        )
+    };
+    if values.is_empty() {
+        return Err(ask(format!(
+            "topic '{topic}' has no JSON object to infer a schema from"
+        )));
+    }
+    let schema =
+        datafusion::arrow::json::reader::infer_json_schema_from_iterator(values.iter().map(Ok))
+            .map_err(|e| ask(format!("cannot infer the schema of topic '{topic}': {e}")))?;
+    let mut cols = vec![];
+    for f in schema.fields() {
+        let ty = match f.data_type() {
+            DataType::Int64 => "int64",
+            DataType::Float64 => "float64",
+            DataType::Utf8 => "utf8",
+            DataType::Boolean => "bool",
+            // only nulls seen: text takes any value later
+            DataType::Null => "utf8",
+            other => {
+                return Err(ask(format!(
+                    "column '{}' of topic '{topic}' holds nested JSON ({other})",
+                    f.name()
+                )))
+            }
+        };
+        if f.name().starts_with('_') {
+            return Err(ask(format!(
+                "column '{}' of topic '{topic}' starts with '_', kept for _key, _partition, _offset and _timestamp",
+                f.name()
+            )));
+        }
+        cols.push((f.name().clone(), ty.to_string()));
+    }
+    Ok(SchemaSpec::Columns(cols))
 }
 
 /// One consumed record, owned.

@@ -1040,13 +1040,8 @@ fn validate_kafka_source(s: &SourceSpec) -> std::result::Result<(), (String, Str
         }
     }
     match &s.schema {
-        None => {
-            return bad(
-                ".schema",
-                "a kafka source needs its schema, e.g. { user_id = \"int64\", url = \"utf8\" }"
-                    .into(),
-            )
-        }
+        // inferred from the topic's first records when the job is submitted
+        None => {}
         Some(schema) => {
             let schema = schema.to_schema().map_err(|m| (".schema".to_string(), m))?;
             if let Some(f) = schema.fields().iter().find(|f| f.name().starts_with('_')) {
@@ -1435,11 +1430,6 @@ schema = { user_id = "int64", url = "utf8", ts = "timestamp_ms" }"#;
                 ),
                 "sources[0].topic",
                 "topic name",
-            ),
-            (
-                streaming("brokers = \"h:1\"\ntopic = \"t\"", streaming_mode),
-                "sources[0].schema",
-                "needs its schema",
             ),
             (
                 streaming(

@@ -276,3 +276,45 @@ fn a_streaming_job_writes_every_record_exactly_once_across_a_leader_kill() -> Re
     g.cli_json(&["cancel", &id])?;
     Ok(())
 }
+
+#[test]
+fn a_kafka_sources_schema_is_inferred_from_its_first_records() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = Broker::start()?;
+    broker.create_topic("clicks", 4)?;
+    broker.produce("clicks", &clicks(0, 400, None))?;
+    let c = Cluster::start(1, 2)?;
+    let spec = streaming_spec(dir.path(), &broker, "")?;
+    let text = std::fs::read_to_string(&spec)?;
+    let without = text.replace(
+        "schema = { user_id = \"int64\", url = \"utf8\", amount = \"float64\" }\n",
+        "",
+    );
+    assert_ne!(text, without);
+    std::fs::write(&spec, without)?;
+    let id = c.submit(&spec)?;
+    wait_until(Duration::from_secs(60), "400 rows in the sink", || {
+        Ok(output_rows(dir.path())?.len() >= 400)
+    })?;
+    // the inferred types reach the output: user_id is read back as Int64 above, and
+    // amount as a double
+    let out = dir.path().join("out");
+    let f = integration_tests::files_under(&out)
+        .into_iter()
+        .find(|f| f.ends_with(".parquet"))
+        .context("a parquet file")?;
+    let meta = parquet::file::reader::FileReader::metadata(
+        &parquet::file::reader::SerializedFileReader::new(std::fs::File::open(out.join(f))?)?,
+    )
+    .clone();
+    let schema = parquet::arrow::parquet_to_arrow_schema(
+        meta.file_metadata().schema_descr(),
+        meta.file_metadata().key_value_metadata(),
+    )?;
+    let ty = |n: &str| schema.field_with_name(n).map(|f| f.data_type().to_string());
+    assert_eq!(ty("amount")?, "Float64");
+    assert_eq!(ty("user_id")?, "Int64");
+    assert_exactly_once(dir.path(), 400, "inferred schema")?;
+    c.cli_json(&["cancel", &id])?;
+    Ok(())
+}

@@ -6,7 +6,7 @@ use super::status::{decisions, job_page, job_status, job_status_with_workers, wo
 use crate::core::{attempt_id, Core, Liveness, StoreError};
 use crate::optimizer::partitions::{plan_inputs, InputPlan};
 use crate::planner::plan_job_with;
-use crate::planner::stream::plan_stream;
+use crate::planner::stream::{infer_missing_schema, plan_stream};
 use crate::raft::{MemberChange, RaftError};
 use crate::scheduler::report_failure;
 use crate::state::{
@@ -231,6 +231,7 @@ impl pb::job_service_server::JobService for Services {
         let streaming = spec.job.mode == JobMode::Streaming;
         let (input, stages, scan_stages, stream) = if streaming {
             // one consumer task per alive worker to start with
+            infer_missing_schema(&mut spec).await?;
             let (stages, stream) = plan_stream(&spec, self.alive_workers().max(1)).await?;
             let none = InputPlan {
                 splits: None,

@@ -63,6 +63,25 @@ pub async fn plan_stream(
     Ok((vec![stage], StreamPlan { topic, assignment }))
 }
 
+/// Gives a kafka source without a schema the one inferred from the first records of
+/// its topic (`kafka::infer_schema`), so every consumer task decodes with the same.
+pub async fn infer_missing_schema(spec: &mut PipelineSpec) -> Result<()> {
+    for s in spec.sources.iter_mut() {
+        if s.format != autopipe_common::spec::Format::Kafka || s.schema.is_some() {
+            continue;
+        }
+        let source = s.clone();
+        let inferred = tokio::task::spawn_blocking(move || {
+            kafka::infer_schema(&source, kafka::INFER_RECORDS, METADATA_TIMEOUT)
+        })
+        .await
+        .map_err(|e| Error::Transient(format!("schema inference: {e}")))??;
+        tracing::info!(source = %s.name, schema = ?inferred, "kafka source schema inferred");
+        s.schema = Some(inferred);
+    }
+    Ok(())
+}
+
 /// `partitions` dealt round-robin to `tasks` tasks (no more tasks than partitions,
 /// at least one).
 pub fn deal(partitions: &[i32], tasks: u32) -> Vec<Vec<i32>> {
