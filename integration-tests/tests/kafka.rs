@@ -102,6 +102,28 @@ fn output_rows(dir: &Path) -> Result<Vec<(i64, i32, i64)>> {
     })
 }
 
+/// With records 0..3000 in the topic and a job streaming them: once at least 500
+/// rows are in the sink, runs `kill`, produces records 3000..6000, and checks that the
+/// sink then holds each of the 6000 exactly once.
+fn kill_mid_stream(dir: &Path, broker: &Broker, kill: impl FnOnce() -> Result<()>) -> Result<()> {
+    wait_until(
+        Duration::from_secs(60),
+        "the first batches in the sink",
+        || Ok(output_rows(dir)?.len() >= 500),
+    )?;
+    kill()?;
+    let at_kill = output_rows(dir)?.len();
+    broker.produce("clicks", &clicks(3000, 6000, None))?;
+    wait_until(
+        Duration::from_secs(90),
+        "all 6000 records in the sink",
+        || Ok(output_rows(dir)?.len() >= 6000),
+    )?;
+    // the consumers keep running; nothing more may appear
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_exactly_once(dir, 6000, &format!("{at_kill} rows at the kill"))
+}
+
 /// The sink holds users 0..n, each once, at distinct (partition, offset).
 fn assert_exactly_once(dir: &Path, n: i64, when: &str) -> Result<()> {
     let rows = output_rows(dir)?;
@@ -122,24 +144,11 @@ fn a_streaming_job_writes_every_record_exactly_once_across_a_worker_kill() -> Re
     let mut c = Cluster::start_full(2, 2, &[], LOST_AFTER)?;
     let spec = streaming_spec(dir.path(), &broker, "")?;
     let id = c.submit(&spec)?;
-    // some batches are in the sink before the kill
-    wait_until(
-        Duration::from_secs(60),
-        "the first batches in the sink",
-        || Ok(output_rows(dir.path())?.len() >= 500),
-    )?;
-    let busy = c.busy_worker()?.unwrap_or(0);
-    c.workers[busy].kill();
-    let at_kill = output_rows(dir.path())?.len();
-    broker.produce("clicks", &clicks(3000, 6000, None))?;
-    wait_until(
-        Duration::from_secs(90),
-        "all 6000 records in the sink",
-        || Ok(output_rows(dir.path())?.len() >= 6000),
-    )?;
-    // the consumers keep running; nothing more may appear
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_exactly_once(dir.path(), 6000, &format!("{at_kill} rows at the kill"))?;
+    kill_mid_stream(dir.path(), &broker, || {
+        let busy = c.busy_worker()?.unwrap_or(0);
+        c.workers[busy].kill();
+        Ok(())
+    })?;
     // lag and progress are in the status
     let st = c.cli_json(&["status", &id])?;
     assert!(
@@ -243,29 +252,12 @@ fn a_streaming_job_writes_every_record_exactly_once_across_a_leader_kill() -> Re
     let spec = streaming_spec(dir.path(), &broker, "")?;
     let v = g.cli_json(&["submit", spec.to_str().context("utf8")?])?;
     let id = v["job_id"].as_str().context("job id")?.to_string();
-    wait_until(
-        Duration::from_secs(60),
-        "the first batches in the sink",
-        || Ok(output_rows(dir.path())?.len() >= 500),
-    )?;
     let old = g.leader()?.context("a leader")?;
-    g.kill(old);
-    let at_kill = output_rows(dir.path())?.len();
-    broker.produce("clicks", &clicks(3000, 6000, None))?;
-    wait_until(Duration::from_secs(30), "a new leader", || {
-        Ok(g.leader()?.is_some_and(|l| l != old))
+    kill_mid_stream(dir.path(), &broker, || {
+        g.kill(old);
+        Ok(())
     })?;
-    wait_until(
-        Duration::from_secs(90),
-        "all 6000 records in the sink",
-        || Ok(output_rows(dir.path())?.len() >= 6000),
-    )?;
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_exactly_once(
-        dir.path(),
-        6000,
-        &format!("{at_kill} rows at the leader's kill"),
-    )?;
+    assert!(g.leader()?.is_some_and(|l| l != old), "a new leader");
     let st = g.cli_json(&["status", &id])?;
     assert_eq!(st["state"], "running", "{st}");
     assert_eq!(st["stream"]["lag"], 0, "{st}");

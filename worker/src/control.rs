@@ -6,6 +6,7 @@ use crate::executor::{run_task, TaskMemory};
 use crate::metrics::WorkerMetrics;
 use crate::shuffle_store::ShuffleStore;
 use crate::WorkerConfig;
+use autopipe_common::auth::AuthChannel;
 use autopipe_common::error::{Error, ErrorClass};
 use autopipe_common::leader::Coordinators;
 use autopipe_common::retry::RetryPolicy;
@@ -517,34 +518,51 @@ async fn report(
             }
         }
     };
+    let r = call_leader(shared, |mut c| {
+        let mut req = Request::new(report.clone());
+        req.set_timeout(Duration::from_secs(5));
+        async move { c.report_task_status(req).await.map(|_| ()) }
+    })
+    .await;
+    if let Err(e) = r {
+        tracing::error!(job = %key.job_id, stage = key.stage_id, task = key.task, "could not report task status: {e}");
+    }
+}
+
+/// Calls the coordinators' leader with `call`, following leader changes (a
+/// follower's answer names the leader) and retrying transient failures with backoff
+/// (100 ms to 2 s, 30 attempts); any other failure is returned as the error its
+/// status says.
+pub(crate) async fn call_leader<T, Fut>(
+    shared: &WorkerShared,
+    call: impl Fn(pb::worker_service_client::WorkerServiceClient<AuthChannel>) -> Fut,
+) -> Result<T, Error>
+where
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
     let policy = RetryPolicy {
         base: Duration::from_millis(100),
         cap: Duration::from_secs(2),
         max_attempts: 30,
     };
     let coords = &shared.coordinators;
-    let r = policy
+    policy
         .run(|| {
             let coord = coords.current();
-            let report = report.clone();
+            let ch = channel_to(&coord);
+            let call = &call;
             async move {
-                let ch = channel_to(&coord).inspect_err(|_| {
+                let ch = ch.inspect_err(|_| {
                     coords.failed(&coord, None);
                 })?;
-                let mut c = pb::worker_service_client::WorkerServiceClient::new(ch);
-                let mut req = Request::new(report);
-                req.set_timeout(Duration::from_secs(5));
-                c.report_task_status(req).await.map_err(|s| {
+                let c = pb::worker_service_client::WorkerServiceClient::new(ch);
+                call(c).await.map_err(|s| {
                     coords.failed(&coord, Some(&s));
                     Error::from_status(&s)
-                })?;
-                Ok(())
+                })
             }
         })
-        .await;
-    if let Err(e) = r {
-        tracing::error!(job = %key.job_id, stage = key.stage_id, task = key.task, "could not report task status: {e}");
-    }
+        .await
 }
 
 /// Half of the machine's memory (Spark's and Flink's defaults leave the rest to the

@@ -15,12 +15,10 @@
 //! lost its partitions) ends the attempt; what it staged is discarded with the job's
 //! staging, and the partitions' new owner re-reads from the committed offsets.
 
-use crate::control::WorkerShared;
+use crate::control::{call_leader, WorkerShared};
 use crate::executor::{run_sink, upload_dead_letters, RemoveOnDrop};
 use autopipe_common::error::{Error, Result};
 use autopipe_common::kafka::{self, Record};
-use autopipe_common::retry::RetryPolicy;
-use autopipe_common::shuffle::channel_to;
 use autopipe_common::spec::{KafkaStart, PipelineSpec};
 use autopipe_common::store::register_stores;
 use autopipe_common::task::TaskResult;
@@ -330,35 +328,16 @@ fn poll_batch(
 /// Sends a batch commit to the coordinators' leader, retrying transient failures
 /// (leader changes, unreachable coordinators). A refusal ends the attempt.
 async fn commit(shared: &WorkerShared, req: pb::CommitBatchRequest) -> Result<()> {
-    let policy = RetryPolicy {
-        base: Duration::from_millis(100),
-        cap: Duration::from_secs(2),
-        max_attempts: 30,
-    };
-    let coords = &shared.coordinators;
-    policy
-        .run(|| {
-            let coord = coords.current();
-            let req = req.clone();
-            async move {
-                let ch = channel_to(&coord).inspect_err(|_| {
-                    coords.failed(&coord, None);
-                })?;
-                let mut c = pb::worker_service_client::WorkerServiceClient::new(ch);
-                let mut r = Request::new(req);
-                r.set_timeout(Duration::from_secs(10));
-                c.commit_batch(r).await.map_err(|s| {
-                    coords.failed(&coord, Some(&s));
-                    if s.code() == tonic::Code::FailedPrecondition {
-                        return Error::Permanent(format!(
-                            "the coordinator refused the batch, the attempt stops: {}",
-                            s.message()
-                        ));
-                    }
-                    Error::from_status(&s)
-                })?;
-                Ok(())
-            }
-        })
-        .await
+    call_leader(shared, |mut c| {
+        let mut r = Request::new(req.clone());
+        r.set_timeout(Duration::from_secs(10));
+        async move { c.commit_batch(r).await.map(|_| ()) }
+    })
+    .await
+    .map_err(|e| match e.class() {
+        autopipe_common::ErrorClass::Permanent => Error::Permanent(format!(
+            "the coordinator refused the batch, the attempt stops: {e}"
+        )),
+        _ => e,
+    })
 }

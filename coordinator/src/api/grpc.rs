@@ -33,22 +33,8 @@ pub struct Services {
 }
 
 impl Services {
-    fn alive_workers(&self) -> u32 {
-        let live = self
-            .core
-            .liveness
-            .lock()
-            .expect("liveness lock poisoned")
-            .clone();
-        self.core.read(|s| {
-            s.workers
-                .values()
-                .filter(|w| w.state == WorkerState::Alive && live.contains_key(&w.id))
-                .count() as u32
-        })
-    }
-
-    fn alive_slots(&self) -> u32 {
+    /// The slots of each worker that is alive and heartbeats to this leader.
+    fn alive(&self) -> Vec<u32> {
         let live = self
             .core
             .liveness
@@ -60,8 +46,16 @@ impl Services {
                 .values()
                 .filter(|w| w.state == WorkerState::Alive && live.contains_key(&w.id))
                 .map(|w| w.slots)
-                .sum()
+                .collect()
         })
+    }
+
+    fn alive_workers(&self) -> u32 {
+        self.alive().len() as u32
+    }
+
+    fn alive_slots(&self) -> u32 {
+        self.alive().iter().sum()
     }
 
     /// The job's scan tasks and shuffle width (`optimizer::partitions`), from its

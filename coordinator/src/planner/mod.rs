@@ -69,7 +69,23 @@ pub async fn plan_job_with(
     };
     // after DataFusion's rules (its single-distinct rewrite goes first)
     ctx.add_optimizer_rule(Arc::new(DistinctToGroupBy));
-    let df = plan_transform(&ctx, &spec.transform.sql).await?;
+    let physical = plan_query(&ctx, spec).await?;
+    // one exchange for a rewritten distinct aggregate's two group-bys; its outer
+    // partial and final aggregates, now adjacent, run as one (DataFusion's rule)
+    let shared = share_exchange(distribute_joins(physical)?)?;
+    let combined = CombinePartialFinalAggregate::new()
+        .optimize(shared, &ConfigOptions::default())
+        .map_err(|e| Error::plan("transform.sql", e))?;
+    split_into_stages(combined, spec.job.params.broadcast_join_max_bytes())
+}
+
+/// The physical plan of `spec`'s transform in `ctx`, its output checked against the
+/// sink's `partition_by` columns.
+pub async fn plan_query(
+    ctx: &SessionContext,
+    spec: &PipelineSpec,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let df = plan_transform(ctx, &spec.transform.sql).await?;
     let physical = df
         .create_physical_plan()
         .await
@@ -93,13 +109,7 @@ pub async fn plan_job_with(
             "every output column is a partition column; at least one must remain in the files",
         ));
     }
-    // one exchange for a rewritten distinct aggregate's two group-bys; its outer
-    // partial and final aggregates, now adjacent, run as one (DataFusion's rule)
-    let shared = share_exchange(distribute_joins(physical)?)?;
-    let combined = CombinePartialFinalAggregate::new()
-        .optimize(shared, &ConfigOptions::default())
-        .map_err(|e| Error::plan("transform.sql", e))?;
-    split_into_stages(combined, spec.job.params.broadcast_join_max_bytes())
+    Ok(physical)
 }
 
 /// Plans the user's transform, which may only query: DDL (`CREATE EXTERNAL TABLE`,

@@ -2,7 +2,7 @@
 //! job's SQL checked against the kafka table's schema (each micro-batch runs it on
 //! its worker), and the partitions dealt to the consumer tasks.
 
-use crate::planner::plan_transform;
+use crate::planner::plan_query;
 use crate::state::{StagePlan, StreamPlan};
 use autopipe_common::error::{Error, Result};
 use autopipe_common::kafka;
@@ -22,20 +22,7 @@ pub async fn plan_stream(
     consumers: u32,
 ) -> Result<(Vec<StagePlan>, StreamPlan)> {
     let (ctx, source, _) = kafka::stream_context(spec).await?;
-    let df = plan_transform(&ctx, &spec.transform.sql).await?;
-    let physical = df
-        .create_physical_plan()
-        .await
-        .map_err(|e| Error::plan("transform.sql", e))?;
-    let schema = physical.schema();
-    for (i, col) in spec.sink.partition_by.iter().enumerate() {
-        if schema.field_with_name(col).is_err() {
-            return Err(Error::plan(
-                format!("sink.partition_by[{i}]"),
-                format!("column '{col}' is not in the query's output"),
-            ));
-        }
-    }
+    let physical = plan_query(&ctx, spec).await?;
     let topic = source.topic.clone().unwrap_or_default();
     let partitions =
         tokio::task::spawn_blocking(move || kafka::topic_partitions(&source, METADATA_TIMEOUT))
