@@ -45,6 +45,9 @@ pub struct Metrics {
     kafka_lag: Family<Labels, Gauge>,
     /// running streaming jobs' committed offset per Kafka partition
     kafka_offset: Family<Labels, Gauge>,
+    /// seconds from a micro-batch's oldest record's timestamp (its produce time) to
+    /// the batch's files being published in the sink
+    pub kafka_end_to_end: Histogram,
 }
 
 impl Default for Metrics {
@@ -64,6 +67,12 @@ impl Default for Metrics {
         let commands = Counter::default();
         let kafka_lag = Family::<Labels, Gauge>::default();
         let kafka_offset = Family::<Labels, Gauge>::default();
+        let kafka_end_to_end = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        registry.register(
+            "kafka_end_to_end_seconds",
+            "Seconds from a streaming micro-batch's oldest record's timestamp (its produce time) to its files published in the sink",
+            kafka_end_to_end.clone(),
+        );
         registry.register(
             "kafka_lag_records",
             "Records a running streaming job has not committed yet, per Kafka partition (its consumer's last seen high watermark minus the committed offset)",
@@ -147,6 +156,7 @@ impl Default for Metrics {
             decisions,
             kafka_lag,
             kafka_offset,
+            kafka_end_to_end,
         }
     }
 }

@@ -165,6 +165,14 @@ fn a_streaming_job_writes_every_record_exactly_once_across_a_worker_kill() -> Re
     }
     let lag = metric_sum(&c.coordinator.http, "autopipe_kafka_lag_records")?;
     assert_eq!(lag, 0.0);
+    let published = metric_sum(
+        &c.coordinator.http,
+        "autopipe_kafka_end_to_end_seconds_count",
+    )?;
+    assert!(
+        published > 0.0,
+        "produce-to-visible latency is measured per batch"
+    );
     let offsets = metric_sum(&c.coordinator.http, "autopipe_kafka_committed_offset")?;
     assert_eq!(offsets, 6000.0, "4 partitions at offset 1500");
     let api: serde_json::Value =

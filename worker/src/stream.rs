@@ -226,6 +226,11 @@ pub async fn run_stream(
             bad_records: bad,
             bytes_out: out.bytes_out,
             duration_ms: started.elapsed().as_millis() as u64,
+            oldest_record_ms: records
+                .iter()
+                .filter_map(|r| r.timestamp_ms)
+                .min()
+                .unwrap_or(-1),
         };
         commit(shared, req).await?;
         for (p, (_, to)) in progress {

@@ -79,8 +79,16 @@ pub async fn commit_batch(
     m.rows_written.inc_by(req.rows_out);
     m.bytes_written.inc_by(req.bytes_out);
     m.bad_records.inc_by(req.bad_records);
-    if let Err(e) = publish(core, &key.job_id).await {
-        tracing::warn!(job = %key.job_id, "committed batch not published yet (retried): {e}");
+    match publish(core, &key.job_id).await {
+        // produce time to visible in the sink, for the batch's oldest record
+        Ok(()) if req.oldest_record_ms >= 0 => {
+            let ms = (now_ms() as i64 - req.oldest_record_ms).max(0);
+            m.kafka_end_to_end.observe(ms as f64 / 1000.0);
+        }
+        Ok(()) => {}
+        Err(e) => {
+            tracing::warn!(job = %key.job_id, "committed batch not published yet (retried): {e}")
+        }
     }
     // past max_bad_record_ratio the job fails (its dead letters are published)
     let over = core.read(|s| s.jobs.get(&key.job_id).map(commit::check_bad_records));
