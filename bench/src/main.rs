@@ -23,6 +23,8 @@
 //! `--aggregate`: an aggregation, the skewed-aggregation rule on and off).
 //!
 //! `bench distinct`: per-session count(DISTINCT) against DataFusion and DuckDB.
+//!
+//! `bench kafka`: Kafka -> Parquet, a streaming job against a bare rdkafka loop.
 //! Run: `cargo build --release --workspace && target/release/bench tpch --sf 1 --queries all`
 
 use anyhow::{bail, Result};
@@ -36,6 +38,7 @@ use std::time::{Duration, Instant};
 
 mod autoscale;
 mod distinct;
+mod kafka;
 mod raft;
 mod recovery;
 mod scan;
@@ -184,6 +187,24 @@ enum Cmd {
         /// where data and outputs go
         #[arg(long, default_value = "target/bench-data")]
         dir: PathBuf,
+    },
+    /// Kafka -> Parquet: a streaming job against a bare rdkafka consumer loop
+    Kafka {
+        /// records in the topic
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        /// topic partitions
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+        /// records per micro-batch (and per baseline Parquet file)
+        #[arg(long, default_value_t = 100_000)]
+        batch_rows: u64,
+        /// autopipe workers (one consumer task each)
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// timed repetitions of each
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
     },
     /// Per-session count(DISTINCT kind) on autopipe local, DataFusion and DuckDB
     Distinct {
@@ -381,6 +402,19 @@ fn main() -> Result<()> {
             workers: workers.max(1),
             slots: slots.max(1),
             dir,
+        }),
+        Cmd::Kafka {
+            records,
+            partitions,
+            batch_rows,
+            workers,
+            reps,
+        } => kafka::run(kafka::Args {
+            records,
+            partitions: partitions.max(1),
+            batch_rows: batch_rows.max(1),
+            workers: workers.max(1),
+            reps: reps.max(1),
         }),
         Cmd::Distinct {
             rows,

@@ -1,0 +1,217 @@
+//! `bench kafka` (issue 13): Kafka → Parquet throughput of a streaming job against a
+//! bare rdkafka consumer loop writing the same Parquet, in one run, over the same
+//! topic on a real Kafka-protocol broker (tansu, memory storage, on 127.0.0.1).
+//!
+//! - The topic gets `--records` JSON clicks over `--partitions` partitions, produced
+//!   once by Python's confluent-kafka (not timed).
+//! - **baseline**: one rdkafka consumer in this process assigns every partition from
+//!   the beginning and polls; every `--batch-rows` records it decodes the JSON values
+//!   with the same decoder the workers use (`kafka::decode`) and writes one Parquet
+//!   file with arrow's `ArrowWriter`. Timed from the assign to the last file closed.
+//! - **autopipe**: a streaming job `SELECT * FROM clicks` into a Parquet sink on a
+//!   cluster of one coordinator and `--workers` workers (one consumer task per worker),
+//!   `max_batch_rows = --batch-rows`. Timed from the submission until the job's
+//!   committed rows reach `--records` (every batch committed and published).
+//!
+//! Both run `--reps` times, alternating; the median records/s and the ratio are
+//! printed. Run: `cargo build --release --workspace && target/release/bench kafka`
+
+use crate::median;
+use anyhow::{bail, Context, Result};
+use autopipe_common::kafka::{self, Record};
+use autopipe_common::tolerant::DeadLetters;
+use integration_tests::kafka::Broker;
+use integration_tests::{write_spec, Cluster};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Options of `bench kafka`.
+pub struct Args {
+    pub records: u64,
+    pub partitions: u32,
+    pub batch_rows: u64,
+    pub workers: usize,
+    pub reps: usize,
+}
+
+const SCHEMA: &str = r#"{ user_id = "int64", url = "utf8", amount = "float64", ts = "int64" }"#;
+
+fn spec_text(broker: &str, topic: &str, out: &Path, batch_rows: u64) -> String {
+    format!(
+        r#"
+[job]
+name = "kafka_bench"
+mode = "streaming"
+[job.params]
+max_batch_rows = {batch_rows}
+[[sources]]
+name = "clicks"
+format = "kafka"
+brokers = "{broker}"
+topic = "{topic}"
+schema = {SCHEMA}
+[transform]
+sql = "SELECT * FROM clicks"
+[sink]
+format = "parquet"
+path = "{out}"
+"#,
+        out = out.display()
+    )
+}
+
+/// Runs the benchmark and prints the table.
+pub fn run(a: Args) -> Result<()> {
+    let broker = Broker::start()?;
+    let topic = "clicks";
+    broker.create_topic(topic, a.partitions)?;
+    eprintln!("producing {} records ...", a.records);
+    let chunk = 200_000u64;
+    let mut i = 0;
+    while i < a.records {
+        let to = (i + chunk).min(a.records);
+        let recs: Vec<(i32, String)> = (i..to)
+            .map(|n| {
+                (
+                    (n % a.partitions as u64) as i32,
+                    format!(
+                        r#"{{"user_id": {n}, "url": "/page/{}", "amount": {}.25, "ts": {}}}"#,
+                        n % 1000,
+                        n % 500,
+                        1_700_000_000_000u64 + n
+                    ),
+                )
+            })
+            .collect();
+        broker.produce(topic, &recs)?;
+        i = to;
+    }
+    let dir = tempfile::tempdir()?;
+    let spec = spec_text(&broker.address, topic, &dir.path().join("unused"), 1);
+    let source = autopipe_common::spec::PipelineSpec::parse(&spec, "bench")?.sources[0].clone();
+    let cluster = Cluster::start(a.workers, 2)?;
+    let (mut base, mut auto) = (vec![], vec![]);
+    for rep in 0..a.reps {
+        let out = dir.path().join(format!("baseline-{rep}"));
+        let t = baseline(&source, a.partitions, a.records, a.batch_rows, &out)?;
+        eprintln!("rep {rep}: baseline {:.2} s", t.as_secs_f64());
+        base.push(t);
+        let out = dir.path().join(format!("autopipe-{rep}"));
+        let t = streaming_job(
+            &cluster,
+            &broker.address,
+            topic,
+            &out,
+            a.records,
+            a.batch_rows,
+        )?;
+        eprintln!("rep {rep}: autopipe {:.2} s", t.as_secs_f64());
+        auto.push(t);
+    }
+    let (b, s) = (median(base).as_secs_f64(), median(auto).as_secs_f64());
+    let rate = |secs: f64| a.records as f64 / secs;
+    println!(
+        "| engine | median s | records/s |\n| --- | --- | --- |\n| bare rdkafka loop + ArrowWriter | {b:.3} | {:.0} |\n| autopipe streaming job ({} worker(s)) | {s:.3} | {:.0} |",
+        rate(b),
+        a.workers,
+        rate(s)
+    );
+    println!(
+        "autopipe / baseline throughput: {:.2} (goal >= 0.80)",
+        rate(s) / rate(b)
+    );
+    Ok(())
+}
+
+/// The bare consumer loop: decode + write one Parquet file per `batch_rows` records.
+fn baseline(
+    source: &autopipe_common::spec::SourceSpec,
+    partitions: u32,
+    records: u64,
+    batch_rows: u64,
+    out: &Path,
+) -> Result<Duration> {
+    std::fs::create_dir_all(out)?;
+    let schema = kafka::table_schema(source)?;
+    let consumer: BaseConsumer = kafka::client_config(source)
+        .set("group.id", "bench.baseline")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let started = Instant::now();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition_offset(
+            source.topic.as_deref().unwrap_or_default(),
+            p,
+            Offset::Beginning,
+        )?;
+    }
+    consumer.assign(&tpl)?;
+    let (mut seen, mut files) = (0u64, 0);
+    let mut batch: Vec<Record> = Vec::with_capacity(batch_rows as usize);
+    let dead = DeadLetters::default();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while seen < records {
+        if Instant::now() > deadline {
+            bail!("the baseline read {seen} of {records} records in 600 s");
+        }
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m?;
+            batch.push(Record {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec),
+                timestamp_ms: m.timestamp().to_millis(),
+            });
+            seen += 1;
+        }
+        if batch.len() as u64 >= batch_rows || (seen == records && !batch.is_empty()) {
+            let (rb, _) = kafka::decode(&source.name, "clicks", &schema, &batch, &dead)?;
+            let f = std::fs::File::create(out.join(format!("part-{files}.parquet")))?;
+            let mut w = parquet::arrow::ArrowWriter::try_new(f, schema.clone(), None)?;
+            w.write(&rb)?;
+            w.close()?;
+            files += 1;
+            batch.clear();
+        }
+    }
+    Ok(started.elapsed())
+}
+
+/// A streaming job over the whole topic: time until every record is committed.
+fn streaming_job(
+    c: &Cluster,
+    broker: &str,
+    topic: &str,
+    out: &Path,
+    records: u64,
+    batch_rows: u64,
+) -> Result<Duration> {
+    let spec = out.with_extension("toml");
+    write_spec(&spec, &spec_text(broker, topic, out, batch_rows))?;
+    let started = Instant::now();
+    let id = c.submit(&spec)?;
+    // polled every 200 ms: each poll is a CLI process, CPU the job would otherwise get
+    let t = loop {
+        let st = c.cli_json(&["status", &id])?;
+        if st["state"] != "running" {
+            bail!("the job ended: {st}");
+        }
+        if st["stream"]["rows_out"].as_u64().context("rows_out")? >= records {
+            break started.elapsed();
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!(
+                "the job committed {} of {records} rows in 600 s",
+                st["stream"]["rows_out"]
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    c.cli_json(&["cancel", &id])?;
+    Ok(t)
+}
