@@ -46,9 +46,24 @@ fn key(index: u64) -> [u8; 8] {
 }
 
 impl SledStorage {
-    /// Opens (or creates) the storage in `dir`.
+    /// Opens (or creates) the storage in `dir`. The directory's lock is waited for
+    /// up to 5 s: a coordinator restarted in the same process (tests, `autopipe
+    /// local`) may find its previous instance's last tasks still letting go of it.
     pub fn open(dir: &Path) -> raft::Result<Self> {
-        let db = sled::open(dir).map_err(store_err)?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let db = loop {
+            match sled::open(dir) {
+                Ok(db) => break db,
+                // sled reports a held lock as ErrorKind::Other with this text
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(store_err(e)),
+            }
+        };
         let log = db.open_tree("log").map_err(store_err)?;
         let meta = db.open_tree("meta").map_err(store_err)?;
         let snap_meta = match meta.get(SNAPSHOT).map_err(store_err)? {
@@ -337,6 +352,20 @@ impl raft::Storage for SledStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn opening_waits_for_a_previous_instance_to_let_go_of_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = SledStorage::open(dir.path()).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(first);
+        });
+        // sled's lock is held for another 300 ms: the second open waits for it
+        let second = SledStorage::open(dir.path());
+        release.join().unwrap();
+        assert!(second.is_ok(), "{:?}", second.err());
+    }
 
     fn entry(index: u64, term: u64) -> Entry {
         Entry {
