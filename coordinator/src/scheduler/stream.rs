@@ -35,16 +35,17 @@ pub async fn commit_batch(
         .key
         .as_ref()
         .ok_or_else(|| CommitRefused::Invalid("a commit without a task key".into()))?;
-    let job = core
-        .read(|s| s.jobs.get(&key.job_id).cloned())
-        .ok_or_else(|| CommitRefused::Fenced(format!("job {} does not exist", key.job_id)))?;
-    if job.stream.is_none() {
-        return Err(CommitRefused::Invalid(format!(
-            "job {} is not a streaming job",
-            key.job_id
-        )));
-    }
-    let moves = batch_moves(&job, key, req).map_err(CommitRefused::Invalid)?;
+    // the file moves are worked out on the state in place: no copy of the job per batch
+    let moves = core
+        .read(|s| {
+            let job = s.jobs.get(&key.job_id)?;
+            Some(match job.stream {
+                None => Err(format!("job {} is not a streaming job", key.job_id)),
+                Some(_) => batch_moves(job, key, req),
+            })
+        })
+        .ok_or_else(|| CommitRefused::Fenced(format!("job {} does not exist", key.job_id)))?
+        .map_err(CommitRefused::Invalid)?;
     let opt = |v: i64| (v >= 0).then_some(v);
     let cmd = Command::StreamCommit {
         job_id: key.job_id.clone(),

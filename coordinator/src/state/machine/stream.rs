@@ -34,12 +34,8 @@ pub struct Stream {
     pub assignment: Vec<Vec<i32>>,
     /// per partition
     pub partitions: BTreeMap<i32, PartitionProgress>,
-    /// per task, its last committed batch as (attempt, batch)
-    pub last: Vec<(u32, u64)>,
-    /// per task, what its committed batches read and how long they took: its
-    /// processing rate (the Flink autoscaler's "true processing rate": records per
-    /// second of busy time)
-    #[serde(default)]
+    /// per task, its committed batches: the last one, what they read and how long
+    /// they took
     pub work: Vec<TaskWork>,
     /// micro-batches committed
     pub batches: u64,
@@ -57,9 +53,12 @@ pub struct Stream {
     pub files: u64,
 }
 
-/// A consumer task's committed work.
+/// A consumer task's committed work; its processing rate is the Flink autoscaler's
+/// "true processing rate": records per second of busy time.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct TaskWork {
+    /// its last committed batch, as (attempt, batch)
+    pub last: (u32, u64),
     /// records its committed batches read
     pub records: u64,
     /// milliseconds its committed batches took (decode, SQL, write)
@@ -133,7 +132,6 @@ impl Stream {
                 .flatten()
                 .map(|&p| (p, PartitionProgress::default()))
                 .collect(),
-            last: vec![(0, 0); plan.assignment.len()],
             work: vec![TaskWork::default(); plan.assignment.len()],
             assignment: plan.assignment.clone(),
             batches: 0,
@@ -193,7 +191,7 @@ impl State {
             .stream
             .as_mut()
             .ok_or_else(|| illegal("not a streaming job".into()))?;
-        if stream.last.get(*task as usize) == Some(&(*attempt, *batch)) {
+        if stream.work.get(*task as usize).map(|w| w.last) == Some((*attempt, *batch)) {
             return Ok(Outcome::Done); // the same commit again (a retried proposal)
         }
         if running != Some(true) {
@@ -233,11 +231,8 @@ impl State {
             }
             p.updated_ms = *at_ms;
         }
-        stream.last[*task as usize] = (*attempt, *batch);
-        if stream.work.len() < stream.last.len() {
-            stream.work.resize(stream.last.len(), TaskWork::default());
-        }
         let w = &mut stream.work[*task as usize];
+        w.last = (*attempt, *batch);
         w.records += records;
         w.busy_ms += busy_ms;
         w.batches += 1;
