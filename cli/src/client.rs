@@ -337,8 +337,12 @@ pub fn summary(j: &pb::JobStatus, wall: Duration) -> String {
     }
     if let Some(st) = &j.stream {
         s += &format!(
-            "  kafka:     topic {}, {} batches committed, lag {} records\n",
-            st.topic, st.batches, st.lag
+            "  kafka:     topic {}, {} batches committed, lag {} records, {} consumer task(s), input {:.0} records/s\n",
+            st.topic,
+            st.batches,
+            st.lag,
+            st.tasks.len(),
+            st.input_records_per_s
         );
         for p in &st.partitions {
             let show = |v: i64| if v >= 0 { v.to_string() } else { "-".into() };

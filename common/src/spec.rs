@@ -177,6 +177,22 @@ pub struct JobParams {
     /// streaming: the most records in one micro-batch (default 100000)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_batch_rows: Option<u64>,
+    /// streaming: scale the consumer tasks with the lag (`optimizer::kafka_scaling`);
+    /// default true
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_autoscale: Option<bool>,
+    /// streaming: the lag should be read within this long, e.g. "60s" (default 60 s,
+    /// the Flink autoscaler's catch-up duration)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up_target: Option<Millis>,
+    /// streaming: the share of a consumer task's measured capacity the input rate
+    /// may use (default 0.7, the Flink autoscaler's target utilization)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_utilization: Option<f64>,
+    /// streaming: consumer tasks are removed only after fewer were enough for this
+    /// long, e.g. "5m" (default 5 min, a stabilization window)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_delay: Option<Millis>,
 }
 
 /// A duration in milliseconds, written as `"1s"`, `"500ms"` or a plain integer (ms).
@@ -203,6 +219,12 @@ impl From<Millis> for u64 {
 pub const DEFAULT_BATCH_INTERVAL_MS: u64 = 1_000;
 /// Default most records in one micro-batch.
 pub const DEFAULT_MAX_BATCH_ROWS: u64 = 100_000;
+/// Default `catch_up_target` (the Flink autoscaler's catch-up duration).
+pub const DEFAULT_CATCH_UP_TARGET_MS: u64 = 60_000;
+/// Default `target_utilization` (the Flink autoscaler's).
+pub const DEFAULT_TARGET_UTILIZATION: f64 = 0.7;
+/// Default `scale_down_delay`.
+pub const DEFAULT_SCALE_DOWN_DELAY_MS: u64 = 300_000;
 
 /// Speculation settings in effect for a job.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -338,6 +360,28 @@ impl JobParams {
     /// Effective most records per micro-batch (at least 1).
     pub fn max_batch_rows(&self) -> u64 {
         self.max_batch_rows.unwrap_or(DEFAULT_MAX_BATCH_ROWS).max(1)
+    }
+    /// Whether consumer tasks scale with the lag (`kafka_autoscale`, default on).
+    pub fn kafka_autoscale(&self) -> bool {
+        self.kafka_autoscale.unwrap_or(true)
+    }
+    /// Effective catch-up target (ms, at least 1).
+    pub fn catch_up_target_ms(&self) -> u64 {
+        self.catch_up_target
+            .map(|m| m.0)
+            .unwrap_or(DEFAULT_CATCH_UP_TARGET_MS)
+            .max(1)
+    }
+    /// Effective target utilization of a consumer task.
+    pub fn target_utilization(&self) -> f64 {
+        self.target_utilization
+            .unwrap_or(DEFAULT_TARGET_UTILIZATION)
+    }
+    /// Effective stabilization window before consumer tasks are removed (ms).
+    pub fn scale_down_delay_ms(&self) -> u64 {
+        self.scale_down_delay
+            .map(|m| m.0)
+            .unwrap_or(DEFAULT_SCALE_DOWN_DELAY_MS)
     }
     /// Effective attempt limit.
     pub fn max_task_attempts(&self) -> u32 {
@@ -889,6 +933,14 @@ impl PipelineSpec {
                 ));
             }
         }
+        if let Some(u) = p.target_utilization {
+            if !(u > 0.0 && u <= 1.0) {
+                return Err(err(
+                    "job.params.target_utilization".into(),
+                    format!("{u} must be above 0 and at most 1"),
+                ));
+            }
+        }
         if let Some(q) = p.speculation_quantile {
             if !(q > 0.0 && q <= 1.0) {
                 return Err(err(
@@ -1367,7 +1419,7 @@ schema = { user_id = "int64", url = "utf8", ts = "timestamp_ms" }"#;
         let spec = PipelineSpec::parse(
             &streaming(
                 &format!("{KAFKA}\nstart = \"latest\"\n[sources.options]\n\"security.protocol\" = \"SASL_SSL\"\n\"fetch.min.bytes\" = 1"),
-                "mode = \"streaming\"\n[job.params]\nbatch_interval = \"500ms\"\nmax_batch_rows = 10",
+                "mode = \"streaming\"\n[job.params]\nbatch_interval = \"500ms\"\nmax_batch_rows = 10\ncatch_up_target = \"2s\"\ntarget_utilization = 0.5\nscale_down_delay = \"3s\"\nkafka_autoscale = false",
             ),
             "s.toml",
         )
@@ -1390,6 +1442,16 @@ schema = { user_id = "int64", url = "utf8", ts = "timestamp_ms" }"#;
         assert_eq!(names, ["user_id", "url", "ts"], "in the order written");
         assert_eq!(spec.job.params.batch_interval_ms(), 500);
         assert_eq!(spec.job.params.max_batch_rows(), 10);
+        let p = &spec.job.params;
+        assert_eq!(
+            (
+                p.catch_up_target_ms(),
+                p.target_utilization(),
+                p.scale_down_delay_ms(),
+                p.kafka_autoscale()
+            ),
+            (2000, 0.5, 3000, false)
+        );
         // the normalized spec travels as JSON and keeps the column order
         let json = serde_json::to_string(&spec).unwrap();
         assert_eq!(PipelineSpec::parse(&json, "j").unwrap(), spec);
@@ -1464,6 +1526,14 @@ schema = { user_id = "int64", url = "utf8", ts = "timestamp_ms" }"#;
                 ),
                 "group.id",
                 "set by autopipe",
+            ),
+            (
+                streaming(
+                    KAFKA,
+                    "mode = \"streaming\"\n[job.params]\ntarget_utilization = 1.5",
+                ),
+                "job.params.target_utilization",
+                "at most 1",
             ),
         ];
         for (text, key, why) in cases {

@@ -318,3 +318,114 @@ fn a_kafka_sources_schema_is_inferred_from_its_first_records() -> Result<()> {
     c.cli_json(&["cancel", &id])?;
     Ok(())
 }
+
+/// The job's decisions of `kind`, oldest first.
+fn decisions_of(c: &Cluster, job: &str, kind: &str) -> Result<Vec<serde_json::Value>> {
+    let ds = c.cli_json(&["decisions", job])?;
+    let mut out: Vec<serde_json::Value> = ds
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| d["kind"] == kind)
+        .collect();
+    out.sort_by_key(|d| d["id"].as_u64());
+    Ok(out)
+}
+
+/// Consumer tasks reading partitions now, by the status.
+fn consumer_tasks(c: &Cluster, job: &str) -> Result<usize> {
+    let st = c.cli_json(&["status", job])?;
+    Ok(st["stream"]["tasks"].as_array().map_or(0, Vec::len))
+}
+
+#[test]
+fn a_burst_scales_the_consumers_up_and_the_quiet_after_it_scales_them_down() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = Broker::start()?;
+    broker.create_topic("clicks", 4)?;
+    broker.produce("clicks", &clicks(0, 200, None))?;
+    // 4 slots: up to one task per partition
+    let c = Cluster::start_full(2, 2, &[], &[])?;
+    // any lag at all asks for more tasks (catch_up_target 10 ms); a quiet stretch of
+    // 2 s gives them back
+    let spec = streaming_spec(
+        dir.path(),
+        &broker,
+        "catch_up_target = \"10ms\"\nscale_down_delay = \"2s\"",
+    )?;
+    let id = c.submit(&spec)?;
+    wait_until(Duration::from_secs(60), "the first 200 records", || {
+        Ok(output_rows(dir.path())?.len() >= 200)
+    })?;
+    // quiet: the job settles on one task
+    wait_until(Duration::from_secs(60), "one consumer task", || {
+        Ok(consumer_tasks(&c, &id)? == 1 && !decisions_of(&c, &id, "kafka_scale_down")?.is_empty())
+    })?;
+    let before = decisions_of(&c, &id, "kafka_scale_up")?.len();
+    // a burst: 20000 records as fast as the producer goes, after 200
+    broker.produce("clicks", &clicks(200, 20_200, None))?;
+    wait_until(Duration::from_secs(60), "a scale-up for the burst", || {
+        Ok(decisions_of(&c, &id, "kafka_scale_up")?.len() > before)
+    })
+    .with_context(|| {
+        format!(
+            "status {:?}\ndecisions {:?}",
+            c.cli_json(&["status", &id]).map(|v| v["stream"].clone()),
+            c.cli_json(&["decisions", &id])
+        )
+    })?;
+    let up = decisions_of(&c, &id, "kafka_scale_up")?
+        .pop()
+        .context("scale-up")?;
+    // it saw the burst: its lag, or (a consumer as fast as the producer) its rate
+    let num = |k: &str| up["inputs"][k].as_str().and_then(|v| v.parse::<f64>().ok());
+    assert!(
+        num("required_records_per_s") > num("task_records_per_s")
+            && num("input_records_per_s").unwrap_or(0.0) + num("lag_records").unwrap_or(0.0)
+                > 1000.0,
+        "{up}"
+    );
+    assert!(
+        up["inputs"]["tasks_after"].as_str() > up["inputs"]["tasks_before"].as_str(),
+        "{up}"
+    );
+    wait_until(
+        Duration::from_secs(90),
+        "all 20200 records in the sink",
+        || Ok(output_rows(dir.path())?.len() >= 20_200),
+    )?;
+    // the scale-up's effect: how long until the lag was back under the threshold
+    wait_until(Duration::from_secs(30), "the scale-up's effect", || {
+        let up = decisions_of(&c, &id, "kafka_scale_up")?;
+        Ok(up.last().is_some_and(|d| {
+            d["effect"]
+                .as_str()
+                .is_some_and(|e| e.contains("lag back under the threshold"))
+        }))
+    })?;
+    // after the burst, fewer tasks again once the window has passed
+    let up_id = up["id"].as_u64().context("id")?;
+    wait_until(
+        Duration::from_secs(60),
+        "a scale-down after the burst",
+        || {
+            Ok(decisions_of(&c, &id, "kafka_scale_down")?
+                .iter()
+                .any(|d| d["id"].as_u64() > Some(up_id)))
+        },
+    )?;
+    let down = decisions_of(&c, &id, "kafka_scale_down")?
+        .pop()
+        .context("scale-down")?;
+    assert!(
+        down["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("scale_down_delay 2000 ms")),
+        "{down}"
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_exactly_once(dir.path(), 20_200, "after the scale-up and the scale-down")?;
+    c.cli_json(&["cancel", &id])?;
+    Ok(())
+}

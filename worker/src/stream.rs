@@ -154,6 +154,9 @@ pub async fn run_stream(
         .with_allow_dml(false)
         .with_allow_statements(false);
     let mut total = TaskResult::default();
+    // the high watermarks the last commit reported, and when it was sent
+    let mut reported: HashMap<i32, i64> = HashMap::new();
+    let mut last_commit = Instant::now();
     while !cancel.is_cancelled() {
         let (c, stop) = (consumer.clone(), cancel.clone());
         let (records, error) =
@@ -163,7 +166,37 @@ pub async fn run_stream(
         if let Some(e) = error {
             return Err(e);
         }
-        if records.is_empty() || cancel.is_cancelled() {
+        if cancel.is_cancelled() {
+            continue;
+        }
+        if records.is_empty() {
+            // no records: the lag the coordinator sees (it scales on it) is kept fresh
+            // by a commit of the high watermarks alone when they moved (a stalled
+            // fetch) or every PROGRESS_EVERY
+            let high = consumer.context().high.lock().expect("lock").clone();
+            let moved = position.keys().any(|p| high.get(p) != reported.get(p));
+            if moved || last_commit.elapsed() >= PROGRESS_EVERY {
+                batch += 1;
+                let req = pb::CommitBatchRequest {
+                    worker_id: def.worker_id.clone(),
+                    key: Some(key.clone()),
+                    batch,
+                    partitions: position
+                        .iter()
+                        .map(|(&p, &o)| pb::PartitionProgress {
+                            partition: p,
+                            from_offset: o,
+                            to_offset: o,
+                            high_watermark: high.get(&p).copied().unwrap_or(-1),
+                        })
+                        .collect(),
+                    oldest_record_ms: -1,
+                    ..Default::default()
+                };
+                commit(shared, req).await?;
+                reported = high;
+                last_commit = Instant::now();
+            }
             continue;
         }
         let started = Instant::now();
@@ -233,6 +266,8 @@ pub async fn run_stream(
                 .unwrap_or(-1),
         };
         commit(shared, req).await?;
+        last_commit = Instant::now();
+        reported.extend(high);
         for (p, (_, to)) in progress {
             position.insert(p, to);
         }
@@ -244,6 +279,10 @@ pub async fn run_stream(
     }
     Ok(total)
 }
+
+/// The longest a consumer task with no records goes without reporting its
+/// partitions' high watermarks.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// The partitions' high watermarks: from the consumer's statistics, or, for a
 /// partition they do not cover yet (the first second), asked of the brokers.

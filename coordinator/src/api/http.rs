@@ -130,6 +130,7 @@ pub fn stream_json(s: &pb::StreamStatus) -> Value {
         "rows_out": s.rows_out,
         "bad_records": s.bad_records,
         "lag": s.lag,
+        "input_records_per_s": s.input_records_per_s,
         "partitions": s.partitions.iter().map(|p| json!({
             "partition": p.partition,
             "task": p.task,
@@ -137,6 +138,7 @@ pub fn stream_json(s: &pb::StreamStatus) -> Value {
             "high_watermark": opt(p.high_watermark),
             "lag": opt(p.lag),
             "records": p.records,
+            "input_records_per_s": p.input_records_per_s,
         })).collect::<Vec<_>>(),
         "tasks": s.tasks.iter().map(|t| json!({
             "task": t.task,

@@ -168,6 +168,7 @@ fn stream_status(st: &crate::state::Stream) -> pb::StreamStatus {
                 high_watermark: x.high_watermark.unwrap_or(-1),
                 lag: x.lag().unwrap_or(-1),
                 records: x.records,
+                input_records_per_s: x.input_rate,
             })
             .collect(),
         batches: st.batches,
@@ -176,10 +177,12 @@ fn stream_status(st: &crate::state::Stream) -> pb::StreamStatus {
         rows_out: st.rows_out,
         bad_records: st.bad_records,
         lag: st.total_lag(),
+        input_records_per_s: st.input_rate(),
         tasks: st
             .assignment
             .iter()
             .enumerate()
+            .filter(|(_, ps)| !ps.is_empty())
             .map(|(i, ps)| {
                 let w = st.work.get(i).cloned().unwrap_or_default();
                 pb::ConsumerTaskStatus {

@@ -13,10 +13,12 @@
 //! - `speculation`: a straggling task gets a copy on another worker;
 //! - `timeouts`: an attempt past its task timeout fails and is retried elsewhere;
 //! - `liquid`: a running scan task that lags hands its unread input to a new task;
-//! - `scaling`: workers added for a backlog, idle ones released.
+//! - `scaling`: workers added for a backlog, idle ones released;
+//! - `kafka_scaling`: a streaming job's consumer tasks scaled with its lag.
 
 pub mod broadcast;
 pub mod coalesce;
+pub mod kafka_scaling;
 pub mod liquid;
 pub mod memory;
 pub mod partitions;

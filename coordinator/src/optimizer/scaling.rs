@@ -22,7 +22,7 @@
 //! given; `--autoscale N..N` pins the fleet at N.
 
 use crate::state::decision::inputs;
-use crate::state::{JobState, State, TaskState, WorkerState};
+use crate::state::{JobState, State, WorkerState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -126,11 +126,8 @@ pub fn fleet(s: &State, now_ms: u64) -> Fleet {
     let (mut ready_tasks, mut ready_slots) = (0, 0);
     for job in s.jobs.values().filter(|j| j.state == JobState::Running) {
         for (si, stage) in job.stages.iter().enumerate() {
-            if !job.stage_ready(si) {
-                continue;
-            }
-            for t in &stage.tasks {
-                if t.state == TaskState::Pending && t.not_before_ms <= now_ms {
+            for (ti, t) in stage.tasks.iter().enumerate() {
+                if job.ready_to_launch(si, ti, now_ms) {
                     ready_tasks += 1;
                     ready_slots += t.memory_slots.clamp(1, largest);
                 }

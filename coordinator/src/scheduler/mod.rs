@@ -42,6 +42,7 @@ pub async fn run(core: Arc<Core>, cancel: CancellationToken) {
     let mut orphans_cancelled: HashMap<AttemptId, std::time::Instant> = HashMap::new();
     let mut stalled: HashSet<String> = HashSet::new();
     let mut splits = liquid::Splits::default();
+    let mut consumers = crate::optimizer::kafka_scaling::Memory::default();
     let mut status = core.raft.watch_status();
     loop {
         tokio::select! {
@@ -76,6 +77,7 @@ pub async fn run(core: Arc<Core>, cancel: CancellationToken) {
         stall::watch(&core, &mut stalled).await;
         start_commits(&core, &committing).await;
         stream::publish_pending(&core, &publishing);
+        stream::rescale(&core, &mut consumers).await;
         cleanup_finished(&core, &cleaning);
         if retention_at.elapsed() >= RETENTION_EVERY {
             retention_at = std::time::Instant::now();
@@ -666,16 +668,14 @@ fn plan_launches_by_load(s: &State, live: &HashMap<String, u32>, load_aware: boo
             }
             let mut ctx = by_load.then(|| StageContext {
                 speeds: placement::speeds(job, si),
-                pending: stage
-                    .tasks
-                    .iter()
-                    .filter(|t| t.state == TaskState::Pending)
+                pending: (0..stage.tasks.len())
+                    .filter(|&ti| job.ready_to_launch(si, ti, u64::MAX))
                     .count(),
                 may_wait: true,
                 now_ms: now,
             });
             for (ti, task) in stage.tasks.iter().enumerate() {
-                if task.state != TaskState::Pending || task.not_before_ms > now {
+                if !job.ready_to_launch(si, ti, now) {
                     continue;
                 }
                 if !free.iter().any(|f| f.free > 0) {

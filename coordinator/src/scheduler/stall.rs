@@ -7,7 +7,7 @@
 use super::{error_record, job_failed_alert};
 use crate::alerts::{self, AlertKind};
 use crate::core::Core;
-use crate::state::{Command, Job, JobState, Outcome, State, TaskState, Waiting, WorkerState};
+use crate::state::{Command, Job, JobState, Outcome, State, Waiting, WorkerState};
 use autopipe_common::error::Error;
 use autopipe_common::util::now_ms;
 use std::collections::{HashMap, HashSet};
@@ -33,9 +33,11 @@ pub fn waiting_reason(
     if tasks().any(|(_, t)| !t.running_attempts().is_empty()) {
         return None;
     }
-    let launchable = tasks().any(|(si, t)| {
-        t.state == TaskState::Pending && t.not_before_ms <= now && job.stage_ready(si)
-    });
+    let launchable = job
+        .stages
+        .iter()
+        .enumerate()
+        .any(|(si, st)| (0..st.tasks.len()).any(|ti| job.ready_to_launch(si, ti, now)));
     if !launchable {
         return None; // retries in backoff, or nothing left to run
     }

@@ -1,11 +1,13 @@
 //! Streaming jobs on the leader (issue 13): a consumer task's micro-batch commit
 //! (`WorkerService::CommitBatch`): its offsets and staged files in one command, then
 //! its files published in the sink; and the publishing of batches a leader committed
-//! but did not publish before it crashed or was deposed.
+//! but did not publish before it crashed or was deposed; and the consumer scaling
+//! rule's proposals (`rescale`).
 
 use super::{commit, job_staging_root, leads_in, staging_prefix};
 use crate::alerts::{self, AlertKind};
 use crate::core::{Core, StoreError};
+use crate::optimizer::kafka_scaling;
 use crate::state::{BatchOffsets, Command, Job, PendingBatch};
 use autopipe_common::error::{Error, Result};
 use autopipe_common::util::now_ms;
@@ -202,5 +204,40 @@ pub fn publish_pending(core: &Arc<Core>, busy: &Arc<Mutex<HashSet<String>>>) {
             }
             busy.lock().expect("lock").remove(&job_id);
         });
+    }
+}
+
+/// Asks the consumer scaling rule (`optimizer::kafka_scaling`) what every streaming
+/// job needs, and proposes it: partitions dealt anew (the decision recorded with
+/// them), and the measured effects of earlier decisions.
+pub async fn rescale(core: &Arc<Core>, mem: &mut kafka_scaling::Memory) {
+    let proposals = core.read(|s| kafka_scaling::decide(s, now_ms(), mem));
+    for p in proposals {
+        let cmd = match p {
+            kafka_scaling::Proposal::Rescale {
+                job_id,
+                assignment,
+                decision,
+            } => {
+                tracing::info!(job = %job_id, kind = decision.kind.name(), what = %decision.what, why = %decision.why, "consumer tasks rescaled");
+                Command::StreamRescale {
+                    job_id,
+                    assignment,
+                    at_ms: decision.at_ms,
+                    decision,
+                }
+            }
+            kafka_scaling::Proposal::Effect {
+                decision_id,
+                effect,
+            } => Command::DecisionEffect {
+                decision_id,
+                effect,
+            },
+        };
+        if let Err(e) = core.propose(cmd).await {
+            tracing::warn!("consumer scaling not recorded: {e}");
+            return;
+        }
     }
 }

@@ -581,6 +581,21 @@ pub enum Command {
         /// the batches
         batches: Vec<(u32, u32, u64)>,
     },
+    /// a streaming job's partitions dealt anew to its consumer tasks
+    /// (`optimizer::kafka_scaling`): a task whose partitions changed stops (its attempt
+    /// is an orphan the fence refuses) and runs again with its new ones from the
+    /// committed offsets; a task with none is parked. Refused unless `assignment`
+    /// holds every partition of the stream exactly once.
+    StreamRescale {
+        /// job
+        job_id: String,
+        /// per task, its partitions (longer than today's tasks: tasks are added)
+        assignment: Vec<Vec<i32>>,
+        /// why (recorded with it)
+        decision: crate::state::decision::Decision,
+        /// when
+        at_ms: u64,
+    },
     /// lost workers past the lost-worker retention leave the state (chosen by
     /// `scheduler::retention`); ids no longer in the state are skipped, an alive
     /// worker is refused

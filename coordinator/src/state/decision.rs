@@ -37,11 +37,17 @@ pub enum DecisionKind {
     ScaleDown,
     /// scan tasks were built from the input's file and row-group sizes
     InputSplits,
+    /// a streaming job got more consumer tasks for its lag
+    KafkaScaleUp,
+    /// a streaming job's consumer tasks were reduced after its lag stayed low
+    KafkaScaleDown,
+    /// a streaming job's partitions were moved between its consumer tasks
+    KafkaRebalance,
 }
 
 impl DecisionKind {
     /// Every kind, in the order the CLI and the metrics list them.
-    pub const ALL: [DecisionKind; 12] = [
+    pub const ALL: [DecisionKind; 15] = [
         DecisionKind::Speculation,
         DecisionKind::TaskTimeout,
         DecisionKind::RetryLimit,
@@ -54,6 +60,9 @@ impl DecisionKind {
         DecisionKind::ScaleUp,
         DecisionKind::ScaleDown,
         DecisionKind::InputSplits,
+        DecisionKind::KafkaScaleUp,
+        DecisionKind::KafkaScaleDown,
+        DecisionKind::KafkaRebalance,
     ];
 
     /// The snake_case name used by the CLI, the API and the metrics.
@@ -71,6 +80,9 @@ impl DecisionKind {
             DecisionKind::ScaleUp => "scale_up",
             DecisionKind::ScaleDown => "scale_down",
             DecisionKind::InputSplits => "input_splits",
+            DecisionKind::KafkaScaleUp => "kafka_scale_up",
+            DecisionKind::KafkaScaleDown => "kafka_scale_down",
+            DecisionKind::KafkaRebalance => "kafka_rebalance",
         }
     }
 }

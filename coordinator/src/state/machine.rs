@@ -425,6 +425,19 @@ impl Job {
         }) && !self.held_for_broadcast(stage)
     }
 
+    /// Whether task `task` of stage `stage` waits for a slot now: pending, past its
+    /// backoff, its inputs complete, and not a parked consumer task (a streaming job's
+    /// task left without partitions).
+    pub fn ready_to_launch(&self, stage: usize, task: usize, now_ms: u64) -> bool {
+        let Some(t) = self.stages.get(stage).and_then(|st| st.tasks.get(task)) else {
+            return false;
+        };
+        t.state == TaskState::Pending
+            && t.not_before_ms <= now_ms
+            && !self.stream.as_ref().is_some_and(|st| st.parked(task))
+            && self.stage_ready(stage)
+    }
+
     /// Whether map stage `stage` waits for the build side of a join it feeds to
     /// finish: should that side be small, the join runs as a broadcast join with this
     /// stage fused into it, and its shuffle never happens, or this stage keeps only
@@ -1357,6 +1370,7 @@ impl State {
             Command::SplitRunningTask { .. } => self.on_split_running_task(cmd),
             Command::StreamCommit { .. } => self.on_stream_commit(cmd),
             Command::StreamPublished { .. } => self.on_stream_published(cmd),
+            Command::StreamRescale { .. } => self.on_stream_rescale(cmd),
             Command::PruneWorkers { worker_ids, .. } => {
                 if let Some(w) = worker_ids.iter().find_map(|id| {
                     self.workers

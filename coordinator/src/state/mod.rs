@@ -44,7 +44,8 @@ impl State {
             | Command::CancelJob { job_id, .. }
             | Command::JobCleaned { job_id }
             | Command::StreamCommit { job_id, .. }
-            | Command::StreamPublished { job_id, .. } => Some(job_id),
+            | Command::StreamPublished { job_id, .. }
+            | Command::StreamRescale { job_id, .. } => Some(job_id),
             Command::RecordDecision { decision } => Some(&decision.job_id),
             Command::RegisterWorker { .. } => None,
             Command::WorkerLost { .. } => None,

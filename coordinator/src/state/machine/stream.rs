@@ -51,6 +51,9 @@ pub struct Stream {
     pub bad_records: u64,
     /// files published in the sink (and dead letters)
     pub files: u64,
+    /// when its partitions were last dealt anew (`Command::StreamRescale`; 0: never)
+    #[serde(default)]
+    pub rescaled_ms: u64,
 }
 
 /// A consumer task's committed work; its processing rate is the Flink autoscaler's
@@ -85,7 +88,17 @@ pub struct PartitionProgress {
     pub records: u64,
     /// when it last committed (ms)
     pub updated_ms: u64,
+    /// records per second produced into it (its high watermark's growth over the
+    /// last window of at least `RATE_WINDOW_MS`)
+    #[serde(default)]
+    pub input_rate: f64,
+    /// where that window starts: (ms, high watermark)
+    #[serde(default)]
+    pub rate_mark: Option<(u64, i64)>,
 }
+
+/// The shortest window a partition's input rate is measured over.
+pub const RATE_WINDOW_MS: u64 = 3_000;
 
 impl PartitionProgress {
     /// Records produced but not committed yet, as the last commit saw it.
@@ -141,12 +154,51 @@ impl Stream {
             bytes_out: 0,
             bad_records: 0,
             files: 0,
+            rescaled_ms: 0,
         }
     }
 
     /// Records not committed yet, over all partitions whose high watermark is known.
     pub fn total_lag(&self) -> i64 {
         self.partitions.values().filter_map(|p| p.lag()).sum()
+    }
+
+    /// Records per second produced into the topic, over all its partitions.
+    pub fn input_rate(&self) -> f64 {
+        self.partitions.values().map(|p| p.input_rate).sum()
+    }
+
+    /// A task with no partitions (scaled down): it is not launched.
+    pub fn parked(&self, task: usize) -> bool {
+        self.assignment.get(task).is_some_and(|a| a.is_empty())
+    }
+
+    /// Consumer tasks that read partitions.
+    pub fn active_tasks(&self) -> usize {
+        self.assignment.iter().filter(|a| !a.is_empty()).count()
+    }
+
+    /// Records per second of busy time over every committed batch: what one consumer
+    /// task processes (the Flink autoscaler's true processing rate).
+    pub fn task_rate(&self) -> Option<f64> {
+        let records: u64 = self.work.iter().map(|w| w.records).sum();
+        let busy: u64 = self.work.iter().map(|w| w.busy_ms).sum();
+        (busy > 0 && records > 0).then(|| records as f64 * 1000.0 / busy as f64)
+    }
+}
+
+impl PartitionProgress {
+    /// A commit saw high watermark `hw` at `at_ms`: the input rate is the growth
+    /// since the window's mark, once the window is long enough.
+    fn observe(&mut self, hw: i64, at_ms: u64) {
+        match self.rate_mark {
+            None => self.rate_mark = Some((at_ms, hw)),
+            Some((t0, hw0)) if at_ms >= t0 + RATE_WINDOW_MS => {
+                self.input_rate = (hw - hw0).max(0) as f64 * 1000.0 / (at_ms - t0) as f64;
+                self.rate_mark = Some((at_ms, hw));
+            }
+            Some(_) => {}
+        }
     }
 }
 
@@ -229,6 +281,9 @@ impl State {
             } else if let Some(hw) = p.high_watermark.as_mut() {
                 *hw = (*hw).max(o.to);
             }
+            if let Some(hw) = p.high_watermark {
+                p.observe(hw, *at_ms);
+            }
             p.updated_ms = *at_ms;
         }
         let w = &mut stream.work[*task as usize];
@@ -254,6 +309,62 @@ impl State {
                 moves: moves.clone(),
             });
         }
+        Ok(Outcome::Done)
+    }
+
+    /// `Command::StreamRescale`: all checks run before any change.
+    pub(super) fn on_stream_rescale(&mut self, cmd: &Command) -> Result<Outcome, ApplyError> {
+        let Command::StreamRescale {
+            job_id,
+            assignment,
+            decision,
+            at_ms,
+        } = cmd
+        else {
+            unreachable!("called for StreamRescale only")
+        };
+        let illegal = |why: String| ApplyError::Illegal(format!("job {job_id}: {why}"));
+        let job = self
+            .jobs
+            .get_mut(job_id)
+            .ok_or_else(|| ApplyError::UnknownJob(job_id.clone()))?;
+        if job.state.is_terminal() {
+            return Err(illegal(format!("the job is {:?}", job.state)));
+        }
+        let stream = job
+            .stream
+            .as_mut()
+            .ok_or_else(|| illegal("not a streaming job".into()))?;
+        let mut dealt: Vec<i32> = assignment.iter().flatten().copied().collect();
+        dealt.sort_unstable();
+        let owned: Vec<i32> = stream.partitions.keys().copied().collect();
+        if dealt != owned {
+            return Err(illegal(format!(
+                "a rescale must deal every partition {owned:?} once, not {dealt:?}"
+            )));
+        }
+        if assignment.iter().all(|a| a.is_empty()) {
+            return Err(illegal("a rescale leaves no task reading".into()));
+        }
+        let tasks = &mut job.stages[0].tasks;
+        let n = assignment.len().max(tasks.len());
+        tasks.resize_with(n, super::Task::new);
+        stream.work.resize_with(n, TaskWork::default);
+        stream.assignment.resize_with(n, Vec::new);
+        for (i, task) in tasks.iter_mut().enumerate() {
+            let new = assignment.get(i).cloned().unwrap_or_default();
+            if new == stream.assignment[i] {
+                continue;
+            }
+            // its running attempt (if any) is an orphan now: the fence refuses its
+            // commits and the leader cancels it; the task runs again with `new`
+            task.state = TaskState::Pending;
+            task.speculative = None;
+            task.not_before_ms = 0;
+            stream.assignment[i] = new;
+        }
+        stream.rescaled_ms = *at_ms;
+        self.push_decision(decision.clone());
         Ok(Outcome::Done)
     }
 
