@@ -252,6 +252,12 @@ impl Error {
     }
 }
 
+impl From<datafusion::arrow::error::ArrowError> for Error {
+    fn from(e: datafusion::arrow::error::ArrowError) -> Self {
+        Error::DataFusion(e.into())
+    }
+}
+
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         e.to_status()

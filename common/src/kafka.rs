@@ -118,7 +118,8 @@ pub fn topic_partitions(source: &SourceSpec, timeout: Duration) -> Result<Vec<i3
 
 /// A session for a streaming job's SQL: its file sources registered as tables (read
 /// whole by every micro-batch) and its kafka source as an empty in-memory table that
-/// `set_batch` fills. Returns the session, the kafka source and its table schema.
+/// `set_batch` fills (with `window_start` and `window_end` for a windowed job).
+/// Returns the session, the kafka source and the schema its records decode to.
 pub async fn stream_context(
     spec: &PipelineSpec,
 ) -> Result<(SessionContext, SourceSpec, SchemaRef)> {
@@ -129,8 +130,15 @@ pub async fn stream_context(
         .cloned()
         .ok_or_else(|| Error::plan("sources", "a streaming job needs a kafka source"))?;
     let schema = table_schema(&source)?;
+    // a stateful job's columns are checked here, at submit and on every worker; a
+    // windowed job's SQL reads the window's bounds too
+    let state = crate::stream_state::StateParams::of(&spec.job.params);
+    if let Some(p) = &state {
+        p.check(&schema)?;
+    }
     let ctx = crate::session::context_for(spec, 1).await?;
-    set_batch(&ctx, &source.name, &schema, vec![])?;
+    let table = crate::stream_state::sql_schema(&schema, state.as_ref());
+    set_batch(&ctx, &source.name, &table, vec![])?;
     Ok((ctx, source, schema))
 }
 
@@ -287,16 +295,7 @@ pub fn decode(
                 };
                 match reason {
                     None => good.push(r),
-                    Some(error) => dead.push(DeadRecord {
-                        source: source.to_string(),
-                        file: String::new(),
-                        offset: r.offset.max(0) as u64,
-                        line: None,
-                        record: lossy(r.value.as_deref().unwrap_or_default()),
-                        error,
-                        topic: Some(topic.to_string()),
-                        partition: Some(r.partition),
-                    }),
+                    Some(error) => dead.push(dead_record(source, topic, r, error)),
                 }
             }
             good
@@ -359,6 +358,20 @@ fn with_meta<'a>(
 }
 
 /// Bytes as text for a dead letter: lossy UTF-8, at most 64 KiB.
+/// The dead letter of record `r` of `topic` (source `source`), refused for `error`.
+pub fn dead_record(source: &str, topic: &str, r: &Record, error: String) -> DeadRecord {
+    DeadRecord {
+        source: source.to_string(),
+        file: String::new(),
+        offset: r.offset.max(0) as u64,
+        line: None,
+        record: lossy(r.value.as_deref().unwrap_or_default()),
+        error,
+        topic: Some(topic.to_string()),
+        partition: Some(r.partition),
+    }
+}
+
 fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..b.len().min(MAX_DEAD_RECORD_BYTES)]).into_owned()
 }

@@ -17,6 +17,7 @@ pub mod shuffle;
 pub mod spec;
 pub mod splits;
 pub mod store;
+pub mod stream_state;
 pub mod task;
 pub mod tls;
 pub mod tolerant;

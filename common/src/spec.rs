@@ -177,6 +177,32 @@ pub struct JobParams {
     /// streaming: the most records in one micro-batch (default 100000)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_batch_rows: Option<u64>,
+    /// streaming: the kafka table's event-time column (a timestamp, or an integer of
+    /// milliseconds since the epoch) that windows, the watermark and dedup read;
+    /// default: the record's Kafka timestamp (`_timestamp`)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time: Option<String>,
+    /// streaming: the SQL runs once per event-time window of this length, over the
+    /// window's records (with `window_start` and `window_end` columns), once the
+    /// watermark has passed its end; e.g. "1m" (default: per micro-batch, no windows)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_size: Option<Millis>,
+    /// streaming: a new window starts every this long (hopping windows; default
+    /// `window_size`: tumbling windows)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_slide: Option<Millis>,
+    /// streaming: the watermark trails the largest event time seen in each partition
+    /// by this long; a record whose windows all ended before its partition's
+    /// watermark is late and goes to the dead letters (default 5 s)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark_delay: Option<Millis>,
+    /// streaming: drop a record whose values in these columns (comma-separated) were
+    /// seen in its partition within `dedup_window` of event time
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_key: Option<String>,
+    /// streaming: how long a `dedup_key` is remembered, in event time (default 10 min)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_window: Option<Millis>,
     /// streaming: scale the consumer tasks with the lag (`optimizer::kafka_scaling`);
     /// default true
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -219,6 +245,10 @@ impl From<Millis> for u64 {
 pub const DEFAULT_BATCH_INTERVAL_MS: u64 = 1_000;
 /// Default most records in one micro-batch.
 pub const DEFAULT_MAX_BATCH_ROWS: u64 = 100_000;
+/// Default `watermark_delay`.
+pub const DEFAULT_WATERMARK_DELAY_MS: u64 = 5_000;
+/// Default `dedup_window`.
+pub const DEFAULT_DEDUP_WINDOW_MS: u64 = 600_000;
 /// Default `catch_up_target` (the Flink autoscaler's catch-up duration).
 pub const DEFAULT_CATCH_UP_TARGET_MS: u64 = 60_000;
 /// Default `target_utilization` (the Flink autoscaler's).
@@ -360,6 +390,30 @@ impl JobParams {
     /// Effective most records per micro-batch (at least 1).
     pub fn max_batch_rows(&self) -> u64 {
         self.max_batch_rows.unwrap_or(DEFAULT_MAX_BATCH_ROWS).max(1)
+    }
+    /// Event-time windows as (size, slide) in ms, when `window_size` is set.
+    pub fn window(&self) -> Option<(u64, u64)> {
+        let size = self.window_size?.0.max(1);
+        Some((size, self.window_slide.map_or(size, |m| m.0.max(1))))
+    }
+    /// Effective watermark delay (ms).
+    pub fn watermark_delay_ms(&self) -> u64 {
+        self.watermark_delay
+            .map_or(DEFAULT_WATERMARK_DELAY_MS, |m| m.0)
+    }
+    /// The dedup key's columns (empty: no dedup).
+    pub fn dedup_columns(&self) -> Vec<String> {
+        self.dedup_key
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .collect()
+    }
+    /// Effective dedup window (ms).
+    pub fn dedup_window_ms(&self) -> u64 {
+        self.dedup_window.map_or(DEFAULT_DEDUP_WINDOW_MS, |m| m.0)
     }
     /// Whether consumer tasks scale with the lag (`kafka_autoscale`, default on).
     pub fn kafka_autoscale(&self) -> bool {
@@ -932,6 +986,42 @@ impl PipelineSpec {
                     format!("{r} must be between 0 and 1"),
                 ));
             }
+        }
+        let streaming_only = [
+            ("event_time", p.event_time.is_some()),
+            ("window_size", p.window_size.is_some()),
+            ("window_slide", p.window_slide.is_some()),
+            ("watermark_delay", p.watermark_delay.is_some()),
+            ("dedup_key", p.dedup_key.is_some()),
+            ("dedup_window", p.dedup_window.is_some()),
+        ];
+        if self.job.mode != JobMode::Streaming {
+            if let Some((k, _)) = streaming_only.iter().find(|(_, set)| *set) {
+                return Err(err(
+                    format!("job.params.{k}"),
+                    "applies to streaming jobs only (mode = \"streaming\")".into(),
+                ));
+            }
+        }
+        if p.window_slide.is_some() && p.window_size.is_none() {
+            return Err(err(
+                "job.params.window_slide".into(),
+                "needs window_size".into(),
+            ));
+        }
+        if let Some((size, slide)) = p.window() {
+            if p.window_size.is_some_and(|m| m.0 == 0) || slide == 0 || slide > size {
+                return Err(err(
+                    "job.params.window_slide".into(),
+                    format!("window_size {size} ms and window_slide {slide} ms: both above 0, the slide at most the size"),
+                ));
+            }
+        }
+        if p.dedup_window.is_some() && p.dedup_columns().is_empty() {
+            return Err(err(
+                "job.params.dedup_window".into(),
+                "needs dedup_key (the columns that identify a repeat)".into(),
+            ));
         }
         if let Some(u) = p.target_utilization {
             if !(u > 0.0 && u <= 1.0) {
@@ -1534,6 +1624,24 @@ schema = { user_id = "int64", url = "utf8", ts = "timestamp_ms" }"#;
                 ),
                 "job.params.target_utilization",
                 "at most 1",
+            ),
+            (
+                streaming(KAFKA, "mode = \"streaming\"\n[job.params]\nwindow_slide = \"1s\""),
+                "job.params.window_slide",
+                "needs window_size",
+            ),
+            (
+                streaming(
+                    KAFKA,
+                    "mode = \"streaming\"\n[job.params]\nwindow_size = \"1s\"\nwindow_slide = \"2s\"",
+                ),
+                "job.params.window_slide",
+                "at most the size",
+            ),
+            (
+                streaming(KAFKA, "mode = \"streaming\"\n[job.params]\ndedup_window = \"1m\""),
+                "job.params.dedup_window",
+                "needs dedup_key",
             ),
         ];
         for (text, key, why) in cases {

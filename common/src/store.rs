@@ -116,6 +116,31 @@ pub async fn delete_prefix(store: &dyn ObjectStore, prefix: &StorePath) -> Resul
     Ok(())
 }
 
+/// Writes `bytes` as the object at `url` (whole: a reader sees all of it or none).
+pub async fn put_url(url: &str, bytes: Vec<u8>) -> Result<()> {
+    use object_store::ObjectStoreExt;
+    let (store, path) = store_for(&parse_url(url)?)?;
+    store.put(&path, bytes.into()).await?;
+    Ok(())
+}
+
+/// Reads the object at `url`.
+pub async fn get_url(url: &str) -> Result<Vec<u8>> {
+    use object_store::ObjectStoreExt;
+    let (store, path) = store_for(&parse_url(url)?)?;
+    Ok(store.get(&path).await?.bytes().await?.to_vec())
+}
+
+/// Deletes the object at `url`; one already gone is not an error.
+pub async fn delete_url(url: &str) -> Result<()> {
+    use object_store::ObjectStoreExt;
+    let (store, path) = store_for(&parse_url(url)?)?;
+    match store.delete(&path).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The characters that make a source path a glob (as the `glob` crate reads them).
 const GLOB_CHARS: [char; 3] = ['*', '?', '['];
 

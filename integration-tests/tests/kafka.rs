@@ -429,3 +429,234 @@ fn a_burst_scales_the_consumers_up_and_the_quiet_after_it_scales_them_down() -> 
     c.cli_json(&["cancel", &id])?;
     Ok(())
 }
+
+/// The dead letters of job `id` whose sink is `dir/out`.
+fn dead_letters(dir: &Path, id: &str) -> Result<Vec<serde_json::Value>> {
+    let dead_dir = dir.join(format!("out.dead-letter/{id}"));
+    let mut out = vec![];
+    for f in integration_tests::files_under(&dead_dir) {
+        for line in std::fs::read_to_string(dead_dir.join(f))?.lines() {
+            out.push(serde_json::from_str(line)?);
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn repeats_are_dropped_across_batches_and_a_worker_kill() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = Broker::start()?;
+    broker.create_topic("clicks", 4)?;
+    // users 0..2000, then users 0..200 again (a repeat lands in its user's partition)
+    let mut first = clicks(0, 2000, None);
+    first.extend(clicks(0, 200, None));
+    broker.produce("clicks", &first)?;
+    let mut c = Cluster::start_full(2, 2, &[], LOST_AFTER)?;
+    let spec = streaming_spec(dir.path(), &broker, "dedup_key = \"user_id\"")?;
+    let id = c.submit(&spec)?;
+    wait_until(Duration::from_secs(60), "the first batches", || {
+        Ok(output_rows(dir.path())?.len() >= 500)
+    })?;
+    let busy = c.busy_worker()?.unwrap_or(0);
+    c.workers[busy].kill();
+    // the moved partitions' tasks must remember the keys committed before the kill
+    let mut second = clicks(0, 1000, None);
+    second.extend(clicks(2000, 3000, None));
+    broker.produce("clicks", &second)?;
+    wait_until(Duration::from_secs(90), "3000 users in the sink", || {
+        Ok(output_rows(dir.path())?.len() >= 3000)
+    })?;
+    wait_until(Duration::from_secs(30), "every record read", || {
+        let st = c.cli_json(&["status", &id])?;
+        Ok(st["stream"]["lag"] == 0 && st["stream"]["records"] == 4200)
+    })?;
+    std::thread::sleep(Duration::from_millis(1000));
+    // every user once, at its first (partition, offset)
+    assert_exactly_once(dir.path(), 3000, "after the repeats")?;
+    let rows = output_rows(dir.path())?;
+    assert!(
+        rows.iter()
+            .all(|&(u, _, off)| if u < 2000 { off == u / 4 } else { off >= 800 }),
+        "each user's first record was kept"
+    );
+    let st = c.cli_json(&["status", &id])?;
+    assert_eq!(st["stream"]["duplicates"], 1200, "{st}");
+    c.cli_json(&["cancel", &id])?;
+    Ok(())
+}
+
+/// Event time of record `i` in the window test: 10 ms apart from a fixed origin.
+const ORIGIN_MS: i64 = 1_700_000_000_000;
+
+/// Clicks with an event time `ts`: record i at ORIGIN + 10 i ms, url /p/{i % 3}.
+fn timed_clicks(from: i64, to: i64) -> Vec<(i32, String)> {
+    (from..to)
+        .map(|i| {
+            (
+                (i % 4) as i32,
+                format!(
+                    "{{\"user_id\": {i}, \"url\": \"/p/{}\", \"ts\": {}}}",
+                    i % 3,
+                    ORIGIN_MS + 10 * i
+                ),
+            )
+        })
+        .collect()
+}
+
+/// (window_start ms, url) -> n of every row in the sink.
+fn window_counts(dir: &Path) -> Result<Vec<(i64, String, i64)>> {
+    let out = dir.join("out");
+    if !out.exists() {
+        return Ok(vec![]);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        use datafusion::arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
+        let ctx = datafusion::prelude::SessionContext::new();
+        let mut rows = vec![];
+        for f in integration_tests::files_under(&out)
+            .iter()
+            .filter(|f| f.ends_with(".parquet"))
+        {
+            let df = ctx
+                .read_parquet(out.join(f).to_str().context("utf8")?, Default::default())
+                .await?;
+            for b in df.collect().await? {
+                let col = |n: &str| b.column_by_name(n).cloned().context("column");
+                let (w, u, n) = (col("window_start")?, col("url")?, col("n")?);
+                let w = w
+                    .as_any()
+                    .downcast_ref::<TimestampMillisecondArray>()
+                    .context("ts")?;
+                // (DataFusion reads Parquet strings as Utf8View)
+                let u = datafusion::arrow::compute::cast(
+                    &u,
+                    &datafusion::arrow::datatypes::DataType::Utf8,
+                )?;
+                let u = u.as_any().downcast_ref::<StringArray>().context("utf8")?;
+                let n = n.as_any().downcast_ref::<Int64Array>().context("i64")?;
+                for i in 0..b.num_rows() {
+                    rows.push((w.value(i), u.value(i).to_string(), n.value(i)));
+                }
+            }
+        }
+        rows.sort();
+        Ok(rows)
+    })
+}
+
+#[test]
+fn a_tumbling_window_count_equals_the_oracle_across_a_worker_kill() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = Broker::start()?;
+    broker.create_topic("clicks", 4)?;
+    broker.produce("clicks", &timed_clicks(0, 3000))?;
+    let mut c = Cluster::start_full(2, 2, &[], LOST_AFTER)?;
+    let spec = dir.path().join("windows.toml");
+    write_spec(
+        &spec,
+        &format!(
+            r#"
+[job]
+name = "clicks_per_window"
+mode = "streaming"
+[job.params]
+batch_interval = "200ms"
+max_batch_rows = 500
+event_time = "ts"
+window_size = "10s"
+watermark_delay = "5s"
+
+[[sources]]
+name = "clicks"
+format = "kafka"
+brokers = "{b}"
+topic = "clicks"
+schema = {{ user_id = "int64", url = "utf8", ts = "int64" }}
+
+[transform]
+sql = "SELECT window_start, window_end, url, COUNT(*) AS n FROM clicks GROUP BY window_start, window_end, url"
+
+[sink]
+format = "parquet"
+path = "{out}"
+"#,
+            b = broker.address,
+            out = dir.path().join("out").display()
+        ),
+    )?;
+    let id = c.submit(&spec)?;
+    // records up to 30 s of event time: the windows ending by 25 s are emitted
+    wait_until(Duration::from_secs(60), "the first windows", || {
+        Ok(!window_counts(dir.path())?.is_empty())
+    })
+    .with_context(|| format!("{:?}", c.cli_json(&["status", &id])))?;
+    let busy = c.busy_worker()?.unwrap_or(0);
+    c.workers[busy].kill();
+    // the rest, then one record per partition far ahead: every window closes
+    let mut rest = timed_clicks(3000, 6000);
+    for p in 0..4 {
+        rest.push((
+            p,
+            format!(
+                "{{\"user_id\": -1, \"url\": \"/end\", \"ts\": {}}}",
+                ORIGIN_MS + 1_000_000
+            ),
+        ));
+    }
+    broker.produce("clicks", &rest)?;
+    wait_until(Duration::from_secs(90), "six windows of three urls", || {
+        Ok(window_counts(dir.path())?.len() >= 18)
+    })?;
+    // a record for a window long closed is late
+    broker.produce(
+        "clicks",
+        &[(
+            0,
+            format!(
+                "{{\"user_id\": -2, \"url\": \"/late\", \"ts\": {}}}",
+                ORIGIN_MS + 5
+            ),
+        )],
+    )?;
+    wait_until(
+        Duration::from_secs(30),
+        "the late record's dead letter",
+        || Ok(!dead_letters(dir.path(), &id)?.is_empty()),
+    )?;
+    std::thread::sleep(Duration::from_millis(1000));
+    // the origin is not window-aligned: compute the oracle by each record's window
+    let mut oracle: std::collections::BTreeMap<(i64, String), i64> = Default::default();
+    for i in 0..6000i64 {
+        let ts = ORIGIN_MS + 10 * i;
+        *oracle
+            .entry((ts.div_euclid(10_000) * 10_000, format!("/p/{}", i % 3)))
+            .or_default() += 1;
+    }
+    let want: Vec<(i64, String, i64)> = oracle.into_iter().map(|((w, u), n)| (w, u, n)).collect();
+    assert_eq!(
+        window_counts(dir.path())?,
+        want,
+        "each window once, with the oracle's counts"
+    );
+    let dead = dead_letters(dir.path(), &id)?;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("late")),
+        "{dead:?}"
+    );
+    assert_eq!(dead[0]["partition"], 0);
+    let st = c.cli_json(&["status", &id])?;
+    assert_eq!(st["stream"]["late_records"], 1, "{st}");
+    assert!(
+        st["stream"]["watermark_ms"].as_i64() > Some(ORIGIN_MS + 900_000),
+        "{st}"
+    );
+    c.cli_json(&["cancel", &id])?;
+    Ok(())
+}

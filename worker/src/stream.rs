@@ -5,10 +5,17 @@
 //! 1. poll records for up to `batch_interval`, or until `max_batch_rows`;
 //! 2. decode the JSON values to Arrow (malformed records to the batch's dead letters
 //!    with their topic, partition, offset and reason);
-//! 3. run the job's SQL over the batch (joined with the job's file sources);
-//! 4. write the result into the attempt's staging (`b{N}/`);
-//! 5. commit the batch's files and its partitions' new offsets in one coordinator
-//!    proposal (`CommitBatch`), which the coordinator then publishes in the sink.
+//! 3. a stateful job (`stream_state`): refuse late records (dead letters), drop
+//!    repeats (`dedup_key`), buffer a windowed job's rows in their partition's state;
+//! 4. run the job's SQL over the batch (joined with the job's file sources), or, for
+//!    a windowed job's task that reads the lowest partition, over the windows the
+//!    job's watermark closed (its own partitions' rows from memory, the others' from
+//!    their committed checkpoints);
+//! 5. write the result into the attempt's staging (`b{N}/`), and the changed
+//!    partitions' state checkpoints under the job's `state/`;
+//! 6. commit the batch's files, its partitions' new offsets, largest event times and
+//!    checkpoints (and the windows it emitted) in one coordinator proposal
+//!    (`CommitBatch`), which the coordinator then publishes in the sink.
 //!
 //! The next poll waits for the commit: a slow sink slows consumption (back-pressure),
 //! and at most one batch is in memory. A commit the coordinator refuses (the attempt
@@ -20,17 +27,20 @@ use crate::executor::{run_sink, upload_dead_letters, RemoveOnDrop};
 use autopipe_common::error::{Error, Result};
 use autopipe_common::kafka::{self, Record};
 use autopipe_common::spec::{KafkaStart, PipelineSpec};
-use autopipe_common::store::register_stores;
+use autopipe_common::store::{get_url, put_url, register_stores};
+use autopipe_common::stream_state::{self, PartitionState, StateParams};
 use autopipe_common::task::TaskResult;
 use autopipe_common::tolerant::DeadLetters;
 use autopipe_proto as pb;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::context::SQLOptions;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -129,6 +139,7 @@ pub async fn run_stream(
                 from_offset: -1,
                 to_offset: o,
                 high_watermark: -1,
+                ..Default::default()
             })
             .collect();
         let req = pb::CommitBatchRequest {
@@ -153,6 +164,7 @@ pub async fn run_stream(
         .with_allow_ddl(false)
         .with_allow_dml(false)
         .with_allow_statements(false);
+    let mut state = Stateful::load(&spec, st).await?;
     let mut total = TaskResult::default();
     // the high watermarks the last commit reported, and when it was sent
     let mut reported: HashMap<i32, i64> = HashMap::new();
@@ -169,7 +181,8 @@ pub async fn run_stream(
         if cancel.is_cancelled() {
             continue;
         }
-        if records.is_empty() {
+        let emit = state.closable(&position);
+        if records.is_empty() && emit.is_none() && state.dirty.is_empty() {
             // no records: the lag the coordinator sees (it scales on it) is kept fresh
             // by a commit of the high watermarks alone when they moved (a stalled
             // fetch) or every PROGRESS_EVERY
@@ -188,12 +201,15 @@ pub async fn run_stream(
                             from_offset: o,
                             to_offset: o,
                             high_watermark: high.get(&p).copied().unwrap_or(-1),
+                            max_event_ms: state.max_event(p),
+                            state_url: String::new(),
                         })
                         .collect(),
                     oldest_record_ms: -1,
                     ..Default::default()
                 };
-                commit(shared, req).await?;
+                let resp = commit(shared, req).await?;
+                state.committed(resp.view, None)?;
                 reported = high;
                 last_commit = Instant::now();
             }
@@ -218,25 +234,48 @@ pub async fn run_stream(
             .map_err(|e| Error::Transient(format!("cannot create {}: {e}", dead_path.display())))?;
         let _remove = RemoveOnDrop(dead_path.clone());
         let (rows, bad) = kafka::decode(&source.name, &topic, &schema, &records, &dead)?;
-        kafka::set_batch(&ctx, &source.name, &schema, vec![rows])?;
-        let df = ctx
-            .sql_with_options(&spec.transform.sql, sql_options)
-            .await
-            .map_err(|e| Error::plan("transform.sql", e))?;
-        let out_schema = Arc::new(df.schema().as_arrow().clone());
-        let stream = df.execute_stream().await?;
+        // a stateful job: late records refused, repeats dropped, windows buffered
+        let (rows, late, duplicates) = state.admit(rows, &records, &source.name, &topic, &dead)?;
         let sink = pb::SinkOutput {
             format: spec.sink.format.name().to_string(),
             staging_url: format!("{}b{batch}/", st.staging_url),
             partition_by: spec.sink.partition_by.clone(),
         };
-        let out = run_sink(out_schema, stream, &sink, ctx.task_ctx(), false).await?;
+        // the SQL runs over the batch, or (windows) over the windows the watermark closed
+        let table = match (&state.params, emit) {
+            (Some(p), Some((after, until))) if p.window.is_some() => {
+                Some(state.window_rows(&schema, after, until).await?)
+            }
+            (Some(p), _) if p.window.is_some() => None,
+            _ => Some(rows),
+        };
+        let out = match table {
+            Some(rows) => {
+                kafka::set_batch(&ctx, &source.name, &rows.schema(), vec![rows])?;
+                let df = ctx
+                    .sql_with_options(&spec.transform.sql, sql_options)
+                    .await
+                    .map_err(|e| Error::plan("transform.sql", e))?;
+                let out_schema = Arc::new(df.schema().as_arrow().clone());
+                let stream = df.execute_stream().await?;
+                run_sink(out_schema, stream, &sink, ctx.task_ctx(), false).await?
+            }
+            None => TaskResult::default(),
+        };
         let mut dead_letter_file = String::new();
         if let Some((file, n)) = dead.finish().map_err(Error::Transient)? {
             if n > 0 {
                 let url = format!("{}b{batch}.ndjson", st.dead_letter_url);
                 dead_letter_file = upload_dead_letters(&url, &file, n).await?;
             }
+        }
+        // the state of every partition it changed, checkpointed before the commit
+        let checkpoints = state
+            .checkpoint(&st.state_url, key.task, key.attempt, batch)
+            .await?;
+        for p in checkpoints.keys() {
+            let at = position.get(p).copied().unwrap_or_default();
+            progress.entry(*p).or_insert((at, at));
         }
         let high = high_watermarks(&consumer, &topic, progress.keys().copied()).await;
         let req = pb::CommitBatchRequest {
@@ -250,6 +289,8 @@ pub async fn run_stream(
                     from_offset: from,
                     to_offset: to,
                     high_watermark: high.get(&p).copied().unwrap_or(-1),
+                    max_event_ms: state.max_event(p),
+                    state_url: checkpoints.get(&p).cloned().unwrap_or_default(),
                 })
                 .collect(),
             files: out.files.iter().map(|f| format!("b{batch}/{f}")).collect(),
@@ -264,8 +305,12 @@ pub async fn run_stream(
                 .filter_map(|r| r.timestamp_ms)
                 .min()
                 .unwrap_or(-1),
+            emitted: emit.map(|(after, until)| pb::WindowEmit { after, until }),
+            duplicates,
+            late_records: late,
         };
-        commit(shared, req).await?;
+        let resp = commit(shared, req).await?;
+        state.committed(resp.view, emit.map(|e| e.1))?;
         last_commit = Instant::now();
         reported.extend(high);
         for (p, (_, to)) in progress {
@@ -274,10 +319,175 @@ pub async fn run_stream(
         total.rows_in += records.len() as u64;
         total.rows_out += out.rows_out;
         total.bytes_out += out.bytes_out;
-        total.bad_records += bad;
+        total.bad_records += bad + late;
         tracing::debug!(job = %key.job_id, task = key.task, attempt = key.attempt, batch, records = records.len(), rows_out = out.rows_out, ms = started.elapsed().as_millis() as u64, "micro-batch committed");
     }
     Ok(total)
+}
+
+/// A consumer task's state (`stream_state`): its partitions' windows and dedup
+/// keys, which of them changed since their last checkpoint, and what the last
+/// commit said of the job's watermark and emitted windows.
+struct Stateful {
+    params: Option<StateParams>,
+    states: BTreeMap<i32, PartitionState>,
+    /// partitions whose state changed since their last checkpoint
+    dirty: BTreeSet<i32>,
+    /// the job's committed state, as the last commit answered
+    view: Option<pb::StreamView>,
+    emitted_until: Option<i64>,
+}
+
+impl Stateful {
+    /// The task's partitions' state, read from their committed checkpoints.
+    async fn load(spec: &PipelineSpec, st: &pb::StreamTask) -> Result<Self> {
+        let params = StateParams::of(&spec.job.params);
+        let mut states = BTreeMap::new();
+        if let Some(p) = &params {
+            for ps in &st.partitions {
+                let mut s = if ps.state_url.is_empty() {
+                    PartitionState::default()
+                } else {
+                    let bytes = get_url(&ps.state_url).await.map_err(|e| {
+                        Error::Transient(format!(
+                            "cannot read partition {}'s state checkpoint {}: {e}",
+                            ps.partition, ps.state_url
+                        ))
+                    })?;
+                    stream_state::decode(&bytes, ps.max_event_ms)?
+                };
+                s.max_event_ms = ps.max_event_ms;
+                if let Some(u) = st.emitted_until_ms {
+                    stream_state::prune(&mut s, p, u)?;
+                }
+                states.insert(ps.partition, s);
+            }
+        }
+        Ok(Stateful {
+            params,
+            states,
+            dirty: BTreeSet::new(),
+            view: None,
+            emitted_until: st.emitted_until_ms,
+        })
+    }
+
+    fn max_event(&self, p: i32) -> Option<i64> {
+        self.states.get(&p).and_then(|s| s.max_event_ms)
+    }
+
+    /// Runs the decoded rows through the state: late records to `dead`, repeats
+    /// dropped. Returns the rows the SQL reads now, and the late and repeated counts.
+    fn admit(
+        &mut self,
+        rows: RecordBatch,
+        records: &[Record],
+        source: &str,
+        topic: &str,
+        dead: &DeadLetters,
+    ) -> Result<(RecordBatch, u64, u64)> {
+        let Some(p) = &self.params else {
+            return Ok((rows, 0, 0));
+        };
+        let a = stream_state::admit(&rows, p, &mut self.states)?;
+        let by_pos: HashMap<(i32, i64), &Record> = records
+            .iter()
+            .map(|r| ((r.partition, r.offset), r))
+            .collect();
+        for r in &a.refused {
+            if let Some(rec) = by_pos.get(&(r.partition, r.offset)) {
+                dead.push(kafka::dead_record(source, topic, rec, r.reason.clone()));
+            }
+        }
+        self.dirty.extend(a.changed);
+        Ok((a.rows, a.refused.len() as u64, a.duplicates))
+    }
+
+    /// A windowed job's task that reads the lowest partition: the windows the job's
+    /// watermark closed that are not emitted yet, as (after, until).
+    fn closable(&self, position: &BTreeMap<i32, i64>) -> Option<(Option<i64>, i64)> {
+        let (size, slide) = self.params.as_ref()?.window?;
+        let view = self.view.as_ref()?;
+        let lowest = view.partitions.iter().map(|p| p.partition).min()?;
+        if !position.contains_key(&lowest) {
+            return None;
+        }
+        let until = stream_state::closed_until(view.watermark_ms?, size, slide);
+        let after = view.emitted_until_ms;
+        (after.is_none_or(|a| until > a)).then_some((after, until))
+    }
+
+    /// The rows of the windows ending in (after, until], from every partition: this
+    /// task's own in memory, the others' from their committed checkpoints.
+    async fn window_rows(
+        &self,
+        table: &SchemaRef,
+        after: Option<i64>,
+        until: i64,
+    ) -> Result<RecordBatch> {
+        let p = self.params.as_ref().expect("a stateful job");
+        let view = self.view.as_ref().expect("a view to emit from");
+        let mut rows: Vec<RecordBatch> = vec![];
+        for ps in &view.partitions {
+            if let Some(own) = self.states.get(&ps.partition) {
+                rows.extend(own.rows.iter().cloned());
+            } else if !ps.state_url.is_empty() {
+                let bytes = get_url(&ps.state_url).await.map_err(|e| {
+                    Error::Transient(format!(
+                        "cannot read partition {}'s state checkpoint {}: {e}",
+                        ps.partition, ps.state_url
+                    ))
+                })?;
+                rows.extend(stream_state::decode(&bytes, ps.max_event_ms)?.rows);
+            }
+        }
+        stream_state::window_rows(&rows, p, table, after, until)
+    }
+
+    /// Writes the changed partitions' checkpoints; returns their URLs.
+    async fn checkpoint(
+        &mut self,
+        root: &str,
+        task: u32,
+        attempt: u32,
+        batch: u64,
+    ) -> Result<BTreeMap<i32, String>> {
+        let mut out = BTreeMap::new();
+        for p in std::mem::take(&mut self.dirty) {
+            let Some(s) = self.states.get(&p) else {
+                continue;
+            };
+            let url = format!("{root}p{p}/t{task}-a{attempt}-b{batch}.state");
+            put_url(&url, stream_state::encode(s)?).await?;
+            out.insert(p, url);
+        }
+        Ok(out)
+    }
+
+    /// After a commit: what the coordinator answered; windows emitted up to a new
+    /// end leave the buffers.
+    fn committed(&mut self, view: Option<pb::StreamView>, emitted: Option<i64>) -> Result<()> {
+        let Some(p) = &self.params else {
+            return Ok(());
+        };
+        let until = emitted
+            .or(view.as_ref().and_then(|v| v.emitted_until_ms))
+            .max(self.emitted_until);
+        if until != self.emitted_until {
+            if let Some(u) = until {
+                for (part, s) in self.states.iter_mut() {
+                    if stream_state::prune(s, p, u)? {
+                        self.dirty.insert(*part);
+                    }
+                }
+            }
+            self.emitted_until = until;
+        }
+        if view.is_some() {
+            self.view = view;
+        }
+        Ok(())
+    }
 }
 
 /// The longest a consumer task with no records goes without reporting its
@@ -371,11 +581,14 @@ fn poll_batch(
 
 /// Sends a batch commit to the coordinators' leader, retrying transient failures
 /// (leader changes, unreachable coordinators). A refusal ends the attempt.
-async fn commit(shared: &WorkerShared, req: pb::CommitBatchRequest) -> Result<()> {
+async fn commit(
+    shared: &WorkerShared,
+    req: pb::CommitBatchRequest,
+) -> Result<pb::CommitBatchResponse> {
     call_leader(shared, |mut c| {
         let mut r = Request::new(req.clone());
         r.set_timeout(Duration::from_secs(10));
-        async move { c.commit_batch(r).await.map(|_| ()) }
+        async move { c.commit_batch(r).await.map(|r| r.into_inner()) }
     })
     .await
     .map_err(|e| match e.class() {

@@ -523,15 +523,15 @@ impl pb::worker_service_server::WorkerService for Services {
         }
         let req = req.into_inner();
         match commit_batch(&self.core, &req).await {
-            Ok(()) => Ok(Response::new(pb::CommitBatchResponse {
-                seq: self.core.read(|s| {
-                    let key = req.key.as_ref().map(|k| k.job_id.as_str()).unwrap_or("");
-                    s.jobs
-                        .get(key)
-                        .and_then(|j| j.stream.as_ref())
-                        .map_or(0, |st| st.batches)
-                }),
-            })),
+            Ok(()) => Ok(Response::new(self.core.read(|s| {
+                let key = req.key.as_ref().map(|k| k.job_id.as_str()).unwrap_or("");
+                let job = s.jobs.get(key);
+                let st = job.and_then(|j| j.stream.as_ref().map(|st| (j, st)));
+                pb::CommitBatchResponse {
+                    seq: st.map_or(0, |(_, st)| st.batches),
+                    view: st.map(|(j, st)| crate::scheduler::stream::view(j, st)),
+                }
+            }))),
             Err(CommitRefused::Invalid(m)) => Err(Status::invalid_argument(m)),
             Err(CommitRefused::Fenced(m)) => Err(Status::failed_precondition(m)),
             Err(CommitRefused::Store(e)) => Err(store_status(e)),

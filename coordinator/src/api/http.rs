@@ -129,6 +129,10 @@ pub fn stream_json(s: &pb::StreamStatus) -> Value {
         "records": s.records,
         "rows_out": s.rows_out,
         "bad_records": s.bad_records,
+        "duplicates": s.duplicates,
+        "late_records": s.late_records,
+        "watermark_ms": s.watermark_ms,
+        "windows_emitted_until_ms": s.windows_emitted_until_ms,
         "lag": s.lag,
         "input_records_per_s": s.input_records_per_s,
         "partitions": s.partitions.iter().map(|p| json!({

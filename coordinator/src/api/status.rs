@@ -143,13 +143,13 @@ pub fn job_status(job: &Job) -> pb::JobStatus {
         out.bytes_out = st.bytes_out;
         out.bad_records = st.bad_records;
         out.files_out = st.files;
-        out.stream = Some(stream_status(st));
+        out.stream = Some(stream_status(job, st));
     }
     out
 }
 
 /// A streaming job's progress: per partition its task, committed offset and lag.
-fn stream_status(st: &crate::state::Stream) -> pb::StreamStatus {
+fn stream_status(job: &crate::state::Job, st: &crate::state::Stream) -> pb::StreamStatus {
     let task_of = |p: i32| {
         st.assignment
             .iter()
@@ -178,6 +178,11 @@ fn stream_status(st: &crate::state::Stream) -> pb::StreamStatus {
         bad_records: st.bad_records,
         lag: st.total_lag(),
         input_records_per_s: st.input_rate(),
+        watermark_ms: autopipe_common::stream_state::StateParams::of(&job.spec.job.params)
+            .and_then(|_| st.watermark(job.spec.job.params.watermark_delay_ms())),
+        windows_emitted_until_ms: st.emitted_until,
+        duplicates: st.duplicates,
+        late_records: st.late_records,
         tasks: st
             .assignment
             .iter()

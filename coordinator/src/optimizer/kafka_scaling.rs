@@ -607,6 +607,8 @@ mod tests {
                     from,
                     to,
                     high_watermark: Some(to + behind),
+                    max_event_ms: None,
+                    state_url: None,
                 }
             })
             .collect();
@@ -624,6 +626,9 @@ mod tests {
             bad_records: 0,
             busy_ms,
             at_ms,
+            emitted: None,
+            duplicates: 0,
+            late_records: 0,
         })
         .unwrap();
     }
@@ -853,6 +858,9 @@ mod tests {
                 bad_records: 0,
                 busy_ms: 0,
                 at_ms: 3,
+                emitted: None,
+                duplicates: 0,
+                late_records: 0,
             })
             .unwrap_err();
         assert!(e.to_string().contains("no longer runs"), "{e}");

@@ -904,13 +904,20 @@ pub(crate) fn task_definition(
         spec_json: serde_json::to_string(&job.spec).expect("a spec serializes"),
         partitions: st.assignment[ti]
             .iter()
-            .map(|p| pb::PartitionStart {
-                partition: *p,
-                offset: st.partitions.get(p).and_then(|x| x.offset).unwrap_or(-1),
+            .map(|p| {
+                let x = st.partitions.get(p);
+                pb::PartitionStart {
+                    partition: *p,
+                    offset: x.and_then(|x| x.offset).unwrap_or(-1),
+                    max_event_ms: x.and_then(|x| x.max_event_ms),
+                    state_url: x.and_then(|x| x.state_url.clone()).unwrap_or_default(),
+                }
             })
             .collect(),
         staging_url: staging_prefix(job, ti, attempt),
         dead_letter_url: format!("{}dead-letter/t{ti}-a{attempt}/", job_staging_root(job)),
+        state_url: format!("{}state/", job_staging_root(job)),
+        emitted_until_ms: st.emitted_until,
     });
     pb::TaskDefinition {
         key: Some(pb::TaskKey {

@@ -8,7 +8,7 @@ use super::{commit, job_staging_root, leads_in, staging_prefix};
 use crate::alerts::{self, AlertKind};
 use crate::core::{Core, StoreError};
 use crate::optimizer::kafka_scaling;
-use crate::state::{BatchOffsets, Command, Job, PendingBatch};
+use crate::state::{BatchOffsets, Command, Job, PendingBatch, Stream, WindowEmit};
 use autopipe_common::error::{Error, Result};
 use autopipe_common::util::now_ms;
 use autopipe_proto as pb;
@@ -48,6 +48,17 @@ pub async fn commit_batch(
         })
         .ok_or_else(|| CommitRefused::Fenced(format!("job {} does not exist", key.job_id)))?
         .map_err(CommitRefused::Invalid)?;
+    // the checkpoints a commit replaces are deleted once no task can still read them
+    let replaced: Vec<String> = core.read(|s| {
+        let Some(st) = s.jobs.get(&key.job_id).and_then(|j| j.stream.as_ref()) else {
+            return vec![];
+        };
+        req.partitions
+            .iter()
+            .filter(|p| !p.state_url.is_empty())
+            .filter_map(|p| st.partitions.get(&p.partition)?.state_url.clone())
+            .collect()
+    });
     let opt = |v: i64| (v >= 0).then_some(v);
     let cmd = Command::StreamCommit {
         job_id: key.job_id.clone(),
@@ -62,6 +73,8 @@ pub async fn commit_batch(
                 from: opt(p.from_offset),
                 to: p.to_offset,
                 high_watermark: opt(p.high_watermark),
+                max_event_ms: p.max_event_ms,
+                state_url: (!p.state_url.is_empty()).then(|| p.state_url.clone()),
             })
             .collect(),
         moves,
@@ -71,12 +84,19 @@ pub async fn commit_batch(
         bad_records: req.bad_records,
         busy_ms: req.duration_ms,
         at_ms: now_ms(),
+        emitted: req.emitted.map(|e| WindowEmit {
+            after: e.after,
+            until: e.until,
+        }),
+        duplicates: req.duplicates,
+        late_records: req.late_records,
     };
     match core.propose(cmd).await {
         Ok(_) => {}
         Err(StoreError::Rejected(why)) => return Err(CommitRefused::Fenced(why.to_string())),
         Err(e) => return Err(CommitRefused::Store(e)),
     }
+    retire_checkpoints(replaced);
     let m = &core.metrics;
     m.rows_read.inc_by(req.records);
     m.rows_written.inc_by(req.rows_out);
@@ -239,5 +259,45 @@ pub async fn rescale(core: &Arc<Core>, mem: &mut kafka_scaling::Memory) {
             tracing::warn!("consumer scaling not recorded: {e}");
             return;
         }
+    }
+}
+
+/// How long a replaced state checkpoint stays readable: the emitting task may still
+/// read it from the view its last commit returned.
+const CHECKPOINT_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Deletes replaced state checkpoints after `CHECKPOINT_GRACE` (one the leader
+/// forgets in a crash stays until the job's staging is cleaned up).
+fn retire_checkpoints(urls: Vec<String>) {
+    if urls.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        tokio::time::sleep(CHECKPOINT_GRACE).await;
+        for url in urls {
+            if let Err(e) = autopipe_common::store::delete_url(&url).await {
+                tracing::debug!(%url, "replaced state checkpoint not deleted: {e}");
+            }
+        }
+    });
+}
+
+/// What a stateful job's emitting task needs after a commit: the job's watermark,
+/// where windows were emitted until, and each partition's committed checkpoint.
+pub fn view(job: &Job, st: &Stream) -> pb::StreamView {
+    let delay = job.spec.job.params.watermark_delay_ms();
+    pb::StreamView {
+        watermark_ms: st.watermark(delay),
+        emitted_until_ms: st.emitted_until,
+        partitions: st
+            .partitions
+            .iter()
+            .map(|(&p, x)| pb::PartitionStart {
+                partition: p,
+                offset: x.offset.unwrap_or(-1),
+                max_event_ms: x.max_event_ms,
+                state_url: x.state_url.clone().unwrap_or_default(),
+            })
+            .collect(),
     }
 }

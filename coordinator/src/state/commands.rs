@@ -573,6 +573,16 @@ pub enum Command {
         busy_ms: u64,
         /// when
         at_ms: u64,
+        /// a windowed job's windows emitted in the batch (by the task reading the
+        /// lowest partition)
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        emitted: Option<crate::state::machine::WindowEmit>,
+        /// records dropped as repeats
+        #[serde(default)]
+        duplicates: u64,
+        /// late records sent to the dead letters
+        #[serde(default)]
+        late_records: u64,
     },
     /// committed micro-batches' files are in the sink: (task, attempt, batch) each
     StreamPublished {

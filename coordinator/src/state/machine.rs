@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 mod split;
 mod stream;
 
-pub use stream::{BatchOffsets, PartitionProgress, PendingBatch, Stream, StreamPlan, TaskWork};
+pub use stream::{
+    BatchOffsets, PartitionProgress, PendingBatch, Stream, StreamPlan, TaskWork, WindowEmit,
+};
 
 /// Lifecycle of a job.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

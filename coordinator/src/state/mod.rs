@@ -15,7 +15,7 @@ pub use commands::{
 pub use decision::{Decision, DecisionKind};
 pub use machine::{
     ApplyError, BatchOffsets, Job, JobState, Outcome, PendingBatch, State, Stream, StreamPlan,
-    TaskState, TaskWork, WorkerState,
+    TaskState, TaskWork, WindowEmit, WorkerState,
 };
 
 impl State {

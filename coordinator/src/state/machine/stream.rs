@@ -54,6 +54,15 @@ pub struct Stream {
     /// when its partitions were last dealt anew (`Command::StreamRescale`; 0: never)
     #[serde(default)]
     pub rescaled_ms: u64,
+    /// a windowed job: windows ending at or before this were emitted
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emitted_until: Option<i64>,
+    /// records dropped as repeats (`dedup_key`)
+    #[serde(default)]
+    pub duplicates: u64,
+    /// late records sent to the dead letters (windows)
+    #[serde(default)]
+    pub late_records: u64,
 }
 
 /// A consumer task's committed work; its processing rate is the Flink autoscaler's
@@ -95,6 +104,12 @@ pub struct PartitionProgress {
     /// where that window starts: (ms, high watermark)
     #[serde(default)]
     pub rate_mark: Option<(u64, i64)>,
+    /// a stateful job: the largest event time committed records hold
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_event_ms: Option<i64>,
+    /// a stateful job: the partition's state checkpoint as of its committed offset
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_url: Option<String>,
 }
 
 /// The shortest window a partition's input rate is measured over.
@@ -132,6 +147,21 @@ pub struct BatchOffsets {
     pub to: i64,
     /// the high watermark the task last saw
     pub high_watermark: Option<i64>,
+    /// a stateful job: the largest event time the partition has seen
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_event_ms: Option<i64>,
+    /// a stateful job: its new state checkpoint (`None`: unchanged)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_url: Option<String>,
+}
+
+/// A windowed job's windows emitted by a batch: those ending in `(after, until]`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct WindowEmit {
+    /// windows ending at or before this had been emitted (`None`: none had)
+    pub after: Option<i64>,
+    /// the last window end emitted now
+    pub until: i64,
 }
 
 impl Stream {
@@ -155,7 +185,26 @@ impl Stream {
             bad_records: 0,
             files: 0,
             rescaled_ms: 0,
+            emitted_until: None,
+            duplicates: 0,
+            late_records: 0,
         }
+    }
+
+    /// The job's watermark under `delay`: the smallest of its partitions' largest
+    /// event times less the delay (`None` while a partition has none).
+    pub fn watermark(&self, delay_ms: u64) -> Option<i64> {
+        autopipe_common::stream_state::job_watermark(
+            self.partitions.values().map(|p| p.max_event_ms),
+            delay_ms as i64,
+        )
+    }
+
+    /// The task that emits a windowed job's windows: the one reading its lowest
+    /// partition.
+    pub fn emitter(&self) -> Option<usize> {
+        let lowest = *self.partitions.keys().next()?;
+        self.assignment.iter().position(|a| a.contains(&lowest))
     }
 
     /// Records not committed yet, over all partitions whose high watermark is known.
@@ -218,6 +267,9 @@ impl State {
             bad_records,
             busy_ms,
             at_ms,
+            emitted,
+            duplicates,
+            late_records,
         } = cmd
         else {
             unreachable!("called for StreamCommit only")
@@ -271,6 +323,36 @@ impl State {
                 )));
             }
         }
+        if let Some(e) = emitted {
+            // windows are emitted once: by the task reading the lowest partition, from
+            // where the last emission ended, and only windows the watermark closed
+            if stream.emitter() != Some(*task as usize) {
+                return Err(illegal(
+                    "only the task reading the lowest partition emits windows".into(),
+                ));
+            }
+            if e.after != stream.emitted_until || e.after.is_some_and(|a| e.until <= a) {
+                return Err(illegal(format!(
+                    "windows emitted until {:?}; the batch emits ({:?}, {}]",
+                    stream.emitted_until, e.after, e.until
+                )));
+            }
+            let delay = job.spec.job.params.watermark_delay_ms() as i64;
+            let maxes = stream.partitions.iter().map(|(p, x)| {
+                let now = offsets.iter().find(|o| o.partition == *p);
+                x.max_event_ms.max(now.and_then(|o| o.max_event_ms))
+            });
+            let (size, slide) = job.spec.job.params.window().unwrap_or((1, 1));
+            let watermark = autopipe_common::stream_state::job_watermark(maxes, delay);
+            let closed = watermark
+                .map(|w| autopipe_common::stream_state::closed_until(w, size as i64, slide as i64));
+            if closed.is_none_or(|c| c < e.until) {
+                return Err(illegal(format!(
+                    "windows until {} are not closed: the watermark closes them until {closed:?}",
+                    e.until
+                )));
+            }
+        }
         for o in offsets {
             let p = stream.partitions.entry(o.partition).or_default();
             let read = (o.to - o.from.unwrap_or(o.to)).max(0) as u64;
@@ -283,6 +365,10 @@ impl State {
             }
             if let Some(hw) = p.high_watermark {
                 p.observe(hw, *at_ms);
+            }
+            p.max_event_ms = p.max_event_ms.max(o.max_event_ms);
+            if let Some(url) = &o.state_url {
+                p.state_url = Some(url.clone());
             }
             p.updated_ms = *at_ms;
         }
@@ -301,6 +387,11 @@ impl State {
         stream.rows_out += rows_out;
         stream.bytes_out += bytes_out;
         stream.bad_records += bad_records;
+        stream.duplicates += duplicates;
+        stream.late_records += late_records;
+        if let Some(e) = emitted {
+            stream.emitted_until = Some(e.until);
+        }
         if !moves.is_empty() {
             stream.pending.push(PendingBatch {
                 task: *task,
@@ -445,6 +536,8 @@ mod tests {
                     from,
                     to,
                     high_watermark: Some(to + 5),
+                    max_event_ms: None,
+                    state_url: None,
                 })
                 .collect(),
             moves: vec![("staged".into(), "final".into())],
@@ -457,6 +550,9 @@ mod tests {
             bad_records: 0,
             busy_ms: 10,
             at_ms: 2,
+            emitted: None,
+            duplicates: 0,
+            late_records: 0,
         }
     }
 
@@ -557,5 +653,125 @@ mod tests {
         launch(&mut s, 0, 2, "w2");
         s.apply(&commit(0, 2, 1, &[(0, None, 10)])).unwrap();
         assert_eq!(s.jobs["s"].stages[0].tasks[0].failures, 0);
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+    use crate::state::{test_spec, test_stage, test_state};
+    use autopipe_common::spec::Millis;
+
+    /// A windowed job (10 ms tumbling windows, watermark 5 ms behind) of two tasks
+    /// reading [0, 2] and [1], both running.
+    fn windowed() -> State {
+        let mut s = test_state(&[("w1", 2), ("w2", 2)], 1);
+        let mut spec = test_spec("");
+        spec.job.params.window_size = Some(Millis(10));
+        spec.job.params.watermark_delay = Some(Millis(5));
+        s.apply(&Command::SubmitJob {
+            job_id: "s".into(),
+            spec: Box::new(spec),
+            stages: vec![test_stage(0, 2, None, vec![])],
+            at_ms: 0,
+            request_id: String::new(),
+            stream: Some(Box::new(StreamPlan {
+                topic: "clicks".into(),
+                assignment: vec![vec![0, 2], vec![1]],
+            })),
+        })
+        .unwrap();
+        for (task, w) in [(0, "w1"), (1, "w2")] {
+            s.apply(&Command::TaskLaunched {
+                job_id: "s".into(),
+                stage: 0,
+                task,
+                attempt: 1,
+                worker_id: w.into(),
+                at_ms: 1,
+            })
+            .unwrap();
+        }
+        s
+    }
+
+    /// Task `task` commits `parts` as (partition, largest event time), no records,
+    /// emitting `emitted`.
+    fn commit(
+        task: u32,
+        batch: u64,
+        parts: &[(i32, i64)],
+        emitted: Option<WindowEmit>,
+        s: &State,
+    ) -> Command {
+        let st = s.jobs["s"].stream.as_ref().unwrap();
+        Command::StreamCommit {
+            job_id: "s".into(),
+            task,
+            attempt: 1,
+            batch,
+            offsets: parts
+                .iter()
+                .map(|&(p, max)| BatchOffsets {
+                    partition: p,
+                    from: st.partitions[&p].offset,
+                    to: st.partitions[&p].offset.unwrap_or(0),
+                    high_watermark: None,
+                    max_event_ms: Some(max),
+                    state_url: Some(format!("state/p{p}/b{batch}")),
+                })
+                .collect(),
+            moves: vec![],
+            records: 0,
+            rows_out: 0,
+            bytes_out: 0,
+            bad_records: 0,
+            busy_ms: 0,
+            at_ms: 2,
+            emitted,
+            duplicates: 0,
+            late_records: 1,
+        }
+    }
+
+    #[test]
+    fn windows_are_emitted_once_by_the_lowest_partitions_task_once_closed() {
+        let mut s = windowed();
+        s.apply(&commit(0, 1, &[(0, 40), (2, 30)], None, &s))
+            .unwrap();
+        let st = s.jobs["s"].stream.as_ref().unwrap();
+        assert_eq!(st.watermark(5), None, "partition 1 has no event time yet");
+        assert_eq!(st.partitions[&2].state_url.as_deref(), Some("state/p2/b1"));
+        assert_eq!(st.emitter(), Some(0));
+        // partition 1 at 17: the watermark is 12, windows until 10 are closed
+        s.apply(&commit(1, 1, &[(1, 17)], None, &s)).unwrap();
+        assert_eq!(s.jobs["s"].stream.as_ref().unwrap().watermark(5), Some(12));
+        let emit = |after, until| Some(WindowEmit { after, until });
+        // not the emitter
+        let e = s
+            .apply(&commit(1, 2, &[(1, 17)], emit(None, 10), &s))
+            .unwrap_err();
+        assert!(e.to_string().contains("lowest partition"), "{e}");
+        // a window not closed yet
+        let e = s
+            .apply(&commit(0, 2, &[(0, 40)], emit(None, 20), &s))
+            .unwrap_err();
+        assert!(e.to_string().contains("not closed"), "{e}");
+        s.apply(&commit(0, 2, &[(0, 40)], emit(None, 10), &s))
+            .unwrap();
+        assert_eq!(s.jobs["s"].stream.as_ref().unwrap().emitted_until, Some(10));
+        // emitting the same windows again is refused
+        let e = s
+            .apply(&commit(0, 3, &[(0, 40)], emit(None, 10), &s))
+            .unwrap_err();
+        assert!(e.to_string().contains("emitted until"), "{e}");
+        // partition 1 at 36: the watermark is 25 (partition 2's 30 less 5); the
+        // emitter's own commit raising partition 2 to 50 counts too: [10, 20) closes
+        s.apply(&commit(1, 2, &[(1, 36)], None, &s)).unwrap();
+        s.apply(&commit(0, 3, &[(2, 50)], emit(Some(10), 20), &s))
+            .unwrap();
+        let st = s.jobs["s"].stream.as_ref().unwrap();
+        assert_eq!((st.emitted_until, st.watermark(5)), (Some(20), Some(31)));
+        assert_eq!(st.late_records, 5, "one per commit here");
     }
 }
