@@ -25,6 +25,9 @@
 //! `bench distinct`: per-session count(DISTINCT) against DataFusion and DuckDB.
 //!
 //! `bench kafka`: Kafka -> Parquet, a streaming job against a bare rdkafka loop.
+//!
+//! `bench kafka-latency`: produce-to-visible latency at a steady rate, against a bare
+//! loop; `bench kafka-burst`: lag recovery after a 10x burst, scaling on and off.
 //! Run: `cargo build --release --workspace && target/release/bench tpch --sf 1 --queries all`
 
 use anyhow::{bail, Result};
@@ -39,6 +42,7 @@ use std::time::{Duration, Instant};
 mod autoscale;
 mod distinct;
 mod kafka;
+mod kafka_latency;
 mod raft;
 mod recovery;
 mod scan;
@@ -205,6 +209,48 @@ enum Cmd {
         /// timed repetitions of each
         #[arg(long, default_value_t = 3)]
         reps: usize,
+    },
+    /// Kafka produce-to-visible latency at a steady rate, against a bare rdkafka loop
+    KafkaLatency {
+        /// records per second
+        #[arg(long, default_value_t = 2_000)]
+        rate: u64,
+        /// seconds of producing
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// first seconds left out of the figures
+        #[arg(long, default_value_t = 5)]
+        warmup: u64,
+        /// topic partitions
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+        /// autopipe workers
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// task slots per worker
+        #[arg(long, default_value_t = 2)]
+        slots: u32,
+    },
+    /// Kafka lag recovery after a 10x burst, consumer scaling on against off
+    KafkaBurst {
+        /// steady records per second (the burst is 10x)
+        #[arg(long, default_value_t = 20_000)]
+        rate: u64,
+        /// seconds of producing in all
+        #[arg(long, default_value_t = 40)]
+        seconds: u64,
+        /// seconds of the burst, in the middle
+        #[arg(long, default_value_t = 5)]
+        burst_seconds: u64,
+        /// topic partitions
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+        /// autopipe workers (the job starts with one consumer task per worker)
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// task slots per worker (room for the scaled-up tasks)
+        #[arg(long, default_value_t = 4)]
+        slots: u32,
     },
     /// Per-session count(DISTINCT kind) on autopipe local, DataFusion and DuckDB
     Distinct {
@@ -415,6 +461,38 @@ fn main() -> Result<()> {
             batch_rows: batch_rows.max(1),
             workers: workers.max(1),
             reps: reps.max(1),
+        }),
+        Cmd::KafkaLatency {
+            rate,
+            seconds,
+            warmup,
+            partitions,
+            workers,
+            slots,
+        } => kafka_latency::latency(kafka_latency::Args {
+            rate: rate.max(1),
+            seconds: seconds.max(1),
+            warmup,
+            burst_seconds: 0,
+            partitions: partitions.max(1),
+            workers: workers.max(1),
+            slots: slots.max(1),
+        }),
+        Cmd::KafkaBurst {
+            rate,
+            seconds,
+            burst_seconds,
+            partitions,
+            workers,
+            slots,
+        } => kafka_latency::burst(kafka_latency::Args {
+            rate: rate.max(1),
+            seconds: seconds.max(1),
+            warmup: 0,
+            burst_seconds,
+            partitions: partitions.max(1),
+            workers: workers.max(1),
+            slots: slots.max(1),
         }),
         Cmd::Distinct {
             rows,
