@@ -358,6 +358,124 @@ fn with_meta<'a>(
 }
 
 /// Bytes as text for a dead letter: lossy UTF-8, at most 64 KiB.
+/// Collects a producer's failed deliveries.
+#[derive(Default)]
+pub struct DeliveryErrors {
+    failed: std::sync::Mutex<Vec<String>>,
+}
+
+impl rdkafka::client::ClientContext for DeliveryErrors {}
+
+impl rdkafka::producer::ProducerContext for DeliveryErrors {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = r {
+            self.failed.lock().expect("lock").push(e.to_string());
+        }
+    }
+}
+
+/// A kafka sink's producer.
+pub type SinkProducer = rdkafka::producer::BaseProducer<DeliveryErrors>;
+
+/// The producer of a kafka sink: idempotent (its own retries never duplicate a
+/// record) and acknowledged by every in-sync replica; `[sink.options]` pass through.
+pub fn sink_producer(sink: &crate::spec::SinkSpec) -> Result<SinkProducer> {
+    let mut c = ClientConfig::new();
+    c.set(
+        "bootstrap.servers",
+        sink.brokers.clone().unwrap_or_default(),
+    );
+    for (k, v) in &sink.options {
+        c.set(k, v.to_string());
+    }
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create_with_context(DeliveryErrors::default())
+        .map_err(|e| Error::Permanent(format!("sink: {e}")))
+}
+
+/// Sends every row of `batches` to `topic` as one JSON record (its key: column
+/// `key` as text, if set), and waits until each is acknowledged. Returns the rows and
+/// bytes sent. Run again after a failure, it sends them again: the sink is
+/// at-least-once (a batch's offsets are committed only after this returns).
+pub fn produce_rows(
+    p: &SinkProducer,
+    topic: &str,
+    key: Option<&str>,
+    batches: &[RecordBatch],
+    timeout: Duration,
+) -> Result<(u64, u64)> {
+    use rdkafka::producer::{BaseRecord, Producer};
+    let (mut rows, mut bytes) = (0u64, 0u64);
+    for b in batches {
+        if b.num_rows() == 0 {
+            continue;
+        }
+        let keys: Option<ArrayRef> = match key {
+            Some(k) => {
+                let col = b.column_by_name(k).ok_or_else(|| {
+                    Error::plan("sink.key", format!("the SQL's output has no column '{k}'"))
+                })?;
+                Some(datafusion::arrow::compute::cast(col, &DataType::Utf8)?)
+            }
+            None => None,
+        };
+        let keys = keys
+            .as_ref()
+            .and_then(|k| k.as_any().downcast_ref::<StringArray>());
+        let mut json = vec![];
+        {
+            let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut json);
+            w.write(b)?;
+            w.finish()?;
+        }
+        // JSON escapes newlines inside values: one line per row
+        for (i, line) in json
+            .split(|c| *c == b'\n')
+            .filter(|l| !l.is_empty())
+            .enumerate()
+        {
+            let k = keys
+                .filter(|k| datafusion::arrow::array::Array::is_valid(*k, i))
+                .map(|k| k.value(i));
+            let mut rec = BaseRecord::<str, [u8]>::to(topic).payload(line);
+            if let Some(k) = k {
+                rec = rec.key(k);
+            }
+            loop {
+                match p.send(rec) {
+                    Ok(()) => break,
+                    Err((e, r))
+                        if e.rdkafka_error_code()
+                            == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                    {
+                        rec = r;
+                        p.poll(Duration::from_millis(10));
+                    }
+                    Err((e, _)) => {
+                        return Err(Error::Transient(format!("sink topic '{topic}': {e}")))
+                    }
+                }
+            }
+            rows += 1;
+            bytes += line.len() as u64;
+        }
+        p.poll(Duration::ZERO);
+    }
+    p.flush(timeout)
+        .map_err(|e| Error::Transient(format!("sink topic '{topic}': not acknowledged: {e}")))?;
+    let failed = std::mem::take(&mut *p.context().failed.lock().expect("lock"));
+    if let Some(e) = failed.first() {
+        return Err(Error::Transient(format!(
+            "sink topic '{topic}': {} record(s) not delivered, e.g. {e}",
+            failed.len()
+        )));
+    }
+    Ok((rows, bytes))
+}
+
 /// The dead letter of record `r` of `topic` (source `source`), refused for `error`.
 pub fn dead_record(source: &str, topic: &str, r: &Record, error: String) -> DeadRecord {
     DeadRecord {

@@ -109,8 +109,11 @@ impl AllowedRoots {
             self.check(&s.path)
                 .map_err(|m| err(format!("sources[{i}].path"), m))?;
         }
-        self.check(&spec.sink.path)
-            .map_err(|m| err("sink.path".into(), m))?;
+        let kafka_sink = spec.sink.format == crate::spec::Format::Kafka;
+        if !kafka_sink {
+            self.check(&spec.sink.path)
+                .map_err(|m| err("sink.path".into(), m))?;
+        }
         let staging = spec.sink.staging_dir();
         self.check(&staging).map_err(|m| {
             err(

@@ -769,9 +769,10 @@ pub struct TransformSpec {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SinkSpec {
-    /// parquet | csv | ndjson
+    /// parquet | csv | ndjson | kafka
     pub format: Format,
-    /// output directory; local path or object-store URL
+    /// output directory; local path or object-store URL (not for kafka)
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub path: String,
     /// hive-style partition columns
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -784,9 +785,22 @@ pub struct SinkSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub overwrite_foreign: bool,
     /// where records that failed to parse or convert are written, one directory per
-    /// job (default: the sink path with ".dead-letter" appended, a sibling)
+    /// job (default: the sink path with ".dead-letter" appended, a sibling); a kafka
+    /// sink's job also stages its state there
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_path: Option<String>,
+    /// kafka: bootstrap brokers, `host:port[,host:port...]`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brokers: Option<String>,
+    /// kafka: the topic the output rows go to, one JSON record per row
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// kafka: the column whose value (as text) is each record's key; default none
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// kafka: librdkafka producer settings passed through as they are
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, OptionValue>,
 }
 
 impl SinkSpec {
@@ -803,10 +817,19 @@ impl SinkSpec {
         }
     }
 
+    /// The directory whose hidden sibling stages the job's output and state: the
+    /// sink's, or a kafka sink's dead-letter directory.
+    fn work_dir(&self) -> &str {
+        match self.format {
+            Format::Kafka => self.dead_letter_path.as_deref().unwrap_or_default(),
+            _ => &self.path,
+        }
+    }
+
     /// The hidden sibling of the sink directory that jobs stage their output in (one
     /// directory per job) until the commit moves it into the sink; ends in '/'.
     pub fn staging_dir(&self) -> String {
-        let sink = self.path.trim_end_matches('/');
+        let sink = self.work_dir().trim_end_matches('/');
         let (parent, name) = sink.rsplit_once('/').unwrap_or(("", sink));
         format!("{parent}/.{name}.autopipe-staging/")
     }
@@ -967,15 +990,27 @@ impl PipelineSpec {
             ));
         }
         if self.sink.format == Format::Kafka {
+            validate_kafka_sink(&self.sink, self.job.mode)
+                .map_err(|(k, m)| err(format!("sink.{k}"), m))?;
+        } else if let Some(k) = [
+            ("brokers", self.sink.brokers.is_some()),
+            ("topic", self.sink.topic.is_some()),
+            ("key", self.sink.key.is_some()),
+            ("options", !self.sink.options.is_empty()),
+        ]
+        .into_iter()
+        .find(|(_, set)| *set)
+        .map(|(k, _)| k)
+        {
             return Err(err(
-                "sink.format".into(),
-                "kafka sinks are not supported yet; write parquet, csv or ndjson".into(),
+                format!("sink.{k}"),
+                "applies to a kafka sink (format = \"kafka\") only".into(),
             ));
         }
         if self.transform.sql.trim().is_empty() {
             return Err(err("transform.sql".into(), "sql is empty".into()));
         }
-        if self.sink.path.trim().is_empty() {
+        if self.sink.format != Format::Kafka && self.sink.path.trim().is_empty() {
             return Err(err("sink.path".into(), "path is empty".into()));
         }
         let p = &self.job.params;
@@ -1090,11 +1125,13 @@ impl PipelineSpec {
                 }
             }
         }
-        self.sink.path = resolve_url(&self.sink.path, base_dir).map_err(|m| Error::Spec {
-            origin: origin.into(),
-            key: "sink.path".into(),
-            message: m,
-        })?;
+        if self.sink.format != Format::Kafka {
+            self.sink.path = resolve_url(&self.sink.path, base_dir).map_err(|m| Error::Spec {
+                origin: origin.into(),
+                key: "sink.path".into(),
+                message: m,
+            })?;
+        }
         if let Some(p) = &self.sink.dead_letter_path {
             self.sink.dead_letter_path =
                 Some(resolve_url(p, base_dir).map_err(|m| Error::Spec {
@@ -1103,7 +1140,7 @@ impl PipelineSpec {
                     message: m,
                 })?);
         }
-        if !self.sink.path.ends_with('/') {
+        if self.sink.format != Format::Kafka && !self.sink.path.ends_with('/') {
             self.sink.path.push('/');
         }
         Ok(self)
@@ -1139,39 +1176,8 @@ fn validate_kafka_source(s: &SourceSpec) -> std::result::Result<(), (String, Str
             "has_header and delimiter apply to format = \"csv\" only".into(),
         );
     }
-    match s.brokers.as_deref().map(str::trim) {
-        None | Some("") => {
-            return bad(
-                ".brokers",
-                "brokers is required, e.g. \"127.0.0.1:9092\"".into(),
-            )
-        }
-        Some(b) => {
-            for one in b.split(',') {
-                let one = one.trim();
-                let port = one
-                    .rsplit_once(':')
-                    .and_then(|(h, p)| (!h.is_empty()).then_some(p));
-                if port.and_then(|p| p.parse::<u16>().ok()).is_none() {
-                    return bad(".brokers", format!("'{one}' is not host:port"));
-                }
-            }
-        }
-    }
-    match s.topic.as_deref() {
-        None | Some("") => return bad(".topic", "topic is required".into()),
-        Some(t) => {
-            let legal = t.len() <= 249
-                && t.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-            if !legal || t == "." || t == ".." {
-                return bad(
-                    ".topic",
-                    format!("'{t}' is not a Kafka topic name (letters, digits, '.', '_', '-')"),
-                );
-            }
-        }
-    }
+    check_brokers(s.brokers.as_deref()).map_err(|m| (".brokers".to_string(), m))?;
+    check_topic(s.topic.as_deref()).map_err(|m| (".topic".to_string(), m))?;
     match s.value_format.as_deref().unwrap_or("json") {
         "json" => {}
         other => {
@@ -1205,6 +1211,87 @@ fn validate_kafka_source(s: &SourceSpec) -> std::result::Result<(), (String, Str
             return bad(
                 &format!(".options.\"{k}\""),
                 "is set by autopipe (brokers; offsets are committed with the output, not to a consumer group)".into(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A Kafka `brokers` list: comma-separated host:port.
+fn check_brokers(b: Option<&str>) -> std::result::Result<(), String> {
+    let b = b.map(str::trim).unwrap_or_default();
+    if b.is_empty() {
+        return Err("brokers is required, e.g. \"127.0.0.1:9092\"".into());
+    }
+    for one in b.split(',') {
+        let one = one.trim();
+        let port = one
+            .rsplit_once(':')
+            .and_then(|(h, p)| (!h.is_empty()).then_some(p));
+        if port.and_then(|p| p.parse::<u16>().ok()).is_none() {
+            return Err(format!("'{one}' is not host:port"));
+        }
+    }
+    Ok(())
+}
+
+/// A Kafka topic name.
+fn check_topic(t: Option<&str>) -> std::result::Result<(), String> {
+    let t = t.unwrap_or_default();
+    if t.is_empty() {
+        return Err("topic is required".into());
+    }
+    let legal = t.len() <= 249
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !legal || t == "." || t == ".." {
+        return Err(format!(
+            "'{t}' is not a Kafka topic name (letters, digits, '.', '_', '-')"
+        ));
+    }
+    Ok(())
+}
+
+/// A kafka sink's keys: (the key after `sink.`, the reason).
+fn validate_kafka_sink(s: &SinkSpec, mode: JobMode) -> std::result::Result<(), (String, String)> {
+    let bad = |k: &str, m: String| Err((k.to_string(), m));
+    if mode != JobMode::Streaming {
+        return bad(
+            "format",
+            "a kafka sink takes a streaming job's output (mode = \"streaming\")".into(),
+        );
+    }
+    if !s.path.is_empty() {
+        return bad(
+            "path",
+            "a kafka sink has brokers and a topic, not a path".into(),
+        );
+    }
+    check_brokers(s.brokers.as_deref()).map_err(|m| ("brokers".to_string(), m))?;
+    check_topic(s.topic.as_deref()).map_err(|m| ("topic".to_string(), m))?;
+    if !s.partition_by.is_empty() {
+        return bad(
+            "partition_by",
+            "a kafka sink partitions by its key (sink.key), not by directories".into(),
+        );
+    }
+    if s.dead_letter_path
+        .as_deref()
+        .is_none_or(|p| p.trim().is_empty())
+    {
+        return bad(
+            "dead_letter_path",
+            "a kafka sink needs a directory for the job's dead letters and state checkpoints, e.g. \"out/clicks.dead-letter\"".into(),
+        );
+    }
+    for k in s.options.keys() {
+        if matches!(
+            k.as_str(),
+            "bootstrap.servers" | "enable.idempotence" | "acks"
+        ) {
+            return bad(
+                &format!("options.\"{k}\""),
+                "is set by autopipe (brokers; an idempotent producer, acks=all)".into(),
             );
         }
     }
@@ -1550,6 +1637,49 @@ schema = { user_id = "int64", url = "utf8", ts = "timestamp_ms" }"#;
             .normalize(Path::new("/base"), "s.toml")
             .unwrap();
         assert_eq!(normalized.sources[0].path, "", "a kafka source has no path");
+    }
+
+    #[test]
+    fn a_kafka_sink_needs_a_streaming_job_brokers_a_topic_and_a_dead_letter_path() {
+        let sink = |lines: &str, mode: &str| {
+            streaming(KAFKA, mode).replace(
+                "[sink]\nformat = \"parquet\"\npath = \"out/x\"",
+                &format!("[sink]\nformat = \"kafka\"\n{lines}"),
+            )
+        };
+        let ok = "brokers = \"h:1\"\ntopic = \"out\"\nkey = \"url\"\ndead_letter_path = \"dl\"";
+        let spec = PipelineSpec::parse(&sink(ok, "mode = \"streaming\""), "s.toml").unwrap();
+        assert_eq!(spec.sink.topic.as_deref(), Some("out"));
+        let n = spec.normalize(Path::new("/base"), "s.toml").unwrap();
+        assert_eq!(n.sink.path, "", "a kafka sink has no path");
+        assert_eq!(n.sink.staging_dir(), "file:///base/.dl.autopipe-staging/");
+        let cases = [
+            (
+                sink(
+                    "topic = \"out\"\ndead_letter_path = \"dl\"",
+                    "mode = \"streaming\"",
+                ),
+                "sink.brokers",
+                "required",
+            ),
+            (
+                sink("brokers = \"h:1\"\ntopic = \"out\"", "mode = \"streaming\""),
+                "sink.dead_letter_path",
+                "state",
+            ),
+            (
+                streaming(KAFKA, "mode = \"streaming\"")
+                    .replace("path = \"out/x\"", "path = \"out/x\"\ntopic = \"t\""),
+                "sink.topic",
+                "kafka sink",
+            ),
+        ];
+        for (text, key, why) in cases {
+            let e = PipelineSpec::parse(&text, "s.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains(why), "{key} / {why}: {e}");
+        }
     }
 
     #[test]

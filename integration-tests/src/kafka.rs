@@ -154,7 +154,52 @@ if left or failed:
         )
     }
 
+    /// Reads every record of `topic`'s `partitions` partitions from the beginning
+    /// with confluent-kafka (an independent client) until it has at least `min`
+    /// records and then none came for 2 s, or `timeout` passes; returns (key, value)
+    /// of each.
+    pub fn consume(
+        &self,
+        topic: &str,
+        partitions: u32,
+        min: usize,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<(Option<String>, String)>> {
+        let out = self.python_out(
+            &format!(
+                r#"
+import sys, json, time
+from confluent_kafka import Consumer, TopicPartition
+c = Consumer({{"bootstrap.servers": "{b}", "group.id": "check", "enable.auto.commit": False}})
+c.assign([TopicPartition("{topic}", p, 0) for p in range({partitions})])
+got = []
+deadline = time.time() + {secs}
+quiet = time.time()
+# until `min` records, then until 2 s pass without one (the end of the topic)
+while time.time() < deadline and (len(got) < {min} or time.time() - quiet < 2):
+    m = c.poll(0.2)
+    if m is None or m.error():
+        continue
+    quiet = time.time()
+    k = m.key().decode() if m.key() is not None else None
+    got.append([k, m.value().decode()])
+c.close()
+for g in got:
+    print(json.dumps(g))
+"#,
+                b = self.address,
+                secs = timeout.as_secs_f64()
+            ),
+            "",
+        )?;
+        out.lines().map(|l| Ok(serde_json::from_str(l)?)).collect()
+    }
+
     fn python(&self, script: &str, stdin: &str) -> Result<()> {
+        self.python_out(script, stdin).map(|_| ())
+    }
+
+    fn python_out(&self, script: &str, stdin: &str) -> Result<String> {
         let path = confluent_kafka_path()?;
         let mut child = Command::new("python3")
             .arg("-c")
@@ -176,7 +221,7 @@ if left or failed:
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 

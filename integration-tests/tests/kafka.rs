@@ -660,3 +660,87 @@ path = "{out}"
     c.cli_json(&["cancel", &id])?;
     Ok(())
 }
+
+#[test]
+fn a_kafka_sink_gets_every_record_at_least_once_across_a_worker_kill() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = Broker::start()?;
+    broker.create_topic("clicks", 4)?;
+    broker.create_topic("big_clicks", 2)?;
+    broker.produce("clicks", &clicks(0, 3000, None))?;
+    let mut c = Cluster::start_full(2, 2, &[], LOST_AFTER)?;
+    let spec = dir.path().join("to_kafka.toml");
+    write_spec(
+        &spec,
+        &format!(
+            r#"
+[job]
+name = "clicks_to_kafka"
+mode = "streaming"
+[job.params]
+batch_interval = "200ms"
+max_batch_rows = 100
+
+[[sources]]
+name = "clicks"
+format = "kafka"
+brokers = "{b}"
+topic = "clicks"
+schema = {{ user_id = "int64", url = "utf8", amount = "float64" }}
+
+[transform]
+sql = "SELECT user_id, url, amount * 2 AS doubled FROM clicks WHERE amount >= 0"
+
+[sink]
+format = "kafka"
+brokers = "{b}"
+topic = "big_clicks"
+key = "url"
+dead_letter_path = "{dead}"
+"#,
+            b = broker.address,
+            dead = dir.path().join("dead").display()
+        ),
+    )?;
+    let id = c.submit(&spec)?;
+    wait_until(Duration::from_secs(60), "the first batches", || {
+        let st = c.cli_json(&["status", &id])?;
+        Ok(st["stream"]["rows_out"].as_u64() >= Some(500))
+    })?;
+    let busy = c.busy_worker()?.unwrap_or(0);
+    c.workers[busy].kill();
+    broker.produce("clicks", &clicks(3000, 6000, None))?;
+    wait_until(Duration::from_secs(90), "every record read", || {
+        let st = c.cli_json(&["status", &id])?;
+        Ok(st["stream"]["records"] == 6000 && st["stream"]["lag"] == 0)
+    })?;
+    // an independent consumer reads the sink topic: every user at least once, as
+    // JSON rows of the SQL's columns, keyed by url
+    let got = broker.consume("big_clicks", 2, 6000, Duration::from_secs(30))?;
+    let mut users = BTreeSet::new();
+    for (key, value) in &got {
+        let v: serde_json::Value = serde_json::from_str(value)?;
+        let u = v["user_id"].as_i64().context("user_id")?;
+        assert_eq!(key.as_deref(), v["url"].as_str(), "keyed by url: {value}");
+        assert_eq!(v["doubled"].as_f64(), Some(((u % 100) as f64 + 0.5) * 2.0));
+        users.insert(u);
+    }
+    let missing: Vec<i64> = (0..6000).filter(|u| !users.contains(u)).collect();
+    assert!(
+        missing.is_empty(),
+        "no record lost: {} missing of {} read, e.g. {:?}",
+        missing.len(),
+        got.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(got.len() >= 6000);
+    let st = c.cli_json(&["status", &id])?;
+    assert!(
+        st["output_path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("/big_clicks")),
+        "{st}"
+    );
+    c.cli_json(&["cancel", &id])?;
+    Ok(())
+}

@@ -26,7 +26,7 @@ use crate::control::{call_leader, WorkerShared};
 use crate::executor::{run_sink, upload_dead_letters, RemoveOnDrop};
 use autopipe_common::error::{Error, Result};
 use autopipe_common::kafka::{self, Record};
-use autopipe_common::spec::{KafkaStart, PipelineSpec};
+use autopipe_common::spec::{Format, KafkaStart, PipelineSpec};
 use autopipe_common::store::{get_url, put_url, register_stores};
 use autopipe_common::stream_state::{self, PartitionState, StateParams};
 use autopipe_common::task::TaskResult;
@@ -165,6 +165,10 @@ pub async fn run_stream(
         .with_allow_dml(false)
         .with_allow_statements(false);
     let mut state = Stateful::load(&spec, st).await?;
+    let producer = match spec.sink.format {
+        Format::Kafka => Some(Arc::new(kafka::sink_producer(&spec.sink)?)),
+        _ => None,
+    };
     let mut total = TaskResult::default();
     // the high watermarks the last commit reported, and when it was sent
     let mut reported: HashMap<i32, i64> = HashMap::new();
@@ -256,9 +260,34 @@ pub async fn run_stream(
                     .sql_with_options(&spec.transform.sql, sql_options)
                     .await
                     .map_err(|e| Error::plan("transform.sql", e))?;
-                let out_schema = Arc::new(df.schema().as_arrow().clone());
-                let stream = df.execute_stream().await?;
-                run_sink(out_schema, stream, &sink, ctx.task_ctx(), false).await?
+                match &producer {
+                    // a kafka sink: every row acknowledged before the offsets commit
+                    Some(p) => {
+                        let batches = df.collect().await?;
+                        let (p, sink) = (p.clone(), spec.sink.clone());
+                        let (rows_out, bytes_out) = tokio::task::spawn_blocking(move || {
+                            kafka::produce_rows(
+                                &p,
+                                sink.topic.as_deref().unwrap_or_default(),
+                                sink.key.as_deref(),
+                                &batches,
+                                SINK_ACK_TIMEOUT,
+                            )
+                        })
+                        .await
+                        .map_err(|e| Error::Transient(format!("producing: {e}")))??;
+                        TaskResult {
+                            rows_out,
+                            bytes_out,
+                            ..Default::default()
+                        }
+                    }
+                    None => {
+                        let out_schema = Arc::new(df.schema().as_arrow().clone());
+                        let stream = df.execute_stream().await?;
+                        run_sink(out_schema, stream, &sink, ctx.task_ctx(), false).await?
+                    }
+                }
             }
             None => TaskResult::default(),
         };
@@ -489,6 +518,9 @@ impl Stateful {
         Ok(())
     }
 }
+
+/// The longest a kafka sink may take to acknowledge a batch's records.
+const SINK_ACK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The longest a consumer task with no records goes without reporting its
 /// partitions' high watermarks.

@@ -73,7 +73,9 @@ impl Services {
     }
 
     async fn check_sink(&self, spec: &PipelineSpec) -> Result<(), Error> {
-        if spec.sink.mode != SinkMode::ErrorIfExists {
+        if spec.sink.mode != SinkMode::ErrorIfExists
+            || spec.sink.format == autopipe_common::spec::Format::Kafka
+        {
             return Ok(());
         }
         let url = parse_url(&spec.sink.path)?;

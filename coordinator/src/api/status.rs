@@ -112,7 +112,14 @@ pub fn job_status(job: &Job) -> pb::JobStatus {
         rows_out,
         submitted_at_ms: job.submitted_ms,
         finished_at_ms: job.finished_ms,
-        output_path: job.spec.sink.path.clone(),
+        output_path: match job.spec.sink.format {
+            autopipe_common::spec::Format::Kafka => format!(
+                "kafka://{}/{}",
+                job.spec.sink.brokers.as_deref().unwrap_or_default(),
+                job.spec.sink.topic.as_deref().unwrap_or_default()
+            ),
+            _ => job.spec.sink.path.clone(),
+        },
         error: job.error.as_ref().map(|e| pb::ErrorDetail {
             class: match e.class.as_str() {
                 "transient" => pb::ErrorClass::Transient,

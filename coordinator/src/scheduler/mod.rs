@@ -899,7 +899,11 @@ pub(crate) fn task_definition(
         .filter(|s| s.format != Format::Kafka)
         .map(|s| s.path.clone())
         .collect();
-    store_urls.push(job.spec.sink.path.clone());
+    if job.spec.sink.format != Format::Kafka {
+        store_urls.push(job.spec.sink.path.clone());
+    }
+    // (a kafka sink's job stages state and dead letters there)
+    store_urls.push(job.spec.sink.staging_dir());
     let stream = job.stream.as_ref().map(|st| pb::StreamTask {
         spec_json: serde_json::to_string(&job.spec).expect("a spec serializes"),
         partitions: st.assignment[ti]
