@@ -15,7 +15,7 @@
 //! of which `--burst-seconds` in the middle at 10× the rate. Measured: from the
 //! burst's start until the job's lag (status, polled every 200 ms) is back under the
 //! threshold of two batch intervals at the steady rate, with `kafka_autoscale` on
-//! and off (`catch_up_target` 2 s, `max_batch_rows` 20000), on fresh topics. The
+//! and off (`catch_up_target` 2 s, `max_batch_rows` `--batch-rows`), on fresh topics. The
 //! job starts with one consumer task per worker (default: one worker of 4 slots,
 //! room for 4 tasks). Printed: both recovery times and their ratio, and the most
 //! consumer tasks the scaled run had.
@@ -46,6 +46,7 @@ pub struct Args {
     pub seconds: u64,
     pub warmup: u64,
     pub burst_seconds: u64,
+    pub batch_rows: u64,
     pub partitions: u32,
     pub workers: usize,
     pub slots: u32,
@@ -371,7 +372,8 @@ fn burst_run(
     broker.create_topic(topic, a.partitions)?;
     let spec = out.with_extension("toml");
     let params = format!(
-        "kafka_autoscale = {autoscale}\ncatch_up_target = \"2s\"\nscale_down_delay = \"10s\"\nmax_batch_rows = 20000"
+        "kafka_autoscale = {autoscale}\ncatch_up_target = \"2s\"\nscale_down_delay = \"10s\"\nmax_batch_rows = {}",
+        a.batch_rows
     );
     write_spec(&spec, &spec_text(&broker.address, topic, out, &params))?;
     let id = c.submit(&spec)?;
@@ -443,7 +445,8 @@ pub fn burst(a: Args) -> Result<()> {
     )?;
     eprintln!("scaling off: lag recovered {off:.1} s after the burst began");
     println!(
-        "| kafka_autoscale (catch_up_target 2 s) | lag back under {} records, s after the burst began | consumer tasks at most |\n| --- | --- | --- |\n| off | {off:.1} | {} |\n| on | {on:.1} | {tasks} |",
+        "| kafka_autoscale (catch_up_target 2 s, max_batch_rows {}) | lag back under {} records, s after the burst began | consumer tasks at most |\n| --- | --- | --- |\n| off | {off:.1} | {} |\n| on | {on:.1} | {tasks} |",
+        a.batch_rows,
         2 * a.rate,
         a.workers
     );

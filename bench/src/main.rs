@@ -234,8 +234,12 @@ enum Cmd {
     /// Kafka lag recovery after a 10x burst, consumer scaling on against off
     KafkaBurst {
         /// steady records per second (the burst is 10x)
-        #[arg(long, default_value_t = 20_000)]
+        #[arg(long, default_value_t = 10_000)]
         rate: u64,
+        /// most records per micro-batch: with small batches a task is bound by its
+        /// per-batch round trips, which more tasks overlap
+        #[arg(long, default_value_t = 2_000)]
+        batch_rows: u64,
         /// seconds of producing in all
         #[arg(long, default_value_t = 40)]
         seconds: u64,
@@ -474,12 +478,14 @@ fn main() -> Result<()> {
             seconds: seconds.max(1),
             warmup,
             burst_seconds: 0,
+            batch_rows: 0,
             partitions: partitions.max(1),
             workers: workers.max(1),
             slots: slots.max(1),
         }),
         Cmd::KafkaBurst {
             rate,
+            batch_rows,
             seconds,
             burst_seconds,
             partitions,
@@ -490,6 +496,7 @@ fn main() -> Result<()> {
             seconds: seconds.max(1),
             warmup: 0,
             burst_seconds,
+            batch_rows: batch_rows.max(1),
             partitions: partitions.max(1),
             workers: workers.max(1),
             slots: slots.max(1),

@@ -196,6 +196,11 @@ pub struct JobParams {
     /// watermark is late and goes to the dead letters (default 5 s)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark_delay: Option<Millis>,
+    /// streaming: a partition that has read everything produced and got no record for
+    /// this long does not hold the job's watermark back (Flink's idleness), e.g.
+    /// "30s"; "0" turns it off (default 30 s)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark_idle_timeout: Option<Millis>,
     /// streaming: drop a record whose values in these columns (comma-separated) were
     /// seen in its partition within `dedup_window` of event time
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -247,6 +252,8 @@ pub const DEFAULT_BATCH_INTERVAL_MS: u64 = 1_000;
 pub const DEFAULT_MAX_BATCH_ROWS: u64 = 100_000;
 /// Default `watermark_delay`.
 pub const DEFAULT_WATERMARK_DELAY_MS: u64 = 5_000;
+/// Default `watermark_idle_timeout`.
+pub const DEFAULT_WATERMARK_IDLE_TIMEOUT_MS: u64 = 30_000;
 /// Default `dedup_window`.
 pub const DEFAULT_DEDUP_WINDOW_MS: u64 = 600_000;
 /// Default `catch_up_target` (the Flink autoscaler's catch-up duration).
@@ -400,6 +407,11 @@ impl JobParams {
     pub fn watermark_delay_ms(&self) -> u64 {
         self.watermark_delay
             .map_or(DEFAULT_WATERMARK_DELAY_MS, |m| m.0)
+    }
+    /// Effective idle-partition timeout of the watermark (ms; 0: off).
+    pub fn watermark_idle_timeout_ms(&self) -> u64 {
+        self.watermark_idle_timeout
+            .map_or(DEFAULT_WATERMARK_IDLE_TIMEOUT_MS, |m| m.0)
     }
     /// The dedup key's columns (empty: no dedup).
     pub fn dedup_columns(&self) -> Vec<String> {
@@ -1027,6 +1039,7 @@ impl PipelineSpec {
             ("window_size", p.window_size.is_some()),
             ("window_slide", p.window_slide.is_some()),
             ("watermark_delay", p.watermark_delay.is_some()),
+            ("watermark_idle_timeout", p.watermark_idle_timeout.is_some()),
             ("dedup_key", p.dedup_key.is_some()),
             ("dedup_window", p.dedup_window.is_some()),
         ];

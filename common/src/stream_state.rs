@@ -201,6 +201,9 @@ pub struct Admitted {
     pub duplicates: u64,
     /// partitions whose state changed (their checkpoint is written anew)
     pub changed: Vec<i32>,
+    /// a windowed job: per partition, the earliest window end an admitted record
+    /// counts in (the coordinator refuses it if that window was emitted meanwhile)
+    pub open_ends: BTreeMap<i32, i64>,
 }
 
 /// Each row's event time (ms), `None` where it has none.
@@ -256,11 +259,14 @@ fn dedup_keys(batch: &RecordBatch, cols: &[String]) -> Result<Vec<String>> {
 
 /// Runs a decoded batch (the kafka table's rows, each partition's in offset order)
 /// through the partitions' state: late records refused, repeats dropped, a windowed
-/// job's rows buffered in their partition's state.
+/// job's rows buffered in their partition's state. A record counts only in windows
+/// that end after its partition's watermark and after `emitted_until` (the windows
+/// the job emitted, as this task last heard).
 pub fn admit(
     batch: &RecordBatch,
     p: &StateParams,
     states: &mut BTreeMap<i32, PartitionState>,
+    emitted_until: Option<i64>,
 ) -> Result<Admitted> {
     let times = event_times(batch, p)?;
     let keys = if p.dedup.is_empty() {
@@ -286,10 +292,16 @@ pub fn admit(
     let mut refused = vec![];
     let mut duplicates = 0;
     let mut changed = std::collections::BTreeSet::new();
+    let mut open_ends: BTreeMap<i32, i64> = BTreeMap::new();
     for i in 0..batch.num_rows() {
         let part = parts.value(i);
         let st = states.entry(part).or_default();
         let wm = st.watermark(p);
+        // windows ending at or before this are closed for the record
+        let closed = match (wm, emitted_until) {
+            (Some(w), Some(e)) => Some(w.max(e)),
+            (w, e) => w.or(e),
+        };
         let t = match times[i] {
             Some(t) => t,
             None if p.window.is_some() => {
@@ -305,18 +317,25 @@ pub fn admit(
             }
             None => st.max_event_ms.unwrap_or(0),
         };
-        if let (Some(end), Some(wm)) = (p.last_end(t), wm) {
-            if end <= wm {
+        if let (Some(end), Some(closed)) = (p.last_end(t), closed) {
+            if end <= closed {
                 let (size, _) = p.window.expect("windowed");
-                refused.push(Refused {
-                    partition: part,
-                    offset: offs.value(i),
-                    reason: format!(
+                let reason = match wm {
+                    Some(wm) if wm >= end => format!(
                         "late: event time {t} is behind partition {part}'s watermark {wm} (largest event time {} less watermark_delay {} ms); its last window [{}, {end}) has closed",
                         st.max_event_ms.unwrap_or_default(),
                         p.watermark_delay_ms,
                         end - size
                     ),
+                    _ => format!(
+                        "late: event time {t} falls in windows the job already emitted (until {closed}); its last window was [{}, {end})",
+                        end - size
+                    ),
+                };
+                refused.push(Refused {
+                    partition: part,
+                    offset: offs.value(i),
+                    reason,
                 });
                 continue;
             }
@@ -335,7 +354,17 @@ pub fn admit(
         }
         keep[i] = true;
         // it counts in the windows still open in its partition
-        open_from[i] = wm.map_or(i64::MIN, |w| w + 1);
+        open_from[i] = closed.map_or(i64::MIN, |c| c + 1);
+        if let Some((size, slide)) = p.window {
+            let mut end = (t - size).div_euclid(slide) * slide + slide + size;
+            if let Some(c) = closed {
+                if end <= c {
+                    end += ((c - end).div_euclid(slide) + 1) * slide;
+                }
+            }
+            let e = open_ends.entry(part).or_insert(end);
+            *e = (*e).min(end);
+        }
         if st.max_event_ms.is_none_or(|m| t > m) {
             st.max_event_ms = Some(t);
         }
@@ -358,6 +387,7 @@ pub fn admit(
             refused,
             duplicates,
             changed: changed.into_iter().collect(),
+            open_ends,
         });
     }
     // a windowed job buffers each kept row, with its `_open_from`, in its partition
@@ -384,6 +414,7 @@ pub fn admit(
         refused,
         duplicates,
         changed: changed.into_iter().collect(),
+        open_ends,
     })
 }
 
@@ -675,6 +706,7 @@ mod tests {
             &batch(&[(1, 10, 0, 0), (2, 11, 0, 1), (1, 12, 0, 2)]),
             &p,
             &mut states,
+            None,
         )
         .unwrap();
         assert_eq!(users(&a.rows), [1, 2]);
@@ -683,10 +715,16 @@ mod tests {
         let bytes = encode(&states[&0]).unwrap();
         let mut moved: BTreeMap<i32, PartitionState> =
             [(0, decode(&bytes, states[&0].max_event_ms).unwrap())].into();
-        let a = admit(&batch(&[(2, 50, 0, 3), (3, 60, 0, 4)]), &p, &mut moved).unwrap();
+        let a = admit(
+            &batch(&[(2, 50, 0, 3), (3, 60, 0, 4)]),
+            &p,
+            &mut moved,
+            None,
+        )
+        .unwrap();
         assert_eq!(users(&a.rows), [3], "user 2 was seen 39 ms before");
         // past the dedup window, the key is new again (and the old ones expired)
-        let a = admit(&batch(&[(1, 500, 0, 5)]), &p, &mut moved).unwrap();
+        let a = admit(&batch(&[(1, 500, 0, 5)]), &p, &mut moved, None).unwrap();
         assert_eq!(users(&a.rows), [1]);
         assert_eq!(moved[&0].keys.len(), 1, "keys older than 100 ms expired");
     }
@@ -706,6 +744,7 @@ mod tests {
             ]),
             &p,
             &mut states,
+            None,
         )
         .unwrap();
         assert_eq!(a.rows.num_rows(), 0, "rows wait for their windows");
@@ -715,6 +754,7 @@ mod tests {
             &batch(&[(6, 8, 0, 4), (7, 22, 0, 5), (8, 15, 0, 6)]),
             &p,
             &mut states,
+            None,
         )
         .unwrap();
         assert_eq!(a.refused.len(), 2);
@@ -758,17 +798,52 @@ mod tests {
     }
 
     #[test]
+    fn a_record_for_a_window_the_job_emitted_is_late_and_open_ends_are_reported() {
+        // tumbling 10 ms; partition 1 is behind (watermark 5) but the job emitted
+        // windows until 20 (other partitions moved on)
+        let p = params(Some((10, 10)), &[]);
+        let mut states = BTreeMap::new();
+        let a = admit(&batch(&[(1, 10, 1, 0)]), &p, &mut states, None).unwrap();
+        assert_eq!(a.open_ends[&1], 20);
+        let a = admit(
+            &batch(&[(2, 15, 1, 1), (3, 27, 1, 2)]),
+            &p,
+            &mut states,
+            Some(20),
+        )
+        .unwrap();
+        assert_eq!(a.refused.len(), 1);
+        assert!(
+            a.refused[0].reason.contains("already emitted"),
+            "{:?}",
+            a.refused
+        );
+        assert_eq!(a.open_ends[&1], 30, "27 counts in [20, 30)");
+        // hopping (10 every 5): t = 27 is in [20, 30) and [25, 35); with windows until
+        // 30 emitted it counts in [25, 35) only
+        let p = params(Some((10, 5)), &[]);
+        let a = admit(&batch(&[(4, 27, 2, 0)]), &p, &mut BTreeMap::new(), Some(30)).unwrap();
+        assert_eq!(a.open_ends[&2], 35);
+    }
+
+    #[test]
     fn hopping_windows_count_a_record_in_each_window_still_open() {
         // windows of 10 ms every 5 ms: t = 12 is in [5, 15) and [10, 20)
         let p = params(Some((10, 5)), &[]);
         let mut states = BTreeMap::new();
-        admit(&batch(&[(1, 12, 0, 0)]), &p, &mut states).unwrap();
+        admit(&batch(&[(1, 12, 0, 0)]), &p, &mut states, None).unwrap();
         let all = states[&0].rows.clone();
         let w = window_rows(&all, &p, &table(), None, 20).unwrap();
         assert_eq!(w.num_rows(), 2);
         // a record admitted after [5, 15) closed in its partition counts only in
         // [10, 20), whenever the window is emitted
-        admit(&batch(&[(2, 22, 0, 1), (3, 13, 0, 2)]), &p, &mut states).unwrap();
+        admit(
+            &batch(&[(2, 22, 0, 1), (3, 13, 0, 2)]),
+            &p,
+            &mut states,
+            None,
+        )
+        .unwrap();
         let all = states[&0].rows.clone();
         let w = window_rows(&all, &p, &table(), None, 20).unwrap();
         let mut got = users(&w);

@@ -207,6 +207,7 @@ pub async fn run_stream(
                             high_watermark: high.get(&p).copied().unwrap_or(-1),
                             max_event_ms: state.max_event(p),
                             state_url: String::new(),
+                            min_open_end: None,
                         })
                         .collect(),
                     oldest_record_ms: -1,
@@ -302,9 +303,10 @@ pub async fn run_stream(
         let checkpoints = state
             .checkpoint(&st.state_url, key.task, key.attempt, batch)
             .await?;
-        for p in checkpoints.keys() {
-            let at = position.get(p).copied().unwrap_or_default();
-            progress.entry(*p).or_insert((at, at));
+        // every partition of the task is reported, with the high watermark it sees:
+        // one without records in this batch is then measured (its lag, idleness) too
+        for (p, at) in &position {
+            progress.entry(*p).or_insert((*at, *at));
         }
         let high = high_watermarks(&consumer, &topic, progress.keys().copied()).await;
         let req = pb::CommitBatchRequest {
@@ -320,6 +322,7 @@ pub async fn run_stream(
                     high_watermark: high.get(&p).copied().unwrap_or(-1),
                     max_event_ms: state.max_event(p),
                     state_url: checkpoints.get(&p).cloned().unwrap_or_default(),
+                    min_open_end: state.open_ends.get(&p).copied(),
                 })
                 .collect(),
             files: out.files.iter().map(|f| format!("b{batch}/{f}")).collect(),
@@ -365,6 +368,8 @@ struct Stateful {
     /// the job's committed state, as the last commit answered
     view: Option<pb::StreamView>,
     emitted_until: Option<i64>,
+    /// the batch's earliest window end per partition (the coordinator checks it)
+    open_ends: BTreeMap<i32, i64>,
 }
 
 impl Stateful {
@@ -398,6 +403,7 @@ impl Stateful {
             dirty: BTreeSet::new(),
             view: None,
             emitted_until: st.emitted_until_ms,
+            open_ends: BTreeMap::new(),
         })
     }
 
@@ -415,10 +421,12 @@ impl Stateful {
         topic: &str,
         dead: &DeadLetters,
     ) -> Result<(RecordBatch, u64, u64)> {
+        self.open_ends.clear();
         let Some(p) = &self.params else {
             return Ok((rows, 0, 0));
         };
-        let a = stream_state::admit(&rows, p, &mut self.states)?;
+        let a = stream_state::admit(&rows, p, &mut self.states, self.emitted_until)?;
+        self.open_ends = a.open_ends.clone();
         let by_pos: HashMap<(i32, i64), &Record> = records
             .iter()
             .map(|r| ((r.partition, r.offset), r))

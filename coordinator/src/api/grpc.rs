@@ -536,6 +536,7 @@ impl pb::worker_service_server::WorkerService for Services {
             }))),
             Err(CommitRefused::Invalid(m)) => Err(Status::invalid_argument(m)),
             Err(CommitRefused::Fenced(m)) => Err(Status::failed_precondition(m)),
+            Err(CommitRefused::Stale(m)) => Err(Status::aborted(m)),
             Err(CommitRefused::Store(e)) => Err(store_status(e)),
         }
     }

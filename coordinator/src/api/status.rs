@@ -186,7 +186,7 @@ fn stream_status(job: &crate::state::Job, st: &crate::state::Stream) -> pb::Stre
         lag: st.total_lag(),
         input_records_per_s: st.input_rate(),
         watermark_ms: autopipe_common::stream_state::StateParams::of(&job.spec.job.params)
-            .and_then(|_| st.watermark(job.spec.job.params.watermark_delay_ms())),
+            .and_then(|_| job.stream_watermark(autopipe_common::util::now_ms())),
         windows_emitted_until_ms: st.emitted_until,
         duplicates: st.duplicates,
         late_records: st.late_records,

@@ -609,6 +609,7 @@ mod tests {
                     high_watermark: Some(to + behind),
                     max_event_ms: None,
                     state_url: None,
+                    min_open_end: None,
                 }
             })
             .collect();

@@ -8,7 +8,7 @@ use super::{commit, job_staging_root, leads_in, staging_prefix};
 use crate::alerts::{self, AlertKind};
 use crate::core::{Core, StoreError};
 use crate::optimizer::kafka_scaling;
-use crate::state::{BatchOffsets, Command, Job, PendingBatch, Stream, WindowEmit};
+use crate::state::{ApplyError, BatchOffsets, Command, Job, PendingBatch, Stream, WindowEmit};
 use autopipe_common::error::{Error, Result};
 use autopipe_common::util::now_ms;
 use autopipe_proto as pb;
@@ -22,6 +22,9 @@ pub enum CommitRefused {
     Invalid(String),
     /// the attempt lost its partitions, or the job ended: it must stop
     Fenced(String),
+    /// the batch was worked out from a state that moved on (windows emitted since):
+    /// the task runs again from the committed state
+    Stale(String),
     /// the proposal failed (not the leader, no quorum): try again
     Store(StoreError),
 }
@@ -75,6 +78,7 @@ pub async fn commit_batch(
                 high_watermark: opt(p.high_watermark),
                 max_event_ms: p.max_event_ms,
                 state_url: (!p.state_url.is_empty()).then(|| p.state_url.clone()),
+                min_open_end: p.min_open_end,
             })
             .collect(),
         moves,
@@ -93,6 +97,7 @@ pub async fn commit_batch(
     };
     match core.propose(cmd).await {
         Ok(_) => {}
+        Err(StoreError::Rejected(ApplyError::Stale(why))) => return Err(CommitRefused::Stale(why)),
         Err(StoreError::Rejected(why)) => return Err(CommitRefused::Fenced(why.to_string())),
         Err(e) => return Err(CommitRefused::Store(e)),
     }
@@ -285,9 +290,8 @@ fn retire_checkpoints(urls: Vec<String>) {
 /// What a stateful job's emitting task needs after a commit: the job's watermark,
 /// where windows were emitted until, and each partition's committed checkpoint.
 pub fn view(job: &Job, st: &Stream) -> pb::StreamView {
-    let delay = job.spec.job.params.watermark_delay_ms();
     pb::StreamView {
-        watermark_ms: st.watermark(delay),
+        watermark_ms: job.stream_watermark(now_ms()),
         emitted_until_ms: st.emitted_until,
         partitions: st
             .partitions

@@ -573,6 +573,10 @@ pub enum ApplyError {
     /// the transition is not allowed from the current state
     #[error("illegal transition: {0}")]
     Illegal(String),
+    /// the proposer worked from a state that has moved on: it may retry from the
+    /// state as it is now
+    #[error("stale: {0}")]
+    Stale(String),
 }
 
 /// What applying a command changed, for the caller to react to.

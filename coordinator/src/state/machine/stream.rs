@@ -110,6 +110,10 @@ pub struct PartitionProgress {
     /// a stateful job: the partition's state checkpoint as of its committed offset
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_url: Option<String>,
+    /// when a commit last brought records of it (or its first commit): how long it
+    /// has been idle
+    #[serde(default)]
+    pub last_record_ms: u64,
 }
 
 /// The shortest window a partition's input rate is measured over.
@@ -153,6 +157,10 @@ pub struct BatchOffsets {
     /// a stateful job: its new state checkpoint (`None`: unchanged)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_url: Option<String>,
+    /// a windowed job: the earliest window end a record of the batch counts in
+    /// (refused when that window was emitted: the task saw an older state)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_open_end: Option<i64>,
 }
 
 /// A windowed job's windows emitted by a batch: those ending in `(after, until]`.
@@ -191,13 +199,62 @@ impl Stream {
         }
     }
 
-    /// The job's watermark under `delay`: the smallest of its partitions' largest
-    /// event times less the delay (`None` while a partition has none).
-    pub fn watermark(&self, delay_ms: u64) -> Option<i64> {
-        autopipe_common::stream_state::job_watermark(
-            self.partitions.values().map(|p| p.max_event_ms),
-            delay_ms as i64,
-        )
+    /// The job's watermark at `now_ms` under its params: the smallest of its
+    /// partitions' largest event times less `watermark_delay` (`None` while one has
+    /// none). A partition idle for `watermark_idle_timeout` (its task runs and has
+    /// read it to its end, no record since) does not count, unless every partition
+    /// is idle. `running`: the consumer tasks that run now.
+    pub fn watermark(
+        &self,
+        params: &autopipe_common::spec::JobParams,
+        now_ms: u64,
+        running: &dyn Fn(usize) -> bool,
+    ) -> Option<i64> {
+        self.watermark_with(params, now_ms, running, |_, p| p.max_event_ms)
+    }
+
+    /// `watermark` with each partition's largest event time from `max_event`.
+    fn watermark_with(
+        &self,
+        params: &autopipe_common::spec::JobParams,
+        now_ms: u64,
+        running: &dyn Fn(usize) -> bool,
+        max_event: impl Fn(i32, &PartitionProgress) -> Option<i64>,
+    ) -> Option<i64> {
+        let idle_ms = params.watermark_idle_timeout_ms();
+        let read = |i: i32| {
+            self.assignment
+                .iter()
+                .position(|a| a.contains(&i))
+                .is_some_and(running)
+        };
+        // (a partition whose task does not run has a lag nobody measures)
+        let idle = |i: i32, p: &PartitionProgress| {
+            idle_ms > 0
+                && read(i)
+                && p.lag() == Some(0)
+                && p.last_record_ms > 0
+                && now_ms >= p.last_record_ms + idle_ms
+        };
+        let active: Vec<Option<i64>> = self
+            .partitions
+            .iter()
+            .filter(|(&i, p)| !idle(i, p))
+            .map(|(&i, p)| max_event(i, p))
+            .collect();
+        let all: Vec<Option<i64>> = self
+            .partitions
+            .iter()
+            .map(|(&i, p)| max_event(i, p))
+            .collect();
+        let delay = params.watermark_delay_ms() as i64;
+        let considered = if active.is_empty() {
+            // all idle: only the partitions with event times hold it
+            all.into_iter().flatten().map(Some).collect()
+        } else {
+            active
+        };
+        autopipe_common::stream_state::job_watermark(considered, delay)
     }
 
     /// The task that emits a windowed job's windows: the one reading its lowest
@@ -248,6 +305,21 @@ impl PartitionProgress {
             }
             Some(_) => {}
         }
+    }
+}
+
+impl super::Job {
+    /// A streaming job's watermark at `now_ms` (`Stream::watermark`, with the consumer
+    /// tasks that run now).
+    pub fn stream_watermark(&self, now_ms: u64) -> Option<i64> {
+        let st = self.stream.as_ref()?;
+        let tasks = &self.stages.first()?.tasks;
+        let running = |t: usize| {
+            tasks
+                .get(t)
+                .is_some_and(|t| matches!(t.state, TaskState::Running { .. }))
+        };
+        st.watermark(&self.spec.job.params, now_ms, &running)
     }
 }
 
@@ -323,6 +395,23 @@ impl State {
                 )));
             }
         }
+        let stale = |why: String| {
+            ApplyError::Stale(format!(
+                "job {job_id} task {task} attempt {attempt} batch {batch}: {why}"
+            ))
+        };
+        // a record admitted into a window already emitted would never be emitted: the
+        // task saw an older emission, and runs again from the committed state
+        for o in offsets {
+            if let (Some(end), Some(until)) = (o.min_open_end, stream.emitted_until) {
+                if end <= until {
+                    return Err(stale(format!(
+                        "partition {} admitted a record into the window ending {end}, but windows until {until} were emitted",
+                        o.partition
+                    )));
+                }
+            }
+        }
         if let Some(e) = emitted {
             // windows are emitted once: by the task reading the lowest partition, from
             // where the last emission ended, and only windows the watermark closed
@@ -332,22 +421,27 @@ impl State {
                 ));
             }
             if e.after != stream.emitted_until || e.after.is_some_and(|a| e.until <= a) {
-                return Err(illegal(format!(
+                return Err(stale(format!(
                     "windows emitted until {:?}; the batch emits ({:?}, {}]",
                     stream.emitted_until, e.after, e.until
                 )));
             }
-            let delay = job.spec.job.params.watermark_delay_ms() as i64;
-            let maxes = stream.partitions.iter().map(|(p, x)| {
-                let now = offsets.iter().find(|o| o.partition == *p);
+            let params = &job.spec.job.params;
+            let tasks = &job.stages[0].tasks;
+            let running = |t: usize| {
+                tasks
+                    .get(t)
+                    .is_some_and(|t| matches!(t.state, TaskState::Running { .. }))
+            };
+            let watermark = stream.watermark_with(params, *at_ms, &running, |p, x| {
+                let now = offsets.iter().find(|o| o.partition == p);
                 x.max_event_ms.max(now.and_then(|o| o.max_event_ms))
             });
-            let (size, slide) = job.spec.job.params.window().unwrap_or((1, 1));
-            let watermark = autopipe_common::stream_state::job_watermark(maxes, delay);
+            let (size, slide) = params.window().unwrap_or((1, 1));
             let closed = watermark
                 .map(|w| autopipe_common::stream_state::closed_until(w, size as i64, slide as i64));
             if closed.is_none_or(|c| c < e.until) {
-                return Err(illegal(format!(
+                return Err(stale(format!(
                     "windows until {} are not closed: the watermark closes them until {closed:?}",
                     e.until
                 )));
@@ -367,6 +461,9 @@ impl State {
                 p.observe(hw, *at_ms);
             }
             p.max_event_ms = p.max_event_ms.max(o.max_event_ms);
+            if read > 0 || p.last_record_ms == 0 {
+                p.last_record_ms = *at_ms;
+            }
             if let Some(url) = &o.state_url {
                 p.state_url = Some(url.clone());
             }
@@ -538,6 +635,7 @@ mod tests {
                     high_watermark: Some(to + 5),
                     max_event_ms: None,
                     state_url: None,
+                    min_open_end: None,
                 })
                 .collect(),
             moves: vec![("staged".into(), "final".into())],
@@ -719,6 +817,7 @@ mod window_tests {
                     high_watermark: None,
                     max_event_ms: Some(max),
                     state_url: Some(format!("state/p{p}/b{batch}")),
+                    min_open_end: None,
                 })
                 .collect(),
             moves: vec![],
@@ -735,17 +834,77 @@ mod window_tests {
     }
 
     #[test]
+    fn an_idle_partition_does_not_hold_the_watermark_back() {
+        let mut st = Stream::new(&StreamPlan {
+            topic: "t".into(),
+            assignment: vec![vec![0, 1]],
+        });
+        let mut params = test_spec("").job.params;
+        params.watermark_delay = Some(Millis(5));
+        params.watermark_idle_timeout = Some(Millis(1000));
+        let set = |p: &mut PartitionProgress, max: Option<i64>, lag: i64, last: u64| {
+            p.max_event_ms = max;
+            p.offset = Some(10);
+            p.high_watermark = Some(10 + lag);
+            p.last_record_ms = last;
+        };
+        set(st.partitions.get_mut(&0).unwrap(), Some(100), 0, 5000);
+        // partition 1 never had a record, read to its end since 1000
+        set(st.partitions.get_mut(&1).unwrap(), None, 0, 1000);
+        assert_eq!(
+            st.watermark(&params, 1500, &|_| true),
+            None,
+            "not idle for 1 s yet"
+        );
+        assert_eq!(
+            st.watermark(&params, 2000, &|_| true),
+            Some(95),
+            "idle: left out"
+        );
+        assert_eq!(
+            st.watermark(&params, 2000, &|_| false),
+            None,
+            "a partition whose task does not run is not idle: its lag is not measured"
+        );
+        // behind (lag > 0) is not idle, however long ago its last record
+        set(st.partitions.get_mut(&1).unwrap(), Some(50), 3, 1000);
+        assert_eq!(st.watermark(&params, 9000, &|_| true), Some(45));
+        // every partition idle: the event times there are count
+        set(st.partitions.get_mut(&1).unwrap(), Some(50), 0, 1000);
+        assert_eq!(st.watermark(&params, 9000, &|_| true), Some(45));
+        params.watermark_idle_timeout = Some(Millis(0));
+        set(st.partitions.get_mut(&1).unwrap(), None, 0, 1000);
+        assert_eq!(
+            st.watermark(&params, 90_000, &|_| true),
+            None,
+            "idleness off"
+        );
+    }
+
+    #[test]
     fn windows_are_emitted_once_by_the_lowest_partitions_task_once_closed() {
         let mut s = windowed();
         s.apply(&commit(0, 1, &[(0, 40), (2, 30)], None, &s))
             .unwrap();
         let st = s.jobs["s"].stream.as_ref().unwrap();
-        assert_eq!(st.watermark(5), None, "partition 1 has no event time yet");
+        let params = s.jobs["s"].spec.job.params.clone();
+        assert_eq!(
+            st.watermark(&params, 2, &|_| true),
+            None,
+            "partition 1 has no event time yet"
+        );
         assert_eq!(st.partitions[&2].state_url.as_deref(), Some("state/p2/b1"));
         assert_eq!(st.emitter(), Some(0));
         // partition 1 at 17: the watermark is 12, windows until 10 are closed
         s.apply(&commit(1, 1, &[(1, 17)], None, &s)).unwrap();
-        assert_eq!(s.jobs["s"].stream.as_ref().unwrap().watermark(5), Some(12));
+        assert_eq!(
+            s.jobs["s"]
+                .stream
+                .as_ref()
+                .unwrap()
+                .watermark(&params, 2, &|_| true),
+            Some(12)
+        );
         let emit = |after, until| Some(WindowEmit { after, until });
         // not the emitter
         let e = s
@@ -771,7 +930,10 @@ mod window_tests {
         s.apply(&commit(0, 3, &[(2, 50)], emit(Some(10), 20), &s))
             .unwrap();
         let st = s.jobs["s"].stream.as_ref().unwrap();
-        assert_eq!((st.emitted_until, st.watermark(5)), (Some(20), Some(31)));
+        assert_eq!(
+            (st.emitted_until, st.watermark(&params, 2, &|_| true)),
+            (Some(20), Some(31))
+        );
         assert_eq!(st.late_records, 5, "one per commit here");
     }
 }
