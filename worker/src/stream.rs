@@ -175,13 +175,15 @@ pub async fn run_stream(
     let mut last_commit = Instant::now();
     while !cancel.is_cancelled() {
         let (c, stop) = (consumer.clone(), cancel.clone());
-        let (records, error) =
+        let (mut records, error) =
             tokio::task::spawn_blocking(move || poll_batch(&c, interval, max_rows, &stop))
                 .await
                 .map_err(|e| Error::Transient(format!("polling: {e}")))?;
         if let Some(e) = error {
             return Err(e);
         }
+        // (records prefetched for a partition handed over are not this task's)
+        records.retain(|r| position.contains_key(&r.partition));
         if cancel.is_cancelled() {
             continue;
         }
@@ -215,6 +217,13 @@ pub async fn run_stream(
                 };
                 let resp = commit(shared, req).await?;
                 state.committed(resp.view, None)?;
+                hand_over(
+                    &resp.partitions,
+                    &mut position,
+                    &consumer,
+                    &topic,
+                    &mut state,
+                )?;
                 reported = high;
                 last_commit = Instant::now();
             }
@@ -348,6 +357,13 @@ pub async fn run_stream(
         for (p, (_, to)) in progress {
             position.insert(p, to);
         }
+        hand_over(
+            &resp.partitions,
+            &mut position,
+            &consumer,
+            &topic,
+            &mut state,
+        )?;
         total.rows_in += records.len() as u64;
         total.rows_out += out.rows_out;
         total.bytes_out += out.bytes_out;
@@ -355,6 +371,40 @@ pub async fn run_stream(
         tracing::debug!(job = %key.job_id, task = key.task, attempt = key.attempt, batch, records = records.len(), rows_out = out.rows_out, ms = started.elapsed().as_millis() as u64, "micro-batch committed");
     }
     Ok(total)
+}
+
+/// After a commit: when the coordinator dealt some of this task's partitions to
+/// other tasks (its answer lists fewer), the task stops reading them; their new
+/// owners start from the offsets it just committed, with their committed state.
+fn hand_over(
+    keep: &[i32],
+    position: &mut BTreeMap<i32, i64>,
+    consumer: &KafkaConsumer,
+    topic: &str,
+    state: &mut Stateful,
+) -> Result<()> {
+    let gone: Vec<i32> = position
+        .keys()
+        .filter(|p| !keep.is_empty() && !keep.contains(p))
+        .copied()
+        .collect();
+    if gone.is_empty() {
+        return Ok(());
+    }
+    for p in &gone {
+        position.remove(p);
+        state.drop_partition(*p);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (&p, &o) in position.iter() {
+        tpl.add_partition_offset(topic, p, Offset::Offset(o))
+            .map_err(|e| Error::Permanent(format!("partition {p}: {e}")))?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| Error::Transient(format!("cannot assign partitions of '{topic}': {e}")))?;
+    tracing::info!(partitions = ?gone, kept = ?position.keys().collect::<Vec<_>>(), "partitions handed over to other consumer tasks");
+    Ok(())
 }
 
 /// A consumer task's state (`stream_state`): its partitions' windows and dedup
@@ -405,6 +455,13 @@ impl Stateful {
             emitted_until: st.emitted_until_ms,
             open_ends: BTreeMap::new(),
         })
+    }
+
+    /// Forgets a partition handed over (its committed checkpoint goes with it).
+    fn drop_partition(&mut self, p: i32) {
+        self.states.remove(&p);
+        self.dirty.remove(&p);
+        self.open_ends.remove(&p);
     }
 
     fn max_event(&self, p: i32) -> Option<i64> {

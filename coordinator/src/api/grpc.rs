@@ -529,9 +529,13 @@ impl pb::worker_service_server::WorkerService for Services {
                 let key = req.key.as_ref().map(|k| k.job_id.as_str()).unwrap_or("");
                 let job = s.jobs.get(key);
                 let st = job.and_then(|j| j.stream.as_ref().map(|st| (j, st)));
+                let task = req.key.as_ref().map_or(0, |k| k.task as usize);
                 pb::CommitBatchResponse {
                     seq: st.map_or(0, |(_, st)| st.batches),
                     view: st.map(|(j, st)| crate::scheduler::stream::view(j, st)),
+                    partitions: st
+                        .and_then(|(_, st)| st.assignment.get(task).cloned())
+                        .unwrap_or_default(),
                 }
             }))),
             Err(CommitRefused::Invalid(m)) => Err(Status::invalid_argument(m)),

@@ -597,7 +597,16 @@ mod tests {
     ) {
         let st = s.jobs["s"].stream.clone().unwrap();
         let batch = st.work[task as usize].last.1 + 1;
-        let offsets: Vec<BatchOffsets> = st.assignment[task as usize]
+        // its partitions, and those it is handing over
+        let mut parts = st.assignment[task as usize].clone();
+        parts.extend(
+            st.handoffs
+                .iter()
+                .filter(|(_, f)| **f == task)
+                .map(|(p, _)| *p),
+        );
+        parts.sort_unstable();
+        let offsets: Vec<BatchOffsets> = parts
             .iter()
             .map(|p| {
                 let from = st.partitions[p].offset;
@@ -691,23 +700,20 @@ mod tests {
         );
         assert_eq!(decision.inputs["lag_records"], "80000");
         apply(&mut s, ps);
-        // the old attempt is refused; the tasks start
+        // task 0 keeps running and hands three partitions over at its next commit;
+        // the new tasks start then
         let st = s.jobs["s"].stream.clone().unwrap();
         assert_eq!(s.jobs["s"].stages[0].tasks.len(), 4);
-        assert!(s.jobs["s"].ready_to_launch(0, 0, 7000));
-        for t in 0..4u32 {
-            launch(
-                &mut s,
-                t,
-                if t == 0 { 2 } else { 1 },
-                if t < 2 { "w1" } else { "w2" },
-            );
+        assert!(!s.jobs["s"].ready_to_launch(0, 1, 7000));
+        commit(&mut s, 0, 1, 250, 20_000, 100, 6500);
+        assert!(s.jobs["s"].ready_to_launch(0, 1, 7000));
+        for t in 1..4u32 {
+            launch(&mut s, t, 1, if t < 2 { "w1" } else { "w2" });
         }
         assert!(decide(&s, 7000, &mut mem).is_empty(), "in its cooldown");
         // they catch up
         for t in 0..4u32 {
-            let a = if t == 0 { 2 } else { 1 };
-            commit(&mut s, t, a, 20_000, 0, 2000, 12_000);
+            commit(&mut s, t, 1, 20_000, 0, 2000, 12_000);
         }
         assert!(st.work.len() == 4);
         let ps = decide(&s, 12_000, &mut mem);
@@ -719,15 +725,13 @@ mod tests {
         // quiet: fewer tasks would do, but only after the delay
         for (i, at) in [13_000u64, 17_000, 21_000].into_iter().enumerate() {
             for t in 0..4u32 {
-                let a = if t == 0 { 2 } else { 1 };
-                commit(&mut s, t, a, 10, 0, 10, at + i as u64);
+                commit(&mut s, t, 1, 10, 0, 10, at + i as u64);
             }
             let ps = decide(&s, at + 10, &mut mem);
             assert!(ps.is_empty(), "{at}: {ps:?}");
         }
         for t in 0..4u32 {
-            let a = if t == 0 { 2 } else { 1 };
-            commit(&mut s, t, a, 10, 0, 10, 24_000);
+            commit(&mut s, t, 1, 10, 0, 10, 24_000);
         }
         let ps = decide(&s, 24_000, &mut mem);
         let [Proposal::Rescale {
@@ -785,8 +789,7 @@ mod tests {
             at_ms: 2,
         })
         .unwrap();
-        launch(&mut s, 0, 2, "w1");
-        commit(&mut s, 0, 2, 10, 0, 10, 100);
+        commit(&mut s, 0, 1, 10, 0, 10, 100);
         s.apply(&Command::WorkerLost {
             worker_id: "w2".into(),
             at_ms: 200,
@@ -794,7 +797,8 @@ mod tests {
         .unwrap();
         let mut mem = Memory::default();
         let ps = decide(&s, 300, &mut mem);
-        let [Proposal::Rescale {
+        // (the scale-up's effect, then the scale-down)
+        let [Proposal::Effect { .. }, Proposal::Rescale {
             assignment,
             decision,
             ..
@@ -821,63 +825,87 @@ mod tests {
     }
 
     #[test]
-    fn a_rescale_stops_only_the_tasks_whose_partitions_changed() {
+    fn a_task_that_gives_partitions_up_keeps_running_and_hands_them_over_at_its_commit() {
         let mut s = job("");
-        s.apply(&Command::StreamRescale {
-            job_id: "s".into(),
-            assignment: vec![vec![0, 1], vec![2, 3]],
-            decision: Decision {
-                id: 0,
-                at_ms: 2,
+        let rescale = |s: &mut State, assignment: Vec<Vec<i32>>, at_ms: u64| {
+            s.apply(&Command::StreamRescale {
                 job_id: "s".into(),
-                kind: DecisionKind::KafkaScaleUp,
-                what: "test".into(),
-                why: "test".into(),
-                inputs: BTreeMap::new(),
-                effect: None,
-            },
-            at_ms: 2,
-        })
-        .unwrap();
-        let tasks = &s.jobs["s"].stages[0].tasks;
-        assert_eq!(tasks[0].state, TaskState::Pending, "its partitions changed");
-        assert_eq!(tasks[1].state, TaskState::Pending, "new");
-        launch(&mut s, 0, 2, "w1");
-        launch(&mut s, 1, 1, "w2");
-        // the old attempt's commit is refused
+                assignment,
+                decision: Decision {
+                    id: 0,
+                    at_ms,
+                    job_id: "s".into(),
+                    kind: DecisionKind::KafkaScaleUp,
+                    what: "test".into(),
+                    why: "test".into(),
+                    inputs: BTreeMap::new(),
+                    effect: None,
+                },
+                at_ms,
+            })
+        };
+        rescale(&mut s, vec![vec![0, 1], vec![2, 3]], 2).unwrap();
+        let job = &s.jobs["s"];
+        assert!(
+            matches!(
+                job.stages[0].tasks[0].state,
+                TaskState::Running { attempt: 1, .. }
+            ),
+            "it only gives partitions up: it keeps running"
+        );
+        assert_eq!(job.stages[0].tasks[1].state, TaskState::Pending, "new");
+        assert!(
+            !job.ready_to_launch(0, 1, 10),
+            "the new task waits until task 0 has handed 2 and 3 over"
+        );
+        // task 0's batch in flight still holds partitions 2 and 3: it commits them
+        commit(&mut s, 0, 1, 10, 0, 10, 3);
+        let st = s.jobs["s"].stream.as_ref().unwrap();
+        assert!(st.handoffs.is_empty());
+        assert_eq!(st.partitions[&3].offset, Some(10));
+        assert!(s.jobs["s"].ready_to_launch(0, 1, 10), "handed over");
+        // from now on, partition 2 is not task 0's
         let e = s
             .apply(&Command::StreamCommit {
                 job_id: "s".into(),
                 task: 0,
                 attempt: 1,
-                batch: 1,
-                offsets: vec![],
+                batch: 2,
+                offsets: vec![BatchOffsets {
+                    partition: 2,
+                    from: Some(10),
+                    to: 20,
+                    high_watermark: None,
+                    max_event_ms: None,
+                    state_url: None,
+                    min_open_end: None,
+                }],
                 moves: vec![],
-                records: 0,
+                records: 10,
                 rows_out: 0,
                 bytes_out: 0,
                 bad_records: 0,
-                busy_ms: 0,
-                at_ms: 3,
+                busy_ms: 1,
+                at_ms: 4,
                 emitted: None,
                 duplicates: 0,
                 late_records: 0,
             })
             .unwrap_err();
-        assert!(e.to_string().contains("no longer runs"), "{e}");
-        s.apply(&Command::StreamRescale {
-            job_id: "s".into(),
-            assignment: vec![vec![0, 1], vec![2], vec![3]],
-            decision: s.decisions[0].clone(),
-            at_ms: 4,
-        })
-        .unwrap();
+        assert!(e.to_string().contains("not assigned"), "{e}");
+        launch(&mut s, 1, 1, "w2");
+        // a task that gains a partition restarts; one whose partitions stay runs on
+        rescale(&mut s, vec![vec![0, 1, 2], vec![3]], 5).unwrap();
         let tasks = &s.jobs["s"].stages[0].tasks;
+        assert_eq!(tasks[0].state, TaskState::Pending, "it gains partition 2");
         assert!(
-            matches!(tasks[0].state, TaskState::Running { attempt: 2, .. }),
-            "unchanged: it keeps running"
+            matches!(tasks[1].state, TaskState::Running { attempt: 1, .. }),
+            "it gives 2 up: it runs on"
         );
-        assert_eq!(tasks[1].state, TaskState::Pending);
+        assert!(
+            !s.jobs["s"].ready_to_launch(0, 0, 10),
+            "2 is still handed over"
+        );
         assert_eq!(s.decisions.len(), 2);
     }
 }

@@ -436,8 +436,26 @@ impl Job {
         };
         t.state == TaskState::Pending
             && t.not_before_ms <= now_ms
-            && !self.stream.as_ref().is_some_and(|st| st.parked(task))
+            && !self
+                .stream
+                .as_ref()
+                .is_some_and(|st| st.parked(task) || self.awaits_running_handoff(st, task))
             && self.stage_ready(stage)
+    }
+
+    /// Whether a consumer task waits for a running task to hand it a partition.
+    fn awaits_running_handoff(&self, st: &Stream, task: usize) -> bool {
+        let running = |t: u32| {
+            self.stages[0]
+                .tasks
+                .get(t as usize)
+                .is_some_and(|t| matches!(t.state, TaskState::Running { .. }))
+        };
+        st.awaits_handoff(task)
+            && st.assignment[task]
+                .iter()
+                .filter_map(|p| st.handoffs.get(p))
+                .any(|from| *from as usize != task && running(*from))
     }
 
     /// Whether map stage `stage` waits for the build side of a join it feeds to

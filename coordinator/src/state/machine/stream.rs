@@ -63,6 +63,10 @@ pub struct Stream {
     /// late records sent to the dead letters (windows)
     #[serde(default)]
     pub late_records: u64,
+    /// partitions dealt to another task that the task named here still reads until
+    /// its next commit (a task that only gives partitions up keeps running)
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub handoffs: BTreeMap<i32, u32>,
 }
 
 /// A consumer task's committed work; its processing rate is the Flink autoscaler's
@@ -196,6 +200,7 @@ impl Stream {
             emitted_until: None,
             duplicates: 0,
             late_records: 0,
+            handoffs: BTreeMap::new(),
         }
     }
 
@@ -261,6 +266,9 @@ impl Stream {
     /// partition.
     pub fn emitter(&self) -> Option<usize> {
         let lowest = *self.partitions.keys().next()?;
+        if let Some(from) = self.handoffs.get(&lowest) {
+            return Some(*from as usize);
+        }
         self.assignment.iter().position(|a| a.contains(&lowest))
     }
 
@@ -277,6 +285,17 @@ impl Stream {
     /// A task with no partitions (scaled down): it is not launched.
     pub fn parked(&self, task: usize) -> bool {
         self.assignment.get(task).is_some_and(|a| a.is_empty())
+    }
+
+    /// Whether task `task` waits for another task to hand one of its partitions over.
+    pub fn awaits_handoff(&self, task: usize) -> bool {
+        self.assignment.get(task).is_some_and(|a| {
+            a.iter().any(|p| {
+                self.handoffs
+                    .get(p)
+                    .is_some_and(|from| *from as usize != task)
+            })
+        })
     }
 
     /// Consumer tasks that read partitions.
@@ -375,7 +394,8 @@ impl State {
         }
         let owned = &stream.assignment[*task as usize];
         for o in offsets {
-            if !owned.contains(&o.partition) {
+            let handing_over = stream.handoffs.get(&o.partition) == Some(task);
+            if !owned.contains(&o.partition) && !handing_over {
                 return Err(illegal(format!(
                     "partition {} is not assigned to the task",
                     o.partition
@@ -479,6 +499,8 @@ impl State {
         if let Some(t) = job.stages[0].tasks.get_mut(*task as usize) {
             t.failures = 0;
         }
+        // the answer to this commit tells the task its partitions: it has handed over
+        stream.handoffs.retain(|_, from| from != task);
         stream.batches += 1;
         stream.records += records;
         stream.rows_out += rows_out;
@@ -539,16 +561,34 @@ impl State {
         tasks.resize_with(n, super::Task::new);
         stream.work.resize_with(n, TaskWork::default);
         stream.assignment.resize_with(n, Vec::new);
+        // a handoff whose task stopped meanwhile is moot
+        stream.handoffs.retain(|_, from| {
+            tasks
+                .get(*from as usize)
+                .is_some_and(|t| matches!(t.state, TaskState::Running { .. }))
+        });
         for (i, task) in tasks.iter_mut().enumerate() {
             let new = assignment.get(i).cloned().unwrap_or_default();
-            if new == stream.assignment[i] {
+            let old = &stream.assignment[i];
+            if new == *old {
                 continue;
             }
-            // its running attempt (if any) is an orphan now: the fence refuses its
-            // commits and the leader cancels it; the task runs again with `new`
-            task.state = TaskState::Pending;
-            task.speculative = None;
-            task.not_before_ms = 0;
+            let running = matches!(task.state, TaskState::Running { .. });
+            if running && !new.is_empty() && new.iter().all(|p| old.contains(p)) {
+                // it only gives partitions up: it keeps running, and hands them over
+                // at its next commit (whose answer tells it its partitions); their new
+                // owner starts once it has, from the offsets it committed
+                for p in old.iter().filter(|p| !new.contains(p)) {
+                    stream.handoffs.insert(*p, i as u32);
+                }
+            } else {
+                // its running attempt (if any) is an orphan now: the fence refuses its
+                // commits and the leader cancels it; the task runs again with `new`
+                task.state = TaskState::Pending;
+                task.speculative = None;
+                task.not_before_ms = 0;
+                stream.handoffs.retain(|_, from| *from != i as u32);
+            }
             stream.assignment[i] = new;
         }
         stream.rescaled_ms = *at_ms;
