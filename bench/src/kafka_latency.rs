@@ -47,6 +47,7 @@ pub struct Args {
     pub warmup: u64,
     pub burst_seconds: u64,
     pub batch_rows: u64,
+    pub work: u32,
     pub partitions: u32,
     pub workers: usize,
     pub slots: u32,
@@ -62,6 +63,18 @@ fn now_ms() -> i64 {
 }
 
 fn spec_text(broker: &str, topic: &str, out: &Path, params: &str) -> String {
+    spec_with_work(broker, topic, out, params, 0)
+}
+
+/// The job's spec; `rounds` > 0 adds a column that repeats the url that many times,
+/// reverses and upper-cases it (per-record work, to make the consumers the
+/// bottleneck).
+fn spec_with_work(broker: &str, topic: &str, out: &Path, params: &str, rounds: u32) -> String {
+    let extra = if rounds > 0 {
+        format!(", length(upper(reverse(repeat(url, {rounds})))) AS work")
+    } else {
+        String::new()
+    };
     format!(
         r#"
 [job]
@@ -76,7 +89,7 @@ brokers = "{broker}"
 topic = "{topic}"
 schema = {PARTITIONS_SCHEMA}
 [transform]
-sql = "SELECT user_id, url, amount, _timestamp AS produced FROM clicks"
+sql = "SELECT user_id, url, amount, _timestamp AS produced{extra} FROM clicks"
 [sink]
 format = "parquet"
 path = "{out}"
@@ -375,7 +388,10 @@ fn burst_run(
         "kafka_autoscale = {autoscale}\ncatch_up_target = \"2s\"\nscale_down_delay = \"10s\"\nmax_batch_rows = {}",
         a.batch_rows
     );
-    write_spec(&spec, &spec_text(&broker.address, topic, out, &params))?;
+    write_spec(
+        &spec,
+        &spec_with_work(&broker.address, topic, out, &params, a.work),
+    )?;
     let id = c.submit(&spec)?;
     wait_reading(c, &id)?;
     let burst_at = (a.seconds.saturating_sub(a.burst_seconds) / 2) as f64;
@@ -445,8 +461,9 @@ pub fn burst(a: Args) -> Result<()> {
     )?;
     eprintln!("scaling off: lag recovered {off:.1} s after the burst began");
     println!(
-        "| kafka_autoscale (catch_up_target 2 s, max_batch_rows {}) | lag back under {} records, s after the burst began | consumer tasks at most |\n| --- | --- | --- |\n| off | {off:.1} | {} |\n| on | {on:.1} | {tasks} |",
+        "| kafka_autoscale (catch_up_target 2 s, max_batch_rows {}, work {}) | lag back under {} records, s after the burst began | consumer tasks at most |\n| --- | --- | --- |\n| off | {off:.1} | {} |\n| on | {on:.1} | {tasks} |",
         a.batch_rows,
+        a.work,
         2 * a.rate,
         a.workers
     );

@@ -240,6 +240,10 @@ enum Cmd {
         /// per-batch round trips, which more tasks overlap
         #[arg(long, default_value_t = 2_000)]
         batch_rows: u64,
+        /// per-record work: the job repeats each url this many times, reverses and
+        /// upper-cases it (0: none)
+        #[arg(long, default_value_t = 0)]
+        work: u32,
         /// seconds of producing in all
         #[arg(long, default_value_t = 40)]
         seconds: u64,
@@ -479,6 +483,7 @@ fn main() -> Result<()> {
             warmup,
             burst_seconds: 0,
             batch_rows: 0,
+            work: 0,
             partitions: partitions.max(1),
             workers: workers.max(1),
             slots: slots.max(1),
@@ -486,6 +491,7 @@ fn main() -> Result<()> {
         Cmd::KafkaBurst {
             rate,
             batch_rows,
+            work,
             seconds,
             burst_seconds,
             partitions,
@@ -497,6 +503,7 @@ fn main() -> Result<()> {
             warmup: 0,
             burst_seconds,
             batch_rows: batch_rows.max(1),
+            work,
             partitions: partitions.max(1),
             workers: workers.max(1),
             slots: slots.max(1),

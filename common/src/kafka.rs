@@ -116,6 +116,69 @@ pub fn topic_partitions(source: &SourceSpec, timeout: Duration) -> Result<Vec<i3
     Ok(ids)
 }
 
+/// High watermarks per partition, from a consumer's statistics: the Fetch
+/// responses' high watermark (which the test broker reports right where its
+/// ListOffsets does not).
+#[derive(Default)]
+pub struct FetchWatermarks {
+    /// partition → high watermark
+    pub high: std::sync::Mutex<std::collections::HashMap<i32, i64>>,
+}
+
+impl rdkafka::client::ClientContext for FetchWatermarks {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        let mut high = self.high.lock().expect("watermarks lock");
+        for t in statistics.topics.values() {
+            for (p, st) in &t.partitions {
+                if *p >= 0 && st.hi_offset >= 0 {
+                    high.insert(*p, st.hi_offset);
+                }
+            }
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for FetchWatermarks {}
+
+/// The high watermarks of `partitions` (each with the offset to read from) of the
+/// source's topic, for partitions no consumer task reads: a probe consumer fetches
+/// from those offsets for up to `timeout` and reports what its Fetch responses said
+/// (ListOffsets answers a batch's base offset on some brokers). A partition with no
+/// answer is left out.
+pub fn high_watermarks(
+    source: &SourceSpec,
+    partitions: &[(i32, i64)],
+    timeout: Duration,
+) -> Result<Vec<(i32, i64)>> {
+    let topic = source.topic.clone().unwrap_or_default();
+    let consumer: BaseConsumer<FetchWatermarks> = client_config(source)
+        .set("group.id", "autopipe.probe")
+        .set("enable.auto.commit", "false")
+        .set("statistics.interval.ms", "100")
+        .create_with_context(FetchWatermarks::default())
+        .map_err(|e| Error::plan(format!("source '{}' options", source.name), e.to_string()))?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for &(p, o) in partitions {
+        tpl.add_partition_offset(&topic, p, rdkafka::Offset::Offset(o.max(0)))
+            .map_err(|e| Error::Transient(format!("{topic}/{p}: {e}")))?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| Error::Transient(format!("cannot assign {topic}: {e}")))?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let _ = consumer.poll(Duration::from_millis(100));
+        let high = consumer.context().high.lock().expect("lock").clone();
+        let all = partitions.iter().all(|(p, _)| high.contains_key(p));
+        if all || std::time::Instant::now() >= deadline {
+            return Ok(partitions
+                .iter()
+                .filter_map(|(p, _)| high.get(p).map(|h| (*p, *h)))
+                .collect());
+        }
+    }
+}
+
 /// A session for a streaming job's SQL: its file sources registered as tables (read
 /// whole by every micro-batch) and its kafka source as an empty in-memory table that
 /// `set_batch` fills (with `window_start` and `window_end` for a windowed job).

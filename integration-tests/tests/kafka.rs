@@ -747,3 +747,30 @@ dead_letter_path = "{dead}"
     c.cli_json(&["cancel", &id])?;
     Ok(())
 }
+
+#[test]
+fn lag_stays_measured_when_no_consumer_runs() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = Broker::start()?;
+    broker.create_topic("clicks", 4)?;
+    broker.produce("clicks", &clicks(0, 200, None))?;
+    let mut c = Cluster::start_full(1, 2, &[], LOST_AFTER)?;
+    let spec = streaming_spec(dir.path(), &broker, "")?;
+    let id = c.submit(&spec)?;
+    wait_until(Duration::from_secs(60), "200 rows", || {
+        Ok(output_rows(dir.path())?.len() >= 200)
+    })?;
+    // the only worker dies: nobody reads, yet the lag grows with what is produced
+    c.workers[0].kill();
+    broker.produce("clicks", &clicks(200, 1200, None))?;
+    wait_until(
+        Duration::from_secs(60),
+        "the lag of the unread partitions",
+        || {
+            let st = c.cli_json(&["status", &id])?;
+            Ok(st["stream"]["lag"].as_i64() >= Some(500))
+        },
+    )?;
+    c.cli_json(&["cancel", &id])?;
+    Ok(())
+}

@@ -35,41 +35,16 @@ use autopipe_proto as pb;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::context::SQLOptions;
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tonic::Request;
 
-/// High watermarks per partition, from the consumer's statistics: the Fetch
-/// responses' high watermark (which the test broker reports right where its
-/// ListOffsets does not).
-#[derive(Default)]
-struct Watermarks {
-    high: Mutex<HashMap<i32, i64>>,
-}
-
-impl ClientContext for Watermarks {
-    fn stats(&self, statistics: Statistics) {
-        let mut high = self.high.lock().expect("watermarks lock");
-        for t in statistics.topics.values() {
-            for (p, st) in &t.partitions {
-                if *p >= 0 && st.hi_offset >= 0 {
-                    high.insert(*p, st.hi_offset);
-                }
-            }
-        }
-    }
-}
-
-impl ConsumerContext for Watermarks {}
-
-type KafkaConsumer = BaseConsumer<Watermarks>;
+type KafkaConsumer = BaseConsumer<kafka::FetchWatermarks>;
 
 /// Runs the consumer task `def` until `cancel` fires, or its commit is refused, or
 /// an error (then the coordinator retries it from the committed offsets).
@@ -108,7 +83,7 @@ pub async fn run_stream(
                 "statistics.interval.ms",
                 params.batch_interval_ms().clamp(100, 1000).to_string(),
             )
-            .create_with_context(Watermarks::default())
+            .create_with_context(kafka::FetchWatermarks::default())
             .map_err(|e| Error::Permanent(format!("source '{}': {e}", source.name)))?,
     );
     // where each partition stands: the committed offset, or (none committed yet) the

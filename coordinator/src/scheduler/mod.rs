@@ -43,6 +43,8 @@ pub async fn run(core: Arc<Core>, cancel: CancellationToken) {
     let mut stalled: HashSet<String> = HashSet::new();
     let mut splits = liquid::Splits::default();
     let mut consumers = crate::optimizer::kafka_scaling::Memory::default();
+    let refreshing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut refreshed_at = std::time::Instant::now();
     let mut status = core.raft.watch_status();
     loop {
         tokio::select! {
@@ -78,6 +80,10 @@ pub async fn run(core: Arc<Core>, cancel: CancellationToken) {
         start_commits(&core, &committing).await;
         stream::publish_pending(&core, &publishing);
         stream::rescale(&core, &mut consumers).await;
+        if refreshed_at.elapsed() >= stream::REFRESH_EVERY {
+            refreshed_at = std::time::Instant::now();
+            stream::refresh_unread(&core, &refreshing);
+        }
         cleanup_finished(&core, &cleaning);
         if retention_at.elapsed() >= RETENTION_EVERY {
             retention_at = std::time::Instant::now();

@@ -305,3 +305,81 @@ pub fn view(job: &Job, st: &Stream) -> pb::StreamView {
             .collect(),
     }
 }
+
+/// A partition whose consumer has not reported for this long (or whose task does
+/// not run) has its high watermark asked of the brokers.
+const SILENT_AFTER_MS: u64 = 15_000;
+
+/// How often the leader looks for such partitions.
+pub const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Keeps the lag of partitions no consumer task reports measured: their high
+/// watermarks are asked of the brokers (ListOffsets) and recorded
+/// (`Command::StreamWatermarks`). `busy`: a refresh still running.
+pub fn refresh_unread(core: &Arc<Core>, busy: &Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::Ordering;
+    let now = now_ms();
+    type Unread = (String, autopipe_common::spec::SourceSpec, Vec<(i32, i64)>);
+    let unread: Vec<Unread> = core.read(|s| {
+        s.jobs
+            .values()
+            .filter(|j| !j.state.is_terminal())
+            .filter_map(|j| {
+                let st = j.stream.as_ref()?;
+                let tasks = &j.stages.first()?.tasks;
+                let silent: Vec<(i32, i64)> = st
+                    .partitions
+                    .iter()
+                    .filter(|(p, x)| {
+                        let task = st.assignment.iter().position(|a| a.contains(p));
+                        let running = task.and_then(|t| tasks.get(t)).is_some_and(|t| {
+                            matches!(t.state, crate::state::TaskState::Running { .. })
+                        });
+                        !running || x.updated_ms + SILENT_AFTER_MS < now
+                    })
+                    .map(|(p, x)| (*p, x.offset.unwrap_or(0)))
+                    .collect();
+                let source = j
+                    .spec
+                    .sources
+                    .iter()
+                    .find(|s| s.format == autopipe_common::spec::Format::Kafka)?
+                    .clone();
+                (!silent.is_empty()).then(|| (j.id.clone(), source, silent))
+            })
+            .collect()
+    });
+    if unread.is_empty() || busy.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let (core, busy) = (core.clone(), busy.clone());
+    tokio::spawn(async move {
+        for (job_id, source, partitions) in unread {
+            let asked = tokio::task::spawn_blocking(move || {
+                autopipe_common::kafka::high_watermarks(
+                    &source,
+                    &partitions,
+                    std::time::Duration::from_secs(2),
+                )
+            })
+            .await;
+            let high = match asked {
+                Ok(Ok(h)) if !h.is_empty() => h,
+                Ok(Err(e)) => {
+                    tracing::warn!(job = %job_id, "high watermarks not read: {e}");
+                    continue;
+                }
+                _ => continue,
+            };
+            let cmd = Command::StreamWatermarks {
+                job_id: job_id.clone(),
+                high,
+                at_ms: now_ms(),
+            };
+            if let Err(e) = core.propose(cmd).await {
+                tracing::warn!(job = %job_id, "high watermarks not recorded: {e}");
+            }
+        }
+        busy.store(false, Ordering::SeqCst);
+    });
+}

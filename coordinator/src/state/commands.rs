@@ -591,6 +591,17 @@ pub enum Command {
         /// the batches
         batches: Vec<(u32, u32, u64)>,
     },
+    /// high watermarks the leader asked the brokers for (ListOffsets), of partitions
+    /// no consumer task reports now (its task is not running, or silent): their lag
+    /// stays measured; a watermark never goes back
+    StreamWatermarks {
+        /// job
+        job_id: String,
+        /// (partition, high watermark)
+        high: Vec<(i32, i64)>,
+        /// when
+        at_ms: u64,
+    },
     /// a streaming job's partitions dealt anew to its consumer tasks
     /// (`optimizer::kafka_scaling`): a task whose partitions changed stops (its attempt
     /// is an orphan the fence refuses) and runs again with its new ones from the

@@ -1395,6 +1395,7 @@ impl State {
             Command::StreamCommit { .. } => self.on_stream_commit(cmd),
             Command::StreamPublished { .. } => self.on_stream_published(cmd),
             Command::StreamRescale { .. } => self.on_stream_rescale(cmd),
+            Command::StreamWatermarks { .. } => self.on_stream_watermarks(cmd),
             Command::PruneWorkers { worker_ids, .. } => {
                 if let Some(w) = worker_ids.iter().find_map(|id| {
                     self.workers

@@ -45,7 +45,8 @@ impl State {
             | Command::JobCleaned { job_id }
             | Command::StreamCommit { job_id, .. }
             | Command::StreamPublished { job_id, .. }
-            | Command::StreamRescale { job_id, .. } => Some(job_id),
+            | Command::StreamRescale { job_id, .. }
+            | Command::StreamWatermarks { job_id, .. } => Some(job_id),
             Command::RecordDecision { decision } => Some(&decision.job_id),
             Command::RegisterWorker { .. } => None,
             Command::WorkerLost { .. } => None,

@@ -596,6 +596,33 @@ impl State {
         Ok(Outcome::Done)
     }
 
+    /// `Command::StreamWatermarks`: high watermarks of partitions no task reports.
+    pub(super) fn on_stream_watermarks(&mut self, cmd: &Command) -> Result<Outcome, ApplyError> {
+        let Command::StreamWatermarks {
+            job_id,
+            high,
+            at_ms,
+        } = cmd
+        else {
+            unreachable!("called for StreamWatermarks only")
+        };
+        let stream = self
+            .jobs
+            .get_mut(job_id)
+            .ok_or_else(|| ApplyError::UnknownJob(job_id.clone()))?
+            .stream
+            .as_mut()
+            .ok_or_else(|| ApplyError::Illegal(format!("job {job_id} is not a streaming job")))?;
+        for (part, hw) in high {
+            if let Some(p) = stream.partitions.get_mut(part) {
+                let hw = p.high_watermark.map_or(*hw, |h| h.max(*hw));
+                p.high_watermark = Some(hw);
+                p.observe(hw, *at_ms);
+            }
+        }
+        Ok(Outcome::Done)
+    }
+
     /// `Command::StreamPublished`: the batches' files are in place.
     pub(super) fn on_stream_published(&mut self, cmd: &Command) -> Result<Outcome, ApplyError> {
         let Command::StreamPublished { job_id, batches } = cmd else {
@@ -764,6 +791,30 @@ mod tests {
         })
         .unwrap();
         assert!(s.apply(&commit(0, 1, 3, &[(0, Some(12), 13)])).is_err());
+    }
+
+    #[test]
+    fn high_watermarks_asked_of_the_brokers_never_go_back() {
+        let mut s = streaming();
+        s.apply(&commit(0, 1, 1, &[(0, None, 10)])).unwrap();
+        let wm = |s: &mut State, hw: i64| {
+            s.apply(&Command::StreamWatermarks {
+                job_id: "s".into(),
+                high: vec![(0, hw), (7, 1)],
+                at_ms: 5,
+            })
+            .unwrap();
+            s.jobs["s"].stream.as_ref().unwrap().partitions[&0].high_watermark
+        };
+        assert_eq!(wm(&mut s, 40), Some(40));
+        assert_eq!(
+            wm(&mut s, 30),
+            Some(40),
+            "an older answer does not lower it"
+        );
+        let st = s.jobs["s"].stream.as_ref().unwrap();
+        assert_eq!(st.partitions[&0].lag(), Some(30));
+        assert!(!st.partitions.contains_key(&7), "not the job's partition");
     }
 
     #[test]
