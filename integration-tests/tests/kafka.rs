@@ -774,3 +774,71 @@ fn lag_stays_measured_when_no_consumer_runs() -> Result<()> {
     c.cli_json(&["cancel", &id])?;
     Ok(())
 }
+
+/// The peak resident memory of process `pid` (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .context("VmHWM")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kb * 1024)
+}
+
+#[test]
+fn a_slow_job_reads_no_faster_than_it_writes_and_its_memory_stays_bounded() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = Broker::start()?;
+    broker.create_topic("clicks", 1)?;
+    // 480 MB of records (8 KB each): three times what the worker may grow by
+    let pad = "x".repeat(8000);
+    let records: Vec<(i32, String)> = (0..60_000)
+        .map(|i| {
+            (
+                0,
+                format!("{{\"user_id\": {i}, \"url\": \"/p/{pad}\", \"amount\": 1.5}}"),
+            )
+        })
+        .collect();
+    broker.produce("clicks", &records)?;
+    let c = Cluster::start(1, 1)?;
+    let baseline = peak_rss(c.workers[0].child.id())?;
+    // a slow job: 10 records per batch, each batch written and committed
+    let spec = streaming_spec(dir.path(), &broker, "kafka_autoscale = false")?;
+    let text = std::fs::read_to_string(&spec)?;
+    std::fs::write(
+        &spec,
+        text.replace("max_batch_rows = 100", "max_batch_rows = 10"),
+    )?;
+    let id = c.submit(&spec)?;
+    wait_until(Duration::from_secs(60), "the job under way", || {
+        Ok(output_rows(dir.path())?.len() >= 500)
+    })?;
+    std::thread::sleep(Duration::from_secs(5));
+    let st = c.cli_json(&["status", &id])?;
+    let lag = st["stream"]["lag"].as_i64().context("lag")?;
+    let peak = peak_rss(c.workers[0].child.id())?;
+    c.cli_json(&["cancel", &id])?;
+    // most of the topic is still unread, and the worker never held it
+    assert!(
+        lag > 40_000,
+        "the job is slower than the backlog: lag {lag}"
+    );
+    let grew = peak.saturating_sub(baseline);
+    assert!(
+        grew < 160 << 20,
+        "the worker's peak memory grew by {} MiB with {} MiB unread",
+        grew >> 20,
+        lag * 8 / 1000
+    );
+    eprintln!(
+        "peak RSS grew by {} MiB while {lag} records ({} MiB) waited",
+        grew >> 20,
+        lag * 8 / 1000
+    );
+    Ok(())
+}

@@ -70,8 +70,15 @@ pub async fn run_stream(
     let params = &spec.job.params;
     let interval = Duration::from_millis(params.batch_interval_ms());
     let max_rows = params.max_batch_rows() as usize;
+    // back-pressure: the next poll waits for the batch's commit, and librdkafka
+    // prefetches at most PREFETCH_KIB (unless [sources.options] says otherwise), so a
+    // slow sink slows consumption and memory stays bounded
+    let mut config = kafka::client_config(&source);
+    if !source.options.contains_key("queued.max.messages.kbytes") {
+        config.set("queued.max.messages.kbytes", PREFETCH_KIB.to_string());
+    }
     let consumer: Arc<KafkaConsumer> = Arc::new(
-        kafka::client_config(&source)
+        config
             // librdkafka's assign() needs a group id; the group is never joined and
             // nothing is committed to it (offsets live in the coordinator)
             .set("group.id", format!("autopipe.{}", key.job_id))
@@ -558,6 +565,10 @@ impl Stateful {
         Ok(())
     }
 }
+
+/// The most a consumer task prefetches ahead of its batches (KiB; librdkafka's
+/// default is 64 MiB).
+const PREFETCH_KIB: u32 = 16 * 1024;
 
 /// The longest a kafka sink may take to acknowledge a batch's records.
 const SINK_ACK_TIMEOUT: Duration = Duration::from_secs(60);
