@@ -198,14 +198,7 @@ pub async fn run_stream(
                     ..Default::default()
                 };
                 let resp = commit(shared, req).await?;
-                state.committed(resp.view, None)?;
-                hand_over(
-                    &resp.partitions,
-                    &mut position,
-                    &consumer,
-                    &topic,
-                    &mut state,
-                )?;
+                settle(resp, None, &mut position, &consumer, &topic, &mut state)?;
                 reported = high;
                 last_commit = Instant::now();
             }
@@ -333,19 +326,13 @@ pub async fn run_stream(
             late_records: late,
         };
         let resp = commit(shared, req).await?;
-        state.committed(resp.view, emit.map(|e| e.1))?;
-        last_commit = Instant::now();
-        reported.extend(high);
         for (p, (_, to)) in progress {
             position.insert(p, to);
         }
-        hand_over(
-            &resp.partitions,
-            &mut position,
-            &consumer,
-            &topic,
-            &mut state,
-        )?;
+        let emitted = emit.map(|e| e.1);
+        settle(resp, emitted, &mut position, &consumer, &topic, &mut state)?;
+        last_commit = Instant::now();
+        reported.extend(high);
         total.rows_in += records.len() as u64;
         total.rows_out += out.rows_out;
         total.bytes_out += out.bytes_out;
@@ -355,16 +342,21 @@ pub async fn run_stream(
     Ok(total)
 }
 
-/// After a commit: when the coordinator dealt some of this task's partitions to
-/// other tasks (its answer lists fewer), the task stops reading them; their new
-/// owners start from the offsets it just committed, with their committed state.
-fn hand_over(
-    keep: &[i32],
+/// After a commit (`position` moved past it): the state takes the coordinator's
+/// answer (the job's watermark, the windows emitted, `emitted` by this batch), and
+/// when the coordinator dealt some of this task's partitions to other tasks (its
+/// answer lists fewer), the task stops reading them; their new owners start from
+/// the offsets it just committed, with their committed state.
+fn settle(
+    resp: pb::CommitBatchResponse,
+    emitted: Option<i64>,
     position: &mut BTreeMap<i32, i64>,
     consumer: &KafkaConsumer,
     topic: &str,
     state: &mut Stateful,
 ) -> Result<()> {
+    state.committed(resp.view, emitted)?;
+    let keep = &resp.partitions;
     let gone: Vec<i32> = position
         .keys()
         .filter(|p| !keep.is_empty() && !keep.contains(p))

@@ -343,6 +343,22 @@ impl super::Job {
 }
 
 impl State {
+    /// Job `job_id`, unless it does not exist or has ended (`illegal` says why).
+    fn live_job(
+        &mut self,
+        job_id: &str,
+        illegal: &dyn Fn(String) -> ApplyError,
+    ) -> Result<&mut super::Job, ApplyError> {
+        let job = self
+            .jobs
+            .get_mut(job_id)
+            .ok_or_else(|| ApplyError::UnknownJob(job_id.to_string()))?;
+        if job.state.is_terminal() {
+            return Err(illegal(format!("the job is {:?}", job.state)));
+        }
+        Ok(job)
+    }
+
     /// `Command::StreamCommit`: all checks run before any change.
     pub(super) fn on_stream_commit(&mut self, cmd: &Command) -> Result<Outcome, ApplyError> {
         let Command::StreamCommit {
@@ -370,13 +386,7 @@ impl State {
                 "job {job_id} task {task} attempt {attempt} batch {batch}: {why}"
             ))
         };
-        let job = self
-            .jobs
-            .get_mut(job_id)
-            .ok_or_else(|| ApplyError::UnknownJob(job_id.clone()))?;
-        if job.state.is_terminal() {
-            return Err(illegal(format!("the job is {:?}", job.state)));
-        }
+        let job = self.live_job(job_id, &illegal)?;
         let running = job
             .stages
             .first()
@@ -534,13 +544,7 @@ impl State {
             unreachable!("called for StreamRescale only")
         };
         let illegal = |why: String| ApplyError::Illegal(format!("job {job_id}: {why}"));
-        let job = self
-            .jobs
-            .get_mut(job_id)
-            .ok_or_else(|| ApplyError::UnknownJob(job_id.clone()))?;
-        if job.state.is_terminal() {
-            return Err(illegal(format!("the job is {:?}", job.state)));
-        }
+        let job = self.live_job(job_id, &illegal)?;
         let stream = job
             .stream
             .as_mut()
