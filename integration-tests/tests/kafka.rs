@@ -665,13 +665,20 @@ path = "{out}"
 }
 
 #[test]
-fn a_kafka_sink_gets_every_record_at_least_once_across_a_worker_kill() -> Result<()> {
+fn a_kafka_sink_gets_every_joined_record_at_least_once_across_a_worker_kill() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let broker = Broker::start()?;
     broker.create_topic("clicks", 4)?;
     broker.create_topic("big_clicks", 2)?;
     broker.produce("clicks", &clicks(0, 3000, None))?;
     let mut c = Cluster::start_full(2, 2, &[], LOST_AFTER)?;
+    // a static dimension the SQL joins every micro-batch with
+    let pages = dir.path().join("pages.csv");
+    let mut csv = String::from("url,section\n");
+    for n in 0..7 {
+        csv.push_str(&format!("/p/{n},section-{}\n", n % 3));
+    }
+    std::fs::write(&pages, csv)?;
     let spec = dir.path().join("to_kafka.toml");
     write_spec(
         &spec,
@@ -691,8 +698,14 @@ brokers = "{b}"
 topic = "clicks"
 schema = {{ user_id = "int64", url = "utf8", amount = "float64" }}
 
+[[sources]]
+name = "pages"
+format = "csv"
+path = "{pages}"
+has_header = true
+
 [transform]
-sql = "SELECT user_id, url, amount * 2 AS doubled FROM clicks WHERE amount >= 0"
+sql = "SELECT c.user_id, c.url, c.amount * 2 AS doubled, p.section FROM clicks c JOIN pages p ON c.url = p.url WHERE c.amount >= 0"
 
 [sink]
 format = "kafka"
@@ -702,7 +715,8 @@ key = "url"
 dead_letter_path = "{dead}"
 "#,
             b = broker.address,
-            dead = dir.path().join("dead").display()
+            dead = dir.path().join("dead").display(),
+            pages = pages.display()
         ),
     )?;
     let id = c.submit(&spec)?;
@@ -726,6 +740,12 @@ dead_letter_path = "{dead}"
         let u = v["user_id"].as_i64().context("user_id")?;
         assert_eq!(key.as_deref(), v["url"].as_str(), "keyed by url: {value}");
         assert_eq!(v["doubled"].as_f64(), Some(((u % 100) as f64 + 0.5) * 2.0));
+        let section = format!("section-{}", (u % 7) % 3);
+        assert_eq!(
+            v["section"].as_str(),
+            Some(section.as_str()),
+            "joined: {value}"
+        );
         users.insert(u);
     }
     let missing: Vec<i64> = (0..6000).filter(|u| !users.contains(u)).collect();
