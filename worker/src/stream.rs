@@ -175,7 +175,9 @@ pub async fn run_stream(
             // by a commit of the high watermarks alone when they moved (a stalled
             // fetch) or every PROGRESS_EVERY
             let high = consumer.context().high.lock().expect("lock").clone();
-            let moved = position.keys().any(|p| high.get(p) != reported.get(p));
+            // (a task reading nothing yet asks at every interval for what to read)
+            let moved =
+                position.is_empty() || position.keys().any(|p| high.get(p) != reported.get(p));
             if moved || last_commit.elapsed() >= PROGRESS_EVERY {
                 batch += 1;
                 let req = pb::CommitBatchRequest {
@@ -198,7 +200,7 @@ pub async fn run_stream(
                     ..Default::default()
                 };
                 let resp = commit(shared, req).await?;
-                settle(resp, None, &mut position, &consumer, &topic, &mut state)?;
+                settle(resp, None, &mut position, &consumer, &source, &mut state).await?;
                 reported = high;
                 last_commit = Instant::now();
             }
@@ -330,7 +332,7 @@ pub async fn run_stream(
             position.insert(p, to);
         }
         let emitted = emit.map(|e| e.1);
-        settle(resp, emitted, &mut position, &consumer, &topic, &mut state)?;
+        settle(resp, emitted, &mut position, &consumer, &source, &mut state).await?;
         last_commit = Instant::now();
         reported.extend(high);
         total.rows_in += records.len() as u64;
@@ -343,41 +345,79 @@ pub async fn run_stream(
 }
 
 /// After a commit (`position` moved past it): the state takes the coordinator's
-/// answer (the job's watermark, the windows emitted, `emitted` by this batch), and
-/// when the coordinator dealt some of this task's partitions to other tasks (its
-/// answer lists fewer), the task stops reading them; their new owners start from
-/// the offsets it just committed, with their committed state.
-fn settle(
+/// answer (the job's watermark, the windows emitted, `emitted` by this batch). When
+/// the coordinator dealt partitions anew (its answer lists others), the task stops
+/// reading those it gave up (their new owners start from the offsets it just
+/// committed), and starts reading those it gained from their committed offsets and
+/// checkpoints.
+async fn settle(
     resp: pb::CommitBatchResponse,
     emitted: Option<i64>,
     position: &mut BTreeMap<i32, i64>,
-    consumer: &KafkaConsumer,
-    topic: &str,
+    consumer: &Arc<KafkaConsumer>,
+    source: &autopipe_common::spec::SourceSpec,
     state: &mut Stateful,
 ) -> Result<()> {
+    let topic = source.topic.clone().unwrap_or_default();
+    let starts: Vec<pb::PartitionStart> = resp
+        .view
+        .as_ref()
+        .map(|v| v.partitions.clone())
+        .unwrap_or_default();
     state.committed(resp.view, emitted)?;
     let keep = &resp.partitions;
     let gone: Vec<i32> = position
         .keys()
-        .filter(|p| !keep.is_empty() && !keep.contains(p))
+        .filter(|p| !keep.contains(p))
         .copied()
         .collect();
-    if gone.is_empty() {
+    let gained: Vec<i32> = keep
+        .iter()
+        .filter(|p| !position.contains_key(p))
+        .copied()
+        .collect();
+    if gone.is_empty() && gained.is_empty() {
         return Ok(());
     }
     for p in &gone {
         position.remove(p);
         state.drop_partition(*p);
     }
+    let mut unresolved = vec![];
+    for p in &gained {
+        let ps = starts.iter().find(|s| s.partition == *p).ok_or_else(|| {
+            Error::Transient(format!("partition {p} is not in the coordinator's answer"))
+        })?;
+        state.adopt(ps).await?;
+        match ps.offset {
+            o if o >= 0 => {
+                position.insert(*p, o);
+            }
+            _ => unresolved.push(*p),
+        }
+    }
+    if !unresolved.is_empty() {
+        // (a partition that never committed: where the source starts)
+        let (c, t, start) = (
+            consumer.clone(),
+            topic.clone(),
+            source.start.unwrap_or_default(),
+        );
+        let resolved =
+            tokio::task::spawn_blocking(move || resolve_start(&c, &t, &unresolved, start))
+                .await
+                .map_err(|e| Error::Transient(format!("resolving offsets: {e}")))??;
+        position.extend(resolved);
+    }
     let mut tpl = TopicPartitionList::new();
     for (&p, &o) in position.iter() {
-        tpl.add_partition_offset(topic, p, Offset::Offset(o))
+        tpl.add_partition_offset(&topic, p, Offset::Offset(o))
             .map_err(|e| Error::Permanent(format!("partition {p}: {e}")))?;
     }
     consumer
         .assign(&tpl)
         .map_err(|e| Error::Transient(format!("cannot assign partitions of '{topic}': {e}")))?;
-    tracing::info!(partitions = ?gone, kept = ?position.keys().collect::<Vec<_>>(), "partitions handed over to other consumer tasks");
+    tracing::info!(gave_up = ?gone, gained = ?gained, reading = ?position.keys().collect::<Vec<_>>(), "consumer task's partitions dealt anew");
     Ok(())
 }
 
@@ -399,36 +439,42 @@ struct Stateful {
 impl Stateful {
     /// The task's partitions' state, read from their committed checkpoints.
     async fn load(spec: &PipelineSpec, st: &pb::StreamTask) -> Result<Self> {
-        let params = StateParams::of(&spec.job.params);
-        let mut states = BTreeMap::new();
-        if let Some(p) = &params {
-            for ps in &st.partitions {
-                let mut s = if ps.state_url.is_empty() {
-                    PartitionState::default()
-                } else {
-                    let bytes = get_url(&ps.state_url).await.map_err(|e| {
-                        Error::Transient(format!(
-                            "cannot read partition {}'s state checkpoint {}: {e}",
-                            ps.partition, ps.state_url
-                        ))
-                    })?;
-                    stream_state::decode(&bytes, ps.max_event_ms)?
-                };
-                s.max_event_ms = ps.max_event_ms;
-                if let Some(u) = st.emitted_until_ms {
-                    stream_state::prune(&mut s, p, u)?;
-                }
-                states.insert(ps.partition, s);
-            }
-        }
-        Ok(Stateful {
-            params,
-            states,
+        let mut state = Stateful {
+            params: StateParams::of(&spec.job.params),
+            states: BTreeMap::new(),
             dirty: BTreeSet::new(),
             view: None,
             emitted_until: st.emitted_until_ms,
             open_ends: BTreeMap::new(),
-        })
+        };
+        for ps in &st.partitions {
+            state.adopt(ps).await?;
+        }
+        Ok(state)
+    }
+
+    /// Takes a partition over: its committed checkpoint, as `ps` names it.
+    async fn adopt(&mut self, ps: &pb::PartitionStart) -> Result<()> {
+        let Some(p) = &self.params else {
+            return Ok(());
+        };
+        let mut s = if ps.state_url.is_empty() {
+            PartitionState::default()
+        } else {
+            let bytes = get_url(&ps.state_url).await.map_err(|e| {
+                Error::Transient(format!(
+                    "cannot read partition {}'s state checkpoint {}: {e}",
+                    ps.partition, ps.state_url
+                ))
+            })?;
+            stream_state::decode(&bytes, ps.max_event_ms)?
+        };
+        s.max_event_ms = ps.max_event_ms;
+        if let Some(u) = self.emitted_until {
+            stream_state::prune(&mut s, p, u)?;
+        }
+        self.states.insert(ps.partition, s);
+        Ok(())
     }
 
     /// Forgets a partition handed over (its committed checkpoint goes with it).

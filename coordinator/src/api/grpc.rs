@@ -534,7 +534,15 @@ impl pb::worker_service_server::WorkerService for Services {
                     seq: st.map_or(0, |(_, st)| st.batches),
                     view: st.map(|(j, st)| crate::scheduler::stream::view(j, st)),
                     partitions: st
-                        .and_then(|(_, st)| st.assignment.get(task).cloned())
+                        .map(|(j, st)| {
+                            let tasks = &j.stages[0].tasks;
+                            let running = |t: usize| {
+                                tasks.get(t).is_some_and(|t| {
+                                    matches!(t.state, crate::state::TaskState::Running { .. })
+                                })
+                            };
+                            st.readable(task, &running)
+                        })
                         .unwrap_or_default(),
                 }
             }))),

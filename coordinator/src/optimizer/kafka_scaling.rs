@@ -766,7 +766,11 @@ mod tests {
             .collect();
         assert_eq!(parked.iter().filter(|p| **p).count(), 2);
         for (t, parked) in parked.iter().enumerate() {
-            assert_eq!(job.ready_to_launch(0, t, 30_000), !parked);
+            // the remaining tasks run on (they gain partitions in place); the parked
+            // ones never launch
+            let runs = matches!(job.stages[0].tasks[t].state, TaskState::Running { .. });
+            assert_eq!(runs, !parked, "task {t}");
+            assert!(!job.ready_to_launch(0, t, 30_000));
         }
     }
 
@@ -894,18 +898,25 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("not assigned"), "{e}");
         launch(&mut s, 1, 1, "w2");
-        // a task that gains a partition restarts; one whose partitions stay runs on
+        // both run on: task 0 gains partition 2 once task 1 has handed it over
         rescale(&mut s, vec![vec![0, 1, 2], vec![3]], 5).unwrap();
-        let tasks = &s.jobs["s"].stages[0].tasks;
-        assert_eq!(tasks[0].state, TaskState::Pending, "it gains partition 2");
-        assert!(
-            matches!(tasks[1].state, TaskState::Running { attempt: 1, .. }),
-            "it gives 2 up: it runs on"
-        );
-        assert!(
-            !s.jobs["s"].ready_to_launch(0, 0, 10),
-            "2 is still handed over"
-        );
+        let job = &s.jobs["s"];
+        let tasks = &job.stages[0].tasks;
+        assert!(matches!(
+            tasks[0].state,
+            TaskState::Running { attempt: 1, .. }
+        ));
+        assert!(matches!(
+            tasks[1].state,
+            TaskState::Running { attempt: 1, .. }
+        ));
+        let st = job.stream.as_ref().unwrap();
+        let running = |_: usize| true;
+        assert_eq!(st.readable(0, &running), vec![0, 1], "2 is still task 1's");
+        commit(&mut s, 1, 1, 5, 0, 10, 6);
+        let st = s.jobs["s"].stream.as_ref().unwrap();
+        assert_eq!(st.readable(0, &running), vec![0, 1, 2], "handed over");
+        assert_eq!(st.readable(1, &running), vec![3]);
         assert_eq!(s.decisions.len(), 2);
     }
 }

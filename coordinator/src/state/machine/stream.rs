@@ -287,6 +287,24 @@ impl Stream {
         self.assignment.get(task).is_some_and(|a| a.is_empty())
     }
 
+    /// The partitions task `task` reads now: its own, less those another task
+    /// (`running`) has not handed over yet.
+    pub fn readable(&self, task: usize, running: &dyn Fn(usize) -> bool) -> Vec<i32> {
+        self.assignment
+            .get(task)
+            .map(|a| {
+                a.iter()
+                    .copied()
+                    .filter(|p| {
+                        self.handoffs
+                            .get(p)
+                            .is_none_or(|from| *from as usize == task || !running(*from as usize))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Whether task `task` waits for another task to hand one of its partitions over.
     pub fn awaits_handoff(&self, task: usize) -> bool {
         self.assignment.get(task).is_some_and(|a| {
@@ -578,10 +596,11 @@ impl State {
                 continue;
             }
             let running = matches!(task.state, TaskState::Running { .. });
-            if running && !new.is_empty() && new.iter().all(|p| old.contains(p)) {
-                // it only gives partitions up: it keeps running, and hands them over
-                // at its next commit (whose answer tells it its partitions); their new
-                // owner starts once it has, from the offsets it committed
+            if running && !new.is_empty() {
+                // it keeps running: the answer to its next commit tells it its
+                // partitions. It hands the ones it gives up over at that commit (their
+                // new owner starts once it has, from the offsets it committed), and it
+                // starts reading the ones it gains once their old owner has
                 for p in old.iter().filter(|p| !new.contains(p)) {
                     stream.handoffs.insert(*p, i as u32);
                 }
