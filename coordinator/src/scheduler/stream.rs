@@ -53,14 +53,11 @@ pub async fn commit_batch(
         .map_err(CommitRefused::Invalid)?;
     // the checkpoints a commit replaces are deleted once no task can still read them
     let replaced: Vec<String> = core.read(|s| {
-        let Some(st) = s.jobs.get(&key.job_id).and_then(|j| j.stream.as_ref()) else {
-            return vec![];
-        };
-        req.partitions
-            .iter()
-            .filter(|p| !p.state_url.is_empty())
-            .filter_map(|p| st.partitions.get(&p.partition)?.state_url.clone())
-            .collect()
+        s.jobs
+            .get(&key.job_id)
+            .and_then(|j| j.stream.as_ref())
+            .map(|st| replaced_checkpoints(st, &req.partitions))
+            .unwrap_or_default()
     });
     let opt = |v: i64| (v >= 0).then_some(v);
     let cmd = Command::StreamCommit {
@@ -267,6 +264,19 @@ pub async fn rescale(core: &Arc<Core>, mem: &mut kafka_scaling::Memory) {
     }
 }
 
+/// The committed checkpoints a commit of `partitions` replaces. A retried commit
+/// names the checkpoints already committed: those stay.
+fn replaced_checkpoints(st: &Stream, partitions: &[pb::PartitionProgress]) -> Vec<String> {
+    partitions
+        .iter()
+        .filter(|p| !p.state_url.is_empty())
+        .filter_map(|p| {
+            let old = st.partitions.get(&p.partition)?.state_url.clone()?;
+            (old != p.state_url).then_some(old)
+        })
+        .collect()
+}
+
 /// How long a replaced state checkpoint stays readable: the emitting task may still
 /// read it from the view its last commit returned.
 const CHECKPOINT_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -382,4 +392,30 @@ pub fn refresh_unread(core: &Arc<Core>, busy: &Arc<std::sync::atomic::AtomicBool
         }
         busy.store(false, Ordering::SeqCst);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::StreamPlan;
+
+    #[test]
+    fn a_retried_commit_retires_no_checkpoint() {
+        let mut st = Stream::new(&StreamPlan {
+            topic: "t".into(),
+            assignment: vec![vec![0, 1]],
+        });
+        st.partitions.get_mut(&0).unwrap().state_url = Some("s/p0/b1".into());
+        st.partitions.get_mut(&1).unwrap().state_url = Some("s/p1/b1".into());
+        let progress = |p: i32, url: &str| pb::PartitionProgress {
+            partition: p,
+            state_url: url.into(),
+            ..Default::default()
+        };
+        let new = [progress(0, "s/p0/b2"), progress(1, "")];
+        assert_eq!(replaced_checkpoints(&st, &new), vec!["s/p0/b1".to_string()]);
+        // the same commit again, once applied: p0's checkpoint is b2 already
+        st.partitions.get_mut(&0).unwrap().state_url = Some("s/p0/b2".into());
+        assert!(replaced_checkpoints(&st, &new).is_empty());
+    }
 }
