@@ -1652,6 +1652,35 @@ schema = { user_id = "int64", url = "utf8", ts = "timestamp_ms" }"#;
         assert_eq!(normalized.sources[0].path, "", "a kafka source has no path");
     }
 
+    #[tokio::test]
+    async fn the_examples_are_valid_specs() {
+        let stream = PipelineSpec::parse(
+            include_str!("../../examples/clicks_stream.toml"),
+            "examples/clicks_stream.toml",
+        )
+        .unwrap();
+        let p = &stream.job.params;
+        assert_eq!(p.window(), Some((60_000, 60_000)));
+        assert_eq!(p.dedup_columns(), ["user_id", "ts"]);
+        let schema = crate::kafka::table_schema(&stream.sources[0]).unwrap();
+        crate::stream_state::StateParams::of(p)
+            .unwrap()
+            .check(&schema)
+            .unwrap();
+        // its SQL plans over the windowed table (no broker needed for that)
+        let (ctx, _, _) = crate::kafka::stream_context(&stream).await.unwrap();
+        let df = ctx.sql(&stream.transform.sql).await.unwrap();
+        assert!(df
+            .schema()
+            .field_with_unqualified_name("window_start")
+            .is_ok());
+        PipelineSpec::parse(
+            include_str!("../../examples/clickstream.toml"),
+            "examples/clickstream.toml",
+        )
+        .unwrap();
+    }
+
     #[test]
     fn a_kafka_sink_needs_a_streaming_job_brokers_a_topic_and_a_dead_letter_path() {
         let sink = |lines: &str, mode: &str| {
