@@ -23,7 +23,6 @@ use autopipe_common::tolerant::DeadLetters;
 use integration_tests::kafka::Broker;
 use integration_tests::{write_spec, Cluster};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -160,13 +159,7 @@ fn baseline(
         }
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
             let m = m?;
-            batch.push(Record {
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec),
-                value: m.payload().map(<[u8]>::to_vec),
-                timestamp_ms: m.timestamp().to_millis(),
-            });
+            batch.push(Record::from_message(&m));
             seen += 1;
         }
         if batch.len() as u64 >= batch_rows || (seen == records && !batch.is_empty()) {

@@ -31,7 +31,6 @@ use integration_tests::kafka::Broker;
 use integration_tests::{write_spec, Cluster};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashSet;
@@ -254,13 +253,7 @@ fn baseline_loop(
             while let Some(left) = deadline.checked_duration_since(Instant::now()) {
                 if let Some(m) = consumer.poll(left.min(Duration::from_millis(100))) {
                     let m = m?;
-                    batch.push(Record {
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: m.key().map(<[u8]>::to_vec),
-                        value: m.payload().map(<[u8]>::to_vec),
-                        timestamp_ms: m.timestamp().to_millis(),
-                    });
+                    batch.push(Record::from_message(&m));
                 }
             }
             if batch.is_empty() {

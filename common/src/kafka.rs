@@ -320,6 +320,19 @@ pub struct Record {
     pub timestamp_ms: Option<i64>,
 }
 
+impl Record {
+    /// An owned copy of a consumed message.
+    pub fn from_message(m: &impl rdkafka::message::Message) -> Record {
+        Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            timestamp_ms: m.timestamp().to_millis(),
+        }
+    }
+}
+
 /// Decodes `records` into one batch of `schema` (`table_schema`). A record whose
 /// value is not exactly one JSON object of the schema's types goes to `dead` (source
 /// `source`, topic `topic`, its partition and offset, and the reason) and is left

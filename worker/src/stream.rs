@@ -36,7 +36,6 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::context::SQLOptions;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -686,13 +685,7 @@ fn poll_batch(
         }
         match consumer.poll(left.min(Duration::from_millis(100))) {
             None => {}
-            Some(Ok(m)) => records.push(Record {
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec),
-                value: m.payload().map(<[u8]>::to_vec),
-                timestamp_ms: m.timestamp().to_millis(),
-            }),
+            Some(Ok(m)) => records.push(Record::from_message(&m)),
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => return (records, Some(Error::Transient(format!("consuming: {e}")))),
         }

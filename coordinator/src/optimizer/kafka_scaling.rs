@@ -515,8 +515,8 @@ fn effects(s: &State, job: &Job, stream: &Stream, now_ms: u64) -> Vec<Proposal> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::machine::{BatchOffsets, StreamPlan};
-    use crate::state::{test_spec, test_stage, test_state, Command};
+    use crate::state::machine::{test_stream_job, BatchOffsets};
+    use crate::state::{test_spec, Command};
 
     fn weights(rates: &[(i32, f64)]) -> BTreeMap<i32, f64> {
         rates.iter().copied().collect()
@@ -554,35 +554,12 @@ mod tests {
     /// Workers w1, w2 with 2 slots each; a streaming job of 4 partitions read by one
     /// task (attempt 1 on w1), `params` in its spec.
     fn job(params: &str) -> State {
-        let mut s = test_state(&[("w1", 2), ("w2", 2)], 1);
-        let spec = test_spec(params);
-        s.apply(&Command::SubmitJob {
-            job_id: "s".into(),
-            spec: Box::new(spec),
-            stages: vec![test_stage(0, 1, None, vec![])],
-            at_ms: 0,
-            request_id: String::new(),
-            stream: Some(Box::new(StreamPlan {
-                topic: "clicks".into(),
-                assignment: vec![vec![0, 1, 2, 3]],
-            })),
-        })
-        .unwrap();
+        let mut s = test_stream_job(test_spec(params), vec![vec![0, 1, 2, 3]]);
         launch(&mut s, 0, 1, "w1");
         s
     }
 
-    fn launch(s: &mut State, task: u32, attempt: u32, w: &str) {
-        s.apply(&Command::TaskLaunched {
-            job_id: "s".into(),
-            stage: 0,
-            task,
-            attempt,
-            worker_id: w.into(),
-            at_ms: 1,
-        })
-        .unwrap();
-    }
+    use crate::state::machine::test_launch as launch;
 
     /// Task `task`'s attempt commits a batch of `n` records from each of its
     /// partitions in `busy_ms`, seeing `behind` records after each.

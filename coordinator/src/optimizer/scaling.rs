@@ -126,8 +126,11 @@ pub fn fleet(s: &State, now_ms: u64) -> Fleet {
     let (mut ready_tasks, mut ready_slots) = (0, 0);
     for job in s.jobs.values().filter(|j| j.state == JobState::Running) {
         for (si, stage) in job.stages.iter().enumerate() {
+            if !job.stage_ready(si) {
+                continue;
+            }
             for (ti, t) in stage.tasks.iter().enumerate() {
-                if job.ready_to_launch(si, ti, now_ms) {
+                if job.task_waits(si, ti, now_ms) {
                     ready_tasks += 1;
                     ready_slots += t.memory_slots.clamp(1, largest);
                 }

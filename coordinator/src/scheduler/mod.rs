@@ -675,13 +675,13 @@ fn plan_launches_by_load(s: &State, live: &HashMap<String, u32>, load_aware: boo
             let mut ctx = by_load.then(|| StageContext {
                 speeds: placement::speeds(job, si),
                 pending: (0..stage.tasks.len())
-                    .filter(|&ti| job.ready_to_launch(si, ti, u64::MAX))
+                    .filter(|&ti| job.task_waits(si, ti, u64::MAX))
                     .count(),
                 may_wait: true,
                 now_ms: now,
             });
             for (ti, task) in stage.tasks.iter().enumerate() {
-                if !job.ready_to_launch(si, ti, now) {
+                if !job.task_waits(si, ti, now) {
                     continue;
                 }
                 if !free.iter().any(|f| f.free > 0) {

@@ -33,11 +33,9 @@ pub fn waiting_reason(
     if tasks().any(|(_, t)| !t.running_attempts().is_empty()) {
         return None;
     }
-    let launchable = job
-        .stages
-        .iter()
-        .enumerate()
-        .any(|(si, st)| (0..st.tasks.len()).any(|ti| job.ready_to_launch(si, ti, now)));
+    let launchable = job.stages.iter().enumerate().any(|(si, st)| {
+        job.stage_ready(si) && (0..st.tasks.len()).any(|ti| job.task_waits(si, ti, now))
+    });
     if !launchable {
         return None; // retries in backoff, or nothing left to run
     }

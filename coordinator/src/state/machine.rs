@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 mod split;
 mod stream;
 
+#[cfg(test)]
+pub(crate) use stream::{test_launch, test_stream_job};
 pub use stream::{
     BatchOffsets, PartitionProgress, PendingBatch, Stream, StreamPlan, TaskWork, WindowEmit,
 };
@@ -431,6 +433,13 @@ impl Job {
     /// backoff, its inputs complete, and not a parked consumer task (a streaming job's
     /// task left without partitions).
     pub fn ready_to_launch(&self, stage: usize, task: usize, now_ms: u64) -> bool {
+        self.stage_ready(stage) && self.task_waits(stage, task, now_ms)
+    }
+
+    /// `ready_to_launch` less the stage's inputs (which a caller looping over a
+    /// ready stage's tasks checked once): pending, past its backoff, and not a parked
+    /// consumer task or one waiting for a partition to be handed over.
+    pub fn task_waits(&self, stage: usize, task: usize, now_ms: u64) -> bool {
         let Some(t) = self.stages.get(stage).and_then(|st| st.tasks.get(task)) else {
             return false;
         };
@@ -440,7 +449,6 @@ impl Job {
                 .stream
                 .as_ref()
                 .is_some_and(|st| st.parked(task) || self.awaits_running_handoff(st, task))
-            && self.stage_ready(stage)
     }
 
     /// Whether a consumer task waits for a running task to hand it a partition.

@@ -673,42 +673,61 @@ impl State {
     }
 }
 
+/// Tests: workers w1 and w2 (2 slots each) and a streaming job "s" of `spec` whose
+/// consumer tasks read `assignment` (none launched).
+#[cfg(test)]
+pub(crate) fn test_stream_job(
+    spec: autopipe_common::spec::PipelineSpec,
+    assignment: Vec<Vec<i32>>,
+) -> State {
+    let mut s = crate::state::test_state(&[("w1", 2), ("w2", 2)], 1);
+    s.apply(&Command::SubmitJob {
+        job_id: "s".into(),
+        spec: Box::new(spec),
+        stages: vec![crate::state::test_stage(
+            0,
+            assignment.len() as u32,
+            None,
+            vec![],
+        )],
+        at_ms: 0,
+        request_id: String::new(),
+        stream: Some(Box::new(StreamPlan {
+            topic: "clicks".into(),
+            assignment,
+        })),
+    })
+    .unwrap();
+    s
+}
+
+/// Tests: attempt `attempt` of consumer task `task` of job "s" launched on `w`.
+#[cfg(test)]
+pub(crate) fn test_launch(s: &mut State, task: u32, attempt: u32, w: &str) {
+    s.apply(&Command::TaskLaunched {
+        job_id: "s".into(),
+        stage: 0,
+        task,
+        attempt,
+        worker_id: w.into(),
+        at_ms: 1,
+    })
+    .unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{test_stage, test_state};
 
     /// Workers w1, w2; a streaming job "s" of two consumer tasks reading partitions
     /// [0, 2] and [1]; task 0's attempt 1 runs on w1.
     fn streaming() -> State {
-        let mut s = test_state(&[("w1", 2), ("w2", 2)], 1);
-        s.apply(&Command::SubmitJob {
-            job_id: "s".into(),
-            spec: Box::new(crate::state::test_spec("")),
-            stages: vec![test_stage(0, 2, None, vec![])],
-            at_ms: 0,
-            request_id: String::new(),
-            stream: Some(Box::new(StreamPlan {
-                topic: "clicks".into(),
-                assignment: vec![vec![0, 2], vec![1]],
-            })),
-        })
-        .unwrap();
+        let mut s = test_stream_job(crate::state::test_spec(""), vec![vec![0, 2], vec![1]]);
         launch(&mut s, 0, 1, "w1");
         s
     }
 
-    fn launch(s: &mut State, task: u32, attempt: u32, w: &str) {
-        s.apply(&Command::TaskLaunched {
-            job_id: "s".into(),
-            stage: 0,
-            task,
-            attempt,
-            worker_id: w.into(),
-            at_ms: 1,
-        })
-        .unwrap();
-    }
+    use super::test_launch as launch;
 
     fn commit(task: u32, attempt: u32, batch: u64, offsets: &[(i32, Option<i64>, i64)]) -> Command {
         Command::StreamCommit {
@@ -871,39 +890,18 @@ mod tests {
 #[cfg(test)]
 mod window_tests {
     use super::*;
-    use crate::state::{test_spec, test_stage, test_state};
+    use crate::state::test_spec;
     use autopipe_common::spec::Millis;
 
     /// A windowed job (10 ms tumbling windows, watermark 5 ms behind) of two tasks
     /// reading [0, 2] and [1], both running.
     fn windowed() -> State {
-        let mut s = test_state(&[("w1", 2), ("w2", 2)], 1);
         let mut spec = test_spec("");
         spec.job.params.window_size = Some(Millis(10));
         spec.job.params.watermark_delay = Some(Millis(5));
-        s.apply(&Command::SubmitJob {
-            job_id: "s".into(),
-            spec: Box::new(spec),
-            stages: vec![test_stage(0, 2, None, vec![])],
-            at_ms: 0,
-            request_id: String::new(),
-            stream: Some(Box::new(StreamPlan {
-                topic: "clicks".into(),
-                assignment: vec![vec![0, 2], vec![1]],
-            })),
-        })
-        .unwrap();
-        for (task, w) in [(0, "w1"), (1, "w2")] {
-            s.apply(&Command::TaskLaunched {
-                job_id: "s".into(),
-                stage: 0,
-                task,
-                attempt: 1,
-                worker_id: w.into(),
-                at_ms: 1,
-            })
-            .unwrap();
-        }
+        let mut s = test_stream_job(spec, vec![vec![0, 2], vec![1]]);
+        test_launch(&mut s, 0, 1, "w1");
+        test_launch(&mut s, 1, 1, "w2");
         s
     }
 
