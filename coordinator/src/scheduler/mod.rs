@@ -14,7 +14,7 @@ pub mod stream;
 use crate::alerts::{self, AlertKind};
 use crate::core::{attempt_id, AttemptId, Core};
 use crate::optimizer::placement::{self, Placement, Rebalanced, Slots, StageContext};
-use crate::optimizer::{speculation, timeouts};
+use crate::optimizer::{replan, speculation, timeouts};
 use crate::state::decision::inputs;
 use crate::state::{
     Command, Decision, DecisionKind, ErrorRecord, FetchFailedRecord, Job, JobState, Outcome, State,
@@ -342,7 +342,7 @@ async fn launch_ready_tasks(core: &Arc<Core>) {
     }
     // a stage whose inputs just completed is re-planned from their statistics before
     // any of its tasks launches (`optimizer::replan`)
-    for r in core.read(|s| crate::optimizer::replan::replans(s, now_ms())) {
+    for r in core.read(|s| replan::replans(s, now_ms())) {
         let (job, stage) = (r.job_id.clone(), r.stage);
         match core.propose(r.command()).await {
             Ok(_) => tracing::info!(%job, stage, "stage re-planned from its inputs' statistics"),
@@ -669,7 +669,9 @@ fn plan_launches_by_load(s: &State, live: &HashMap<String, u32>, load_aware: boo
     'jobs: for job in running_jobs() {
         let by_load = by_load(job);
         for (si, stage) in job.stages.iter().enumerate() {
-            if !job.stage_ready(si) {
+            // a stage whose inputs completed after this tick's re-plans were read waits
+            // for the next tick's re-plan rather than launch as planned at submit
+            if !job.stage_ready(si) || replan::replan(s, job, si as u32, now).is_some() {
                 continue;
             }
             let mut ctx = by_load.then(|| StageContext {
@@ -1255,6 +1257,31 @@ mod tests {
         let l = plan_launches(&s, &live(&["w1"]));
         assert_eq!(l.len(), 1, "only w1 heartbeats and it has one slot");
         assert_eq!(l[0].worker_id, "w1");
+    }
+
+    #[test]
+    fn a_stage_the_rules_would_re_plan_does_not_launch_as_planned() {
+        let mut s = state_with(&[("w1", 4)], 1);
+        crate::state::test_launch(&mut s, (0, 0, 1), "w1", 1).unwrap();
+        s.apply(&Command::TaskSucceeded {
+            job_id: "j".into(),
+            stage: 0,
+            task: 0,
+            attempt: 1,
+            result: crate::state::TaskResult {
+                partitions: vec![(1, 100), (1, 100)],
+                ..Default::default()
+            },
+            at_ms: 2,
+        })
+        .unwrap();
+        // the map output completed after this tick's re-plans were read: the sink's
+        // two planned tasks would be coalesced, so neither launches yet
+        assert!(plan_launches(&s, &live(&["w1"])).is_empty());
+        let r = replan::replan(&s, &s.jobs["j"], 1, 10).expect("coalesced");
+        s.apply(&r.command()).unwrap();
+        let l = plan_launches(&s, &live(&["w1"]));
+        assert_eq!(l.len(), 1, "the re-planned stage launches its one task");
     }
 
     #[test]
