@@ -333,24 +333,39 @@ async fn launch_ready_tasks(core: &Arc<Core>) {
         .filter(|(_, l)| !l.unreachable)
         .map(|(k, l)| (k.clone(), l.stopping.len() as u32))
         .collect();
-    // a join whose build side just finished small runs as a broadcast join
-    // (`optimizer::broadcast`), before the re-plans and launches below
-    for cmd in core.read(|s| crate::optimizer::broadcast::runtime_broadcasts(s, now_ms())) {
+    // One snapshot decides everything this tick, so a stage whose inputs complete
+    // meanwhile is not launched as planned while its re-plan is left for later:
+    // - a join whose build side just finished small runs as a broadcast join
+    //   (`optimizer::broadcast`): nothing of that job launches until it is recorded;
+    // - a stage whose inputs just completed is re-planned from their statistics
+    //   before any of its tasks launches (`optimizer::replan`; `plan_launches_by_load`
+    //   skips such a stage too).
+    let cluster_load_aware = core.config.load_aware_placement;
+    let (broadcasts, replans, launches, rebalanced) = core.read(|s| {
+        let now = now_ms();
+        let broadcasts = crate::optimizer::broadcast::runtime_broadcasts(s, now);
+        let replans = replan::replans(s, now);
+        let (mut launches, rebalanced) = plan_launches_by_load(s, &live, cluster_load_aware);
+        launches.retain(|l| {
+            let key = l.def.key.as_ref().expect("built with a key");
+            !broadcasts
+                .iter()
+                .any(|b| matches!(b, Command::BroadcastJoin { job_id, .. } | Command::ReduceProbe { job_id, .. } if *job_id == key.job_id))
+        });
+        (broadcasts, replans, launches, rebalanced)
+    });
+    for cmd in broadcasts {
         if let Err(e) = core.propose(cmd).await {
             tracing::debug!("broadcast join not recorded: {e}");
         }
     }
-    // a stage whose inputs just completed is re-planned from their statistics before
-    // any of its tasks launches (`optimizer::replan`)
-    for r in core.read(|s| replan::replans(s, now_ms())) {
+    for r in replans {
         let (job, stage) = (r.job_id.clone(), r.stage);
         match core.propose(r.command()).await {
             Ok(_) => tracing::info!(%job, stage, "stage re-planned from its inputs' statistics"),
             Err(e) => tracing::debug!(%job, stage, "re-plan not recorded: {e}"),
         }
     }
-    let cluster_load_aware = core.config.load_aware_placement;
-    let (launches, rebalanced) = core.read(|s| plan_launches_by_load(s, &live, cluster_load_aware));
     load::record_rebalance(core, rebalanced).await;
     // proposed together, so one raft Ready (one flush) records the whole wave
     let recorded = futures::future::join_all(launches.iter().map(|l| {
