@@ -457,6 +457,74 @@ pub type SinkProducer = rdkafka::producer::BaseProducer<DeliveryErrors>;
 /// The producer of a kafka sink: idempotent (its own retries never duplicate a
 /// record) and acknowledged by every in-sync replica; `[sink.options]` pass through.
 pub fn sink_producer(sink: &crate::spec::SinkSpec) -> Result<SinkProducer> {
+    sink_config(sink)
+        .create_with_context(DeliveryErrors::default())
+        .map_err(|e| Error::Permanent(format!("sink: {e}")))
+}
+
+/// The producer of an exactly-once kafka sink for one source partition:
+/// `sink_producer`'s settings with `transactional.id` = `id`. Its
+/// `init_transactions` fences the id's earlier producer (a crashed or cut-off owner
+/// of the partition: its commits fail from then on) and aborts that one's open
+/// transaction, so what it sent there is never read by `read_committed` readers.
+pub fn transactional_producer(
+    sink: &crate::spec::SinkSpec,
+    id: &str,
+    timeout: Duration,
+) -> Result<SinkProducer> {
+    use rdkafka::producer::Producer;
+    let p: SinkProducer = sink_config(sink)
+        .set("transactional.id", id)
+        .create_with_context(DeliveryErrors::default())
+        .map_err(|e| Error::Permanent(format!("sink: {e}")))?;
+    p.init_transactions(timeout).map_err(|e| {
+        Error::Transient(format!(
+            "sink: cannot start the transactions of '{id}': {e}"
+        ))
+    })?;
+    Ok(p)
+}
+
+/// Sends every row of `batches` (as `produce_rows`) and the source's next offset
+/// `next` of partition `partition` (committed for `group`) in one Kafka transaction:
+/// both are visible, or neither. A failure aborts the transaction.
+#[allow(clippy::too_many_arguments)]
+pub fn produce_transaction(
+    p: &SinkProducer,
+    topic: &str,
+    key: Option<&str>,
+    batches: &[RecordBatch],
+    (source_topic, partition, next): (&str, i32, i64),
+    group: &rdkafka::consumer::ConsumerGroupMetadata,
+    timeout: Duration,
+) -> Result<(u64, u64)> {
+    use rdkafka::producer::Producer;
+    let txn = |e: rdkafka::error::KafkaError| {
+        Error::Transient(format!("sink topic '{topic}': transaction: {e}"))
+    };
+    p.begin_transaction().map_err(txn)?;
+    let sent = (|| {
+        let sent = produce_rows(p, topic, key, batches, timeout)?;
+        let mut offsets = rdkafka::TopicPartitionList::new();
+        offsets
+            .add_partition_offset(source_topic, partition, rdkafka::Offset::Offset(next))
+            .map_err(txn)?;
+        p.send_offsets_to_transaction(&offsets, group, timeout)
+            .map_err(txn)?;
+        p.commit_transaction(timeout).map_err(txn)?;
+        Ok(sent)
+    })();
+    if sent.is_err() {
+        if let Err(e) = p.abort_transaction(timeout) {
+            tracing::warn!("sink topic '{topic}': cannot abort a failed transaction: {e}");
+        }
+    }
+    sent
+}
+
+/// The settings every kafka sink producer shares: idempotent, acks=all, and the
+/// `[sink.options]`.
+fn sink_config(sink: &crate::spec::SinkSpec) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set(
         "bootstrap.servers",
@@ -467,9 +535,8 @@ pub fn sink_producer(sink: &crate::spec::SinkSpec) -> Result<SinkProducer> {
     }
     c.set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "5")
-        .create_with_context(DeliveryErrors::default())
-        .map_err(|e| Error::Permanent(format!("sink: {e}")))
+        .set("linger.ms", "5");
+    c
 }
 
 /// Sends every row of `batches` to `topic` as one JSON record (its key: column

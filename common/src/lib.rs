@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod failpoint;
 pub mod kafka;
 pub mod leader;
 pub mod retry;

@@ -813,9 +813,44 @@ pub struct SinkSpec {
     /// kafka: librdkafka producer settings passed through as they are
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, OptionValue>,
+    /// kafka: at-least-once (default: an idempotent producer) or exactly-once
+    /// (Kafka transactions that carry each batch's output and its source offsets)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_guarantee: Option<DeliveryGuarantee>,
+    /// kafka, exactly-once: the transactional ids are `PREFIX.JOB_ID.pN`, one per
+    /// source partition N (default "autopipe")
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transactional_id_prefix: Option<String>,
+}
+
+/// How a kafka sink delivers its rows (Flink's `sink.delivery-guarantee`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryGuarantee {
+    /// an idempotent producer; a batch whose commit a crash interrupted is sent again
+    #[default]
+    AtLeastOnce,
+    /// each source partition's batch output and its next offset go to Kafka in one
+    /// transaction; its next owner resumes after the last committed one (readers
+    /// with `isolation.level = read_committed` see each row once)
+    ExactlyOnce,
 }
 
 impl SinkSpec {
+    /// The transactional id of source partition `partition` of job `job_id`, when
+    /// the sink is an exactly-once kafka sink.
+    pub fn transactional_id(&self, job_id: &str, partition: i32) -> Option<String> {
+        (self.format == Format::Kafka
+            && self.delivery_guarantee == Some(DeliveryGuarantee::ExactlyOnce))
+        .then(|| {
+            let prefix = self
+                .transactional_id_prefix
+                .as_deref()
+                .unwrap_or("autopipe");
+            format!("{prefix}.{job_id}.p{partition}")
+        })
+    }
+
     /// The dead-letter directory of job `job_id` (a URL ending in '/').
     pub fn dead_letter_dir(&self, job_id: &str) -> String {
         format!("{}/{job_id}/", self.dead_letter_root())
@@ -1002,13 +1037,18 @@ impl PipelineSpec {
             ));
         }
         if self.sink.format == Format::Kafka {
-            validate_kafka_sink(&self.sink, self.job.mode)
+            validate_kafka_sink(&self.sink, &self.job)
                 .map_err(|(k, m)| err(format!("sink.{k}"), m))?;
         } else if let Some(k) = [
             ("brokers", self.sink.brokers.is_some()),
             ("topic", self.sink.topic.is_some()),
             ("key", self.sink.key.is_some()),
             ("options", !self.sink.options.is_empty()),
+            ("delivery_guarantee", self.sink.delivery_guarantee.is_some()),
+            (
+                "transactional_id_prefix",
+                self.sink.transactional_id_prefix.is_some(),
+            ),
         ]
         .into_iter()
         .find(|(_, set)| *set)
@@ -1266,9 +1306,9 @@ fn check_topic(t: Option<&str>) -> std::result::Result<(), String> {
 }
 
 /// A kafka sink's keys: (the key after `sink.`, the reason).
-fn validate_kafka_sink(s: &SinkSpec, mode: JobMode) -> std::result::Result<(), (String, String)> {
+fn validate_kafka_sink(s: &SinkSpec, job: &JobSpec) -> std::result::Result<(), (String, String)> {
     let bad = |k: &str, m: String| Err((k.to_string(), m));
-    if mode != JobMode::Streaming {
+    if job.mode != JobMode::Streaming {
         return bad(
             "format",
             "a kafka sink takes a streaming job's output (mode = \"streaming\")".into(),
@@ -1300,13 +1340,38 @@ fn validate_kafka_sink(s: &SinkSpec, mode: JobMode) -> std::result::Result<(), (
     for k in s.options.keys() {
         if matches!(
             k.as_str(),
-            "bootstrap.servers" | "enable.idempotence" | "acks"
+            "bootstrap.servers" | "enable.idempotence" | "acks" | "transactional.id"
         ) {
             return bad(
                 &format!("options.\"{k}\""),
-                "is set by autopipe (brokers; an idempotent producer, acks=all)".into(),
+                "is set by autopipe (brokers; an idempotent producer, acks=all; transactional ids from transactional_id_prefix)".into(),
             );
         }
+    }
+    let exactly_once = s.delivery_guarantee == Some(DeliveryGuarantee::ExactlyOnce);
+    if let Some(p) = &s.transactional_id_prefix {
+        if !exactly_once {
+            return bad(
+                "transactional_id_prefix",
+                "applies to delivery_guarantee = \"exactly-once\" only".into(),
+            );
+        }
+        if p.is_empty()
+            || !p
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return bad(
+                "transactional_id_prefix",
+                format!("'{p}' is not a transactional id prefix (letters, digits, '.', '_', '-')"),
+            );
+        }
+    }
+    if exactly_once && job.params.window_size.is_some() {
+        return bad(
+            "delivery_guarantee",
+            "exactly-once commits each source partition's output in its own Kafka transaction, and a window's output spans partitions: a windowed job's kafka sink is at-least-once (remove delivery_guarantee or write windows to a file sink)".into(),
+        );
     }
     Ok(())
 }
@@ -1695,6 +1760,13 @@ schema = { user_id = "int64", url = "utf8", ts = "timestamp_ms" }"#;
         let n = spec.normalize(Path::new("/base"), "s.toml").unwrap();
         assert_eq!(n.sink.path, "", "a kafka sink has no path");
         assert_eq!(n.sink.staging_dir(), "file:///base/.dl.autopipe-staging/");
+        assert_eq!(n.sink.transactional_id("j1", 3), None, "at-least-once");
+        let eos = format!("{ok}\ndelivery_guarantee = \"exactly-once\"");
+        let spec = PipelineSpec::parse(&sink(&eos, "mode = \"streaming\""), "s.toml").unwrap();
+        assert_eq!(
+            spec.sink.transactional_id("j1", 3).as_deref(),
+            Some("autopipe.j1.p3")
+        );
         let cases = [
             (
                 sink(
@@ -1714,6 +1786,46 @@ schema = { user_id = "int64", url = "utf8", ts = "timestamp_ms" }"#;
                     .replace("path = \"out/x\"", "path = \"out/x\"\ntopic = \"t\""),
                 "sink.topic",
                 "kafka sink",
+            ),
+            (
+                streaming(KAFKA, "mode = \"streaming\"").replace(
+                    "path = \"out/x\"",
+                    "path = \"out/x\"\ndelivery_guarantee = \"exactly-once\"",
+                ),
+                "sink.delivery_guarantee",
+                "kafka sink",
+            ),
+            (
+                sink(
+                    &format!("{ok}\ntransactional_id_prefix = \"x\""),
+                    "mode = \"streaming\"",
+                ),
+                "sink.transactional_id_prefix",
+                "exactly-once",
+            ),
+            (
+                sink(
+                    &format!("{ok}\ndelivery_guarantee = \"exactly-once\"\ntransactional_id_prefix = \"a b\""),
+                    "mode = \"streaming\"",
+                ),
+                "sink.transactional_id_prefix",
+                "letters",
+            ),
+            (
+                sink(
+                    &format!("{ok}\ndelivery_guarantee = \"exactly-once\""),
+                    "mode = \"streaming\"\n[job.params]\nwindow_size = \"1m\"",
+                ),
+                "sink.delivery_guarantee",
+                "window",
+            ),
+            (
+                sink(
+                    &format!("{ok}\ndelivery_guarantee = \"exactly_once\""),
+                    "mode = \"streaming\"",
+                ),
+                "delivery_guarantee",
+                "exactly-once",
             ),
         ];
         for (text, key, why) in cases {

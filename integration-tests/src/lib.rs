@@ -92,9 +92,15 @@ impl Drop for Proc {
 
 /// Starts `autopipe ARGS` and waits for its "listening on ADDR (http ADDR)" line.
 pub fn spawn_server(args: &[&str]) -> Result<Proc> {
+    spawn_server_env(args, &[])
+}
+
+/// `spawn_server` with extra environment variables (e.g. `AUTOPIPE_FAILPOINTS`).
+pub fn spawn_server_env(args: &[&str], env: &[(&str, &str)]) -> Result<Proc> {
     let mut child = Command::new(autopipe_bin())
         .args(args)
         .env("AUTOPIPE_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -130,6 +136,17 @@ pub fn spawn_worker(
     slots: u32,
     extra: &[&str],
 ) -> Result<Proc> {
+    spawn_worker_env(coordinators, work_dir, slots, extra, &[])
+}
+
+/// `spawn_worker` with extra environment variables.
+pub fn spawn_worker_env(
+    coordinators: &str,
+    work_dir: &Path,
+    slots: u32,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Proc> {
     let slots = slots.to_string();
     // an ephemeral port unless `extra` names one
     let listen = if extra.contains(&"--listen") {
@@ -148,7 +165,7 @@ pub fn spawn_worker(
         work_dir.to_str().expect("utf8"),
     ]);
     args.extend_from_slice(extra);
-    spawn_server(&args)
+    spawn_server_env(&args, env)
 }
 
 /// A coordinator and workers as separate processes.
@@ -237,11 +254,22 @@ impl Cluster {
 
     /// Starts one more worker with extra flags.
     pub fn add_worker_with(&mut self, slots: u32, extra: &[&str]) -> Result<()> {
-        let w = spawn_worker(
+        self.add_worker_env(slots, extra, &[])
+    }
+
+    /// Starts one more worker with extra flags and environment variables.
+    pub fn add_worker_env(
+        &mut self,
+        slots: u32,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<()> {
+        let w = spawn_worker_env(
             &self.url(),
             &self.worker_dir(self.workers.len()),
             slots,
             extra,
+            env,
         )?;
         self.workers.push(w);
         Ok(())

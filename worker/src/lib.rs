@@ -12,6 +12,7 @@ pub mod liquid;
 pub mod metrics;
 pub mod shuffle_store;
 pub mod stream;
+mod stream_txn;
 pub mod sweep;
 
 use autopipe_common::error::{Error, Result};

@@ -24,6 +24,7 @@
 
 use crate::control::{call_leader, WorkerShared};
 use crate::executor::{run_sink, upload_dead_letters, RemoveOnDrop};
+use crate::stream_txn::Transactions;
 use autopipe_common::error::{Error, Result};
 use autopipe_common::kafka::{self, Record};
 use autopipe_common::spec::{Format, KafkaStart, PipelineSpec};
@@ -146,8 +147,15 @@ pub async fn run_stream(
         .with_allow_dml(false)
         .with_allow_statements(false);
     let mut state = Stateful::load(&spec, st).await?;
+    // an exactly-once kafka sink: a transaction per partition; else an idempotent
+    // producer (at-least-once) or files
+    let mut txns = Transactions::of(&spec, &key.job_id, &consumer)?;
+    if let Some(t) = txns.as_mut() {
+        let reading: Vec<i32> = position.keys().copied().collect();
+        t.acquire(&consumer, &topic, &reading).await?;
+    }
     let producer = match spec.sink.format {
-        Format::Kafka => Some(Arc::new(kafka::sink_producer(&spec.sink)?)),
+        Format::Kafka if txns.is_none() => Some(Arc::new(kafka::sink_producer(&spec.sink)?)),
         _ => None,
     };
     let mut total = TaskResult::default();
@@ -199,7 +207,12 @@ pub async fn run_stream(
                     ..Default::default()
                 };
                 let resp = commit(shared, req).await?;
-                settle(resp, None, &mut position, &consumer, &source, &mut state).await?;
+                let mut s = Settle {
+                    position: &mut position,
+                    state: &mut state,
+                    txns: &mut txns,
+                };
+                s.settle(resp, None, &consumer, &source).await?;
                 reported = high;
                 last_commit = Instant::now();
             }
@@ -239,8 +252,12 @@ pub async fn run_stream(
             (Some(p), _) if p.window.is_some() => None,
             _ => Some(rows),
         };
-        let out = match table {
-            Some(rows) => {
+        let out = match (table, txns.as_mut()) {
+            (Some(rows), Some(t)) => {
+                t.produce(&ctx, sql_options, &source.name, &topic, &rows, &progress)
+                    .await?
+            }
+            (Some(rows), None) => {
                 kafka::set_batch(&ctx, &source.name, &rows.schema(), vec![rows])?;
                 let df = ctx
                     .sql_with_options(&spec.transform.sql, sql_options)
@@ -275,7 +292,7 @@ pub async fn run_stream(
                     }
                 }
             }
-            None => TaskResult::default(),
+            (None, _) => TaskResult::default(),
         };
         let mut dead_letter_file = String::new();
         if let Some((file, n)) = dead.finish().map_err(Error::Transient)? {
@@ -326,12 +343,19 @@ pub async fn run_stream(
             duplicates,
             late_records: late,
         };
+        // (a fault test crashes a worker here: output sent, offsets not committed)
+        autopipe_common::failpoint::hit("stream.before_commit");
         let resp = commit(shared, req).await?;
         for (p, (_, to)) in progress {
             position.insert(p, to);
         }
         let emitted = emit.map(|e| e.1);
-        settle(resp, emitted, &mut position, &consumer, &source, &mut state).await?;
+        let mut s = Settle {
+            position: &mut position,
+            state: &mut state,
+            txns: &mut txns,
+        };
+        s.settle(resp, emitted, &consumer, &source).await?;
         last_commit = Instant::now();
         reported.extend(high);
         total.rows_in += records.len() as u64;
@@ -343,81 +367,97 @@ pub async fn run_stream(
     Ok(total)
 }
 
-/// After a commit (`position` moved past it): the state takes the coordinator's
-/// answer (the job's watermark, the windows emitted, `emitted` by this batch). When
-/// the coordinator dealt partitions anew (its answer lists others), the task stops
-/// reading those it gave up (their new owners start from the offsets it just
-/// committed), and starts reading those it gained from their committed offsets and
-/// checkpoints.
-async fn settle(
-    resp: pb::CommitBatchResponse,
-    emitted: Option<i64>,
-    position: &mut BTreeMap<i32, i64>,
-    consumer: &Arc<KafkaConsumer>,
-    source: &autopipe_common::spec::SourceSpec,
-    state: &mut Stateful,
-) -> Result<()> {
-    let topic = source.topic.clone().unwrap_or_default();
-    let starts: Vec<pb::PartitionStart> = resp
-        .view
-        .as_ref()
-        .map(|v| v.partitions.clone())
-        .unwrap_or_default();
-    state.committed(resp.view, emitted)?;
-    let keep = &resp.partitions;
-    let gone: Vec<i32> = position
-        .keys()
-        .filter(|p| !keep.contains(p))
-        .copied()
-        .collect();
-    let gained: Vec<i32> = keep
-        .iter()
-        .filter(|p| !position.contains_key(p))
-        .copied()
-        .collect();
-    if gone.is_empty() && gained.is_empty() {
-        return Ok(());
-    }
-    for p in &gone {
-        position.remove(p);
-        state.drop_partition(*p);
-    }
-    let mut unresolved = vec![];
-    for p in &gained {
-        let ps = starts.iter().find(|s| s.partition == *p).ok_or_else(|| {
-            Error::Transient(format!("partition {p} is not in the coordinator's answer"))
-        })?;
-        state.adopt(ps).await?;
-        match ps.offset {
-            o if o >= 0 => {
-                position.insert(*p, o);
-            }
-            _ => unresolved.push(*p),
+/// What a commit's answer changes: where the task's partitions stand, their state,
+/// and an exactly-once sink's transactions.
+struct Settle<'a> {
+    position: &'a mut BTreeMap<i32, i64>,
+    state: &'a mut Stateful,
+    txns: &'a mut Option<Transactions>,
+}
+
+impl Settle<'_> {
+    /// After a commit (`position` moved past it): the state takes the coordinator's
+    /// answer (the job's watermark, the windows emitted, `emitted` by this batch). When
+    /// the coordinator dealt partitions anew (its answer lists others), the task stops
+    /// reading those it gave up (their new owners start from the offsets it just
+    /// committed), and starts reading those it gained from their committed offsets and
+    /// checkpoints.
+    async fn settle(
+        &mut self,
+        resp: pb::CommitBatchResponse,
+        emitted: Option<i64>,
+        consumer: &Arc<KafkaConsumer>,
+        source: &autopipe_common::spec::SourceSpec,
+    ) -> Result<()> {
+        let (position, state) = (&mut *self.position, &mut *self.state);
+        let topic = source.topic.clone().unwrap_or_default();
+        let starts: Vec<pb::PartitionStart> = resp
+            .view
+            .as_ref()
+            .map(|v| v.partitions.clone())
+            .unwrap_or_default();
+        state.committed(resp.view, emitted)?;
+        let keep = &resp.partitions;
+        let gone: Vec<i32> = position
+            .keys()
+            .filter(|p| !keep.contains(p))
+            .copied()
+            .collect();
+        let gained: Vec<i32> = keep
+            .iter()
+            .filter(|p| !position.contains_key(p))
+            .copied()
+            .collect();
+        if gone.is_empty() && gained.is_empty() {
+            return Ok(());
         }
+        for p in &gone {
+            position.remove(p);
+            state.drop_partition(*p);
+            if let Some(t) = self.txns.as_mut() {
+                t.release(*p);
+            }
+        }
+        if let Some(t) = self.txns.as_mut() {
+            t.acquire(consumer, &topic, &gained).await?;
+        }
+        let mut unresolved = vec![];
+        for p in &gained {
+            let ps = starts.iter().find(|s| s.partition == *p).ok_or_else(|| {
+                Error::Transient(format!("partition {p} is not in the coordinator's answer"))
+            })?;
+            state.adopt(ps).await?;
+            match ps.offset {
+                o if o >= 0 => {
+                    position.insert(*p, o);
+                }
+                _ => unresolved.push(*p),
+            }
+        }
+        if !unresolved.is_empty() {
+            // (a partition that never committed: where the source starts)
+            let (c, t, start) = (
+                consumer.clone(),
+                topic.clone(),
+                source.start.unwrap_or_default(),
+            );
+            let resolved =
+                tokio::task::spawn_blocking(move || resolve_start(&c, &t, &unresolved, start))
+                    .await
+                    .map_err(|e| Error::Transient(format!("resolving offsets: {e}")))??;
+            position.extend(resolved);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (&p, &o) in position.iter() {
+            tpl.add_partition_offset(&topic, p, Offset::Offset(o))
+                .map_err(|e| Error::Permanent(format!("partition {p}: {e}")))?;
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(|e| Error::Transient(format!("cannot assign partitions of '{topic}': {e}")))?;
+        tracing::info!(gave_up = ?gone, gained = ?gained, reading = ?position.keys().collect::<Vec<_>>(), "consumer task's partitions dealt anew");
+        Ok(())
     }
-    if !unresolved.is_empty() {
-        // (a partition that never committed: where the source starts)
-        let (c, t, start) = (
-            consumer.clone(),
-            topic.clone(),
-            source.start.unwrap_or_default(),
-        );
-        let resolved =
-            tokio::task::spawn_blocking(move || resolve_start(&c, &t, &unresolved, start))
-                .await
-                .map_err(|e| Error::Transient(format!("resolving offsets: {e}")))??;
-        position.extend(resolved);
-    }
-    let mut tpl = TopicPartitionList::new();
-    for (&p, &o) in position.iter() {
-        tpl.add_partition_offset(&topic, p, Offset::Offset(o))
-            .map_err(|e| Error::Permanent(format!("partition {p}: {e}")))?;
-    }
-    consumer
-        .assign(&tpl)
-        .map_err(|e| Error::Transient(format!("cannot assign partitions of '{topic}': {e}")))?;
-    tracing::info!(gave_up = ?gone, gained = ?gained, reading = ?position.keys().collect::<Vec<_>>(), "consumer task's partitions dealt anew");
-    Ok(())
 }
 
 /// A consumer task's state (`stream_state`): its partitions' windows and dedup
