@@ -863,13 +863,25 @@ fn a_slow_job_reads_no_faster_than_it_writes_and_its_memory_stays_bounded() -> R
     Ok(())
 }
 
-/// A worker crashes (aborts, as SIGKILL would end it) exactly between sending a
-/// micro-batch's output to the kafka sink and committing its offsets to the
-/// coordinator (crash point `stream.before_commit`, its third batch); another worker
-/// takes the consumer task over. Returns the sink topic's records per user, and the
-/// dead letters' offsets.
-fn crash_between_send_and_commit(
+/// How the consumer's worker is faulted in its third micro-batch.
+#[derive(PartialEq)]
+enum Fault {
+    /// it crashes (aborts, as SIGKILL would end it) between sending the batch's
+    /// output to the kafka sink and committing its offsets to the coordinator
+    /// (crash point `stream.before_commit`)
+    CrashBeforeCommit,
+    /// it freezes (SIGSTOP) after reading the batch, before sending anything
+    /// (`stream.before_send`); once another worker took its partitions over and read
+    /// everything, it is resumed and sends as a zombie would
+    FreezeBeforeSend,
+}
+
+/// A streaming job into a kafka sink whose worker is faulted (`fault`) and whose
+/// consumer task another worker takes over. Returns the sink topic's records per
+/// user, and the dead letters' offsets.
+fn fault_a_kafka_sink(
     delivery: &str,
+    fault: Fault,
 ) -> Result<(std::collections::BTreeMap<i64, usize>, Vec<i64>)> {
     let dir = tempfile::tempdir()?;
     let broker = Broker::start()?;
@@ -880,11 +892,11 @@ fn crash_between_send_and_commit(
     records.extend(clicks(0, 200, None));
     broker.produce("clicks", &records)?;
     let mut c = Cluster::start_full(0, 2, &[], LOST_AFTER)?;
-    c.add_worker_env(
-        2,
-        &[],
-        &[(autopipe_common::failpoint::ENV, "stream.before_commit=3")],
-    )?;
+    let point = match fault {
+        Fault::CrashBeforeCommit => "stream.before_commit=3",
+        Fault::FreezeBeforeSend => "stream.before_send=3:stop",
+    };
+    c.add_worker_env(2, &[], &[(autopipe_common::failpoint::ENV, point)])?;
     c.wait_for(Duration::from_secs(60), "the worker", |c| {
         Ok(c.alive_workers()? == 1)
     })?;
@@ -926,20 +938,43 @@ dead_letter_path = "{dead}"
         ),
     )?;
     let id = c.submit(&spec)?;
-    // the crash point ends the worker in its third batch
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while c.workers[0].child.try_wait()?.is_none() {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "the crash point was not reached"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // the crash point ends (or stops) the worker in its third batch
+    // (its state in /proc: Z once dead and not reaped yet, T while stopped)
+    let pid = c.workers[0].child.id();
+    let state = match fault {
+        Fault::CrashBeforeCommit => 'Z',
+        Fault::FreezeBeforeSend => 'T',
+    };
+    wait_until(Duration::from_secs(60), "the crash point", || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        Ok(stat
+            .rsplit(')')
+            .next()
+            .map(str::trim_start)
+            .is_some_and(|s| s.starts_with(state)))
+    })?;
     c.add_worker(2)?;
     wait_until(Duration::from_secs(90), "every record read", || {
         let st = c.cli_json(&["status", &id])?;
         Ok(st["stream"]["records"] == 2200 && st["stream"]["lag"] == 0)
     })?;
+    if fault == Fault::FreezeBeforeSend {
+        // the zombie wakes up and sends its batch; wait until its attempt ended
+        let resumed = std::process::Command::new("kill")
+            .args(["-CONT", &pid.to_string()])
+            .status()?;
+        anyhow::ensure!(resumed.success(), "SIGCONT");
+        wait_until(
+            Duration::from_secs(60),
+            "the zombie's attempt to end",
+            || {
+                Ok(
+                    metric_sum(&c.workers[0].http, "autopipe_worker_tasks_total").unwrap_or(0.0)
+                        >= 1.0,
+                )
+            },
+        )?;
+    }
     let got = broker.consume("out", 2, 1964, Duration::from_secs(30))?;
     let mut users = std::collections::BTreeMap::new();
     for (_, value) in &got {
@@ -964,7 +999,10 @@ dead_letter_path = "{dead}"
 #[test]
 fn an_exactly_once_kafka_sink_sends_each_row_once_across_a_crash_between_send_and_commit(
 ) -> Result<()> {
-    let (users, dead) = crash_between_send_and_commit("delivery_guarantee = \"exactly-once\"")?;
+    let (users, dead) = fault_a_kafka_sink(
+        "delivery_guarantee = \"exactly-once\"",
+        Fault::CrashBeforeCommit,
+    )?;
     // 2000 users less the 40 malformed (4 of which come again well-formed), each
     // once: the crashed batch's output is not sent again, and the repeats are
     // dropped by the state its replay rebuilt
@@ -991,9 +1029,29 @@ fn an_exactly_once_kafka_sink_sends_each_row_once_across_a_crash_between_send_an
 fn an_at_least_once_kafka_sink_sends_the_crashed_batch_again() -> Result<()> {
     // the same crash without transactions: the batch sent but not committed is
     // read and sent again (this is what the exactly-once sink prevents)
-    let (users, dead) = crash_between_send_and_commit("")?;
+    let (users, dead) = fault_a_kafka_sink("", Fault::CrashBeforeCommit)?;
     let twice = users.values().filter(|n| **n > 1).count();
     assert!(twice > 0, "the crash point sits between send and commit");
+    assert_eq!(users.len(), 1964, "none lost");
+    assert_eq!(dead.len(), 40, "{dead:?}");
+    Ok(())
+}
+
+#[test]
+fn an_exactly_once_kafka_sink_fences_a_frozen_worker_that_wakes_up() -> Result<()> {
+    // the partitions' new owner fenced the frozen worker's transactional ids: what
+    // it sends when it wakes up is refused, nothing reaches the topic twice
+    let (users, dead) = fault_a_kafka_sink(
+        "delivery_guarantee = \"exactly-once\"",
+        Fault::FreezeBeforeSend,
+    )?;
+    let twice: Vec<_> = users.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "rows sent twice: {} e.g. {:?}",
+        twice.len(),
+        &twice[..twice.len().min(5)]
+    );
     assert_eq!(users.len(), 1964, "none lost");
     assert_eq!(dead.len(), 40, "{dead:?}");
     Ok(())

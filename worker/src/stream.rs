@@ -252,6 +252,8 @@ pub async fn run_stream(
             (Some(p), _) if p.window.is_some() => None,
             _ => Some(rows),
         };
+        // (a fault test freezes a worker here: records read, nothing sent yet)
+        autopipe_common::failpoint::hit("stream.before_send");
         let out = match (table, txns.as_mut()) {
             (Some(rows), Some(t)) => {
                 t.produce(&ctx, sql_options, &source.name, &topic, &rows, &progress)
