@@ -863,6 +863,65 @@ fn a_slow_job_reads_no_faster_than_it_writes_and_its_memory_stays_bounded() -> R
     Ok(())
 }
 
+/// A streaming job from topic `clicks` into topic `out` (a kafka sink keyed by url,
+/// `delivery` its delivery lines), its dead letters in `dir/out.dead-letter`.
+fn kafka_sink_spec(
+    dir: &Path,
+    broker: &Broker,
+    params: &str,
+    delivery: &str,
+) -> Result<std::path::PathBuf> {
+    let spec = dir.join("to_out.toml");
+    write_spec(
+        &spec,
+        &format!(
+            r#"
+[job]
+name = "clicks_out"
+mode = "streaming"
+[job.params]
+batch_interval = "200ms"
+max_batch_rows = 100
+{params}
+
+[[sources]]
+name = "clicks"
+format = "kafka"
+brokers = "{b}"
+topic = "clicks"
+schema = {{ user_id = "int64", url = "utf8", amount = "float64" }}
+
+[transform]
+sql = "SELECT user_id, url, _partition AS part, _offset AS off FROM clicks"
+
+[sink]
+format = "kafka"
+brokers = "{b}"
+topic = "out"
+key = "url"
+dead_letter_path = "{dead}"
+{delivery}
+"#,
+            b = broker.address,
+            dead = dir.join("out.dead-letter").display(),
+        ),
+    )?;
+    Ok(spec)
+}
+
+/// The sink topic `out`'s records per user (at least `min` records read).
+fn users_in_out(broker: &Broker, min: usize) -> Result<std::collections::BTreeMap<i64, usize>> {
+    let got = broker.consume("out", 2, min, Duration::from_secs(30))?;
+    let mut users = std::collections::BTreeMap::new();
+    for (_, value) in &got {
+        let v: serde_json::Value = serde_json::from_str(value)?;
+        *users
+            .entry(v["user_id"].as_i64().context("user_id")?)
+            .or_default() += 1;
+    }
+    Ok(users)
+}
+
 /// How the consumer's worker is faulted in its third micro-batch.
 #[derive(PartialEq)]
 enum Fault {
@@ -900,43 +959,8 @@ fn fault_a_kafka_sink(
     c.wait_for(Duration::from_secs(60), "the worker", |c| {
         Ok(c.alive_workers()? == 1)
     })?;
-    let spec = dir.path().join("eos.toml");
-    write_spec(
-        &spec,
-        &format!(
-            r#"
-[job]
-name = "clicks_eos"
-mode = "streaming"
-[job.params]
-batch_interval = "200ms"
-max_batch_rows = 100
-kafka_autoscale = false
-dedup_key = "user_id"
-max_bad_record_ratio = 0.05
-
-[[sources]]
-name = "clicks"
-format = "kafka"
-brokers = "{b}"
-topic = "clicks"
-schema = {{ user_id = "int64", url = "utf8", amount = "float64" }}
-
-[transform]
-sql = "SELECT user_id, url, _partition AS part, _offset AS off FROM clicks"
-
-[sink]
-format = "kafka"
-brokers = "{b}"
-topic = "out"
-key = "url"
-dead_letter_path = "{dead}"
-{delivery}
-"#,
-            b = broker.address,
-            dead = dir.path().join("out.dead-letter").display(),
-        ),
-    )?;
+    let params = "kafka_autoscale = false\ndedup_key = \"user_id\"\nmax_bad_record_ratio = 0.05";
+    let spec = kafka_sink_spec(dir.path(), &broker, params, delivery)?;
     let id = c.submit(&spec)?;
     // the crash point ends (or stops) the worker in its third batch
     // (its state in /proc: Z once dead and not reaped yet, T while stopped)
@@ -975,14 +999,7 @@ dead_letter_path = "{dead}"
             },
         )?;
     }
-    let got = broker.consume("out", 2, 1964, Duration::from_secs(30))?;
-    let mut users = std::collections::BTreeMap::new();
-    for (_, value) in &got {
-        let v: serde_json::Value = serde_json::from_str(value)?;
-        *users
-            .entry(v["user_id"].as_i64().context("user_id")?)
-            .or_default() += 1;
-    }
+    let users = users_in_out(&broker, 1964)?;
     let mut dead: Vec<i64> = dead_letters(dir.path(), &id)?
         .iter()
         .filter_map(|d| {
@@ -1054,5 +1071,46 @@ fn an_exactly_once_kafka_sink_fences_a_frozen_worker_that_wakes_up() -> Result<(
     );
     assert_eq!(users.len(), 1964, "none lost");
     assert_eq!(dead.len(), 40, "{dead:?}");
+    Ok(())
+}
+
+#[test]
+fn an_exactly_once_kafka_sinks_partitions_move_between_tasks_without_a_repeat() -> Result<()> {
+    // scaled down in the quiet start, up in a burst, down after it: each move hands a
+    // partition's transactional id to its new task, and every row reaches the topic once
+    let dir = tempfile::tempdir()?;
+    let broker = Broker::start()?;
+    broker.create_topic("clicks", 4)?;
+    broker.create_topic("out", 2)?;
+    broker.produce("clicks", &clicks(0, 200, None))?;
+    let c = Cluster::start_full(2, 2, &[], &[])?;
+    let spec = kafka_sink_spec(
+        dir.path(),
+        &broker,
+        "catch_up_target = \"10ms\"\nscale_down_delay = \"2s\"",
+        "delivery_guarantee = \"exactly-once\"",
+    )?;
+    let id = c.submit(&spec)?;
+    wait_until(Duration::from_secs(60), "one consumer task", || {
+        Ok(consumer_tasks(&c, &id)? == 1 && !decisions_of(&c, &id, "kafka_scale_down")?.is_empty())
+    })?;
+    broker.produce("clicks", &clicks(200, 20_200, None))?;
+    wait_until(Duration::from_secs(60), "a scale-up for the burst", || {
+        Ok(!decisions_of(&c, &id, "kafka_scale_up")?.is_empty())
+    })?;
+    wait_until(Duration::from_secs(90), "every record read", || {
+        let st = c.cli_json(&["status", &id])?;
+        Ok(st["stream"]["records"] == 20_200 && st["stream"]["lag"] == 0)
+    })?;
+    let users = users_in_out(&broker, 20_200)?;
+    let twice: Vec<_> = users.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "rows sent twice: {} e.g. {:?}",
+        twice.len(),
+        &twice[..twice.len().min(5)]
+    );
+    assert_eq!(users.len(), 20_200, "none lost");
+    c.cli_json(&["cancel", &id])?;
     Ok(())
 }
