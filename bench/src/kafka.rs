@@ -39,6 +39,12 @@ pub struct Args {
 const SCHEMA: &str = r#"{ user_id = "int64", url = "utf8", amount = "float64", ts = "int64" }"#;
 
 fn spec_text(broker: &str, topic: &str, out: &Path, batch_rows: u64) -> String {
+    let sink = format!("format = \"parquet\"\npath = \"{}\"", out.display());
+    job_text(broker, topic, &sink, batch_rows)
+}
+
+/// The benchmark's streaming job from `topic`, its `[sink]` lines `sink`.
+fn job_text(broker: &str, topic: &str, sink: &str, batch_rows: u64) -> String {
     format!(
         r#"
 [job]
@@ -55,27 +61,24 @@ schema = {SCHEMA}
 [transform]
 sql = "SELECT * FROM clicks"
 [sink]
-format = "parquet"
-path = "{out}"
-"#,
-        out = out.display()
+{sink}
+"#
     )
 }
 
-/// Runs the benchmark and prints the table.
-pub fn run(a: Args) -> Result<()> {
-    let broker = Broker::start()?;
-    let topic = "clicks";
-    broker.create_topic(topic, a.partitions)?;
-    eprintln!("producing {} records ...", a.records);
+/// Creates `topic` with `partitions` partitions and produces `records` JSON clicks
+/// to it with Python's confluent-kafka (not timed).
+fn produce_clicks(broker: &Broker, topic: &str, partitions: u32, records: u64) -> Result<()> {
+    broker.create_topic(topic, partitions)?;
+    eprintln!("producing {records} records ...");
     let chunk = 200_000u64;
     let mut i = 0;
-    while i < a.records {
-        let to = (i + chunk).min(a.records);
+    while i < records {
+        let to = (i + chunk).min(records);
         let recs: Vec<(i32, String)> = (i..to)
             .map(|n| {
                 (
-                    (n % a.partitions as u64) as i32,
+                    (n % partitions as u64) as i32,
                     format!(
                         r#"{{"user_id": {n}, "url": "/page/{}", "amount": {}.25, "ts": {}}}"#,
                         n % 1000,
@@ -88,6 +91,14 @@ pub fn run(a: Args) -> Result<()> {
         broker.produce(topic, &recs)?;
         i = to;
     }
+    Ok(())
+}
+
+/// Runs the benchmark and prints the table.
+pub fn run(a: Args) -> Result<()> {
+    let broker = Broker::start()?;
+    let topic = "clicks";
+    produce_clicks(&broker, topic, a.partitions, a.records)?;
     let dir = tempfile::tempdir()?;
     let spec = spec_text(&broker.address, topic, &dir.path().join("unused"), 1);
     let source = autopipe_common::spec::PipelineSpec::parse(&spec, "bench")?.sources[0].clone();
@@ -186,8 +197,13 @@ fn streaming_job(
 ) -> Result<Duration> {
     let spec = out.with_extension("toml");
     write_spec(&spec, &spec_text(broker, topic, out, batch_rows))?;
+    timed_job(c, &spec, records)
+}
+
+/// Submits `spec` and times it until its committed rows reach `records`.
+fn timed_job(c: &Cluster, spec: &Path, records: u64) -> Result<Duration> {
     let started = Instant::now();
-    let id = c.submit(&spec)?;
+    let id = c.submit(spec)?;
     // polled every 200 ms: each poll is a CLI process, CPU the job would otherwise get
     let t = loop {
         let st = c.cli_json(&["status", &id])?;
@@ -207,4 +223,59 @@ fn streaming_job(
     };
     c.cli_json(&["cancel", &id])?;
     Ok(t)
+}
+
+/// Options of `bench kafka-sink`.
+pub struct SinkArgs {
+    pub records: u64,
+    pub partitions: u32,
+    pub batch_rows: u64,
+    pub reps: usize,
+}
+
+/// `bench kafka-sink`: what exactly-once costs. The same streaming job (`SELECT *`
+/// of `--records` clicks) into a kafka sink, at-least-once (an idempotent producer)
+/// against exactly-once (a transaction per source partition and batch), alternating,
+/// each into a fresh topic, on one worker; timed from submission until the job's
+/// committed rows reach `--records`.
+pub fn run_sink(a: SinkArgs) -> Result<()> {
+    let broker = Broker::start()?;
+    let topic = "clicks";
+    produce_clicks(&broker, topic, a.partitions, a.records)?;
+    let dir = tempfile::tempdir()?;
+    let cluster = Cluster::start(1, 2)?;
+    let (mut alo, mut eos) = (vec![], vec![]);
+    for rep in 0..a.reps {
+        for (name, delivery, times) in [
+            ("at-least-once", "at-least-once", &mut alo),
+            ("exactly-once", "exactly-once", &mut eos),
+        ] {
+            let out = format!("out-{name}-{rep}");
+            broker.create_topic(&out, a.partitions)?;
+            let sink = format!(
+                "format = \"kafka\"\nbrokers = \"{b}\"\ntopic = \"{out}\"\nkey = \"url\"\ndead_letter_path = \"{dead}\"\ndelivery_guarantee = \"{delivery}\"",
+                b = broker.address,
+                dead = dir.path().join(format!("{out}.dead-letter")).display()
+            );
+            let spec = dir.path().join(format!("{out}.toml"));
+            write_spec(
+                &spec,
+                &job_text(&broker.address, topic, &sink, a.batch_rows),
+            )?;
+            let t = timed_job(&cluster, &spec, a.records)?;
+            eprintln!("rep {rep}: {name} {:.2} s", t.as_secs_f64());
+            times.push(t);
+        }
+    }
+    let (l, e) = (median(alo).as_secs_f64(), median(eos).as_secs_f64());
+    let rate = |secs: f64| a.records as f64 / secs;
+    println!(
+        "| kafka sink ({} partitions, {} records per batch) | median s | records/s |\n| --- | --- | --- |\n| at-least-once (idempotent producer) | {l:.3} | {:.0} |\n| exactly-once (a transaction per partition and batch) | {e:.3} | {:.0} |",
+        a.partitions,
+        a.batch_rows,
+        rate(l),
+        rate(e)
+    );
+    println!("exactly-once / at-least-once throughput: {:.2}", l / e);
+    Ok(())
 }

@@ -27,7 +27,8 @@
 //! `bench kafka`: Kafka -> Parquet, a streaming job against a bare rdkafka loop.
 //!
 //! `bench kafka-latency`: produce-to-visible latency at a steady rate, against a bare
-//! loop; `bench kafka-burst`: lag recovery after a 10x burst, scaling on and off.
+//! loop; `bench kafka-burst`: lag recovery after a 10x burst, scaling on and off;
+//! `bench kafka-sink`: an exactly-once kafka sink against an at-least-once one.
 //! Run: `cargo build --release --workspace && target/release/bench tpch --sf 1 --queries all`
 
 use anyhow::{bail, Result};
@@ -206,6 +207,21 @@ enum Cmd {
         /// autopipe workers (one consumer task each)
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// timed repetitions of each
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
+    /// Kafka -> Kafka: an exactly-once kafka sink against an at-least-once one
+    KafkaSink {
+        /// records in the topic
+        #[arg(long, default_value_t = 300_000)]
+        records: u64,
+        /// partitions of the source and sink topics
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+        /// records per micro-batch
+        #[arg(long, default_value_t = 10_000)]
+        batch_rows: u64,
         /// timed repetitions of each
         #[arg(long, default_value_t = 3)]
         reps: usize,
@@ -468,6 +484,17 @@ fn main() -> Result<()> {
             partitions: partitions.max(1),
             batch_rows: batch_rows.max(1),
             workers: workers.max(1),
+            reps: reps.max(1),
+        }),
+        Cmd::KafkaSink {
+            records,
+            partitions,
+            batch_rows,
+            reps,
+        } => kafka::run_sink(kafka::SinkArgs {
+            records,
+            partitions: partitions.max(1),
+            batch_rows: batch_rows.max(1),
             reps: reps.max(1),
         }),
         Cmd::KafkaLatency {
