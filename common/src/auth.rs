@@ -2,7 +2,8 @@
 //! the process sends it as `authorization: Bearer <token>` metadata (`ClientAuth`, an
 //! interceptor on every channel `shuffle::channel_to` hands out, and on the CLI's and
 //! the Raft transport's own channels); every gRPC server refuses a call without it
-//! with `UNAUTHENTICATED` (`ServerAuth`, one interceptor layer per server).
+//! with `UNAUTHENTICATED` (`ServerAuth`, an interceptor on each of autopipe's services;
+//! the standard health-checking and reflection services stay open, as probes expect).
 //!
 //! The client side's token is process-wide (`set_client_token`, set once at start by
 //! the binary or by `coordinator::start` / `worker::start`): coordinator, workers and
@@ -19,7 +20,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::service::{Interceptor, InterceptorLayer};
+use tonic::service::Interceptor;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
@@ -197,12 +198,6 @@ impl ServerAuth {
             Some(v) if self.accepts(Some(v.as_bytes())) => Ok(()),
             Some(_) => Err(Status::unauthenticated("wrong auth token")),
         }
-    }
-
-    /// As a layer for `tonic::transport::Server::builder().layer(..)`: guards every
-    /// service of that server.
-    pub fn layer(self) -> InterceptorLayer<ServerAuth> {
-        InterceptorLayer::new(self)
     }
 }
 

@@ -88,21 +88,34 @@ pub async fn start(
             .requiring_member_id(auth.enabled());
     let c1 = cancel.clone();
     // TLS (mutual) when the process has TLS settings
-    let server = autopipe_common::tls::server()?;
+    let mut server = autopipe_common::tls::server()?;
+    let (health, reflection, reflection_alpha) = standard_services().await?;
     let grpc_task = tokio::spawn(async move {
+        use tonic::service::interceptor::InterceptedService as Guarded;
         let r = server
-            // every service below refuses a call without the cluster token
-            .layer(auth.layer())
-            .add_service(pb::job_service_server::JobServiceServer::new(svc.clone()))
-            .add_service(pb::worker_service_server::WorkerServiceServer::new(
-                svc.clone(),
+            // autopipe's services refuse a call without the cluster token; health
+            // checks (load balancers, Kubernetes probes) and reflection do not
+            .add_service(Guarded::new(
+                pb::job_service_server::JobServiceServer::new(svc.clone()),
+                auth.clone(),
             ))
-            .add_service(pb::admin_service_server::AdminServiceServer::new(svc))
-            .add_service(
+            .add_service(Guarded::new(
+                pb::worker_service_server::WorkerServiceServer::new(svc.clone()),
+                auth.clone(),
+            ))
+            .add_service(Guarded::new(
+                pb::admin_service_server::AdminServiceServer::new(svc),
+                auth.clone(),
+            ))
+            .add_service(Guarded::new(
                 // a snapshot carries the whole state (job plans included)
                 pb::raft_service_server::RaftServiceServer::new(raft_svc)
                     .max_decoding_message_size(crate::raft::transport::MAX_MESSAGE),
-            )
+                auth,
+            ))
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(reflection_alpha)
             .serve_with_incoming_shutdown(no_delay(grpc), c1.cancelled_owned())
             .await;
         if let Err(e) = r {
@@ -153,4 +166,40 @@ pub async fn start(
         core,
         tasks,
     })
+}
+
+/// The standard gRPC services of a coordinator: health checking
+/// (`grpc.health.v1.Health`: SERVING for the server and for the public services),
+/// and server reflection (v1 and v1alpha, so grpcurl and grpcio's reflection client
+/// both list and describe them) of the public services and health only.
+async fn standard_services() -> Result<(
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    tonic_reflection::pb::v1::server_reflection_server::ServerReflectionServer<
+        impl tonic_reflection::pb::v1::server_reflection_server::ServerReflection,
+    >,
+    tonic_reflection::pb::v1alpha::server_reflection_server::ServerReflectionServer<
+        impl tonic_reflection::pb::v1alpha::server_reflection_server::ServerReflection,
+    >,
+)> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in pb::PUBLIC_SERVICES {
+        reporter
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let builder = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health");
+        for name in pb::PUBLIC_SERVICES {
+            b = b.with_service_name(name);
+        }
+        b
+    };
+    let reflection_error =
+        |e: tonic_reflection::server::Error| Error::Permanent(format!("gRPC reflection: {e}"));
+    let v1 = builder().build_v1().map_err(reflection_error)?;
+    let v1alpha = builder().build_v1alpha().map_err(reflection_error)?;
+    Ok((health, v1, v1alpha))
 }

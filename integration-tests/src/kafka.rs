@@ -18,8 +18,38 @@ pub fn tools_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/cache/autopipe-tools"))
 }
 
-/// `pip install --target DIR PACKAGE` unless `marker` exists under DIR.
+/// `pip install --target DIR PACKAGES` unless `marker` exists under DIR.
 fn pip_install(dir: &str, package: &str, marker: &str) -> Result<PathBuf> {
+    pip_install_all(dir, &[package], marker)
+}
+
+/// The directory to put on `PYTHONPATH` for Python's gRPC (`grpcio`, with its
+/// health-checking and reflection clients): a third-party client of the API.
+pub fn grpcio_path() -> Result<PathBuf> {
+    pip_install_all(
+        "grpclib",
+        &["grpcio", "grpcio-health-checking", "grpcio-reflection"],
+        "grpc_reflection/__init__.py",
+    )
+}
+
+/// Runs a Python `script` with `args`, `path` on its `PYTHONPATH`; returns stdout.
+pub fn python(path: &std::path::Path, script: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .env("PYTHONPATH", path)
+        .stdin(Stdio::null())
+        .output()
+        .context("python3")?;
+    if !out.status.success() {
+        bail!("python failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn pip_install_all(dir: &str, packages: &[&str], marker: &str) -> Result<PathBuf> {
     let target = tools_dir().join(dir);
     if target.join(marker).exists() {
         return Ok(target);
@@ -34,11 +64,11 @@ fn pip_install(dir: &str, package: &str, marker: &str) -> Result<PathBuf> {
             "--target",
         ])
         .arg(&target)
-        .arg(package)
+        .args(packages)
         .status()
         .context("python3 -m pip")?;
     if !s.success() || !target.join(marker).exists() {
-        bail!("could not install {package} into {}", target.display());
+        bail!("could not install {packages:?} into {}", target.display());
     }
     Ok(target)
 }

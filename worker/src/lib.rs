@@ -165,18 +165,26 @@ pub async fn start(config: WorkerConfig, cancel: CancellationToken) -> Result<Wo
     let c1 = cancel.clone();
     // TLS (mutual) when the process has TLS settings
     let server = autopipe_common::tls::server()?;
+    // health checking (`grpc.health.v1`) for Kubernetes probes: SERVING
+    let (_, health) = tonic_health::server::health_reporter();
     let grpc_task = tokio::spawn(async move {
+        use tonic::service::interceptor::InterceptedService as Guarded;
         let r = server
             // pings notice a reducer that went away mid-stream
             .http2_keepalive_interval(Some(autopipe_common::shuffle::KEEP_ALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(autopipe_common::shuffle::KEEP_ALIVE_TIMEOUT))
-            // WorkerControl and Flight refuse a call without the cluster token
-            .layer(auth.layer())
-            .add_service(
+            // WorkerControl and Flight refuse a call without the cluster token; a
+            // health check needs none
+            .add_service(Guarded::new(
                 pb::worker_control_server::WorkerControlServer::new(control)
                     .max_decoding_message_size(64 << 20),
-            )
-            .add_service(arrow_flight::flight_service_server::FlightServiceServer::new(flight))
+                auth.clone(),
+            ))
+            .add_service(Guarded::new(
+                arrow_flight::flight_service_server::FlightServiceServer::new(flight),
+                auth,
+            ))
+            .add_service(health)
             .serve_with_incoming_shutdown(no_delay(listener), c1.cancelled_owned())
             .await;
         if let Err(e) = r {

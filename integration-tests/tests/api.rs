@@ -1,0 +1,102 @@
+//! The public gRPC API as a third-party client sees it (issue 14): Python's grpcio,
+//! with its standard health-checking and reflection clients, against a cluster that
+//! requires a token. Health checks need no token (load balancers and Kubernetes
+//! probes carry none) on the coordinator and on a worker; reflection lists the public
+//! services and health, not the cluster-internal ones, and describes their methods;
+//! autopipe's own services still refuse a call without the token.
+
+use anyhow::{Context, Result};
+use integration_tests::kafka::{grpcio_path, python};
+use integration_tests::Cluster;
+
+const TOKEN: &str = "s3cret-api-token";
+
+const CLIENT: &str = r#"
+import grpc, json, sys
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from google.protobuf.descriptor_pool import DescriptorPool
+
+def health(addr, service):
+    stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(addr))
+    r = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
+
+coordinator, worker = sys.argv[1], sys.argv[2]
+out = {
+    "coordinator": health(coordinator, ""),
+    "job_service": health(coordinator, "autopipe.v1.JobService"),
+    "worker": health(worker, ""),
+}
+ch = grpc.insecure_channel(coordinator)
+db = ProtoReflectionDescriptorDatabase(ch)
+out["services"] = sorted(db.get_services())
+pool = DescriptorPool(db)
+out["job_methods"] = sorted(m.name for m in pool.FindServiceByName("autopipe.v1.JobService").methods)
+out["submit_input"] = pool.FindMethodByName("autopipe.v1.JobService.SubmitJob").input_type.full_name
+list_jobs = ch.unary_unary("/autopipe.v1.JobService/ListJobs",
+    request_serializer=lambda _: b"", response_deserializer=lambda b: b)
+try:
+    list_jobs(None, timeout=10)
+    out["without_token"] = "OK"
+except grpc.RpcError as e:
+    out["without_token"] = e.code().name
+try:
+    list_jobs(None, timeout=10, metadata=[("authorization", "Bearer " + sys.argv[3])])
+    out["with_token"] = "OK"
+except grpc.RpcError as e:
+    out["with_token"] = e.code().name
+print(json.dumps(out))
+"#;
+
+#[test]
+fn health_checks_and_reflection_answer_a_third_party_client() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let tf = dir.path().join("token");
+    std::fs::write(&tf, TOKEN)?;
+    let tf = tf.to_str().context("utf8")?;
+    let c = Cluster::start_env(
+        1,
+        1,
+        &["--auth-token-file", tf],
+        &["--auth-token-file", tf],
+        &[("AUTOPIPE_AUTH_TOKEN", TOKEN)],
+    )?;
+    let path = grpcio_path()?;
+    let out = python(
+        &path,
+        CLIENT,
+        &[&c.coordinator.addr, &c.workers[0].addr, TOKEN],
+    )?;
+    let v: serde_json::Value = serde_json::from_str(out.trim()).context(out.clone())?;
+    assert_eq!(v["coordinator"], "SERVING", "{v}");
+    assert_eq!(v["job_service"], "SERVING", "{v}");
+    assert_eq!(v["worker"], "SERVING", "{v}");
+    let services: Vec<&str> = v["services"]
+        .as_array()
+        .context("services")?
+        .iter()
+        .filter_map(|s| s.as_str())
+        .collect();
+    for public in [
+        "autopipe.v1.JobService",
+        "autopipe.v1.AdminService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(services.contains(&public), "{public} in {services:?}");
+    }
+    for internal in ["WorkerService", "WorkerControl", "RaftService"] {
+        assert!(
+            !services.iter().any(|s| s.ends_with(internal)),
+            "{internal} is not listed: {services:?}"
+        );
+    }
+    let methods = v["job_methods"].to_string();
+    for m in ["SubmitJob", "WatchJob", "ListJobs", "CancelJob"] {
+        assert!(methods.contains(m), "{m} in {methods}");
+    }
+    assert_eq!(v["submit_input"], "autopipe.v1.SubmitJobRequest", "{v}");
+    assert_eq!(v["without_token"], "UNAUTHENTICATED", "{v}");
+    assert_eq!(v["with_token"], "OK", "{v}");
+    Ok(())
+}
