@@ -502,13 +502,35 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let coordinator = client_args(&cli.cmd).map(|c| c.coordinator.clone());
     match rt.block_on(run(cli)) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let e = format!("{e:#}");
+            match coordinator.as_deref().and_then(|c| not_grpc(&e, c)) {
+                Some(why) => eprintln!("error: {why}"),
+                None => eprintln!("error: {e}"),
+            }
             std::process::exit(1);
         }
     }
+}
+
+/// A gRPC call answered by a plain HTTP server (tonic's "grpc-status header
+/// missing, mapped from HTTP status code N"): most likely the coordinator's `--http`
+/// port was given as `--coordinator`. Says so, and which address to use instead.
+fn not_grpc(error: &str, coordinator: &str) -> Option<String> {
+    let status = error
+        .split("grpc-status header missing, mapped from HTTP status code ")
+        .nth(1)?
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap_or_default();
+    Some(format!(
+        "{coordinator} answered as a plain HTTP server (HTTP status {status}), not as autopipe's gRPC API: \
+         is it a coordinator's --http port (the admin API and dashboard)? CLI commands need the \
+         coordinator's gRPC address, the first one it prints: \"coordinator listening on ADDR (http ...)\""
+    ))
 }
 
 /// The client flags of a command that talks to a coordinator.

@@ -100,3 +100,29 @@ fn health_checks_and_reflection_answer_a_third_party_client() -> Result<()> {
     assert_eq!(v["with_token"], "OK", "{v}");
     Ok(())
 }
+
+#[test]
+fn a_cli_pointed_at_the_http_port_says_so() -> Result<()> {
+    let c = Cluster::start(0, 1)?;
+    for cmd in [&["jobs"][..], &["workers"], &["status", "some-job"]] {
+        let mut args = cmd.to_vec();
+        let http = format!("http://{}", c.coordinator.http);
+        args.extend(["--coordinator", &http]);
+        let out = integration_tests::cli(&args)?;
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("plain HTTP server") && err.contains("--http port"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("grpc-status header missing"), "{err}");
+    }
+    // the gRPC address works
+    let out = integration_tests::cli(&["jobs", "--coordinator", &c.url()])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
