@@ -36,11 +36,16 @@ pub struct Metrics {
     /// commands written to the log
     pub commands: Counter,
     /// raft: term, commit_index, applied_index, last_index, snapshot_index, is_leader
-    raft: Family<Labels, Gauge>,
+    /// (one gauge each)
+    raft: [(&'static str, Gauge); 6],
     /// alerts raised, by kind
     alerts: Family<Labels, Counter>,
-    /// decisions in the log, by kind
-    decisions: Family<Labels, Gauge>,
+    /// decisions taken, by kind (counted as they reach this coordinator's state)
+    decisions: Family<Labels, Counter>,
+    /// the newest decision counted
+    decisions_seen: std::sync::atomic::AtomicU64,
+    /// per pipeline (job name): when its last successful run finished
+    last_success: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// running streaming jobs' lag per Kafka partition (high watermark - committed)
     kafka_lag: Family<Labels, Gauge>,
     /// running streaming jobs' committed offset per Kafka partition
@@ -83,9 +88,47 @@ impl Default for Metrics {
             "The next offset a running streaming job reads, per Kafka partition, as committed with its output",
             kafka_offset.clone(),
         );
-        let raft = Family::<Labels, Gauge>::default();
+        let raft = [
+            ("term", "This coordinator's raft term"),
+            ("commit_index", "The raft log's commit index"),
+            (
+                "applied_index",
+                "The raft log index this coordinator applied",
+            ),
+            (
+                "last_index",
+                "The raft log's last index on this coordinator",
+            ),
+            (
+                "snapshot_index",
+                "The index of this coordinator's raft snapshot",
+            ),
+            (
+                "is_leader",
+                "1 while this coordinator leads the raft group, else 0",
+            ),
+        ]
+        .map(|(name, help)| {
+            let g = Gauge::default();
+            registry.register(format!("raft_{name}"), help, g.clone());
+            (name, g)
+        });
         let alerts = Family::<Labels, Counter>::default();
-        let decisions = Family::<Labels, Gauge>::default();
+        let decisions = Family::<Labels, Counter>::default();
+        let last_success = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "build",
+            "The autopipe build this coordinator runs",
+            prometheus_client::metrics::info::Info::new(vec![(
+                "version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )]),
+        );
+        registry.register(
+            "pipeline_last_success_timestamp_seconds",
+            "When the last successful run of each pipeline (job name) finished, seconds since the epoch",
+            last_success.clone(),
+        );
         registry.register("tasks", "Tasks by state", tasks.clone());
         registry.register("jobs", "Jobs by state", jobs.clone());
         registry.register("workers", "Workers by state", workers.clone());
@@ -126,15 +169,10 @@ impl Default for Metrics {
             "Commands written to the state log",
             commands.clone(),
         );
-        registry.register(
-            "raft",
-            "This coordinator's raft member: term, commit/applied/last/snapshot index, is_leader",
-            raft.clone(),
-        );
         registry.register("alerts", "Alerts raised, by kind", alerts.clone());
         registry.register(
             "decisions",
-            "Automatic decisions in the decision log, by kind",
+            "Automatic decisions taken, by kind",
             decisions.clone(),
         );
         Self {
@@ -154,6 +192,8 @@ impl Default for Metrics {
             raft,
             alerts,
             decisions,
+            decisions_seen: Default::default(),
+            last_success,
             kafka_lag,
             kafka_offset,
             kafka_end_to_end,
@@ -179,7 +219,9 @@ impl Metrics {
                 u64::from(raft.role == crate::raft::Role::Leader),
             ),
         ] {
-            self.raft.get_or_create(&label("value", k)).set(v as i64);
+            if let Some((_, g)) = self.raft.iter().find(|(name, _)| *name == k) {
+                g.set(v as i64);
+            }
         }
         let mut t = [0i64; 3];
         let mut j = [0i64; 5];
@@ -222,11 +264,32 @@ impl Metrics {
         self.workers
             .get_or_create(&label("state", "lost"))
             .set(state.workers.len() as i64 - alive);
+        // every kind shows (0 until taken); each decision counts once, when a scrape
+        // first sees it in the state
         for kind in DecisionKind::ALL {
-            let n = state.decisions.iter().filter(|d| d.kind == kind).count();
+            let _ = self.decisions.get_or_create(&label("kind", kind.name()));
+        }
+        let seen = self
+            .decisions_seen
+            .load(std::sync::atomic::Ordering::Relaxed);
+        for d in state.decisions.iter().filter(|d| d.id > seen) {
             self.decisions
-                .get_or_create(&label("kind", kind.name()))
-                .set(n as i64);
+                .get_or_create(&label("kind", d.kind.name()))
+                .inc();
+        }
+        if let Some(newest) = state.decisions.iter().map(|d| d.id).max() {
+            self.decisions_seen
+                .fetch_max(newest, std::sync::atomic::Ordering::Relaxed);
+        }
+        for job in state
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Succeeded)
+        {
+            let g = self
+                .last_success
+                .get_or_create(&label("pipeline", &job.spec.job.name));
+            g.set(g.get().max(job.finished_ms as f64 / 1000.0));
         }
         self.kafka_lag.clear();
         self.kafka_offset.clear();

@@ -126,3 +126,35 @@ fn a_cli_pointed_at_the_http_port_says_so() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn logs_that_are_not_a_terminal_carry_no_colour_codes() -> Result<()> {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("coord");
+    // a coordinator without --allowed-roots warns at start; its stderr is a pipe
+    let mut child = std::process::Command::new(integration_tests::autopipe_bin())
+        .args([
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let line = std::io::BufReader::new(stderr).lines().next();
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.context("a log line")??;
+    assert!(
+        line.contains("WARN") && line.contains("allowed-roots"),
+        "{line}"
+    );
+    assert!(!line.contains('\u{1b}'), "no ANSI escape: {line:?}");
+    Ok(())
+}

@@ -422,9 +422,42 @@ fn distributed_queries_match_single_process_datafusion() -> Result<()> {
     );
     assert!(m.contains("autopipe_tasks{state=\"running\"}"), "{m}");
     assert!(m.contains("autopipe_jobs{state=\"succeeded\"}"), "{m}");
+    // Prometheus conventions: one gauge per raft figure, counters end in _total, a
+    // build info, each pipeline's last success
+    assert!(m.contains("\nautopipe_raft_term "), "{m}");
+    assert!(m.contains("\nautopipe_raft_is_leader 1"), "{m}");
+    assert!(!m.contains("autopipe_raft{"), "{m}");
+    assert!(
+        m.contains("autopipe_decisions_total{kind=\"coalesce\"}"),
+        "{m}"
+    );
+    assert!(m.contains("autopipe_build_info{version=\""), "{m}");
+    assert!(
+        m.contains("autopipe_pipeline_last_success_timestamp_seconds{pipeline=\""),
+        "{m}"
+    );
+    for line in m
+        .lines()
+        .filter(|l| l.starts_with("# TYPE ") && l.ends_with(" counter"))
+    {
+        let name = line.split_whitespace().nth(2).unwrap_or_default();
+        assert!(
+            m.contains(&format!("\n{name}_total")),
+            "counter {name} without _total: {m}"
+        );
+    }
     let wm = http_get(&cluster.workers[0].http, "/metrics")?;
     assert!(wm.contains("autopipe_worker_tasks_total"), "{wm}");
     assert!(wm.contains("autopipe_worker_rows_written_total"), "{wm}");
+    assert!(wm.contains("\nautopipe_worker_slots "), "{wm}");
+    assert!(wm.contains("\nautopipe_worker_free_slots "), "{wm}");
+    assert!(wm.contains("\nautopipe_worker_memory_limit_bytes "), "{wm}");
+    assert!(
+        wm.contains("\nautopipe_worker_memory_resident_bytes "),
+        "{wm}"
+    );
+    assert!(wm.contains("\nautopipe_worker_disk_free_bytes "), "{wm}");
+    assert!(wm.contains("autopipe_worker_build_info{version=\""), "{wm}");
     let mut served = 0.0;
     for w in &cluster.workers {
         served += metric_sum(&w.http, "autopipe_worker_shuffle_bytes_served_total")?;

@@ -96,7 +96,7 @@ fn a_slow_worker_triggers_speculation_and_the_job_finishes_sooner() -> Result<()
     );
     let metrics = http_get(http, "/metrics")?;
     assert!(
-        metrics.contains("autopipe_decisions{kind=\"speculation\"}"),
+        metrics.contains("autopipe_decisions_total{kind=\"speculation\"}"),
         "{metrics}"
     );
     eprintln!("speculation on: {t_on:?}, off: {t_off:?}");

@@ -288,6 +288,14 @@ async fn heartbeat_loop(
                 }
                 None => (0.0, 0),
             };
+            let m = &shared.metrics;
+            m.slots.set(i64::from(shared.config.slots));
+            m.free_slots.set(i64::from(shared.free_slots()));
+            m.memory_limit.set(shared.memory_limit() as i64);
+            m.memory_resident.set(mem as i64);
+            if let Some(free) = disk_free(&shared.config.work_dir) {
+                m.disk_free.set(free as i64);
+            }
             let running = shared.running_keys();
             // at start and every sweep interval: which job dirs we hold (see `sweep`)
             let shuffle_jobs = sweep.due(&shared.shuffle);
@@ -351,4 +359,16 @@ async fn heartbeat_loop(
 /// CPU cores of this machine (at least 1).
 fn cpu_cores() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// Free bytes on the file system that holds `dir` (its longest mount point prefix).
+fn disk_free(dir: &std::path::Path) -> Option<u64> {
+    let dir = std::fs::canonicalize(dir).ok()?;
+    let disks = sysinfo::Disks::new_with_refreshed_list();
+    disks
+        .list()
+        .iter()
+        .filter(|d| dir.starts_with(d.mount_point()))
+        .max_by_key(|d| d.mount_point().as_os_str().len())
+        .map(|d| d.available_space())
 }

@@ -39,6 +39,16 @@ pub struct WorkerMetrics {
     pub spilled_bytes: Counter,
     /// retries this process's retry budget refused
     retry_budget_exhausted: Counter,
+    /// task slots
+    pub slots: Gauge,
+    /// free task slots
+    pub free_slots: Gauge,
+    /// the memory its tasks share, bytes
+    pub memory_limit: Gauge,
+    /// resident memory of the process, bytes
+    pub memory_resident: Gauge,
+    /// free space on the work dir's file system, bytes
+    pub disk_free: Gauge,
 }
 
 impl Default for WorkerMetrics {
@@ -57,8 +67,38 @@ impl Default for WorkerMetrics {
             bad_records: Counter::default(),
             spilled_bytes: Counter::default(),
             retry_budget_exhausted: Counter::default(),
+            slots: Gauge::default(),
+            free_slots: Gauge::default(),
+            memory_limit: Gauge::default(),
+            memory_resident: Gauge::default(),
+            disk_free: Gauge::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "build",
+            "The autopipe build this worker runs",
+            prometheus_client::metrics::info::Info::new(vec![(
+                "version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )]),
+        );
+        registry.register("slots", "Task slots", m.slots.clone());
+        registry.register("free_slots", "Free task slots", m.free_slots.clone());
+        registry.register(
+            "memory_limit_bytes",
+            "The memory this worker's tasks share",
+            m.memory_limit.clone(),
+        );
+        registry.register(
+            "memory_resident_bytes",
+            "Resident memory of the worker process",
+            m.memory_resident.clone(),
+        );
+        registry.register(
+            "disk_free_bytes",
+            "Free space on the file system of the worker's work dir (spills, shuffle files)",
+            m.disk_free.clone(),
+        );
         registry.register("tasks", "Finished tasks by outcome", m.tasks.clone());
         registry.register("tasks_running", "Tasks running now", m.running.clone());
         registry.register(
