@@ -213,11 +213,17 @@ fn is_terminal(s: i32) -> bool {
     )
 }
 
-/// Follows a job until it ends, with a progress bar when `progress`; returns the final status.
+/// Follows a job until it ends, with progress when `progress`: a bar at a terminal,
+/// else (stdout a file or a pipe: a CI log, a scheduler) a line at the start, at each
+/// state or stage change, and at most every `PROGRESS_LINE_EVERY` while tasks
+/// finish. Returns the final status.
 pub async fn watch(ch: AuthChannel, job_id: &str, progress: bool) -> Result<pb::JobStatus> {
     let mut c = pb::job_service_client::JobServiceClient::new(ch);
     let started = Instant::now();
-    let bar = if progress {
+    let lines = progress && !std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut printed: Option<(i32, usize, u32)> = None;
+    let mut printed_at = Instant::now();
+    let bar = if progress && !lines {
         let b = ProgressBar::new(1);
         b.set_style(
             ProgressStyle::with_template(
@@ -247,6 +253,32 @@ pub async fn watch(ch: AuthChannel, job_id: &str, progress: bool) -> Result<pb::
             }
         };
         while let Ok(Some(st)) = stream.message().await {
+            if lines {
+                let stages_done = st
+                    .stages
+                    .iter()
+                    .filter(|s| s.tasks_done == s.tasks_total)
+                    .count();
+                let now = (st.state, stages_done, st.tasks_done);
+                let moved = printed
+                    .is_none_or(|(state, stages, _)| (state, stages) != (st.state, stages_done));
+                let ticked = printed.is_some_and(|(_, _, tasks)| tasks != st.tasks_done)
+                    && printed_at.elapsed() >= PROGRESS_LINE_EVERY;
+                if moved || ticked {
+                    println!(
+                        "[{:.1}s] {} {}: stages {stages_done}/{}, tasks {}/{}, rows in {}",
+                        started.elapsed().as_secs_f64(),
+                        st.job_id,
+                        state_name(st.state),
+                        st.stages.len(),
+                        st.tasks_done,
+                        st.tasks_total,
+                        st.rows_in
+                    );
+                    printed = Some(now);
+                    printed_at = Instant::now();
+                }
+            }
             if let Some(b) = &bar {
                 b.set_length(st.tasks_total as u64);
                 b.set_position(st.tasks_done as u64);
@@ -277,6 +309,10 @@ pub async fn watch(ch: AuthChannel, job_id: &str, progress: bool) -> Result<pb::
     }
     last.ok_or_else(|| anyhow!("lost the watch on job {job_id}"))
 }
+
+/// The longest `watch` goes without a progress line while tasks finish (stdout not
+/// a terminal).
+const PROGRESS_LINE_EVERY: Duration = Duration::from_secs(10);
 
 /// JSON view of a job (same shape as the HTTP admin API).
 pub fn job_json(j: &pb::JobStatus) -> serde_json::Value {

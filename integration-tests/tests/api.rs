@@ -158,3 +158,27 @@ fn logs_that_are_not_a_terminal_carry_no_colour_codes() -> Result<()> {
     assert!(!line.contains('\u{1b}'), "no ANSI escape: {line:?}");
     Ok(())
 }
+
+#[test]
+fn submit_wait_prints_progress_lines_when_stdout_is_not_a_terminal() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    integration_tests::gen_clickstream(&dir.path().join("data"), 20_000, 4)?;
+    let spec = integration_tests::aggregation_job(dir.path(), "progress", "")?;
+    let c = Cluster::start(1, 2)?;
+    let spec = spec.to_str().context("utf8")?;
+    let out = integration_tests::cli(&["submit", spec, "--wait", "--coordinator", &c.url()])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    // a line per state or stage change, the last one the job's end, then the summary
+    let progress: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with('[') && l.contains(": stages "))
+        .collect();
+    let last = progress.last().context(stdout.to_string())?;
+    assert!(
+        last.contains("succeeded: stages 2/2") && last.contains("rows in 20000"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("job progress-"), "{stdout}");
+    Ok(())
+}
