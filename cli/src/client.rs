@@ -6,6 +6,7 @@ use autopipe_common::auth::{authed, AuthChannel};
 use autopipe_common::error::Error;
 use autopipe_common::spec::PipelineSpec;
 use autopipe_common::util::fmt_bytes;
+use autopipe_coordinator::api::http::rfc3339;
 use autopipe_proto as pb;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -130,7 +131,7 @@ pub fn print_decisions(ds: &[pb::Decision], as_json: bool) -> Result<()> {
         } else {
             format!("job {}", d.job_id)
         };
-        println!("#{} {} {scope} ({} ms)", d.id, d.kind, d.at_ms);
+        println!("#{} {} {scope} at {}", d.id, d.kind, time(d.at_ms));
         println!("  what:   {}", d.what);
         println!("  why:    {}", d.why);
         let mut inputs: Vec<_> = d.inputs.iter().collect();
@@ -197,6 +198,11 @@ pub async fn submit(
         })
         .await;
     r.map_err(|e| anyhow!("{origin}: {e}"))
+}
+
+/// An RFC 3339 timestamp of `ms` (ms since the epoch), "-" for 0 (not yet).
+pub fn time(ms: u64) -> String {
+    rfc3339(ms).unwrap_or_else(|| "-".into())
 }
 
 /// Human state name.
@@ -340,6 +346,10 @@ pub fn job_json(j: &pb::JobStatus) -> serde_json::Value {
         "waiting": (!j.waiting_reason.is_empty()).then(|| json!({
             "reason": j.waiting_reason, "since_ms": j.waiting_since_ms})),
         "wall_time_s": secs,
+        "submitted_at_ms": j.submitted_at_ms,
+        "submitted_at": rfc3339(j.submitted_at_ms),
+        "finished_at_ms": j.finished_at_ms,
+        "finished_at": rfc3339(j.finished_at_ms),
         "error": j.error.as_ref().map(|e| json!({"message": e.message, "key": e.key,
             "class": pb::ErrorClass::try_from(e.class).map(|c| c.as_str_name().to_ascii_lowercase()).unwrap_or_default()})),
         // one stage view with the HTTP API's `stages`
@@ -430,9 +440,11 @@ pub fn summary(j: &pb::JobStatus, wall: Duration) -> String {
             fmt_bytes(st.bytes_out)
         );
     }
+    s += &format!("  submitted: {}\n", time(j.submitted_at_ms));
     if j.finished_at_ms > 0 {
         s += &format!(
-            "  finished:  {:.3}s after submission\n",
+            "  finished:  {} ({:.3}s after submission)\n",
+            time(j.finished_at_ms),
             rel(j.finished_at_ms)
         );
     }

@@ -897,14 +897,24 @@ async fn run(cli: Cli) -> Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!(
-                    "{:<44} {:<11} {:>11} {:>12} {:>12}",
-                    "JOB", "STATE", "TASKS", "ROWS IN", "ROWS OUT"
+                    "{:<44} {:<11} {:<24} {:>10} {:>11} {:>12} {:>12}",
+                    "JOB", "STATE", "SUBMITTED", "DURATION", "TASKS", "ROWS IN", "ROWS OUT"
                 );
+                let now = autopipe_common::util::now_ms();
                 for j in &jobs {
+                    // a running job's duration so far
+                    let end = if j.finished_at_ms > 0 {
+                        j.finished_at_ms
+                    } else {
+                        now
+                    };
+                    let secs = end.saturating_sub(j.submitted_at_ms) as f64 / 1000.0;
                     println!(
-                        "{:<44} {:<11} {:>5}/{:<5} {:>12} {:>12}",
+                        "{:<44} {:<11} {:<24} {:>9.1}s {:>5}/{:<5} {:>12} {:>12}",
                         j.job_id,
                         client::state_name(j.state),
+                        client::time(j.submitted_at_ms),
+                        secs,
                         j.tasks_done,
                         j.tasks_total,
                         j.rows_in,

@@ -180,5 +180,56 @@ fn submit_wait_prints_progress_lines_when_stdout_is_not_a_terminal() -> Result<(
         "{stdout}"
     );
     assert!(stdout.contains("job progress-"), "{stdout}");
+
+    // timestamps in RFC 3339: the summary, `jobs` (with submitted and duration
+    // columns), the JSON views beside the epoch milliseconds, the decisions
+    let is_rfc3339 = |t: &str| {
+        t.len() == 24 && t.ends_with('Z') && t.as_bytes()[10] == b'T' && t.starts_with("20")
+    };
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("  submitted: "))
+        .context(stdout.to_string())?;
+    assert!(is_rfc3339(line.trim()), "{line}");
+    // no raw epoch milliseconds (13 digits) in the text
+    let epoch_ms = |t: &str| {
+        t.split(|c: char| !c.is_ascii_digit())
+            .any(|n| n.len() == 13)
+    };
+    assert!(!epoch_ms(&stdout), "{stdout}");
+    let out = integration_tests::cli(&["jobs", "--coordinator", &c.url()])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let header = text.lines().next().unwrap_or_default();
+    assert!(
+        header.contains("SUBMITTED") && header.contains("DURATION"),
+        "{text}"
+    );
+    let row = text.lines().nth(1).context(text.to_string())?;
+    assert!(
+        row.split_whitespace().any(is_rfc3339) && row.contains("succeeded"),
+        "{text}"
+    );
+    let jobs = c.cli_json(&["jobs"])?;
+    let j = &jobs[0];
+    assert!(
+        is_rfc3339(j["submitted_at"].as_str().unwrap_or_default()),
+        "{j}"
+    );
+    assert!(
+        is_rfc3339(j["finished_at"].as_str().unwrap_or_default()),
+        "{j}"
+    );
+    assert!(j["submitted_at_ms"].as_u64() > Some(0), "{j}");
+    let decisions = c.cli_json(&["decisions"])?;
+    let d = &decisions[0];
+    assert!(is_rfc3339(d["at"].as_str().unwrap_or_default()), "{d}");
+    let out = integration_tests::cli(&["decisions", "--coordinator", &c.url()])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!epoch_ms(&text), "{text}");
+    let first = text.lines().next().unwrap_or_default();
+    assert!(
+        first.split_whitespace().last().is_some_and(is_rfc3339),
+        "{text}"
+    );
     Ok(())
 }

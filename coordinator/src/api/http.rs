@@ -102,7 +102,9 @@ pub fn job_json(j: &pb::JobStatus) -> Value {
         "bytes_in": j.bytes_in,
         "bytes_out": j.bytes_out,
         "submitted_at_ms": j.submitted_at_ms,
+        "submitted_at": rfc3339(j.submitted_at_ms),
         "finished_at_ms": j.finished_at_ms,
+        "finished_at": rfc3339(j.finished_at_ms),
         "output_path": j.output_path,
         "bad_records": j.bad_records,
         "dead_letter_path": j.dead_letter_path,
@@ -172,7 +174,9 @@ pub fn stage_json(s: &pb::StageStatus) -> Value {
         "bytes_out": s.bytes_out,
         "input_stages": s.input_stages,
         "started_at_ms": s.started_at_ms,
+        "started_at": rfc3339(s.started_at_ms),
         "finished_at_ms": s.finished_at_ms,
+        "finished_at": rfc3339(s.finished_at_ms),
         "task_ms_min": s.task_ms_min,
         "task_ms_median": s.task_ms_median,
         "task_ms_max": s.task_ms_max,
@@ -209,6 +213,7 @@ pub fn load_json(l: &pb::WorkerLoad) -> Value {
         "queued": l.queued,
         "spilled_bytes": l.spilled_bytes,
         "at_ms": l.at_ms,
+        "at": rfc3339(l.at_ms),
         "hot": (!l.hot.is_empty()).then_some(&l.hot),
     })
 }
@@ -303,10 +308,22 @@ async fn list_workers(State(core): State<Arc<Core>>) -> Json<Value> {
 }
 
 /// JSON form of a decision.
+/// Milliseconds since the epoch as an RFC 3339 UTC timestamp
+/// (`2026-11-30T13:08:48.101Z`); `None` (JSON null) for 0, "not yet".
+pub fn rfc3339(ms: u64) -> Option<String> {
+    if ms == 0 {
+        return None;
+    }
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+/// JSON form of a decision (shared with the CLI's view).
 pub fn decision_json(d: &pb::Decision) -> Value {
     json!({
         "id": d.id,
         "at_ms": d.at_ms,
+        "at": rfc3339(d.at_ms),
         "job_id": d.job_id,
         "kind": d.kind,
         "what": d.what,
