@@ -34,7 +34,26 @@ impl ErrorClass {
             _ => ErrorClass::Permanent,
         }
     }
+    /// Its name: transient, permanent or data.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Permanent => "permanent",
+            ErrorClass::Data => "data",
+        }
+    }
+    /// From its name; anything else is permanent.
+    pub fn from_name(name: &str) -> Self {
+        match name {
+            "transient" => ErrorClass::Transient,
+            "data" => ErrorClass::Data,
+            _ => ErrorClass::Permanent,
+        }
+    }
 }
+
+/// The `ErrorInfo.domain` of autopipe's errors on the wire.
+pub const ERROR_DOMAIN: &str = "autopipe";
 
 /// autopipe's error at every crate boundary.
 #[derive(Debug, thiserror::Error)]
@@ -221,20 +240,75 @@ impl Error {
         }
     }
 
-    /// As a tonic status: the code follows the class and the detail rides along.
+    /// As a tonic status in gRPC's richer error model (a `google.rpc.Status` in
+    /// `grpc-status-details-bin`, which any client's standard library decodes): the
+    /// code follows the class; `ErrorInfo` (domain `autopipe`) carries the reason and
+    /// the class, key and fetch failure as metadata; a spec error names its key in a
+    /// `BadRequest` field violation; a transient one suggests a `RetryInfo` delay.
     pub fn to_status(&self) -> tonic::Status {
+        use tonic_types::{ErrorDetails, StatusExt};
         let code = match self.class() {
             ErrorClass::Transient => tonic::Code::Unavailable,
             ErrorClass::Permanent => tonic::Code::InvalidArgument,
             ErrorClass::Data => tonic::Code::DataLoss,
         };
-        let detail = self.to_detail().encode_to_vec();
-        tonic::Status::with_details(code, self.to_string(), detail.into())
+        let d = self.to_detail();
+        let mut details = ErrorDetails::new();
+        let mut meta: std::collections::HashMap<String, String> = Default::default();
+        meta.insert("class".into(), self.class().name().into());
+        if !d.key.is_empty() {
+            meta.insert("key".into(), d.key.clone());
+            details.add_bad_request_violation(d.key.clone(), d.message.clone());
+        }
+        if let Some(f) = &d.fetch_failed {
+            meta.insert("stage_id".into(), f.stage_id.to_string());
+            meta.insert("map_task".into(), f.map_task.to_string());
+            meta.insert("worker_id".into(), f.worker_id.clone());
+        }
+        if d.out_of_memory {
+            meta.insert("out_of_memory".into(), "true".into());
+        }
+        let reason = match (&d.fetch_failed, d.out_of_memory, self.class()) {
+            (Some(_), _, _) => "FETCH_FAILED",
+            (_, true, _) => "OUT_OF_MEMORY",
+            _ if !d.key.is_empty() => "INVALID_SPEC",
+            (_, _, ErrorClass::Transient) => "TRANSIENT",
+            (_, _, ErrorClass::Data) => "DATA",
+            (_, _, ErrorClass::Permanent) => "PERMANENT",
+        };
+        details.set_error_info(reason, ERROR_DOMAIN, meta);
+        if self.class() == ErrorClass::Transient {
+            details.set_retry_info(Some(std::time::Duration::from_millis(500)));
+        }
+        tonic::Status::with_error_details(code, self.to_string(), details)
     }
 
-    /// From a tonic status: our detail if present, otherwise classified by code.
+    /// From a tonic status: our `ErrorInfo` if present (or, from an older peer, a
+    /// bare `ErrorDetail`), otherwise classified by code.
     pub fn from_status(s: &tonic::Status) -> Self {
+        use tonic_types::StatusExt;
         if !s.details().is_empty() {
+            if let Ok(details) = s.check_error_details() {
+                if let Some(info) = details.error_info().filter(|i| i.domain == ERROR_DOMAIN) {
+                    let m = &info.metadata;
+                    let num = |k: &str| m.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+                    let fetch_failed = m.get("worker_id").map(|w| pb::FetchFailed {
+                        stage_id: num("stage_id"),
+                        map_task: num("map_task"),
+                        worker_id: w.clone(),
+                    });
+                    let class = m
+                        .get("class")
+                        .map_or(ErrorClass::Permanent, |c| ErrorClass::from_name(c));
+                    return Error::from_detail(&pb::ErrorDetail {
+                        class: class.to_proto() as i32,
+                        message: s.message().to_string(),
+                        key: m.get("key").cloned().unwrap_or_default(),
+                        fetch_failed,
+                        out_of_memory: m.get("out_of_memory").is_some_and(|v| v == "true"),
+                    });
+                }
+            }
             if let Ok(d) = pb::ErrorDetail::decode(s.details()) {
                 return Error::from_detail(&d);
             }
@@ -291,6 +365,36 @@ mod tests {
         let s = p.to_status();
         assert_eq!(s.code(), tonic::Code::InvalidArgument);
         assert_eq!(Error::from_status(&s).class(), ErrorClass::Permanent);
+    }
+
+    #[test]
+    fn the_wire_form_is_grpcs_richer_error_model() {
+        use tonic_types::StatusExt;
+        let s = Error::plan("sources[0].path", "does not exist").to_status();
+        let d = s.check_error_details().expect("a google.rpc.Status");
+        let v = &d.bad_request().expect("a BadRequest").field_violations[0];
+        assert_eq!(v.field, "sources[0].path");
+        let info = d.error_info().expect("an ErrorInfo");
+        assert_eq!(
+            (info.domain.as_str(), info.reason.as_str()),
+            ("autopipe", "INVALID_SPEC")
+        );
+        assert!(d.retry_info().is_none(), "a spec error is not retried");
+        let s = Error::Transient("reset".into()).to_status();
+        let d = s.check_error_details().expect("a google.rpc.Status");
+        assert_eq!(d.error_info().map(|i| i.reason.as_str()), Some("TRANSIENT"));
+        assert!(d.retry_info().is_some());
+        assert_eq!(Error::from_status(&s).class(), ErrorClass::Transient);
+        // an older peer's bare ErrorDetail still reads
+        let old = tonic::Status::with_details(
+            tonic::Code::Unavailable,
+            "x",
+            Error::Data("bad row".into())
+                .to_detail()
+                .encode_to_vec()
+                .into(),
+        );
+        assert_eq!(Error::from_status(&old).class(), ErrorClass::Data);
     }
 
     #[test]

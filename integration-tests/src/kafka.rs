@@ -24,12 +24,18 @@ fn pip_install(dir: &str, package: &str, marker: &str) -> Result<PathBuf> {
 }
 
 /// The directory to put on `PYTHONPATH` for Python's gRPC (`grpcio`, with its
-/// health-checking and reflection clients): a third-party client of the API.
+/// health-checking, reflection and rich-error-status packages): a third-party client
+/// of the API.
 pub fn grpcio_path() -> Result<PathBuf> {
     pip_install_all(
         "grpclib",
-        &["grpcio", "grpcio-health-checking", "grpcio-reflection"],
-        "grpc_reflection/__init__.py",
+        &[
+            "grpcio",
+            "grpcio-health-checking",
+            "grpcio-reflection",
+            "grpcio-status",
+        ],
+        "grpc_status/__init__.py",
     )
 }
 
@@ -61,6 +67,8 @@ fn pip_install_all(dir: &str, packages: &[&str], marker: &str) -> Result<PathBuf
             "install",
             "-q",
             "--disable-pip-version-check",
+            // (replaces what an earlier install of fewer packages left there)
+            "--upgrade",
             "--target",
         ])
         .arg(&target)

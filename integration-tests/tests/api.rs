@@ -233,3 +233,62 @@ fn submit_wait_prints_progress_lines_when_stdout_is_not_a_terminal() -> Result<(
     );
     Ok(())
 }
+
+/// Submits an invalid spec with stubs built from server reflection alone, and decodes
+/// the refusal's standard details with grpcio-status.
+const BAD_REQUEST: &str = r#"
+import grpc, json, sys
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from google.protobuf.descriptor_pool import DescriptorPool
+from google.protobuf import message_factory
+from grpc_status import rpc_status
+from google.rpc import error_details_pb2
+
+ch = grpc.insecure_channel(sys.argv[1])
+pool = DescriptorPool(ProtoReflectionDescriptorDatabase(ch))
+Req = message_factory.GetMessageClass(pool.FindMessageTypeByName("autopipe.v1.SubmitJobRequest"))
+Resp = message_factory.GetMessageClass(pool.FindMessageTypeByName("autopipe.v1.SubmitJobResponse"))
+submit = ch.unary_unary("/autopipe.v1.JobService/SubmitJob",
+    request_serializer=Req.SerializeToString, response_deserializer=Resp.FromString)
+spec = {"job": {"name": "bad"},
+        "sources": [{"name": "events", "format": "parquet", "path": "file:///nowhere/events/"}],
+        "transform": {"sql": " "},
+        "sink": {"format": "parquet", "path": "file:///nowhere/out/"}}
+out = {}
+try:
+    submit(Req(spec_json=json.dumps(spec)), timeout=10)
+    out["code"] = "OK"
+except grpc.RpcError as e:
+    out["code"] = e.code().name
+    status = rpc_status.from_call(e)
+    for d in status.details:
+        if d.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            b = error_details_pb2.BadRequest()
+            d.Unpack(b)
+            out["violations"] = [[v.field, v.description] for v in b.field_violations]
+        if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            i = error_details_pb2.ErrorInfo()
+            d.Unpack(i)
+            out["info"] = {"reason": i.reason, "domain": i.domain, "metadata": dict(i.metadata)}
+print(json.dumps(out))
+"#;
+
+#[test]
+fn a_refused_submission_carries_standard_error_details_that_grpcio_status_decodes() -> Result<()> {
+    let c = Cluster::start(0, 1)?;
+    let out = python(&grpcio_path()?, BAD_REQUEST, &[&c.coordinator.addr])?;
+    let v: serde_json::Value = serde_json::from_str(out.trim()).context(out.clone())?;
+    assert_eq!(v["code"], "INVALID_ARGUMENT", "{v}");
+    assert_eq!(v["violations"][0][0], "transform.sql", "{v}");
+    assert!(
+        v["violations"][0][1]
+            .as_str()
+            .is_some_and(|d| d.contains("sql is empty")),
+        "{v}"
+    );
+    assert_eq!(v["info"]["domain"], "autopipe", "{v}");
+    assert_eq!(v["info"]["reason"], "INVALID_SPEC", "{v}");
+    assert_eq!(v["info"]["metadata"]["class"], "permanent", "{v}");
+    assert_eq!(v["info"]["metadata"]["key"], "transform.sql", "{v}");
+    Ok(())
+}

@@ -179,18 +179,42 @@ impl Services {
 
 /// A proposal's failure as a gRPC status. Not the leader: `UNAVAILABLE` with the
 /// leader's address in the `autopipe-leader` metadata key, so clients and workers
-/// reconnect there.
+/// reconnect there, and in the standard details (`ErrorInfo` reason `NOT_LEADER`,
+/// metadata `leader`; `RetryInfo`) for any other client.
 pub fn store_status(e: StoreError) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let domain = autopipe_common::error::ERROR_DOMAIN;
+    let info = |reason: &str, meta: Vec<(&str, String)>| {
+        let mut d = ErrorDetails::new();
+        let meta: std::collections::HashMap<String, String> =
+            meta.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        d.set_error_info(reason, domain, meta);
+        d
+    };
     match &e {
-        StoreError::Rejected(_) => Status::failed_precondition(e.to_string()),
+        StoreError::Rejected(_) => Status::with_error_details(
+            tonic::Code::FailedPrecondition,
+            e.to_string(),
+            info("REJECTED", vec![("class", "permanent".into())]),
+        ),
         StoreError::Raft(RaftError::NotLeader { address, .. }) => {
-            let mut st = Status::unavailable(e.to_string());
+            let mut meta = vec![("class", "transient".to_string())];
+            if let Some(a) = address {
+                meta.push(("leader", a.clone()));
+            }
+            let mut d = info("NOT_LEADER", meta);
+            d.set_retry_info(Some(std::time::Duration::from_millis(100)));
+            let mut st = Status::with_error_details(tonic::Code::Unavailable, e.to_string(), d);
             if let Some(v) = address.as_ref().and_then(|a| a.parse().ok()) {
                 st.metadata_mut().insert(LEADER_KEY, v);
             }
             st
         }
-        StoreError::Raft(_) => Status::unavailable(e.to_string()),
+        StoreError::Raft(_) => {
+            let mut d = info("NO_QUORUM", vec![("class", "transient".into())]);
+            d.set_retry_info(Some(std::time::Duration::from_millis(500)));
+            Status::with_error_details(tonic::Code::Unavailable, e.to_string(), d)
+        }
     }
 }
 
