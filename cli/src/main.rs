@@ -347,6 +347,13 @@ enum Cmd {
     },
     /// List jobs
     Jobs {
+        /// only jobs in this state (queued, running, committing, succeeded, failed,
+        /// cancelled); repeatable
+        #[arg(long = "state")]
+        states: Vec<String>,
+        /// only jobs of this name (the spec's [job] name)
+        #[arg(long)]
+        name: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -540,7 +547,7 @@ fn client_args(cmd: &Cmd) -> Option<&ClientArgs> {
     match cmd {
         Cmd::Submit { client, .. }
         | Cmd::Status { client, .. }
-        | Cmd::Jobs { client }
+        | Cmd::Jobs { client, .. }
         | Cmd::Workers { client }
         | Cmd::Cancel { client, .. }
         | Cmd::Decisions { client, .. }
@@ -872,7 +879,24 @@ async fn run(cli: Cli) -> Result<i32> {
             client::print_job(&st, client.output == OutputFormat::Json);
             Ok(0)
         }
-        Cmd::Jobs { client } => {
+        Cmd::Jobs {
+            states,
+            name,
+            client,
+        } => {
+            let states = states
+                .iter()
+                .map(|s| {
+                    autopipe_proto::JobState::from_str_name(&s.to_ascii_uppercase())
+                        .filter(|s| *s != autopipe_proto::JobState::Unspecified)
+                        .map(|s| s as i32)
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "--state {s}: not a job state (queued, running, committing, succeeded, failed, cancelled)"
+                            )
+                        })
+                })
+                .collect::<Result<Vec<i32>>>()?;
             let ch = client::connect(&client.coordinator).await?;
             let mut c = autopipe_proto::job_service_client::JobServiceClient::new(ch);
             // every page, in submission order
@@ -882,6 +906,9 @@ async fn run(cli: Cli) -> Result<i32> {
                     .list_jobs(autopipe_proto::ListJobsRequest {
                         page_size: 0,
                         page_token,
+                        states: states.clone(),
+                        name: name.clone().unwrap_or_default(),
+                        view: autopipe_proto::JobView::Basic as i32,
                     })
                     .await
                     .map_err(|s| anyhow::anyhow!("{}", s.message()))?

@@ -209,6 +209,47 @@ fn submit_wait_prints_progress_lines_when_stdout_is_not_a_terminal() -> Result<(
         row.split_whitespace().any(is_rfc3339) && row.contains("succeeded"),
         "{text}"
     );
+    // filters: by state and by name, on the CLI and the HTTP API
+    let count = |args: &[&str]| -> Result<usize> {
+        let mut a = vec!["jobs"];
+        a.extend_from_slice(args);
+        Ok(c.cli_json(&a)?.as_array().map_or(0, Vec::len))
+    };
+    assert_eq!(count(&["--state", "succeeded", "--name", "progress"])?, 1);
+    assert_eq!(count(&["--state", "failed"])?, 0);
+    assert_eq!(count(&["--name", "another"])?, 0);
+    let out = integration_tests::cli(&["jobs", "--state", "done", "--coordinator", &c.url()])?;
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not a job state"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let http = c.coordinator.http.as_str();
+    let api: serde_json::Value = serde_json::from_str(&integration_tests::http_get(
+        http,
+        "/api/jobs?state=succeeded&name=progress",
+    )?)?;
+    assert_eq!(api.as_array().map(Vec::len), Some(1), "{api}");
+    assert_eq!(
+        api[0]["stages"][0]["plan"], "",
+        "no plans unless view=full: {api}"
+    );
+    let full: serde_json::Value = serde_json::from_str(&integration_tests::http_get(
+        http,
+        "/api/jobs?name=progress&view=full",
+    )?)?;
+    assert!(
+        full[0]["stages"][0]["plan"]
+            .as_str()
+            .is_some_and(|p| !p.is_empty()),
+        "{full}"
+    );
+    let none: serde_json::Value = serde_json::from_str(&integration_tests::http_get(
+        http,
+        "/api/jobs?state=failed",
+    )?)?;
+    assert_eq!(none.as_array().map(Vec::len), Some(0), "{none}");
+
     let jobs = c.cli_json(&["jobs"])?;
     let j = &jobs[0];
     assert!(

@@ -2,7 +2,9 @@
 //! Every state change goes through `Core::propose` and is answered after it applied.
 
 use super::cluster;
-use super::status::{decisions, job_page, job_status, job_status_with_workers, workers};
+use super::status::{
+    decisions, job_page_where, job_state, job_status, job_status_with_workers, workers,
+};
 use crate::core::{attempt_id, Core, Liveness, StoreError};
 use crate::optimizer::partitions::{plan_inputs, InputPlan};
 use crate::planner::plan_job_with;
@@ -218,6 +220,32 @@ pub fn store_status(e: StoreError) -> Status {
     }
 }
 
+/// A reused idempotency key whose first job had another spec: `ALREADY_EXISTS`,
+/// with `ErrorInfo` reason `REQUEST_ID_REUSED` naming that job.
+fn reused_request_id(request_id: &str, job_id: &str) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let mut d = ErrorDetails::new();
+    d.set_error_info(
+        "REQUEST_ID_REUSED",
+        autopipe_common::error::ERROR_DOMAIN,
+        [
+            ("class".to_string(), "permanent".to_string()),
+            ("job_id".to_string(), job_id.to_string()),
+        ]
+        .into_iter()
+        .collect::<std::collections::HashMap<_, _>>(),
+    );
+    d.add_bad_request_violation(
+        "request_id",
+        format!("request_id '{request_id}' already started job {job_id} with another spec; use a new key for a new spec"),
+    );
+    Status::with_error_details(
+        tonic::Code::AlreadyExists,
+        format!("request_id '{request_id}' already started job {job_id} with another spec; use a new key for a new spec"),
+        d,
+    )
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::JobStatus, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -233,12 +261,24 @@ impl pb::job_service_server::JobService for Services {
             req.spec_origin.clone()
         };
         let request_id = req.request_id.clone();
-        let first = |core: &Core| {
-            (!request_id.is_empty())
-                .then(|| core.read(|s| s.submissions.get(&request_id).cloned()))
-                .flatten()
+        let request_hash = crate::state::commands::request_fingerprint(&req.spec_json);
+        // the job the key started first; refused when it started it with another spec
+        let first = |core: &Core| -> Result<Option<String>, Status> {
+            if request_id.is_empty() {
+                return Ok(None);
+            }
+            core.read(|s| {
+                let Some(id) = s.submissions.get(&request_id) else {
+                    return Ok(None);
+                };
+                let theirs = s.jobs.get(id).map_or(0, |j| j.request_hash);
+                if theirs != 0 && theirs != request_hash {
+                    return Err(reused_request_id(&request_id, id));
+                }
+                Ok(Some(id.clone()))
+            })
         };
-        if let Some(job_id) = first(&self.core) {
+        if let Some(job_id) = first(&self.core)? {
             return Ok(Response::new(pb::SubmitJobResponse { job_id }));
         }
         let mut spec = PipelineSpec::parse(&req.spec_json, &origin)?;
@@ -283,6 +323,7 @@ impl pb::job_service_server::JobService for Services {
                 stages,
                 at_ms: now_ms(),
                 request_id: request_id.clone(),
+                request_hash,
                 stream,
             })
             .await;
@@ -312,9 +353,9 @@ impl pb::job_service_server::JobService for Services {
         match r {
             Ok(_) => Ok(Response::new(pb::SubmitJobResponse { job_id })),
             // the same request committed first (a retry that raced it)
-            Err(StoreError::Rejected(_)) if first(&self.core).is_some() => {
+            Err(StoreError::Rejected(_)) if !matches!(first(&self.core), Ok(None)) => {
                 Ok(Response::new(pb::SubmitJobResponse {
-                    job_id: first(&self.core).expect("checked"),
+                    job_id: first(&self.core)?.expect("checked"),
                 }))
             }
             Err(e) => Err(store_status(e)),
@@ -339,11 +380,31 @@ impl pb::job_service_server::JobService for Services {
         req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let r = req.into_inner();
+        let states: Vec<i32> = r.states.clone();
+        let full = r.view() == pb::JobView::Full;
+        let keep = |j: &crate::state::Job| {
+            (states.is_empty() || states.contains(&(job_state(j.state) as i32)))
+                && (r.name.is_empty() || j.spec.job.name == r.name)
+        };
         let (jobs, next) = self
             .core
             .read_current(|s| {
-                job_page(s, r.page_size as usize, &r.page_token)
-                    .map(|(jobs, next)| (jobs.into_iter().map(job_status).collect(), next))
+                job_page_where(s, r.page_size as usize, &r.page_token, keep).map(|(jobs, next)| {
+                    let jobs = jobs
+                        .into_iter()
+                        .map(job_status)
+                        .map(|mut st| {
+                            if !full {
+                                // plans only in the FULL view
+                                for stage in &mut st.stages {
+                                    stage.plan.clear();
+                                }
+                            }
+                            st
+                        })
+                        .collect();
+                    (jobs, next)
+                })
             })
             .await
             .map_err(store_status)?
@@ -973,6 +1034,7 @@ mod tests {
             stages,
             at_ms,
             request_id: String::new(),
+            request_hash: 0,
             stream: None,
         })
         .await
@@ -996,6 +1058,7 @@ mod tests {
                 .list_jobs(Request::new(pb::ListJobsRequest {
                     page_size: 2,
                     page_token: token.clone(),
+                    ..Default::default()
                 }))
                 .await
                 .unwrap()
@@ -1014,10 +1077,94 @@ mod tests {
             .list_jobs(Request::new(pb::ListJobsRequest {
                 page_size: 2,
                 page_token: "bogus".into(),
+                ..Default::default()
             }))
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn list_jobs_filters_by_state_and_name_and_sends_plans_only_in_the_full_view() {
+        use pb::job_service_server::JobService;
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let svc = Services {
+            core: leading_core(dir.path(), &cancel).await,
+        };
+        for i in 0..5 {
+            let Command::SubmitJob {
+                mut spec,
+                mut stages,
+                ..
+            } = crate::state::test_job(1)
+            else {
+                unreachable!()
+            };
+            spec.job.name = if i == 4 { "other" } else { "t" }.into();
+            stages[0].display = "ParquetExec: file_groups={1 group}".into();
+            svc.core
+                .propose(Command::SubmitJob {
+                    job_id: format!("j{i}"),
+                    spec,
+                    stages,
+                    at_ms: i,
+                    request_id: String::new(),
+                    request_hash: 0,
+                    stream: None,
+                })
+                .await
+                .unwrap();
+        }
+        for id in ["j1", "j3"] {
+            svc.core
+                .propose(Command::CancelJob {
+                    job_id: id.into(),
+                    at_ms: 9,
+                })
+                .await
+                .unwrap();
+        }
+        let list = |req: pb::ListJobsRequest| async {
+            let r = svc.list_jobs(Request::new(req)).await.unwrap().into_inner();
+            let ids: Vec<String> = r.jobs.iter().map(|j| j.job_id.clone()).collect();
+            (ids, r.next_page_token, r.jobs)
+        };
+        let cancelled = pb::ListJobsRequest {
+            states: vec![pb::JobState::Cancelled as i32],
+            page_size: 1,
+            ..Default::default()
+        };
+        let (ids, token, _) = list(cancelled.clone()).await;
+        assert_eq!(ids, ["j1"]);
+        let (ids, token, _) = list(pb::ListJobsRequest {
+            page_token: token,
+            ..cancelled
+        })
+        .await;
+        assert_eq!((ids, token.as_str()), (vec!["j3".to_string()], ""));
+        let (ids, _, _) = list(pb::ListJobsRequest {
+            states: vec![pb::JobState::Running as i32],
+            name: "t".into(),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(ids, ["j0", "j2"]);
+        let (ids, _, basic) = list(pb::ListJobsRequest {
+            name: "other".into(),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(ids, ["j4"]);
+        assert_eq!(basic[0].stages[0].plan, "", "no plan in the basic view");
+        let (_, _, full) = list(pb::ListJobsRequest {
+            name: "other".into(),
+            view: pb::JobView::Full as i32,
+            ..Default::default()
+        })
+        .await;
+        assert!(full[0].stages[0].plan.contains("ParquetExec"), "{full:?}");
         cancel.cancel();
     }
 

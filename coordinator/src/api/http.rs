@@ -7,7 +7,9 @@
 //! (any method but GET and HEAD) needs `Authorization: Bearer <token>`, and so does every
 //! request when `--http-open-reads=false` (the guard `router` adds).
 
-use super::status::{decisions, job_page, job_status, job_status_with_workers, workers};
+use super::status::{
+    decisions, job_page_where, job_state, job_status, job_status_with_workers, workers,
+};
 use crate::core::Core;
 use autopipe_common::auth::ServerAuth;
 use autopipe_proto as pb;
@@ -239,6 +241,35 @@ pub fn worker_json(w: &pb::WorkerInfo) -> Value {
 struct JobsQuery {
     limit: Option<usize>,
     after: Option<String>,
+    /// only jobs in this state (running, committing, succeeded, failed, cancelled)
+    state: Option<String>,
+    /// only jobs of this name
+    name: Option<String>,
+    /// `full`: the stages' plans too
+    view: Option<String>,
+}
+
+impl JobsQuery {
+    /// Whether `j` passes the query's filters.
+    fn keeps(&self, j: &crate::state::Job) -> bool {
+        let state = job_state(j.state).as_str_name().to_ascii_lowercase();
+        self.state
+            .as_deref()
+            .is_none_or(|s| s.eq_ignore_ascii_case(&state))
+            && self.name.as_deref().is_none_or(|n| n == j.spec.job.name)
+    }
+
+    /// A job's JSON in the query's view (plans only in `view=full`, as gRPC's
+    /// `ListJobs`).
+    fn view(&self, j: &crate::state::Job) -> Value {
+        let mut st = job_status(j);
+        if self.view.as_deref() != Some("full") {
+            for s in &mut st.stages {
+                s.plan.clear();
+            }
+        }
+        job_json(&st)
+    }
 }
 
 /// Every job in submission order; with `?limit=N[&after=TOKEN]`, a page of them, the
@@ -252,20 +283,20 @@ async fn jobs(
             s.job_order
                 .iter()
                 .filter_map(|id| s.jobs.get(id))
-                .map(|j| job_json(&job_status(j)))
+                .filter(|j| q.keeps(j))
+                .map(|j| q.view(j))
                 .collect()
         });
         return Json(Value::Array(v)).into_response();
     }
     let page = core.read(|s| {
-        job_page(s, q.limit.unwrap_or(0), q.after.as_deref().unwrap_or("")).map(|(jobs, next)| {
-            (
-                jobs.iter()
-                    .map(|j| job_json(&job_status(j)))
-                    .collect::<Vec<_>>(),
-                next,
-            )
-        })
+        job_page_where(
+            s,
+            q.limit.unwrap_or(0),
+            q.after.as_deref().unwrap_or(""),
+            |j| q.keeps(j),
+        )
+        .map(|(jobs, next)| (jobs.iter().map(|j| q.view(j)).collect::<Vec<_>>(), next))
     });
     match page {
         Ok((v, next)) => {

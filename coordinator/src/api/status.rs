@@ -348,6 +348,16 @@ pub fn job_page<'a>(
     page_size: usize,
     token: &str,
 ) -> Result<(Vec<&'a Job>, Option<String>), String> {
+    job_page_where(s, page_size, token, |_| true)
+}
+
+/// `job_page` over the jobs `keep` accepts (a page holds `page_size` of those).
+pub fn job_page_where<'a>(
+    s: &'a State,
+    page_size: usize,
+    token: &str,
+    keep: impl Fn(&Job) -> bool,
+) -> Result<(Vec<&'a Job>, Option<String>), String> {
     let after: u64 = match token {
         "" => 0,
         t => t.parse().map_err(|_| {
@@ -365,15 +375,14 @@ pub fn job_page<'a>(
     } else {
         s.job_order.partition_point(|id| seq(id) <= after)
     };
-    let rest = &s.job_order[start..];
-    let jobs: Vec<&Job> = rest
+    let mut rest = s.job_order[start..]
         .iter()
-        .take(size)
         .filter_map(|id| s.jobs.get(id))
-        .collect();
-    let next = (rest.len() > size)
-        .then(|| jobs.last().map(|j| j.seq.to_string()))
-        .flatten();
+        .filter(|j| keep(j));
+    let jobs: Vec<&Job> = rest.by_ref().take(size).collect();
+    let next = rest
+        .next()
+        .and_then(|_| jobs.last().map(|j| j.seq.to_string()));
     Ok((jobs, next))
 }
 
@@ -394,6 +403,7 @@ mod tests {
                 stages: stages.clone(),
                 at_ms: i as u64,
                 request_id: String::new(),
+                request_hash: 0,
                 stream: None,
             })
             .unwrap();

@@ -232,6 +232,7 @@ mod tests {
             ],
             at_ms: 0,
             request_id: String::new(),
+            request_hash: 0,
             stream: None,
         })
         .unwrap();
@@ -295,6 +296,7 @@ mod tests {
             ],
             at_ms: 0,
             request_id: String::new(),
+            request_hash: 0,
             stream: None,
         })
         .unwrap();
@@ -386,6 +388,7 @@ mod tests {
             stages: vec![stage(0, build_tasks, Some(4), vec![]), probe, join],
             at_ms: 0,
             request_id: String::new(),
+            request_hash: 0,
             stream: None,
         })
         .unwrap();

@@ -463,6 +463,7 @@ mod tests {
             ],
             at_ms: 0,
             request_id: String::new(),
+            request_hash: 0,
             stream: None,
         })
         .unwrap();

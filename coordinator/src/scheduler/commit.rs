@@ -534,6 +534,7 @@ mod tests {
             stages,
             at_ms,
             request_id: String::new(),
+            request_hash: 0,
             stream: None,
         })
         .unwrap();

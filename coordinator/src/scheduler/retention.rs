@@ -175,6 +175,7 @@ mod tests {
             stages,
             at_ms: finished_ms,
             request_id: format!("req-{id}"),
+            request_hash: 0,
             stream: None,
         })
         .unwrap();
@@ -268,6 +269,7 @@ mod tests {
             stages,
             at_ms: 0,
             request_id: String::new(),
+            request_hash: 0,
             stream: None,
         })
         .unwrap();

@@ -280,6 +280,10 @@ pub enum Command {
         /// the client's idempotency key (empty: none)
         #[serde(default, skip_serializing_if = "String::is_empty")]
         request_id: String,
+        /// the fingerprint of the client's spec text, so the key reused with another
+        /// spec is refused (0: none recorded)
+        #[serde(default, skip_serializing_if = "is_zero")]
+        request_hash: u64,
         /// a streaming job's topic and partition assignment (its one stage's tasks
         /// are the consumer tasks)
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -686,4 +690,18 @@ mod tests {
         older["plan"] = serde_json::json!([0, 1, 2, 250]);
         assert_eq!(serde_json::from_value::<StagePlan>(older).unwrap(), plan);
     }
+}
+
+/// For `skip_serializing_if`: a zero that a default restores.
+pub(crate) fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// A stable fingerprint of a submission's spec text (FNV-1a, 64 bits; never 0), the
+/// same on every coordinator and version.
+pub fn request_fingerprint(text: &str) -> u64 {
+    let h = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    h.max(1)
 }

@@ -309,6 +309,9 @@ pub struct Job {
     /// a streaming job's partitions, offsets and committed batches
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<Stream>,
+    /// the fingerprint of the submission's spec text (`request_fingerprint`; 0: none)
+    #[serde(default, skip_serializing_if = "crate::state::commands::is_zero")]
+    pub request_hash: u64,
 }
 
 /// The stage a `ReplanStage` of `stage` appends for its pre-merge tasks `pre_merge`
@@ -687,6 +690,7 @@ impl State {
                 stages,
                 at_ms,
                 request_id,
+                request_hash,
                 stream,
             } => {
                 if self.jobs.contains_key(job_id) {
@@ -732,6 +736,7 @@ impl State {
                         seq: self.last_job_seq + 1,
                         cleaned: false,
                         stream: stream.as_deref().map(Stream::new),
+                        request_hash: *request_hash,
                     },
                 );
                 self.last_job_seq += 1;
@@ -2597,6 +2602,7 @@ mod tests {
                 stages,
                 at_ms,
                 request_id: key.into(),
+                request_hash: 0,
                 stream: None,
             },
             _ => unreachable!(),
@@ -2765,6 +2771,7 @@ mod tests {
             stages,
             at_ms: 1,
             request_id: String::new(),
+            request_hash: 0,
             stream: None,
         })
         .unwrap();
@@ -2803,6 +2810,7 @@ mod tests {
                 stages: stages.clone(),
                 at_ms: 1,
                 request_id: key.into(),
+                request_hash: 0,
                 stream: None,
             })
             .unwrap();

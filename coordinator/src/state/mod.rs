@@ -121,6 +121,7 @@ pub(crate) fn test_job(map_tasks: u32) -> Command {
         ],
         at_ms: 0,
         request_id: String::new(),
+        request_hash: 0,
         stream: None,
     }
 }

@@ -692,6 +692,7 @@ pub(crate) fn test_stream_job(
         )],
         at_ms: 0,
         request_id: String::new(),
+        request_hash: 0,
         stream: Some(Box::new(StreamPlan {
             topic: "clicks".into(),
             assignment,
