@@ -662,8 +662,32 @@ mod shared_bytes {
     }
 }
 
+/// For `skip_serializing_if`: a zero that a default restores.
+pub(crate) fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// A stable fingerprint of a submission's spec text (FNV-1a, 64 bits; never 0), the
+/// same on every coordinator and version.
+pub fn request_fingerprint(text: &str) -> u64 {
+    let h = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    h.max(1)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_request_fingerprint_is_fnv1a_and_never_zero() {
+        assert_eq!(super::request_fingerprint(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(super::request_fingerprint("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_ne!(
+            super::request_fingerprint("a"),
+            super::request_fingerprint("b")
+        );
+    }
+
     use super::StagePlan;
 
     #[test]
@@ -690,18 +714,4 @@ mod tests {
         older["plan"] = serde_json::json!([0, 1, 2, 250]);
         assert_eq!(serde_json::from_value::<StagePlan>(older).unwrap(), plan);
     }
-}
-
-/// For `skip_serializing_if`: a zero that a default restores.
-pub(crate) fn is_zero(v: &u64) -> bool {
-    *v == 0
-}
-
-/// A stable fingerprint of a submission's spec text (FNV-1a, 64 bits; never 0), the
-/// same on every coordinator and version.
-pub fn request_fingerprint(text: &str) -> u64 {
-    let h = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    h.max(1)
 }
