@@ -246,8 +246,9 @@ pub async fn watch(ch: AuthChannel, job_id: &str, progress: bool) -> Result<pb::
     // Reconnect the watch stream if it drops (coordinator restart), until the job ends.
     for _ in 0..100 {
         let mut stream = match c
-            .watch_job(pb::JobId {
+            .watch_job(pb::WatchJobRequest {
                 job_id: job_id.into(),
+                keepalive_seconds: 0,
             })
             .await
         {

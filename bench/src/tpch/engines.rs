@@ -172,7 +172,10 @@ async fn submit_and_wait(url: &str, spec: &PipelineSpec) -> Result<Duration> {
         .into_inner()
         .job_id;
     let mut stream = c
-        .watch_job(pb::JobId { job_id: id.clone() })
+        .watch_job(pb::WatchJobRequest {
+            job_id: id.clone(),
+            keepalive_seconds: 0,
+        })
         .await?
         .into_inner();
     while let Some(st) = stream.next().await {

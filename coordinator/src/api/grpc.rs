@@ -220,6 +220,9 @@ pub fn store_status(e: StoreError) -> Status {
     }
 }
 
+/// The longest a `WatchJob` stream stays silent by default (`keepalive_seconds`).
+const DEFAULT_WATCH_KEEPALIVE_S: u64 = 15;
+
 /// A reused idempotency key whose first job had another spec: `ALREADY_EXISTS`,
 /// with `ErrorInfo` reason `REQUEST_ID_REUSED` naming that job.
 fn reused_request_id(request_id: &str, job_id: &str) -> Status {
@@ -437,8 +440,16 @@ impl pb::job_service_server::JobService for Services {
 
     type WatchJobStream = WatchStream;
 
-    async fn watch_job(&self, req: Request<pb::JobId>) -> Result<Response<WatchStream>, Status> {
-        let id = req.into_inner().job_id;
+    async fn watch_job(
+        &self,
+        req: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let req = req.into_inner();
+        let id = req.job_id;
+        let keepalive = std::time::Duration::from_secs(match req.keepalive_seconds {
+            0 => DEFAULT_WATCH_KEEPALIVE_S,
+            n => u64::from(n),
+        });
         if self
             .core
             .read_current(|s| !s.jobs.contains_key(&id))
@@ -450,6 +461,8 @@ impl pb::job_service_server::JobService for Services {
         let core = self.core.clone();
         let mut rx = core.subscribe();
         let stream = async_stream(move |tx| async move {
+            // what was sent last, and when
+            let mut sent: Option<(pb::JobStatus, tokio::time::Instant)> = None;
             loop {
                 // a deposed leader's state may be stale: the client moves on to the
                 // new leader
@@ -465,12 +478,22 @@ impl pb::job_service_server::JobService for Services {
                     pb::JobState::try_from(st.state),
                     Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
                 );
-                if tx.send(Ok(st)).await.is_err() || terminal {
-                    return;
+                let due = sent
+                    .as_ref()
+                    .is_none_or(|(last, at)| *last != st || at.elapsed() >= keepalive);
+                if due {
+                    if tx.send(Ok(st.clone())).await.is_err() || terminal {
+                        return;
+                    }
+                    sent = Some((st, tokio::time::Instant::now()));
                 }
+                let next_keepalive = sent
+                    .as_ref()
+                    .map_or(keepalive, |(_, at)| keepalive.saturating_sub(at.elapsed()));
+                // any change to the state wakes the loop; a keep-alive is due anyway
                 tokio::select! {
                     r = rx.changed() => if r.is_err() { return },
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {},
+                    _ = tokio::time::sleep(next_keepalive) => {},
                 }
             }
         });
@@ -1165,6 +1188,67 @@ mod tests {
         })
         .await;
         assert!(full[0].stages[0].plan.contains("ParquetExec"), "{full:?}");
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn watch_job_sends_on_a_change_of_its_job_and_keeps_alive() {
+        use pb::job_service_server::JobService;
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let svc = Services {
+            core: leading_core(dir.path(), &cancel).await,
+        };
+        submit_test_job(&svc.core, "watched", 0).await;
+        submit_test_job(&svc.core, "other", 0).await;
+        let watch = |keepalive_seconds| {
+            svc.watch_job(Request::new(pb::WatchJobRequest {
+                job_id: "watched".into(),
+                keepalive_seconds,
+            }))
+        };
+        let mut quiet = watch(60).await.unwrap().into_inner();
+        async fn next(s: &mut WatchStream, secs: u64) -> Option<pb::JobStatus> {
+            let wait = std::time::Duration::from_secs(secs);
+            tokio::time::timeout(wait, tokio_stream::StreamExt::next(s))
+                .await
+                .ok()
+                .flatten()
+                .map(|r| r.unwrap())
+        }
+        let first = next(&mut quiet, 5).await.expect("the status at once");
+        assert_eq!(first.tasks_done, 0);
+        // another job changes: nothing (the stream used to repeat itself every second)
+        let launch = |job: &str| Command::TaskLaunched {
+            job_id: job.into(),
+            stage: 0,
+            task: 0,
+            attempt: 1,
+            worker_id: "w1".into(),
+            at_ms: 1,
+        };
+        svc.core
+            .propose(Command::RegisterWorker {
+                worker_id: "w1".into(),
+                address: "w1:1".into(),
+                http_address: String::new(),
+                slots: 4,
+                at_ms: 0,
+                shuffle: Default::default(),
+            })
+            .await
+            .unwrap();
+        svc.core.propose(launch("other")).await.unwrap();
+        assert!(next(&mut quiet, 2).await.is_none(), "no change of its job");
+        // its job changes: sent
+        svc.core.propose(launch("watched")).await.unwrap();
+        let changed = next(&mut quiet, 5).await.expect("the change");
+        assert_ne!(changed, first);
+        // with a 1 s keep-alive, the unchanged status comes again
+        let mut alive = watch(1).await.unwrap().into_inner();
+        let a = next(&mut alive, 5).await.expect("at once");
+        let b = next(&mut alive, 5).await.expect("a keep-alive");
+        assert_eq!(a, b);
         cancel.cancel();
     }
 
