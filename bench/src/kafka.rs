@@ -207,7 +207,7 @@ fn timed_job(c: &Cluster, spec: &Path, records: u64) -> Result<Duration> {
     // polled every 200 ms: each poll is a CLI process, CPU the job would otherwise get
     let t = loop {
         let st = c.cli_json(&["status", &id])?;
-        if st["state"] != "running" {
+        if st["state"] != "queued" && st["state"] != "running" {
             bail!("the job ended: {st}");
         }
         if st["stream"]["rows_out"].as_u64().context("rows_out")? >= records {

@@ -90,7 +90,7 @@ fn run_job(c: &mut Cluster, spec_path: &Path, kill_at: Option<f64>) -> Result<Du
         if state == "succeeded" {
             return Ok(t.elapsed());
         }
-        if state != "running" && state != "committing" {
+        if state != "queued" && state != "running" && state != "committing" {
             bail!("job {id} ended {state}: {}", st["error"]);
         }
         if let Some(share) = pending_kill {

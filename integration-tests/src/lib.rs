@@ -327,7 +327,7 @@ impl Cluster {
     pub fn wait_done(&self, id: &str, timeout: Duration) -> Result<serde_json::Value> {
         self.wait_for(timeout, "the job to finish", |c| {
             let v = c.cli_json(&["status", id])?;
-            Ok(v["state"] != "running" && v["state"] != "committing")
+            Ok(v["state"] != "queued" && v["state"] != "running" && v["state"] != "committing")
         })?;
         self.cli_json(&["status", id])
     }

@@ -333,3 +333,21 @@ fn a_refused_submission_carries_standard_error_details_that_grpcio_status_decode
     assert_eq!(v["info"]["metadata"]["key"], "transform.sql", "{v}");
     Ok(())
 }
+
+#[test]
+fn a_job_waiting_for_slots_is_queued_until_a_task_starts() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    integration_tests::gen_clickstream(&dir.path().join("data"), 4_000, 2)?;
+    let spec = integration_tests::aggregation_job(dir.path(), "queued", "")?;
+    // no worker yet: nothing can start
+    let mut c = Cluster::start(0, 2)?;
+    let id = c.submit(&spec)?;
+    let st = c.cli_json(&["status", &id])?;
+    assert_eq!(st["state"], "queued", "{st}");
+    let queued = c.cli_json(&["jobs", "--state", "queued"])?;
+    assert_eq!(queued[0]["job_id"], id.as_str(), "{queued}");
+    c.add_worker(2)?;
+    let done = c.wait_done(&id, std::time::Duration::from_secs(60))?;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    Ok(())
+}

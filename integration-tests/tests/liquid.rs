@@ -283,7 +283,7 @@ fn a_split_offer_the_leader_died_holding_is_recorded_by_the_next_leader() -> Res
     let id = v["job_id"].as_str().context("job id")?.to_string();
     wait_until(Duration::from_secs(120), "the job to finish", || {
         let v = g.cli_json(&["status", &id])?;
-        Ok(v["state"] != "running" && v["state"] != "committing")
+        Ok(v["state"] != "queued" && v["state"] != "running" && v["state"] != "committing")
     })?;
     assert!(marker.exists(), "the leader never got a split offer");
     let v = g.cli_json(&["status", &id])?;

@@ -3,7 +3,7 @@
 
 use super::cluster;
 use super::status::{
-    decisions, job_page_where, job_state, job_status, job_status_with_workers, workers,
+    decisions, job_page_where, job_status, job_status_with_workers, public_state, workers,
 };
 use crate::core::{attempt_id, Core, Liveness, StoreError};
 use crate::optimizer::partitions::{plan_inputs, InputPlan};
@@ -386,7 +386,7 @@ impl pb::job_service_server::JobService for Services {
         let states: Vec<i32> = r.states.clone();
         let full = r.view() == pb::JobView::Full;
         let keep = |j: &crate::state::Job| {
-            (states.is_empty() || states.contains(&(job_state(j.state) as i32)))
+            (states.is_empty() || states.contains(&(public_state(j) as i32)))
                 && (r.name.is_empty() || j.spec.job.name == r.name)
         };
         let (jobs, next) = self
@@ -1167,13 +1167,42 @@ mod tests {
         })
         .await;
         assert_eq!((ids, token.as_str()), (vec!["j3".to_string()], ""));
+        // (none of their tasks started: queued)
         let (ids, _, _) = list(pb::ListJobsRequest {
-            states: vec![pb::JobState::Running as i32],
+            states: vec![pb::JobState::Queued as i32],
             name: "t".into(),
             ..Default::default()
         })
         .await;
         assert_eq!(ids, ["j0", "j2"]);
+        svc.core
+            .propose(Command::RegisterWorker {
+                worker_id: "w1".into(),
+                address: "w1:1".into(),
+                http_address: String::new(),
+                slots: 4,
+                at_ms: 0,
+                shuffle: Default::default(),
+            })
+            .await
+            .unwrap();
+        svc.core
+            .propose(Command::TaskLaunched {
+                job_id: "j2".into(),
+                stage: 0,
+                task: 0,
+                attempt: 1,
+                worker_id: "w1".into(),
+                at_ms: 10,
+            })
+            .await
+            .unwrap();
+        let (ids, _, _) = list(pb::ListJobsRequest {
+            states: vec![pb::JobState::Running as i32],
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(ids, ["j2"], "running once a task started");
         let (ids, _, basic) = list(pb::ListJobsRequest {
             name: "other".into(),
             ..Default::default()

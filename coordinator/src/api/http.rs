@@ -8,7 +8,7 @@
 //! request when `--http-open-reads=false` (the guard `router` adds).
 
 use super::status::{
-    decisions, job_page_where, job_state, job_status, job_status_with_workers, workers,
+    decisions, job_page_where, job_status, job_status_with_workers, public_state, workers,
 };
 use crate::core::Core;
 use autopipe_common::auth::ServerAuth;
@@ -252,7 +252,7 @@ struct JobsQuery {
 impl JobsQuery {
     /// Whether `j` passes the query's filters.
     fn keeps(&self, j: &crate::state::Job) -> bool {
-        let state = job_state(j.state).as_str_name().to_ascii_lowercase();
+        let state = public_state(j).as_str_name().to_ascii_lowercase();
         self.state
             .as_deref()
             .is_none_or(|s| s.eq_ignore_ascii_case(&state))

@@ -16,6 +16,19 @@ pub fn job_state(s: JobState) -> pb::JobState {
     }
 }
 
+/// A job's state as clients see it: `QUEUED` while it runs but none of its tasks
+/// has started yet (it waits for slots), else its state.
+pub fn public_state(job: &Job) -> pb::JobState {
+    let started = job
+        .stages
+        .iter()
+        .any(|st| st.tasks.iter().any(|t| t.attempts > 0));
+    match job.state {
+        JobState::Running if !started => pb::JobState::Queued,
+        s => job_state(s),
+    }
+}
+
 /// The status of one job.
 pub fn job_status(job: &Job) -> pb::JobStatus {
     let mut stages = Vec::new();
@@ -106,7 +119,7 @@ pub fn job_status(job: &Job) -> pb::JobStatus {
     let mut out = pb::JobStatus {
         job_id: job.id.clone(),
         name: job.spec.job.name.clone(),
-        state: job_state(job.state) as i32,
+        state: public_state(job) as i32,
         stages,
         rows_in,
         rows_out,

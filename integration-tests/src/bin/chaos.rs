@@ -221,7 +221,7 @@ fn one_run(dir: &Path, spec: &Path, rng: &mut Rng, kills: &mut Kills) -> Result<
     for _ in 0..1 + rng.below(MAX_KILLS) {
         std::thread::sleep(Duration::from_millis(rng.below(1500)));
         let st = status(&g, &id)?;
-        if st["state"] != "running" {
+        if st["state"] != "queued" && st["state"] != "running" {
             break;
         }
         let at = format!("{}/{} tasks", st["tasks_done"], st["tasks_total"]);
@@ -247,7 +247,7 @@ fn one_run(dir: &Path, spec: &Path, rng: &mut Rng, kills: &mut Kills) -> Result<
     let deadline = Instant::now() + Duration::from_secs(240);
     let st = loop {
         let st = status(&g, &id)?;
-        if st["state"] != "running" && st["state"] != "committing" {
+        if st["state"] != "queued" && st["state"] != "running" && st["state"] != "committing" {
             break st;
         }
         if Instant::now() > deadline {
