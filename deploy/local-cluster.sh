@@ -23,6 +23,19 @@ case "$cmd" in
     echo "coordinator http://127.0.0.1:7700 (dashboard http://127.0.0.1:7780), $n workers; logs in $HOME_DIR"
     ;;
   stop)
+    # workers first: SIGTERM drains one (it leaves once the coordinator released it);
+    # after 30 s a second SIGTERM stops it at once; then the coordinator
+    for f in "$HOME_DIR"/worker-*.pid; do
+      [ -e "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
+    done
+    for _ in $(seq 1 60); do
+      alive=0
+      for f in "$HOME_DIR"/worker-*.pid; do
+        [ -e "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && alive=1
+      done
+      [ "$alive" = 0 ] && break
+      sleep 0.5
+    done
     for f in "$HOME_DIR"/*.pid; do
       [ -e "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
       rm -f "$f"

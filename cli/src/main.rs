@@ -302,6 +302,11 @@ enum Cmd {
         /// test only: a task given fewer slots' memory than this runs out of memory
         #[arg(long, hide = true, default_value_t = 0)]
         test_oom_below_slots: u32,
+        /// on SIGTERM the worker drains: it takes no new task and stops once the
+        /// coordinator released it (its tasks ended and nothing it holds is still
+        /// needed), or after this many seconds; a second signal stops it at once
+        #[arg(long, default_value_t = 300)]
+        drain_grace_secs: u64,
         #[command(flatten)]
         security: SecurityArgs,
         #[command(flatten)]
@@ -724,6 +729,7 @@ async fn run(cli: Cli) -> Result<i32> {
             test_fail_first_attempt,
             test_panic_tasks,
             test_oom_below_slots,
+            drain_grace_secs,
             security,
             budget,
         } => {
@@ -737,7 +743,7 @@ async fn run(cli: Cli) -> Result<i32> {
             let auth_token = security.token()?;
             security.tls.install()?;
             let allowed_roots = security.roots()?;
-            let cancel = shutdown_token();
+            let cancel = CancellationToken::new();
             let h = autopipe_worker::start(
                 WorkerConfig {
                     coordinators: coordinator
@@ -763,10 +769,15 @@ async fn run(cli: Cli) -> Result<i32> {
                     allowed_roots,
                     ..Default::default()
                 },
-                cancel,
+                cancel.clone(),
             )
             .await?;
             println!("worker listening on {} (http {})", h.addr, h.http_addr);
+            tokio::spawn(drain_on_signal(
+                h.shared.clone(),
+                cancel,
+                Duration::from_secs(drain_grace_secs),
+            ));
             h.join().await;
             Ok(0)
         }
@@ -1197,6 +1208,35 @@ fn worker_security(s: &SecurityArgs) -> autoscale::WorkerSecurity {
             _ => None,
         },
     }
+}
+
+/// A worker's stop: the first SIGTERM or SIGINT drains it (no new task; its
+/// streaming tasks move elsewhere; the others end) until the coordinator releases it
+/// (nothing runs there and nothing it holds is still needed: it is not declared lost
+/// and nothing is redone), at most `grace`; a second signal stops it at once.
+async fn drain_on_signal(
+    shared: std::sync::Arc<autopipe_worker::control::WorkerShared>,
+    stop: CancellationToken,
+    grace: Duration,
+) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+        _ = stop.cancelled() => return,
+    }
+    shared.drain();
+    let released = shared.released();
+    tokio::select! {
+        _ = released.cancelled() => {}
+        _ = tokio::time::sleep(grace) => {
+            tracing::warn!("not released within the drain grace ({grace:?}); stopping anyway");
+        }
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    stop.cancel();
 }
 
 /// Cancelled on SIGINT/SIGTERM.

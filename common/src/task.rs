@@ -35,3 +35,7 @@ pub struct TaskResult {
 /// The message of a worker's `RESOURCE_EXHAUSTED` answer to a launch it refused
 /// before starting anything (all its slots busy): the attempt never ran.
 pub const NO_FREE_SLOT: &str = "no free task slot";
+
+/// A draining worker's answer to a launch: like `NO_FREE_SLOT`, a refusal, not an
+/// attempt (the coordinator places the task elsewhere).
+pub const DRAINING: &str = "the worker is draining: it takes no new task";

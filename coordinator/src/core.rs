@@ -117,6 +117,8 @@ pub struct Liveness {
     /// split points it offered that it still waits to have confirmed, as it last
     /// reported (`scheduler::liquid`)
     pub split_offers: Vec<autopipe_proto::SplitOffer>,
+    /// it drains (its last heartbeat said so): no launches go there
+    pub draining: bool,
 }
 
 /// (job, stage, task, attempt)
@@ -142,6 +144,7 @@ impl Liveness {
             stopping: HashSet::new(),
             load: None,
             split_offers: vec![],
+            draining: false,
         }
     }
 }

@@ -497,3 +497,57 @@ fn a_cause_repeating_on_two_workers_lowers_the_attempt_limit() -> Result<()> {
     );
     Ok(())
 }
+
+/// A rolling restart pages no one: SIGTERM drains a worker mid-job. It takes no new
+/// task, finishes its running ones, keeps serving its map outputs until the job no
+/// longer needs them, is released (not declared lost: no alert, nothing redone) and
+/// exits by itself. The job's output is the oracle's.
+#[test]
+fn a_sigterm_drains_a_worker_and_no_one_is_paged() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let spec = job(dir.path(), "drained")?;
+    let mut c = Cluster::start_full(2, 2, &["--test-task-delay-ms", "300"], LOST_AFTER)?;
+    let id = c.submit(&spec)?;
+    let mut busy = None;
+    c.wait_for(Duration::from_secs(60), "a running task", |c| {
+        busy = c.busy_worker()?;
+        Ok(busy.is_some())
+    })?;
+    let i = busy.expect("found");
+    let pid = c.workers[i].child.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()?;
+    assert!(sent.success());
+    // it leaves by itself once released
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(s) = c.workers[i].child.try_wait()? {
+            break s;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the draining worker did not leave"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "a drained worker exits cleanly: {status}");
+    let v = c.wait_done(&id, Duration::from_secs(120))?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    check_spec_output(dir.path(), &spec)?;
+    let ws = c.cli_json(&["workers"])?;
+    let states: Vec<&str> = ws
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w["state"].as_str())
+        .collect();
+    assert!(states.contains(&"released"), "{ws}");
+    assert!(!states.contains(&"lost"), "{ws}");
+    let m = integration_tests::http_get(&c.coordinator.http, "/metrics")?;
+    assert!(
+        !m.contains("autopipe_alerts_total{kind=\"worker_lost\"}"),
+        "no worker_lost alert: {m}"
+    );
+    Ok(())
+}

@@ -49,11 +49,17 @@ pub struct WorkerShared {
     queued: std::sync::atomic::AtomicU32,
     worker_id: Mutex<Option<String>>,
     running: Mutex<HashMap<Key, Running>>,
+    /// asked to stop (SIGTERM): no new task; leaves once the coordinator released it
+    draining: std::sync::atomic::AtomicBool,
+    /// cancelled when the coordinator released this draining worker
+    released: CancellationToken,
 }
 
 /// An attempt that holds a slot: listed in heartbeats until its task has ended, also
 /// after a cancel, so the coordinator counts its slot busy until it is really free.
 struct Running {
+    /// a streaming job's consumer task (it never ends by itself)
+    streaming: bool,
     /// checked by the task between batches
     cancel: CancellationToken,
     /// stops it at its next await point
@@ -107,6 +113,8 @@ impl WorkerShared {
             config,
             worker_id: Mutex::new(None),
             running: Mutex::new(HashMap::new()),
+            draining: Default::default(),
+            released: CancellationToken::new(),
         }
     }
 
@@ -187,6 +195,34 @@ impl WorkerShared {
         self.memory_limit
     }
 
+    /// Starts draining: no new task from now on; a streaming job's consumer tasks
+    /// (which never end by themselves) stop, and the coordinator launches them
+    /// elsewhere from their committed offsets; the others run to their end.
+    pub fn drain(&self) {
+        if self
+            .draining
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        tracing::info!("draining: no new tasks; leaving once the coordinator releases this worker");
+        for r in self.running.lock().expect("lock").values() {
+            if r.streaming && r.stop() {
+                self.metrics.task_done("cancelled");
+            }
+        }
+    }
+
+    /// Whether it drains.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Cancelled once the coordinator released this draining worker.
+    pub fn released(&self) -> CancellationToken {
+        self.released.clone()
+    }
+
     /// Stops every running task (each leaves the running list once it has ended).
     pub fn cancel_all(&self) {
         for r in self.running.lock().expect("lock").values() {
@@ -264,6 +300,10 @@ impl pb::worker_control_server::WorkerControl for Control {
             .clone()
             .ok_or_else(|| Status::invalid_argument("task definition without a key"))?;
         confined(&def, &self.shared.config.allowed_roots)?;
+        if self.shared.is_draining() {
+            return Err(Status::resource_exhausted(autopipe_common::task::DRAINING));
+        }
+        let streaming = def.stream.is_some();
         // The registration answer may still be on its way to us; the coordinator says
         // which id it launched for, and a launch for an identity we gave up is refused.
         let worker_id = def.worker_id.clone();
@@ -366,6 +406,7 @@ impl pb::worker_control_server::WorkerControl for Control {
         running.insert(
             k,
             Running {
+                streaming,
                 cancel,
                 abort: handle.abort_handle(),
                 split,

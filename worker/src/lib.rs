@@ -106,6 +106,8 @@ pub struct WorkerHandle {
     pub addr: SocketAddr,
     /// bound HTTP address
     pub http_addr: SocketAddr,
+    /// its state (`drain` starts a graceful stop)
+    pub shared: Arc<WorkerShared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -216,6 +218,7 @@ pub async fn start(config: WorkerConfig, cancel: CancellationToken) -> Result<Wo
     Ok(WorkerHandle {
         addr,
         http_addr,
+        shared,
         tasks: vec![grpc_task, http_task, hb_task, stop_task],
     })
 }
@@ -312,6 +315,7 @@ async fn heartbeat_loop(
                 memory_limit_bytes: shared.memory_limit(),
                 cpu_cores: cpu_cores(),
                 split_offers: shared.split_offers(),
+                draining: shared.is_draining(),
             });
             req.set_timeout(Duration::from_secs(5));
             let resp = client
@@ -323,7 +327,16 @@ async fn heartbeat_loop(
                 })?
                 .into_inner();
             sweep.answered(&shared.shuffle, &shuffle_jobs, &resp.finished_jobs);
-            if !resp.known {
+            if resp.released {
+                tracing::info!("drained and released by the coordinator");
+                shared.released().cancel();
+            }
+            if !resp.known && shared.is_draining() {
+                // released (by the fleet autoscaler, or drained) or declared lost
+                // while draining: nothing to come back for
+                tracing::info!(worker = %id, "draining and no longer a member; stopping");
+                shared.released().cancel();
+            } else if !resp.known {
                 // Declared lost: our running attempts and outputs are not trusted any
                 // more; stop them and register again (under the id we keep).
                 tracing::warn!(worker = %id, "coordinator does not know this worker; registering again");

@@ -35,6 +35,29 @@ pub struct Services {
 }
 
 impl Services {
+    /// Releases draining worker `id` if nothing blocks it (`State::release_blocker`).
+    async fn release_drained(&self, id: &str) -> bool {
+        let blocker = self.core.read(|s| s.release_blocker(id));
+        if let Some(why) = blocker {
+            tracing::debug!(worker = %id, "draining: {why}");
+            return false;
+        }
+        let cmd = Command::WorkerReleased {
+            worker_id: id.to_string(),
+            at_ms: now_ms(),
+        };
+        match self.core.propose(cmd).await {
+            Ok(_) => {
+                tracing::info!(worker = %id, "drained worker released");
+                true
+            }
+            Err(e) => {
+                tracing::debug!(worker = %id, "drained worker not released: {e}");
+                false
+            }
+        }
+    }
+
     /// The slots of each worker that is alive and heartbeats to this leader.
     fn alive(&self) -> Vec<u32> {
         let live = self
@@ -598,6 +621,7 @@ impl pb::worker_service_server::WorkerService for Services {
                 &h, l.last_ms,
             ));
             l.split_offers = h.split_offers.clone();
+            l.draining = h.draining;
             let before = {
                 let mut live = self.core.liveness.lock().expect("liveness lock poisoned");
                 // an attempt asked to stop holds its slot while the worker lists it
@@ -617,9 +641,14 @@ impl pb::worker_service_server::WorkerService for Services {
                 );
             }
         }
+        // a draining worker is released once nothing runs there and nothing it holds
+        // is still needed (as the fleet autoscaler releases an idle one): it leaves
+        // without being declared lost, and nothing is redone
+        let released = known && h.draining && self.release_drained(&h.worker_id).await;
         Ok(Response::new(pb::HeartbeatResponse {
             known,
             finished_jobs,
+            released,
         }))
     }
 

@@ -330,7 +330,7 @@ async fn launch_ready_tasks(core: &Arc<Core>) {
         .lock()
         .expect("liveness lock poisoned")
         .iter()
-        .filter(|(_, l)| !l.unreachable)
+        .filter(|(_, l)| !l.unreachable && !l.draining)
         .map(|(k, l)| (k.clone(), l.stopping.len() as u32))
         .collect();
     // One snapshot decides everything this tick, so a stage whose inputs complete
@@ -472,7 +472,8 @@ async fn send_launch(address: &str, def: pb::TaskDefinition) -> Result<(), Launc
         Ok(_) => Ok(()),
         Err(s)
             if s.code() == tonic::Code::ResourceExhausted
-                && s.message() == autopipe_common::task::NO_FREE_SLOT =>
+                && (s.message() == autopipe_common::task::NO_FREE_SLOT
+                    || s.message() == autopipe_common::task::DRAINING) =>
         {
             Err(LaunchError::Refused(s.message().to_string()))
         }
