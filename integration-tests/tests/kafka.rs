@@ -1114,3 +1114,48 @@ fn an_exactly_once_kafka_sinks_partitions_move_between_tasks_without_a_repeat() 
     c.cli_json(&["cancel", &id])?;
     Ok(())
 }
+
+#[test]
+fn a_sigterm_drains_a_consumers_worker_and_its_partitions_move_without_a_repeat() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = Broker::start()?;
+    broker.create_topic("clicks", 4)?;
+    broker.produce("clicks", &clicks(0, 3000, None))?;
+    let mut c = Cluster::start_full(2, 2, &[], LOST_AFTER)?;
+    let spec = streaming_spec(dir.path(), &broker, "kafka_autoscale = false")?;
+    let id = c.submit(&spec)?;
+    let mut drained = 0;
+    kill_mid_stream(dir.path(), &broker, || {
+        drained = c.busy_worker()?.unwrap_or(0);
+        let pid = c.workers[drained].child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()?;
+        anyhow::ensure!(sent.success(), "SIGTERM");
+        // its consumer task stops; the worker is released and leaves by itself
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while c.workers[drained].child.try_wait()?.is_none() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "the draining worker did not leave"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    })?;
+    let ws = c.cli_json(&["workers"])?;
+    let states: Vec<&str> = ws
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w["state"].as_str())
+        .collect();
+    assert!(
+        states.contains(&"released") && !states.contains(&"lost"),
+        "{ws}"
+    );
+    let m = http_get(&c.coordinator.http, "/metrics")?;
+    assert!(!m.contains("kind=\"worker_lost\""), "no one paged: {m}");
+    c.cli_json(&["cancel", &id])?;
+    Ok(())
+}
