@@ -453,6 +453,13 @@ enum AdminCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Drain a worker as SIGTERM does: no new task; it leaves once released
+    Drain {
+        /// its id (see `autopipe workers`)
+        worker: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -565,7 +572,8 @@ fn client_args(cmd: &Cmd) -> Option<&ClientArgs> {
         Cmd::Admin { cmd } => match cmd {
             AdminCmd::AddCoordinator { client, .. }
             | AdminCmd::RemoveCoordinator { client, .. }
-            | AdminCmd::TransferLeader { client, .. } => Some(client),
+            | AdminCmd::TransferLeader { client, .. }
+            | AdminCmd::Drain { client, .. } => Some(client),
         },
         Cmd::Gen { .. }
         | Cmd::Local { .. }
@@ -1021,6 +1029,19 @@ async fn run(cli: Cli) -> Result<i32> {
             client::print_cluster(&st, client.output == OutputFormat::Json)?;
             Ok(0)
         }
+        Cmd::Admin {
+            cmd: AdminCmd::Drain { worker, client },
+        } => {
+            let ch = client::connect(&client.coordinator).await?;
+            let mut c = autopipe_proto::admin_service_client::AdminServiceClient::new(ch);
+            c.drain_worker(autopipe_proto::DrainWorkerRequest {
+                worker_id: worker.clone(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            println!("worker {worker} drains: it takes no new task and leaves once released");
+            Ok(0)
+        }
         Cmd::Admin { cmd } => {
             let (client, st) = match cmd {
                 AdminCmd::AddCoordinator {
@@ -1047,6 +1068,7 @@ async fn run(cli: Cli) -> Result<i32> {
                         .into_inner();
                     (client, st)
                 }
+                AdminCmd::Drain { .. } => unreachable!("handled above"),
                 AdminCmd::TransferLeader { id, client } => {
                     let ch = client::connect(&client.coordinator).await?;
                     let mut c = autopipe_proto::admin_service_client::AdminServiceClient::new(ch);
@@ -1221,9 +1243,12 @@ async fn drain_on_signal(
 ) {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("install SIGTERM handler");
+    let started = shared.drain_started();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
+        // `autopipe admin drain WORKER`
+        _ = started.cancelled() => {},
         _ = stop.cancelled() => return,
     }
     shared.drain();

@@ -551,3 +551,46 @@ fn a_sigterm_drains_a_worker_and_no_one_is_paged() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn admin_drain_releases_a_worker_remotely() -> Result<()> {
+    let mut c = Cluster::start_full(2, 2, &[], LOST_AFTER)?;
+    let ws = c.cli_json(&["workers"])?;
+    let addr = c.workers[0].addr.clone();
+    let id = ws
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|w| w["address"].as_str() == Some(addr.as_str()))
+        .and_then(|w| w["worker_id"].as_str())
+        .expect("worker 0 is listed")
+        .to_string();
+    let out = integration_tests::cli(&["admin", "drain", &id, "--coordinator", &c.url()])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while c.workers[0].child.try_wait()?.is_none() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the drained worker did not leave"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ws = c.cli_json(&["workers"])?;
+    let w = ws
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|w| w["worker_id"] == id.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(w["state"], "released", "{ws}");
+    // an unknown worker is named
+    let out = integration_tests::cli(&["admin", "drain", "w-nope", "--coordinator", &c.url()])?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("w-nope"));
+    Ok(())
+}

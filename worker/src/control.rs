@@ -53,6 +53,8 @@ pub struct WorkerShared {
     draining: std::sync::atomic::AtomicBool,
     /// cancelled when the coordinator released this draining worker
     released: CancellationToken,
+    /// cancelled when draining starts (a signal, or `admin drain`)
+    drain_started: CancellationToken,
 }
 
 /// An attempt that holds a slot: listed in heartbeats until its task has ended, also
@@ -115,6 +117,7 @@ impl WorkerShared {
             running: Mutex::new(HashMap::new()),
             draining: Default::default(),
             released: CancellationToken::new(),
+            drain_started: CancellationToken::new(),
         }
     }
 
@@ -206,6 +209,7 @@ impl WorkerShared {
             return;
         }
         tracing::info!("draining: no new tasks; leaving once the coordinator releases this worker");
+        self.drain_started.cancel();
         for r in self.running.lock().expect("lock").values() {
             if r.streaming && r.stop() {
                 self.metrics.task_done("cancelled");
@@ -216,6 +220,11 @@ impl WorkerShared {
     /// Whether it drains.
     pub fn is_draining(&self) -> bool {
         self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Cancelled once draining started.
+    pub fn drain_started(&self) -> CancellationToken {
+        self.drain_started.clone()
     }
 
     /// Cancelled once the coordinator released this draining worker.
@@ -414,6 +423,14 @@ impl pb::worker_control_server::WorkerControl for Control {
         );
         let _ = go.send(());
         Ok(Response::new(pb::LaunchTaskResponse {}))
+    }
+
+    async fn drain(
+        &self,
+        _req: Request<pb::DrainWorkerRequest>,
+    ) -> Result<Response<pb::DrainWorkerResponse>, Status> {
+        self.shared.drain();
+        Ok(Response::new(pb::DrainWorkerResponse {}))
     }
 
     async fn cancel_task(

@@ -891,6 +891,30 @@ impl pb::admin_service_server::AdminService for Services {
         Ok(Response::new(cluster::cluster_status(&self.core).await))
     }
 
+    async fn drain_worker(
+        &self,
+        req: Request<pb::DrainWorkerRequest>,
+    ) -> Result<Response<pb::DrainWorkerResponse>, Status> {
+        let id = req.into_inner().worker_id;
+        let address = self.core.read(|s| {
+            s.workers
+                .get(&id)
+                .filter(|w| w.state == WorkerState::Alive)
+                .map(|w| w.address.clone())
+        });
+        let Some(address) = address else {
+            return Err(Status::not_found(format!(
+                "worker '{id}' is not an alive worker (see `autopipe workers`)"
+            )));
+        };
+        let ch = autopipe_common::shuffle::channel_to(&address).map_err(|e| e.to_status())?;
+        let mut c = pb::worker_control_client::WorkerControlClient::new(ch);
+        c.drain(pb::DrainWorkerRequest { worker_id: id })
+            .await
+            .map_err(|s| Status::unavailable(format!("worker at {address}: {}", s.message())))?;
+        Ok(Response::new(pb::DrainWorkerResponse {}))
+    }
+
     async fn transfer_leader(
         &self,
         req: Request<pb::TransferLeaderRequest>,
