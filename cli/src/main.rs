@@ -7,6 +7,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod autoscale;
 mod client;
+mod config;
 mod gen;
 mod local;
 
@@ -17,7 +18,7 @@ use autopipe_common::spec::JobParams;
 use autopipe_coordinator::raft::RaftConfig;
 use autopipe_coordinator::CoordinatorConfig;
 use autopipe_worker::WorkerConfig;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -164,9 +165,25 @@ enum Cmd {
         /// (repeatable), as `coordinator --param`
         #[arg(long = "param", value_name = "KEY=VALUE")]
         params: Vec<String>,
+        /// settings from a TOML file (keys: the long flag names); layered as
+        /// defaults, file, AUTOPIPE_* environment, flags
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// validate the configuration, print each setting and where it came from,
+        /// and exit
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Run a coordinator
     Coordinator {
+        /// settings from a TOML file (keys: the long flag names); layered as
+        /// defaults, file, AUTOPIPE_* environment, flags
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// validate the configuration, print each setting and where it came from,
+        /// and exit
+        #[arg(long)]
+        dry_run: bool,
         /// gRPC listen address
         #[arg(long, default_value = "127.0.0.1:7700")]
         listen: SocketAddr,
@@ -247,6 +264,14 @@ enum Cmd {
     },
     /// Run a worker
     Worker {
+        /// settings from a TOML file (keys: the long flag names); layered as
+        /// defaults, file, AUTOPIPE_* environment, flags
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// validate the configuration, print each setting and where it came from,
+        /// and exit
+        #[arg(long)]
+        dry_run: bool,
         /// coordinator address(es), comma-separated
         #[arg(
             long,
@@ -517,7 +542,17 @@ fn main() {
         // colours for a person at a terminal, none in a log file or a collector
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
+    let command = Cli::command();
+    let args = match config::expand(&command, std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let matches = command.get_matches_from(args);
+    config::remember(matches.clone());
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(runtime_threads(&cli.cmd))
         .enable_all()
@@ -628,8 +663,16 @@ async fn run(cli: Cli) -> Result<i32> {
             security,
             autoscale,
             params,
+            dry_run,
+            ..
         } => {
             let params = JobParams::from_pairs(&params).map_err(anyhow::Error::msg)?;
+            if dry_run {
+                security.token()?;
+                security.roots()?;
+                config::print_effective();
+                return Ok(0);
+            }
             run_local(
                 &spec,
                 (workers, slots),
@@ -665,6 +708,8 @@ async fn run(cli: Cli) -> Result<i32> {
             autoscale,
             worker_slots,
             params,
+            dry_run,
+            ..
         } => {
             budget.install();
             let default_params = JobParams::from_pairs(&params).map_err(anyhow::Error::msg)?;
@@ -673,6 +718,10 @@ async fn run(cli: Cli) -> Result<i32> {
             let auth_token = security.token()?;
             security.tls.install()?;
             let allowed_roots = security.roots()?;
+            if dry_run {
+                config::print_effective();
+                return Ok(0);
+            }
             if !allowed_roots.is_restricted() {
                 tracing::warn!(
                     "no --allowed-roots: jobs may read and write any path this coordinator \
@@ -740,6 +789,8 @@ async fn run(cli: Cli) -> Result<i32> {
             drain_grace_secs,
             security,
             budget,
+            dry_run,
+            ..
         } => {
             let slots = slots.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(2, |n| n.get() as u32)
@@ -751,6 +802,10 @@ async fn run(cli: Cli) -> Result<i32> {
             let auth_token = security.token()?;
             security.tls.install()?;
             let allowed_roots = security.roots()?;
+            if dry_run {
+                config::print_effective();
+                return Ok(0);
+            }
             let cancel = CancellationToken::new();
             let h = autopipe_worker::start(
                 WorkerConfig {

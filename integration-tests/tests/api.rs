@@ -351,3 +351,106 @@ fn a_job_waiting_for_slots_is_queued_until_a_task_starts() -> Result<()> {
     assert_eq!(done["state"], "succeeded", "{done}");
     Ok(())
 }
+
+/// `key = value  # source` lines of a `--dry-run` / `config print`.
+fn settings(stdout: &[u8]) -> std::collections::BTreeMap<String, (String, String)> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (kv, source) = l.rsplit_once("  # ")?;
+            let (k, v) = kv.split_once(" = ")?;
+            Some((k.to_string(), (v.to_string(), source.to_string())))
+        })
+        .collect()
+}
+
+#[test]
+fn one_configuration_layered_as_defaults_file_environment_flags() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:7799\"\nheartbeat_timeout = 7\nalert-webhook = \"http://127.0.0.1:1/file\"\nparam = [\"skew_join=false\", \"coalesce=true\"]\njoin = true\n",
+    )?;
+    let f = file.to_str().context("utf8")?;
+    let out = integration_tests::cli_env(
+        &[
+            "coordinator",
+            "--config",
+            f,
+            "--heartbeat-timeout",
+            "9",
+            "--dry-run",
+        ],
+        &[("AUTOPIPE_ALERT_WEBHOOK", "http://127.0.0.1:1/env")],
+    )?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = settings(&out.stdout);
+    let at = |k: &str| s.get(k).cloned().unwrap_or_default();
+    assert_eq!(
+        at("listen"),
+        ("\"127.0.0.1:7799\"".into(), "file".into()),
+        "{s:?}"
+    );
+    assert_eq!(at("heartbeat-timeout"), ("\"9\"".into(), "flag".into()));
+    assert_eq!(
+        at("alert-webhook"),
+        ("\"http://127.0.0.1:1/env\"".into(), "env".into())
+    );
+    assert_eq!(
+        at("param"),
+        (
+            "[\"skew_join=false\", \"coalesce=true\"]".into(),
+            "file".into()
+        )
+    );
+    assert_eq!(at("join"), ("true".into(), "file".into()));
+    assert_eq!(at("data-dir").1, "default");
+    // the printout is itself a config file: the same settings again
+    let printed = dir.path().join("printed.toml");
+    std::fs::write(&printed, &out.stdout)?;
+    let again = integration_tests::cli(&[
+        "config",
+        "print",
+        "coordinator",
+        "--config",
+        printed.to_str().context("utf8")?,
+    ])?;
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let s2 = settings(&again.stdout);
+    assert_eq!(s.len(), s2.len());
+    for (k, (v, _)) in &s {
+        assert_eq!(&s2[k].0, v, "{k}");
+    }
+    // a key no command has is named, with the command
+    std::fs::write(&file, "slot = 4\n")?;
+    let out = integration_tests::cli(&["worker", "--config", f, "--dry-run"])?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("'slot'") && err.contains("autopipe worker"),
+        "{err}"
+    );
+    // a worker and `local` read their settings the same way
+    std::fs::write(&file, "slots = 3\ndrain_grace_secs = 30\n")?;
+    let out = integration_tests::cli(&["worker", "--config", f, "--dry-run"])?;
+    let s = settings(&out.stdout);
+    assert_eq!(s["slots"], ("\"3\"".into(), "file".into()), "{s:?}");
+    assert_eq!(s["drain-grace-secs"].0, "\"30\"");
+    std::fs::write(&file, "workers = 3\n")?;
+    let out = integration_tests::cli(&["local", "x.toml", "--config", f, "--dry-run"])?;
+    assert_eq!(
+        settings(&out.stdout)["workers"],
+        ("\"3\"".into(), "file".into())
+    );
+    Ok(())
+}
