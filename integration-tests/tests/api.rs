@@ -8,6 +8,7 @@
 use anyhow::{Context, Result};
 use integration_tests::kafka::{grpcio_path, python};
 use integration_tests::Cluster;
+use std::time::Duration;
 
 const TOKEN: &str = "s3cret-api-token";
 
@@ -347,7 +348,7 @@ fn a_job_waiting_for_slots_is_queued_until_a_task_starts() -> Result<()> {
     let queued = c.cli_json(&["jobs", "--state", "queued"])?;
     assert_eq!(queued[0]["job_id"], id.as_str(), "{queued}");
     c.add_worker(2)?;
-    let done = c.wait_done(&id, std::time::Duration::from_secs(60))?;
+    let done = c.wait_done(&id, Duration::from_secs(60))?;
     assert_eq!(done["state"], "succeeded", "{done}");
     Ok(())
 }
@@ -451,6 +452,62 @@ fn one_configuration_layered_as_defaults_file_environment_flags() -> Result<()> 
     assert_eq!(
         settings(&out.stdout)["workers"],
         ("\"3\"".into(), "file".into())
+    );
+    Ok(())
+}
+
+#[test]
+fn the_local_cluster_script_checks_its_processes_and_stops_only_its_own() -> Result<()> {
+    let home = tempfile::tempdir()?;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local-cluster.sh");
+    let run = |bin: &std::path::Path, args: &[&str]| -> Result<std::process::Output> {
+        Ok(std::process::Command::new("bash")
+            .arg(&script)
+            .args(args)
+            .env("AUTOPIPE_BIN", bin)
+            .env("AUTOPIPE_HOME", home.path())
+            .stdin(std::process::Stdio::null())
+            .output()?)
+    };
+    let bin = integration_tests::autopipe_bin();
+    let out = run(&bin, &["start", "2"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let addr = std::fs::read_to_string(home.path().join("coordinator.addr"))?;
+    let url = format!("http://{}", addr.trim());
+    integration_tests::wait_until(Duration::from_secs(30), "2 workers", || {
+        let out = integration_tests::cli(&["workers", "-o", "json", "--coordinator", &url])?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(v.as_array().map(Vec::len) == Some(2))
+    })?;
+    let coordinator_pid = std::fs::read_to_string(home.path().join("coordinator.pid"))?;
+    // a pid file that names some other process is left alone
+    let mut other = std::process::Command::new("sleep").arg("60").spawn()?;
+    std::fs::write(home.path().join("other.pid"), other.id().to_string())?;
+    let out = run(&bin, &["stop"])?;
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not an autopipe process"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(other.try_wait()?.is_none(), "the other process still runs");
+    let _ = other.kill();
+    let _ = other.wait();
+    integration_tests::wait_until(Duration::from_secs(30), "the coordinator to stop", || {
+        Ok(!std::path::Path::new(&format!("/proc/{}", coordinator_pid.trim())).exists())
+    })?;
+    // a process that does not come up fails the start, with its log
+    let out = run(std::path::Path::new("/bin/false"), &["start", "1"])?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("did not come up"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
 }
