@@ -375,6 +375,13 @@ enum Cmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Follow a job until it ends (progress, then the summary), as `submit --wait`
+    Watch {
+        /// job id
+        job: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List jobs
     Jobs {
         /// only jobs in this state (queued, running, committing, succeeded, failed,
@@ -594,6 +601,7 @@ fn client_args(cmd: &Cmd) -> Option<&ClientArgs> {
     match cmd {
         Cmd::Submit { client, .. }
         | Cmd::Status { client, .. }
+        | Cmd::Watch { client, .. }
         | Cmd::Jobs { client, .. }
         | Cmd::Workers { client }
         | Cmd::Cancel { client, .. }
@@ -869,13 +877,15 @@ async fn run(cli: Cli) -> Result<i32> {
                 }
                 return Ok(0);
             }
+            // Ctrl-C is ours from before the job id is printed
+            let interrupt = interrupt_signal()?;
             if client.output == OutputFormat::Text {
                 println!("submitted {id}");
             }
-            let ch = client::connect(&client.coordinator).await?;
-            let st = client::watch(ch.clone(), &id, client.output == OutputFormat::Text).await?;
-            let ds = decisions_or_warn(ch, &id).await;
-            finish(&st, &ds, t.elapsed(), client.output, true)
+            follow(&client, &id, t, interrupt).await
+        }
+        Cmd::Watch { job, client } => {
+            follow(&client, &job, Instant::now(), interrupt_signal()?).await
         }
         Cmd::Explain {
             analyze: Some(job),
@@ -1285,6 +1295,52 @@ fn worker_security(s: &SecurityArgs) -> autoscale::WorkerSecurity {
             _ => None,
         },
     }
+}
+
+/// Follows job `id` until it ends and prints its summary (`submit --wait`, `watch`).
+/// Ctrl-C asks at a terminal whether to cancel the job; otherwise (or when the answer
+/// is no) it detaches, saying how to follow the job again; exit status 130.
+async fn follow(
+    client: &ClientArgs,
+    id: &str,
+    started: Instant,
+    mut interrupt: tokio::signal::unix::Signal,
+) -> Result<i32> {
+    let ch = client::connect(&client.coordinator).await?;
+    let text = client.output == OutputFormat::Text;
+    let st = tokio::select! {
+        st = client::watch(ch.clone(), id, text) => st?,
+        _ = interrupt.recv() => {
+            let ask = std::io::IsTerminal::is_terminal(&std::io::stdin())
+                && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let cancel = ask && {
+                eprint!("\ncancel job {id}? [y/N] ");
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer).is_ok()
+                    && answer.trim().eq_ignore_ascii_case("y")
+            };
+            if cancel {
+                let mut c = autopipe_proto::job_service_client::JobServiceClient::new(ch);
+                c.cancel_job(autopipe_proto::JobId { job_id: id.to_string() })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+                eprintln!("job {id} cancelled");
+            } else {
+                eprintln!(
+                    "\ndetached; job {id} keeps running. Follow it again with `autopipe watch {id}`, stop it with `autopipe cancel {id}`"
+                );
+            }
+            return Ok(130);
+        }
+    };
+    let ds = decisions_or_warn(ch, id).await;
+    finish(&st, &ds, started.elapsed(), client.output, true)
+}
+
+/// SIGINT (Ctrl-C) as a stream: from now on it no longer ends the process.
+fn interrupt_signal() -> Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot handle Ctrl-C")
 }
 
 /// A worker's stop: the first SIGTERM or SIGINT drains it (no new task; its

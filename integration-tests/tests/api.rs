@@ -511,3 +511,46 @@ fn the_local_cluster_script_checks_its_processes_and_stops_only_its_own() -> Res
     );
     Ok(())
 }
+
+#[test]
+fn ctrl_c_detaches_submit_wait_and_watch_follows_the_job_again() -> Result<()> {
+    use std::io::{BufRead, Read};
+    let dir = tempfile::tempdir()?;
+    integration_tests::gen_clickstream(&dir.path().join("data"), 4_000, 4)?;
+    let spec = integration_tests::aggregation_job(dir.path(), "detached", "")?;
+    let c = Cluster::start_full(1, 2, &["--test-task-delay-ms", "500"], &[])?;
+    let mut child = std::process::Command::new(integration_tests::autopipe_bin())
+        .args(["submit", spec.to_str().context("utf8")?, "--wait"])
+        .args(["--coordinator", &c.url()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut out = std::io::BufReader::new(child.stdout.take().context("stdout")?);
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    let id = line
+        .trim()
+        .strip_prefix("submitted ")
+        .context(line.clone())?
+        .to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()?;
+    assert!(sent.success());
+    let status = child.wait()?;
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .context("stderr")?
+        .read_to_string(&mut err)?;
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains(&format!("autopipe watch {id}")), "{err}");
+    // the job ran on; watch follows it to its end
+    let out = integration_tests::cli(&["watch", &id, "--coordinator", &c.url()])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains(&format!("job {id} succeeded")), "{stdout}");
+    Ok(())
+}
