@@ -64,6 +64,32 @@ impl Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Sends signal `name` (`TERM`, `INT`, `STOP`, `CONT`, ...) to the process.
+    pub fn signal(&self, name: &str) -> Result<()> {
+        let sent = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()?;
+        if !sent.success() {
+            bail!("kill -{name} {} failed", self.child.id());
+        }
+        Ok(())
+    }
+
+    /// Waits until the process exits by itself (at most `timeout`); its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("process {} still runs after {timeout:?}", self.child.id());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Proc {
@@ -339,6 +365,17 @@ impl Cluster {
         let id = self.submit(spec)?;
         let v = self.wait_done(&id, Duration::from_secs(600))?;
         Ok((v, t0.elapsed()))
+    }
+
+    /// Each registered worker's state (alive, lost, released), as `workers` lists them.
+    pub fn worker_states(&self) -> Result<Vec<String>> {
+        let ws = self.cli_json(&["workers"])?;
+        Ok(ws
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|w| w["state"].as_str().map(str::to_string))
+            .collect())
     }
 
     /// Index (in `workers`) of a worker that runs a task now.

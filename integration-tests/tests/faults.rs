@@ -514,36 +514,16 @@ fn a_sigterm_drains_a_worker_and_no_one_is_paged() -> Result<()> {
         Ok(busy.is_some())
     })?;
     let i = busy.expect("found");
-    let pid = c.workers[i].child.id().to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()?;
-    assert!(sent.success());
+    c.workers[i].signal("TERM")?;
     // it leaves by itself once released
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    let status = loop {
-        if let Some(s) = c.workers[i].child.try_wait()? {
-            break s;
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "the draining worker did not leave"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = c.workers[i].wait_exit(Duration::from_secs(90))?;
     assert!(status.success(), "a drained worker exits cleanly: {status}");
     let v = c.wait_done(&id, Duration::from_secs(120))?;
     assert_eq!(v["state"], "succeeded", "{v}");
     check_spec_output(dir.path(), &spec)?;
-    let ws = c.cli_json(&["workers"])?;
-    let states: Vec<&str> = ws
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|w| w["state"].as_str())
-        .collect();
-    assert!(states.contains(&"released"), "{ws}");
-    assert!(!states.contains(&"lost"), "{ws}");
+    let states = c.worker_states()?;
+    assert!(states.contains(&"released".to_string()), "{states:?}");
+    assert!(!states.contains(&"lost".to_string()), "{states:?}");
     let m = integration_tests::http_get(&c.coordinator.http, "/metrics")?;
     assert!(
         !m.contains("autopipe_alerts_total{kind=\"worker_lost\"}"),
@@ -571,14 +551,7 @@ fn admin_drain_releases_a_worker_remotely() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while c.workers[0].child.try_wait()?.is_none() {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "the drained worker did not leave"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    c.workers[0].wait_exit(Duration::from_secs(60))?;
     let ws = c.cli_json(&["workers"])?;
     let w = ws
         .as_array()

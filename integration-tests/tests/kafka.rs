@@ -984,10 +984,7 @@ fn fault_a_kafka_sink(
     })?;
     if fault == Fault::FreezeBeforeSend {
         // the zombie wakes up and sends its batch; wait until its attempt ended
-        let resumed = std::process::Command::new("kill")
-            .args(["-CONT", &pid.to_string()])
-            .status()?;
-        anyhow::ensure!(resumed.success(), "SIGCONT");
+        c.workers[0].signal("CONT")?;
         wait_until(
             Duration::from_secs(60),
             "the zombie's attempt to end",
@@ -1124,35 +1121,17 @@ fn a_sigterm_drains_a_consumers_worker_and_its_partitions_move_without_a_repeat(
     let mut c = Cluster::start_full(2, 2, &[], LOST_AFTER)?;
     let spec = streaming_spec(dir.path(), &broker, "kafka_autoscale = false")?;
     let id = c.submit(&spec)?;
-    let mut drained = 0;
     kill_mid_stream(dir.path(), &broker, || {
-        drained = c.busy_worker()?.unwrap_or(0);
-        let pid = c.workers[drained].child.id().to_string();
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()?;
-        anyhow::ensure!(sent.success(), "SIGTERM");
+        let drained = c.busy_worker()?.unwrap_or(0);
+        c.workers[drained].signal("TERM")?;
         // its consumer task stops; the worker is released and leaves by itself
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while c.workers[drained].child.try_wait()?.is_none() {
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "the draining worker did not leave"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        c.workers[drained].wait_exit(Duration::from_secs(60))?;
         Ok(())
     })?;
-    let ws = c.cli_json(&["workers"])?;
-    let states: Vec<&str> = ws
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|w| w["state"].as_str())
-        .collect();
+    let states = c.worker_states()?;
     assert!(
-        states.contains(&"released") && !states.contains(&"lost"),
-        "{ws}"
+        states.contains(&"released".to_string()) && !states.contains(&"lost".to_string()),
+        "{states:?}"
     );
     let m = http_get(&c.coordinator.http, "/metrics")?;
     assert!(!m.contains("kind=\"worker_lost\""), "no one paged: {m}");

@@ -1117,6 +1117,20 @@ mod tests {
         .unwrap();
     }
 
+    /// Registers worker w1 (4 slots).
+    async fn register_w1(core: &Core) {
+        core.propose(Command::RegisterWorker {
+            worker_id: "w1".into(),
+            address: "w1:1".into(),
+            http_address: String::new(),
+            slots: 4,
+            at_ms: 0,
+            shuffle: Default::default(),
+        })
+        .await
+        .unwrap();
+    }
+
     #[tokio::test]
     async fn list_jobs_pages_through_every_job_in_submission_order() {
         use pb::job_service_server::JobService;
@@ -1228,17 +1242,7 @@ mod tests {
         })
         .await;
         assert_eq!(ids, ["j0", "j2"]);
-        svc.core
-            .propose(Command::RegisterWorker {
-                worker_id: "w1".into(),
-                address: "w1:1".into(),
-                http_address: String::new(),
-                slots: 4,
-                at_ms: 0,
-                shuffle: Default::default(),
-            })
-            .await
-            .unwrap();
+        register_w1(&svc.core).await;
         svc.core
             .propose(Command::TaskLaunched {
                 job_id: "j2".into(),
@@ -1309,17 +1313,7 @@ mod tests {
             worker_id: "w1".into(),
             at_ms: 1,
         };
-        svc.core
-            .propose(Command::RegisterWorker {
-                worker_id: "w1".into(),
-                address: "w1:1".into(),
-                http_address: String::new(),
-                slots: 4,
-                at_ms: 0,
-                shuffle: Default::default(),
-            })
-            .await
-            .unwrap();
+        register_w1(&svc.core).await;
         svc.core.propose(launch("other")).await.unwrap();
         assert!(next(&mut quiet, 2).await.is_none(), "no change of its job");
         // its job changes: sent
