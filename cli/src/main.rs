@@ -196,8 +196,10 @@ enum Cmd {
         /// seconds without heartbeat before a worker is declared lost
         #[arg(long, default_value_t = 10.0)]
         heartbeat_timeout: f64,
-        /// this coordinator's raft member id
-        #[arg(long, default_value_t = 1)]
+        /// this coordinator's raft member id (≥ 1), or `from-hostname`: the ordinal
+        /// that ends the host name, plus one (a StatefulSet's `autopipe-coordinator-2`
+        /// is member 3)
+        #[arg(long, default_value = "1", value_parser = parse_member_id)]
         id: u64,
         /// the raft group's founding members, `ID=HOST:PORT,…` (gRPC addresses, this
         /// one included); without it, a one-member group
@@ -1391,6 +1393,43 @@ fn shutdown_token() -> CancellationToken {
     t
 }
 
+/// `--id`: a member id, or `from-hostname` (see [`member_id_from_hostname`]).
+fn parse_member_id(s: &str) -> Result<u64, String> {
+    if s == "from-hostname" {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_string())
+            })
+            .unwrap_or_default();
+        return member_id_from_hostname(&host);
+    }
+    match s.parse::<u64>() {
+        Ok(id) if id >= 1 => Ok(id),
+        _ => Err(format!(
+            "'{s}' is not a member id (a number ≥ 1) nor `from-hostname`"
+        )),
+    }
+}
+
+/// A StatefulSet pod's host name ends in its ordinal from 0: `coord-0` → member 1.
+fn member_id_from_hostname(host: &str) -> Result<u64, String> {
+    let short = host.split('.').next().unwrap_or(host);
+    short
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse::<u64>().ok())
+        .map(|n| n + 1)
+        .ok_or_else(|| {
+            format!(
+                "--id from-hostname: host name '{host}' does not end in -ORDINAL \
+                 (as a StatefulSet's pods do: autopipe-coordinator-0)"
+            )
+        })
+}
+
 /// `1=127.0.0.1:7701,2=127.0.0.1:7702` → id → address.
 fn parse_peers(s: &str) -> Result<std::collections::BTreeMap<u64, String>, String> {
     let mut out = std::collections::BTreeMap::new();
@@ -1427,4 +1466,21 @@ enum ClusterState {
     New,
     /// join the group's existing state
     Existing,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_statefulset_pods_ordinal_is_its_member_id_plus_one() {
+        assert_eq!(member_id_from_hostname("autopipe-coordinator-0"), Ok(1));
+        assert_eq!(
+            member_id_from_hostname("autopipe-coordinator-2.autopipe-coordinator.ns"),
+            Ok(3)
+        );
+        assert!(member_id_from_hostname("laptop").is_err());
+        assert_eq!(parse_member_id("4"), Ok(4));
+        assert!(parse_member_id("0").is_err());
+    }
 }
