@@ -2,9 +2,10 @@
 # Starts a coordinator and N workers on 127.0.0.1 as separate processes (a real
 # deployment on one machine). Stop them with: deploy/local-cluster.sh stop
 #   deploy/local-cluster.sh start [WORKERS]   (default 2)
-# The coordinator takes 127.0.0.1:7700 (HTTP 7780) when those ports are free, else
-# free ports; workers take free ports. Each process must report its addresses within
-# 30 s, or start stops what it started, shows the log and fails. The coordinator's
+# The coordinator takes 127.0.0.1:7700 (HTTP 7780) and worker i 127.0.0.1:7800+i
+# (HTTP 7880+i, where deploy/prometheus.yml scrapes them) when those ports are free,
+# else free ports. Each process must report its addresses within 30 s, or start
+# stops what it started, shows the log and fails. The coordinator's
 # address goes to $AUTOPIPE_HOME/coordinator.addr.
 # State and logs go to ${AUTOPIPE_HOME:-/tmp/autopipe-cluster}.
 set -euo pipefail
@@ -83,8 +84,12 @@ case "$cmd" in
     fi
     echo "$coord" > "$HOME_DIR/coordinator.addr"
     for i in $(seq 1 "$n"); do
-      "$BIN" worker --coordinator "http://$coord" --listen 127.0.0.1:0 \
-        --http 127.0.0.1:0 --slots 2 --work-dir "$HOME_DIR/worker-$i" \
+      wlisten=127.0.0.1:0
+      whttp=127.0.0.1:0
+      in_use $((7800 + i)) || wlisten=127.0.0.1:$((7800 + i))
+      in_use $((7880 + i)) || whttp=127.0.0.1:$((7880 + i))
+      "$BIN" worker --coordinator "http://$coord" --listen "$wlisten" \
+        --http "$whttp" --slots 2 --work-dir "$HOME_DIR/worker-$i" \
         > "$HOME_DIR/worker-$i.log" 2>&1 &
       echo $! > "$HOME_DIR/worker-$i.pid"
       if ! wait_listening "$!" "$HOME_DIR/worker-$i.log" > /dev/null; then

@@ -94,7 +94,7 @@ fn run_job(c: &Cluster, spec: &Path, aggregate: bool) -> Result<(Duration, u64, 
         .unwrap_or(0);
     // the join stage reads both sides; the aggregation stage is the one after the
     // scan (a pre-merge stage is appended after it)
-    let join = v["stage_details"]
+    let join = v["stages"]
         .as_array()
         .and_then(|s| match aggregate {
             true => s.get(1),

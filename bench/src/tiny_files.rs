@@ -32,7 +32,7 @@ fn run_job(c: &Cluster, spec: &Path) -> Result<(Duration, u64)> {
     if v["state"] != "succeeded" {
         bail!("job failed: {v}");
     }
-    let tasks = v["stage_details"][0]["tasks_total"]
+    let tasks = v["stages"][0]["tasks_total"]
         .as_u64()
         .context("stage 0 tasks_total")?;
     Ok((t, tasks))

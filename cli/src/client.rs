@@ -6,10 +6,9 @@ use autopipe_common::auth::{authed, AuthChannel};
 use autopipe_common::error::Error;
 use autopipe_common::spec::PipelineSpec;
 use autopipe_common::util::fmt_bytes;
-use autopipe_coordinator::api::http::rfc3339;
-use autopipe_proto as pb;
+use autopipe_coordinator::api::json::rfc3339;
+use autopipe_proto::{self as pb, ShortName};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -26,7 +25,7 @@ pub async fn connect(coordinators: &str) -> Result<AuthChannel> {
         Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(ch),
         Err(s) => return Err(anyhow!("coordinator at {url}: {}", s.message())),
     };
-    if me.role == "leader" {
+    if me.role == pb::MemberRole::Leader as i32 {
         return Ok(ch);
     }
     let mut c = pb::admin_service_client::AdminServiceClient::new(ch);
@@ -105,7 +104,13 @@ pub fn print_cluster(c: &pb::ClusterStatusResponse, as_json: bool) -> Result<()>
         }
         println!(
             "{:>4} {:<22} {:<10} {:>6} {:>8} {:>8} {:>8}",
-            m.id, m.address, m.role, m.term, m.commit, m.applied, m.snapshot_index
+            m.id,
+            m.address,
+            pb::MemberRole::name_of(m.role),
+            m.term,
+            m.commit,
+            m.applied,
+            m.snapshot_index
         );
     }
     Ok(())
@@ -116,7 +121,7 @@ pub fn print_decisions(ds: &[pb::Decision], as_json: bool) -> Result<()> {
     if as_json {
         let v: Vec<_> = ds
             .iter()
-            .map(autopipe_coordinator::api::http::decision_json)
+            .map(autopipe_coordinator::api::json::decision_json)
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -131,7 +136,12 @@ pub fn print_decisions(ds: &[pb::Decision], as_json: bool) -> Result<()> {
         } else {
             format!("job {}", d.job_id)
         };
-        println!("#{} {} {scope} at {}", d.id, d.kind, time(d.at_ms));
+        println!(
+            "#{} {} {scope} at {}",
+            d.id,
+            pb::DecisionKind::name_of(d.kind),
+            time(d.at_ms)
+        );
         println!("  what:   {}", d.what);
         println!("  why:    {}", d.why);
         let mut inputs: Vec<_> = d.inputs.iter().collect();
@@ -321,45 +331,9 @@ pub async fn watch(ch: AuthChannel, job_id: &str, progress: bool) -> Result<pb::
 /// a terminal).
 const PROGRESS_LINE_EVERY: Duration = Duration::from_secs(10);
 
-/// JSON view of a job (same shape as the HTTP admin API).
+/// JSON view of a job: the HTTP admin API's (`/api/jobs/ID`).
 pub fn job_json(j: &pb::JobStatus) -> serde_json::Value {
-    let secs = if j.finished_at_ms > 0 {
-        (j.finished_at_ms.saturating_sub(j.submitted_at_ms)) as f64 / 1000.0
-    } else {
-        0.0
-    };
-    json!({
-        "job_id": j.job_id,
-        "name": j.name,
-        "state": state_name(j.state),
-        "rows_in": j.rows_in,
-        "rows_out": j.rows_out,
-        "tasks_total": j.tasks_total,
-        "tasks_done": j.tasks_done,
-        "task_attempts": j.task_attempts,
-        "stages": j.stages.len(),
-        "files_out": j.files_out,
-        "bytes_in": j.bytes_in,
-        "bytes_out": j.bytes_out,
-        "output_path": j.output_path,
-        "bad_records": j.bad_records,
-        "dead_letter_path": j.dead_letter_path,
-        "waiting": (!j.waiting_reason.is_empty()).then(|| json!({
-            "reason": j.waiting_reason, "since_ms": j.waiting_since_ms})),
-        "wall_time_s": secs,
-        "submitted_at_ms": j.submitted_at_ms,
-        "submitted_at": rfc3339(j.submitted_at_ms),
-        "finished_at_ms": j.finished_at_ms,
-        "finished_at": rfc3339(j.finished_at_ms),
-        "error": j.error.as_ref().map(|e| json!({"message": e.message, "key": e.key,
-            "class": pb::ErrorClass::try_from(e.class).map(|c| c.as_str_name().to_ascii_lowercase()).unwrap_or_default()})),
-        // one stage view with the HTTP API's `stages`
-        "stage_details": j.stages.iter()
-            .map(autopipe_coordinator::api::http::stage_json)
-            .collect::<Vec<_>>(),
-        "workers": autopipe_coordinator::api::http::job_workers_json(j),
-        "stream": j.stream.as_ref().map(autopipe_coordinator::api::http::stream_json),
-    })
+    autopipe_coordinator::api::json::job_json(j)
 }
 
 /// The human summary printed at the end of a job.
@@ -434,7 +408,7 @@ pub fn summary(j: &pb::JobStatus, wall: Duration) -> String {
         s += &format!(
             "    stage {} {:<4} tasks {:>3}/{:<3} rows {:>10}  {:>10}{span}{replanned}\n",
             st.stage_id,
-            st.kind,
+            pb::StageKind::name_of(st.kind),
             st.tasks_done,
             st.tasks_total,
             st.rows_out,
@@ -459,7 +433,7 @@ pub fn summary(j: &pb::JobStatus, wall: Duration) -> String {
             s += &format!(
                 "    {:<12} {:<6} tasks {:>4}/{:<3} {}\n",
                 w.worker_id,
-                w.state,
+                pb::WorkerState::name_of(w.state),
                 w.tasks_done,
                 w.tasks_running,
                 load_line(w.load.as_ref())
@@ -562,7 +536,7 @@ mod tests {
         pb::Decision {
             id,
             job_id: "j".into(),
-            kind: kind.into(),
+            kind: pb::DecisionKind::from_short_name(kind).expect("a kind") as i32,
             what: format!("stage 1 changed by {kind}"),
             effect: effect.into(),
             ..Default::default()
@@ -600,7 +574,7 @@ mod tests {
             job_id: "j".into(),
             stages: vec![pb::StageStatus {
                 stage_id: 1,
-                kind: "sink".into(),
+                kind: pb::StageKind::Sink as i32,
                 tasks_total: 2,
                 tasks_done: 2,
                 tasks_planned: 10,

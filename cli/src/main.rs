@@ -1049,7 +1049,7 @@ async fn run(cli: Cli) -> Result<i32> {
             if client.output == OutputFormat::Json {
                 let v: Vec<_> = ws
                     .iter()
-                    .map(autopipe_coordinator::api::http::worker_json)
+                    .map(autopipe_coordinator::api::json::worker_json)
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -1062,7 +1062,9 @@ async fn run(cli: Cli) -> Result<i32> {
                         "{:<12} {:<22} {:<6} {:>5} {:>7} {:>6.0} {}",
                         w.worker_id,
                         w.address,
-                        w.state,
+                        <autopipe_proto::WorkerState as autopipe_proto::ShortName>::name_of(
+                            w.state
+                        ),
                         w.slots,
                         w.running_tasks,
                         w.cpu_percent,
@@ -1189,7 +1191,7 @@ fn finish(
         v["wall_time_s"] = serde_json::json!(wall.as_secs_f64());
         v["decisions"] = decisions
             .iter()
-            .map(autopipe_coordinator::api::http::decision_json)
+            .map(autopipe_coordinator::api::json::decision_json)
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {

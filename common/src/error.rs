@@ -191,7 +191,7 @@ impl Error {
             _ => None,
         };
         pb::ErrorDetail {
-            class: self.class().to_proto() as i32,
+            error_class: self.class().to_proto() as i32,
             message: self.to_string(),
             key,
             fetch_failed,
@@ -233,7 +233,7 @@ impl Error {
         if d.out_of_memory {
             return Error::OutOfMemory(d.message.clone());
         }
-        match ErrorClass::from_proto(d.class) {
+        match ErrorClass::from_proto(d.error_class) {
             ErrorClass::Transient => Error::Transient(d.message.clone()),
             ErrorClass::Data => Error::Data(d.message.clone()),
             ErrorClass::Permanent => Error::Permanent(d.message.clone()),
@@ -301,7 +301,7 @@ impl Error {
                         .get("class")
                         .map_or(ErrorClass::Permanent, |c| ErrorClass::from_name(c));
                     return Error::from_detail(&pb::ErrorDetail {
-                        class: class.to_proto() as i32,
+                        error_class: class.to_proto() as i32,
                         message: s.message().to_string(),
                         key: m.get("key").cloned().unwrap_or_default(),
                         fetch_failed,

@@ -103,7 +103,7 @@ fn a_skewed_join_partition_is_split_by_map_outputs_and_the_rows_are_exact() -> R
     assert!(effect.contains("max/median"), "the measured effect: {d}");
     // the join stage ran the split partition's pieces as tasks of their own
     let status = c.cli_json(&["status", id])?;
-    let join = status["stage_details"]
+    let join = status["stages"]
         .as_array()
         .and_then(|s| s.last().cloned())
         .expect("a join stage");
@@ -165,7 +165,7 @@ fn a_skewed_aggregation_partition_is_pre_merged_in_pieces_and_the_rows_are_exact
     );
     // the pre-merge step ran as a stage of its own, after the planned ones
     let status = c.cli_json(&["status", id])?;
-    let stages = status["stage_details"].as_array().expect("stages");
+    let stages = status["stages"].as_array().expect("stages");
     assert_eq!(stages.len(), 3, "{status}");
     assert_eq!(stages[2]["tasks_total"], pieces, "{status}");
     assert_eq!(
@@ -184,7 +184,7 @@ fn a_skewed_aggregation_partition_is_pre_merged_in_pieces_and_the_rows_are_exact
     let id = v["job_id"].as_str().expect("id");
     assert!(decisions(&c, id, "skew_split")?.is_empty());
     let status = c.cli_json(&["status", id])?;
-    assert_eq!(status["stage_details"].as_array().map(Vec::len), Some(2));
+    assert_eq!(status["stages"].as_array().map(Vec::len), Some(2));
     Ok(())
 }
 
@@ -210,13 +210,13 @@ fn small_reducer_partitions_are_coalesced_into_fewer_tasks() -> Result<()> {
         "{d}"
     );
     let status = c.cli_json(&["status", id])?;
-    assert_eq!(status["stage_details"][1]["tasks_total"], after, "{status}");
+    assert_eq!(status["stages"][1]["tasks_total"], after, "{status}");
 
     let v = run_checked(&c, dir.path(), &off)?;
     let id = v["job_id"].as_str().expect("id");
     assert!(decisions(&c, id, "coalesce")?.is_empty());
     let status = c.cli_json(&["status", id])?;
-    assert_eq!(status["stage_details"][1]["tasks_total"], 10, "{status}");
+    assert_eq!(status["stages"][1]["tasks_total"], 10, "{status}");
     Ok(())
 }
 
@@ -234,7 +234,7 @@ fn a_cluster_param_switches_a_rule_off_unless_the_job_pins_it() -> Result<()> {
         decisions(&c, id, "coalesce")?.is_empty(),
         "off for the cluster"
     );
-    assert_eq!(v["stage_details"][1]["tasks_total"], 10, "{v}");
+    assert_eq!(v["stages"][1]["tasks_total"], 10, "{v}");
 
     let v = run_checked(&c, dir.path(), &pinned)?;
     let id = v["job_id"].as_str().expect("id");
@@ -299,8 +299,8 @@ fn a_join_side_small_at_run_time_is_broadcast_and_the_other_is_not_shuffled() ->
     let fused = d["inputs"]["fused_stage"].as_str().expect("fused stage");
     let fused: usize = fused.parse()?;
     // the probe side's stage never ran: no task, nothing shuffled
-    assert_eq!(v["stage_details"][fused]["tasks_total"], 0, "{v}");
-    assert_eq!(v["stage_details"][fused]["bytes_out"], 0, "{v}");
+    assert_eq!(v["stages"][fused]["tasks_total"], 0, "{v}");
+    assert_eq!(v["stages"][fused]["bytes_out"], 0, "{v}");
     assert!(
         d["effect"].as_str().unwrap_or_default().contains("ran"),
         "{d}"
@@ -309,10 +309,7 @@ fn a_join_side_small_at_run_time_is_broadcast_and_the_other_is_not_shuffled() ->
     let v = run_checked(&c, dir.path(), &off)?;
     let id = v["job_id"].as_str().expect("id");
     assert!(decisions(&c, id, "broadcast")?.is_empty());
-    assert!(
-        v["stage_details"][fused]["tasks_total"].as_u64() > Some(0),
-        "{v}"
-    );
+    assert!(v["stages"][fused]["tasks_total"].as_u64() > Some(0), "{v}");
 
     // a NOT IN over a constant list joins above it (DataFusion: a collect-left anti
     // join reading the shuffled join on its probe side, row by row): broadcast all
@@ -333,8 +330,8 @@ fn a_join_side_small_at_run_time_is_broadcast_and_the_other_is_not_shuffled() ->
         .as_str()
         .expect("fused")
         .parse()?;
-    assert_eq!(v["stage_details"][fused]["tasks_total"], 0, "{v}");
-    let plans: Vec<&str> = v["stage_details"]
+    assert_eq!(v["stages"][fused]["tasks_total"], 0, "{v}");
+    let plans: Vec<&str> = v["stages"]
         .as_array()
         .into_iter()
         .flatten()
@@ -403,16 +400,12 @@ fn a_semi_or_anti_joins_probe_side_is_filtered_by_a_small_build_side() -> Result
         let off_id = off["job_id"].as_str().expect("id");
         assert!(decisions(&c, off_id, "broadcast")?.is_empty());
         let (filtered, whole) = (
-            on["stage_details"][stage]["bytes_out"]
-                .as_u64()
-                .expect("bytes"),
-            off["stage_details"][stage]["bytes_out"]
-                .as_u64()
-                .expect("bytes"),
+            on["stages"][stage]["bytes_out"].as_u64().expect("bytes"),
+            off["stages"][stage]["bytes_out"].as_u64().expect("bytes"),
         );
         assert!(
             filtered * 10 < whole,
-            "{name}: the events' stage shuffled {filtered} bytes filtered, {whole} not: {d}\n{}\n{}", on["stage_details"][stage], off["stage_details"][stage]
+            "{name}: the events' stage shuffled {filtered} bytes filtered, {whole} not: {d}\n{}\n{}", on["stages"][stage], off["stages"][stage]
         );
     }
     Ok(())

@@ -32,7 +32,7 @@ fn input_splits(c: &Cluster, job: &str) -> Result<Vec<serde_json::Value>> {
 
 /// Tasks of the job's first stage (the scan of `events`).
 fn scan_tasks(v: &serde_json::Value) -> Result<u64> {
-    v["stage_details"][0]["tasks_total"]
+    v["stages"][0]["tasks_total"]
         .as_u64()
         .context("stage 0 tasks_total")
 }

@@ -251,6 +251,21 @@ fn submit_wait_prints_progress_lines_when_stdout_is_not_a_terminal() -> Result<(
     )?)?;
     assert_eq!(none.as_array().map(Vec::len), Some(0), "{none}");
 
+    // one JSON view of a job: `status -o json` is `/api/jobs/ID` (the workers' load
+    // aside, which heartbeats refresh between the two reads)
+    let id = full[0]["job_id"].as_str().context("id")?;
+    let mut cli = c.cli_json(&["status", id])?;
+    let mut api: serde_json::Value = serde_json::from_str(&integration_tests::http_get(
+        http,
+        &format!("/api/jobs/{id}"),
+    )?)?;
+    for v in [&mut cli, &mut api] {
+        v.as_object_mut().context("object")?.remove("workers");
+    }
+    assert_eq!(cli, api);
+    assert_eq!(cli["stages"].as_array().map(Vec::len), Some(2), "{cli}");
+    assert_eq!(cli["stages"][1]["kind"], "sink", "{cli}");
+
     let jobs = c.cli_json(&["jobs"])?;
     let j = &jobs[0];
     assert!(

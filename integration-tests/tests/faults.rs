@@ -45,7 +45,7 @@ fn a_worker_killed_in_a_map_stage_is_replaced_and_the_job_completes() -> Result<
     })?;
     let v = c.cli_json(&["status", &id])?;
     assert_eq!(
-        v["stage_details"][0]["tasks_done"], 0,
+        v["stages"][0]["tasks_done"], 0,
         "still in the first stage: {v}"
     );
     c.workers[victim.expect("waited for")].kill();
@@ -115,7 +115,7 @@ fn map_outputs_lost_with_their_worker_are_recomputed() -> Result<()> {
     // are still in their start delay: kill a worker that holds outputs
     c.wait_for(Duration::from_secs(60), "the scan stages to finish", |c| {
         let v = c.cli_json(&["status", &id])?;
-        let stages = v["stage_details"].as_array().cloned().unwrap_or_default();
+        let stages = v["stages"].as_array().cloned().unwrap_or_default();
         let done = |st: &serde_json::Value| st["tasks_done"] == st["tasks_total"];
         let scans: Vec<_> = stages
             .iter()
@@ -184,7 +184,7 @@ fn a_straggling_reducer_is_never_copied_onto_partial_input() -> Result<()> {
     let id = submit(&c, &spec)?;
     c.wait_for(Duration::from_secs(60), "half the reducers done", |c| {
         let v = c.cli_json(&["status", &id])?;
-        let reduce = &v["stage_details"][1];
+        let reduce = &v["stages"][1];
         Ok(reduce["tasks_done"].as_u64().unwrap_or(0) >= 5)
     })?;
     c.workers[0].kill();
@@ -529,6 +529,60 @@ fn a_sigterm_drains_a_worker_and_no_one_is_paged() -> Result<()> {
         !m.contains("autopipe_alerts_total{kind=\"worker_lost\"}"),
         "no worker_lost alert: {m}"
     );
+    Ok(())
+}
+
+/// What a draining worker tells probes and operators: the server's health ("", a
+/// readiness probe's) turns NOT_SERVING at once, so no new work is routed to it,
+/// while the liveness service stays SERVING as it finishes; `workers` lists it as
+/// `draining` until it is released.
+#[test]
+fn a_draining_worker_is_not_ready_but_live_and_listed_as_draining() -> Result<()> {
+    const HEALTH: &str = r#"
+import grpc, json, sys
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(sys.argv[1]))
+def check(service):
+    r = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
+print(json.dumps({"readiness": check(""), "liveness": check(sys.argv[2])}))
+"#;
+    let dir = tempfile::tempdir()?;
+    let spec = job(dir.path(), "drain_probes")?;
+    let mut c = Cluster::start_full(2, 1, &["--test-task-delay-ms", "3000"], LOST_AFTER)?;
+    let id = c.submit(&spec)?;
+    let path = integration_tests::kafka::grpcio_path()?;
+    let probe = |addr: &str| -> Result<serde_json::Value> {
+        let out = integration_tests::kafka::python(
+            &path,
+            HEALTH,
+            &[addr, "autopipe.internal.v1.WorkerControl"],
+        )?;
+        Ok(serde_json::from_str(out.trim())?)
+    };
+    let mut busy = None;
+    c.wait_for(Duration::from_secs(60), "a running task", |c| {
+        busy = c.busy_worker()?;
+        Ok(busy.is_some())
+    })?;
+    let i = busy.expect("found");
+    let before = probe(&c.workers[i].addr)?;
+    assert_eq!(before["readiness"], "SERVING", "{before}");
+    c.workers[i].signal("TERM")?;
+    // it finishes its 3 s task and serves its map outputs until the job is done
+    let now = probe(&c.workers[i].addr)?;
+    assert_eq!(now["readiness"], "NOT_SERVING", "{now}");
+    assert_eq!(now["liveness"], "SERVING", "{now}");
+    c.wait_for(
+        Duration::from_secs(30),
+        "the worker listed as draining",
+        |c| Ok(c.worker_states()?.contains(&"draining".to_string())),
+    )?;
+    c.workers[i].wait_exit(Duration::from_secs(120))?;
+    let v = c.wait_done(&id, Duration::from_secs(120))?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    check_spec_output(dir.path(), &spec)?;
+    assert!(c.worker_states()?.contains(&"released".to_string()));
     Ok(())
 }
 

@@ -134,7 +134,7 @@ fn a_running_scan_split_by_dynamic_rebalancing_reads_every_row_exactly_once() ->
     let job = v["job_id"].as_str().context("job id")?;
     // every source row read once: by the split task (its prefix) or the new one
     assert_eq!(v["rows_in"], total_rows, "{v}");
-    let scan = &v["stage_details"][0];
+    let scan = &v["stages"][0];
     assert_eq!(scan["tasks_planned"], 1, "{scan}");
     let tasks = scan["tasks_total"].as_u64().context("tasks_total")?;
     assert!(tasks >= 2, "the scan was not split: {scan}");
@@ -172,7 +172,7 @@ fn a_running_scan_split_by_dynamic_rebalancing_reads_every_row_exactly_once() ->
     assert_eq!(v["state"], "succeeded", "{v}");
     check_spec_output(dir.path(), &off)?;
     assert_eq!(v["rows_in"], total_rows, "{v}");
-    assert_eq!(v["stage_details"][0]["tasks_total"], 1, "{v}");
+    assert_eq!(v["stages"][0]["tasks_total"], 1, "{v}");
     let job = v["job_id"].as_str().context("job id")?;
     assert!(decisions(&c, job, "split_running_task")?.is_empty());
     eprintln!("dynamic rebalancing on: {t_on:?}; off: {t_off:?}");
@@ -198,7 +198,7 @@ fn a_scan_straight_into_the_sink_is_split_and_every_row_is_written_once() -> Res
     assert_eq!(v["stages"], 1, "one stage, the sink: {v}");
     assert_eq!(v["rows_in"], total_rows, "{v}");
     assert_eq!(v["rows_out"], total_rows, "{v}");
-    let sink = &v["stage_details"][0];
+    let sink = &v["stages"][0];
     assert_eq!(sink["tasks_planned"], 1, "{sink}");
     let tasks = sink["tasks_total"].as_u64().context("tasks_total")?;
     assert!(tasks >= 2, "the sink's scan was not split: {sink}");
@@ -308,7 +308,7 @@ fn a_split_offer_the_leader_died_holding_is_recorded_by_the_next_leader() -> Res
     );
     // each split recorded once: one new task each
     assert_eq!(
-        v["stage_details"][0]["tasks_total"].as_u64(),
+        v["stages"][0]["tasks_total"].as_u64(),
         Some(splits.len() as u64 + 1),
         "{v}"
     );

@@ -91,7 +91,7 @@ fn a_cancelled_busy_job_stops_at_once_and_frees_its_slots() -> Result<()> {
     let id = c.submit(&spec)?;
     c.wait_for(Duration::from_secs(60), "the join to run", |c| {
         let v = c.cli_json(&["status", &id])?;
-        let stages = v["stage_details"].as_array().cloned().unwrap_or_default();
+        let stages = v["stages"].as_array().cloned().unwrap_or_default();
         let scans_done = stages
             .iter()
             .filter(|s| s["input_stages"].as_array().is_some_and(|a| a.is_empty()))

@@ -28,6 +28,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// The health-checked service name that stays SERVING while a worker drains (a
+/// liveness probe's; the server's own "" turns NOT_SERVING, for readiness).
+pub const LIVENESS_SERVICE: &str = "autopipe.internal.v1.WorkerControl";
+
 /// Worker configuration.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -167,8 +171,21 @@ pub async fn start(config: WorkerConfig, cancel: CancellationToken) -> Result<Wo
     let c1 = cancel.clone();
     // TLS (mutual) when the process has TLS settings
     let server = autopipe_common::tls::server()?;
-    // health checking (`grpc.health.v1`) for Kubernetes probes: SERVING
-    let (_, health) = tonic_health::server::health_reporter();
+    // health checking (`grpc.health.v1`) for Kubernetes probes: the server ("") is
+    // SERVING until the worker drains, then NOT_SERVING, so a readiness probe stops
+    // sending it work; WorkerControl stays SERVING while the process still serves
+    // (its map outputs, its running tasks), for a liveness probe
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(LIVENESS_SERVICE, tonic_health::ServingStatus::Serving)
+        .await;
+    let drain_started = shared.drain_started();
+    tokio::spawn(async move {
+        drain_started.cancelled().await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    });
     let grpc_task = tokio::spawn(async move {
         use tonic::service::interceptor::InterceptedService as Guarded;
         let r = server

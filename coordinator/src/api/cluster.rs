@@ -5,7 +5,7 @@
 use crate::core::Core;
 use crate::raft::RaftStatus;
 use autopipe_common::shuffle::channel_to;
-use autopipe_proto as pb;
+use autopipe_proto::{self as pb, ShortName};
 use std::time::Duration;
 
 /// This member's own view.
@@ -13,7 +13,11 @@ pub fn member_status(st: &RaftStatus) -> pb::CoordinatorMember {
     pb::CoordinatorMember {
         id: st.id,
         address: st.members.get(&st.id).cloned().unwrap_or_default(),
-        role: st.role.as_str().to_string(),
+        role: match st.role {
+            crate::raft::Role::Leader => pb::MemberRole::Leader,
+            crate::raft::Role::Follower => pb::MemberRole::Follower,
+            crate::raft::Role::Candidate => pb::MemberRole::Candidate,
+        } as i32,
         term: st.term,
         commit: st.commit,
         applied: st.applied,
@@ -84,7 +88,8 @@ pub fn cluster_json(c: &pb::ClusterStatusResponse) -> serde_json::Value {
         "members": c.members.iter().map(|m| serde_json::json!({
             "id": m.id,
             "address": m.address,
-            "role": m.role,
+            // empty for a member that could not be asked
+            "role": if m.role == 0 { String::new() } else { pb::MemberRole::name_of(m.role) },
             "term": m.term,
             "commit": m.commit,
             "applied": m.applied,

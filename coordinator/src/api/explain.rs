@@ -5,9 +5,9 @@
 //! wire view (a `JobStatus` and the job's `Decision`s), so the CLI and the HTTP API
 //! show one JSON shape and one text form.
 
-use super::http::decision_json;
+use super::json::decision_json;
 use autopipe_common::util::fmt_bytes;
-use autopipe_proto as pb;
+use autopipe_proto::{self as pb, ShortName};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::fmt::Write;
@@ -68,7 +68,12 @@ pub fn decision_line(d: &pb::Decision) -> String {
     } else {
         d.effect.as_str()
     };
-    format!("#{} {}: {}; effect: {effect}", d.id, d.kind, d.what)
+    format!(
+        "#{} {}: {}; effect: {effect}",
+        d.id,
+        pb::DecisionKind::name_of(d.kind),
+        d.what
+    )
 }
 
 fn state_name(s: i32) -> String {
@@ -97,7 +102,7 @@ pub fn explain_json(j: &pb::JobStatus, decisions: &[pb::Decision]) -> Value {
                 .collect();
             json!({
                 "stage_id": s.stage_id,
-                "kind": s.kind,
+                "kind": pb::StageKind::name_of(s.kind),
                 "input_stages": s.input_stages,
                 "plan": s.plan,
                 "tasks_planned": s.tasks_planned,
@@ -175,7 +180,12 @@ pub fn explain_text(j: &pb::JobStatus, decisions: &[pb::Decision]) -> String {
                 s.tasks_total, s.tasks_planned
             )
         };
-        let _ = writeln!(out, "stage {} {}, {reads}, {tasks}", s.stage_id, s.kind);
+        let _ = writeln!(
+            out,
+            "stage {} {}, {reads}, {tasks}",
+            s.stage_id,
+            pb::StageKind::name_of(s.kind)
+        );
         let _ = writeln!(
             out,
             "  in:    {} rows ({})   out: {} rows ({})",
@@ -195,7 +205,13 @@ pub fn explain_text(j: &pb::JobStatus, decisions: &[pb::Decision]) -> String {
         }
         let by = replanned_by(s, decisions);
         for d in &by {
-            let _ = writeln!(out, "  re-planned by #{} {}: {}", d.id, d.kind, d.what);
+            let _ = writeln!(
+                out,
+                "  re-planned by #{} {}: {}",
+                d.id,
+                pb::DecisionKind::name_of(d.kind),
+                d.what
+            );
             let _ = writeln!(out, "    why:    {}", d.why);
             let effect = if d.effect.is_empty() {
                 "not measured yet"
@@ -253,7 +269,7 @@ mod tests {
             id,
             at_ms: 1,
             job_id: "j1".into(),
-            kind: kind.into(),
+            kind: pb::DecisionKind::from_short_name(kind).expect("a kind") as i32,
             what: format!("{kind} did something"),
             why: "a threshold".into(),
             inputs: Default::default(),
@@ -271,7 +287,7 @@ mod tests {
             stages: vec![
                 pb::StageStatus {
                     stage_id: 0,
-                    kind: "map".into(),
+                    kind: pb::StageKind::Map as i32,
                     tasks_total: 4,
                     tasks_done: 4,
                     tasks_planned: 4,
@@ -285,7 +301,7 @@ mod tests {
                 },
                 pb::StageStatus {
                     stage_id: 1,
-                    kind: "sink".into(),
+                    kind: pb::StageKind::Sink as i32,
                     tasks_total: 2,
                     tasks_done: 2,
                     tasks_planned: 10,

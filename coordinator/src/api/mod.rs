@@ -4,4 +4,5 @@ pub mod cluster;
 pub mod explain;
 pub mod grpc;
 pub mod http;
+pub mod json;
 pub mod status;

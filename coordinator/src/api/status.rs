@@ -3,7 +3,7 @@
 use crate::core::Core;
 use crate::state::machine::WorkerRecord;
 use crate::state::{Job, JobState, State, TaskState, WorkerState};
-use autopipe_proto as pb;
+use autopipe_proto::{self as pb, ShortName};
 
 /// Wire form of a job state.
 pub fn job_state(s: JobState) -> pb::JobState {
@@ -84,10 +84,10 @@ pub fn job_status(job: &Job) -> pb::JobStatus {
         stages.push(pb::StageStatus {
             stage_id: st.plan.id,
             kind: if st.plan.shuffle_partitions.is_some() {
-                "map".into()
+                pb::StageKind::Map
             } else {
-                "sink".into()
-            },
+                pb::StageKind::Sink
+            } as i32,
             tasks_total: st.tasks.len() as u32,
             tasks_done: st.done() as u32,
             tasks_running: st.running() as u32,
@@ -134,7 +134,7 @@ pub fn job_status(job: &Job) -> pb::JobStatus {
             _ => job.spec.sink.path.clone(),
         },
         error: job.error.as_ref().map(|e| pb::ErrorDetail {
-            class: match e.class.as_str() {
+            error_class: match e.class.as_str() {
                 "transient" => pb::ErrorClass::Transient,
                 "data" => pb::ErrorClass::Data,
                 _ => pb::ErrorClass::Permanent,
@@ -263,7 +263,7 @@ pub fn workers(core: &Core, s: &State) -> Vec<pb::WorkerInfo> {
                 address: w.address.clone(),
                 slots: w.slots,
                 free_slots: w.slots.saturating_sub(busy),
-                state: worker_state(w.state).into(),
+                state: worker_state(w.state, l.is_some_and(|l| l.draining)) as i32,
                 last_heartbeat_ms: l.map(|l| l.last_ms).unwrap_or(0),
                 cpu_percent: l.map(|l| l.cpu_percent).unwrap_or(0.0),
                 memory_used_bytes: l.map(|l| l.memory_used_bytes).unwrap_or(0),
@@ -283,12 +283,19 @@ fn load(w: &WorkerRecord) -> Option<pb::WorkerLoad> {
         .map(|l| l.to_proto(crate::optimizer::placement::hot(l).unwrap_or_default()))
 }
 
-fn worker_state(s: WorkerState) -> &'static str {
+/// The API's state of a worker: an alive one that drains is `draining`.
+fn worker_state(s: WorkerState, draining: bool) -> pb::WorkerState {
     match s {
-        WorkerState::Alive => "alive",
-        WorkerState::Lost => "lost",
-        WorkerState::Released => "released",
+        WorkerState::Alive if draining => pb::WorkerState::Draining,
+        WorkerState::Alive => pb::WorkerState::Alive,
+        WorkerState::Lost => pb::WorkerState::Lost,
+        WorkerState::Released => pb::WorkerState::Released,
     }
+}
+
+/// The API's kind of a decision (the two lists are the same, name for name).
+pub fn decision_kind(k: crate::state::DecisionKind) -> pb::DecisionKind {
+    pb::DecisionKind::from_short_name(k.name()).unwrap_or_default()
 }
 
 /// The status of one job with the workers it runs on (`JobStatus.workers`): every
@@ -317,7 +324,8 @@ pub fn job_status_with_workers(s: &State, job: &Job) -> pb::JobStatus {
             let w = s.workers.get(id);
             pb::JobWorker {
                 worker_id: id.to_string(),
-                state: w.map_or("forgotten", |w| worker_state(w.state)).into(),
+                state: w.map_or(pb::WorkerState::Forgotten, |w| worker_state(w.state, false))
+                    as i32,
                 tasks_done: done,
                 tasks_running: running,
                 load: w.and_then(load),
@@ -336,7 +344,7 @@ pub fn decisions(s: &State, job_id: &str) -> Vec<pb::Decision> {
             id: d.id,
             at_ms: d.at_ms,
             job_id: d.job_id.clone(),
-            kind: d.kind.name().to_string(),
+            kind: decision_kind(d.kind) as i32,
             what: d.what.clone(),
             why: d.why.clone(),
             inputs: d.inputs.clone().into_iter().collect(),
