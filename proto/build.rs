@@ -20,6 +20,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("autopipe_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // the typed pipeline spec serializes to the spec's JSON: its fields are named as
+    // the TOML keys (see `autopipe/v1/spec.proto`)
+    let mut build = tonic_prost_build::configure();
+    for m in [
+        "PipelineSpec",
+        "JobSpec",
+        "JobParams",
+        "SourceSpec",
+        "TransformSpec",
+        "SinkSpec",
+    ] {
+        build = build.type_attribute(format!(".autopipe.v1.{m}"), "#[derive(serde::Serialize)]");
+    }
+    build.compile_fds(fds)?;
     Ok(())
 }

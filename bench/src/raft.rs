@@ -143,7 +143,7 @@ async fn submit_until_accepted(g: &Group, spec: &str, timeout: Duration) -> Resu
                 .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
             let mut c = pb::job_service_client::JobServiceClient::new(ch);
             let mut req = tonic::Request::new(pb::SubmitJobRequest {
-                spec_json: spec.to_string(),
+                spec: Some(pb::submit_job_request::Spec::SpecJson(spec.to_string())),
                 spec_origin: "bench".into(),
                 ..Default::default()
             });

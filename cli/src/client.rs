@@ -183,7 +183,9 @@ pub async fn submit(
     request_id: &str,
 ) -> Result<String> {
     let req = pb::SubmitJobRequest {
-        spec_json: serde_json::to_string(spec)?,
+        spec: Some(pb::submit_job_request::Spec::SpecJson(
+            serde_json::to_string(spec)?,
+        )),
         spec_origin: origin.to_string(),
         request_id: request_id.to_string(),
     };

@@ -899,10 +899,11 @@ impl PipelineSpec {
     /// Parses TOML (or JSON when the text starts with `{`), naming `origin` in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
         let spec: PipelineSpec = if text.trim_start().starts_with('{') {
-            serde_json::from_str(text).map_err(|e| Error::Spec {
+            let de = &mut serde_json::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de).map_err(|e| Error::Spec {
                 origin: origin.to_string(),
-                key: json_key_hint(&e.to_string()),
-                message: e.to_string(),
+                key: json_key(&e),
+                message: e.inner().to_string(),
             })?
         } else {
             toml::from_str(text).map_err(|e| Error::Spec {
@@ -913,6 +914,52 @@ impl PipelineSpec {
         };
         spec.validate(origin)?;
         Ok(spec)
+    }
+
+    /// A typed spec from the API (`autopipe.v1.PipelineSpec`): its fields are the TOML
+    /// keys, and a field left unset (an empty string, list or map, an absent optional)
+    /// takes the key's default, as a key left out of the TOML does.
+    pub fn from_message(m: &autopipe_proto::PipelineSpec, origin: &str) -> Result<Self> {
+        let mut v = serde_json::to_value(m).map_err(|e| Error::Spec {
+            origin: origin.to_string(),
+            key: "-".into(),
+            message: e.to_string(),
+        })?;
+        prune_unset(&mut v);
+        Self::parse(&v.to_string(), origin)
+    }
+
+    /// Normalizes the paths of a spec sent over the API, where no spec file's
+    /// directory can resolve a relative path: an object-store URL stays as it is, an
+    /// absolute local path becomes a `file://` URL (a directory's ending in '/'), and
+    /// a relative path is refused with its key. Local inputs must exist.
+    pub fn normalize_sent(self, origin: &str) -> Result<Self> {
+        let mut paths: Vec<(String, &str)> = vec![];
+        for (i, s) in self.sources.iter().enumerate() {
+            if s.format != Format::Kafka {
+                paths.push((format!("sources[{i}].path"), &s.path));
+            }
+        }
+        if self.sink.format != Format::Kafka {
+            paths.push(("sink.path".into(), &self.sink.path));
+        }
+        if let Some(p) = &self.sink.dead_letter_path {
+            paths.push(("sink.dead_letter_path".into(), p));
+        }
+        for (key, p) in paths {
+            if !p.contains("://") && !Path::new(p).is_absolute() {
+                return Err(Error::Spec {
+                    origin: origin.to_string(),
+                    key,
+                    message: format!(
+                        "'{p}' is a relative path, and a spec sent to the API has no \
+                         directory to resolve it against: give an absolute path or a URL \
+                         (`autopipe submit` resolves relative paths against the spec file)"
+                    ),
+                });
+            }
+        }
+        self.normalize(Path::new("/"), origin)
     }
 
     /// Reads and parses a spec file.
@@ -1197,6 +1244,23 @@ impl PipelineSpec {
             self.sink.path.push('/');
         }
         Ok(self)
+    }
+}
+
+/// Drops what a proto3 message cannot leave out (empty strings, lists and maps) and
+/// absent optionals, so that serde's defaults apply as to a key left out of the TOML.
+fn prune_unset(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => m.retain(|_, x| {
+            prune_unset(x);
+            !matches!(x, Value::Null)
+                && x.as_str() != Some("")
+                && !x.as_array().is_some_and(Vec::is_empty)
+                && !x.as_object().is_some_and(serde_json::Map::is_empty)
+        }),
+        Value::Array(a) => a.iter_mut().for_each(prune_unset),
+        _ => {}
     }
 }
 
@@ -1490,6 +1554,22 @@ fn toml_key(text: &str, e: &toml::de::Error) -> String {
         (true, false) => key.to_string(),
         (false, true) => table,
         (false, false) => format!("{table}.{key}"),
+    }
+}
+
+/// The key a JSON spec's error is about: the path where it happened (`sources[0]`),
+/// and the field a missing or unknown field error names (`sources[0].format`).
+fn json_key(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let path = e.path().to_string();
+    let msg = e.inner().to_string();
+    let field = (msg.starts_with("missing field") || msg.starts_with("unknown field"))
+        .then(|| json_key_hint(&msg))
+        .filter(|f| f != "-");
+    match (path.as_str(), field) {
+        (".", Some(f)) => f,
+        (".", None) => json_key_hint(&msg),
+        (p, Some(f)) => format!("{p}.{f}"),
+        (p, None) => p.to_string(),
     }
 }
 
@@ -1952,5 +2032,162 @@ schema = { user_id = "int64", url = "utf8", ts = "timestamp_ms" }"#;
         .unwrap_err()
         .to_string();
         assert!(e.contains("job.mode") && e.contains("kafka"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod message_tests {
+    use super::*;
+    use autopipe_proto as pb;
+
+    /// The field names serde reads for `T` (its `deserialize_struct` fields).
+    fn serde_fields<'de, T: Deserialize<'de>>() -> Vec<&'static str> {
+        struct Grab(Vec<&'static str>);
+        impl<'de> serde::Deserializer<'de> for &mut Grab {
+            type Error = serde::de::value::Error;
+            fn deserialize_any<V: serde::de::Visitor<'de>>(
+                self,
+                _: V,
+            ) -> std::result::Result<V::Value, Self::Error> {
+                Err(serde::de::Error::custom("fields only"))
+            }
+            fn deserialize_struct<V: serde::de::Visitor<'de>>(
+                self,
+                _: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> std::result::Result<V::Value, Self::Error> {
+                self.0 = fields.to_vec();
+                Err(serde::de::Error::custom("fields only"))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 u8 u16 u32 u64 f32 f64 char str string bytes
+                byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct
+                map enum identifier ignored_any
+            }
+        }
+        let mut g = Grab(vec![]);
+        let _ = T::deserialize(&mut g);
+        let mut f = g.0;
+        f.sort();
+        f
+    }
+
+    /// A message's field names (all of them: unset ones serialize as null or empty).
+    fn message_fields(m: impl serde::Serialize) -> Vec<String> {
+        let v = serde_json::to_value(m).unwrap();
+        let mut f: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        f.sort();
+        f
+    }
+
+    #[test]
+    fn the_typed_spec_message_has_every_key_of_the_toml() {
+        assert_eq!(
+            message_fields(pb::JobParams::default()),
+            serde_fields::<JobParams>()
+        );
+        assert_eq!(
+            message_fields(pb::SourceSpec::default()),
+            serde_fields::<SourceSpec>()
+        );
+        assert_eq!(
+            message_fields(pb::SinkSpec::default()),
+            serde_fields::<SinkSpec>()
+        );
+        assert_eq!(
+            message_fields(pb::JobSpec::default()),
+            serde_fields::<JobSpec>()
+        );
+        assert_eq!(
+            message_fields(pb::PipelineSpec::default()),
+            serde_fields::<PipelineSpec>()
+        );
+    }
+
+    fn message(dir: &Path) -> pb::PipelineSpec {
+        pb::PipelineSpec {
+            job: Some(pb::JobSpec {
+                name: "typed".into(),
+                params: Some(pb::JobParams {
+                    target_partition_bytes: Some("32MiB".into()),
+                    coalesce: Some(false),
+                    shuffle_partitions: Some(8),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            sources: vec![pb::SourceSpec {
+                name: "events".into(),
+                format: "csv".into(),
+                path: dir.join("in").display().to_string(),
+                schema: Some("id BIGINT, name VARCHAR".into()),
+                ..Default::default()
+            }],
+            transform: Some(pb::TransformSpec {
+                sql: "SELECT * FROM events".into(),
+            }),
+            sink: Some(pb::SinkSpec {
+                format: "parquet".into(),
+                path: format!("file://{}", dir.join("out").display()),
+                mode: "append".into(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_typed_spec_is_the_toml_spec_with_its_paths_normalized() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("in")).unwrap();
+        std::fs::write(dir.path().join("in/a.csv"), "id,name\n1,x\n").unwrap();
+        let s = PipelineSpec::from_message(&message(dir.path()), "req")
+            .unwrap()
+            .normalize_sent("req")
+            .unwrap();
+        assert_eq!(s.job.mode, JobMode::Batch, "an empty enum is its default");
+        assert_eq!(s.job.params.target_partition_bytes(), 32 << 20);
+        assert_eq!(s.job.params.coalesce, Some(false));
+        assert_eq!(s.job.params.speculation, None, "unset stays unset");
+        assert_eq!(s.sink.mode, SinkMode::Append);
+        assert!(s.sink.partition_by.is_empty());
+        // a local directory became a URL ending in '/'
+        assert_eq!(
+            s.sources[0].path,
+            format!("file://{}/", dir.path().join("in").display())
+        );
+        assert!(s.sink.path.ends_with("/out/"));
+    }
+
+    #[test]
+    fn a_typed_specs_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = |m: pb::PipelineSpec| -> String {
+            match PipelineSpec::from_message(&m, "req").and_then(|s| s.normalize_sent("req")) {
+                Err(Error::Spec { key, .. }) => key,
+                other => panic!("{other:?}"),
+            }
+        };
+        let mut m = message(dir.path());
+        m.sources[0].path = "data/in".into();
+        assert_eq!(key(m), "sources[0].path", "a relative path");
+        let mut m = message(dir.path());
+        m.sources[0].format = "xls".into();
+        assert_eq!(key(m), "sources[0].format");
+        let mut m = message(dir.path());
+        m.sink.as_mut().unwrap().format = String::new();
+        assert_eq!(key(m), "sink.format", "a required key left empty");
+        let mut m = message(dir.path());
+        m.sink.as_mut().unwrap().dead_letter_path = Some("dl".into());
+        assert_eq!(key(m), "sink.dead_letter_path");
+        let mut m = message(dir.path());
+        m.job
+            .as_mut()
+            .unwrap()
+            .params
+            .as_mut()
+            .unwrap()
+            .skew_threshold_bytes = Some("lots".into());
+        assert_eq!(key(m), "job.params.skew_threshold_bytes");
     }
 }

@@ -850,6 +850,15 @@ fn check_k8s(fx: &Fixture) -> Result<()> {
                         first.origin
                     );
                 }
+                // the server's status ("") turns NOT_SERVING once a worker drains: the
+                // liveness probe checks a service that stays SERVING while the process
+                // serves (LIVENESS_SERVICE in worker/src/lib.rs)
+                assert_eq!(
+                    c["livenessProbe"]["grpc"]["service"].as_str(),
+                    Some("autopipe.internal.v1.WorkerControl"),
+                    "{}: the liveness probe must not fail while the worker drains",
+                    first.origin
+                );
                 let grace: u64 = setting(&s, "drain-grace-secs", &first.origin)?.parse()?;
                 let termination = pod_spec(workload)["terminationGracePeriodSeconds"]
                     .as_u64()

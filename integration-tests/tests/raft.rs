@@ -260,7 +260,9 @@ fn submit_directly(addr: &str, spec: &Path) -> Result<std::result::Result<String
                 .await?;
         let r = c
             .submit_job(autopipe_proto::SubmitJobRequest {
-                spec_json: serde_json::to_string(&spec)?,
+                spec: Some(autopipe_proto::submit_job_request::Spec::SpecJson(
+                    serde_json::to_string(&spec)?,
+                )),
                 spec_origin: "test".into(),
                 ..Default::default()
             })

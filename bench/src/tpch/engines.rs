@@ -164,7 +164,9 @@ async fn submit_and_wait(url: &str, spec: &PipelineSpec) -> Result<Duration> {
     let t = Instant::now();
     let id = c
         .submit_job(pb::SubmitJobRequest {
-            spec_json: serde_json::to_string(spec)?,
+            spec: Some(pb::submit_job_request::Spec::SpecJson(
+                serde_json::to_string(spec)?,
+            )),
             spec_origin: "bench".into(),
             ..Default::default()
         })

@@ -272,6 +272,33 @@ fn reused_request_id(request_id: &str, job_id: &str) -> Status {
     )
 }
 
+/// Gives an object-store source URL that names a directory its trailing '/' (DataFusion
+/// reads a URL without one as a single file): one that is no object but a prefix of
+/// some. A local directory got it in `PipelineSpec::normalize`.
+async fn directory_urls(spec: &mut PipelineSpec) {
+    for s in &mut spec.sources {
+        if s.format == autopipe_common::spec::Format::Kafka
+            || s.path.ends_with('/')
+            || s.path.starts_with("file://")
+            || s.path.contains(['*', '?', '['])
+        {
+            continue;
+        }
+        let Ok((store, path)) = parse_url(&s.path).and_then(|u| store_for(&u)) else {
+            continue;
+        };
+        if object_store::ObjectStoreExt::head(&store, &path)
+            .await
+            .is_ok()
+        {
+            continue;
+        }
+        if let Some(Ok(_)) = store.list(Some(&path)).next().await {
+            s.path.push('/');
+        }
+    }
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::JobStatus, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -287,7 +314,14 @@ impl pb::job_service_server::JobService for Services {
             req.spec_origin.clone()
         };
         let request_id = req.request_id.clone();
-        let request_hash = crate::state::commands::request_fingerprint(&req.spec_json);
+        use pb::submit_job_request::Spec as Sent;
+        // the spec as sent, for the request fingerprint
+        let sent = match &req.spec {
+            Some(Sent::SpecJson(t)) | Some(Sent::SpecToml(t)) => t.clone(),
+            Some(Sent::Pipeline(m)) => format!("{m:?}"),
+            None => String::new(),
+        };
+        let request_hash = crate::state::commands::request_fingerprint(&sent);
         // the job the key started first; refused when it started it with another spec
         let first = |core: &Core| -> Result<Option<String>, Status> {
             if request_id.is_empty() {
@@ -307,7 +341,24 @@ impl pb::job_service_server::JobService for Services {
         if let Some(job_id) = first(&self.core)? {
             return Ok(Response::new(pb::SubmitJobResponse { job_id }));
         }
-        let mut spec = PipelineSpec::parse(&req.spec_json, &origin)?;
+        let mut spec = match &req.spec {
+            // the CLI's: its paths resolved against the spec file already
+            Some(Sent::SpecJson(t)) => PipelineSpec::parse(t, &origin)?,
+            Some(Sent::SpecToml(t)) => PipelineSpec::parse(t, &origin)?,
+            Some(Sent::Pipeline(m)) => PipelineSpec::from_message(m, &origin)?,
+            None => {
+                return Err(autopipe_common::error::Error::Spec {
+                    origin,
+                    key: "spec".into(),
+                    message: "the request carries no spec (spec_json, pipeline or spec_toml)"
+                        .into(),
+                }
+                .into())
+            }
+        }
+        // the same normalization whatever the client
+        .normalize_sent(&origin)?;
+        directory_urls(&mut spec).await;
         // the cluster's `--param` defaults fill what the job does not pin
         spec.job.params =
             std::mem::take(&mut spec.job.params).or_defaults(&self.core.config.default_params);
