@@ -22,6 +22,33 @@ struct Parsed {
 
 static PARSED: OnceLock<Parsed> = OnceLock::new();
 
+/// Every setting of `coordinator`, `worker` and `local` reads `AUTOPIPE_<FLAG>` from the
+/// environment (`--memory-limit` ← `AUTOPIPE_MEMORY_LIMIT`) unless it names another
+/// variable already (`--coordinator` ← `AUTOPIPE_COORDINATOR`, `--tls-cert` ←
+/// `AUTOPIPE_TLS_CERT`); a flag on the command line wins over it.
+pub fn with_env(cmd: clap::Command) -> clap::Command {
+    ROLES.iter().fold(cmd, |cmd, role| {
+        cmd.mut_subcommand(role, |sub| {
+            sub.mut_args(|a| match a.get_long() {
+                Some(long) if a.get_env().is_none() && !NO_ENV.contains(&long) => {
+                    // (clap keeps the name for the process's life)
+                    let var: &'static str = Box::leak(env_var(long).into_boxed_str());
+                    a.env(var)
+                }
+                _ => a,
+            })
+        })
+    })
+}
+
+/// Flags that no environment variable sets.
+const NO_ENV: [&str; 3] = ["config", "dry-run", "help"];
+
+/// The environment variable of flag `--long`.
+fn env_var(long: &str) -> String {
+    format!("AUTOPIPE_{}", long.replace('-', "_").to_ascii_uppercase())
+}
+
 /// The command line with `autopipe config print ROLE ...` rewritten and a
 /// `--config` file's settings appended as flags (those the environment or the
 /// command line does not set); remembers which settings came from the file.

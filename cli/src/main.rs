@@ -523,6 +523,26 @@ enum GenCmd {
 /// running tasks, a task whose read completes waits for another task's CPU work to yield
 /// (TPC-H Q6 on `local --workers 2`: 170 ms scan stage with 2 threads, 105 ms with 4).
 /// `TOKIO_WORKER_THREADS` overrides.
+/// Whether the command runs servers (whose sockets must see EPIPE, not SIGPIPE).
+fn serves(cmd: &Cmd) -> bool {
+    match cmd {
+        Cmd::Coordinator { dry_run, .. }
+        | Cmd::Worker { dry_run, .. }
+        | Cmd::Local { dry_run, .. } => !dry_run,
+        _ => false,
+    }
+}
+
+/// `autopipe jobs | head`: a client whose stdout closes ends quietly, as other Unix
+/// tools do, instead of panicking in `println!` (Rust ignores SIGPIPE by default).
+fn quiet_on_closed_stdout() {
+    // SAFETY: restores the default disposition of one signal before any other thread
+    // runs; no handler is installed
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn runtime_threads(cmd: &Cmd) -> usize {
     if let Some(n) = std::env::var("TOKIO_WORKER_THREADS")
         .ok()
@@ -551,7 +571,7 @@ fn main() {
         // colours for a person at a terminal, none in a log file or a collector
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let command = Cli::command();
+    let command = config::with_env(Cli::command());
     let args = match config::expand(&command, std::env::args_os().collect()) {
         Ok(args) => args,
         Err(e) => {
@@ -562,6 +582,9 @@ fn main() {
     let matches = command.get_matches_from(args);
     config::remember(matches.clone());
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if !serves(&cli.cmd) {
+        quiet_on_closed_stdout();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(runtime_threads(&cli.cmd))
         .enable_all()

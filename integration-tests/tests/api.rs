@@ -462,6 +462,22 @@ fn one_configuration_layered_as_defaults_file_environment_flags() -> Result<()> 
     let s = settings(&out.stdout);
     assert_eq!(s["slots"], ("\"3\"".into(), "file".into()), "{s:?}");
     assert_eq!(s["drain-grace-secs"].0, "\"30\"");
+    // every setting has its AUTOPIPE_* variable, over the file and under a flag
+    let out = integration_tests::cli_env(
+        &["worker", "--config", f, "--dry-run"],
+        &[("AUTOPIPE_SLOTS", "5"), ("AUTOPIPE_DRAIN_GRACE_SECS", "60")],
+    )?;
+    let s = settings(&out.stdout);
+    assert_eq!(s["slots"], ("\"5\"".into(), "env".into()), "{s:?}");
+    assert_eq!(s["drain-grace-secs"], ("\"60\"".into(), "env".into()));
+    let out = integration_tests::cli_env(
+        &["worker", "--slots", "6", "--dry-run"],
+        &[("AUTOPIPE_SLOTS", "5")],
+    )?;
+    assert_eq!(
+        settings(&out.stdout)["slots"],
+        ("\"6\"".into(), "flag".into())
+    );
     std::fs::write(&file, "workers = 3\n")?;
     let out = integration_tests::cli(&["local", "x.toml", "--config", f, "--dry-run"])?;
     assert_eq!(
