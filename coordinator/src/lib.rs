@@ -22,6 +22,7 @@ use autopipe_common::util::no_delay;
 use autopipe_proto as pb;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -89,7 +90,8 @@ pub async fn start(
     let c1 = cancel.clone();
     // TLS (mutual) when the process has TLS settings
     let mut server = autopipe_common::tls::server()?;
-    let (health, reflection, reflection_alpha) = standard_services().await?;
+    let (health, reflection, reflection_alpha) =
+        standard_services(core.clone(), cancel.clone()).await?;
     let grpc_task = tokio::spawn(async move {
         use tonic::service::interceptor::InterceptedService as Guarded;
         let r = server
@@ -169,10 +171,15 @@ pub async fn start(
 }
 
 /// The standard gRPC services of a coordinator: health checking
-/// (`grpc.health.v1.Health`: SERVING for the server and for the public services),
+/// (`grpc.health.v1.Health`: the server "" is SERVING while it runs, for a liveness
+/// probe; the public services are SERVING while this member knows a leader, so a
+/// readiness probe keeps a member cut off from its group out of a load balancer),
 /// and server reflection (v1 and v1alpha, so grpcurl and grpcio's reflection client
 /// both list and describe them) of the public services and health only.
-async fn standard_services() -> Result<(
+async fn standard_services(
+    core: Arc<Core>,
+    cancel: CancellationToken,
+) -> Result<(
     tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     tonic_reflection::pb::v1::server_reflection_server::ServerReflectionServer<
         impl tonic_reflection::pb::v1::server_reflection_server::ServerReflection,
@@ -182,11 +189,27 @@ async fn standard_services() -> Result<(
     >,
 )> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    for name in pb::PUBLIC_SERVICES {
-        reporter
-            .set_service_status(name, tonic_health::ServingStatus::Serving)
-            .await;
-    }
+    tokio::spawn(async move {
+        let mut serving = None;
+        loop {
+            let now = core.raft.status().leader.is_some();
+            if serving != Some(now) {
+                let status = if now {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                for name in pb::PUBLIC_SERVICES {
+                    reporter.set_service_status(name, status).await;
+                }
+                serving = Some(now);
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    });
     let builder = || {
         let mut b = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)

@@ -757,6 +757,20 @@ pub fn cli_env(args: &[&str], env: &[(&str, &str)]) -> Result<Output> {
         .output()?)
 }
 
+/// The `grpc.health.v1` status (`SERVING`, `NOT_SERVING`, ...) of `service` ("" for
+/// the server) at gRPC address `addr`, as Python's grpcio health client reads it.
+pub fn grpc_health(addr: &str, service: &str) -> Result<String> {
+    const CHECK: &str = r#"
+import grpc, sys
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(sys.argv[1]))
+r = stub.Check(health_pb2.HealthCheckRequest(service=sys.argv[2]), timeout=10)
+print(health_pb2.HealthCheckResponse.ServingStatus.Name(r.status))
+"#;
+    let out = kafka::python(&kafka::grpcio_path()?, CHECK, &[addr, service])?;
+    Ok(out.trim().to_string())
+}
+
 /// GETs `http://addr/path` with a plain HTTP/1.1 request; returns the body.
 pub fn http_get(addr: &str, path: &str) -> Result<String> {
     let (status, head, body) = http_request(addr, "GET", path, &[])?;

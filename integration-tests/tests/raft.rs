@@ -303,6 +303,12 @@ fn a_partitioned_leader_steps_down_and_the_others_elect_a_new_one() -> Result<()
             Ok(!me["role"].is_null() && me["role"] != "leader")
         },
     )?;
+    // a readiness probe takes it out of the API's load balancer; it is still live
+    let health = |service: &str| integration_tests::grpc_health(&g.peers[&old], service);
+    wait_until(Duration::from_secs(30), "JobService NOT_SERVING", || {
+        Ok(health("autopipe.v1.JobService")? == "NOT_SERVING")
+    })?;
+    assert_eq!(health("")?, "SERVING");
     // it refuses writes; the new leader takes them
     match submit_directly(&g.peers[&old], &spec)? {
         Err(s) => assert!(s.message().contains("not the leader"), "{s:?}"),
@@ -317,6 +323,9 @@ fn a_partitioned_leader_steps_down_and_the_others_elect_a_new_one() -> Result<()
     net.heal();
     wait_until(Duration::from_secs(30), "the old leader to follow", || {
         Ok(follows(&g.cluster_at(new)?, old))
+    })?;
+    wait_until(Duration::from_secs(30), "JobService SERVING again", || {
+        Ok(health("autopipe.v1.JobService")? == "SERVING")
     })?;
     g.kill(old);
     Ok(())
