@@ -745,6 +745,14 @@ async fn run(cli: Cli) -> Result<i32> {
             ..
         } => {
             budget.install();
+            if !join && !peers.is_empty() && !peers.contains_key(&id) {
+                anyhow::bail!(
+                    "--peers names members {:?} but not this coordinator's --id {id} (a \
+                     coordinator added with `autopipe admin add-coordinator` starts with \
+                     --join)",
+                    peers.keys().collect::<Vec<_>>()
+                );
+            }
             let default_params = JobParams::from_pairs(&params).map_err(anyhow::Error::msg)?;
             let autoscale =
                 autoscale.config(worker_slots, PathBuf::new(), &worker_security(&security))?;

@@ -462,6 +462,17 @@ fn one_configuration_layered_as_defaults_file_environment_flags() -> Result<()> 
     let s = settings(&out.stdout);
     assert_eq!(s["slots"], ("\"3\"".into(), "file".into()), "{s:?}");
     assert_eq!(s["drain-grace-secs"].0, "\"30\"");
+    // --dry-run checks what the start would refuse: an --id that --peers leaves out
+    let out = integration_tests::cli(&[
+        "coordinator",
+        "--id",
+        "4",
+        "--peers",
+        "1=127.0.0.1:7701,2=127.0.0.1:7702",
+        "--dry-run",
+    ])?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--id 4"));
     // every setting has its AUTOPIPE_* variable, over the file and under a flag
     let out = integration_tests::cli_env(
         &["worker", "--config", f, "--dry-run"],

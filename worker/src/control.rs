@@ -623,13 +623,30 @@ where
         .await
 }
 
-/// Half of the machine's memory (Spark's and Flink's defaults leave the rest to the
-/// OS, the process itself and its page cache): a worker's default `memory_limit`.
-/// Workers sharing one process (`autopipe local`) share it.
+/// Half of the memory the process may use (Spark's and Flink's defaults leave the rest
+/// to the OS, the process itself and its page cache): a worker's default
+/// `memory_limit`. That is the machine's memory, or a container's limit when it is
+/// smaller (cgroup v2 `memory.max`, v1 `memory.limit_in_bytes`), so a worker in a
+/// container does not plan for the host's memory and get OOM-killed. Workers sharing
+/// one process (`autopipe local`) share it.
 pub fn default_memory_limit() -> u64 {
     let mut sys = sysinfo::System::new();
     sys.refresh_memory();
-    (sys.total_memory() / 2).max(256 << 20)
+    let cgroup = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|f| cgroup_limit(&std::fs::read_to_string(f).ok()?));
+    let total = cgroup.map_or(sys.total_memory(), |c| c.min(sys.total_memory()));
+    (total / 2).max(256 << 20)
+}
+
+/// A cgroup memory limit file's value: bytes, or none for `max` (v2) or v1's
+/// "unlimited" (a page-rounded i64::MAX).
+fn cgroup_limit(text: &str) -> Option<u64> {
+    let n: u64 = text.trim().parse().ok()?;
+    (n < 1 << 60).then_some(n)
 }
 
 /// The message a panic carried.
@@ -675,6 +692,12 @@ fn unwrap_external(e: Error) -> Error {
 mod tests {
     use super::*;
     use autopipe_common::roots::AllowedRoots;
+    #[test]
+    fn a_container_limit_caps_the_default_memory_and_max_means_none() {
+        assert_eq!(cgroup_limit("1073741824\n"), Some(1 << 30));
+        assert_eq!(cgroup_limit("max\n"), None);
+        assert_eq!(cgroup_limit("9223372036854771712"), None);
+    }
 
     fn def(staging: &str, dead: &str) -> pb::TaskDefinition {
         pb::TaskDefinition {
