@@ -18,10 +18,11 @@ The protos' own names (``autopipe/v1/jobs.proto``, ``autopipe.v1.JobStatus``) st
 the server knows them.
 
 The generator is pinned: its version is stamped into the stubs, which then need at
-least that ``protobuf`` and ``grpcio`` at run time (``pyproject.toml``). 1.75.1 is the
-oldest generator whose stubs load with the protobuf 6 and 7 runtimes and with Python
-3.9. ``--tools-path DIR`` (or ``$AUTOPIPE_GRPC_TOOLS``) names a ``pip install --target``
-directory that holds it.
+least that ``grpcio`` and the ``protobuf`` it bundles at run time (``pyproject.toml``).
+1.75.1 stamps protobuf 6.31.1, so the stubs load with the protobuf 6 and 7 runtimes
+and on Python 3.9 (1.85 stamps protobuf 7.35 and needs Python 3.10). ``--tools-path
+DIR`` (or ``$AUTOPIPE_GRPC_TOOLS``) names a ``pip install --target`` directory that
+holds it.
 """
 
 from __future__ import annotations

@@ -39,6 +39,30 @@ pub fn grpcio_path() -> Result<PathBuf> {
     )
 }
 
+/// The directory to put on `PYTHONPATH` for `grpc_tools` (grpcio-tools `version`, the
+/// one `clients/python/generate.py` pins): the Python client's tests regenerate its
+/// stubs with it. Its own directory, as it pins an older protobuf than `grpcio_path`'s.
+pub fn grpc_tools_path(version: &str) -> Result<PathBuf> {
+    pip_install(
+        "grpctools",
+        &format!("grpcio-tools=={version}"),
+        &format!("grpcio_tools-{version}.dist-info/METADATA"),
+    )
+}
+
+/// Apache Airflow's version for the Python client's operator tests.
+pub const AIRFLOW_VERSION: &str = "3.3.2";
+
+/// The directory to put on `PYTHONPATH` for Apache Airflow (`AIRFLOW_VERSION`): the
+/// Python client's operator runs in it.
+pub fn airflow_path() -> Result<PathBuf> {
+    pip_install(
+        "airflow",
+        &format!("apache-airflow=={AIRFLOW_VERSION}"),
+        &format!("apache_airflow-{AIRFLOW_VERSION}.dist-info/METADATA"),
+    )
+}
+
 /// Runs a Python `script` with `args`, `path` on its `PYTHONPATH`; returns stdout.
 pub fn python(path: &std::path::Path, script: &str, args: &[&str]) -> Result<String> {
     let out = Command::new("python3")

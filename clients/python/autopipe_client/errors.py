@@ -17,6 +17,7 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from autopipe_client.enums import state_name
 from autopipe_client.v1 import errors_pb2, jobs_pb2
 
 #: the ``ErrorInfo`` domain of autopipe's own reasons
@@ -55,13 +56,26 @@ class AutopipeError(Exception):
     def _text(self) -> str:
         # "sources[0].path: '...' is a relative path ...": the key first, as the CLI shows it
         if self.field_violations:
-            return "; ".join(f"{f}: {d}" for f, d in self.field_violations)
+            return "; ".join(keyed(f, d) for f, d in self.field_violations)
         return self.message
 
     @property
     def error_class(self) -> str:
         """``transient`` (retry), ``permanent`` (fix the request) or "" (not said)."""
         return self.metadata.get("class", "")
+
+
+def keyed(key: str, text: str) -> str:
+    """``KEY: TEXT``, for a message about a spec key.
+
+    The server's texts (a ``BadRequest`` description, a job's ``ErrorDetail.message``)
+    are its whole error line, ``ORIGIN: [KEY] TEXT``; what precedes ``[KEY]`` is left
+    out, as it would repeat the key (the raw text stays in ``field_violations``).
+    """
+    if not key or text.startswith(key):
+        return text
+    _, found, rest = text.partition(f"[{key}] ")
+    return f"{key}: {rest if found else text}"
 
 
 class SpecError(AutopipeError):
@@ -123,11 +137,10 @@ class JobFailed(AutopipeError):
     def __init__(self, status: jobs_pb2.JobStatus) -> None:
         self.status = status
         self.error: errors_pb2.ErrorDetail = status.error
-        state = jobs_pb2.JobState.Name(status.state).lower()
-        why = status.error.message or "no error recorded"
-        if status.error.key:
-            why = f"{status.error.key}: {why}"
-        super().__init__(f"job {status.job_id} {state}: {why}")
+        text = f"job {status.job_id} {state_name(status.state)}"
+        if status.error.message:
+            text += f": {keyed(status.error.key, status.error.message)}"
+        super().__init__(text)
 
     @property
     def job_id(self) -> str:
@@ -156,7 +169,7 @@ def _details(call: grpc.Call) -> Optional[status_pb2.Status]:
 
 def from_rpc_error(err: grpc.RpcError) -> AutopipeError:
     """The :class:`AutopipeError` subclass for a failed call, its details decoded."""
-    call: grpc.Call = err  # type: ignore[assignment]  # grpcio's errors are Calls
+    call: grpc.Call = err  # grpcio's errors are also Calls
     code = call.code()
     message = call.details() or ""
     reason, metadata, violations, delay = "", {}, [], None
