@@ -190,13 +190,24 @@ impl ServerAuth {
         if self.expected.is_none() {
             return Ok(());
         }
+        // the refusal carries an ErrorInfo as every other does (reason UNAUTHENTICATED)
+        let refuse = |message: &str| {
+            use tonic_types::{ErrorDetails, StatusExt};
+            let mut d = ErrorDetails::new();
+            d.set_error_info(
+                "UNAUTHENTICATED",
+                crate::error::ERROR_DOMAIN,
+                std::collections::HashMap::from([("class".to_string(), "permanent".to_string())]),
+            );
+            Status::with_error_details(tonic::Code::Unauthenticated, message, d)
+        };
         match metadata.get(AUTHORIZATION) {
-            None => Err(Status::unauthenticated(
+            None => Err(refuse(
                 "missing auth token: this cluster requires `authorization: Bearer <token>` \
                  (give the CLI --auth-token-file or AUTOPIPE_AUTH_TOKEN)",
             )),
             Some(v) if self.accepts(Some(v.as_bytes())) => Ok(()),
-            Some(_) => Err(Status::unauthenticated("wrong auth token")),
+            Some(_) => Err(refuse("wrong auth token")),
         }
     }
 }
@@ -245,6 +256,12 @@ mod tests {
         let s = auth.check(&md).unwrap_err();
         assert_eq!(s.code(), tonic::Code::Unauthenticated);
         assert!(s.message().contains("missing"), "{}", s.message());
+        use tonic_types::StatusExt;
+        let info = s.get_details_error_info().expect("an ErrorInfo");
+        assert_eq!(
+            (info.reason.as_str(), info.domain.as_str()),
+            ("UNAUTHENTICATED", "autopipe")
+        );
         md.insert(AUTHORIZATION, "Bearer wrongish".parse().unwrap());
         let s = auth.check(&md).unwrap_err();
         assert_eq!(s.code(), tonic::Code::Unauthenticated);

@@ -258,7 +258,12 @@ impl Error {
         meta.insert("class".into(), self.class().name().into());
         if !d.key.is_empty() {
             meta.insert("key".into(), d.key.clone());
-            details.add_bad_request_violation(d.key.clone(), d.message.clone());
+            // the violation names the key; its description is the reason alone
+            let reason = match self {
+                Error::Spec { message, .. } | Error::Plan { message, .. } => message.clone(),
+                _ => d.message.clone(),
+            };
+            details.add_bad_request_violation(d.key.clone(), reason);
         }
         if let Some(f) = &d.fetch_failed {
             meta.insert("stage_id".into(), f.stage_id.to_string());
@@ -374,6 +379,7 @@ mod tests {
         let d = s.check_error_details().expect("a google.rpc.Status");
         let v = &d.bad_request().expect("a BadRequest").field_violations[0];
         assert_eq!(v.field, "sources[0].path");
+        assert_eq!(v.description, "does not exist", "the reason alone");
         let info = d.error_info().expect("an ErrorInfo");
         assert_eq!(
             (info.domain.as_str(), info.reason.as_str()),

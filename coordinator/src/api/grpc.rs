@@ -206,6 +206,20 @@ impl Services {
 /// leader's address in the `autopipe-leader` metadata key, so clients and workers
 /// reconnect there, and in the standard details (`ErrorInfo` reason `NOT_LEADER`,
 /// metadata `leader`; `RetryInfo`) for any other client.
+/// INVALID_ARGUMENT for a request field, with a `BadRequest` naming it and an
+/// `ErrorInfo` (reason `INVALID_ARGUMENT`).
+fn bad_field(field: &str, message: String) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let mut d = ErrorDetails::new();
+    d.add_bad_request_violation(field, message.clone());
+    d.set_error_info(
+        "INVALID_ARGUMENT",
+        autopipe_common::error::ERROR_DOMAIN,
+        std::collections::HashMap::from([("class".to_string(), "permanent".to_string())]),
+    );
+    Status::with_error_details(tonic::Code::InvalidArgument, message, d)
+}
+
 pub fn store_status(e: StoreError) -> Status {
     use tonic_types::{ErrorDetails, StatusExt};
     let domain = autopipe_common::error::ERROR_DOMAIN;
@@ -315,13 +329,25 @@ impl pb::job_service_server::JobService for Services {
         };
         let request_id = req.request_id.clone();
         use pb::submit_job_request::Spec as Sent;
-        // the spec as sent, for the request fingerprint
-        let sent = match &req.spec {
-            Some(Sent::SpecJson(t)) | Some(Sent::SpecToml(t)) => t.clone(),
-            Some(Sent::Pipeline(m)) => format!("{m:?}"),
-            None => String::new(),
+        let parsed = match &req.spec {
+            // the CLI's: its paths resolved against the spec file already
+            Some(Sent::SpecJson(t)) => PipelineSpec::parse(t, &origin)?,
+            Some(Sent::SpecToml(t)) => PipelineSpec::parse(t, &origin)?,
+            Some(Sent::Pipeline(m)) => PipelineSpec::from_message(m, &origin)?,
+            None => {
+                return Err(autopipe_common::error::Error::Spec {
+                    origin,
+                    key: "spec".into(),
+                    message: "the request carries no spec (spec_json, pipeline or spec_toml)"
+                        .into(),
+                }
+                .into())
+            }
         };
-        let request_hash = crate::state::commands::request_fingerprint(&sent);
+        // the spec as parsed, whichever form it came in, fingerprints the request
+        let request_hash = crate::state::commands::request_fingerprint(
+            &serde_json::to_string(&parsed).expect("a spec serializes"),
+        );
         // the job the key started first; refused when it started it with another spec
         let first = |core: &Core| -> Result<Option<String>, Status> {
             if request_id.is_empty() {
@@ -339,25 +365,13 @@ impl pb::job_service_server::JobService for Services {
             })
         };
         if let Some(job_id) = first(&self.core)? {
-            return Ok(Response::new(pb::SubmitJobResponse { job_id }));
-        }
-        let mut spec = match &req.spec {
-            // the CLI's: its paths resolved against the spec file already
-            Some(Sent::SpecJson(t)) => PipelineSpec::parse(t, &origin)?,
-            Some(Sent::SpecToml(t)) => PipelineSpec::parse(t, &origin)?,
-            Some(Sent::Pipeline(m)) => PipelineSpec::from_message(m, &origin)?,
-            None => {
-                return Err(autopipe_common::error::Error::Spec {
-                    origin,
-                    key: "spec".into(),
-                    message: "the request carries no spec (spec_json, pipeline or spec_toml)"
-                        .into(),
-                }
-                .into())
-            }
+            return Ok(Response::new(pb::SubmitJobResponse {
+                job_id,
+                created: false,
+            }));
         }
         // the same normalization whatever the client
-        .normalize_sent(&origin)?;
+        let mut spec = parsed.normalize_sent(&origin)?;
         directory_urls(&mut spec).await;
         // the cluster's `--param` defaults fill what the job does not pin
         spec.job.params =
@@ -428,11 +442,15 @@ impl pb::job_service_server::JobService for Services {
             }
         }
         match r {
-            Ok(_) => Ok(Response::new(pb::SubmitJobResponse { job_id })),
+            Ok(_) => Ok(Response::new(pb::SubmitJobResponse {
+                job_id,
+                created: true,
+            })),
             // the same request committed first (a retry that raced it)
             Err(StoreError::Rejected(_)) if !matches!(first(&self.core), Ok(None)) => {
                 Ok(Response::new(pb::SubmitJobResponse {
                     job_id: first(&self.core)?.expect("checked"),
+                    created: false,
                 }))
             }
             Err(e) => Err(store_status(e)),
@@ -485,7 +503,7 @@ impl pb::job_service_server::JobService for Services {
             })
             .await
             .map_err(store_status)?
-            .map_err(Status::invalid_argument)?;
+            .map_err(|m| bad_field("page_token", m))?;
         Ok(Response::new(pb::ListJobsResponse {
             jobs,
             next_page_token: next.unwrap_or_default(),
@@ -547,7 +565,15 @@ impl pb::job_service_server::JobService for Services {
                     return;
                 }
                 let st = core.read(|s| s.jobs.get(&id).map(job_status));
-                let Some(st) = st else { return };
+                let Some(st) = st else {
+                    // forgotten (retention) while watched: say so, never a silent end
+                    let _ = tx
+                        .send(Err(Status::not_found(format!(
+                            "job '{id}' no longer exists (removed by the job retention)"
+                        ))))
+                        .await;
+                    return;
+                };
                 let terminal = matches!(
                     pb::JobState::try_from(st.state),
                     Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
@@ -1223,6 +1249,14 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        use tonic_types::StatusExt;
+        let d = e.check_error_details().expect("a google.rpc.Status");
+        let v = &d.bad_request().expect("a BadRequest").field_violations[0];
+        assert_eq!(v.field, "page_token");
+        assert_eq!(
+            d.error_info().map(|i| i.reason.as_str()),
+            Some("INVALID_ARGUMENT")
+        );
         cancel.cancel();
     }
 

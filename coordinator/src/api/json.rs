@@ -15,6 +15,7 @@ pub fn job_json(j: &pb::JobStatus) -> Value {
     };
     json!({
         "job_id": j.job_id,
+        "request_id": j.request_id,
         "name": j.name,
         "state": pb::JobState::name_of(j.state),
         "rows_in": j.rows_in,

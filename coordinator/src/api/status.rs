@@ -118,6 +118,7 @@ pub fn job_status(job: &Job) -> pb::JobStatus {
         .filter(|_| job.state == JobState::Running);
     let mut out = pb::JobStatus {
         job_id: job.id.clone(),
+        request_id: job.request_id.clone(),
         name: job.spec.job.name.clone(),
         state: public_state(job) as i32,
         stages,

@@ -312,6 +312,9 @@ pub struct Job {
     /// the fingerprint of the submission's spec text (`request_fingerprint`; 0: none)
     #[serde(default, skip_serializing_if = "crate::state::commands::is_zero")]
     pub request_hash: u64,
+    /// the idempotency key it was submitted with (empty: none)
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub request_id: String,
 }
 
 /// The stage a `ReplanStage` of `stage` appends for its pre-merge tasks `pre_merge`
@@ -737,6 +740,7 @@ impl State {
                         cleaned: false,
                         stream: stream.as_deref().map(Stream::new),
                         request_hash: *request_hash,
+                        request_id: request_id.clone(),
                     },
                 );
                 self.last_job_seq += 1;

@@ -27,49 +27,49 @@ from autopipe_client.v1 import admin_pb2 as autopipe_dot_v1_dot_admin__pb2
 from autopipe_client.v1 import spec_pb2 as autopipe_dot_v1_dot_spec__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61utopipe/v1/jobs.proto\x12\x0b\x61utopipe.v1\x1a\x18\x61utopipe/v1/errors.proto\x1a\x17\x61utopipe/v1/admin.proto\x1a\x16\x61utopipe/v1/spec.proto\"\x9c\x01\n\x10SubmitJobRequest\x12\x13\n\tspec_json\x18\x01 \x01(\tH\x00\x12-\n\x08pipeline\x18\x04 \x01(\x0b\x32\x19.autopipe.v1.PipelineSpecH\x00\x12\x13\n\tspec_toml\x18\x05 \x01(\tH\x00\x12\x13\n\x0bspec_origin\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\tB\x06\n\x04spec\"#\n\x11SubmitJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x17\n\x05JobId\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"<\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x19\n\x11keepalive_seconds\x18\x02 \x01(\r\"\x91\x01\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12%\n\x06states\x18\x03 \x03(\x0e\x32\x15.autopipe.v1.JobState\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\"\n\x04view\x18\x05 \x01(\x0e\x32\x14.autopipe.v1.JobView\"Q\n\x10ListJobsResponse\x12$\n\x04jobs\x18\x01 \x03(\x0b\x32\x16.autopipe.v1.JobStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xc1\x03\n\x0bStageStatus\x12\x10\n\x08stage_id\x18\x01 \x01(\r\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.autopipe.v1.StageKind\x12\x13\n\x0btasks_total\x18\x03 \x01(\r\x12\x12\n\ntasks_done\x18\x04 \x01(\r\x12\x15\n\rtasks_running\x18\x05 \x01(\r\x12\x10\n\x08rows_out\x18\x06 \x01(\x04\x12\x11\n\tbytes_out\x18\x07 \x01(\x04\x12\x14\n\x0cinput_stages\x18\x08 \x03(\r\x12\x0c\n\x04plan\x18\t \x01(\t\x12\x15\n\rstarted_at_ms\x18\n \x01(\x04\x12\x16\n\x0e\x66inished_at_ms\x18\x0b \x01(\x04\x12\x13\n\x0btask_ms_max\x18\x0c \x01(\x04\x12\x15\n\rtasks_planned\x18\r \x01(\r\x12\x14\n\x0creplanned_by\x18\x0e \x03(\x04\x12\x0f\n\x07rows_in\x18\x0f \x01(\x04\x12\x10\n\x08\x62ytes_in\x18\x10 \x01(\x04\x12\x13\n\x0btask_ms_min\x18\x11 \x01(\x04\x12\x16\n\x0etask_ms_median\x18\x12 \x01(\x04\x12\x30\n\ntask_reads\x18\x13 \x03(\x0b\x32\x1c.autopipe.v1.TaskReadsStatus\"\x7f\n\x0fTaskReadsStatus\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0b\n\x03\x65nd\x18\x02 \x01(\r\x12-\n\nmap_ranges\x18\x03 \x03(\x0b\x32\x19.autopipe.v1.MapTaskRange\x12!\n\x03via\x18\x04 \x03(\x0b\x32\x14.autopipe.v1.ReadVia\"\'\n\x07ReadVia\x12\r\n\x05input\x18\x01 \x01(\r\x12\r\n\x05stage\x18\x02 \x01(\r\"7\n\x0cMapTaskRange\x12\r\n\x05stage\x18\x01 \x01(\r\x12\x0c\n\x04\x66rom\x18\x02 \x01(\r\x12\n\n\x02to\x18\x03 \x01(\r\"\xb8\x04\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.autopipe.v1.JobState\x12(\n\x06stages\x18\x04 \x03(\x0b\x32\x18.autopipe.v1.StageStatus\x12\x0f\n\x07rows_in\x18\x05 \x01(\x04\x12\x10\n\x08rows_out\x18\x06 \x01(\x04\x12\x17\n\x0fsubmitted_at_ms\x18\x07 \x01(\x04\x12\x16\n\x0e\x66inished_at_ms\x18\x08 \x01(\x04\x12\x13\n\x0boutput_path\x18\t \x01(\t\x12\'\n\x05\x65rror\x18\n \x01(\x0b\x32\x18.autopipe.v1.ErrorDetail\x12\x13\n\x0btasks_total\x18\x0b \x01(\r\x12\x12\n\ntasks_done\x18\x0c \x01(\r\x12\x15\n\rtask_attempts\x18\r \x01(\r\x12\x11\n\tfiles_out\x18\x0e \x01(\x04\x12\x10\n\x08\x62ytes_in\x18\x0f \x01(\x04\x12\x11\n\tbytes_out\x18\x10 \x01(\x04\x12\x13\n\x0b\x62\x61\x64_records\x18\x11 \x01(\x04\x12\x18\n\x10\x64\x65\x61\x64_letter_path\x18\x12 \x01(\t\x12\x16\n\x0ewaiting_reason\x18\x13 \x01(\t\x12\x18\n\x10waiting_since_ms\x18\x14 \x01(\x04\x12\'\n\x07workers\x18\x15 \x03(\x0b\x32\x16.autopipe.v1.JobWorker\x12)\n\x06stream\x18\x16 \x01(\x0b\x32\x19.autopipe.v1.StreamStatus\"\xaa\x03\n\x0cStreamStatus\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x35\n\npartitions\x18\x02 \x03(\x0b\x32!.autopipe.v1.KafkaPartitionStatus\x12\x0f\n\x07\x62\x61tches\x18\x03 \x01(\x04\x12\x17\n\x0fpending_batches\x18\x04 \x01(\x04\x12\x0f\n\x07records\x18\x05 \x01(\x04\x12\x10\n\x08rows_out\x18\x06 \x01(\x04\x12\x13\n\x0b\x62\x61\x64_records\x18\x07 \x01(\x04\x12\x0b\n\x03lag\x18\x08 \x01(\x03\x12.\n\x05tasks\x18\t \x03(\x0b\x32\x1f.autopipe.v1.ConsumerTaskStatus\x12\x1b\n\x13input_records_per_s\x18\n \x01(\x01\x12\x19\n\x0cwatermark_ms\x18\x0b \x01(\x03H\x00\x88\x01\x01\x12%\n\x18windows_emitted_until_ms\x18\x0c \x01(\x03H\x01\x88\x01\x01\x12\x12\n\nduplicates\x18\r \x01(\x04\x12\x14\n\x0clate_records\x18\x0e \x01(\x04\x42\x0f\n\r_watermark_msB\x1b\n\x19_windows_emitted_until_ms\"o\n\x12\x43onsumerTaskStatus\x12\x0c\n\x04task\x18\x01 \x01(\r\x12\x12\n\npartitions\x18\x02 \x03(\x05\x12\x0f\n\x07\x62\x61tches\x18\x03 \x01(\x04\x12\x0f\n\x07records\x18\x04 \x01(\x04\x12\x15\n\rrecords_per_s\x18\x05 \x01(\x01\"\x9a\x01\n\x14KafkaPartitionStatus\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x0c\n\x04task\x18\x02 \x01(\r\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x16\n\x0ehigh_watermark\x18\x04 \x01(\x03\x12\x0b\n\x03lag\x18\x05 \x01(\x03\x12\x0f\n\x07records\x18\x06 \x01(\x04\x12\x1b\n\x13input_records_per_s\x18\x07 \x01(\x01\"\x99\x01\n\tJobWorker\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.autopipe.v1.WorkerState\x12\x12\n\ntasks_done\x18\x03 \x01(\r\x12\x15\n\rtasks_running\x18\x04 \x01(\r\x12%\n\x04load\x18\x05 \x01(\x0b\x32\x17.autopipe.v1.WorkerLoad*J\n\x07JobView\x12\x18\n\x14JOB_VIEW_UNSPECIFIED\x10\x00\x12\x12\n\x0eJOB_VIEW_BASIC\x10\x01\x12\x11\n\rJOB_VIEW_FULL\x10\x02*x\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\x0e\n\nCOMMITTING\x10\x03\x12\r\n\tSUCCEEDED\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\x12\r\n\tCANCELLED\x10\x06*P\n\tStageKind\x12\x1a\n\x16STAGE_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTAGE_KIND_MAP\x10\x01\x12\x13\n\x0fSTAGE_KIND_SINK\x10\x02\x32\xd4\x02\n\nJobService\x12J\n\tSubmitJob\x12\x1d.autopipe.v1.SubmitJobRequest\x1a\x1e.autopipe.v1.SubmitJobResponse\x12\x34\n\x06GetJob\x12\x12.autopipe.v1.JobId\x1a\x16.autopipe.v1.JobStatus\x12G\n\x08ListJobs\x12\x1c.autopipe.v1.ListJobsRequest\x1a\x1d.autopipe.v1.ListJobsResponse\x12\x37\n\tCancelJob\x12\x12.autopipe.v1.JobId\x1a\x16.autopipe.v1.JobStatus\x12\x42\n\x08WatchJob\x12\x1c.autopipe.v1.WatchJobRequest\x1a\x16.autopipe.v1.JobStatus0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61utopipe/v1/jobs.proto\x12\x0b\x61utopipe.v1\x1a\x18\x61utopipe/v1/errors.proto\x1a\x17\x61utopipe/v1/admin.proto\x1a\x16\x61utopipe/v1/spec.proto\"\x9c\x01\n\x10SubmitJobRequest\x12\x13\n\tspec_json\x18\x01 \x01(\tH\x00\x12-\n\x08pipeline\x18\x04 \x01(\x0b\x32\x19.autopipe.v1.PipelineSpecH\x00\x12\x13\n\tspec_toml\x18\x05 \x01(\tH\x00\x12\x13\n\x0bspec_origin\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\tB\x06\n\x04spec\"4\n\x11SubmitJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x17\n\x05JobId\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"<\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x19\n\x11keepalive_seconds\x18\x02 \x01(\r\"\x91\x01\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12%\n\x06states\x18\x03 \x03(\x0e\x32\x15.autopipe.v1.JobState\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\"\n\x04view\x18\x05 \x01(\x0e\x32\x14.autopipe.v1.JobView\"Q\n\x10ListJobsResponse\x12$\n\x04jobs\x18\x01 \x03(\x0b\x32\x16.autopipe.v1.JobStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xc1\x03\n\x0bStageStatus\x12\x10\n\x08stage_id\x18\x01 \x01(\r\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.autopipe.v1.StageKind\x12\x13\n\x0btasks_total\x18\x03 \x01(\r\x12\x12\n\ntasks_done\x18\x04 \x01(\r\x12\x15\n\rtasks_running\x18\x05 \x01(\r\x12\x10\n\x08rows_out\x18\x06 \x01(\x04\x12\x11\n\tbytes_out\x18\x07 \x01(\x04\x12\x14\n\x0cinput_stages\x18\x08 \x03(\r\x12\x0c\n\x04plan\x18\t \x01(\t\x12\x15\n\rstarted_at_ms\x18\n \x01(\x04\x12\x16\n\x0e\x66inished_at_ms\x18\x0b \x01(\x04\x12\x13\n\x0btask_ms_max\x18\x0c \x01(\x04\x12\x15\n\rtasks_planned\x18\r \x01(\r\x12\x14\n\x0creplanned_by\x18\x0e \x03(\x04\x12\x0f\n\x07rows_in\x18\x0f \x01(\x04\x12\x10\n\x08\x62ytes_in\x18\x10 \x01(\x04\x12\x13\n\x0btask_ms_min\x18\x11 \x01(\x04\x12\x16\n\x0etask_ms_median\x18\x12 \x01(\x04\x12\x30\n\ntask_reads\x18\x13 \x03(\x0b\x32\x1c.autopipe.v1.TaskReadsStatus\"\x7f\n\x0fTaskReadsStatus\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0b\n\x03\x65nd\x18\x02 \x01(\r\x12-\n\nmap_ranges\x18\x03 \x03(\x0b\x32\x19.autopipe.v1.MapTaskRange\x12!\n\x03via\x18\x04 \x03(\x0b\x32\x14.autopipe.v1.ReadVia\"\'\n\x07ReadVia\x12\r\n\x05input\x18\x01 \x01(\r\x12\r\n\x05stage\x18\x02 \x01(\r\"7\n\x0cMapTaskRange\x12\r\n\x05stage\x18\x01 \x01(\r\x12\x0c\n\x04\x66rom\x18\x02 \x01(\r\x12\n\n\x02to\x18\x03 \x01(\r\"\xcc\x04\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.autopipe.v1.JobState\x12(\n\x06stages\x18\x04 \x03(\x0b\x32\x18.autopipe.v1.StageStatus\x12\x0f\n\x07rows_in\x18\x05 \x01(\x04\x12\x10\n\x08rows_out\x18\x06 \x01(\x04\x12\x17\n\x0fsubmitted_at_ms\x18\x07 \x01(\x04\x12\x16\n\x0e\x66inished_at_ms\x18\x08 \x01(\x04\x12\x13\n\x0boutput_path\x18\t \x01(\t\x12\'\n\x05\x65rror\x18\n \x01(\x0b\x32\x18.autopipe.v1.ErrorDetail\x12\x13\n\x0btasks_total\x18\x0b \x01(\r\x12\x12\n\ntasks_done\x18\x0c \x01(\r\x12\x15\n\rtask_attempts\x18\r \x01(\r\x12\x11\n\tfiles_out\x18\x0e \x01(\x04\x12\x10\n\x08\x62ytes_in\x18\x0f \x01(\x04\x12\x11\n\tbytes_out\x18\x10 \x01(\x04\x12\x13\n\x0b\x62\x61\x64_records\x18\x11 \x01(\x04\x12\x18\n\x10\x64\x65\x61\x64_letter_path\x18\x12 \x01(\t\x12\x16\n\x0ewaiting_reason\x18\x13 \x01(\t\x12\x18\n\x10waiting_since_ms\x18\x14 \x01(\x04\x12\'\n\x07workers\x18\x15 \x03(\x0b\x32\x16.autopipe.v1.JobWorker\x12)\n\x06stream\x18\x16 \x01(\x0b\x32\x19.autopipe.v1.StreamStatus\x12\x12\n\nrequest_id\x18\x17 \x01(\t\"\xaa\x03\n\x0cStreamStatus\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x35\n\npartitions\x18\x02 \x03(\x0b\x32!.autopipe.v1.KafkaPartitionStatus\x12\x0f\n\x07\x62\x61tches\x18\x03 \x01(\x04\x12\x17\n\x0fpending_batches\x18\x04 \x01(\x04\x12\x0f\n\x07records\x18\x05 \x01(\x04\x12\x10\n\x08rows_out\x18\x06 \x01(\x04\x12\x13\n\x0b\x62\x61\x64_records\x18\x07 \x01(\x04\x12\x0b\n\x03lag\x18\x08 \x01(\x03\x12.\n\x05tasks\x18\t \x03(\x0b\x32\x1f.autopipe.v1.ConsumerTaskStatus\x12\x1b\n\x13input_records_per_s\x18\n \x01(\x01\x12\x19\n\x0cwatermark_ms\x18\x0b \x01(\x03H\x00\x88\x01\x01\x12%\n\x18windows_emitted_until_ms\x18\x0c \x01(\x03H\x01\x88\x01\x01\x12\x12\n\nduplicates\x18\r \x01(\x04\x12\x14\n\x0clate_records\x18\x0e \x01(\x04\x42\x0f\n\r_watermark_msB\x1b\n\x19_windows_emitted_until_ms\"o\n\x12\x43onsumerTaskStatus\x12\x0c\n\x04task\x18\x01 \x01(\r\x12\x12\n\npartitions\x18\x02 \x03(\x05\x12\x0f\n\x07\x62\x61tches\x18\x03 \x01(\x04\x12\x0f\n\x07records\x18\x04 \x01(\x04\x12\x15\n\rrecords_per_s\x18\x05 \x01(\x01\"\x9a\x01\n\x14KafkaPartitionStatus\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x0c\n\x04task\x18\x02 \x01(\r\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x16\n\x0ehigh_watermark\x18\x04 \x01(\x03\x12\x0b\n\x03lag\x18\x05 \x01(\x03\x12\x0f\n\x07records\x18\x06 \x01(\x04\x12\x1b\n\x13input_records_per_s\x18\x07 \x01(\x01\"\x99\x01\n\tJobWorker\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.autopipe.v1.WorkerState\x12\x12\n\ntasks_done\x18\x03 \x01(\r\x12\x15\n\rtasks_running\x18\x04 \x01(\r\x12%\n\x04load\x18\x05 \x01(\x0b\x32\x17.autopipe.v1.WorkerLoad*J\n\x07JobView\x12\x18\n\x14JOB_VIEW_UNSPECIFIED\x10\x00\x12\x12\n\x0eJOB_VIEW_BASIC\x10\x01\x12\x11\n\rJOB_VIEW_FULL\x10\x02*x\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\x0e\n\nCOMMITTING\x10\x03\x12\r\n\tSUCCEEDED\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\x12\r\n\tCANCELLED\x10\x06*P\n\tStageKind\x12\x1a\n\x16STAGE_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTAGE_KIND_MAP\x10\x01\x12\x13\n\x0fSTAGE_KIND_SINK\x10\x02\x32\xd4\x02\n\nJobService\x12J\n\tSubmitJob\x12\x1d.autopipe.v1.SubmitJobRequest\x1a\x1e.autopipe.v1.SubmitJobResponse\x12\x34\n\x06GetJob\x12\x12.autopipe.v1.JobId\x1a\x16.autopipe.v1.JobStatus\x12G\n\x08ListJobs\x12\x1c.autopipe.v1.ListJobsRequest\x1a\x1d.autopipe.v1.ListJobsResponse\x12\x37\n\tCancelJob\x12\x12.autopipe.v1.JobId\x1a\x16.autopipe.v1.JobStatus\x12\x42\n\x08WatchJob\x12\x1c.autopipe.v1.WatchJobRequest\x1a\x16.autopipe.v1.JobStatus0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'autopipe_client.v1.jobs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBVIEW']._serialized_start=2733
-  _globals['_JOBVIEW']._serialized_end=2807
-  _globals['_JOBSTATE']._serialized_start=2809
-  _globals['_JOBSTATE']._serialized_end=2929
-  _globals['_STAGEKIND']._serialized_start=2931
-  _globals['_STAGEKIND']._serialized_end=3011
+  _globals['_JOBVIEW']._serialized_start=2770
+  _globals['_JOBVIEW']._serialized_end=2844
+  _globals['_JOBSTATE']._serialized_start=2846
+  _globals['_JOBSTATE']._serialized_end=2966
+  _globals['_STAGEKIND']._serialized_start=2968
+  _globals['_STAGEKIND']._serialized_end=3048
   _globals['_SUBMITJOBREQUEST']._serialized_start=115
   _globals['_SUBMITJOBREQUEST']._serialized_end=271
   _globals['_SUBMITJOBRESPONSE']._serialized_start=273
-  _globals['_SUBMITJOBRESPONSE']._serialized_end=308
-  _globals['_JOBID']._serialized_start=310
-  _globals['_JOBID']._serialized_end=333
-  _globals['_WATCHJOBREQUEST']._serialized_start=335
-  _globals['_WATCHJOBREQUEST']._serialized_end=395
-  _globals['_LISTJOBSREQUEST']._serialized_start=398
-  _globals['_LISTJOBSREQUEST']._serialized_end=543
-  _globals['_LISTJOBSRESPONSE']._serialized_start=545
-  _globals['_LISTJOBSRESPONSE']._serialized_end=626
-  _globals['_STAGESTATUS']._serialized_start=629
-  _globals['_STAGESTATUS']._serialized_end=1078
-  _globals['_TASKREADSSTATUS']._serialized_start=1080
-  _globals['_TASKREADSSTATUS']._serialized_end=1207
-  _globals['_READVIA']._serialized_start=1209
-  _globals['_READVIA']._serialized_end=1248
-  _globals['_MAPTASKRANGE']._serialized_start=1250
-  _globals['_MAPTASKRANGE']._serialized_end=1305
-  _globals['_JOBSTATUS']._serialized_start=1308
-  _globals['_JOBSTATUS']._serialized_end=1876
-  _globals['_STREAMSTATUS']._serialized_start=1879
-  _globals['_STREAMSTATUS']._serialized_end=2305
-  _globals['_CONSUMERTASKSTATUS']._serialized_start=2307
-  _globals['_CONSUMERTASKSTATUS']._serialized_end=2418
-  _globals['_KAFKAPARTITIONSTATUS']._serialized_start=2421
-  _globals['_KAFKAPARTITIONSTATUS']._serialized_end=2575
-  _globals['_JOBWORKER']._serialized_start=2578
-  _globals['_JOBWORKER']._serialized_end=2731
-  _globals['_JOBSERVICE']._serialized_start=3014
-  _globals['_JOBSERVICE']._serialized_end=3354
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=325
+  _globals['_JOBID']._serialized_start=327
+  _globals['_JOBID']._serialized_end=350
+  _globals['_WATCHJOBREQUEST']._serialized_start=352
+  _globals['_WATCHJOBREQUEST']._serialized_end=412
+  _globals['_LISTJOBSREQUEST']._serialized_start=415
+  _globals['_LISTJOBSREQUEST']._serialized_end=560
+  _globals['_LISTJOBSRESPONSE']._serialized_start=562
+  _globals['_LISTJOBSRESPONSE']._serialized_end=643
+  _globals['_STAGESTATUS']._serialized_start=646
+  _globals['_STAGESTATUS']._serialized_end=1095
+  _globals['_TASKREADSSTATUS']._serialized_start=1097
+  _globals['_TASKREADSSTATUS']._serialized_end=1224
+  _globals['_READVIA']._serialized_start=1226
+  _globals['_READVIA']._serialized_end=1265
+  _globals['_MAPTASKRANGE']._serialized_start=1267
+  _globals['_MAPTASKRANGE']._serialized_end=1322
+  _globals['_JOBSTATUS']._serialized_start=1325
+  _globals['_JOBSTATUS']._serialized_end=1913
+  _globals['_STREAMSTATUS']._serialized_start=1916
+  _globals['_STREAMSTATUS']._serialized_end=2342
+  _globals['_CONSUMERTASKSTATUS']._serialized_start=2344
+  _globals['_CONSUMERTASKSTATUS']._serialized_end=2455
+  _globals['_KAFKAPARTITIONSTATUS']._serialized_start=2458
+  _globals['_KAFKAPARTITIONSTATUS']._serialized_end=2612
+  _globals['_JOBWORKER']._serialized_start=2615
+  _globals['_JOBWORKER']._serialized_end=2768
+  _globals['_JOBSERVICE']._serialized_start=3051
+  _globals['_JOBSERVICE']._serialized_end=3391
 # @@protoc_insertion_point(module_scope)

@@ -60,10 +60,12 @@ class SubmitJobRequest(_message.Message):
     def __init__(self, spec_json: _Optional[str] = ..., pipeline: _Optional[_Union[_spec_pb2.PipelineSpec, _Mapping]] = ..., spec_toml: _Optional[str] = ..., spec_origin: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class SubmitJobResponse(_message.Message):
-    __slots__ = ("job_id",)
+    __slots__ = ("job_id", "created")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
-    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+    created: bool
+    def __init__(self, job_id: _Optional[str] = ..., created: bool = ...) -> None: ...
 
 class JobId(_message.Message):
     __slots__ = ("job_id",)
@@ -173,7 +175,7 @@ class MapTaskRange(_message.Message):
     def __init__(self, stage: _Optional[int] = ..., to: _Optional[int] = ..., **kwargs) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "name", "state", "stages", "rows_in", "rows_out", "submitted_at_ms", "finished_at_ms", "output_path", "error", "tasks_total", "tasks_done", "task_attempts", "files_out", "bytes_in", "bytes_out", "bad_records", "dead_letter_path", "waiting_reason", "waiting_since_ms", "workers", "stream")
+    __slots__ = ("job_id", "name", "state", "stages", "rows_in", "rows_out", "submitted_at_ms", "finished_at_ms", "output_path", "error", "tasks_total", "tasks_done", "task_attempts", "files_out", "bytes_in", "bytes_out", "bad_records", "dead_letter_path", "waiting_reason", "waiting_since_ms", "workers", "stream", "request_id")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +198,7 @@ class JobStatus(_message.Message):
     WAITING_SINCE_MS_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     state: JobState
@@ -218,7 +221,8 @@ class JobStatus(_message.Message):
     waiting_since_ms: int
     workers: _containers.RepeatedCompositeFieldContainer[JobWorker]
     stream: StreamStatus
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., stages: _Optional[_Iterable[_Union[StageStatus, _Mapping]]] = ..., rows_in: _Optional[int] = ..., rows_out: _Optional[int] = ..., submitted_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., output_path: _Optional[str] = ..., error: _Optional[_Union[_errors_pb2.ErrorDetail, _Mapping]] = ..., tasks_total: _Optional[int] = ..., tasks_done: _Optional[int] = ..., task_attempts: _Optional[int] = ..., files_out: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., bad_records: _Optional[int] = ..., dead_letter_path: _Optional[str] = ..., waiting_reason: _Optional[str] = ..., waiting_since_ms: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[JobWorker, _Mapping]]] = ..., stream: _Optional[_Union[StreamStatus, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., stages: _Optional[_Iterable[_Union[StageStatus, _Mapping]]] = ..., rows_in: _Optional[int] = ..., rows_out: _Optional[int] = ..., submitted_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., output_path: _Optional[str] = ..., error: _Optional[_Union[_errors_pb2.ErrorDetail, _Mapping]] = ..., tasks_total: _Optional[int] = ..., tasks_done: _Optional[int] = ..., task_attempts: _Optional[int] = ..., files_out: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., bad_records: _Optional[int] = ..., dead_letter_path: _Optional[str] = ..., waiting_reason: _Optional[str] = ..., waiting_since_ms: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[JobWorker, _Mapping]]] = ..., stream: _Optional[_Union[StreamStatus, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class StreamStatus(_message.Message):
     __slots__ = ("topic", "partitions", "batches", "pending_batches", "records", "rows_out", "bad_records", "lag", "tasks", "input_records_per_s", "watermark_ms", "windows_emitted_until_ms", "duplicates", "late_records")
