@@ -378,12 +378,14 @@ fn a_burst_scales_the_consumers_up_and_the_quiet_after_it_scales_them_down() -> 
     let up = decisions_of(&c, &id, "kafka_scale_up")?
         .pop()
         .context("scale-up")?;
-    // it saw the burst: its lag, or (a consumer as fast as the producer) its rate
+    // it saw the burst: its lag, or (a consumer as fast as the producer) its rate; the
+    // job was quiet before it (every record read, one task), so any of either is the
+    // burst's (how much depends on how far the producer got when the rule looked)
     let num = |k: &str| up["inputs"][k].as_str().and_then(|v| v.parse::<f64>().ok());
     assert!(
         num("required_records_per_s") > num("task_records_per_s")
             && num("input_records_per_s").unwrap_or(0.0) + num("lag_records").unwrap_or(0.0)
-                > 1000.0,
+                > 0.0,
         "{up}"
     );
     assert!(
