@@ -523,24 +523,24 @@ enum GenCmd {
 /// running tasks, a task whose read completes waits for another task's CPU work to yield
 /// (TPC-H Q6 on `local --workers 2`: 170 ms scan stage with 2 threads, 105 ms with 4).
 /// `TOKIO_WORKER_THREADS` overrides.
-/// Whether the command runs servers (whose sockets must see EPIPE, not SIGPIPE).
-fn serves(cmd: &Cmd) -> bool {
-    match cmd {
-        Cmd::Coordinator { dry_run, .. }
-        | Cmd::Worker { dry_run, .. }
-        | Cmd::Local { dry_run, .. } => !dry_run,
-        _ => false,
-    }
-}
-
-/// `autopipe jobs | head`: a client whose stdout closes ends quietly, as other Unix
-/// tools do, instead of panicking in `println!` (Rust ignores SIGPIPE by default).
+/// `autopipe jobs | head`: a command whose stdout closes ends quietly with the
+/// status of a SIGPIPE death (141), as other Unix tools do, instead of a panic with
+/// a backtrace from `println!`. (Resetting SIGPIPE itself would also kill a client
+/// whose server closes a connection it writes to.)
 fn quiet_on_closed_stdout() {
-    // SAFETY: restores the default disposition of one signal before any other thread
-    // runs; no handler is installed
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 fn runtime_threads(cmd: &Cmd) -> usize {
@@ -562,6 +562,7 @@ fn runtime_threads(cmd: &Cmd) -> usize {
 }
 
 fn main() {
+    quiet_on_closed_stdout();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("AUTOPIPE_LOG")
@@ -582,9 +583,6 @@ fn main() {
     let matches = command.get_matches_from(args);
     config::remember(matches.clone());
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    if !serves(&cli.cmd) {
-        quiet_on_closed_stdout();
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(runtime_threads(&cli.cmd))
         .enable_all()

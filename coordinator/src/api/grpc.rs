@@ -202,10 +202,6 @@ impl Services {
     }
 }
 
-/// A proposal's failure as a gRPC status. Not the leader: `UNAVAILABLE` with the
-/// leader's address in the `autopipe-leader` metadata key, so clients and workers
-/// reconnect there, and in the standard details (`ErrorInfo` reason `NOT_LEADER`,
-/// metadata `leader`; `RetryInfo`) for any other client.
 /// INVALID_ARGUMENT for a request field, with a `BadRequest` naming it and an
 /// `ErrorInfo` (reason `INVALID_ARGUMENT`).
 fn bad_field(field: &str, message: String) -> Status {
@@ -220,6 +216,10 @@ fn bad_field(field: &str, message: String) -> Status {
     Status::with_error_details(tonic::Code::InvalidArgument, message, d)
 }
 
+/// A proposal's failure as a gRPC status. Not the leader: `UNAVAILABLE` with the
+/// leader's address in the `autopipe-leader` metadata key, so clients and workers
+/// reconnect there, and in the standard details (`ErrorInfo` reason `NOT_LEADER`,
+/// metadata `leader`; `RetryInfo`) for any other client.
 pub fn store_status(e: StoreError) -> Status {
     use tonic_types::{ErrorDetails, StatusExt};
     let domain = autopipe_common::error::ERROR_DOMAIN;
