@@ -195,7 +195,11 @@ fn a_scan_straight_into_the_sink_is_split_and_every_row_is_written_once() -> Res
     let (v, _) = c.run(&s)?;
     assert_eq!(v["state"], "succeeded", "{v}");
     check_spec_output(dir.path(), &s)?;
-    assert_eq!(v["stages"], 1, "one stage, the sink: {v}");
+    assert_eq!(
+        v["stages"].as_array().map(Vec::len),
+        Some(1),
+        "one stage, the sink: {v}"
+    );
     assert_eq!(v["rows_in"], total_rows, "{v}");
     assert_eq!(v["rows_out"], total_rows, "{v}");
     let sink = &v["stages"][0];
