@@ -384,8 +384,7 @@ fn a_burst_scales_the_consumers_up_and_the_quiet_after_it_scales_them_down() -> 
     let num = |k: &str| up["inputs"][k].as_str().and_then(|v| v.parse::<f64>().ok());
     assert!(
         num("required_records_per_s") > num("task_records_per_s")
-            && num("input_records_per_s").unwrap_or(0.0) + num("lag_records").unwrap_or(0.0)
-                > 0.0,
+            && num("input_records_per_s").unwrap_or(0.0) + num("lag_records").unwrap_or(0.0) > 0.0,
         "{up}"
     );
     assert!(
