@@ -503,6 +503,8 @@ pub enum Format {
     Ndjson,
     /// a Kafka topic (a streaming job's source)
     Kafka,
+    /// a Delta Lake table (a sink): Parquet files committed in one Delta transaction
+    Delta,
 }
 
 impl Format {
@@ -513,6 +515,7 @@ impl Format {
             Format::Csv => "csv",
             Format::Ndjson => "json",
             Format::Kafka => "",
+            Format::Delta => "parquet",
         }
     }
     /// Spec name.
@@ -522,6 +525,14 @@ impl Format {
             Format::Csv => "csv",
             Format::Ndjson => "ndjson",
             Format::Kafka => "kafka",
+            Format::Delta => "delta",
+        }
+    }
+    /// The format of the files a sink's tasks write (a delta table's are Parquet).
+    pub fn file_format(self) -> Format {
+        match self {
+            Format::Delta => Format::Parquet,
+            f => f,
         }
     }
     /// Parses a spec name.
@@ -531,6 +542,7 @@ impl Format {
             "csv" => Some(Format::Csv),
             "ndjson" => Some(Format::Ndjson),
             "kafka" => Some(Format::Kafka),
+            "delta" => Some(Format::Delta),
             _ => None,
         }
     }
@@ -781,9 +793,10 @@ pub struct TransformSpec {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SinkSpec {
-    /// parquet | csv | ndjson | kafka
+    /// parquet | csv | ndjson | kafka | delta
     pub format: Format,
-    /// output directory; local path or object-store URL (not for kafka)
+    /// output directory (a delta table's root); local path or object-store URL (not
+    /// for kafka)
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub path: String,
     /// hive-style partition columns
@@ -1036,6 +1049,14 @@ impl PipelineSpec {
                 }
                 continue;
             }
+            if s.format == Format::Delta {
+                return Err(err(
+                    format!("sources[{i}].format"),
+                    "delta sources are not supported yet (a delta table is a sink); read \
+                     its Parquet files with format = \"parquet\" only while nothing writes to it"
+                        .into(),
+                ));
+            }
             if let Some(k) = kafka_only_key(s) {
                 return Err(err(
                     format!("sources[{i}].{k}"),
@@ -1105,6 +1126,22 @@ impl PipelineSpec {
                 format!("sink.{k}"),
                 "applies to a kafka sink (format = \"kafka\") only".into(),
             ));
+        }
+        if self.sink.format == Format::Delta {
+            if self.job.mode == JobMode::Streaming {
+                return Err(err(
+                    "sink.format".into(),
+                    "a streaming job cannot write a delta table yet (batch jobs can)".into(),
+                ));
+            }
+            if self.sink.overwrite_foreign {
+                return Err(err(
+                    "sink.overwrite_foreign".into(),
+                    "a delta table's overwrite removes every file of its current version \
+                     through the log; files outside it are never read"
+                        .into(),
+                ));
+            }
         }
         if self.transform.sql.trim().is_empty() {
             return Err(err("transform.sql".into(), "sql is empty".into()));
@@ -2189,5 +2226,34 @@ mod message_tests {
             .unwrap()
             .skew_threshold_bytes = Some("lots".into());
         assert_eq!(key(m), "job.params.skew_threshold_bytes");
+    }
+}
+
+#[cfg(test)]
+mod delta_tests {
+    use super::tests::GOOD;
+    use super::*;
+
+    #[test]
+    fn a_delta_sink_writes_parquet_files_and_refuses_what_it_cannot_do_yet() {
+        let delta = GOOD.replace("[sink]\nformat = \"parquet\"", "[sink]\nformat = \"delta\"");
+        let s = PipelineSpec::parse(&delta, "d.toml").unwrap();
+        assert_eq!(s.sink.format, Format::Delta);
+        assert_eq!(s.sink.format.file_format(), Format::Parquet);
+        let key = |text: &str| match PipelineSpec::parse(text, "d.toml") {
+            Err(Error::Spec { key, .. }) => key,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            key(&delta.replace(
+                "partition_by = ",
+                "overwrite_foreign = true\npartition_by = "
+            )),
+            "sink.overwrite_foreign"
+        );
+        assert_eq!(
+            key(&GOOD.replacen("format = \"parquet\"", "format = \"delta\"", 1)),
+            "sources[0].format"
+        );
     }
 }

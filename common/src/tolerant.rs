@@ -1263,7 +1263,7 @@ pub fn record_format(format: Format, has_header: bool, delimiter: u8) -> Option<
             delimiter,
         }),
         Format::Ndjson => Some(RecordFormat::Ndjson),
-        Format::Kafka => None,
+        Format::Kafka | Format::Delta => None,
         Format::Parquet => None,
     }
 }

@@ -7,6 +7,7 @@
 pub mod alerts;
 pub mod api;
 pub mod core;
+pub mod lake;
 pub mod metrics;
 pub mod optimizer;
 pub mod planner;

@@ -63,6 +63,19 @@ pub fn airflow_path() -> Result<PathBuf> {
     )
 }
 
+/// The directory to put on `PYTHONPATH` for Python's `deltalake` (delta-rs), the
+/// independent reader of the Delta tables autopipe writes.
+pub fn deltalake_path() -> Result<PathBuf> {
+    pip_install(
+        "deltalake",
+        &format!("deltalake=={DELTALAKE_VERSION}"),
+        &format!("deltalake-{DELTALAKE_VERSION}.dist-info/METADATA"),
+    )
+}
+
+/// Python `deltalake`'s version for the lake tests.
+pub const DELTALAKE_VERSION: &str = "1.6.6";
+
 /// Runs a Python `script` with `args`, `path` on its `PYTHONPATH`; returns stdout.
 pub fn python(path: &std::path::Path, script: &str, args: &[&str]) -> Result<String> {
     let out = Command::new("python3")

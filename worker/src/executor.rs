@@ -349,8 +349,10 @@ pub(crate) async fn run_sink(
     ctx: Arc<TaskContext>,
     empty_file: bool,
 ) -> Result<TaskResult> {
+    // (a delta table's files are Parquet; the coordinator commits them to its log)
     let format = Format::parse(&sink.format)
-        .ok_or_else(|| Error::Permanent(format!("unknown sink format '{}'", sink.format)))?;
+        .ok_or_else(|| Error::Permanent(format!("unknown sink format '{}'", sink.format)))?
+        .file_format();
     let url = parse_url(&sink.staging_url)?;
     let (store, prefix) = store_for(&url)?;
     // A retried attempt never reuses a prefix, but clear leftovers of a crashed run anyway.
@@ -399,10 +401,11 @@ pub(crate) async fn run_sink(
             config,
             JsonWriterOptions::try_from(&JsonOptions::default())?,
         )),
-        Format::Kafka => {
-            return Err(Error::Permanent(
-                "kafka sinks are not supported yet; write parquet, csv or ndjson".into(),
-            ))
+        Format::Kafka | Format::Delta => {
+            return Err(Error::Permanent(format!(
+                "a {} sink's rows are not written as files by a sink task",
+                format.name()
+            )))
         }
     };
     let rows = data_sink.write_all(stream, &ctx).await?;

@@ -380,7 +380,7 @@ impl pb::job_service_server::JobService for Services {
         // before anything reads a source or looks at the sink (`--allowed-roots`)
         self.core.config.allowed_roots.check_spec(&spec, &origin)?;
         let streaming = spec.job.mode == JobMode::Streaming;
-        let (input, stages, scan_stages, stream) = if streaming {
+        let (input, stages, scan_stages, stream, sink_schema) = if streaming {
             // one consumer task per alive worker to start with
             infer_missing_schema(&mut spec).await?;
             let (stages, stream) = plan_stream(&spec, self.alive_workers().max(1)).await?;
@@ -389,13 +389,21 @@ impl pb::job_service_server::JobService for Services {
                 shuffle_partitions: 1,
                 decision: None,
             };
-            (none, stages, vec![], Some(Box::new(stream)))
+            (none, stages, vec![], Some(Box::new(stream)), None)
         } else {
             let input = self.partitions_for(&spec).await?;
             let planned =
                 plan_job_with(&spec, input.shuffle_partitions, input.splits.as_ref()).await?;
             let scans = planned.scan_stages.iter().map(u32::to_string).collect();
-            (input, planned.stages, scans, None)
+            // a delta table's schema is the output's, known once planned
+            let sink_schema = match spec.sink.format {
+                autopipe_common::spec::Format::Delta => Some(
+                    crate::lake::delta::schema_json(&planned.output_schema)
+                        .map_err(|m| Error::plan("sink.format", m))?,
+                ),
+                _ => None,
+            };
+            (input, planned.stages, scans, None, sink_schema)
         };
         let partitions = input.shuffle_partitions;
         self.check_sink(&spec).await?;
@@ -416,6 +424,7 @@ impl pb::job_service_server::JobService for Services {
                 request_id: request_id.clone(),
                 request_hash,
                 stream,
+                sink_schema,
             })
             .await;
         if r.is_ok() {
@@ -1189,6 +1198,7 @@ mod tests {
             request_id: String::new(),
             request_hash: 0,
             stream: None,
+            sink_schema: None,
         })
         .await
         .unwrap();
@@ -1288,6 +1298,7 @@ mod tests {
                     request_id: String::new(),
                     request_hash: 0,
                     stream: None,
+                    sink_schema: None,
                 })
                 .await
                 .unwrap();

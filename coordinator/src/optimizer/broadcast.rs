@@ -234,6 +234,7 @@ mod tests {
             request_id: String::new(),
             request_hash: 0,
             stream: None,
+            sink_schema: None,
         })
         .unwrap();
         s
@@ -298,6 +299,7 @@ mod tests {
             request_id: String::new(),
             request_hash: 0,
             stream: None,
+            sink_schema: None,
         })
         .unwrap();
         s
@@ -390,6 +392,7 @@ mod tests {
             request_id: String::new(),
             request_hash: 0,
             stream: None,
+            sink_schema: None,
         })
         .unwrap();
         s

@@ -97,7 +97,7 @@ fn pieces(f: &InputFile, format: Format, split: u64) -> Vec<FileRange> {
             out.push(range(start, f.size));
             out
         }
-        Format::Csv | Format::Ndjson | Format::Kafka => (0..f.size.div_ceil(split))
+        Format::Csv | Format::Ndjson | Format::Kafka | Format::Delta => (0..f.size.div_ceil(split))
             .map(|i| range(i * split, ((i + 1) * split).min(f.size)))
             .collect(),
     }

@@ -465,6 +465,7 @@ mod tests {
             request_id: String::new(),
             request_hash: 0,
             stream: None,
+            sink_schema: None,
         })
         .unwrap();
         s

@@ -48,6 +48,8 @@ pub struct PlannedJob {
     pub stages: Vec<StagePlan>,
     /// the stages that scan sources (their tasks are the input splits)
     pub scan_stages: Vec<u32>,
+    /// the rows the job outputs (partition columns included)
+    pub output_schema: datafusion::arrow::datatypes::SchemaRef,
 }
 
 /// Plans `spec` with `partitions` target partitions (DataFusion splits the scans).
@@ -274,6 +276,7 @@ struct Draft {
 /// build side may turn out small at run time (at most `broadcast_max` bytes) gets a
 /// broadcast alternative (`broadcast_alternative`).
 pub fn split_into_stages(plan: Arc<dyn ExecutionPlan>, broadcast_max: u64) -> Result<PlannedJob> {
+    let output_schema = plan.schema();
     let mut drafts = Vec::new();
     let root = split(plan, &mut drafts)?;
     let inputs = reader_stages(&root);
@@ -361,6 +364,7 @@ pub fn split_into_stages(plan: Arc<dyn ExecutionPlan>, broadcast_max: u64) -> Re
     Ok(PlannedJob {
         stages,
         scan_stages,
+        output_schema,
     })
 }
 

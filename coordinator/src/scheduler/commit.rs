@@ -20,7 +20,7 @@
 use super::{job_staging_root, staging_prefix};
 use crate::state::{Job, PendingBatch, TaskState};
 use autopipe_common::error::{Error, Result};
-use autopipe_common::spec::SinkMode;
+use autopipe_common::spec::{Format, SinkMode};
 use autopipe_common::store::{delete_prefix, parse_url, store_for};
 use autopipe_common::util::now_ms;
 use futures::TryStreamExt;
@@ -165,6 +165,11 @@ pub async fn commit_job(job: &Job, fence: Fence<'_>) -> Result<Vec<String>> {
     }
     let sink_url = parse_url(&job.spec.sink.path)?;
     let (store, sink_path) = store_for(&sink_url)?;
+    if job.spec.sink.format == Format::Delta {
+        let files = commit_delta(store, &sink_path, job, fence).await?;
+        discard_staging(job).await?;
+        return Ok(files);
+    }
     let (files, replaced) = commit_to(store.as_ref(), &sink_path, job, fence).await?;
     remove_empty_dirs(&sink_url, &replaced);
     discard_staging(job).await?;
@@ -251,6 +256,49 @@ pub async fn commit_to(
         .filter(|r| !new.contains(r.as_str()))
         .collect();
     Ok((committed, replaced))
+}
+
+/// A delta sink's commit: the winning attempts' files move into the table directory
+/// (invisible to readers until the log names them; a move already made is skipped),
+/// then one Delta transaction adds them (`crate::lake::delta::commit`, idempotent).
+async fn commit_delta(
+    store: std::sync::Arc<dyn ObjectStore>,
+    table: &StorePath,
+    job: &Job,
+    fence: Fence<'_>,
+) -> Result<Vec<String>> {
+    let mut files = vec![];
+    for (src, rel) in staged_moves(job)? {
+        let dst = join(table, &rel);
+        fence()?;
+        match store.rename(&src, &dst).await {
+            Ok(()) => {}
+            Err(object_store::Error::NotFound { .. }) if store.head(&dst).await.is_ok() => {}
+            Err(e) => return Err(e.into()),
+        }
+        let size = store.head(&dst).await?.size;
+        files.push(crate::lake::delta::NewFile { path: rel, size });
+    }
+    let schema = job
+        .sink_schema
+        .as_deref()
+        .ok_or_else(|| Error::Permanent(format!("job {}: no table schema was planned", job.id)))?;
+    let rels = files.iter().map(|f| f.path.clone()).collect();
+    fence()?;
+    let version = crate::lake::delta::commit(crate::lake::delta::Commit {
+        table_url: &job.spec.sink.path,
+        store,
+        job_id: &job.id,
+        name: &job.spec.job.name,
+        schema_json: schema,
+        partition_by: &job.spec.sink.partition_by,
+        mode: job.spec.sink.mode,
+        files,
+        now_ms: now_ms(),
+    })
+    .await?;
+    tracing::info!(job = %job.id, version, "delta commit");
+    Ok(rels)
 }
 
 /// Steps 2 to 4: marker out, new files in, replaced files out.
@@ -536,6 +584,7 @@ mod tests {
             request_id: String::new(),
             request_hash: 0,
             stream: None,
+            sink_schema: None,
         })
         .unwrap();
         let mut job = s.jobs.remove(id).unwrap();

@@ -911,7 +911,7 @@ pub(crate) fn task_definition(
     let output = match stage.plan.shuffle_partitions {
         Some(n) => pb::task_definition::Output::Shuffle(pb::ShuffleOutput { partitions: n }),
         None => pb::task_definition::Output::Sink(pb::SinkOutput {
-            format: job.spec.sink.format.name().to_string(),
+            format: job.spec.sink.format.file_format().name().to_string(),
             staging_url: staging_prefix(job, ti, attempt),
             partition_by: job.spec.sink.partition_by.clone(),
         }),

@@ -177,6 +177,7 @@ mod tests {
             request_id: format!("req-{id}"),
             request_hash: 0,
             stream: None,
+            sink_schema: None,
         })
         .unwrap();
         for (stage, task) in [(0, 0), (1, 0), (1, 1)] {
@@ -271,6 +272,7 @@ mod tests {
             request_id: String::new(),
             request_hash: 0,
             stream: None,
+            sink_schema: None,
         })
         .unwrap();
         let everything = JobRetention {

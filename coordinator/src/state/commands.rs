@@ -288,6 +288,9 @@ pub enum Command {
         /// are the consumer tasks)
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stream: Option<Box<crate::state::machine::StreamPlan>>,
+        /// a delta sink's table schema (Delta's JSON), from the planned output
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sink_schema: Option<String>,
     },
     /// a task attempt was sent to a worker
     TaskLaunched {

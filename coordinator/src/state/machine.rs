@@ -315,6 +315,9 @@ pub struct Job {
     /// the idempotency key it was submitted with (empty: none)
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub request_id: String,
+    /// a delta sink's table schema (Delta's JSON), from the planned output
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink_schema: Option<String>,
 }
 
 /// The stage a `ReplanStage` of `stage` appends for its pre-merge tasks `pre_merge`
@@ -695,6 +698,7 @@ impl State {
                 request_id,
                 request_hash,
                 stream,
+                sink_schema,
             } => {
                 if self.jobs.contains_key(job_id) {
                     return Err(ApplyError::Illegal(format!("job {job_id} already exists")));
@@ -741,6 +745,7 @@ impl State {
                         stream: stream.as_deref().map(Stream::new),
                         request_hash: *request_hash,
                         request_id: request_id.clone(),
+                        sink_schema: sink_schema.clone(),
                     },
                 );
                 self.last_job_seq += 1;
@@ -2608,6 +2613,7 @@ mod tests {
                 request_id: key.into(),
                 request_hash: 0,
                 stream: None,
+                sink_schema: None,
             },
             _ => unreachable!(),
         };
@@ -2777,6 +2783,7 @@ mod tests {
             request_id: String::new(),
             request_hash: 0,
             stream: None,
+            sink_schema: None,
         })
         .unwrap();
         assert_eq!(
@@ -2816,6 +2823,7 @@ mod tests {
                 request_id: key.into(),
                 request_hash: 0,
                 stream: None,
+                sink_schema: None,
             })
             .unwrap();
             s.apply(&Command::RecordDecision {

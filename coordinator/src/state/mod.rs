@@ -123,6 +123,7 @@ pub(crate) fn test_job(map_tasks: u32) -> Command {
         request_id: String::new(),
         request_hash: 0,
         stream: None,
+        sink_schema: None,
     }
 }
 

@@ -697,6 +697,7 @@ pub(crate) fn test_stream_job(
             topic: "clicks".into(),
             assignment,
         })),
+        sink_schema: None,
     })
     .unwrap();
     s

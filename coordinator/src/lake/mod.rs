@@ -1,0 +1,3 @@
+//! The data lake: table formats the coordinator commits to (issue 15).
+
+pub mod delta;
