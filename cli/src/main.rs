@@ -563,6 +563,7 @@ fn runtime_threads(cmd: &Cmd) -> usize {
 
 fn main() {
     quiet_on_closed_stdout();
+    autopipe_common::tls::install_crypto_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("AUTOPIPE_LOG")

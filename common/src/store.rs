@@ -50,6 +50,8 @@ pub fn store_for(url: &Url) -> Result<(Arc<dyn ObjectStore>, StorePath)> {
             Ok((store, path))
         }
         "s3" => {
+            // (the S3 client's HTTPS needs rustls' provider chosen)
+            crate::tls::install_crypto_provider();
             let bucket = url
                 .host_str()
                 .ok_or_else(|| Error::Permanent(format!("'{url}' names no bucket")))?

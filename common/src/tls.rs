@@ -87,8 +87,20 @@ pub fn url(address: &str) -> String {
     }
 }
 
+/// Makes ring rustls' process-wide crypto provider (once; a provider installed
+/// before stays). Both ring and aws-lc-rs are compiled in (delta-rs' kernel turns
+/// the latter on), and rustls then picks none by itself: every TLS client and
+/// server (gRPC, Flight, S3 over HTTPS) needs this first.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// An endpoint for `address`, with the process's TLS settings.
 pub fn endpoint(address: &str) -> Result<Endpoint> {
+    install_crypto_provider();
     let url = url(address);
     let ep = Endpoint::from_shared(url.clone())
         .map_err(|e| Error::Permanent(format!("bad address '{address}': {e}")))?;
@@ -102,6 +114,7 @@ pub fn endpoint(address: &str) -> Result<Endpoint> {
 
 /// A server builder with the process's TLS settings.
 pub fn server() -> Result<tonic::transport::Server> {
+    install_crypto_provider();
     let builder = tonic::transport::Server::builder();
     match current() {
         Some(t) => builder
