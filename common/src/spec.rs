@@ -1602,11 +1602,17 @@ fn json_key(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
     let field = (msg.starts_with("missing field") || msg.starts_with("unknown field"))
         .then(|| json_key_hint(&msg))
         .filter(|f| f != "-");
-    match (path.as_str(), field) {
-        (".", Some(f)) => f,
-        (".", None) => json_key_hint(&msg),
+    // (the root prints as "."; a path through an empty map key prints as "")
+    let key = match (path.as_str(), field) {
+        ("." | "", Some(f)) => f,
+        ("." | "", None) => json_key_hint(&msg),
         (p, Some(f)) => format!("{p}.{f}"),
         (p, None) => p.to_string(),
+    };
+    if key.is_empty() {
+        "-".into()
+    } else {
+        key
     }
 }
 

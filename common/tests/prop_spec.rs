@@ -152,7 +152,9 @@ fn use_spec(spec: PipelineSpec) -> Result<(), TestCaseError> {
 /// error's key hint took for the key.
 #[test]
 fn a_json_spec_with_an_empty_enum_value_or_key_names_a_key() {
-    for text in [r#"{"job": {"name": "x", "mode": ""}}"#, "{\"`\""] {
+    // and an empty key, whose path prints as "" (found once the JSON errors named
+    // their path)
+    for text in [r#"{"job": {"name": "x", "mode": ""}}"#, "{\"`\"", "{\"\""] {
         match PipelineSpec::parse(text, ORIGIN) {
             Err(Error::Spec { key, .. }) => assert!(!key.is_empty(), "{text}"),
             other => panic!("{text}: {other:?}"),
