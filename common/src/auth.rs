@@ -192,13 +192,8 @@ impl ServerAuth {
         }
         // the refusal carries an ErrorInfo as every other does (reason UNAUTHENTICATED)
         let refuse = |message: &str| {
-            use tonic_types::{ErrorDetails, StatusExt};
-            let mut d = ErrorDetails::new();
-            d.set_error_info(
-                "UNAUTHENTICATED",
-                crate::error::ERROR_DOMAIN,
-                std::collections::HashMap::from([("class".to_string(), "permanent".to_string())]),
-            );
+            use tonic_types::StatusExt;
+            let d = crate::error::error_info("UNAUTHENTICATED", &[("class", "permanent".into())]);
             Status::with_error_details(tonic::Code::Unauthenticated, message, d)
         };
         match metadata.get(AUTHORIZATION) {

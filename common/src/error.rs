@@ -55,6 +55,18 @@ impl ErrorClass {
 /// The `ErrorInfo.domain` of autopipe's errors on the wire.
 pub const ERROR_DOMAIN: &str = "autopipe";
 
+/// Standard error details holding an `ErrorInfo` of autopipe's domain: `reason` and
+/// `metadata` (each refusal's `class` among them).
+pub fn error_info(reason: &str, metadata: &[(&str, String)]) -> tonic_types::ErrorDetails {
+    let mut d = tonic_types::ErrorDetails::new();
+    let meta: std::collections::HashMap<String, String> = metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    d.set_error_info(reason, ERROR_DOMAIN, meta);
+    d
+}
+
 /// autopipe's error at every crate boundary.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -596,3 +596,20 @@ fn ctrl_c_detaches_submit_wait_and_watch_follows_the_job_again() -> Result<()> {
     assert!(stdout.contains(&format!("job {id} succeeded")), "{stdout}");
     Ok(())
 }
+
+/// `autopipe … | head`: a command whose stdout closes ends quietly with a SIGPIPE
+/// death's status (141), not a panic with a backtrace.
+#[test]
+fn a_command_whose_stdout_is_closed_ends_quietly() -> Result<()> {
+    let (reader, writer) = std::io::pipe()?;
+    drop(reader);
+    let out = std::process::Command::new(integration_tests::autopipe_bin())
+        .args(["worker", "--dry-run"])
+        .stdout(writer)
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    Ok(())
+}

@@ -205,14 +205,10 @@ impl Services {
 /// INVALID_ARGUMENT for a request field, with a `BadRequest` naming it and an
 /// `ErrorInfo` (reason `INVALID_ARGUMENT`).
 fn bad_field(field: &str, message: String) -> Status {
-    use tonic_types::{ErrorDetails, StatusExt};
-    let mut d = ErrorDetails::new();
+    use tonic_types::StatusExt;
+    let mut d =
+        autopipe_common::error::error_info("INVALID_ARGUMENT", &[("class", "permanent".into())]);
     d.add_bad_request_violation(field, message.clone());
-    d.set_error_info(
-        "INVALID_ARGUMENT",
-        autopipe_common::error::ERROR_DOMAIN,
-        std::collections::HashMap::from([("class".to_string(), "permanent".to_string())]),
-    );
     Status::with_error_details(tonic::Code::InvalidArgument, message, d)
 }
 
@@ -221,15 +217,9 @@ fn bad_field(field: &str, message: String) -> Status {
 /// reconnect there, and in the standard details (`ErrorInfo` reason `NOT_LEADER`,
 /// metadata `leader`; `RetryInfo`) for any other client.
 pub fn store_status(e: StoreError) -> Status {
-    use tonic_types::{ErrorDetails, StatusExt};
-    let domain = autopipe_common::error::ERROR_DOMAIN;
-    let info = |reason: &str, meta: Vec<(&str, String)>| {
-        let mut d = ErrorDetails::new();
-        let meta: std::collections::HashMap<String, String> =
-            meta.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-        d.set_error_info(reason, domain, meta);
-        d
-    };
+    use tonic_types::StatusExt;
+    let info =
+        |reason: &str, meta: Vec<(&str, String)>| autopipe_common::error::error_info(reason, &meta);
     match &e {
         StoreError::Rejected(_) => Status::with_error_details(
             tonic::Code::FailedPrecondition,
@@ -263,17 +253,13 @@ const DEFAULT_WATCH_KEEPALIVE_S: u64 = 15;
 /// A reused idempotency key whose first job had another spec: `ALREADY_EXISTS`,
 /// with `ErrorInfo` reason `REQUEST_ID_REUSED` naming that job.
 fn reused_request_id(request_id: &str, job_id: &str) -> Status {
-    use tonic_types::{ErrorDetails, StatusExt};
-    let mut d = ErrorDetails::new();
-    d.set_error_info(
+    use tonic_types::StatusExt;
+    let mut d = autopipe_common::error::error_info(
         "REQUEST_ID_REUSED",
-        autopipe_common::error::ERROR_DOMAIN,
-        [
-            ("class".to_string(), "permanent".to_string()),
-            ("job_id".to_string(), job_id.to_string()),
-        ]
-        .into_iter()
-        .collect::<std::collections::HashMap<_, _>>(),
+        &[
+            ("class", "permanent".into()),
+            ("job_id", job_id.to_string()),
+        ],
     );
     d.add_bad_request_violation(
         "request_id",

@@ -150,31 +150,15 @@ fn partition_values(path: &str, partition_by: &[String]) -> HashMap<String, Opti
     for part in dirs.split('/') {
         if let Some((k, v)) = part.split_once('=') {
             if values.contains_key(k) {
-                let v = percent_decode(v);
+                let v = percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned();
                 let v = (v != "__HIVE_DEFAULT_PARTITION__").then_some(v);
                 values.insert(k.to_string(), v);
             }
         }
     }
     values
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Commits `c.files` to the table; returns the table version that holds them. A job

@@ -271,11 +271,7 @@ async fn commit_delta(
     for (src, rel) in staged_moves(job)? {
         let dst = join(table, &rel);
         fence()?;
-        match store.rename(&src, &dst).await {
-            Ok(()) => {}
-            Err(object_store::Error::NotFound { .. }) if store.head(&dst).await.is_ok() => {}
-            Err(e) => return Err(e.into()),
-        }
+        move_into_place(store.as_ref(), &src, &dst).await?;
         let size = store.head(&dst).await?.size;
         files.push(crate::lake::delta::NewFile { path: rel, size });
     }
@@ -312,14 +308,8 @@ async fn publish(
     fence()?;
     delete_if_present(store, &join(sink, SUCCESS)).await?;
     for (src, rel) in moves {
-        let dst = join(sink, rel);
         fence()?;
-        match store.rename(src, &dst).await {
-            Ok(()) => {}
-            // already moved by an earlier, interrupted commit
-            Err(object_store::Error::NotFound { .. }) if store.head(&dst).await.is_ok() => {}
-            Err(e) => return Err(e.into()),
-        }
+        move_into_place(store, src, &join(sink, rel)).await?;
     }
     let new: BTreeSet<&str> = moves.iter().map(|(_, rel)| rel.as_str()).collect();
     for rel in intent.replace.iter().filter(|r| !new.contains(r.as_str())) {
@@ -327,6 +317,16 @@ async fn publish(
         delete_if_present(store, &join(sink, rel)).await?;
     }
     Ok(())
+}
+
+/// Renames staged `src` to `dst`; done already when `src` is gone and `dst` is there
+/// (moved by an earlier, interrupted commit).
+async fn move_into_place(store: &dyn ObjectStore, src: &StorePath, dst: &StorePath) -> Result<()> {
+    match store.rename(src, dst).await {
+        Ok(()) => Ok(()),
+        Err(object_store::Error::NotFound { .. }) if store.head(dst).await.is_ok() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// After a permanent error: the new files go back to staging and the previous marker
