@@ -10,6 +10,7 @@ mod client;
 mod config;
 mod gen;
 mod local;
+mod table;
 
 use anyhow::{Context, Result};
 use autopipe_common::auth::AuthToken;
@@ -426,6 +427,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AdminCmd,
     },
+    /// A Delta table's upkeep, straight on its storage: history, vacuum
+    Table {
+        #[command(subcommand)]
+        cmd: table::TableCmd,
+    },
 }
 
 /// What a coordinator's replicated state keeps of finished jobs and lost workers.
@@ -643,6 +649,7 @@ fn client_args(cmd: &Cmd) -> Option<&ClientArgs> {
             | AdminCmd::Drain { client, .. } => Some(client),
         },
         Cmd::Gen { .. }
+        | Cmd::Table { .. }
         | Cmd::Local { .. }
         | Cmd::Coordinator { .. }
         | Cmd::Worker { .. }
@@ -1117,6 +1124,7 @@ async fn run(cli: Cli) -> Result<i32> {
             client::print_decisions(&r.decisions, client.output == OutputFormat::Json)?;
             Ok(0)
         }
+        Cmd::Table { cmd } => table::run(cmd).await,
         Cmd::Cluster { client } => {
             let ch = client::connect_any(&client.coordinator).await?;
             let mut c = autopipe_proto::admin_service_client::AdminServiceClient::new(ch);

@@ -3,10 +3,12 @@
 //! store helpers, the DataFusion extension codec for shuffle reads and the tolerant
 //! CSV/NDJSON scans that route bad records to the dead-letter sink, the cluster
 //! token every gRPC client sends and every server checks (`auth`), and the
-//! `--allowed-roots` path confinement (`roots`), and Kafka sources (`kafka`).
+//! `--allowed-roots` path confinement (`roots`), Kafka sources (`kafka`) and Delta
+//! Lake tables (`delta`).
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod delta;
 pub mod error;
 pub mod failpoint;
 pub mod kafka;

@@ -130,6 +130,24 @@ pub async fn register_sources(
             )
         };
         let groups = splits.and_then(|sp| sp.sources.get(name));
+        if s.format == Format::Delta {
+            let version = match s.version {
+                Some(v) => v,
+                None => {
+                    crate::delta::pin_version(&s.path, None, s.timestamp.as_deref(), &key).await?
+                }
+            };
+            let table: Arc<dyn datafusion::catalog::TableProvider> =
+                Arc::new(crate::delta::DeltaScan::new(
+                    crate::delta::snapshot(&s.path, version, &key, &s.files).await?,
+                ));
+            let table = match groups {
+                Some(g) => Arc::new(SplitTable::new(table, g.clone())),
+                None => table,
+            };
+            ctx.register_table(name, table)?;
+            continue;
+        }
         let Some(records) = record_format(s.format, has_header, delim) else {
             let o = ParquetReadOptions::default().file_extension(&ext);
             register_files(ctx, name, &s.path, &o, None)

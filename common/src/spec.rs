@@ -224,6 +224,18 @@ pub struct JobParams {
     /// long, e.g. "5m" (default 5 min, a stabilization window)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down_delay: Option<Millis>,
+    /// delta sinks: compact the table's small files in the background
+    /// (`optimizer::compaction`); default true
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compaction: Option<bool>,
+    /// delta sinks: a partition is compacted once one size tier of its files holds
+    /// this many (default 50, Delta's auto-compaction threshold)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compaction_min_files: Option<u32>,
+    /// delta sinks: the size compaction writes files at, and below which a file is
+    /// small, e.g. "128MiB" (default 128 MiB, Delta's optimize target)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compaction_target_file_bytes: Option<ByteSize>,
 }
 
 /// A duration in milliseconds, written as `"1s"`, `"500ms"` or a plain integer (ms).
@@ -296,6 +308,12 @@ pub const DEFAULT_BROADCAST_JOIN_MAX_BYTES: u64 = 10 << 20;
 /// Default target partition size (Spark AQE's advisoryPartitionSizeInBytes is 64 MiB).
 pub const DEFAULT_TARGET_PARTITION_BYTES: u64 = 64 << 20;
 
+/// Default files of one size tier that start a compaction (Delta's
+/// auto-compaction threshold, `minNumFiles`).
+pub const DEFAULT_COMPACTION_MIN_FILES: u32 = 50;
+/// Default file size compaction writes (Delta's `optimize` target).
+pub const DEFAULT_COMPACTION_TARGET_FILE_BYTES: u64 = 128 << 20;
+
 /// Default smallest partition (Spark AQE's coalescePartitions.minPartitionSize).
 pub const DEFAULT_MIN_PARTITION_BYTES: u64 = 1 << 20;
 
@@ -358,6 +376,23 @@ impl JobParams {
         self.broadcast_join_max_bytes
             .map(|b| b.0)
             .unwrap_or(DEFAULT_BROADCAST_JOIN_MAX_BYTES)
+    }
+    /// Whether compaction runs on the delta tables the job writes (default on).
+    pub fn compaction(&self) -> bool {
+        self.compaction.unwrap_or(true)
+    }
+    /// Files of one size tier that start a compaction (at least 2).
+    pub fn compaction_min_files(&self) -> u32 {
+        self.compaction_min_files
+            .unwrap_or(DEFAULT_COMPACTION_MIN_FILES)
+            .max(2)
+    }
+    /// The size compaction writes files at.
+    pub fn compaction_target_file_bytes(&self) -> u64 {
+        self.compaction_target_file_bytes
+            .map(|b| b.0)
+            .unwrap_or(DEFAULT_COMPACTION_TARGET_FILE_BYTES)
+            .max(1)
     }
     /// Whether running scan tasks may be split (`dynamic_rebalance`, default on).
     pub fn dynamic_rebalance(&self) -> bool {
@@ -554,9 +589,10 @@ impl Format {
 pub struct SourceSpec {
     /// table name in SQL
     pub name: String,
-    /// parquet | csv | ndjson | kafka
+    /// parquet | csv | ndjson | kafka | delta
     pub format: Format,
-    /// file, directory or glob; local path or object-store URL (not for kafka)
+    /// file, directory or glob (delta: the table's root); local path or object-store
+    /// URL (not for kafka)
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub path: String,
     /// csv: first line is a header (default true)
@@ -588,6 +624,19 @@ pub struct SourceSpec {
     /// `sasl.mechanism`, `ssl.ca.location`, ...)
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, OptionValue>,
+    /// delta: read the table as of this version (time travel); default: the version
+    /// that is current when the job is submitted (the coordinator pins it here, so
+    /// every task of the job reads one snapshot)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// delta: read the table as of this time, RFC 3339 (`2026-12-01T08:00:00Z`): the
+    /// last version committed at or before it
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
+    /// delta: read only these data files of the version (paths relative to the
+    /// table's root, as its log names them); a compaction job reads its input so
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
 }
 
 /// Where a Kafka partition with no committed offset starts reading.
@@ -1032,6 +1081,25 @@ impl PipelineSpec {
                     format!("duplicate source name '{}'", s.name),
                 ));
             }
+            let time_travel = [
+                ("version", s.version.is_some()),
+                ("timestamp", s.timestamp.is_some()),
+                ("files", !s.files.is_empty()),
+            ];
+            if let Some(k) = time_travel
+                .into_iter()
+                .find_map(|(k, set)| set.then_some(k))
+            {
+                if s.format != Format::Delta {
+                    return Err(err(
+                        format!("sources[{i}].{k}"),
+                        format!(
+                            "applies to format = \"delta\" only, not {}",
+                            s.format.name()
+                        ),
+                    ));
+                }
+            }
             if s.format == Format::Kafka {
                 validate_kafka_source(s).map_err(|(k, m)| err(format!("sources[{i}]{k}"), m))?;
                 if self.job.mode != JobMode::Streaming {
@@ -1050,12 +1118,20 @@ impl PipelineSpec {
                 continue;
             }
             if s.format == Format::Delta {
-                return Err(err(
-                    format!("sources[{i}].format"),
-                    "delta sources are not supported yet (a delta table is a sink); read \
-                     its Parquet files with format = \"parquet\" only while nothing writes to it"
-                        .into(),
-                ));
+                if s.version.is_some() && s.timestamp.is_some() {
+                    return Err(err(
+                        format!("sources[{i}].timestamp"),
+                        "give version or timestamp, not both".into(),
+                    ));
+                }
+                if let Some(t) = &s.timestamp {
+                    if chrono::DateTime::parse_from_rfc3339(t).is_err() {
+                        return Err(err(
+                            format!("sources[{i}].timestamp"),
+                            format!("'{t}' is not an RFC 3339 time (e.g. 2026-12-01T08:00:00Z)"),
+                        ));
+                    }
+                }
             }
             if let Some(k) = kafka_only_key(s) {
                 return Err(err(
@@ -2257,9 +2333,36 @@ mod delta_tests {
             )),
             "sink.overwrite_foreign"
         );
+        // a delta source reads one version, by number or time, not both
+        let source = GOOD.replacen("format = \"parquet\"", "format = \"delta\"", 1);
+        let s = PipelineSpec::parse(&source, "d.toml").unwrap();
+        assert_eq!(s.sources[0].format, Format::Delta);
+        let at = |extra: &str| {
+            source.replacen(
+                "path = \"data/events\"",
+                &format!("path = \"data/events\"\n{extra}"),
+                1,
+            )
+        };
+        assert!(PipelineSpec::parse(&at("version = 3"), "d.toml").is_ok());
+        assert!(PipelineSpec::parse(&at("timestamp = \"2026-12-01T08:00:00Z\""), "d.toml").is_ok());
         assert_eq!(
-            key(&GOOD.replacen("format = \"parquet\"", "format = \"delta\"", 1)),
-            "sources[0].format"
+            key(&at("version = 3\ntimestamp = \"2026-12-01T08:00:00Z\"")),
+            "sources[0].timestamp"
         );
+        assert_eq!(
+            key(&at("timestamp = \"yesterday\"")),
+            "sources[0].timestamp"
+        );
+        // time travel and file lists are a delta source's only
+        let parquet = |extra: &str| {
+            GOOD.replacen(
+                "path = \"data/events\"",
+                &format!("path = \"data/events\"\n{extra}"),
+                1,
+            )
+        };
+        assert_eq!(key(&parquet("version = 3")), "sources[0].version");
+        assert_eq!(key(&parquet("files = [\"a.parquet\"]")), "sources[0].files");
     }
 }

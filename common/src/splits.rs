@@ -88,6 +88,10 @@ pub async fn list_sources(spec: &PipelineSpec, footer_above: u64) -> Result<Vec<
                 format!("cannot list {}: {e}", s.path),
             )
         };
+        if s.format == Format::Delta {
+            out.push(delta_files(s, &format!("sources[{i}]"), footer_above).await?);
+            continue;
+        }
         let ext = crate::session::file_extension(&s.path, s.format);
         let glob = glob_prefix(&s.path);
         let table_url = ListingTableUrl::parse(glob.map_or(s.path.as_str(), |(prefix, _)| prefix))
@@ -111,30 +115,7 @@ pub async fn list_sources(spec: &PipelineSpec, footer_above: u64) -> Result<Vec<
         for m in &metas {
             let mut row_groups = vec![];
             if s.format == Format::Parquet && m.size > footer_above {
-                let md = DFParquetMetadata::new(store.as_ref(), m)
-                    .fetch_metadata()
-                    .await
-                    .map_err(|e| {
-                        Error::plan(
-                            format!("sources[{i}].path"),
-                            format!("cannot read the Parquet footer of {}: {e}", m.location),
-                        )
-                    })?;
-                row_groups = md
-                    .row_groups()
-                    .iter()
-                    .filter(|rg| rg.num_columns() > 0)
-                    .map(|rg| {
-                        let col = rg.column(0);
-                        let start = col
-                            .dictionary_page_offset()
-                            .unwrap_or_else(|| col.data_page_offset());
-                        RowGroup {
-                            start: start.max(0) as u64,
-                            bytes: rg.compressed_size().max(0) as u64,
-                        }
-                    })
-                    .collect();
+                row_groups = row_groups_of(store.as_ref(), m, &format!("sources[{i}]")).await?;
             }
             files.push(InputFile {
                 location: m.location.to_string(),
@@ -149,6 +130,73 @@ pub async fn list_sources(spec: &PipelineSpec, footer_above: u64) -> Result<Vec<
         });
     }
     Ok(out)
+}
+
+/// The row groups of Parquet file `m`, from its footer; errors name the source `key`.
+async fn row_groups_of(
+    store: &dyn object_store::ObjectStore,
+    m: &ObjectMeta,
+    key: &str,
+) -> Result<Vec<RowGroup>> {
+    let md = DFParquetMetadata::new(store, m)
+        .fetch_metadata()
+        .await
+        .map_err(|e| {
+            Error::plan(
+                format!("{key}.path"),
+                format!("cannot read the Parquet footer of {}: {e}", m.location),
+            )
+        })?;
+    Ok(md
+        .row_groups()
+        .iter()
+        .filter(|rg| rg.num_columns() > 0)
+        .map(|rg| {
+            let col = rg.column(0);
+            let start = col
+                .dictionary_page_offset()
+                .unwrap_or_else(|| col.data_page_offset());
+            RowGroup {
+                start: start.max(0) as u64,
+                bytes: rg.compressed_size().max(0) as u64,
+            }
+        })
+        .collect())
+}
+
+/// A delta source's files: those of its pinned snapshot (the latest when unpinned),
+/// as its scan (`delta::DeltaScan`) lists them, with the row groups of those above
+/// `footer_above` bytes.
+async fn delta_files(
+    s: &crate::spec::SourceSpec,
+    key: &str,
+    footer_above: u64,
+) -> Result<SourceFiles> {
+    let version = match s.version {
+        Some(v) => v,
+        None => crate::delta::pin_version(&s.path, None, s.timestamp.as_deref(), key).await?,
+    };
+    let snap = crate::delta::snapshot(&s.path, version, key, &s.files).await?;
+    let (store, _) = crate::store::store_for(&crate::store::parse_url(&s.path)?)?;
+    let mut files = Vec::with_capacity(snap.files.len());
+    for f in &snap.files {
+        let m = &f.object_meta;
+        let row_groups = if m.size > footer_above {
+            row_groups_of(store.as_ref(), m, key).await?
+        } else {
+            vec![]
+        };
+        files.push(InputFile {
+            location: m.location.to_string(),
+            size: m.size,
+            row_groups,
+        });
+    }
+    Ok(SourceFiles {
+        name: s.name.clone(),
+        format: Format::Parquet,
+        files,
+    })
 }
 
 /// A file table whose scan reads the given groups of file ranges, one partition per

@@ -136,3 +136,297 @@ fn delta_versions_as_an_independent_reader_sees_them() -> Result<()> {
     );
     Ok(())
 }
+
+/// Writes the table at argv[1] with delta-rs (an independent writer, its own file
+/// layout and statistics): version 0 holds `sales(dir, 300)`'s rows, version 1 adds
+/// 100 more DE rows (ids 1001..=1100, amount 1).
+const WRITE: &str = r#"
+import sys
+from arro3.core import Table, Array, DataType
+from deltalake import write_deltalake
+def rows(ids, countries, amounts):
+    return Table.from_pydict({
+        "id": Array(ids, DataType.int64()),
+        "country": Array(countries, DataType.string()),
+        "amount": Array(amounts, DataType.int64()),
+    })
+ids = list(range(1, 301))
+write_deltalake(sys.argv[1], rows(ids, [["DE", "FR", "IT"][i % 3] for i in ids], ids),
+                partition_by=["country"])
+more = list(range(1001, 1101))
+write_deltalake(sys.argv[1], rows(more, ["DE"] * 100, [1] * 100), mode="append")
+"#;
+
+/// A job reading the delta table `lake/sales` (`source_extra`: more keys of the
+/// source) with `sql` into `out/NAME` as NDJSON.
+fn read_spec(dir: &Path, name: &str, source_extra: &str, sql: &str) -> Result<PathBuf> {
+    let f = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &f,
+        format!(
+            r#"[job]
+name = "{name}"
+[[sources]]
+name = "sales"
+format = "delta"
+path = "lake/sales"
+{source_extra}
+[transform]
+sql = "{sql}"
+[sink]
+format = "ndjson"
+path = "out/{name}"
+"#
+        ),
+    )?;
+    Ok(f)
+}
+
+/// The rows a job wrote as NDJSON under `dir`.
+fn ndjson_rows(dir: &Path) -> Result<Vec<serde_json::Value>> {
+    let mut rows = vec![];
+    for f in integration_tests::files_under(dir) {
+        if f.ends_with(".ndjson") || f.ends_with(".json") {
+            for line in std::fs::read_to_string(dir.join(&f))?.lines() {
+                if !line.trim().is_empty() {
+                    rows.push(serde_json::from_str(line)?);
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Per country: (rows, sum of amount), from a `GROUP BY country` job's output.
+fn per_country(dir: &Path) -> Result<std::collections::BTreeMap<String, (i64, i64)>> {
+    let mut out = std::collections::BTreeMap::new();
+    for r in ndjson_rows(dir)? {
+        let c = r["country"].as_str().context("country")?.to_string();
+        out.insert(
+            c,
+            (r["n"].as_i64().context("n")?, r["s"].as_i64().context("s")?),
+        );
+    }
+    Ok(out)
+}
+
+#[test]
+fn a_delta_source_reads_one_version_of_a_table_another_engine_wrote_and_prunes_its_partitions(
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let table = dir.path().join("lake/sales");
+    std::fs::create_dir_all(&table)?;
+    python(
+        &deltalake_path()?,
+        WRITE,
+        &[table.to_str().context("utf8")?],
+    )?;
+    let c = Cluster::start(2, 2)?;
+    let by_country = "SELECT country, count(*) AS n, sum(amount) AS s FROM sales GROUP BY country";
+    let de_300: i64 = (1..=300).filter(|i| i % 3 == 0).sum();
+
+    // the latest version: both writes
+    let (v, _) = c.run(&read_spec(dir.path(), "latest", "", by_country)?)?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let got = per_country(&dir.path().join("out/latest"))?;
+    assert_eq!(got["DE"], (200, de_300 + 100), "{got:?}");
+    assert_eq!(got["FR"].0, 100, "{got:?}");
+    assert_eq!(got["IT"].0, 100, "{got:?}");
+    assert_eq!(v["rows_in"], 400, "{v}");
+
+    // time travel: version 0 is the first write alone
+    let (v, _) = c.run(&read_spec(dir.path(), "first", "version = 0", by_country)?)?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let got = per_country(&dir.path().join("out/first"))?;
+    assert_eq!(got["DE"], (100, de_300), "{got:?}");
+    assert_eq!(v["rows_in"], 300, "{v}");
+
+    // a filter on the partition column reads the FR files only
+    let fr = "SELECT country, count(*) AS n, sum(amount) AS s FROM sales WHERE country = 'FR' GROUP BY country";
+    let (v, _) = c.run(&read_spec(dir.path(), "fr", "", fr)?)?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let got = per_country(&dir.path().join("out/fr"))?;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got["FR"].0, 100, "{got:?}");
+    assert_eq!(v["rows_in"], 100, "only the FR partition is read: {v}");
+
+    // a version the table does not have is refused, naming the key; so is a time
+    // before the table existed
+    let bad = read_spec(dir.path(), "future", "version = 7", by_country)?;
+    let err = c.submit(&bad).unwrap_err().to_string();
+    assert!(err.contains("sources[0].version"), "{err}");
+    let early = read_spec(
+        dir.path(),
+        "early",
+        "timestamp = \"2001-01-01T00:00:00Z\"",
+        by_country,
+    )?;
+    let err = c.submit(&early).unwrap_err().to_string();
+    assert!(err.contains("sources[0].timestamp"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn a_delta_source_pins_its_version_at_submit_and_reads_by_timestamp() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    sales(dir.path(), 300)?;
+    let c = Cluster::start(1, 2)?;
+    let all = "SELECT id, country, amount FROM sales";
+    let (v, _) = c.run(&spec(dir.path(), "load", "append", all)?)?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    // a time after version 0's commit and before version 1's
+    let between = std::time::SystemTime::now();
+    integration_tests::wait_until(
+        std::time::Duration::from_secs(5),
+        "the clock to move",
+        || {
+            Ok(std::time::SystemTime::now().duration_since(between)?
+                > std::time::Duration::from_millis(5))
+        },
+    )?;
+    let stamp = chrono::DateTime::<chrono::Utc>::from(between)
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let de = "SELECT id, country, amount FROM sales WHERE country = 'DE'";
+    let (v, _) = c.run(&spec(dir.path(), "more", "append", de)?)?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let by_country = "SELECT country, count(*) AS n, sum(amount) AS s FROM sales GROUP BY country";
+    let extra = format!("timestamp = \"{stamp}\"");
+    let (v, _) = c.run(&read_spec(dir.path(), "then", &extra, by_country)?)?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let got = per_country(&dir.path().join("out/then"))?;
+    assert_eq!(got["DE"].0, 100, "as of {stamp}, version 0: {got:?}");
+    let (v, _) = c.run(&read_spec(dir.path(), "now", "", by_country)?)?;
+    let got = per_country(&dir.path().join("out/now"))?;
+    assert_eq!(got["DE"].0, 200, "the latest, version 1: {got:?} {v}");
+    Ok(())
+}
+
+/// Counts and sums the rows of the table at argv[1] per partition with delta-rs, and
+/// lists its files and operations.
+const TALLY: &str = r#"
+import json, sys
+from deltalake import DeltaTable, QueryBuilder
+dt = DeltaTable(sys.argv[1])
+t = QueryBuilder().register("t", dt).execute(
+    "SELECT country, count(*) AS n, sum(amount) AS s FROM t GROUP BY country").read_all()
+rows = {c: [n, s] for c, n, s in zip(*(t.column(x).to_pylist() for x in ["country", "n", "s"]))}
+files = {}
+for f in dt.file_uris():
+    part = f.rsplit("/", 2)[-2]
+    files[part] = files.get(part, 0) + 1
+ops = [h.get("operation") for h in dt.history()]
+print(json.dumps({"version": dt.version(), "rows": rows, "files": files, "ops": ops}))
+"#;
+
+#[test]
+fn small_appends_to_a_delta_table_are_compacted_in_the_background_and_no_row_is_lost() -> Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let table = dir.path().join("lake/sales");
+    let c = Cluster::start(2, 2)?;
+    let min_files = 4;
+    let appends = 14;
+    for i in 0..appends {
+        // three rows, one per country: a file in each partition
+        let csv = dir.path().join("sales.csv");
+        let mut text = String::from("id,country,amount\n");
+        for (k, country) in ["DE", "FR", "IT"].iter().enumerate() {
+            text += &format!("{},{country},{}\n", i * 3 + k as i64, i + 1);
+        }
+        std::fs::write(&csv, text)?;
+        let f = spec(
+            dir.path(),
+            &format!("append-{i}"),
+            "append",
+            "SELECT id, country, amount FROM sales",
+        )?;
+        let t = std::fs::read_to_string(&f)?.replace(
+            "[[sources]]",
+            &format!("[job.params]\ncompaction_min_files = {min_files}\n[[sources]]"),
+        );
+        std::fs::write(&f, t)?;
+        let (v, _) = c.run(&f)?;
+        assert_eq!(v["state"], "succeeded", "append {i}: {v}");
+    }
+    // every compaction the rule starts ends, and the partitions settle below the bound
+    let settled = |c: &Cluster| -> Result<bool> {
+        let jobs = c.cli_json(&["jobs"])?;
+        let busy = jobs.as_array().context("jobs")?.iter().any(|j| {
+            j["state"] != "succeeded" && j["state"] != "failed" && j["state"] != "cancelled"
+        });
+        let d = c.cli_json(&["decisions"])?;
+        let open =
+            d.as_array().context("decisions")?.iter().any(|d| {
+                d["kind"] == "compaction" && d["effect"].as_str().unwrap_or("").is_empty()
+            });
+        Ok(!busy && !open)
+    };
+    c.wait_for(
+        std::time::Duration::from_secs(120),
+        "compactions to finish",
+        |c| {
+            let t = read_tally(&table)?;
+            let files = t["files"].as_object().context("files")?;
+            // (tiny files are all of one size tier: fewer than min_files leave the rule
+            // nothing to do)
+            Ok(files
+                .values()
+                .all(|n| n.as_u64().unwrap_or(99) < min_files as u64)
+                && settled(c)?)
+        },
+    )?;
+    let t = read_tally(&table)?;
+    // every appended row once: 14 per country, amounts 1..=14
+    for country in ["country=DE", "country=FR", "country=IT"] {
+        assert!(
+            t["files"][country].as_u64().unwrap() < min_files as u64,
+            "{t}"
+        );
+    }
+    for country in ["DE", "FR", "IT"] {
+        assert_eq!(
+            t["rows"][country],
+            serde_json::json!([appends, appends * (appends + 1) / 2]),
+            "{t}"
+        );
+    }
+    let ops: Vec<&str> = t["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.as_str())
+        .collect();
+    assert!(ops.contains(&"OPTIMIZE"), "{t}");
+    // each compaction is a decision with its inputs and measured effect
+    let d = c.cli_json(&["decisions"])?;
+    let compactions: Vec<&serde_json::Value> = d
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["kind"] == "compaction")
+        .collect();
+    assert!(compactions.len() >= 3, "one per partition at least: {d}");
+
+    for x in &compactions {
+        assert!(
+            x["inputs"]["files_compacted"]
+                .as_str()
+                .unwrap()
+                .parse::<u32>()?
+                >= min_files,
+            "{x}"
+        );
+        let effect = x["effect"].as_str().unwrap_or("");
+        assert!(effect.contains("write amplification"), "{x}");
+    }
+    Ok(())
+}
+
+fn read_tally(table: &Path) -> Result<serde_json::Value> {
+    let out = python(
+        &deltalake_path()?,
+        TALLY,
+        &[table.to_str().context("utf8")?],
+    )?;
+    serde_json::from_str(out.trim()).context(out)
+}

@@ -73,6 +73,7 @@ class DecisionKind(_Named):
     KAFKA_SCALE_UP = 13
     KAFKA_SCALE_DOWN = 14
     KAFKA_REBALANCE = 15
+    COMPACTION = 16
 
 
 class MemberRole(_Named):

@@ -58,43 +58,8 @@ impl Services {
         }
     }
 
-    /// The slots of each worker that is alive and heartbeats to this leader.
-    fn alive(&self) -> Vec<u32> {
-        let live = self
-            .core
-            .liveness
-            .lock()
-            .expect("liveness lock poisoned")
-            .clone();
-        self.core.read(|s| {
-            s.workers
-                .values()
-                .filter(|w| w.state == WorkerState::Alive && live.contains_key(&w.id))
-                .map(|w| w.slots)
-                .collect()
-        })
-    }
-
     fn alive_workers(&self) -> u32 {
-        self.alive().len() as u32
-    }
-
-    fn alive_slots(&self) -> u32 {
-        self.alive().iter().sum()
-    }
-
-    /// The job's scan tasks and shuffle width (`optimizer::partitions`), from its
-    /// sources' files as listed now and the alive slots.
-    async fn partitions_for(&self, spec: &PipelineSpec) -> Result<InputPlan, Error> {
-        let params = &spec.job.params;
-        let sources = if params.adaptive_splits() {
-            list_sources(spec, params.min_partition_bytes()).await?
-        } else if params.shuffle_partitions.is_some() {
-            vec![]
-        } else {
-            list_sources(spec, u64::MAX).await?
-        };
-        Ok(plan_inputs(&sources, params, self.alive_slots()))
+        alive(&self.core).len() as u32
     }
 
     async fn check_sink(&self, spec: &PipelineSpec) -> Result<(), Error> {
@@ -117,6 +82,89 @@ impl Services {
         }
         Ok(())
     }
+}
+
+/// The slots of each worker that is alive and heartbeats to this leader.
+fn alive(core: &Core) -> Vec<u32> {
+    let live = core
+        .liveness
+        .lock()
+        .expect("liveness lock poisoned")
+        .clone();
+    core.read(|s| {
+        s.workers
+            .values()
+            .filter(|w| w.state == WorkerState::Alive && live.contains_key(&w.id))
+            .map(|w| w.slots)
+            .collect()
+    })
+}
+
+/// The job's scan tasks and shuffle width (`optimizer::partitions`), from its
+/// sources' files as listed now and the alive slots.
+async fn partitions_for(core: &Core, spec: &PipelineSpec) -> Result<InputPlan, Error> {
+    let params = &spec.job.params;
+    let sources = if params.adaptive_splits() {
+        list_sources(spec, params.min_partition_bytes()).await?
+    } else if params.shuffle_partitions.is_some() {
+        vec![]
+    } else {
+        list_sources(spec, u64::MAX).await?
+    };
+    Ok(plan_inputs(&sources, params, alive(core).iter().sum()))
+}
+
+/// A planned batch job: its input splits, stages, scan stages and (for a delta sink)
+/// the table schema.
+pub(crate) struct PlannedBatch {
+    /// the scan tasks and shuffle width, with their decision
+    pub input: InputPlan,
+    /// the stages
+    pub stages: Vec<crate::state::commands::StagePlan>,
+    /// the stages that scan sources
+    pub scan_stages: Vec<String>,
+    /// a delta sink's table schema (Delta's JSON)
+    pub sink_schema: Option<String>,
+}
+
+/// Plans a batch job of `spec` (validated, paths normalized, delta sources pinned)
+/// on the cluster as it is now.
+pub(crate) async fn plan_batch(core: &Core, spec: &PipelineSpec) -> Result<PlannedBatch, Error> {
+    let input = partitions_for(core, spec).await?;
+    let planned = plan_job_with(spec, input.shuffle_partitions, input.splits.as_ref()).await?;
+    let scan_stages = planned.scan_stages.iter().map(u32::to_string).collect();
+    // a delta table's schema is the output's, known once planned
+    let sink_schema = match spec.sink.format {
+        autopipe_common::spec::Format::Delta => Some(
+            crate::lake::delta::schema_json(&planned.output_schema)
+                .map_err(|m| Error::plan("sink.format", m))?,
+        ),
+        _ => None,
+    };
+    Ok(PlannedBatch {
+        input,
+        stages: planned.stages,
+        scan_stages,
+        sink_schema,
+    })
+}
+
+/// Pins each delta source to one table version (its `version`, the last one at or
+/// before its `timestamp`, else the latest), so that planning and every task read
+/// the same snapshot whatever is committed to the table meanwhile.
+pub(crate) async fn pin_delta_sources(spec: &mut PipelineSpec) -> Result<(), Error> {
+    for (i, s) in spec.sources.iter_mut().enumerate() {
+        if s.format != autopipe_common::spec::Format::Delta {
+            continue;
+        }
+        let key = format!("sources[{i}]");
+        let v =
+            autopipe_common::delta::pin_version(&s.path, s.version, s.timestamp.as_deref(), &key)
+                .await?;
+        s.version = Some(v);
+        s.timestamp = None;
+    }
+    Ok(())
 }
 
 /// A launch older than this that the worker does not list as running was lost.
@@ -365,6 +413,7 @@ impl pb::job_service_server::JobService for Services {
         spec.validate(&origin)?;
         // before anything reads a source or looks at the sink (`--allowed-roots`)
         self.core.config.allowed_roots.check_spec(&spec, &origin)?;
+        pin_delta_sources(&mut spec).await?;
         let streaming = spec.job.mode == JobMode::Streaming;
         let (input, stages, scan_stages, stream, sink_schema) = if streaming {
             // one consumer task per alive worker to start with
@@ -377,19 +426,8 @@ impl pb::job_service_server::JobService for Services {
             };
             (none, stages, vec![], Some(Box::new(stream)), None)
         } else {
-            let input = self.partitions_for(&spec).await?;
-            let planned =
-                plan_job_with(&spec, input.shuffle_partitions, input.splits.as_ref()).await?;
-            let scans = planned.scan_stages.iter().map(u32::to_string).collect();
-            // a delta table's schema is the output's, known once planned
-            let sink_schema = match spec.sink.format {
-                autopipe_common::spec::Format::Delta => Some(
-                    crate::lake::delta::schema_json(&planned.output_schema)
-                        .map_err(|m| Error::plan("sink.format", m))?,
-                ),
-                _ => None,
-            };
-            (input, planned.stages, scans, None, sink_schema)
+            let b = plan_batch(&self.core, &spec).await?;
+            (b.input, b.stages, b.scan_stages, None, b.sink_schema)
         };
         let partitions = input.shuffle_partitions;
         self.check_sink(&spec).await?;
@@ -411,6 +449,7 @@ impl pb::job_service_server::JobService for Services {
                 request_hash,
                 stream,
                 sink_schema,
+                compaction: None,
             })
             .await;
         if r.is_ok() {
@@ -1185,6 +1224,7 @@ mod tests {
             request_hash: 0,
             stream: None,
             sink_schema: None,
+            compaction: None,
         })
         .await
         .unwrap();
@@ -1285,6 +1325,7 @@ mod tests {
                     request_hash: 0,
                     stream: None,
                     sink_schema: None,
+                    compaction: None,
                 })
                 .await
                 .unwrap();

@@ -428,6 +428,7 @@ mod tests {
                 request_hash: 0,
                 stream: None,
                 sink_schema: None,
+                compaction: None,
             })
             .unwrap();
         }

@@ -235,6 +235,7 @@ mod tests {
             request_hash: 0,
             stream: None,
             sink_schema: None,
+            compaction: None,
         })
         .unwrap();
         s
@@ -300,6 +301,7 @@ mod tests {
             request_hash: 0,
             stream: None,
             sink_schema: None,
+            compaction: None,
         })
         .unwrap();
         s
@@ -393,6 +395,7 @@ mod tests {
             request_hash: 0,
             stream: None,
             sink_schema: None,
+            compaction: None,
         })
         .unwrap();
         s

@@ -14,10 +14,13 @@
 //! - `timeouts`: an attempt past its task timeout fails and is retried elsewhere;
 //! - `liquid`: a running scan task that lags hands its unread input to a new task;
 //! - `scaling`: workers added for a backlog, idle ones released;
-//! - `kafka_scaling`: a streaming job's consumer tasks scaled with its lag.
+//! - `kafka_scaling`: a streaming job's consumer tasks scaled with its lag;
+//! - `compaction`: a delta table's partition whose small files fill a size tier is
+//!   rewritten into target-sized files by a background job.
 
 pub mod broadcast;
 pub mod coalesce;
+pub mod compaction;
 pub mod kafka_scaling;
 pub mod liquid;
 pub mod memory;

@@ -466,6 +466,7 @@ mod tests {
             request_hash: 0,
             stream: None,
             sink_schema: None,
+            compaction: None,
         })
         .unwrap();
         s

@@ -23,7 +23,7 @@ use autopipe_common::error::{Error, Result};
 use autopipe_common::spec::{Format, SinkMode};
 use autopipe_common::store::{delete_prefix, parse_url, store_for};
 use autopipe_common::util::now_ms;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -267,23 +267,39 @@ async fn commit_delta(
     job: &Job,
     fence: Fence<'_>,
 ) -> Result<Vec<String>> {
-    let mut files = vec![];
+    let mut placed = vec![];
     for (src, rel) in staged_moves(job)? {
         let dst = join(table, &rel);
         fence()?;
         move_into_place(store.as_ref(), &src, &dst).await?;
-        let size = store.head(&dst).await?.size;
-        files.push(crate::lake::delta::NewFile { path: rel, size });
+        placed.push((rel, dst));
     }
+    // each file's statistics from its footer, a few footers at a time
+    let files: Vec<crate::lake::delta::NewFile> = futures::stream::iter(placed)
+        .map(|(rel, dst)| {
+            let store = store.clone();
+            async move {
+                let meta = store.head(&dst).await?;
+                let stats = crate::lake::delta::file_stats(store.as_ref(), &meta).await?;
+                Ok::<_, Error>(crate::lake::delta::NewFile {
+                    path: rel,
+                    size: meta.size,
+                    stats: Some(stats),
+                })
+            }
+        })
+        .buffered(16)
+        .try_collect()
+        .await?;
     let schema = job
         .sink_schema
         .as_deref()
         .ok_or_else(|| Error::Permanent(format!("job {}: no table schema was planned", job.id)))?;
     let rels = files.iter().map(|f| f.path.clone()).collect();
     fence()?;
-    let version = crate::lake::delta::commit(crate::lake::delta::Commit {
+    let committed = crate::lake::delta::commit(crate::lake::delta::Commit {
         table_url: &job.spec.sink.path,
-        store,
+        store: store.clone(),
         job_id: &job.id,
         name: &job.spec.job.name,
         schema_json: schema,
@@ -291,10 +307,24 @@ async fn commit_delta(
         mode: job.spec.sink.mode,
         files,
         now_ms: now_ms(),
+        replaces: job.compaction.as_ref().map(|c| c.files.as_slice()),
     })
     .await?;
-    tracing::info!(job = %job.id, version, "delta commit");
-    Ok(rels)
+    match committed {
+        crate::lake::delta::Committed::Version(version) => {
+            tracing::info!(job = %job.id, version, "delta commit");
+            Ok(rels)
+        }
+        crate::lake::delta::Committed::Skipped(why) => {
+            // a compaction that lost to another commit: its files are no one's
+            tracing::info!(job = %job.id, "compaction skipped: {why}");
+            for rel in &rels {
+                fence()?;
+                delete_if_present(store.as_ref(), &join(table, rel)).await?;
+            }
+            Ok(vec![])
+        }
+    }
 }
 
 /// Steps 2 to 4: marker out, new files in, replaced files out.
@@ -585,6 +615,7 @@ mod tests {
             request_hash: 0,
             stream: None,
             sink_schema: None,
+            compaction: None,
         })
         .unwrap();
         let mut job = s.jobs.remove(id).unwrap();

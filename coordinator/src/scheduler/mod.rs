@@ -5,6 +5,7 @@
 
 pub mod autoscale;
 pub mod commit;
+pub mod compaction;
 pub mod liquid;
 pub mod load;
 pub mod retention;
@@ -46,6 +47,7 @@ pub async fn run(core: Arc<Core>, cancel: CancellationToken) {
     let refreshing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut refreshed_at = std::time::Instant::now();
     let mut status = core.raft.watch_status();
+    let tables = compaction::Watch::default();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -78,6 +80,7 @@ pub async fn run(core: Arc<Core>, cancel: CancellationToken) {
         launch_ready_tasks(&core).await;
         stall::watch(&core, &mut stalled).await;
         start_commits(&core, &committing).await;
+        compaction::run(&core, &tables);
         stream::publish_pending(&core, &publishing);
         stream::rescale(&core, &mut consumers).await;
         if refreshed_at.elapsed() >= stream::REFRESH_EVERY {
@@ -674,6 +677,21 @@ fn plan_launches_by_load(s: &State, live: &HashMap<String, u32>, load_aware: boo
             .map(|id| &s.jobs[id])
             .filter(|j| j.state == JobState::Running)
     };
+    // Background jobs (compactions) take only slots no user job waits for: they
+    // launch after every user job, and nothing of theirs while a user job has a
+    // task waiting for a slot.
+    let user_waiting = running_jobs().any(|j| {
+        j.compaction.is_none()
+            && (0..j.stages.len()).any(|si| {
+                j.stage_ready(si)
+                    && (0..j.stages[si].tasks.len()).any(|ti| j.task_waits(si, ti, now))
+            })
+    });
+    let in_turn = || {
+        running_jobs()
+            .filter(|j| j.compaction.is_none())
+            .chain(running_jobs().filter(|j| j.compaction.is_some() && !user_waiting))
+    };
     // a job's `load_aware_placement`, else the cluster's
     let by_load = |job: &Job| {
         job.spec
@@ -682,7 +700,7 @@ fn plan_launches_by_load(s: &State, live: &HashMap<String, u32>, load_aware: boo
             .load_aware_placement
             .unwrap_or(load_aware)
     };
-    'jobs: for job in running_jobs() {
+    'jobs: for job in in_turn() {
         let by_load = by_load(job);
         for (si, stage) in job.stages.iter().enumerate() {
             // a stage whose inputs completed after this tick's re-plans were read waits
@@ -1265,6 +1283,64 @@ mod tests {
         let on_w1 = l.iter().filter(|x| x.worker_id == "w1").count();
         assert!((1..=2).contains(&on_w1), "spread over both workers");
         assert_eq!(l[0].def.worker_id, l[0].worker_id);
+    }
+
+    #[test]
+    fn a_compaction_job_takes_only_slots_no_user_job_waits_for() {
+        // a compaction submitted first, a user job after it
+        let mut s = State::default();
+        s.apply(&Command::RegisterWorker {
+            worker_id: "w1".into(),
+            address: "w1:1".into(),
+            http_address: String::new(),
+            slots: 2,
+            at_ms: 0,
+            shuffle: Default::default(),
+        })
+        .unwrap();
+        let Command::SubmitJob { spec, stages, .. } = crate::state::test_job(3) else {
+            unreachable!()
+        };
+        let submit = |id: &str, compaction: bool| Command::SubmitJob {
+            job_id: id.into(),
+            spec: spec.clone(),
+            stages: stages.clone(),
+            at_ms: 0,
+            request_id: String::new(),
+            request_hash: 0,
+            stream: None,
+            sink_schema: None,
+            compaction: compaction.then(|| {
+                Box::new(crate::optimizer::compaction::CompactionJob {
+                    table: "file:///t/".into(),
+                    version: 0,
+                    partition: String::new(),
+                    files: vec!["a.parquet".into()],
+                    bytes: 1,
+                })
+            }),
+        };
+        s.apply(&submit("compact", true)).unwrap();
+        s.apply(&submit("user", false)).unwrap();
+        // the user job waits for both slots (3 map tasks): nothing of the compaction
+        let l = plan_launches(&s, &live(&["w1"]));
+        assert_eq!(l.len(), 2);
+        assert!(
+            l.iter()
+                .all(|x| x.def.key.as_ref().unwrap().job_id == "user"),
+            "user first"
+        );
+        // once no user task waits, the compaction takes the slots left
+        s.apply(&Command::CancelJob {
+            job_id: "user".into(),
+            at_ms: 1,
+        })
+        .unwrap();
+        let l = plan_launches(&s, &live(&["w1"]));
+        assert_eq!(l.len(), 2);
+        assert!(l
+            .iter()
+            .all(|x| x.def.key.as_ref().unwrap().job_id == "compact"));
     }
 
     #[test]

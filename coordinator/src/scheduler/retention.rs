@@ -178,6 +178,7 @@ mod tests {
             request_hash: 0,
             stream: None,
             sink_schema: None,
+            compaction: None,
         })
         .unwrap();
         for (stage, task) in [(0, 0), (1, 0), (1, 1)] {
@@ -273,6 +274,7 @@ mod tests {
             request_hash: 0,
             stream: None,
             sink_schema: None,
+            compaction: None,
         })
         .unwrap();
         let everything = JobRetention {

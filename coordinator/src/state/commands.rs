@@ -291,6 +291,10 @@ pub enum Command {
         /// a delta sink's table schema (Delta's JSON), from the planned output
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sink_schema: Option<String>,
+        /// a compaction job's input (`optimizer::compaction`): it runs in the
+        /// background and its commit replaces these files
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        compaction: Option<Box<crate::optimizer::compaction::CompactionJob>>,
     },
     /// a task attempt was sent to a worker
     TaskLaunched {
@@ -632,6 +636,13 @@ pub enum Command {
         worker_ids: Vec<String>,
         /// when
         at_ms: u64,
+    },
+    /// what a delta table a job committed to holds now (issue 15 §2), as the leader
+    /// read it from the table's log after the commit, with the table's running
+    /// counts: the input of the compaction rule
+    TableObserved {
+        /// the table
+        table: Box<crate::optimizer::compaction::TableFiles>,
     },
 }
 

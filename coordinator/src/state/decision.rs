@@ -43,11 +43,13 @@ pub enum DecisionKind {
     KafkaScaleDown,
     /// a streaming job's partitions were moved between its consumer tasks
     KafkaRebalance,
+    /// a delta table's small files were rewritten into target-sized files
+    Compaction,
 }
 
 impl DecisionKind {
     /// Every kind, in the order the CLI and the metrics list them.
-    pub const ALL: [DecisionKind; 15] = [
+    pub const ALL: [DecisionKind; 16] = [
         DecisionKind::Speculation,
         DecisionKind::TaskTimeout,
         DecisionKind::RetryLimit,
@@ -63,6 +65,7 @@ impl DecisionKind {
         DecisionKind::KafkaScaleUp,
         DecisionKind::KafkaScaleDown,
         DecisionKind::KafkaRebalance,
+        DecisionKind::Compaction,
     ];
 
     /// The snake_case name used by the CLI, the API and the metrics.
@@ -83,6 +86,7 @@ impl DecisionKind {
             DecisionKind::KafkaScaleUp => "kafka_scale_up",
             DecisionKind::KafkaScaleDown => "kafka_scale_down",
             DecisionKind::KafkaRebalance => "kafka_rebalance",
+            DecisionKind::Compaction => "compaction",
         }
     }
 }

@@ -248,6 +248,16 @@ impl Stage {
             .flatten()
             .fold((0, 0), |(r, b), &(pr, pb)| (r + pr, b + pb))
     }
+    /// Bytes its succeeded tasks wrote to their sink (or shuffle) files.
+    pub fn bytes_out(&self) -> u64 {
+        self.tasks
+            .iter()
+            .filter_map(|t| match &t.state {
+                TaskState::Succeeded { result, .. } => Some(result.bytes_out),
+                _ => None,
+            })
+            .sum()
+    }
     /// Still as planned: no rule re-planned it and none of its tasks launched an
     /// attempt, so a rule may still change its tasks (and a consumer that starts
     /// later sees them as they are then).
@@ -318,6 +328,10 @@ pub struct Job {
     /// a delta sink's table schema (Delta's JSON), from the planned output
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sink_schema: Option<String>,
+    /// a compaction job's input: it runs in the background (its tasks take only
+    /// slots no user job waits for) and its commit replaces these files
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compaction: Option<crate::optimizer::compaction::CompactionJob>,
 }
 
 /// The stage a `ReplanStage` of `stage` appends for its pre-merge tasks `pre_merge`
@@ -584,6 +598,10 @@ pub struct State {
     /// `seq` of the last submitted job
     #[serde(default)]
     pub last_job_seq: u64,
+    /// the delta tables jobs committed to, by root URL, as last observed
+    /// (`Command::TableObserved`; the compaction rule's input)
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tables: BTreeMap<String, crate::optimizer::compaction::TableFiles>,
 }
 
 /// Why a command was rejected.
@@ -699,6 +717,7 @@ impl State {
                 request_hash,
                 stream,
                 sink_schema,
+                compaction,
             } => {
                 if self.jobs.contains_key(job_id) {
                     return Err(ApplyError::Illegal(format!("job {job_id} already exists")));
@@ -746,6 +765,7 @@ impl State {
                         request_hash: *request_hash,
                         request_id: request_id.clone(),
                         sink_schema: sink_schema.clone(),
+                        compaction: compaction.as_deref().cloned(),
                     },
                 );
                 self.last_job_seq += 1;
@@ -1321,7 +1341,25 @@ impl State {
                 job.state = JobState::Succeeded;
                 job.committed_files = files.clone();
                 job.finished_ms = *at_ms;
+                let delta = job.spec.sink.format == autopipe_common::spec::Format::Delta;
+                let (table, bytes) = (job.spec.sink.path.clone(), job.sink_stage().bytes_out());
+                let compaction = job.compaction.is_some();
                 release_plans(job);
+                if delta && !files.is_empty() {
+                    // the table's running counts (write amplification)
+                    let t = self.tables.entry(table.clone()).or_insert_with(|| {
+                        crate::optimizer::compaction::TableFiles {
+                            url: table,
+                            ..Default::default()
+                        }
+                    });
+                    if compaction {
+                        t.compacted_bytes += bytes;
+                        t.compactions += 1;
+                    } else {
+                        t.appended_bytes += bytes;
+                    }
+                }
                 self.close_retry_decisions(job_id, "the job succeeded");
                 Ok(Outcome::JobChanged(job_id.clone(), JobState::Succeeded))
             }
@@ -1432,6 +1470,25 @@ impl State {
                 for id in worker_ids {
                     self.workers.remove(id);
                 }
+                Ok(Outcome::Done)
+            }
+            Command::TableObserved { table } => {
+                if let Some(old) = self.tables.get(&table.url) {
+                    if old.version > table.version {
+                        return Err(ApplyError::Stale(format!(
+                            "table {} was observed at version {}, after {}",
+                            table.url, old.version, table.version
+                        )));
+                    }
+                }
+                // the running counts are the commits' (`JobSucceeded`), not the reader's
+                let mut t = table.as_ref().clone();
+                if let Some(old) = self.tables.get(&table.url) {
+                    t.appended_bytes = old.appended_bytes;
+                    t.compacted_bytes = old.compacted_bytes;
+                    t.compactions = old.compactions;
+                }
+                self.tables.insert(table.url.clone(), t);
                 Ok(Outcome::Done)
             }
         }
@@ -1636,7 +1693,9 @@ impl State {
             .sum();
         let effect = format!("{how} after {attempts} task attempts ({failures} failed)");
         for d in self.decisions.iter_mut().rev() {
-            if d.job_id == job_id && d.effect.is_none() {
+            // a compaction's effect is measured on the table after its commit
+            // (`scheduler::compaction`)
+            if d.job_id == job_id && d.effect.is_none() && d.kind != DecisionKind::Compaction {
                 d.effect = Some(match d.kind {
                     DecisionKind::RetryLimit => effect.clone(),
                     _ => format!("{how} before its outcome was known"),
@@ -2614,6 +2673,7 @@ mod tests {
                 request_hash: 0,
                 stream: None,
                 sink_schema: None,
+                compaction: None,
             },
             _ => unreachable!(),
         };
@@ -2784,6 +2844,7 @@ mod tests {
             request_hash: 0,
             stream: None,
             sink_schema: None,
+            compaction: None,
         })
         .unwrap();
         assert_eq!(
@@ -2824,6 +2885,7 @@ mod tests {
                 request_hash: 0,
                 stream: None,
                 sink_schema: None,
+                compaction: None,
             })
             .unwrap();
             s.apply(&Command::RecordDecision {

@@ -52,7 +52,7 @@ impl State {
             Command::WorkerLost { .. } => None,
             Command::ForgetJobs { .. } | Command::PruneWorkers { .. } => None,
             Command::WorkerReleased { .. } | Command::DecisionEffect { .. } => None,
-            Command::WorkerLoad { .. } => None,
+            Command::WorkerLoad { .. } | Command::TableObserved { .. } => None,
         };
         let mut jobs: std::collections::BTreeMap<String, machine::Job> = match job_id {
             Some(id) => self
@@ -124,6 +124,7 @@ pub(crate) fn test_job(map_tasks: u32) -> Command {
         request_hash: 0,
         stream: None,
         sink_schema: None,
+        compaction: None,
     }
 }
 

@@ -41,6 +41,7 @@ class DecisionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DECISION_KIND_KAFKA_SCALE_UP: _ClassVar[DecisionKind]
     DECISION_KIND_KAFKA_SCALE_DOWN: _ClassVar[DecisionKind]
     DECISION_KIND_KAFKA_REBALANCE: _ClassVar[DecisionKind]
+    DECISION_KIND_COMPACTION: _ClassVar[DecisionKind]
 WORKER_STATE_UNSPECIFIED: WorkerState
 WORKER_STATE_ALIVE: WorkerState
 WORKER_STATE_DRAINING: WorkerState
@@ -67,6 +68,7 @@ DECISION_KIND_INPUT_SPLITS: DecisionKind
 DECISION_KIND_KAFKA_SCALE_UP: DecisionKind
 DECISION_KIND_KAFKA_SCALE_DOWN: DecisionKind
 DECISION_KIND_KAFKA_REBALANCE: DecisionKind
+DECISION_KIND_COMPACTION: DecisionKind
 
 class ListWorkersRequest(_message.Message):
     __slots__ = ()

@@ -29,7 +29,7 @@ class JobSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., mode: _Optional[str] = ..., params: _Optional[_Union[JobParams, _Mapping]] = ...) -> None: ...
 
 class JobParams(_message.Message):
-    __slots__ = ("target_partition_bytes", "shuffle_partitions", "min_partition_bytes", "adaptive_splits", "max_task_attempts", "broadcast_join_max_bytes", "speculation", "speculation_multiplier", "speculation_quantile", "speculation_min_runtime_ms", "task_timeout_ms", "first_task_timeout_ms", "adaptive_memory", "stall_alert_ms", "max_stall_ms", "adaptive_retries", "max_bad_record_ratio", "runtime_broadcast", "coalesce", "skew_join", "skew_aggregation", "skew_factor", "skew_threshold_bytes", "load_aware_placement", "dynamic_rebalance", "rebalance_lag_factor", "rebalance_min_runtime_ms", "batch_interval", "max_batch_rows", "event_time", "window_size", "window_slide", "watermark_delay", "watermark_idle_timeout", "dedup_key", "dedup_window", "kafka_autoscale", "catch_up_target", "target_utilization", "scale_down_delay")
+    __slots__ = ("target_partition_bytes", "shuffle_partitions", "min_partition_bytes", "adaptive_splits", "max_task_attempts", "broadcast_join_max_bytes", "speculation", "speculation_multiplier", "speculation_quantile", "speculation_min_runtime_ms", "task_timeout_ms", "first_task_timeout_ms", "adaptive_memory", "stall_alert_ms", "max_stall_ms", "adaptive_retries", "max_bad_record_ratio", "runtime_broadcast", "coalesce", "skew_join", "skew_aggregation", "skew_factor", "skew_threshold_bytes", "load_aware_placement", "dynamic_rebalance", "rebalance_lag_factor", "rebalance_min_runtime_ms", "batch_interval", "max_batch_rows", "event_time", "window_size", "window_slide", "watermark_delay", "watermark_idle_timeout", "dedup_key", "dedup_window", "kafka_autoscale", "catch_up_target", "target_utilization", "scale_down_delay", "compaction", "compaction_min_files", "compaction_target_file_bytes")
     TARGET_PARTITION_BYTES_FIELD_NUMBER: _ClassVar[int]
     SHUFFLE_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     MIN_PARTITION_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,9 @@ class JobParams(_message.Message):
     CATCH_UP_TARGET_FIELD_NUMBER: _ClassVar[int]
     TARGET_UTILIZATION_FIELD_NUMBER: _ClassVar[int]
     SCALE_DOWN_DELAY_FIELD_NUMBER: _ClassVar[int]
+    COMPACTION_FIELD_NUMBER: _ClassVar[int]
+    COMPACTION_MIN_FILES_FIELD_NUMBER: _ClassVar[int]
+    COMPACTION_TARGET_FILE_BYTES_FIELD_NUMBER: _ClassVar[int]
     target_partition_bytes: str
     shuffle_partitions: int
     min_partition_bytes: str
@@ -110,10 +113,13 @@ class JobParams(_message.Message):
     catch_up_target: str
     target_utilization: float
     scale_down_delay: str
-    def __init__(self, target_partition_bytes: _Optional[str] = ..., shuffle_partitions: _Optional[int] = ..., min_partition_bytes: _Optional[str] = ..., adaptive_splits: bool = ..., max_task_attempts: _Optional[int] = ..., broadcast_join_max_bytes: _Optional[str] = ..., speculation: bool = ..., speculation_multiplier: _Optional[float] = ..., speculation_quantile: _Optional[float] = ..., speculation_min_runtime_ms: _Optional[int] = ..., task_timeout_ms: _Optional[int] = ..., first_task_timeout_ms: _Optional[int] = ..., adaptive_memory: bool = ..., stall_alert_ms: _Optional[int] = ..., max_stall_ms: _Optional[int] = ..., adaptive_retries: bool = ..., max_bad_record_ratio: _Optional[float] = ..., runtime_broadcast: bool = ..., coalesce: bool = ..., skew_join: bool = ..., skew_aggregation: bool = ..., skew_factor: _Optional[float] = ..., skew_threshold_bytes: _Optional[str] = ..., load_aware_placement: bool = ..., dynamic_rebalance: bool = ..., rebalance_lag_factor: _Optional[float] = ..., rebalance_min_runtime_ms: _Optional[int] = ..., batch_interval: _Optional[str] = ..., max_batch_rows: _Optional[int] = ..., event_time: _Optional[str] = ..., window_size: _Optional[str] = ..., window_slide: _Optional[str] = ..., watermark_delay: _Optional[str] = ..., watermark_idle_timeout: _Optional[str] = ..., dedup_key: _Optional[str] = ..., dedup_window: _Optional[str] = ..., kafka_autoscale: bool = ..., catch_up_target: _Optional[str] = ..., target_utilization: _Optional[float] = ..., scale_down_delay: _Optional[str] = ...) -> None: ...
+    compaction: bool
+    compaction_min_files: int
+    compaction_target_file_bytes: str
+    def __init__(self, target_partition_bytes: _Optional[str] = ..., shuffle_partitions: _Optional[int] = ..., min_partition_bytes: _Optional[str] = ..., adaptive_splits: bool = ..., max_task_attempts: _Optional[int] = ..., broadcast_join_max_bytes: _Optional[str] = ..., speculation: bool = ..., speculation_multiplier: _Optional[float] = ..., speculation_quantile: _Optional[float] = ..., speculation_min_runtime_ms: _Optional[int] = ..., task_timeout_ms: _Optional[int] = ..., first_task_timeout_ms: _Optional[int] = ..., adaptive_memory: bool = ..., stall_alert_ms: _Optional[int] = ..., max_stall_ms: _Optional[int] = ..., adaptive_retries: bool = ..., max_bad_record_ratio: _Optional[float] = ..., runtime_broadcast: bool = ..., coalesce: bool = ..., skew_join: bool = ..., skew_aggregation: bool = ..., skew_factor: _Optional[float] = ..., skew_threshold_bytes: _Optional[str] = ..., load_aware_placement: bool = ..., dynamic_rebalance: bool = ..., rebalance_lag_factor: _Optional[float] = ..., rebalance_min_runtime_ms: _Optional[int] = ..., batch_interval: _Optional[str] = ..., max_batch_rows: _Optional[int] = ..., event_time: _Optional[str] = ..., window_size: _Optional[str] = ..., window_slide: _Optional[str] = ..., watermark_delay: _Optional[str] = ..., watermark_idle_timeout: _Optional[str] = ..., dedup_key: _Optional[str] = ..., dedup_window: _Optional[str] = ..., kafka_autoscale: bool = ..., catch_up_target: _Optional[str] = ..., target_utilization: _Optional[float] = ..., scale_down_delay: _Optional[str] = ..., compaction: bool = ..., compaction_min_files: _Optional[int] = ..., compaction_target_file_bytes: _Optional[str] = ...) -> None: ...
 
 class SourceSpec(_message.Message):
-    __slots__ = ("name", "format", "path", "has_header", "delimiter", "schema", "brokers", "topic", "value_format", "start", "options")
+    __slots__ = ("name", "format", "path", "has_header", "delimiter", "schema", "brokers", "topic", "value_format", "start", "options", "version", "timestamp", "files")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +138,9 @@ class SourceSpec(_message.Message):
     VALUE_FORMAT_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
     name: str
     format: str
     path: str
@@ -143,7 +152,10 @@ class SourceSpec(_message.Message):
     value_format: str
     start: str
     options: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., format: _Optional[str] = ..., path: _Optional[str] = ..., has_header: bool = ..., delimiter: _Optional[str] = ..., schema: _Optional[str] = ..., brokers: _Optional[str] = ..., topic: _Optional[str] = ..., value_format: _Optional[str] = ..., start: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    version: int
+    timestamp: str
+    files: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., format: _Optional[str] = ..., path: _Optional[str] = ..., has_header: bool = ..., delimiter: _Optional[str] = ..., schema: _Optional[str] = ..., brokers: _Optional[str] = ..., topic: _Optional[str] = ..., value_format: _Optional[str] = ..., start: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., version: _Optional[int] = ..., timestamp: _Optional[str] = ..., files: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TransformSpec(_message.Message):
     __slots__ = ("sql",)

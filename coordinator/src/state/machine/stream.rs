@@ -698,6 +698,7 @@ pub(crate) fn test_stream_job(
             assignment,
         })),
         sink_schema: None,
+        compaction: None,
     })
     .unwrap();
     s
