@@ -44,6 +44,7 @@ mod autoscale;
 mod distinct;
 mod kafka;
 mod kafka_latency;
+mod lake;
 mod raft;
 mod recovery;
 mod scan;
@@ -188,6 +189,31 @@ enum Cmd {
         workers: usize,
         /// task slots per worker
         #[arg(long, default_value_t = 4)]
+        slots: u32,
+        /// where data and outputs go
+        #[arg(long, default_value = "target/bench-data")]
+        dir: PathBuf,
+    },
+    /// Delta Lake: the delta sink against a Parquet directory, and a query over a
+    /// table of many small appends before and after automatic compaction
+    Lake {
+        /// clickstream events for the sink throughput run
+        #[arg(long, default_value_t = 2_000_000)]
+        rows: u64,
+        /// small appends before compaction
+        #[arg(long, default_value_t = 2_000)]
+        appends: usize,
+        /// rows per append
+        #[arg(long, default_value_t = 10)]
+        rows_per_append: usize,
+        /// repetitions per measurement
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// workers (processes)
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// task slots per worker
+        #[arg(long, default_value_t = 2)]
         slots: u32,
         /// where data and outputs go
         #[arg(long, default_value = "target/bench-data")]
@@ -468,6 +494,23 @@ fn main() -> Result<()> {
         } => tiny_files::run(tiny_files::Args {
             files,
             rows,
+            reps: reps.max(1),
+            workers: workers.max(1),
+            slots: slots.max(1),
+            dir,
+        }),
+        Cmd::Lake {
+            rows,
+            appends,
+            rows_per_append,
+            reps,
+            workers,
+            slots,
+            dir,
+        } => lake::run(lake::Args {
+            rows,
+            appends: appends.max(1),
+            rows_per_append: rows_per_append.max(1),
             reps: reps.max(1),
             workers: workers.max(1),
             slots: slots.max(1),

@@ -642,6 +642,9 @@ fn client_args(cmd: &Cmd) -> Option<&ClientArgs> {
             client,
             ..
         } => Some(client),
+        Cmd::Table {
+            cmd: table::TableCmd::Compact { client, .. },
+        } => Some(client),
         Cmd::Admin { cmd } => match cmd {
             AdminCmd::AddCoordinator { client, .. }
             | AdminCmd::RemoveCoordinator { client, .. }

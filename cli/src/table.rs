@@ -1,7 +1,7 @@
 //! `autopipe table …`: a Delta table's upkeep from the command line, straight on its
-//! storage (the table's log is the only state; no coordinator is needed):
+//! storage (the table's log is the only state) where it can be:
 //! `history` lists its commits, `vacuum` deletes the files no retained version
-//! references.
+//! references; `compact` asks the cluster that writes the table to compact it now.
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
@@ -21,6 +21,15 @@ pub enum TableCmd {
         /// output format
         #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
         output: super::OutputFormat,
+    },
+    /// Compact a Delta table now, on the cluster that writes it: every partition with
+    /// two small files or more is rewritten by a background job (see `autopipe
+    /// decisions`); prints the jobs started
+    Compact {
+        /// the table's root: a local directory or an object-store URL
+        path: String,
+        #[command(flatten)]
+        client: super::ClientArgs,
     },
     /// Delete the files of a Delta table that no version committed within the
     /// retention window references; time travel to those versions keeps working
@@ -89,6 +98,30 @@ pub async fn run(cmd: TableCmd) -> Result<i32> {
                     e.operation,
                     e.job_id.as_deref().or(e.engine.as_deref()).unwrap_or("-")
                 );
+            }
+            Ok(0)
+        }
+        TableCmd::Compact { path, client } => {
+            let url = table_url(&path)?;
+            let ch = super::client::connect(&client.coordinator).await?;
+            let mut c = autopipe_proto::admin_service_client::AdminServiceClient::new(ch);
+            let r = c
+                .compact_table(autopipe_proto::CompactTableRequest { path: url.clone() })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            if client.output == super::OutputFormat::Json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "table": url, "job_ids": r.job_ids })
+                );
+            } else if r.job_ids.is_empty() {
+                println!("{url}: no partition has two small files; nothing to compact");
+            } else {
+                println!("{url}: {} compaction jobs started", r.job_ids.len());
+                for id in &r.job_ids {
+                    println!("  {id}");
+                }
             }
             Ok(0)
         }

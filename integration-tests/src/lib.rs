@@ -581,6 +581,16 @@ impl Group {
 
     /// Starts (or restarts, on its data dir) founding member `id`.
     pub fn start_coordinator(&mut self, id: u64, extra: &[&str]) -> Result<()> {
+        self.start_coordinator_env(id, extra, &[])
+    }
+
+    /// `start_coordinator` with environment variables (e.g. `AUTOPIPE_FAILPOINTS`).
+    pub fn start_coordinator_env(
+        &mut self,
+        id: u64,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<()> {
         let addr = self
             .listen
             .get(&id)
@@ -606,7 +616,7 @@ impl Group {
             args.extend(["--initial-cluster-state", "new"]);
         }
         args.extend_from_slice(extra);
-        let p = spawn_server(&args)?;
+        let p = spawn_server_env(&args, env)?;
         self.coordinators.insert(id, p);
         Ok(())
     }

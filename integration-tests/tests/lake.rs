@@ -430,3 +430,203 @@ fn read_tally(table: &Path) -> Result<serde_json::Value> {
     )?;
     serde_json::from_str(out.trim()).context(out)
 }
+
+#[test]
+fn vacuum_deletes_only_files_no_retained_version_references_and_history_lists_the_commits(
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    sales(dir.path(), 300)?;
+    let table = dir.path().join("lake/sales");
+    let t = table.to_str().context("utf8")?;
+    let c = Cluster::start(1, 2)?;
+    let all = "SELECT id, country, amount FROM sales";
+    let (v0, _) = c.run(&spec(dir.path(), "load", "append", all)?)?;
+    let big = "SELECT id, country, amount FROM sales WHERE amount > 250";
+    let (v1, _) = c.run(&spec(dir.path(), "replace", "overwrite", big)?)?;
+    assert_eq!(
+        (&v0["state"], &v1["state"]),
+        (&"succeeded".into(), &"succeeded".into())
+    );
+    let before = integration_tests::files_under(&table);
+    // a file no version names (a commit that never happened)
+    std::fs::write(table.join("country=DE/orphan.parquet"), b"not parquet")?;
+
+    // the history names each version's job and operation, newest first
+    let h = integration_tests::cli(&["table", "history", t, "-o", "json"])?;
+    assert!(h.status.success(), "{}", String::from_utf8_lossy(&h.stderr));
+    let h: serde_json::Value = serde_json::from_slice(&h.stdout)?;
+    assert_eq!(h[0]["version"], 1, "{h}");
+    assert_eq!(h[0]["job_id"], v1["job_id"], "{h}");
+    assert_eq!(h[1]["version"], 0, "{h}");
+    assert_eq!(h[1]["job_id"], v0["job_id"], "{h}");
+
+    // within the default retention (7 days) nothing goes: version 0 still reads
+    let out = integration_tests::cli(&["table", "vacuum", t, "-o", "json"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v["files"], serde_json::json!([]), "{v}");
+    assert_eq!(read(&table, Some(0))?["rows"], 300);
+    // a shorter window than the table's retention needs --force
+    let out = integration_tests::cli(&["table", "vacuum", t, "--retain", "0s"])?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+
+    // with none retained, the removed files go (and, --full, the orphan), never a
+    // file of the current version
+    let out = integration_tests::cli(&[
+        "table", "vacuum", t, "--retain", "0s", "--force", "--full", "-o", "json",
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let deleted: Vec<&str> = v["files"]
+        .as_array()
+        .context("files")?
+        .iter()
+        .filter_map(|f| f.as_str())
+        .collect();
+    assert!(deleted.iter().any(|f| f.ends_with("orphan.parquet")), "{v}");
+    let after = integration_tests::files_under(&table);
+    let now = read(&table, None)?;
+    // (the vacuum itself is recorded as VACUUM START and END versions)
+    assert_eq!(now["rows"], 50, "the current version reads whole: {now}");
+    assert_eq!(now["sum"], (251..=300).sum::<i64>(), "{now}");
+    // exactly version 0's files and the orphan went
+    let gone: Vec<&String> = before.iter().filter(|f| !after.contains(f)).collect();
+    assert_eq!(gone.len() + 1, deleted.len(), "{gone:?} vs {deleted:?}");
+    assert!(
+        gone.iter().all(|f| !f.starts_with("_delta_log")),
+        "{gone:?}"
+    );
+    Ok(())
+}
+
+/// Restarts every coordinator of `g` with `env`, then waits for a leader.
+fn restart_all(g: &mut integration_tests::Group, env: &[(&str, &str)]) -> Result<()> {
+    let ids: Vec<u64> = g.peers.keys().copied().collect();
+    for &id in &ids {
+        g.kill(id);
+    }
+    for &id in &ids {
+        g.start_coordinator_env(id, &[], env)?;
+    }
+    integration_tests::wait_until(std::time::Duration::from_secs(30), "a leader", || {
+        Ok(g.leader()?.is_some())
+    })
+}
+
+/// Submits `spec` and drives it to its end while coordinators die at an armed crash
+/// point: each one that exits is started again, unarmed; the job's final status.
+fn run_through_crashes(g: &mut integration_tests::Group, spec: &Path) -> Result<serde_json::Value> {
+    let v = g.cli_json(&["submit", spec.to_str().context("utf8")?])?;
+    let id = v["job_id"].as_str().context("job id")?.to_string();
+    let mut crashed = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let dead: Vec<u64> = g
+            .coordinators
+            .iter_mut()
+            .filter_map(|(id, p)| p.child.try_wait().ok().flatten().map(|_| *id))
+            .collect();
+        for d in dead {
+            crashed += 1;
+            g.kill(d);
+            g.start_coordinator(d, &[])?;
+        }
+        if let Ok(s) = g.cli_json(&["status", &id]) {
+            if s["state"] == "succeeded" || s["state"] == "failed" {
+                assert!(crashed >= 1, "no coordinator reached the crash point: {s}");
+                return Ok(s);
+            }
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "job {id} did not end");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_leader_killed_mid_commit_leaves_one_version_with_each_file_once() -> Result<()> {
+    let mut g = integration_tests::Group::start(3, 1, 2, &[])?;
+    let dir = g.dir.path().to_path_buf();
+    sales(&dir, 300)?;
+    let table = dir.join("lake/sales");
+    let all = "SELECT id, country, amount FROM sales";
+    let s0 = spec(&dir, "load", "append", all)?;
+    let v = g.cli_json(&["submit", s0.to_str().context("utf8")?])?;
+    let id = v["job_id"].as_str().context("job id")?.to_string();
+    integration_tests::wait_until(std::time::Duration::from_secs(120), "the load", || {
+        Ok(g.cli_json(&["status", &id])?["state"] == "succeeded")
+    })?;
+    // killed with the files in the table's directory, the log not written yet; then
+    // killed with the version written, the job's success not recorded yet
+    let de = "SELECT id, country, amount FROM sales WHERE country = 'DE'";
+    for (n, point) in ["delta.before_log_commit", "delta.after_log_commit"]
+        .iter()
+        .enumerate()
+    {
+        restart_all(&mut g, &[("AUTOPIPE_FAILPOINTS", &format!("{point}=1"))])?;
+        let s = run_through_crashes(&mut g, &spec(&dir, &format!("more-{n}"), "append", de)?)?;
+        assert_eq!(s["state"], "succeeded", "{point}: {s}");
+        let t = read(&table, None)?;
+        // exactly one more version, each of its files once: no row twice
+        assert_eq!(t["version"], n as u64 + 1, "{point}: {t}");
+        assert_eq!(t["rows"], 300 + 100 * (n as u64 + 1), "{point}: {t}");
+        assert_eq!(t["countries"]["DE"], 100 * (n as u64 + 2), "{point}: {t}");
+        assert_eq!(t["job_id"], s["job_id"], "{point}: {t}");
+    }
+    Ok(())
+}
+
+#[test]
+fn table_compact_rewrites_every_partition_with_two_small_files_on_request() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    sales(dir.path(), 30)?;
+    let table = dir.path().join("lake/sales");
+    let c = Cluster::start(1, 2)?;
+    let all = "SELECT id, country, amount FROM sales";
+    for i in 0..3 {
+        let f = spec(dir.path(), &format!("a{i}"), "append", all)?;
+        let t = std::fs::read_to_string(&f)?.replace(
+            "[[sources]]",
+            "[job.params]\ncompaction = false\n[[sources]]",
+        );
+        std::fs::write(&f, t)?;
+        assert_eq!(c.run(&f)?.0["state"], "succeeded");
+    }
+    let before = read_tally(&table)?;
+    assert_eq!(before["files"]["country=DE"], 3, "{before}");
+    let t = table.to_str().context("utf8")?;
+    let v = c.cli_json(&["table", "compact", t])?;
+    let jobs: Vec<String> = v["job_ids"]
+        .as_array()
+        .context("job_ids")?
+        .iter()
+        .filter_map(|j| j.as_str().map(str::to_string))
+        .collect();
+    assert_eq!(jobs.len(), 3, "one job per partition: {v}");
+    for id in &jobs {
+        let s = c.wait_done(id, std::time::Duration::from_secs(120))?;
+        assert_eq!(s["state"], "succeeded", "{s}");
+    }
+    let after = read_tally(&table)?;
+    for p in ["country=DE", "country=FR", "country=IT"] {
+        assert_eq!(after["files"][p], 1, "{after}");
+    }
+    assert_eq!(after["rows"], before["rows"], "the same rows: {after}");
+    let d = c.cli_json(&["decisions"])?;
+    let n = d
+        .as_array()
+        .context("decisions")?
+        .iter()
+        .filter(|d| d["kind"] == "compaction" && jobs.iter().any(|j| d["job_id"] == j.as_str()))
+        .count();
+    assert_eq!(n, 3, "{d}");
+    Ok(())
+}

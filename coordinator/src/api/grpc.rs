@@ -1026,6 +1026,17 @@ impl pb::admin_service_server::AdminService for Services {
         Ok(Response::new(pb::DrainWorkerResponse {}))
     }
 
+    async fn compact_table(
+        &self,
+        req: Request<pb::CompactTableRequest>,
+    ) -> Result<Response<pb::CompactTableResponse>, Status> {
+        let path = req.into_inner().path;
+        let job_ids = crate::scheduler::compaction::compact_now(&self.core, &path)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::CompactTableResponse { job_ids }))
+    }
+
     async fn transfer_leader(
         &self,
         req: Request<pb::TransferLeaderRequest>,

@@ -173,6 +173,28 @@ pub fn plan(t: &TableFiles, busy: bool) -> Option<Compact> {
     best
 }
 
+/// The compactions `autopipe table compact` asks for: in every partition with at
+/// least two small files, all of them, whatever their tiers.
+pub fn plan_manual(t: &TableFiles) -> Vec<Compact> {
+    t.small
+        .iter()
+        .filter(|(_, files)| files.len() >= 2)
+        .map(|(partition, files)| Compact {
+            table: t.url.clone(),
+            version: t.version,
+            partition: partition.clone(),
+            files: files.iter().map(|f| f.0.clone()).collect(),
+            bytes: files.iter().map(|f| f.1).sum(),
+            tier: files
+                .iter()
+                .map(|f| tier(f.1, t.settings.target_file_bytes, t.settings.min_files))
+                .min()
+                .unwrap_or(0),
+            partition_files: t.files_in(partition),
+        })
+        .collect()
+}
+
 /// Whether the rule must wait on `t`: a compaction job of the table is running (or
 /// committing), or one read the observed version or a later one (its commit is not
 /// observed yet, so the observation still lists the files it replaced).
@@ -287,6 +309,21 @@ mod tests {
         let mut off = t.clone();
         off.settings.enabled = false;
         assert_eq!(plan(&off, false), None);
+    }
+
+    #[test]
+    fn a_manual_compaction_takes_every_partition_with_two_small_files_whatever_the_tiers() {
+        let t = table(
+            &[("a/", &[KIB]), ("b/", &[KIB, 3 * MIB]), ("c/", &[])],
+            50,
+            128 * MIB,
+        );
+        let c = plan_manual(&t);
+        assert_eq!(c.len(), 1);
+        assert_eq!((c[0].partition.as_str(), c[0].files.len()), ("b/", 2));
+        assert_eq!(c[0].bytes, KIB + 3 * MIB);
+        // the automatic rule would wait for 50 files of one tier
+        assert_eq!(plan(&t, false), None);
     }
 
     #[test]

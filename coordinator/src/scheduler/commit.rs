@@ -297,6 +297,8 @@ async fn commit_delta(
         .ok_or_else(|| Error::Permanent(format!("job {}: no table schema was planned", job.id)))?;
     let rels = files.iter().map(|f| f.path.clone()).collect();
     fence()?;
+    // (fault tests: a leader killed with the files in place, the log not written)
+    autopipe_common::failpoint::hit("delta.before_log_commit");
     let committed = crate::lake::delta::commit(crate::lake::delta::Commit {
         table_url: &job.spec.sink.path,
         store: store.clone(),
@@ -313,6 +315,9 @@ async fn commit_delta(
     match committed {
         crate::lake::delta::Committed::Version(version) => {
             tracing::info!(job = %job.id, version, "delta commit");
+            // (fault tests: a leader killed with the version written, the job's
+            // success not recorded)
+            autopipe_common::failpoint::hit("delta.after_log_commit");
             Ok(rels)
         }
         crate::lake::delta::Committed::Skipped(why) => {

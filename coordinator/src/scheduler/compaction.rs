@@ -220,7 +220,7 @@ fn compaction_spec(core: &Core, c: &Compact, t: &TableFiles) -> Result<PipelineS
 }
 
 /// Submits the compaction job of `c` and records its decision.
-async fn start(core: &Core, c: &Compact, t: &TableFiles) -> Result<()> {
+async fn start(core: &Core, c: &Compact, t: &TableFiles) -> Result<String> {
     let spec = compaction_spec(core, c, t)?;
     let planned = plan_batch(core, &spec).await?;
     let job_id = format!(
@@ -296,7 +296,38 @@ async fn start(core: &Core, c: &Compact, t: &TableFiles) -> Result<()> {
     })
     .await?;
     tracing::info!(job = %job_id, table = %c.table, partition, files = c.files.len(), "compaction started");
-    Ok(())
+    Ok(job_id)
+}
+
+/// `autopipe table compact`: observes table `url` (a table a job wrote, with that
+/// job's settings) and starts a compaction of every partition with two small files
+/// or more; the jobs started. Refused while a compaction of the table runs.
+pub async fn compact_now(core: &Core, url: &str) -> Result<Vec<String>> {
+    let settings = core.read(watched).get(url).copied().ok_or_else(|| {
+        Error::plan(
+            "path",
+            format!("no job of this cluster wrote the delta table {url}"),
+        )
+    })?;
+    let version = autopipe_common::delta::latest_version(url)
+        .await?
+        .ok_or_else(|| Error::plan("path", format!("{url} is no delta table")))?;
+    let t = table_files(url, version, settings).await?;
+    core.propose(Command::TableObserved {
+        table: Box::new(t.clone()),
+    })
+    .await
+    .map_err(|e| Error::Transient(e.to_string()))?;
+    if core.read(|s| compaction::busy(&s.jobs, &t)) {
+        return Err(Error::Transient(format!(
+            "a compaction of {url} is running; try again when it ended"
+        )));
+    }
+    let mut jobs = vec![];
+    for c in compaction::plan_manual(&t) {
+        jobs.push(start(core, &c, &t).await?);
+    }
+    Ok(jobs)
 }
 
 /// Fills in the effect of each compaction decision whose job ended: for a

@@ -74,6 +74,11 @@ class AdminServiceStub(object):
                 request_serializer=autopipe_dot_v1_dot_admin__pb2.DrainWorkerRequest.SerializeToString,
                 response_deserializer=autopipe_dot_v1_dot_admin__pb2.DrainWorkerResponse.FromString,
                 _registered_method=True)
+        self.CompactTable = channel.unary_unary(
+                '/autopipe.v1.AdminService/CompactTable',
+                request_serializer=autopipe_dot_v1_dot_admin__pb2.CompactTableRequest.SerializeToString,
+                response_deserializer=autopipe_dot_v1_dot_admin__pb2.CompactTableResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer(object):
@@ -133,6 +138,15 @@ class AdminServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompactTable(self, request, context):
+        """compact a Delta table a job wrote, now (`autopipe table compact`): each partition
+        with at least two files below the table's compaction target is rewritten by a
+        background job, recorded as a `compaction` decision
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -175,6 +189,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.DrainWorker,
                     request_deserializer=autopipe_dot_v1_dot_admin__pb2.DrainWorkerRequest.FromString,
                     response_serializer=autopipe_dot_v1_dot_admin__pb2.DrainWorkerResponse.SerializeToString,
+            ),
+            'CompactTable': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompactTable,
+                    request_deserializer=autopipe_dot_v1_dot_admin__pb2.CompactTableRequest.FromString,
+                    response_serializer=autopipe_dot_v1_dot_admin__pb2.CompactTableResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -393,6 +412,33 @@ class AdminService(object):
             '/autopipe.v1.AdminService/DrainWorker',
             autopipe_dot_v1_dot_admin__pb2.DrainWorkerRequest.SerializeToString,
             autopipe_dot_v1_dot_admin__pb2.DrainWorkerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompactTable(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/autopipe.v1.AdminService/CompactTable',
+            autopipe_dot_v1_dot_admin__pb2.CompactTableRequest.SerializeToString,
+            autopipe_dot_v1_dot_admin__pb2.CompactTableResponse.FromString,
             options,
             channel_credentials,
             insecure,
