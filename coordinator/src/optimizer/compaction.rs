@@ -327,6 +327,49 @@ mod tests {
     }
 
     #[test]
+    fn a_table_is_busy_while_its_compaction_runs_and_until_its_commit_is_observed() {
+        use crate::state::{Command, State};
+        let mut s = State::default();
+        let Command::SubmitJob { spec, stages, .. } = crate::state::test_job(1) else {
+            unreachable!()
+        };
+        let t = table(&[("p/", &[KIB; 10])], 10, 128 * MIB);
+        assert!(!busy(&s.jobs, &t));
+        s.apply(&Command::SubmitJob {
+            job_id: "c".into(),
+            spec,
+            stages,
+            at_ms: 0,
+            request_id: String::new(),
+            request_hash: 0,
+            stream: None,
+            sink_schema: None,
+            compaction: Some(Box::new(CompactionJob {
+                table: t.url.clone(),
+                version: t.version,
+                partition: "p/".into(),
+                files: vec!["p/f0.parquet".into()],
+                bytes: KIB,
+            })),
+        })
+        .unwrap();
+        assert!(busy(&s.jobs, &t), "running");
+        s.apply(&Command::CancelJob {
+            job_id: "c".into(),
+            at_ms: 1,
+        })
+        .unwrap();
+        // ended, but it read the version observed: the observation is stale
+        assert!(busy(&s.jobs, &t));
+        let mut later = t.clone();
+        later.version += 1;
+        assert!(!busy(&s.jobs, &later), "observed after it");
+        let mut other = later.clone();
+        other.url = "file:///other/".into();
+        assert!(!busy(&s.jobs, &other));
+    }
+
+    #[test]
     fn empty_partitions_and_all_empty_files_are_handled() {
         assert_eq!(plan(&table(&[], 10, 128 * MIB), false), None);
         assert_eq!(plan(&table(&[("a/", &[])], 10, 128 * MIB), false), None);
