@@ -448,6 +448,17 @@ pub async fn snapshot(url: &str, version: u64, key: &str, only: &[String]) -> Re
     })
 }
 
+/// The snapshot a delta source `s` (the source `key`) reads: its pinned version (the
+/// latest, or the last at or before its timestamp, when it is not pinned yet), only
+/// its `files` when it names some.
+pub async fn source_snapshot(s: &crate::spec::SourceSpec, key: &str) -> Result<Snapshot> {
+    let version = match s.version {
+        Some(v) => v,
+        None => pin_version(&s.path, None, s.timestamp.as_deref(), key).await?,
+    };
+    snapshot(&s.path, version, key, &s.files).await
+}
+
 /// A file's statistics from its `add` action's JSON (`numRecords`, `minValues`,
 /// `maxValues`, `nullCount`), for `schema`'s columns. Only integer and date bounds
 /// are taken: Delta writers truncate string bounds and timestamps to milliseconds,

@@ -131,16 +131,9 @@ pub async fn register_sources(
         };
         let groups = splits.and_then(|sp| sp.sources.get(name));
         if s.format == Format::Delta {
-            let version = match s.version {
-                Some(v) => v,
-                None => {
-                    crate::delta::pin_version(&s.path, None, s.timestamp.as_deref(), &key).await?
-                }
-            };
-            let table: Arc<dyn datafusion::catalog::TableProvider> =
-                Arc::new(crate::delta::DeltaScan::new(
-                    crate::delta::snapshot(&s.path, version, &key, &s.files).await?,
-                ));
+            let table: Arc<dyn datafusion::catalog::TableProvider> = Arc::new(
+                crate::delta::DeltaScan::new(crate::delta::source_snapshot(s, &key).await?),
+            );
             let table = match groups {
                 Some(g) => Arc::new(SplitTable::new(table, g.clone())),
                 None => table,

@@ -172,11 +172,7 @@ async fn delta_files(
     key: &str,
     footer_above: u64,
 ) -> Result<SourceFiles> {
-    let version = match s.version {
-        Some(v) => v,
-        None => crate::delta::pin_version(&s.path, None, s.timestamp.as_deref(), key).await?,
-    };
-    let snap = crate::delta::snapshot(&s.path, version, key, &s.files).await?;
+    let snap = crate::delta::source_snapshot(s, key).await?;
     let (store, _) = crate::store::store_for(&crate::store::parse_url(&s.path)?)?;
     let mut files = Vec::with_capacity(snap.files.len());
     for f in &snap.files {

@@ -330,29 +330,11 @@ mod tests {
     fn a_table_is_busy_while_its_compaction_runs_and_until_its_commit_is_observed() {
         use crate::state::{Command, State};
         let mut s = State::default();
-        let Command::SubmitJob { spec, stages, .. } = crate::state::test_job(1) else {
-            unreachable!()
-        };
-        let t = table(&[("p/", &[KIB; 10])], 10, 128 * MIB);
+        let mut t = table(&[("p/", &[KIB; 10])], 10, 128 * MIB);
+        t.version = 0; // the version the test compaction read
         assert!(!busy(&s.jobs, &t));
-        s.apply(&Command::SubmitJob {
-            job_id: "c".into(),
-            spec,
-            stages,
-            at_ms: 0,
-            request_id: String::new(),
-            request_hash: 0,
-            stream: None,
-            sink_schema: None,
-            compaction: Some(Box::new(CompactionJob {
-                table: t.url.clone(),
-                version: t.version,
-                partition: "p/".into(),
-                files: vec!["p/f0.parquet".into()],
-                bytes: KIB,
-            })),
-        })
-        .unwrap();
+        s.apply(&crate::state::test_job_as("c", 1, Some(&t.url)))
+            .unwrap();
         assert!(busy(&s.jobs, &t), "running");
         s.apply(&Command::CancelJob {
             job_id: "c".into(),

@@ -680,13 +680,15 @@ fn plan_launches_by_load(s: &State, live: &HashMap<String, u32>, load_aware: boo
     // Background jobs (compactions) take only slots no user job waits for: they
     // launch after every user job, and nothing of theirs while a user job has a
     // task waiting for a slot.
-    let user_waiting = running_jobs().any(|j| {
-        j.compaction.is_none()
-            && (0..j.stages.len()).any(|si| {
-                j.stage_ready(si)
-                    && (0..j.stages[si].tasks.len()).any(|ti| j.task_waits(si, ti, now))
-            })
-    });
+    let background = running_jobs().any(|j| j.compaction.is_some());
+    let user_waiting = background
+        && running_jobs().any(|j| {
+            j.compaction.is_none()
+                && (0..j.stages.len()).any(|si| {
+                    j.stage_ready(si)
+                        && (0..j.stages[si].tasks.len()).any(|ti| j.task_waits(si, ti, now))
+                })
+        });
     let in_turn = || {
         running_jobs()
             .filter(|j| j.compaction.is_none())
@@ -1298,30 +1300,10 @@ mod tests {
             shuffle: Default::default(),
         })
         .unwrap();
-        let Command::SubmitJob { spec, stages, .. } = crate::state::test_job(3) else {
-            unreachable!()
-        };
-        let submit = |id: &str, compaction: bool| Command::SubmitJob {
-            job_id: id.into(),
-            spec: spec.clone(),
-            stages: stages.clone(),
-            at_ms: 0,
-            request_id: String::new(),
-            request_hash: 0,
-            stream: None,
-            sink_schema: None,
-            compaction: compaction.then(|| {
-                Box::new(crate::optimizer::compaction::CompactionJob {
-                    table: "file:///t/".into(),
-                    version: 0,
-                    partition: String::new(),
-                    files: vec!["a.parquet".into()],
-                    bytes: 1,
-                })
-            }),
-        };
-        s.apply(&submit("compact", true)).unwrap();
-        s.apply(&submit("user", false)).unwrap();
+        s.apply(&crate::state::test_job_as("compact", 3, Some("file:///t/")))
+            .unwrap();
+        s.apply(&crate::state::test_job_as("user", 3, None))
+            .unwrap();
         // the user job waits for both slots (3 map tasks): nothing of the compaction
         let l = plan_launches(&s, &live(&["w1"]));
         assert_eq!(l.len(), 2);

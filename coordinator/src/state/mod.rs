@@ -128,6 +128,34 @@ pub(crate) fn test_job(map_tasks: u32) -> Command {
     }
 }
 
+/// `test_job(map_tasks)` as job `job_id`, a compaction of `table` (version 0, one
+/// file) when `table` is given.
+#[cfg(test)]
+pub(crate) fn test_job_as(job_id: &str, map_tasks: u32, table: Option<&str>) -> Command {
+    let Command::SubmitJob { spec, stages, .. } = test_job(map_tasks) else {
+        unreachable!("test_job submits a job")
+    };
+    Command::SubmitJob {
+        job_id: job_id.into(),
+        spec,
+        stages,
+        at_ms: 0,
+        request_id: String::new(),
+        request_hash: 0,
+        stream: None,
+        sink_schema: None,
+        compaction: table.map(|t| {
+            Box::new(crate::optimizer::compaction::CompactionJob {
+                table: t.into(),
+                version: 0,
+                partition: "p/".into(),
+                files: vec!["p/f0.parquet".into()],
+                bytes: 1,
+            })
+        }),
+    }
+}
+
 /// A state with `workers` (id, slots) registered and `test_job(map_tasks)` submitted.
 #[cfg(test)]
 pub(crate) fn test_state(workers: &[(&str, u32)], map_tasks: u32) -> State {
